@@ -1,0 +1,45 @@
+# imgate: the two commands are `make run` and `make test`.
+# Everything else here is plumbing for them.
+
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+LISTEN     ?= 127.0.0.1:8080
+DATA       ?= ./var
+
+.PHONY: all deps build build-asan run test test-fast test-asan clean
+
+all: build
+
+deps:
+	@./scripts/deps.sh
+
+$(BUILD)/Makefile: CMakeLists.txt
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+
+$(ASAN_BUILD)/Makefile: CMakeLists.txt
+	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DIMGATE_SANITIZE=ON >/dev/null
+
+build: deps $(BUILD)/Makefile
+	@cmake --build $(BUILD) -j $(JOBS)
+
+build-asan: deps $(ASAN_BUILD)/Makefile
+	@cmake --build $(ASAN_BUILD) -j $(JOBS)
+
+# Start the server on the embedded default (SQLite + ./var + simulated provider).
+run: build
+	@$(BUILD)/imgate serve --listen $(LISTEN) --data $(DATA)
+
+# Every test, on the optimised build and then under ASan+UBSan.
+test: test-fast test-asan
+
+test-fast: build
+	@cd $(BUILD) && ctest --output-on-failure -j 2
+
+test-asan: build-asan
+	@cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --output-on-failure -j 2
+
+clean:
+	@rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1,0 +1,85 @@
+/* task.h - the task model and its state machine.
+ *
+ *   queued -> running -> succeeded | failed | moderated
+ *   running -> queued            (only by crash recovery: re-run after restart)
+ *
+ * A task is created queued, started by the engine (running, attempt+1), and
+ * finished exactly once. Final states never change. The store enforces the
+ * transitions with compare-and-set updates; task_state_can_transition() is the
+ * single table both the store and the engine consult. */
+#ifndef IMGATE_TASK_H
+#define IMGATE_TASK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/ids.h"
+
+typedef enum {
+  TASK_QUEUED = 0,
+  TASK_RUNNING,
+  TASK_SUCCEEDED,
+  TASK_FAILED,
+  TASK_MODERATED,
+} task_state;
+
+#define TASK_STATE_COUNT 5
+
+/* "queued", "running", "succeeded", "failed", "moderated". */
+const char *task_state_name(task_state s);
+/* Parses the names above; false for anything else. */
+bool task_state_parse(const char *name, task_state *out);
+bool task_state_is_final(task_state s);
+/* The transition table above. */
+bool task_state_can_transition(task_state from, task_state to);
+
+/* A reference image given with the request. Base64 inputs are decoded at
+ * submit and kept in the blob store (blob_key set); URL inputs keep the URL
+ * and are fetched when the task runs (a later step). */
+typedef struct task_input {
+  char *blob_key; /* NULL for URL inputs */
+  char *url;      /* NULL for inline inputs */
+  char *mime;     /* detected from magic bytes; NULL for URL inputs until fetched */
+  int64_t bytes;
+} task_input;
+
+/* One delivered image. */
+typedef struct task_result {
+  int index;           /* 0-based position among the task's images */
+  char *blob_key;      /* where the bytes live in the blob store */
+  char *token;         /* unguessable id of the public URL /files/{token} */
+  char *mime;          /* image/png, ... */
+  char *etag;          /* hex digest of the content (first 32 hex of SHA-256) */
+  int width, height;
+  int64_t bytes;
+  int64_t expires_ms;  /* unix ms after which the URL answers 404 */
+} task_result;
+
+typedef struct task {
+  char id[IDS_UUID_LEN + 1]; /* UUIDv7, shown to clients as "uid" */
+  int64_t account_id;
+  task_state state;
+  char *model;        /* catalog model name, e.g. "nano-banana-2" */
+  char *prompt;
+  char *aspect_ratio; /* as requested ("auto" allowed) */
+  char *resolution;   /* normalised: "512", "1K", "2K", "4K" */
+  char *webhook_url;  /* NULL when none */
+  char *provider;     /* name of the provider that served the last attempt; NULL before */
+  int quantity;       /* images wanted (1 for now) */
+  int attempts;       /* times the task has been started; 0 while first queued */
+  int64_t created_ms, started_ms, finished_ms; /* unix ms; 0 = not yet */
+  char *error_code;   /* set for failed/moderated */
+  char *error_message;
+  task_input *inputs;
+  size_t n_inputs;
+  task_result *results;
+  size_t n_results;
+} task;
+
+/* Frees every member and t itself; NULL is fine. */
+void task_free(task *t);
+void task_result_clear(task_result *r);
+void task_input_clear(task_input *in);
+
+#endif

@@ -1,0 +1,132 @@
+/* server.h - the HTTP server: libmicrohttpd underneath, handlers on top.
+ *
+ * The server reads the whole request body (up to a limit) before it calls a
+ * handler, so handlers see a complete request and never touch libmicrohttpd.
+ * A handler fills in the response through http_reply_*(); when it returns, the
+ * server sends it with X-Request-Id added and writes one access-log line.
+ *
+ * Threads: libmicrohttpd with epoll and a pool of worker threads; a handler
+ * runs on one of them and must not block for longer than a database write. */
+#ifndef IMGATE_HTTP_SERVER_H
+#define IMGATE_HTTP_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#define HTTP_MAX_PARAMS 8
+#define HTTP_MAX_RESPONSE_HEADERS 16
+
+typedef struct http_request http_request;
+
+/* Handler for a route. ctx is what was given to http_router_add. */
+typedef void (*http_handler_fn)(http_request *req, void *ctx);
+
+typedef struct http_param {
+  const char *name;  /* static, from the route pattern */
+  char *value;       /* percent-decoded copy, owned by the request */
+} http_param;
+
+typedef struct http_header {
+  char *name;
+  char *value;
+} http_header;
+
+struct http_request {
+  /* --- filled by the server --- */
+  const char *method;      /* "GET", "POST", ... */
+  const char *path;        /* URL path without the query string, not decoded */
+  const char *body;        /* NUL-terminated copy of the body ("" when none) */
+  size_t body_len;
+  char request_id[65];     /* from a well-formed incoming X-Request-Id, else generated */
+  char client_ip[64];
+  int64_t start_mono_ms;
+  http_param params[HTTP_MAX_PARAMS]; /* path parameters from the matched route */
+  int n_params;
+  void *conn;              /* the libmicrohttpd connection; only server.c uses it */
+
+  /* --- filled by the handler through http_reply_* --- */
+  int status;                   /* 0 until a reply is set */
+  char *resp_body;              /* malloc'd, owned by the request */
+  size_t resp_len;
+  int resp_fd;                  /* >= 0: send resp_fd_size bytes from this fd (closed by the server) */
+  uint64_t resp_fd_size;
+  http_header resp_headers[HTTP_MAX_RESPONSE_HEADERS];
+  int n_resp_headers;
+
+  /* --- free for the handler and the access log --- */
+  char log_account[32];         /* account id once authenticated, for the access log */
+  char log_error[48];           /* error slug of an error reply, for the access log */
+};
+
+/* Request header (case-insensitive name) or NULL. */
+const char *http_header_get(http_request *req, const char *name);
+/* Query-string argument (decoded) or NULL. */
+const char *http_query_get(http_request *req, const char *name);
+/* Path parameter by name (decoded) or NULL. */
+const char *http_param_get(http_request *req, const char *name);
+
+/* Replies with a JSON document; takes the reference to body (json_decref'd).
+ * Sets Content-Type: application/json. */
+void http_reply_json(http_request *req, int status, json_t *body);
+/* Replies with bytes (copied). */
+void http_reply_bytes(http_request *req, int status, const char *content_type, const void *data,
+                      size_t len);
+/* Replies with a file: the server sends size bytes from fd and closes it. */
+void http_reply_fd(http_request *req, int status, const char *content_type, int fd, uint64_t size);
+/* Replies with no body (204, 304, ...). */
+void http_reply_empty(http_request *req, int status);
+/* Adds a response header (copied). Call before or after setting the reply. */
+void http_reply_header(http_request *req, const char *name, const char *value);
+
+/* Errors the server itself produces (unknown route, wrong method, body too
+ * large, malformed request) go through this hook, so they come out in the
+ * right dialect. slug is e.g. "not_found", "method_not_allowed",
+ * "payload_too_large". When no hook is set, a plain
+ * {"error":{"code","message","param":null}} is sent. */
+typedef void (*http_error_fn)(http_request *req, int status, const char *slug, const char *message);
+
+typedef struct http_router http_router;
+
+http_router *http_router_new(void);
+void http_router_free(http_router *r);
+/* Adds a route. pattern is a path of '/'-separated segments; a segment is
+ * literal text, or "{name}" (any non-empty text without '/'), or "{name}" then
+ * a literal suffix: "{model}:generateContent" matches "gemini-2.5:generateContent"
+ * with model="gemini-2.5". Routes are tried in the order added.
+ * Returns false when the pattern is malformed or has too many parameters. */
+bool http_router_add(http_router *r, const char *method, const char *pattern, http_handler_fn fn,
+                     void *ctx);
+
+/* Outcome of a lookup: a handler; or no route for the path (404); or routes for
+ * the path but none with this method (405, *allow set to e.g. "GET, POST"). */
+typedef enum { HTTP_ROUTE_FOUND, HTTP_ROUTE_NOT_FOUND, HTTP_ROUTE_BAD_METHOD } http_route_result;
+
+/* Matches method and path; on FOUND sets *fn, *ctx and the request's params
+ * (req may be NULL in tests: then params go to out_params/out_n if non-NULL). */
+http_route_result http_router_match(http_router *r, const char *method, const char *path,
+                                    http_handler_fn *fn, void **ctx, http_param *out_params,
+                                    int *out_n, char *allow, size_t allow_size);
+
+typedef struct http_server_config {
+  const char *listen_host; /* "127.0.0.1", "0.0.0.0", "::" ... */
+  int listen_port;         /* 0 = pick a free port (see http_server_port) */
+  int threads;             /* worker threads; <= 0 means the number of cores */
+  size_t max_body_bytes;   /* larger bodies get 413 without being read */
+  unsigned connection_timeout_s; /* idle connections are closed after this */
+  http_error_fn on_error;
+} http_server_config;
+
+typedef struct http_server http_server;
+
+/* Starts listening and serving. NULL with err on failure (port in use, ...). */
+http_server *http_server_start(const http_server_config *cfg, http_router *router, char *err,
+                               size_t err_size);
+/* The port actually bound. */
+int http_server_port(http_server *s);
+/* Stops accepting, lets requests being handled finish, closes everything. */
+void http_server_stop(http_server *s);
+
+#endif

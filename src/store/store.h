@@ -1,0 +1,101 @@
+/* store.h - durable state: accounts, API keys, tasks and their results.
+ *
+ * One interface, several backends (SQLite now, PostgreSQL later), the way
+ * SQLite's VFS works: a struct of function pointers, one file per backend.
+ * Nothing outside a backend knows SQL. Every function is safe to call from
+ * any thread at the same time; a backend brings its own connection pool.
+ *
+ * Results: STORE_OK, or one of the negative codes below. Text returned through
+ * out-parameters is malloc'd and owned by the caller unless said otherwise. */
+#ifndef IMGATE_STORE_H
+#define IMGATE_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/task.h"
+
+enum {
+  STORE_OK = 0,
+  STORE_NOT_FOUND = -1, /* no such row */
+  STORE_CONFLICT = -2,  /* unique key taken, or a compare-and-set found another state */
+  STORE_ERROR = -3,     /* the backend failed (logged by the backend) */
+};
+
+typedef struct store_account {
+  int64_t id;
+  char email[256];
+  bool disabled;
+  int64_t created_ms;
+} store_account;
+
+typedef struct store_key {
+  int64_t id;
+  int64_t account_id;
+  char prefix[24];   /* first characters of the key, safe to show ("igk_AbC1") */
+  char name[64];
+  int64_t created_ms;
+  int64_t last_used_ms; /* 0 = never */
+  int64_t revoked_ms;   /* 0 = active */
+} store_key;
+
+typedef struct store store;
+
+typedef struct store_ops {
+  const char *name; /* "sqlite" */
+  void (*close)(store *s);
+
+  /* Accounts. Emails are compared as given (callers lower-case them). */
+  int (*account_create)(store *s, const char *email, int64_t now_ms, int64_t *id_out); /* CONFLICT if taken */
+  int (*account_get_by_email)(store *s, const char *email, store_account *out);
+  int (*account_get)(store *s, int64_t id, store_account *out);
+  int (*account_count)(store *s, int64_t *count_out);
+
+  /* API keys: only a SHA-256 hex of the key is stored. */
+  int (*key_create)(store *s, int64_t account_id, const char *hash_hex, const char *prefix,
+                    const char *name, int64_t now_ms, int64_t *key_id_out);
+  /* The account owning an active (not revoked) key with this hash; also
+   * records last_used_ms (cheaply: at most once a minute per key). */
+  int (*key_authenticate)(store *s, const char *hash_hex, int64_t now_ms, store_account *out,
+                          int64_t *key_id_out);
+  /* Revokes by id (when key_id > 0) or by hash (when hash_hex != NULL).
+   * NOT_FOUND when no active key matches. */
+  int (*key_revoke)(store *s, int64_t key_id, const char *hash_hex, int64_t now_ms);
+  /* All keys of an account, newest first; *keys is malloc'd (free it). */
+  int (*key_list)(store *s, int64_t account_id, store_key **keys, size_t *count);
+
+  /* Tasks. task_insert stores t (state queued) with its inputs, atomically. */
+  int (*task_insert)(store *s, const task *t);
+  /* Loads a task with its inputs and results; *out is freed with task_free. */
+  int (*task_get)(store *s, const char *task_id, task **out);
+  /* queued -> running, attempts+1, started_ms = now, provider recorded.
+   * CONFLICT when the task is not queued. *attempt_out = the new attempts. */
+  int (*task_start)(store *s, const char *task_id, const char *provider, int64_t now_ms,
+                    int *attempt_out);
+  /* running -> final state, only if the task is running and its attempts
+   * equal attempt (so a stale run can never finish it). Results (may be 0) are
+   * inserted in the same transaction. CONFLICT when the compare fails: the
+   * task was finished already, and nothing changes. */
+  int (*task_finish)(store *s, const char *task_id, int attempt, task_state final_state,
+                     const char *error_code, const char *error_message,
+                     const task_result *results, size_t n_results, int64_t now_ms);
+  /* Crash recovery at start: every running task goes back to queued. */
+  int (*task_requeue_running)(store *s, int64_t *count_out);
+  /* Ids of queued tasks, oldest first, at most limit; *ids is one malloc'd
+   * array of count fixed-size strings (free it). */
+  int (*task_list_queued)(store *s, size_t limit, char (**ids)[IDS_UUID_LEN + 1], size_t *count);
+  /* The result behind a public URL token; *out fields are malloc'd (task_result_clear). */
+  int (*result_by_token)(store *s, const char *token, task_result *out);
+} store_ops;
+
+struct store {
+  const store_ops *ops;
+};
+
+/* Opens (creating if needed) the SQLite database at path in WAL mode and
+ * applies pending migrations. pool_size connections are shared by all threads.
+ * Returns NULL with a message in err on failure. */
+store *store_sqlite_open(const char *path, int pool_size, char *err, size_t err_size);
+
+#endif
