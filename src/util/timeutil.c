@@ -20,8 +20,11 @@ void time_format_iso(int64_t unix_ms, char out[32]) {
   time_t secs = (time_t)(unix_ms / 1000);
   struct tm tm;
   gmtime_r(&secs, &tm);
-  snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-           tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(unix_ms % 1000));
+  /* The compiler cannot know the fields are small; format wide, then copy. */
+  char tmp[96];
+  snprintf(tmp, sizeof tmp, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+           tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(unix_ms % 1000));
+  snprintf(out, 32, "%.31s", tmp);
 }
 
 void time_format_http(int64_t unix_ms, char out[40]) {
@@ -31,6 +34,8 @@ void time_format_http(int64_t unix_ms, char out[40]) {
   time_t secs = (time_t)(unix_ms / 1000);
   struct tm tm;
   gmtime_r(&secs, &tm);
-  snprintf(out, 40, "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday], tm.tm_mday,
+  char tmp[96];
+  snprintf(tmp, sizeof tmp, "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday], tm.tm_mday,
            months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+  snprintf(out, 40, "%.39s", tmp);
 }
