@@ -1,2 +1,433 @@
-/* main.c - placeholder until the command line lands. */
-int main(void) { return 0; }
+/* main.c - the imgate command line: serve, admin, help.
+ *
+ * The only file that owns process-wide state: signals, the data-folder lock,
+ * and the order in which modules start and stop. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api/api.h"
+#include "blob/blob.h"
+#include "config.h"
+#include "core/accounts.h"
+#include "core/core.h"
+#include "core/engine.h"
+#include "http/server.h"
+#include "store/store.h"
+#include "upstream/provider.h"
+#include "util/log.h"
+
+#define DEMO_EMAIL "demo@imgate.local"
+
+static const char usage_main[] =
+    "imgate - a self-hosted image-generation gateway\n"
+    "\n"
+    "usage: imgate <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  serve                 run the HTTP server\n"
+    "  admin                 manage accounts and API keys\n"
+    "  help [command]        show help\n"
+    "\n"
+    "Run 'imgate <command> --help' for a command's options.\n";
+
+static const char usage_serve[] =
+    "usage: imgate serve [--listen HOST:PORT] [--data DIR] [--config FILE]\n"
+    "\n"
+    "Runs the HTTP server. On a database without accounts it creates the demo\n"
+    "account " DEMO_EMAIL " and prints its API key once.\n"
+    "\n"
+    "  --listen HOST:PORT  address to listen on (default 127.0.0.1:8080; port 0 picks\n"
+    "                      a free port); env IMGATE_LISTEN\n"
+    "  --data DIR          data folder: database and images (default ./var); env IMGATE_DATA\n"
+    "  --config FILE       JSON configuration file; env IMGATE_CONFIG\n"
+    "\n"
+    "Prints 'imgate listening on URL' once it accepts connections. SIGTERM or\n"
+    "SIGINT stops it gracefully: running tasks get engine.drain_timeout_ms to\n"
+    "finish, the rest are re-run at the next start. See docs/configuration.md.\n";
+
+static const char usage_admin[] =
+    "usage: imgate admin <object> <action> [args] [--data DIR] [--config FILE]\n"
+    "\n"
+    "  account create EMAIL           create an account; prints its id\n"
+    "  key create EMAIL [--name NAME] create an API key; prints the key alone on\n"
+    "                                 stdout (shown once: only its hash is kept)\n"
+    "  key list EMAIL                 list the account's keys (id, prefix, state)\n"
+    "  key revoke KEY|ID              revoke a key, given in full or by id\n"
+    "\n"
+    "The admin commands work on the same data folder as 'imgate serve', also\n"
+    "while a server is running.\n";
+
+typedef struct cli_opts {
+  const char *listen;
+  const char *data;
+  const char *config;
+  const char *name;
+  bool help;
+} cli_opts;
+
+/* Parses the options shared by all commands; positional arguments are
+ * gathered into args. Returns 0, or 2 on a usage error. */
+static int parse_opts(int argc, char **argv, cli_opts *o, char **args, int *n_args,
+                      int max_args) {
+  static const struct option longopts[] = {
+      {"listen", required_argument, NULL, 'l'}, {"data", required_argument, NULL, 'd'},
+      {"config", required_argument, NULL, 'c'}, {"name", required_argument, NULL, 'n'},
+      {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
+  memset(o, 0, sizeof *o);
+  *n_args = 0;
+  optind = 1;
+  opterr = 0;
+  int ch;
+  /* '-' in optstring keeps positional arguments in order, interleaved with options. */
+  while ((ch = getopt_long(argc, argv, "-h", longopts, NULL)) != -1) {
+    switch (ch) {
+    case 'l': o->listen = optarg; break;
+    case 'd': o->data = optarg; break;
+    case 'c': o->config = optarg; break;
+    case 'n': o->name = optarg; break;
+    case 'h': o->help = true; break;
+    case 1:
+      if (*n_args >= max_args) {
+        fprintf(stderr, "imgate: unexpected argument \"%s\"\n", optarg);
+        return 2;
+      }
+      args[(*n_args)++] = optarg;
+      break;
+    default:
+      fprintf(stderr, "imgate: unknown or incomplete option \"%s\"\n", argv[optind - 1]);
+      return 2;
+    }
+  }
+  return 0;
+}
+
+static int load_config(const cli_opts *o, imgate_config *cfg) {
+  char err[512];
+  config_defaults(cfg);
+  const char *file = o->config ? o->config : getenv("IMGATE_CONFIG");
+  if (file && *file && config_load_file(cfg, file, err, sizeof err) < 0) goto fail;
+  if (config_load_env(cfg, err, sizeof err) < 0) goto fail;
+  if (o->listen) snprintf(cfg->listen, sizeof cfg->listen, "%s", o->listen);
+  if (o->data) snprintf(cfg->data_dir, sizeof cfg->data_dir, "%s", o->data);
+  if (config_validate(cfg, err, sizeof err) < 0) goto fail;
+  return 0;
+fail:
+  fprintf(stderr, "imgate: configuration: %s\n", err);
+  return -1;
+}
+
+/* mkdir -p */
+static int make_dirs(const char *path) {
+  char tmp[1024];
+  snprintf(tmp, sizeof tmp, "%s", path);
+  for (char *p = tmp + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    if (mkdir(tmp, 0750) < 0 && errno != EEXIST) return -1;
+    *p = '/';
+  }
+  if (mkdir(tmp, 0750) < 0 && errno != EEXIST) return -1;
+  return 0;
+}
+
+static store *open_store(const imgate_config *cfg, int pool_size) {
+  char path[1100], err[256];
+  if (make_dirs(cfg->data_dir) < 0) {
+    fprintf(stderr, "imgate: cannot create data folder %s: %s\n", cfg->data_dir, strerror(errno));
+    return NULL;
+  }
+  snprintf(path, sizeof path, "%s/imgate.db", cfg->data_dir);
+  store *st = store_sqlite_open(path, pool_size, err, sizeof err);
+  if (!st) fprintf(stderr, "imgate: cannot open %s: %s\n", path, err);
+  return st;
+}
+
+/* ---- admin -------------------------------------------------------------- */
+
+static int admin_fail(const imgate_error *err) {
+  fprintf(stderr, "imgate: %s\n", err->message);
+  return 1;
+}
+
+static int admin_key_list(store *st, const char *email) {
+  char norm[256];
+  store_account acct;
+  if (!accounts_normalize_email(email, norm, sizeof norm) ||
+      st->ops->account_get_by_email(st, norm, &acct) != STORE_OK) {
+    fprintf(stderr, "imgate: no account for %s\n", email);
+    return 1;
+  }
+  store_key *keys = NULL;
+  size_t n = 0;
+  if (st->ops->key_list(st, acct.id, &keys, &n) != STORE_OK) {
+    fprintf(stderr, "imgate: cannot list keys\n");
+    return 1;
+  }
+  printf("%-6s %-10s %-8s %s\n", "id", "prefix", "state", "name");
+  for (size_t i = 0; i < n; i++)
+    printf("%-6lld %-10s %-8s %s\n", (long long)keys[i].id, keys[i].prefix,
+           keys[i].revoked_ms ? "revoked" : "active", keys[i].name);
+  free(keys);
+  return 0;
+}
+
+static int run_admin(int argc, char **argv) {
+  cli_opts o;
+  char *args[4];
+  int n;
+  int rc = parse_opts(argc, argv, &o, args, &n, 4);
+  if (rc) {
+    fputs(usage_admin, stderr);
+    return rc;
+  }
+  if (o.help) {
+    fputs(usage_admin, stdout);
+    return 0;
+  }
+  imgate_config cfg;
+  if (load_config(&o, &cfg) < 0) return 1;
+  const char *obj = n > 0 ? args[0] : "", *act = n > 1 ? args[1] : "";
+  const char *arg = n > 2 ? args[2] : NULL;
+  bool known = (strcmp(obj, "account") == 0 && strcmp(act, "create") == 0 && arg && n == 3) ||
+               (strcmp(obj, "key") == 0 &&
+                (!strcmp(act, "create") || !strcmp(act, "list") || !strcmp(act, "revoke")) &&
+                arg && n == 3);
+  if (!known) {
+    fputs(usage_admin, stderr);
+    return 2;
+  }
+  store *st = open_store(&cfg, 1);
+  if (!st) return 1;
+  imgate_error err = {0};
+  rc = 0;
+  if (strcmp(obj, "account") == 0) {
+    int64_t id;
+    if (accounts_create(st, arg, &id, &err) < 0)
+      rc = admin_fail(&err);
+    else
+      printf("%lld\n", (long long)id);
+  } else if (strcmp(act, "create") == 0) {
+    char key[ACCOUNTS_KEY_LEN + 1];
+    int64_t key_id;
+    if (accounts_create_key(st, arg, o.name, key, &key_id, &err) < 0) {
+      rc = admin_fail(&err);
+    } else {
+      printf("%s\n", key);
+      fprintf(stderr, "key id %lld created for %s; it is shown only now\n", (long long)key_id,
+              arg);
+    }
+  } else if (strcmp(act, "list") == 0) {
+    rc = admin_key_list(st, arg);
+  } else {
+    if (accounts_revoke_key(st, arg, &err) < 0)
+      rc = admin_fail(&err);
+    else
+      fprintf(stderr, "key revoked\n");
+  }
+  st->ops->close(st);
+  return rc;
+}
+
+/* ---- serve -------------------------------------------------------------- */
+
+/* One server per data folder: a second one would re-queue the first one's
+ * running tasks as crash leftovers. The lock dies with the process. */
+static int lock_data_dir(const char *dir) {
+  char path[1100];
+  snprintf(path, sizeof path, "%s/imgate.lock", dir);
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+  if (fd < 0) return -1;
+  if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+static void print_banner(const imgate_config *cfg, const char *host, int port, store *st,
+                         const char *demo_key) {
+  const char *h = strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0 ? "127.0.0.1" : host;
+  bool v6 = strchr(h, ':') != NULL;
+  char url[300];
+  snprintf(url, sizeof url, "http://%s%s%s:%d", v6 ? "[" : "", h, v6 ? "]" : "", port);
+  printf("imgate listening on %s\n", url);
+  printf("data folder: %s (SQLite database and images)\n", cfg->data_dir);
+  printf("provider: sim (simulated images, %d ms; no upstream configured)\n", cfg->sim_delay_ms);
+  if (demo_key) {
+    printf("demo account: " DEMO_EMAIL "\n");
+    printf("demo key: %s\n", demo_key);
+    printf("try:\n  curl -s %s/api/banana/create-async -H 'Authorization: Bearer %s' \\\n"
+           "       -H 'Content-Type: application/json' -d '{\"prompt\":\"a banana on the moon\"}'\n",
+           url, demo_key);
+  } else {
+    int64_t n = 0;
+    st->ops->account_count(st, &n);
+    printf("accounts: %lld; a new key: imgate admin key create EMAIL --data %s\n", (long long)n,
+           cfg->data_dir);
+  }
+  fflush(stdout);
+}
+
+/* Creates the demo account and key on an empty database. */
+static int bootstrap_demo(store *st, char key[ACCOUNTS_KEY_LEN + 1]) {
+  int64_t n = 0, id, key_id;
+  imgate_error err = {0};
+  if (st->ops->account_count(st, &n) != STORE_OK || n > 0) return 0;
+  if (accounts_create(st, DEMO_EMAIL, &id, &err) < 0 ||
+      accounts_create_key(st, DEMO_EMAIL, "demo", key, &key_id, &err) < 0) {
+    LOG_ERROR("demo_account_failed", "error=%s", err.slug);
+    return -1;
+  }
+  return 1;
+}
+
+static int run_serve(int argc, char **argv) {
+  cli_opts o;
+  char *args[1];
+  int n;
+  int rc = parse_opts(argc, argv, &o, args, &n, 0);
+  if (rc) {
+    fputs(usage_serve, stderr);
+    return rc;
+  }
+  if (o.help) {
+    fputs(usage_serve, stdout);
+    return 0;
+  }
+  imgate_config cfg;
+  if (load_config(&o, &cfg) < 0) return 1;
+  log_set_level((log_level)log_level_parse(cfg.log_level));
+
+  /* Signals are taken by sigwait() below; every thread created after this
+   * inherits the mask, so none of them is interrupted by SIGTERM. */
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  char host[256];
+  int port;
+  config_split_listen(cfg.listen, host, sizeof host, &port);
+  int threads = cfg.http_threads > 0 ? cfg.http_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+  if (threads < 1) threads = 1;
+
+  rc = 1;
+  store *st = NULL;
+  blob *bl = NULL;
+  engine *eng = NULL;
+  core *c = NULL;
+  http_router *router = NULL;
+  http_server *srv = NULL;
+  char err[256], blob_dir[1100];
+  char demo_key[ACCOUNTS_KEY_LEN + 1] = "";
+
+  st = open_store(&cfg, threads + 4);
+  if (!st) goto out;
+  int lock_fd = lock_data_dir(cfg.data_dir);
+  if (lock_fd < 0) {
+    fprintf(stderr, "imgate: another imgate serve is using %s\n", cfg.data_dir);
+    goto out;
+  }
+  snprintf(blob_dir, sizeof blob_dir, "%s/blobs", cfg.data_dir);
+  bl = blob_fs_open(blob_dir, err, sizeof err);
+  if (!bl) {
+    fprintf(stderr, "imgate: blob store: %s\n", err);
+    goto out_unlock;
+  }
+  int demo = cfg.demo_account ? bootstrap_demo(st, demo_key) : 0;
+  if (demo < 0) goto out_unlock;
+
+  sim_config sc = {.delay_ms = cfg.sim_delay_ms,
+                   .fail_marker = cfg.sim_fail_marker,
+                   .moderate_marker = cfg.sim_moderate_marker,
+                   .render_threads = threads};
+  provider *sim = sim_provider_create(&sc);
+  engine_config ec = {.max_in_flight = cfg.engine_max_in_flight,
+                      .retention_ms = (int64_t)cfg.retention_hours * 3600 * 1000,
+                      .max_input_bytes = cfg.max_image_bytes,
+                      .drain_timeout_ms = cfg.engine_drain_timeout_ms};
+  eng = sim ? engine_create(st, bl, sim, &ec) : NULL;
+  if (!eng) {
+    if (sim) sim->ops->destroy(sim);
+    fprintf(stderr, "imgate: cannot create the task engine\n");
+    goto out_unlock;
+  }
+  if (engine_start(eng) < 0) {
+    fprintf(stderr, "imgate: cannot start the task engine\n");
+    goto out_unlock;
+  }
+  c = core_create(&cfg, st, bl, eng);
+  router = http_router_new();
+  if (!c || !router) goto out_unlock;
+  api_health_register(router, c);
+  api_native_register(router, c);
+  api_files_register(router, c);
+
+  http_server_config hc = {.listen_host = host,
+                           .listen_port = port,
+                           .threads = threads,
+                           .max_body_bytes = cfg.max_body_bytes,
+                           .connection_timeout_s = (unsigned)cfg.connection_timeout_s,
+                           .on_error = api_server_error_hook};
+  srv = http_server_start(&hc, router, err, sizeof err);
+  if (!srv) {
+    fprintf(stderr, "imgate: cannot listen on %s: %s\n", cfg.listen, err);
+    goto out_unlock;
+  }
+  LOG_INFO("started", "listen=%s:%d threads=%d data=%s", host, http_server_port(srv), threads,
+           cfg.data_dir);
+  print_banner(&cfg, host, http_server_port(srv), st, demo > 0 ? demo_key : NULL);
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  LOG_INFO("stopping", "signal=%s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  rc = 0;
+
+out_unlock:
+  /* Order matters: no new requests, then no new tasks, then the stores. */
+  if (srv) http_server_stop(srv);
+  engine_destroy(eng);
+  core_free(c);
+  http_router_free(router);
+  if (bl) bl->ops->close(bl);
+  close(lock_fd);
+out:
+  if (st) st->ops->close(st);
+  if (rc == 0) LOG_INFO("stopped", NULL);
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fputs(usage_main, stderr);
+    return 2;
+  }
+  const char *cmd = argv[1];
+  if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+    fputs(usage_main, stdout);
+    return 0;
+  }
+  if (!strcmp(cmd, "help")) {
+    const char *topic = argc > 2 ? argv[2] : "";
+    fputs(!strcmp(topic, "serve")   ? usage_serve
+          : !strcmp(topic, "admin") ? usage_admin
+                                    : usage_main,
+          stdout);
+    return 0;
+  }
+  if (!strcmp(cmd, "serve")) return run_serve(argc - 1, argv + 1);
+  if (!strcmp(cmd, "admin")) return run_admin(argc - 1, argv + 1);
+  fprintf(stderr, "imgate: unknown command \"%s\"\n", cmd);
+  fputs(usage_main, stderr);
+  return 2;
+}

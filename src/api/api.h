@@ -1,0 +1,42 @@
+/* api.h - route registration for each dialect, plus helpers they share.
+ *
+ * A dialect file (native.c, later openai.c, gemini.c, ...) parses requests
+ * into core calls and renders answers in its own shape; it never talks to the
+ * store, engine or providers directly. */
+#ifndef IMGATE_API_H
+#define IMGATE_API_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "core/core.h"
+#include "core/error.h"
+#include "http/server.h"
+
+/* Native dialect (seed 000): /api/banana/... */
+void api_native_register(http_router *r, core *c);
+/* Result images: GET /files/{token}.{ext} (no auth: the token is the secret). */
+void api_files_register(http_router *r, core *c);
+/* Liveness: GET /healthz. */
+void api_health_register(http_router *r, core *c);
+
+/* The default error shape {"error":{"code","message","param"}}; param is
+ * written as null when empty. Also the server's hook for 404/405/413. */
+void api_reply_error(http_request *req, int status, const char *slug, const char *message,
+                     const char *param);
+void api_server_error_hook(http_request *req, int status, const char *slug, const char *message);
+
+/* Base of public URLs for this request: the configured public_url, else
+ * http://<Host header>. Written into out without a trailing slash. */
+void api_base_url(http_request *req, const core *c, char *out, size_t out_size);
+
+/* Parses the body as a JSON object. On failure replies 400 (invalid_json or
+ * invalid_request) in the default shape and returns NULL. */
+json_t *api_parse_json_object(http_request *req);
+
+/* Authenticates the request's bearer key; on failure replies in the default
+ * error shape and returns -1. Records the account for the access log. */
+int api_authenticate(http_request *req, core *c, store_account *out);
+
+#endif

@@ -1,0 +1,152 @@
+/* native.c - the native dialect (seed 000): create-async and task lookup.
+ *
+ *   POST /api/banana/create-async  {prompt, model, aspect_ratio, resolution,
+ *                                   image_urls, webhook_url} -> {uid, status}
+ *   GET  /api/banana/{uid}         -> the task
+ *
+ * Field names here are the dialect's own; errors name them (image_urls, not
+ * the core's "images"). */
+#include <stdio.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "util/timeutil.h"
+
+static json_t *iso_or_null(int64_t ms) {
+  if (ms <= 0) return json_null();
+  char ts[32];
+  time_format_iso(ms, ts);
+  return json_string(ts);
+}
+
+static json_t *string_or_null(const char *s) { return s ? json_string(s) : json_null(); }
+
+/* The core names fields its own way; this dialect says image_urls. */
+static const char *native_param(const char *core_param) {
+  if (strcmp(core_param, CORE_FIELD_IMAGES) == 0) return "image_urls";
+  return core_param;
+}
+
+static void reply_core_error(http_request *req, const imgate_error *err) {
+  api_reply_error(req, err_http_status(err->code), err->slug, err->message,
+                  native_param(err->param));
+}
+
+/* Reads an optional string field; replies 400 invalid_type and returns -1 when
+ * it is present with another type. */
+static int optional_string(http_request *req, json_t *body, const char *field, const char **out) {
+  json_t *v = json_object_get(body, field);
+  *out = NULL;
+  if (!v || json_is_null(v)) return 0;
+  if (!json_is_string(v)) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "%s must be a string", field);
+    api_reply_error(req, 400, "invalid_type", msg, field);
+    return -1;
+  }
+  *out = json_string_value(v);
+  return 0;
+}
+
+static json_t *render_task(http_request *req, core *c, const task *t) {
+  char base[600];
+  api_base_url(req, c, base, sizeof base);
+  json_t *images = json_array();
+  json_t *urls = json_array();
+  for (size_t i = 0; i < t->n_results; i++) {
+    const task_result *r = &t->results[i];
+    const char *ext = strchr(r->blob_key, '.');
+    char url[800];
+    snprintf(url, sizeof url, "%s/files/%s%s", base, r->token, ext ? ext : "");
+    json_array_append_new(urls, json_string(url));
+    json_array_append_new(images, json_pack("{s:s, s:s, s:i, s:i, s:I}", "url", url,
+                                            "content_type", r->mime, "width", r->width,
+                                            "height", r->height, "bytes", (json_int_t)r->bytes));
+  }
+  json_t *error = json_null();
+  if (t->error_code)
+    error = json_pack("{s:s, s:s}", "code", t->error_code, "message",
+                      t->error_message ? t->error_message : "");
+  return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:i, s:o, s:o, s:o, s:o, s:o, s:o}", "uid",
+                   t->id, "status", task_state_name(t->state), "model", t->model, "aspect_ratio",
+                   t->aspect_ratio, "resolution", t->resolution, "provider",
+                   string_or_null(t->provider), "attempts", t->attempts, "created_at",
+                   iso_or_null(t->created_ms), "started_at", iso_or_null(t->started_ms),
+                   "finished_at", iso_or_null(t->finished_ms), "images", images, "result_urls",
+                   urls, "error", error);
+}
+
+static void handle_create(http_request *req, void *ctx) {
+  core *c = ctx;
+  store_account acct;
+  if (api_authenticate(req, c, &acct) < 0) return;
+  json_t *body = api_parse_json_object(req);
+  if (!body) return;
+
+  core_gen_request gr = {0};
+  const char *images[16];
+  if (optional_string(req, body, "prompt", &gr.prompt) < 0 ||
+      optional_string(req, body, "model", &gr.model) < 0 ||
+      optional_string(req, body, "aspect_ratio", &gr.aspect_ratio) < 0 ||
+      optional_string(req, body, "resolution", &gr.resolution) < 0 ||
+      optional_string(req, body, "webhook_url", &gr.webhook_url) < 0)
+    goto done;
+
+  json_t *urls = json_object_get(body, "image_urls");
+  if (urls && !json_is_null(urls)) {
+    if (!json_is_array(urls)) {
+      api_reply_error(req, 400, "invalid_type", "image_urls must be an array of strings",
+                      "image_urls");
+      goto done;
+    }
+    /* The core enforces the per-model limit; this bound only sizes the array. */
+    if (json_array_size(urls) > sizeof images / sizeof images[0]) {
+      api_reply_error(req, 400, "too_many_images", "at most 10 reference images",
+                      "image_urls");
+      goto done;
+    }
+    size_t i;
+    json_t *v;
+    json_array_foreach(urls, i, v) {
+      if (!json_is_string(v)) {
+        api_reply_error(req, 400, "invalid_type", "image_urls must be an array of strings",
+                        "image_urls");
+        goto done;
+      }
+      images[i] = json_string_value(v);
+    }
+    gr.images = images;
+    gr.n_images = json_array_size(urls);
+  }
+
+  task *t = NULL;
+  imgate_error err = {0};
+  if (core_submit(c, &acct, &gr, &t, &err) < 0) {
+    reply_core_error(req, &err);
+    goto done;
+  }
+  http_reply_json(req, 200,
+                  json_pack("{s:s, s:s}", "uid", t->id, "status", task_state_name(t->state)));
+  task_free(t);
+done:
+  json_decref(body);
+}
+
+static void handle_get(http_request *req, void *ctx) {
+  core *c = ctx;
+  store_account acct;
+  if (api_authenticate(req, c, &acct) < 0) return;
+  task *t = NULL;
+  imgate_error err = {0};
+  if (core_get_task(c, &acct, http_param_get(req, "uid"), &t, &err) < 0) {
+    reply_core_error(req, &err);
+    return;
+  }
+  http_reply_json(req, 200, render_task(req, c, t));
+  task_free(t);
+}
+
+void api_native_register(http_router *r, core *c) {
+  http_router_add(r, "POST", "/api/banana/create-async", handle_create, c);
+  http_router_add(r, "GET", "/api/banana/{uid}", handle_get, c);
+}

@@ -1,0 +1,50 @@
+/* config.h - one configuration struct, from defaults, a JSON file and the environment.
+ *
+ * Precedence, lowest first: built-in defaults, the config file, IMGATE_*
+ * environment variables, then command-line flags (applied by main.c). Every
+ * key of the file is optional; unknown keys and wrong types are errors, so a
+ * typo never silently leaves a default in force. docs/configuration.md lists
+ * every key. */
+#ifndef IMGATE_CONFIG_H
+#define IMGATE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct imgate_config {
+  char listen[256];     /* HOST:PORT, [v6]:PORT */
+  char data_dir[1024];
+  char public_url[512]; /* base of image URLs; "" = from the request's Host header */
+  char log_level[16];
+  bool demo_account;    /* create a demo account on an empty database */
+  int retention_hours;  /* how long result images stay downloadable */
+
+  int http_threads;            /* 0 = number of cores */
+  size_t max_body_bytes;
+  int connection_timeout_s;
+
+  int max_prompt_chars;
+  size_t max_image_bytes;      /* per decoded reference image */
+  int max_reference_images;    /* gateway-wide cap; models may allow fewer */
+
+  int engine_max_in_flight;    /* tasks running on providers at once */
+  int engine_drain_timeout_ms; /* how long shutdown waits for running tasks */
+
+  int sim_delay_ms;
+  char sim_fail_marker[128];
+  char sim_moderate_marker[128];
+} imgate_config;
+
+/* Fills c with the built-in defaults. */
+void config_defaults(imgate_config *c);
+/* Merges a JSON config file into c. Returns 0, or -1 with err set. */
+int config_load_file(imgate_config *c, const char *path, char *err, size_t err_size);
+/* Applies IMGATE_* environment variables. Returns 0, or -1 with err set. */
+int config_load_env(imgate_config *c, char *err, size_t err_size);
+/* Checks ranges and splits listen into host and port. Returns 0, or -1 with err set. */
+int config_validate(const imgate_config *c, char *err, size_t err_size);
+/* Splits "host:port", "[v6]:port" or ":port" into host (default 127.0.0.1) and port. */
+int config_split_listen(const char *listen, char *host, size_t host_size, int *port);
+
+#endif

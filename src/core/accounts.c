@@ -1,0 +1,120 @@
+/* accounts.c - account creation, key issue/revoke, bearer authentication. */
+#include "core/accounts.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/crypto.h>
+
+#include "util/ids.h"
+#include "util/timeutil.h"
+
+bool accounts_normalize_email(const char *email, char *out, size_t out_size) {
+  size_t len = email ? strlen(email) : 0;
+  if (len < 3 || len > 254 || len >= out_size) return false;
+  int at = 0;
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)email[i];
+    if (c <= ' ' || c >= 0x7f || c == '"' || c == '\\' || c == ',') return false;
+    if (c == '@') at++;
+    out[i] = (char)tolower(c);
+  }
+  out[len] = '\0';
+  const char *a = strchr(out, '@');
+  return at == 1 && a != out && a[1] != '\0';
+}
+
+bool accounts_key_well_formed(const char *key) {
+  if (!key || strlen(key) != ACCOUNTS_KEY_LEN) return false;
+  if (strncmp(key, ACCOUNTS_KEY_PREFIX, 4) != 0) return false;
+  for (size_t i = 4; i < ACCOUNTS_KEY_LEN; i++)
+    if (!isalnum((unsigned char)key[i])) return false;
+  return true;
+}
+
+int accounts_create(store *st, const char *email, int64_t *id_out, imgate_error *err) {
+  char norm[256];
+  if (!accounts_normalize_email(email, norm, sizeof norm))
+    return err_set(err, ERR_INVALID, "invalid_email", "email", "\"%s\" is not an email address",
+                   email ? email : "");
+  int rc = st->ops->account_create(st, norm, time_now_ms(), id_out);
+  if (rc == STORE_CONFLICT)
+    return err_set(err, ERR_INVALID, "account_exists", "email", "an account for %s exists", norm);
+  if (rc != STORE_OK) return err_set(err, ERR_INTERNAL, "store_error", NULL, "store failure");
+  return 0;
+}
+
+int accounts_create_key(store *st, const char *email, const char *name,
+                        char key_out[ACCOUNTS_KEY_LEN + 1], int64_t *key_id_out,
+                        imgate_error *err) {
+  char norm[256];
+  store_account acct;
+  if (!accounts_normalize_email(email, norm, sizeof norm) ||
+      st->ops->account_get_by_email(st, norm, &acct) != STORE_OK)
+    return err_set(err, ERR_NOT_FOUND, "account_not_found", "email", "no account for %s",
+                   email ? email : "");
+  memcpy(key_out, ACCOUNTS_KEY_PREFIX, 4);
+  if (!ids_random_base62(key_out + 4, ACCOUNTS_KEY_RANDOM_LEN))
+    return err_set(err, ERR_INTERNAL, "random_failed", NULL, "no randomness available");
+  char hash[65], prefix[9];
+  ids_sha256_hex(key_out, ACCOUNTS_KEY_LEN, hash);
+  snprintf(prefix, sizeof prefix, "%.8s", key_out);
+  int rc = st->ops->key_create(st, acct.id, hash, prefix, name ? name : "", time_now_ms(),
+                               key_id_out);
+  if (rc != STORE_OK) {
+    OPENSSL_cleanse(key_out, ACCOUNTS_KEY_LEN);
+    return err_set(err, ERR_INTERNAL, "store_error", NULL, "the key could not be stored");
+  }
+  return 0;
+}
+
+int accounts_revoke_key(store *st, const char *key_or_id, imgate_error *err) {
+  int64_t id = 0;
+  char hash[65];
+  const char *hash_arg = NULL;
+  if (accounts_key_well_formed(key_or_id)) {
+    ids_sha256_hex(key_or_id, ACCOUNTS_KEY_LEN, hash);
+    hash_arg = hash;
+  } else {
+    char *end;
+    errno = 0;
+    long long v = strtoll(key_or_id, &end, 10);
+    if (errno || *end || v <= 0)
+      return err_set(err, ERR_INVALID, "invalid_key", "key", "give the full key or its id");
+    id = v;
+  }
+  int rc = st->ops->key_revoke(st, id, hash_arg, time_now_ms());
+  if (rc == STORE_NOT_FOUND)
+    return err_set(err, ERR_NOT_FOUND, "key_not_found", "key", "no active key matches");
+  if (rc != STORE_OK) return err_set(err, ERR_INTERNAL, "store_error", NULL, "store failure");
+  return 0;
+}
+
+int accounts_authenticate(store *st, const char *authorization, store_account *out,
+                          imgate_error *err) {
+  if (!authorization || !*authorization)
+    return err_set(err, ERR_UNAUTHORIZED, "unauthorized", NULL,
+                   "missing Authorization header; send Authorization: Bearer <key>");
+  if (strncasecmp(authorization, "Bearer ", 7) != 0)
+    return err_set(err, ERR_UNAUTHORIZED, "unauthorized", NULL,
+                   "the Authorization header must use the Bearer scheme");
+  const char *key = authorization + 7;
+  while (*key == ' ') key++;
+  /* Malformed keys are refused without touching the store. */
+  if (!accounts_key_well_formed(key))
+    return err_set(err, ERR_UNAUTHORIZED, "unauthorized", NULL, "invalid API key");
+  char hash[65];
+  ids_sha256_hex(key, ACCOUNTS_KEY_LEN, hash);
+  int64_t key_id;
+  int rc = st->ops->key_authenticate(st, hash, time_now_ms(), out, &key_id);
+  if (rc == STORE_NOT_FOUND)
+    return err_set(err, ERR_UNAUTHORIZED, "unauthorized", NULL, "invalid API key");
+  if (rc != STORE_OK) return err_set(err, ERR_INTERNAL, "store_error", NULL, "store failure");
+  if (out->disabled)
+    return err_set(err, ERR_FORBIDDEN, "account_disabled", NULL, "this account is disabled");
+  return 0;
+}

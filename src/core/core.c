@@ -1,0 +1,275 @@
+/* core.c - submit, look up, open results. */
+#include "core/core.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/accounts.h"
+#include "core/catalog.h"
+#include "util/base64.h"
+#include "util/imagefmt.h"
+#include "util/log.h"
+#include "util/timeutil.h"
+
+struct core {
+  imgate_config cfg;
+  store *st;
+  blob *bl;
+  engine *eng;
+};
+
+core *core_create(const imgate_config *cfg, store *st, blob *bl, engine *eng) {
+  core *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  c->cfg = *cfg;
+  c->st = st;
+  c->bl = bl;
+  c->eng = eng;
+  return c;
+}
+
+void core_free(core *c) { free(c); }
+
+const char *core_public_url(const core *c) { return c->cfg.public_url; }
+
+int core_authenticate(core *c, const char *authorization, store_account *out,
+                      imgate_error *err) {
+  return accounts_authenticate(c->st, authorization, out, err);
+}
+
+/* Counts UTF-8 code points; jansson has already checked the encoding. */
+static size_t utf8_length(const char *s) {
+  size_t n = 0;
+  for (; *s; s++)
+    if (((unsigned char)*s & 0xC0) != 0x80) n++;
+  return n;
+}
+
+static bool is_blank(const char *s) {
+  for (; *s; s++)
+    if (*s != ' ' && *s != '\t' && *s != '\r' && *s != '\n') return false;
+  return true;
+}
+
+static bool valid_webhook_url(const char *url) {
+  size_t len = strlen(url);
+  if (len > 2048) return false;
+  const char *rest;
+  if (strncmp(url, "https://", 8) == 0)
+    rest = url + 8;
+  else if (strncmp(url, "http://", 7) == 0)
+    rest = url + 7;
+  else
+    return false;
+  if (*rest == '\0' || *rest == '/') return false;
+  for (const char *p = url; *p; p++)
+    if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7f) return false;
+  return true;
+}
+
+/* Decoded reference images, kept until they are in the blob store. */
+typedef struct decoded_image {
+  uint8_t *data;
+  size_t len;
+  imagefmt fmt;
+} decoded_image;
+
+static void decoded_images_free(decoded_image *imgs, size_t n) {
+  for (size_t i = 0; i < n; i++) free(imgs[i].data);
+  free(imgs);
+}
+
+/* Turns one client-given reference into bytes: a data: URI or bare base64.
+ * URLs are refused until the fetcher (with its SSRF guard) exists. */
+static int decode_reference(core *c, const char *ref, size_t index, decoded_image *out,
+                            imgate_error *err) {
+  if (strncmp(ref, "https://", 8) == 0)
+    return err_set(err, ERR_INVALID, "url_fetch_unsupported", CORE_FIELD_IMAGES,
+                   "image %zu: fetching reference images by URL is not supported yet; "
+                   "send the image as base64 or a data: URI",
+                   index);
+  if (strncmp(ref, "http://", 7) == 0)
+    return err_set(err, ERR_INVALID, "invalid_image", CORE_FIELD_IMAGES,
+                   "image %zu: only https URLs, base64 or data: URIs are accepted", index);
+  const char *b64 = ref;
+  if (strncmp(ref, "data:", 5) == 0) {
+    const char *comma = strchr(ref, ',');
+    const char *marker = strstr(ref, ";base64,");
+    if (!comma || !marker || marker + 7 != comma)
+      return err_set(err, ERR_INVALID, "invalid_image", CORE_FIELD_IMAGES,
+                     "image %zu: a data: URI must be data:<type>;base64,<data>", index);
+    b64 = comma + 1;
+  }
+  int rc = base64_decode(b64, strlen(b64), c->cfg.max_image_bytes, &out->data, &out->len);
+  if (rc == -2)
+    return err_set(err, ERR_TOO_LARGE, "image_too_large", CORE_FIELD_IMAGES,
+                   "image %zu: larger than %zu bytes", index, c->cfg.max_image_bytes);
+  if (rc < 0 || out->len == 0)
+    return err_set(err, ERR_INVALID, "invalid_image", CORE_FIELD_IMAGES,
+                   "image %zu: not valid base64", index);
+  out->fmt = imagefmt_detect(out->data, out->len);
+  if (out->fmt == IMAGEFMT_UNKNOWN)
+    return err_set(err, ERR_INVALID, "invalid_image", CORE_FIELD_IMAGES,
+                   "image %zu: not a PNG, JPEG, WebP or HEIC image", index);
+  return 0;
+}
+
+typedef struct validated {
+  const catalog_model *model;
+  const char *aspect_ratio;
+  const char *resolution;
+} validated;
+
+static int validate(core *c, const core_gen_request *req, validated *v, imgate_error *err) {
+  const char *model_name = req->model ? req->model : "nano-banana";
+  v->model = catalog_find(model_name);
+  if (!v->model)
+    return err_set(err, ERR_INVALID, "invalid_model", CORE_FIELD_MODEL,
+                   "unknown model \"%.64s\"; see the model list in the docs", model_name);
+  if (!req->prompt)
+    return err_set(err, ERR_INVALID, "missing_field", CORE_FIELD_PROMPT, "prompt is required");
+  if (is_blank(req->prompt))
+    return err_set(err, ERR_INVALID, "invalid_prompt", CORE_FIELD_PROMPT,
+                   "prompt must not be empty");
+  if (utf8_length(req->prompt) > (size_t)c->cfg.max_prompt_chars)
+    return err_set(err, ERR_INVALID, "prompt_too_long", CORE_FIELD_PROMPT,
+                   "prompt is longer than %d characters", c->cfg.max_prompt_chars);
+  v->aspect_ratio = req->aspect_ratio ? req->aspect_ratio : "auto";
+  if (!catalog_has_aspect_ratio(v->model, v->aspect_ratio))
+    return err_set(err, ERR_INVALID, "invalid_aspect_ratio", CORE_FIELD_ASPECT_RATIO,
+                   "%s does not offer aspect ratio \"%.16s\"", v->model->name, v->aspect_ratio);
+  v->resolution = catalog_resolution(
+      v->model, req->resolution ? req->resolution : v->model->default_resolution);
+  if (!v->resolution)
+    return err_set(err, ERR_INVALID, "invalid_resolution", CORE_FIELD_RESOLUTION,
+                   "%s does not offer resolution \"%.16s\"", v->model->name, req->resolution);
+  size_t max_images = (size_t)v->model->max_reference_images;
+  if ((size_t)c->cfg.max_reference_images < max_images)
+    max_images = (size_t)c->cfg.max_reference_images;
+  if (req->n_images > max_images)
+    return err_set(err, ERR_INVALID, "too_many_images", CORE_FIELD_IMAGES,
+                   "at most %zu reference images for %s", max_images, v->model->name);
+  if (req->webhook_url && !valid_webhook_url(req->webhook_url))
+    return err_set(err, ERR_INVALID, "invalid_webhook_url", CORE_FIELD_WEBHOOK,
+                   "webhook_url must be an http(s) URL of at most 2048 characters");
+  return 0;
+}
+
+/* Writes decoded inputs to the blob store and describes them in t. */
+static int store_inputs(core *c, task *t, decoded_image *imgs, size_t n, imgate_error *err) {
+  if (n == 0) return 0;
+  t->inputs = calloc(n, sizeof *t->inputs);
+  if (!t->inputs) return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
+  for (size_t i = 0; i < n; i++) {
+    char key[128];
+    snprintf(key, sizeof key, "inputs/%s/%zu.%s", t->id, i, imagefmt_ext(imgs[i].fmt));
+    if (c->bl->ops->put(c->bl, key, imgs[i].data, imgs[i].len, imagefmt_mime(imgs[i].fmt)) !=
+        BLOB_OK)
+      return err_set(err, ERR_INTERNAL, "storage_error", NULL,
+                     "a reference image could not be stored");
+    t->n_inputs = i + 1;
+    t->inputs[i].blob_key = strdup(key);
+    t->inputs[i].mime = strdup(imagefmt_mime(imgs[i].fmt));
+    t->inputs[i].bytes = (int64_t)imgs[i].len;
+    if (!t->inputs[i].blob_key || !t->inputs[i].mime)
+      return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
+  }
+  return 0;
+}
+
+static void remove_inputs(core *c, task *t) {
+  for (size_t i = 0; i < t->n_inputs; i++)
+    if (t->inputs[i].blob_key) c->bl->ops->remove(c->bl, t->inputs[i].blob_key);
+}
+
+int core_submit(core *c, const store_account *acct, const core_gen_request *req, task **out,
+                imgate_error *err) {
+  validated v;
+  if (validate(c, req, &v, err) < 0) return -1;
+
+  decoded_image *imgs = NULL;
+  if (req->n_images) {
+    imgs = calloc(req->n_images, sizeof *imgs);
+    if (!imgs) return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
+  }
+  for (size_t i = 0; i < req->n_images; i++) {
+    if (decode_reference(c, req->images[i], i, &imgs[i], err) < 0) {
+      decoded_images_free(imgs, req->n_images);
+      return -1;
+    }
+  }
+
+  task *t = calloc(1, sizeof *t);
+  if (!t || !ids_uuid7(t->id)) {
+    free(t);
+    decoded_images_free(imgs, req->n_images);
+    return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "could not create the task");
+  }
+  t->account_id = acct->id;
+  t->state = TASK_QUEUED;
+  t->model = strdup(v.model->name);
+  t->prompt = strdup(req->prompt);
+  t->aspect_ratio = strdup(v.aspect_ratio);
+  t->resolution = strdup(v.resolution);
+  t->webhook_url = req->webhook_url ? strdup(req->webhook_url) : NULL;
+  t->quantity = 1;
+  t->created_ms = time_now_ms();
+  if (!t->model || !t->prompt || !t->aspect_ratio || !t->resolution ||
+      (req->webhook_url && !t->webhook_url)) {
+    err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
+    goto fail;
+  }
+  if (store_inputs(c, t, imgs, req->n_images, err) < 0) goto fail;
+  decoded_images_free(imgs, req->n_images);
+  imgs = NULL;
+
+  if (c->st->ops->task_insert(c->st, t) != STORE_OK) {
+    err_set(err, ERR_INTERNAL, "store_error", NULL, "the task could not be stored");
+    goto fail;
+  }
+  /* Durable now; the in-memory queue only speeds up what recovery would do. */
+  engine_enqueue(c->eng, t->id);
+  *out = t;
+  return 0;
+
+fail:
+  remove_inputs(c, t);
+  decoded_images_free(imgs, req->n_images);
+  task_free(t);
+  return -1;
+}
+
+int core_get_task(core *c, const store_account *acct, const char *task_id, task **out,
+                  imgate_error *err) {
+  task *t = NULL;
+  if (!ids_is_uuid(task_id))
+    return err_set(err, ERR_NOT_FOUND, "not_found", NULL, "no such task");
+  int rc = c->st->ops->task_get(c->st, task_id, &t);
+  if (rc == STORE_NOT_FOUND || (rc == STORE_OK && t->account_id != acct->id)) {
+    task_free(t);
+    return err_set(err, ERR_NOT_FOUND, "not_found", NULL, "no such task");
+  }
+  if (rc != STORE_OK) return err_set(err, ERR_INTERNAL, "store_error", NULL, "store failure");
+  *out = t;
+  return 0;
+}
+
+int core_open_result(core *c, const char *token, task_result *meta, blob_object *obj,
+                     imgate_error *err) {
+  memset(meta, 0, sizeof *meta);
+  int rc = c->st->ops->result_by_token(c->st, token, meta);
+  if (rc == STORE_NOT_FOUND || (rc == STORE_OK && meta->expires_ms <= time_now_ms())) {
+    task_result_clear(meta);
+    return err_set(err, ERR_NOT_FOUND, "not_found", NULL, "no such image, or it has expired");
+  }
+  if (rc != STORE_OK) return err_set(err, ERR_INTERNAL, "store_error", NULL, "store failure");
+  rc = c->bl->ops->open(c->bl, meta->blob_key, obj);
+  if (rc != BLOB_OK) {
+    task_result_clear(meta);
+    if (rc == BLOB_NOT_FOUND)
+      return err_set(err, ERR_NOT_FOUND, "not_found", NULL, "no such image, or it has expired");
+    return err_set(err, ERR_INTERNAL, "storage_error", NULL, "the image could not be read");
+  }
+  return 0;
+}
