@@ -121,6 +121,7 @@ static void finish_task(engine *e, const char *task_id, int attempt, task_state 
     LOG_INFO("task_finished", "task=%s state=%s attempt=%d images=%zu dur_ms=%lld code=%s",
              task_id, task_state_name(state), attempt, n_results, (long long)dur_ms,
              code ? code : "-");
+    if (e->cfg.on_finished) e->cfg.on_finished(e->cfg.on_finished_ctx, task_id, state);
     return;
   }
   if (rc == STORE_CONFLICT) {
@@ -495,5 +496,6 @@ void engine_get_stats(engine *e, engine_stats *out) {
   out->queued = e->q_len;
   out->in_flight = e->in_flight;
   out->finished = e->finished;
+  out->stopping = e->stopping;
   pthread_mutex_unlock(&e->lock);
 }

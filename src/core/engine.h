@@ -22,6 +22,7 @@
 #ifndef IMGATE_ENGINE_H
 #define IMGATE_ENGINE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -35,6 +36,10 @@ typedef struct engine_config {
   int64_t retention_ms;    /* result URLs expire this long after the task finished */
   size_t max_input_bytes;  /* cap when reading a reference image back from the blob store */
   int drain_timeout_ms;
+  /* Called on a completer thread after a task's final state is committed,
+   * exactly once per task this process finishes (waiters, webhooks, tests). */
+  void (*on_finished)(void *ctx, const char *task_id, task_state state);
+  void *on_finished_ctx;
 } engine_config;
 
 typedef struct engine engine;
@@ -55,6 +60,7 @@ typedef struct engine_stats {
   size_t queued;    /* ids waiting in memory */
   size_t in_flight; /* provider calls running */
   uint64_t finished;/* tasks this process finished */
+  bool stopping;    /* engine_stop has begun */
 } engine_stats;
 
 void engine_get_stats(engine *e, engine_stats *out);

@@ -1,0 +1,133 @@
+/* test_config.c - defaults, file merging, environment, validation. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+
+static char *write_temp(const char *text) {
+  static char path[64];
+  snprintf(path, sizeof path, "/tmp/imgate-config-XXXXXX");
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+  close(fd);
+  return path;
+}
+
+static int load_text(imgate_config *c, const char *text, char *err, size_t n) {
+  char *path = write_temp(text);
+  int rc = config_load_file(c, path, err, n);
+  unlink(path);
+  return rc;
+}
+
+static void test_defaults(void **state) {
+  (void)state;
+  imgate_config c;
+  char err[256];
+  config_defaults(&c);
+  assert_string_equal(c.listen, "127.0.0.1:8080");
+  assert_string_equal(c.data_dir, "./var");
+  assert_int_equal(c.retention_hours, 168);
+  assert_true(c.demo_account);
+  assert_int_equal(config_validate(&c, err, sizeof err), 0);
+}
+
+static void test_file_merges(void **state) {
+  (void)state;
+  imgate_config c;
+  char err[256];
+  config_defaults(&c);
+  assert_int_equal(load_text(&c,
+                             "{\"listen\":\"0.0.0.0:9000\",\"http\":{\"max_body_bytes\":65536},"
+                             "\"sim\":{\"delay_ms\":5,\"fail_marker\":\"FAIL\"},"
+                             "\"demo_account\":false}",
+                             err, sizeof err),
+                   0);
+  assert_string_equal(c.listen, "0.0.0.0:9000");
+  assert_int_equal(c.max_body_bytes, 65536);
+  assert_int_equal(c.sim_delay_ms, 5);
+  assert_string_equal(c.sim_fail_marker, "FAIL");
+  assert_false(c.demo_account);
+  assert_int_equal(c.engine_max_in_flight, 256); /* untouched keys keep defaults */
+}
+
+static void test_file_errors_name_the_key(void **state) {
+  (void)state;
+  imgate_config c;
+  char err[256];
+  config_defaults(&c);
+  assert_int_equal(load_text(&c, "{\"http\":{\"treads\":4}}", err, sizeof err), -1);
+  assert_non_null(strstr(err, "http.treads"));
+  assert_int_equal(load_text(&c, "{\"sim\":{\"delay_ms\":\"5\"}}", err, sizeof err), -1);
+  assert_non_null(strstr(err, "sim.delay_ms"));
+  assert_int_equal(load_text(&c, "{\"engine\":{\"max_in_flight\":0}}", err, sizeof err), -1);
+  assert_non_null(strstr(err, "engine.max_in_flight"));
+  assert_int_equal(load_text(&c, "[1,2]", err, sizeof err), -1);
+  assert_int_equal(load_text(&c, "{\"listen\":", err, sizeof err), -1);
+  assert_int_equal(load_text(&c, "{\"listen\":\"a:1\",\"listen\":\"b:2\"}", err, sizeof err), -1);
+}
+
+static void test_env_overrides(void **state) {
+  (void)state;
+  imgate_config c;
+  char err[256];
+  config_defaults(&c);
+  setenv("IMGATE_LISTEN", "127.0.0.1:0", 1);
+  setenv("IMGATE_SIM_DELAY_MS", "42", 1);
+  assert_int_equal(config_load_env(&c, err, sizeof err), 0);
+  assert_string_equal(c.listen, "127.0.0.1:0");
+  assert_int_equal(c.sim_delay_ms, 42);
+  setenv("IMGATE_SIM_DELAY_MS", "42ms", 1);
+  assert_int_equal(config_load_env(&c, err, sizeof err), -1);
+  assert_non_null(strstr(err, "IMGATE_SIM_DELAY_MS"));
+  unsetenv("IMGATE_LISTEN");
+  unsetenv("IMGATE_SIM_DELAY_MS");
+}
+
+static void test_split_listen(void **state) {
+  (void)state;
+  char host[64];
+  int port;
+  assert_int_equal(config_split_listen("127.0.0.1:8080", host, sizeof host, &port), 0);
+  assert_string_equal(host, "127.0.0.1");
+  assert_int_equal(port, 8080);
+  assert_int_equal(config_split_listen("[::1]:0", host, sizeof host, &port), 0);
+  assert_string_equal(host, "::1");
+  assert_int_equal(port, 0);
+  assert_int_equal(config_split_listen(":9000", host, sizeof host, &port), 0);
+  assert_string_equal(host, "127.0.0.1");
+  assert_int_equal(config_split_listen("localhost", host, sizeof host, &port), -1);
+  assert_int_equal(config_split_listen("h:70000", host, sizeof host, &port), -1);
+  assert_int_equal(config_split_listen("h:", host, sizeof host, &port), -1);
+  assert_int_equal(config_split_listen("[::1]8080", host, sizeof host, &port), -1);
+}
+
+static void test_validate(void **state) {
+  (void)state;
+  imgate_config c;
+  char err[256];
+  config_defaults(&c);
+  snprintf(c.public_url, sizeof c.public_url, "ftp://x");
+  assert_int_equal(config_validate(&c, err, sizeof err), -1);
+  config_defaults(&c);
+  snprintf(c.log_level, sizeof c.log_level, "loud");
+  assert_int_equal(config_validate(&c, err, sizeof err), -1);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_defaults),       cmocka_unit_test(test_file_merges),
+      cmocka_unit_test(test_file_errors_name_the_key), cmocka_unit_test(test_env_overrides),
+      cmocka_unit_test(test_split_listen),   cmocka_unit_test(test_validate),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

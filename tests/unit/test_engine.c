@@ -1,0 +1,461 @@
+/* test_engine.c - the engine against a scripted provider and a real store.
+ *
+ * The provider below never answers on its own: the test decides when each
+ * call completes and how, so every interleaving checked here is deliberate. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "blob/blob.h"
+#include "core/engine.h"
+#include "store/store.h"
+#include "util/ids.h"
+#include "util/timeutil.h"
+
+/* ---- a provider the test drives ---------------------------------------- */
+
+typedef struct pending_call {
+  provider_done_fn done;
+  void *ctx;
+  char task_id[IDS_UUID_LEN + 1];
+  size_t n_inputs;
+  size_t input0_len;
+  struct pending_call *next;
+} pending_call;
+
+typedef struct scripted {
+  provider base;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  pending_call *pending;
+  int started;
+  int destroyed_with_pending;
+} scripted;
+
+static int scripted_start(provider *p, const provider_request *req, provider_done_fn done,
+                          void *ctx) {
+  scripted *s = (scripted *)p;
+  pending_call *c = calloc(1, sizeof *c);
+  c->done = done;
+  c->ctx = ctx;
+  snprintf(c->task_id, sizeof c->task_id, "%s", req->task_id);
+  c->n_inputs = req->n_inputs;
+  c->input0_len = req->n_inputs ? req->inputs[0].len : 0;
+  pthread_mutex_lock(&s->lock);
+  c->next = s->pending;
+  s->pending = c;
+  s->started++;
+  pthread_cond_broadcast(&s->cond);
+  pthread_mutex_unlock(&s->lock);
+  return 0;
+}
+
+static void scripted_destroy(provider *p) {
+  scripted *s = (scripted *)p;
+  while (s->pending) {
+    pending_call *c = s->pending;
+    s->pending = c->next;
+    s->destroyed_with_pending++;
+    free(c);
+  }
+}
+
+static const provider_ops scripted_ops = {"scripted", scripted_start, scripted_destroy};
+
+static void scripted_init(scripted *s) {
+  memset(s, 0, sizeof *s);
+  s->base.ops = &scripted_ops;
+  snprintf(s->base.name, sizeof s->base.name, "scripted");
+  pthread_mutex_init(&s->lock, NULL);
+  pthread_cond_init(&s->cond, NULL);
+}
+
+/* Waits until at least n calls were started; false after 10 s (a failure, not a pace). */
+static bool wait_started(scripted *s, int n) {
+  struct timespec deadline;
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += 10;
+  pthread_mutex_lock(&s->lock);
+  while (s->started < n)
+    if (pthread_cond_timedwait(&s->cond, &s->lock, &deadline) != 0) break;
+  bool ok = s->started >= n;
+  pthread_mutex_unlock(&s->lock);
+  return ok;
+}
+
+static pending_call *take_one(scripted *s) {
+  pthread_mutex_lock(&s->lock);
+  pending_call *c = s->pending;
+  if (c) s->pending = c->next;
+  pthread_mutex_unlock(&s->lock);
+  return c;
+}
+
+/* A minimal PNG: signature plus IHDR, enough for format detection. */
+static const uint8_t tiny_png[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13,
+                                   'I', 'H', 'D', 'R', 0, 0, 0, 2, 0, 0, 0, 3, 8, 2, 0, 0,
+                                   0, 0, 0, 0, 0};
+
+static void complete(pending_call *c, provider_status status) {
+  provider_outcome *o = provider_outcome_new(status);
+  if (status == PROVIDER_OK) {
+    o->images = calloc(1, sizeof *o->images);
+    o->images[0].data = malloc(sizeof tiny_png);
+    memcpy(o->images[0].data, tiny_png, sizeof tiny_png);
+    o->images[0].len = sizeof tiny_png;
+    o->images[0].width = 2;
+    o->images[0].height = 3;
+    snprintf(o->images[0].mime, sizeof o->images[0].mime, "image/png");
+    o->n_images = 1;
+  } else {
+    snprintf(o->error_code, sizeof o->error_code, "%s",
+             status == PROVIDER_MODERATED ? "content_moderated" : "upstream_error");
+    snprintf(o->error_message, sizeof o->error_message, "scripted");
+  }
+  c->done(c->ctx, o);
+  free(c);
+}
+
+/* ---- finish notifications ---------------------------------------------- */
+
+typedef struct finish_log {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  int count;
+} finish_log;
+
+static void on_finished(void *ctx, const char *task_id, task_state state) {
+  (void)task_id;
+  (void)state;
+  finish_log *f = ctx;
+  pthread_mutex_lock(&f->lock);
+  f->count++;
+  pthread_cond_broadcast(&f->cond);
+  pthread_mutex_unlock(&f->lock);
+}
+
+static bool wait_finished(finish_log *f, int n) {
+  struct timespec deadline;
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += 10;
+  pthread_mutex_lock(&f->lock);
+  while (f->count < n)
+    if (pthread_cond_timedwait(&f->cond, &f->lock, &deadline) != 0) break;
+  bool ok = f->count >= n;
+  pthread_mutex_unlock(&f->lock);
+  return ok;
+}
+
+/* ---- fixture ------------------------------------------------------------ */
+
+typedef struct fixture {
+  char dir[64];
+  store *st;
+  blob *bl;
+  finish_log fin;
+  int64_t account_id;
+} fixture;
+
+static int setup(void **state) {
+  fixture *f = calloc(1, sizeof *f);
+  char path[128], err[256];
+  snprintf(f->dir, sizeof f->dir, "/tmp/imgate-engine-XXXXXX");
+  assert_non_null(mkdtemp(f->dir));
+  snprintf(path, sizeof path, "%s/db", f->dir);
+  f->st = store_sqlite_open(path, 4, err, sizeof err);
+  assert_non_null(f->st);
+  snprintf(path, sizeof path, "%s/blobs", f->dir);
+  f->bl = blob_fs_open(path, err, sizeof err);
+  assert_non_null(f->bl);
+  pthread_mutex_init(&f->fin.lock, NULL);
+  pthread_cond_init(&f->fin.cond, NULL);
+  assert_int_equal(f->st->ops->account_create(f->st, "t@example.com", 1, &f->account_id),
+                   STORE_OK);
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fixture *f = *state;
+  f->st->ops->close(f->st);
+  f->bl->ops->close(f->bl);
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
+  assert_int_equal(system(cmd), 0);
+  free(f);
+  return 0;
+}
+
+static engine *make_engine(fixture *f, scripted *s, int max_in_flight, int drain_ms) {
+  engine_config ec = {.max_in_flight = max_in_flight,
+                      .retention_ms = 3600 * 1000,
+                      .max_input_bytes = 1 << 20,
+                      .drain_timeout_ms = drain_ms,
+                      .on_finished = on_finished,
+                      .on_finished_ctx = &f->fin};
+  engine *e = engine_create(f->st, f->bl, &s->base, &ec);
+  assert_non_null(e);
+  return e;
+}
+
+/* Inserts a queued task (optionally with one stored input); returns its id in out. */
+static void insert_task(fixture *f, char out[IDS_UUID_LEN + 1], bool with_input) {
+  task t = {0};
+  assert_true(ids_uuid7(t.id));
+  t.account_id = f->account_id;
+  t.state = TASK_QUEUED;
+  t.model = "nano-banana";
+  t.prompt = "p";
+  t.aspect_ratio = "auto";
+  t.resolution = "1K";
+  t.quantity = 1;
+  t.created_ms = time_now_ms();
+  task_input in = {0};
+  char key[96];
+  if (with_input) {
+    snprintf(key, sizeof key, "inputs/%s/0.png", t.id);
+    assert_int_equal(f->bl->ops->put(f->bl, key, tiny_png, sizeof tiny_png, "image/png"), BLOB_OK);
+    in.blob_key = key;
+    in.mime = "image/png";
+    in.bytes = sizeof tiny_png;
+    t.inputs = &in;
+    t.n_inputs = 1;
+  }
+  assert_int_equal(f->st->ops->task_insert(f->st, &t), STORE_OK);
+  memcpy(out, t.id, sizeof t.id);
+}
+
+static task *load(fixture *f, const char *id) {
+  task *t = NULL;
+  assert_int_equal(f->st->ops->task_get(f->st, id, &t), STORE_OK);
+  return t;
+}
+
+/* ---- tests -------------------------------------------------------------- */
+
+static void test_runs_tasks_to_success(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  engine *e = make_engine(f, &s, 8, 1000);
+  assert_int_equal(engine_start(e), 0);
+  char ids[5][IDS_UUID_LEN + 1];
+  for (int i = 0; i < 5; i++) {
+    insert_task(f, ids[i], i == 0);
+    engine_enqueue(e, ids[i]);
+  }
+  assert_true(wait_started(&s, 5));
+  pending_call *c;
+  bool saw_input = false;
+  while ((c = take_one(&s))) {
+    if (strcmp(c->task_id, ids[0]) == 0)
+      saw_input = c->n_inputs == 1 && c->input0_len == sizeof tiny_png;
+    complete(c, PROVIDER_OK);
+  }
+  assert_true(saw_input); /* the stored reference reached the provider intact */
+  assert_true(wait_finished(&f->fin, 5));
+  for (int i = 0; i < 5; i++) {
+    task *t = load(f, ids[i]);
+    assert_int_equal(t->state, TASK_SUCCEEDED);
+    assert_int_equal(t->attempts, 1);
+    assert_int_equal(t->n_results, 1);
+    assert_int_equal(t->results[0].width, 2);
+    assert_int_equal(t->results[0].height, 3);
+    assert_string_equal(t->results[0].mime, "image/png");
+    assert_int_equal(strlen(t->results[0].token), 32);
+    uint8_t *data;
+    size_t len;
+    assert_int_equal(f->bl->ops->read(f->bl, t->results[0].blob_key, 1 << 20, &data, &len),
+                     BLOB_OK);
+    assert_memory_equal(data, tiny_png, sizeof tiny_png);
+    free(data);
+    task_free(t);
+  }
+  engine_destroy(e);
+}
+
+static void test_respects_max_in_flight(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  engine *e = make_engine(f, &s, 2, 1000);
+  assert_int_equal(engine_start(e), 0);
+  char ids[5][IDS_UUID_LEN + 1];
+  for (int i = 0; i < 5; i++) {
+    insert_task(f, ids[i], false);
+    engine_enqueue(e, ids[i]);
+  }
+  assert_true(wait_started(&s, 2));
+  engine_stats st;
+  engine_get_stats(e, &st);
+  assert_int_equal(st.in_flight, 2);
+  assert_int_equal(st.queued, 3);
+  assert_int_equal(s.started, 2);
+  /* Each completion frees exactly one slot. */
+  for (int done = 0; done < 5; done++) {
+    assert_true(wait_started(&s, done + 2 > 5 ? 5 : done + 2));
+    pending_call *c = take_one(&s);
+    assert_non_null(c);
+    complete(c, PROVIDER_OK);
+    assert_true(wait_finished(&f->fin, done + 1));
+    pthread_mutex_lock(&s.lock);
+    assert_true(s.started <= done + 3);
+    pthread_mutex_unlock(&s.lock);
+  }
+  engine_destroy(e);
+}
+
+static void test_failed_and_moderated(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  engine *e = make_engine(f, &s, 4, 1000);
+  assert_int_equal(engine_start(e), 0);
+  char a[IDS_UUID_LEN + 1], b[IDS_UUID_LEN + 1];
+  insert_task(f, a, false);
+  engine_enqueue(e, a);
+  assert_true(wait_started(&s, 1));
+  complete(take_one(&s), PROVIDER_FAILED);
+  insert_task(f, b, false);
+  engine_enqueue(e, b);
+  assert_true(wait_started(&s, 2));
+  complete(take_one(&s), PROVIDER_MODERATED);
+  assert_true(wait_finished(&f->fin, 2));
+  task *t = load(f, a);
+  assert_int_equal(t->state, TASK_FAILED);
+  assert_string_equal(t->error_code, "upstream_error");
+  assert_int_equal(t->n_results, 0);
+  task_free(t);
+  t = load(f, b);
+  assert_int_equal(t->state, TASK_MODERATED);
+  assert_string_equal(t->error_code, "content_moderated");
+  task_free(t);
+  engine_destroy(e);
+}
+
+static void test_duplicate_enqueue_runs_once(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  engine *e = make_engine(f, &s, 4, 1000);
+  assert_int_equal(engine_start(e), 0);
+  char a[IDS_UUID_LEN + 1], b[IDS_UUID_LEN + 1];
+  insert_task(f, a, false);
+  insert_task(f, b, false);
+  engine_enqueue(e, a);
+  engine_enqueue(e, a); /* the store's compare-and-set turns the second away */
+  engine_enqueue(e, b); /* queued behind both: once it starts, both a's were seen */
+  assert_true(wait_started(&s, 2));
+  pending_call *c;
+  while ((c = take_one(&s))) complete(c, PROVIDER_OK);
+  assert_true(wait_finished(&f->fin, 2));
+  engine_stats st;
+  engine_get_stats(e, &st);
+  assert_int_equal(st.queued, 0);
+  assert_int_equal(s.started, 2);
+  engine_destroy(e);
+}
+
+static void test_stop_leaves_running_and_restart_reruns(void **state) {
+  fixture *f = *state;
+  scripted s1;
+  scripted_init(&s1);
+  engine *e = make_engine(f, &s1, 2, 0);
+  assert_int_equal(engine_start(e), 0);
+  char ids[4][IDS_UUID_LEN + 1];
+  for (int i = 0; i < 4; i++) {
+    insert_task(f, ids[i], false);
+    engine_enqueue(e, ids[i]);
+  }
+  assert_true(wait_started(&s1, 2));
+  engine_destroy(e); /* drain 0 ms: two calls dropped, two never started */
+  assert_int_equal(s1.destroyed_with_pending, 2);
+  int running = 0, queued = 0;
+  for (int i = 0; i < 4; i++) {
+    task *t = load(f, ids[i]);
+    running += t->state == TASK_RUNNING;
+    queued += t->state == TASK_QUEUED;
+    task_free(t);
+  }
+  assert_int_equal(running, 2);
+  assert_int_equal(queued, 2);
+
+  scripted s2;
+  scripted_init(&s2);
+  e = make_engine(f, &s2, 8, 1000);
+  assert_int_equal(engine_start(e), 0); /* recovery: all four come back */
+  assert_true(wait_started(&s2, 4));
+  pending_call *c;
+  while ((c = take_one(&s2))) complete(c, PROVIDER_OK);
+  assert_true(wait_finished(&f->fin, 4));
+  int second_attempts = 0;
+  for (int i = 0; i < 4; i++) {
+    task *t = load(f, ids[i]);
+    assert_int_equal(t->state, TASK_SUCCEEDED);
+    assert_int_equal(t->n_results, 1);
+    second_attempts += t->attempts == 2;
+    task_free(t);
+  }
+  assert_int_equal(second_attempts, 2);
+  engine_destroy(e);
+}
+
+/* Completes the one pending call once the engine has begun to stop. */
+static void *complete_during_stop(void *arg) {
+  void **args = arg;
+  engine *e = args[0];
+  scripted *s = args[1];
+  int64_t deadline = time_mono_ms() + 10000;
+  engine_stats st = {0};
+  while (!st.stopping && time_mono_ms() < deadline) {
+    engine_get_stats(e, &st);
+    sched_yield();
+  }
+  complete(take_one(s), PROVIDER_OK);
+  return NULL;
+}
+
+static void test_drain_waits_for_running(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  engine *e = make_engine(f, &s, 2, 10000);
+  assert_int_equal(engine_start(e), 0);
+  char id[IDS_UUID_LEN + 1];
+  insert_task(f, id, false);
+  engine_enqueue(e, id);
+  assert_true(wait_started(&s, 1));
+  pthread_t th;
+  void *args[2] = {e, &s};
+  assert_int_equal(pthread_create(&th, NULL, complete_during_stop, args), 0);
+  engine_stop(e); /* must wait for the completion above, not drop it */
+  pthread_join(th, NULL);
+  assert_int_equal(s.destroyed_with_pending, 0);
+  task *t = load(f, id);
+  assert_int_equal(t->state, TASK_SUCCEEDED);
+  task_free(t);
+  engine_destroy(e);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_runs_tasks_to_success, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_respects_max_in_flight, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_failed_and_moderated, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_duplicate_enqueue_runs_once, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_stop_leaves_running_and_restart_reruns, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_drain_waits_for_running, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
