@@ -1,0 +1,174 @@
+"""test_cli.py - the command line: help, usage errors, admin commands, the
+demo account, configuration errors and environment overrides."""
+
+import json
+import os
+import shutil
+import tempfile
+import unittest
+
+import harness as h
+
+DEMO = "demo@imgate.local"
+
+
+class CliTest(h.ServerTestCase):
+
+    def data_dir(self):
+        d = tempfile.mkdtemp(prefix="imgate-e2e-cli-")
+        self.addCleanup(shutil.rmtree, d, True)
+        return d
+
+    def config_file(self, doc):
+        d = self.data_dir()
+        path = os.path.join(d, "config.json")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(doc if isinstance(doc, str) else json.dumps(doc))
+        return path
+
+    # -- help and usage
+
+    def test_help(self):
+        cases = [(("--help",), ("serve", "admin")),
+                 (("serve", "--help"), ("--listen", "--data", "--config")),
+                 (("admin", "--help"), ("account", "create", "key", "list", "revoke", "--name"))]
+        for args, words in cases:
+            r = h.run_cli(*args)
+            self.assertEqual(r.code, 0, r)
+            for w in words:
+                self.assertIn(w, r.stdout, "%r help lacks %r: %r" % (args, w, r))
+
+    def test_unknown_command(self):
+        for args in (("frobnicate",), ("serve", "--frobnicate"), ("admin", "frobnicate"),
+                     ("admin", "account", "frobnicate", "a@example.com"),
+                     ("admin", "key", "create", "--bogus", "a@example.com")):
+            r = h.run_cli(*args)
+            self.assertEqual(r.code, 2, r)
+            self.assertRegex(r.stderr.lower(), "usage", r)
+
+    # -- admin
+
+    def test_account_create_and_duplicate(self):
+        d = self.data_dir()
+        r = h.run_cli("admin", "account", "create", "carol@example.com", "--data", d)
+        self.assertEqual(r.code, 0, r)
+        self.assertRegex(r.stdout, r"^\S+\n$")
+        dup = h.run_cli("admin", "account", "create", "carol@example.com", "--data", d)
+        self.assertEqual(dup.code, 1, dup)
+        self.assertTrue(dup.stderr.strip(), dup)
+        self.assertEqual(dup.stdout, "", dup)
+        other = h.run_cli("admin", "account", "create", "dave@example.com", "--data", d)
+        self.assertEqual(other.code, 0, other)
+        self.assertNotEqual(other.stdout, r.stdout)
+        lst = h.run_cli("admin", "account", "list", "--data", d)
+        self.assertEqual(lst.code, 0, lst)
+        self.assertIn("carol@example.com", lst.stdout)
+        self.assertIn("dave@example.com", lst.stdout)
+
+    def test_key_create_prints_only_the_key(self):
+        d = self.data_dir()
+        h.admin_account_create(d, "erin@example.com")
+        keys = set()
+        for name in ("laptop", None):
+            args = ["admin", "key", "create", "erin@example.com"]
+            if name:
+                args += ["--name", name]
+            r = h.run_cli(*args, "--data", d)
+            self.assertEqual(r.code, 0, r)
+            self.assertTrue(r.stdout.endswith("\n") and r.stdout.count("\n") == 1, r)
+            self.assertRegex(r.stdout[:-1], h.KEY_RE)
+            self.assertRegex(r.stderr, r"\d", "no key id on stderr: %r" % r)
+            keys.add(r.stdout)
+        self.assertEqual(len(keys), 2)
+        lst = h.run_cli("admin", "key", "list", "erin@example.com", "--data", d)
+        self.assertEqual(lst.code, 0, lst)
+        self.assertIn("laptop", lst.stdout)
+        for k in keys:
+            self.assertNotIn(k.strip(), lst.stdout, "key list shows a whole secret key")
+
+    def test_key_errors(self):
+        d = self.data_dir()
+        h.admin_account_create(d, "frank@example.com")
+        r = h.run_cli("admin", "key", "create", "nobody@example.com", "--data", d)
+        self.assertEqual(r.code, 1, r)
+        self.assertEqual(r.stdout, "", r)
+        for target in ("igk_" + "Z" * 40, "999999"):
+            r = h.run_cli("admin", "key", "revoke", target, "--data", d)
+            self.assertEqual(r.code, 1, r)
+        key = h.admin_key_create(d, "frank@example.com")
+        r = h.run_cli("admin", "key", "revoke", key, "--data", d)
+        self.assertEqual(r.code, 0, r)
+
+    # -- serve: demo account
+
+    def test_demo_key_on_empty_data_dir(self):
+        d = self.data_dir()
+        s = self.start_server(data_dir=d)
+        s.wait_stdout(r"^demo account: demo@imgate\.local$")
+        key = s.wait_stdout(r"^demo key: (igk_\S+)$").group(1)
+        self.assertRegex(key, h.KEY_RE)
+        uid = s.create(key, prompt="hello from the demo account")
+        t = s.wait_final(uid, key)
+        self.assertImages(s, t, 1024, 1024)
+        s.stop()
+        self.assertNotIn(key, s.stderr_text(), "the demo key leaked into the log")
+
+        # Not on the next start: the database has an account now.
+        s2 = self.start_server(data_dir=d)
+        self.assertEqual(s2.task(uid, key)["status"], "succeeded")
+        s2.stop()
+        self.assertNotIn("demo key", s2.stdout_text())
+        lst = h.run_cli("admin", "account", "list", "--data", d)
+        self.assertEqual(lst.stdout.count(DEMO), 1, lst)
+
+    def test_no_demo_key_when_accounts_exist(self):
+        s = self.start_server(accounts=["gina@example.com"])
+        s.stop()
+        self.assertNotIn("demo key", s.stdout_text())
+        lst = h.run_cli("admin", "account", "list", "--data", s.data_dir)
+        self.assertNotIn(DEMO, lst.stdout)
+
+    def test_no_demo_key_when_disabled(self):
+        s = self.start_server(config={"demo_account": False})
+        s.stop()
+        self.assertNotIn("demo key", s.stdout_text())
+        lst = h.run_cli("admin", "account", "list", "--data", s.data_dir)
+        self.assertEqual(lst.code, 0, lst)
+        self.assertNotIn(DEMO, lst.stdout)
+
+    # -- serve: configuration
+
+    def serve_fails(self, config_doc, word):
+        path = self.config_file(config_doc)
+        r = h.run_cli("serve", "--listen", "127.0.0.1:0", "--data", self.data_dir(),
+                      "--config", path)
+        self.assertEqual(r.code, 1, r)
+        self.assertIn(word, r.stderr, r)
+        self.assertNotIn("imgate listening", r.stdout, r)
+
+    def test_config_errors(self):
+        self.serve_fails({"bogus_key": 1}, "bogus_key")
+        self.serve_fails({"http": {"threads": "many"}}, "threads")
+        self.serve_fails({"sim": {"delay_ms": "slow"}}, "delay_ms")
+        self.serve_fails({"engine": {"max_in_flight": 2, "warp_drive": True}}, "warp_drive")
+        self.serve_fails({"limits": []}, "limits")
+
+    def test_env_overrides(self):
+        # No flags at all: listen address and data folder from the environment,
+        # and an env variable beats the config file.
+        d = self.data_dir()
+        h.admin_account_create(d, "hank@example.com")
+        key = h.admin_key_create(d, "hank@example.com")
+        cfg = self.config_file({"sim": {"delay_ms": 10, "fail_marker": "CFGFAIL"}})
+        s = self.start_server(data_dir=d, args=[], env={
+            "IMGATE_LISTEN": "127.0.0.1:0", "IMGATE_DATA": d, "IMGATE_CONFIG": cfg,
+            "IMGATE_SIM_FAIL_MARKER": "ENVFAIL"})
+        t = s.wait_final(s.create(key, prompt="this says ENVFAIL"), key)
+        self.assertEqual(t["status"], "failed", t)
+        t = s.wait_final(s.create(key, prompt="this says CFGFAIL"), key)
+        self.assertEqual(t["status"], "succeeded", t)
+        s.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,249 @@
+"""test_validation.py - every request error of SPEC.md, with status, code and
+param, plus the routing errors; then the server must still be up and exit 0.
+
+Limits are set small in the config so the tests are quick: bodies over 64 KiB,
+reference images over 4 KiB and prompts over 50 code points are refused."""
+
+import unittest
+
+import harness as h
+
+EMAIL = "val@example.com"
+MAX_BODY = 65536
+MAX_IMAGE = 4096
+MAX_PROMPT = 50
+CREATE = "/api/banana/create-async"
+
+
+class ValidationTest(h.ServerTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.srv = cls.start_class_server(
+            accounts=[EMAIL],
+            config={"http": {"max_body_bytes": MAX_BODY},
+                    "limits": {"max_image_bytes": MAX_IMAGE, "max_prompt_chars": MAX_PROMPT},
+                    "sim": {"delay_ms": 10}})
+        cls.key = cls.srv.keys[EMAIL]
+        cls.tiny = h.b64(h.make_png(8, 8))
+
+    def post(self, doc=None, body=None):
+        return self.srv.request("POST", CREATE, json_body=doc, body=body, key=self.key)
+
+    def rejects(self, doc, status, code, param, msg=None):
+        r = self.post(doc)
+        return self.assertError(r, status, code, param, msg=msg or repr(doc)[:200])
+
+    def accepts(self, doc):
+        r = self.post(doc)
+        self.assertEqual(r.status, 200, "%r -> %r" % (repr(doc)[:200], r))
+        self.assertEqual(r.json().get("status"), "queued")
+        return r.json()["uid"]
+
+    # -- the body
+
+    def test_invalid_json(self):
+        for body in (b"{not json", b"", b"{\"prompt\": \"x\"", b"\xff\xfe", b"{\"prompt\": x}"):
+            r = self.post(body=body)
+            self.assertError(r, 400, "invalid_json", None, msg=repr(body))
+
+    def test_not_an_object(self):
+        for body in (b"[]", b"\"a prompt\"", b"42", b"null", b"[{\"prompt\": \"x\"}]"):
+            r = self.post(body=body)
+            self.assertError(r, 400, "invalid_request", None, msg=repr(body))
+
+    # -- prompt
+
+    def test_missing_prompt(self):
+        self.rejects({}, 400, "missing_field", "prompt")
+        self.rejects({"model": "nano-banana"}, 400, "missing_field", "prompt")
+
+    def test_empty_prompt(self):
+        self.rejects({"prompt": ""}, 400, "invalid_prompt", "prompt")
+
+    def test_prompt_length_in_code_points(self):
+        # 50 CJK characters are 150 bytes of UTF-8 but 50 code points: fine.
+        self.accepts({"prompt": "\u65e5" * MAX_PROMPT})
+        self.accepts({"prompt": "\U0001F34C" * MAX_PROMPT})
+        self.accepts({"prompt": "a" * MAX_PROMPT})
+        self.rejects({"prompt": "a" * (MAX_PROMPT + 1)}, 400, "prompt_too_long", "prompt")
+        self.rejects({"prompt": "\u65e5" * (MAX_PROMPT + 1)}, 400, "prompt_too_long", "prompt")
+
+    # -- types
+
+    def test_wrong_types(self):
+        cases = [("prompt", 5), ("prompt", ["a"]), ("prompt", {"text": "a"}), ("prompt", True),
+                 ("model", 1), ("model", ["nano-banana"]), ("aspect_ratio", True),
+                 ("aspect_ratio", 1.5), ("resolution", 2), ("resolution", 1024),
+                 ("image_urls", "not-an-array"), ("image_urls", {"a": 1}), ("image_urls", 3),
+                 ("webhook_url", 7), ("webhook_url", ["http://example.com/"])]
+        for field, value in cases:
+            doc = {"prompt": "types"}
+            doc[field] = value
+            self.rejects(doc, 400, "invalid_type", field)
+
+    def test_non_string_image_entry(self):
+        # SPEC: image_urls is an array of strings. Whether a number inside it is
+        # "invalid_type" or "invalid_image" is not pinned down; the field is.
+        r = self.post({"prompt": "x", "image_urls": [1]})
+        self.assertError(r, 400, None, "image_urls")
+
+    # -- catalog
+
+    def test_invalid_model(self):
+        for model in ("nano-banana-3", "", "NANO-BANANA", "dall-e-3", "gemini-2.5-flash-image"):
+            self.rejects({"prompt": "x", "model": model}, 400, "invalid_model", "model")
+
+    def test_invalid_aspect_ratio(self):
+        for model, ratio in (("nano-banana", "7:3"), ("nano-banana", "1:4"),
+                             ("nano-banana-pro", "8:1"), ("gpt-image-1", "16:9"),
+                             ("nano-banana-2", "16/9"), ("nano-banana-2", "")):
+            self.rejects({"prompt": "x", "model": model, "aspect_ratio": ratio}, 400,
+                         "invalid_aspect_ratio", "aspect_ratio")
+        self.accepts({"prompt": "x", "model": "nano-banana-2", "aspect_ratio": "8:1"})
+
+    def test_invalid_resolution(self):
+        for model, res in (("nano-banana", "2K"), ("nano-banana-pro", "512"),
+                           ("nano-banana-2", "8K"), ("nano-banana-2", ""),
+                           ("nano-banana-2", "1024"), ("nano-banana", "4k")):
+            self.rejects({"prompt": "x", "model": model, "resolution": res}, 400,
+                         "invalid_resolution", "resolution")
+        self.accepts({"prompt": "x", "model": "nano-banana-pro", "resolution": "4k"})
+
+    # -- reference images
+
+    def test_too_many_images(self):
+        self.rejects({"prompt": "x", "model": "nano-banana-2", "image_urls": [self.tiny] * 11},
+                     400, "too_many_images", "image_urls")
+        self.accepts({"prompt": "x", "model": "nano-banana-2", "image_urls": [self.tiny] * 10})
+
+    def test_bad_base64(self):
+        for ref in ("!!!not base64!!!", "iVBORw0KGgo*", "data:image/png;base64,@@@@",
+                    "data:image/png;base64,"):
+            self.rejects({"prompt": "x", "image_urls": [ref]}, 400, "invalid_image",
+                         "image_urls")
+
+    def test_not_an_image(self):
+        text = h.b64(b"hello, this is plain text and not a picture at all")
+        self.rejects({"prompt": "x", "image_urls": [text]}, 400, "invalid_image", "image_urls")
+        self.rejects({"prompt": "x", "image_urls": ["data:image/png;base64," + text]}, 400,
+                     "invalid_image", "image_urls")
+        # A good image after a bad one does not save the request.
+        self.rejects({"prompt": "x", "image_urls": [self.tiny, text]}, 400, "invalid_image",
+                     "image_urls")
+
+    def test_other_reference_forms(self):
+        for ref in ("", "ftp://example.com/a.png", "http://example.com/a.png",
+                    "data:image/png,rawbytes"):
+            r = self.post({"prompt": "x", "image_urls": [ref]})
+            self.assertError(r, 400, None, "image_urls", msg=repr(ref))
+
+    def test_https_url_unsupported(self):
+        self.rejects({"prompt": "x", "image_urls": ["https://example.com/cat.png"]}, 400,
+                     "url_fetch_unsupported", "image_urls")
+
+    def test_image_size_limit(self):
+        exact = h.make_png(16, 16, pad_to=MAX_IMAGE)
+        over = h.make_png(16, 16, pad_to=MAX_IMAGE + 1)
+        self.accepts({"prompt": "x", "image_urls": [h.b64(exact)]})
+        self.accepts({"prompt": "x", "image_urls": [h.data_uri(exact)]})
+        self.rejects({"prompt": "x", "image_urls": [h.b64(over)]}, 413, "image_too_large",
+                     "image_urls")
+        self.rejects({"prompt": "x", "image_urls": [h.data_uri(over)]}, 413,
+                     "image_too_large", "image_urls")
+        noisy = h.make_png(48, 48, noise=True)
+        self.assertGreater(len(noisy), MAX_IMAGE)
+        self.rejects({"prompt": "x", "image_urls": [self.tiny, h.b64(noisy)]}, 413,
+                     "image_too_large", "image_urls")
+
+    # -- webhook
+
+    def test_invalid_webhook_url(self):
+        long_url = "https://example.com/" + "a" * (2049 - len("https://example.com/"))
+        for url in ("ftp://example.com/hook", "not a url", "", "example.com/hook", "https://",
+                    long_url):
+            self.rejects({"prompt": "x", "webhook_url": url}, 400, "invalid_webhook_url",
+                         "webhook_url", msg=url[:60])
+        ok_long = "http://example.com/" + "a" * (2048 - len("http://example.com/"))
+        self.assertEqual(len(ok_long), 2048)
+        self.accepts({"prompt": "x", "webhook_url": ok_long})
+        self.accepts({"prompt": "x", "webhook_url": "https://example.com/hooks/imgate"})
+
+    # -- body size
+
+    def test_body_at_the_limit_is_read(self):
+        doc = b'{"prompt": "padded to the limit"}'
+        body = doc + b" " * (MAX_BODY - len(doc))
+        self.assertEqual(len(body), MAX_BODY)
+        r = self.post(body=body)
+        self.assertEqual(r.status, 200, r)
+
+    def head(self, length=None, extra=b""):
+        lines = [b"POST %s HTTP/1.1" % CREATE.encode(),
+                 b"Host: %s:%d" % (self.srv.host.encode(), self.srv.port),
+                 b"Authorization: Bearer " + self.key.encode(),
+                 b"Content-Type: application/json"]
+        if length is not None:
+            lines.append(b"Content-Length: %d" % length)
+        return b"\r\n".join(lines) + b"\r\n" + extra + b"\r\n"
+
+    def test_body_over_limit(self):
+        doc = b'{"prompt": "one byte too many"}'
+        body = doc + b" " * (MAX_BODY + 1 - len(doc))
+        r = self.srv.raw_exchange(self.head(len(body)), body)
+        self.assertError(r, 413, "payload_too_large")
+
+    def test_body_over_limit_with_expect_continue(self):
+        body = b'{"prompt": "' + b"a" * (1 << 20) + b'"}'
+        r = self.srv.raw_exchange(self.head(len(body), b"Expect: 100-continue\r\n"), body,
+                                  expect_continue=True)
+        self.assertError(r, 413, "payload_too_large")
+
+    def test_chunked_body_over_limit(self):
+        chunks = [b'{"prompt": "'] + [b"b" * 16384] * 16 + [b'"}']
+        r = self.srv.raw_exchange(self.head(None, b"Transfer-Encoding: chunked\r\n"),
+                                  chunks=chunks)
+        self.assertError(r, 413, "payload_too_large")
+
+    def test_chunked_body_under_limit(self):
+        chunks = [b'{"prompt": ', b'"sent in', b' chunks"}']
+        r = self.srv.raw_exchange(self.head(None, b"Transfer-Encoding: chunked\r\n"),
+                                  chunks=chunks)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["status"], "queued")
+
+    # -- routing
+
+    def test_unknown_route(self):
+        for path in ("/nope", "/api", "/api/banana", "/api/banana/create-async/extra",
+                     "/api/v2/banana/create-async", "/files", "/healthz/x"):
+            r = self.srv.get(path, key=self.key)
+            self.assertError(r, 404, "not_found", msg=path)
+
+    def test_wrong_method(self):
+        cases = [("POST", "/healthz", None, "GET"),
+                 ("DELETE", CREATE, self.key, "POST"),
+                 ("PUT", CREATE, self.key, "POST"),
+                 ("POST", "/api/banana/00000000-0000-0000-0000-000000000000", self.key, "GET"),
+                 ("DELETE", "/files/abc.png", None, "GET")]
+        for method, path, key, allowed in cases:
+            r = self.srv.request(method, path, key=key, body=b"{}" if method != "DELETE" else None)
+            self.assertError(r, 405, "method_not_allowed", msg="%s %s" % (method, path))
+            allow = [m.strip() for m in r.headers.get("Allow", "").split(",")]
+            self.assertIn(allowed, allow, "%s %s: Allow=%r" % (method, path, allow))
+
+    # -- and after all of that
+
+    def test_zz_still_alive(self):
+        # Runs last (alphabetical): the server survived every bad request.
+        r = self.srv.get("/healthz")
+        self.assertEqual(r.status, 200, r)
+        uid = self.srv.create(self.key, prompt="still here", model="nano-banana-2",
+                              resolution="512", aspect_ratio="1:1")
+        t = self.srv.wait_final(uid, self.key)
+        self.assertImages(self.srv, t, 512, 512)
+
+
+if __name__ == "__main__":
+    unittest.main()
