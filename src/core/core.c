@@ -185,7 +185,7 @@ static void remove_inputs(core *c, task *t) {
 
 int core_submit(core *c, const store_account *acct, const core_gen_request *req, task **out,
                 imgate_error *err) {
-  validated v;
+  validated v = {0};
   if (validate(c, req, &v, err) < 0) return -1;
 
   decoded_image *imgs = NULL;

@@ -1,0 +1,320 @@
+/* fs.c - the blob backend that keeps each object as a file under one folder.
+ *
+ * Objects are written to a temporary file beside their final name, synced,
+ * then renamed into place and the folder synced, so readers and crashes only
+ * ever see a whole object or none. All paths are resolved against an fd of the
+ * root folder that never changes after open, which is the only shared state:
+ * concurrent calls need no lock. */
+#include "blob/blob.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util/ids.h"
+#include "util/log.h"
+
+/* Temporary names carry '~', which no key may contain, so a reader can never
+ * ask for a half-written object by name. */
+#define FS_TMP_PREFIX ".~put-"
+#define FS_TMP_RANDOM_BYTES 8
+#define FS_TMP_ATTEMPTS 8
+/* Keys are at most 512 characters (blob.c); folder paths are copied into this. */
+#define FS_KEY_BUF 1024
+/* Linux moves at most about 2 GiB per read/write call; stay below that. */
+#define FS_IO_CHUNK ((size_t)1 << 30)
+
+typedef struct blob_fs {
+  blob base; /* first, so a blob * is a blob_fs * */
+  int root_fd;
+} blob_fs;
+
+static int fs_fail(const char *op, const char *key, int e) {
+  char ebuf[128], q[160];
+  const char *msg = strerror_r(e, ebuf, sizeof ebuf);
+  log_event(LOG_ERROR, "blob operation failed", "backend=fs op=%s key=%s errno=%d error=%s", op,
+            key, e, log_quote(msg, q, sizeof q));
+  return BLOB_ERROR;
+}
+
+static int fs_write_all(int fd, const uint8_t *p, size_t len) {
+  while (len > 0) {
+    ssize_t w = write(fd, p, len > FS_IO_CHUNK ? FS_IO_CHUNK : len);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (w == 0) { /* no progress and no error: do not spin */
+      errno = EIO;
+      return -1;
+    }
+    p += w;
+    len -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Reads exactly len bytes; an early end of file is an error (EIO). */
+static int fs_read_all(int fd, uint8_t *p, size_t len) {
+  while (len > 0) {
+    ssize_t r = read(fd, p, len > FS_IO_CHUNK ? FS_IO_CHUNK : len);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (r == 0) {
+      errno = EIO;
+      return -1;
+    }
+    p += r;
+    len -= (size_t)r;
+  }
+  return 0;
+}
+
+/* Creates the folders in the first dir_len bytes of key one by one under
+ * root_fd and returns an fd of the last. The parent of each folder we create
+ * is synced before we go on, so a synced object never sits in a folder whose
+ * own entry a crash could lose. */
+static int fs_make_dirs(int root_fd, const char *key, size_t dir_len) {
+  char buf[FS_KEY_BUF];
+  memcpy(buf, key, dir_len);
+  buf[dir_len] = '\0';
+  int cur = root_fd;
+  char *seg = buf;
+  while (seg) {
+    char *slash = strchr(seg, '/');
+    if (slash) *slash = '\0';
+    bool made = mkdirat(cur, seg, 0777) == 0; /* the umask decides the final mode */
+    int e = errno;
+    int next = (made || e == EEXIST) ? openat(cur, seg, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    if (next < 0) e = errno;
+    if (next >= 0 && made && fsync(cur) != 0) {
+      e = errno;
+      close(next);
+      next = -1;
+    }
+    if (cur != root_fd) close(cur);
+    if (next < 0) {
+      fs_fail("mkdir", key, e);
+      return -1;
+    }
+    cur = next;
+    seg = slash ? slash + 1 : NULL;
+  }
+  return cur;
+}
+
+/* The folder that will hold key, or -1 (logged). *own says whether to close it. */
+static int fs_parent_dir(blob_fs *fs, const char *key, bool *own) {
+  const char *slash = strrchr(key, '/');
+  *own = false;
+  if (!slash) return fs->root_fd;
+  size_t dir_len = (size_t)(slash - key);
+  char buf[FS_KEY_BUF];
+  memcpy(buf, key, dir_len);
+  buf[dir_len] = '\0';
+  /* Most puts land in a folder that already exists: try it in one call. */
+  int fd = openat(fs->root_fd, buf, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT) fd = fs_make_dirs(fs->root_fd, key, dir_len);
+  else if (fd < 0) fs_fail("open_dir", key, errno);
+  *own = fd >= 0;
+  return fd;
+}
+
+/* Opens a new temporary file in dir_fd, its name written to name. */
+static int fs_create_temp(int dir_fd, char *name, size_t name_size) {
+  char hex[2 * FS_TMP_RANDOM_BYTES + 1];
+  for (int i = 0; i < FS_TMP_ATTEMPTS; i++) {
+    if (!ids_random_hex(hex, FS_TMP_RANDOM_BYTES)) {
+      errno = EIO;
+      return -1;
+    }
+    snprintf(name, name_size, "%s%s", FS_TMP_PREFIX, hex);
+    int fd = openat(dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd >= 0 || errno != EEXIST) return fd;
+  }
+  errno = EEXIST;
+  return -1;
+}
+
+/* Writes data as base inside dir_fd: temp file, sync, rename, sync the folder. */
+static int fs_put_in(int dir_fd, const char *base, const char *key, const void *data,
+                     size_t len) {
+  char tmp[sizeof FS_TMP_PREFIX + 2 * FS_TMP_RANDOM_BYTES];
+  int fd = fs_create_temp(dir_fd, tmp, sizeof tmp);
+  if (fd < 0) return fs_fail("create_temp", key, errno);
+  const char *op = NULL;
+  if (fs_write_all(fd, data, len) != 0) op = "write";
+  else if (fsync(fd) != 0) op = "fsync";
+  int e = errno;
+  /* close can report a deferred write error (NFS); treat it as one. */
+  if (close(fd) != 0 && !op) {
+    op = "close";
+    e = errno;
+  }
+  if (!op && renameat(dir_fd, tmp, dir_fd, base) != 0) {
+    op = "rename";
+    e = errno;
+  }
+  if (op) {
+    unlinkat(dir_fd, tmp, 0);
+    return fs_fail(op, key, e);
+  }
+  /* The object is in place; without this sync a crash could still undo the rename. */
+  if (fsync(dir_fd) != 0) return fs_fail("fsync_dir", key, errno);
+  return BLOB_OK;
+}
+
+static int fs_put(blob *b, const char *key, const void *data, size_t len,
+                  const char *content_type) {
+  (void)content_type; /* files carry no metadata; the key's extension tells the type */
+  blob_fs *fs = (blob_fs *)b;
+  if (!blob_key_valid(key)) return BLOB_INVALID_KEY;
+  if (!data && len) return fs_fail("put", key, EINVAL);
+  bool own;
+  int dir_fd = fs_parent_dir(fs, key, &own);
+  if (dir_fd < 0) return BLOB_ERROR;
+  const char *slash = strrchr(key, '/');
+  int rc = fs_put_in(dir_fd, slash ? slash + 1 : key, key, data, len);
+  if (own) close(dir_fd);
+  return rc;
+}
+
+/* Opens key for reading; only regular files count as objects. */
+static int fs_open_file(blob_fs *fs, const char *key, int *fd_out, uint64_t *size) {
+  int fd = openat(fs->root_fd, key, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return BLOB_NOT_FOUND;
+    return fs_fail("open", key, errno);
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int e = errno;
+    close(fd);
+    return fs_fail("fstat", key, e);
+  }
+  if (!S_ISREG(st.st_mode)) { /* a folder shared by longer keys is not an object */
+    close(fd);
+    return BLOB_NOT_FOUND;
+  }
+  *fd_out = fd;
+  *size = (uint64_t)st.st_size;
+  return BLOB_OK;
+}
+
+static int fs_open(blob *b, const char *key, blob_object *out) {
+  out->fd = -1;
+  out->data = NULL;
+  out->size = 0;
+  if (!blob_key_valid(key)) return BLOB_INVALID_KEY;
+  int fd;
+  uint64_t size;
+  int rc = fs_open_file((blob_fs *)b, key, &fd, &size);
+  if (rc != BLOB_OK) return rc;
+  out->fd = fd;
+  out->size = size;
+  return BLOB_OK;
+}
+
+static int fs_read(blob *b, const char *key, size_t max_len, uint8_t **data, size_t *len) {
+  *data = NULL;
+  *len = 0;
+  if (!blob_key_valid(key)) return BLOB_INVALID_KEY;
+  int fd;
+  uint64_t size;
+  int rc = fs_open_file((blob_fs *)b, key, &fd, &size);
+  if (rc != BLOB_OK) return rc;
+  if (size > max_len) {
+    close(fd);
+    log_event(LOG_WARN, "blob object over read limit",
+              "backend=fs key=%s size=%llu max_len=%zu", key, (unsigned long long)size, max_len);
+    return BLOB_ERROR;
+  }
+  uint8_t *buf = malloc(size ? (size_t)size : 1);
+  if (!buf) {
+    close(fd);
+    return fs_fail("read", key, ENOMEM);
+  }
+  int e = fs_read_all(fd, buf, (size_t)size) == 0 ? 0 : errno;
+  close(fd);
+  if (e) {
+    free(buf);
+    return fs_fail("read", key, e);
+  }
+  *data = buf;
+  *len = (size_t)size;
+  return BLOB_OK;
+}
+
+static int fs_remove(blob *b, const char *key) {
+  if (!blob_key_valid(key)) return BLOB_INVALID_KEY;
+  blob_fs *fs = (blob_fs *)b;
+  /* No folder sync here: a removal a crash forgets leaves an orphan, not a corrupt object. */
+  if (unlinkat(fs->root_fd, key, 0) == 0) return BLOB_OK;
+  if (errno == ENOENT || errno == ENOTDIR || errno == EISDIR) return BLOB_NOT_FOUND;
+  return fs_fail("remove", key, errno);
+}
+
+static void fs_close(blob *b) {
+  if (!b) return;
+  blob_fs *fs = (blob_fs *)b;
+  close(fs->root_fd);
+  free(fs);
+}
+
+static const blob_ops fs_ops = {
+    .name = "fs",
+    .put = fs_put,
+    .open = fs_open,
+    .read = fs_read,
+    .remove = fs_remove,
+    .close = fs_close,
+};
+
+/* mkdir -p: creates every missing folder of path. Returns 0, or the first
+ * errno other than EEXIST (the caller's open then tells whether it mattered). */
+static int fs_mkdir_p(const char *path) {
+  char *copy = strdup(path);
+  if (!copy) return ENOMEM;
+  int first = 0;
+  for (char *p = copy + 1; ; p++) {
+    if (*p != '/' && *p != '\0') continue;
+    char saved = *p;
+    *p = '\0';
+    if (mkdir(copy, 0777) != 0 && errno != EEXIST && !first) first = errno;
+    *p = saved;
+    if (saved == '\0') break;
+  }
+  free(copy);
+  return first;
+}
+
+static blob *fs_open_failed(const char *dir, int e, char *err, size_t err_size) {
+  char ebuf[128], qdir[512], qmsg[160];
+  const char *msg = strerror_r(e, ebuf, sizeof ebuf);
+  if (err && err_size) snprintf(err, err_size, "blob folder %s: %s", dir ? dir : "", msg);
+  log_event(LOG_ERROR, "blob store open failed", "backend=fs dir=%s error=%s",
+            log_quote(dir, qdir, sizeof qdir), log_quote(msg, qmsg, sizeof qmsg));
+  return NULL;
+}
+
+blob *blob_fs_open(const char *dir, char *err, size_t err_size) {
+  if (!dir || !*dir) return fs_open_failed(dir, EINVAL, err, err_size);
+  int made = fs_mkdir_p(dir);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return fs_open_failed(dir, made ? made : errno, err, err_size);
+  blob_fs *fs = calloc(1, sizeof *fs);
+  if (!fs) {
+    close(fd);
+    return fs_open_failed(dir, ENOMEM, err, err_size);
+  }
+  fs->base.ops = &fs_ops;
+  fs->root_fd = fd;
+  return &fs->base;
+}

@@ -1,0 +1,79 @@
+/* task.c - task state names, the transition table, and freeing tasks. */
+#include "core/task.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const task_state_names[TASK_STATE_COUNT] = {
+    "queued", "running", "succeeded", "failed", "moderated",
+};
+
+/* allowed[from][to]. Final states have an empty row: once finished, a task
+ * never changes again. running -> queued exists only for crash recovery. */
+static const bool task_transitions[TASK_STATE_COUNT][TASK_STATE_COUNT] = {
+    [TASK_QUEUED] = {[TASK_RUNNING] = true},
+    [TASK_RUNNING] = {[TASK_QUEUED] = true,
+                      [TASK_SUCCEEDED] = true,
+                      [TASK_FAILED] = true,
+                      [TASK_MODERATED] = true},
+};
+
+static bool task_state_valid(task_state s) { return (unsigned)s < TASK_STATE_COUNT; }
+
+const char *task_state_name(task_state s) {
+  return task_state_valid(s) ? task_state_names[s] : "unknown";
+}
+
+bool task_state_parse(const char *name, task_state *out) {
+  if (!name) return false;
+  for (int i = 0; i < TASK_STATE_COUNT; i++) {
+    if (strcmp(name, task_state_names[i]) == 0) {
+      *out = (task_state)i;
+      return true;
+    }
+  }
+  return false;
+}
+
+bool task_state_is_final(task_state s) {
+  return s == TASK_SUCCEEDED || s == TASK_FAILED || s == TASK_MODERATED;
+}
+
+bool task_state_can_transition(task_state from, task_state to) {
+  if (!task_state_valid(from) || !task_state_valid(to)) return false;
+  return task_transitions[from][to];
+}
+
+void task_result_clear(task_result *r) {
+  if (!r) return;
+  free(r->blob_key);
+  free(r->token);
+  free(r->mime);
+  free(r->etag);
+  memset(r, 0, sizeof *r);
+}
+
+void task_input_clear(task_input *in) {
+  if (!in) return;
+  free(in->blob_key);
+  free(in->url);
+  free(in->mime);
+  memset(in, 0, sizeof *in);
+}
+
+void task_free(task *t) {
+  if (!t) return;
+  free(t->model);
+  free(t->prompt);
+  free(t->aspect_ratio);
+  free(t->resolution);
+  free(t->webhook_url);
+  free(t->provider);
+  free(t->error_code);
+  free(t->error_message);
+  for (size_t i = 0; i < t->n_inputs; i++) task_input_clear(&t->inputs[i]);
+  free(t->inputs);
+  for (size_t i = 0; i < t->n_results; i++) task_result_clear(&t->results[i]);
+  free(t->results);
+  free(t);
+}

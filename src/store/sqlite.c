@@ -1,0 +1,1088 @@
+/* sqlite.c - the SQLite store backend.
+ *
+ * One database file in WAL mode, reached through a fixed pool of connections.
+ * Each connection is opened SQLITE_OPEN_NOMUTEX: the pool hands a connection
+ * to exactly one thread at a time, so SQLite's per-connection mutex would only
+ * add cost. Statements are prepared per call and finalized before the
+ * connection goes back; nothing outlives an operation but the connection.
+ *
+ * Writes that span statements run in BEGIN IMMEDIATE transactions: a deferred
+ * transaction that reads and then writes can fail with SQLITE_BUSY on the
+ * upgrade without the busy handler ever helping, while IMMEDIATE takes the
+ * write lock up front, where busy_timeout waits for it. Multi-statement reads
+ * run in plain BEGIN so they see one snapshot. */
+#include "store/store.h"
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/log.h"
+#include "util/timeutil.h"
+
+#define SQL_POOL_MAX 64
+#define SQL_BUSY_TIMEOUT_MS 5000
+/* last_used_ms is advisory; writing it on every request would turn each
+ * authenticated call into a write transaction. */
+#define SQL_LAST_USED_EVERY_MS 60000
+
+/* Migrations, in order; version N is sql_migrations[N - 1]. An applied
+ * migration is never edited: a change to the schema is a new entry. State
+ * names are spelled out here rather than taken from task.c because a
+ * migration must mean the same thing forever. */
+static const char *const sql_migrations[] = {
+    /* 1: accounts, API keys, tasks with their inputs and results. */
+    "CREATE TABLE accounts("
+    "  id INTEGER PRIMARY KEY,"
+    "  email TEXT UNIQUE NOT NULL,"
+    "  disabled INTEGER NOT NULL DEFAULT 0,"
+    "  created_ms INTEGER NOT NULL);"
+    "CREATE TABLE api_keys("
+    "  id INTEGER PRIMARY KEY,"
+    "  account_id INTEGER NOT NULL REFERENCES accounts(id),"
+    "  hash TEXT UNIQUE NOT NULL,"
+    "  prefix TEXT NOT NULL,"
+    "  name TEXT NOT NULL DEFAULT '',"
+    "  created_ms INTEGER NOT NULL,"
+    "  last_used_ms INTEGER NOT NULL DEFAULT 0,"
+    "  revoked_ms INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX api_keys_account ON api_keys(account_id, created_ms);"
+    "CREATE TABLE tasks("
+    "  id TEXT PRIMARY KEY NOT NULL,"
+    "  account_id INTEGER NOT NULL REFERENCES accounts(id),"
+    "  state TEXT NOT NULL CHECK (state IN"
+    "    ('queued', 'running', 'succeeded', 'failed', 'moderated')),"
+    "  model TEXT NOT NULL,"
+    "  prompt TEXT NOT NULL,"
+    "  aspect_ratio TEXT NOT NULL,"
+    "  resolution TEXT NOT NULL,"
+    "  webhook_url TEXT,"
+    "  provider TEXT,"
+    "  quantity INTEGER NOT NULL,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  created_ms INTEGER NOT NULL,"
+    "  started_ms INTEGER NOT NULL DEFAULT 0,"
+    "  finished_ms INTEGER NOT NULL DEFAULT 0,"
+    "  error_code TEXT,"
+    "  error_message TEXT);"
+    "CREATE INDEX tasks_state_created ON tasks(state, created_ms);"
+    "CREATE INDEX tasks_account_created ON tasks(account_id, created_ms);"
+    "CREATE TABLE task_inputs("
+    "  task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,"
+    "  idx INTEGER NOT NULL,"
+    "  blob_key TEXT,"
+    "  url TEXT,"
+    "  mime TEXT,"
+    "  bytes INTEGER NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY (task_id, idx),"
+    "  CHECK (blob_key IS NOT NULL OR url IS NOT NULL));"
+    "CREATE TABLE task_results("
+    "  task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,"
+    "  idx INTEGER NOT NULL,"
+    "  blob_key TEXT NOT NULL,"
+    "  token TEXT UNIQUE NOT NULL,"
+    "  mime TEXT NOT NULL,"
+    "  etag TEXT,"
+    "  width INTEGER NOT NULL DEFAULT 0,"
+    "  height INTEGER NOT NULL DEFAULT 0,"
+    "  bytes INTEGER NOT NULL DEFAULT 0,"
+    "  expires_ms INTEGER NOT NULL,"
+    "  PRIMARY KEY (task_id, idx));",
+};
+
+#define SQL_MIGRATION_COUNT ((int64_t)(sizeof sql_migrations / sizeof sql_migrations[0]))
+
+typedef struct sql_store {
+  store base; /* first, so a store * is a sql_store * */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  sqlite3 **conns; /* every connection, for close */
+  sqlite3 **idle;  /* stack of connections nobody holds */
+  size_t n_conns, n_idle;
+} sql_store;
+
+/* ---- errors ---------------------------------------------------------------------------- */
+
+static int sql_fail(sqlite3 *db, int rc, const char *what) {
+  char q[512];
+  LOG_ERROR("sqlite error", "op=%s rc=%d err=%s", what, rc,
+            log_quote(db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), q, sizeof q));
+  return STORE_ERROR;
+}
+
+static int sql_oom(const char *what) {
+  LOG_ERROR("out of memory", "op=%s", what);
+  return STORE_ERROR;
+}
+
+/* A caller handed us something the store cannot represent faithfully. */
+static int sql_misuse(const char *what, const char *why) {
+  char q[256];
+  LOG_ERROR("store misuse", "op=%s why=%s", what, log_quote(why, q, sizeof q));
+  return STORE_ERROR;
+}
+
+/* Maps a failed step to a store code. Extended result codes are on, so rc
+ * tells which constraint failed. A missing parent row (an account or task
+ * that does not exist) is NOT_FOUND. */
+static int sql_map(sqlite3 *db, int rc, const char *what) {
+  switch (rc) {
+  case SQLITE_CONSTRAINT_UNIQUE:
+  case SQLITE_CONSTRAINT_PRIMARYKEY:
+    return STORE_CONFLICT;
+  case SQLITE_CONSTRAINT_FOREIGNKEY:
+    return STORE_NOT_FOUND;
+  default:
+    return sql_fail(db, rc, what);
+  }
+}
+
+static void sql_set_err(char *err, size_t err_size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void sql_set_err(char *err, size_t err_size, const char *fmt, ...) {
+  if (!err || err_size == 0) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, err_size, fmt, ap);
+  va_end(ap);
+}
+
+/* ---- statements ------------------------------------------------------------------------ */
+
+/* Binds arguments by type letter: 't' const char * (NULL binds SQL NULL),
+ * 'I' int64_t, 'i' int. Parameters are numbered from 1 in order. */
+static int sql_bind_va(sqlite3_stmt *st, const char *types, va_list ap) {
+  int rc = SQLITE_OK;
+  for (int i = 0; types[i] && rc == SQLITE_OK; i++) {
+    switch (types[i]) {
+    case 't': {
+      const char *s = va_arg(ap, const char *);
+      rc = s ? sqlite3_bind_text(st, i + 1, s, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i + 1);
+      break;
+    }
+    case 'I':
+      rc = sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t));
+      break;
+    case 'i':
+      rc = sqlite3_bind_int(st, i + 1, va_arg(ap, int));
+      break;
+    default:
+      rc = SQLITE_MISUSE;
+    }
+  }
+  return rc;
+}
+
+static int sql_prepare_va(sqlite3 *db, sqlite3_stmt **st, const char *what, const char *sql,
+                          const char *types, va_list ap) {
+  *st = NULL;
+  int rc = sqlite3_prepare_v2(db, sql, -1, st, NULL);
+  if (rc != SQLITE_OK) return sql_fail(db, rc, what);
+  rc = sql_bind_va(*st, types, ap);
+  if (rc != SQLITE_OK) {
+    int r = sql_fail(db, rc, what);
+    sqlite3_finalize(*st);
+    *st = NULL;
+    return r;
+  }
+  return STORE_OK;
+}
+
+/* Prepares sql and binds the arguments; the caller finalizes *st. */
+static int sql_prepare(sqlite3 *db, sqlite3_stmt **st, const char *what, const char *sql,
+                       const char *types, ...) {
+  va_list ap;
+  va_start(ap, types);
+  int rc = sql_prepare_va(db, st, what, sql, types, ap);
+  va_end(ap);
+  return rc;
+}
+
+/* Steps a statement that must return a row: OK on a row, NOT_FOUND on none. */
+static int sql_step_row(sqlite3 *db, sqlite3_stmt *st, const char *what) {
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) return STORE_OK;
+  if (rc == SQLITE_DONE) return STORE_NOT_FOUND;
+  return sql_map(db, rc, what);
+}
+
+/* Runs one statement that returns no rows. */
+static int sql_run(sqlite3 *db, const char *what, const char *sql, const char *types, ...) {
+  sqlite3_stmt *st;
+  va_list ap;
+  va_start(ap, types);
+  int rc = sql_prepare_va(db, &st, what, sql, types, ap);
+  va_end(ap);
+  if (rc != STORE_OK) return rc;
+  int step = sqlite3_step(st);
+  rc = (step == SQLITE_DONE || step == SQLITE_ROW) ? STORE_OK : sql_map(db, step, what);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* Copies a text column into a malloc'd string; SQL NULL gives NULL. */
+static bool sql_col_dup(sqlite3_stmt *st, int col, char **dst) {
+  *dst = NULL;
+  if (sqlite3_column_type(st, col) == SQLITE_NULL) return true;
+  const unsigned char *text = sqlite3_column_text(st, col);
+  if (!text) return false; /* the conversion to text ran out of memory */
+  *dst = strdup((const char *)text);
+  return *dst != NULL;
+}
+
+/* Copies a text column into a fixed buffer; false when it does not fit. */
+static bool sql_col_copy(sqlite3_stmt *st, int col, char *dst, size_t size) {
+  const unsigned char *text = sqlite3_column_text(st, col);
+  const char *s = text ? (const char *)text : "";
+  size_t len = strlen(s);
+  if (len >= size) return false;
+  memcpy(dst, s, len + 1);
+  return true;
+}
+
+/* Makes room for need elements of size elem; returns the (maybe moved)
+ * array, or NULL with arr untouched when memory runs out. */
+static void *sql_grow(void *arr, size_t *cap, size_t need, size_t elem) {
+  if (need <= *cap) return arr;
+  size_t n = *cap ? *cap : 8;
+  while (n < need) n *= 2;
+  if (n > SIZE_MAX / elem) return NULL;
+  void *p = realloc(arr, n * elem);
+  if (p) *cap = n;
+  return p;
+}
+
+/* ---- transactions ---------------------------------------------------------------------- */
+
+static int sql_begin_write(sqlite3 *db) { return sql_run(db, "begin", "BEGIN IMMEDIATE", ""); }
+static int sql_begin_read(sqlite3 *db) { return sql_run(db, "begin", "BEGIN", ""); }
+
+static void sql_rollback(sqlite3 *db) {
+  /* Some errors (SQLITE_FULL, IOERR, NOMEM) end the transaction themselves. */
+  if (!sqlite3_get_autocommit(db)) sql_run(db, "rollback", "ROLLBACK", "");
+}
+
+/* Commits when rc is OK, rolls back otherwise; returns the final code. */
+static int sql_end(sqlite3 *db, int rc) {
+  if (rc == STORE_OK) rc = sql_run(db, "commit", "COMMIT", "");
+  if (rc != STORE_OK) sql_rollback(db);
+  return rc;
+}
+
+/* ---- the pool -------------------------------------------------------------------------- */
+
+static sqlite3 *sql_acquire(sql_store *ss) {
+  pthread_mutex_lock(&ss->mu);
+  while (ss->n_idle == 0) pthread_cond_wait(&ss->cv, &ss->mu);
+  sqlite3 *db = ss->idle[--ss->n_idle];
+  pthread_mutex_unlock(&ss->mu);
+  return db;
+}
+
+static void sql_release(sql_store *ss, sqlite3 *db) {
+  /* Never hand the next thread a connection stuck inside a transaction. */
+  if (!sqlite3_get_autocommit(db)) {
+    LOG_ERROR("sqlite connection returned inside a transaction", NULL);
+    sql_rollback(db);
+  }
+  pthread_mutex_lock(&ss->mu);
+  ss->idle[ss->n_idle++] = db;
+  pthread_cond_signal(&ss->cv);
+  pthread_mutex_unlock(&ss->mu);
+}
+
+/* ---- accounts -------------------------------------------------------------------------- */
+
+static int sql_read_account(sqlite3_stmt *st, int col, store_account *out) {
+  memset(out, 0, sizeof *out);
+  out->id = sqlite3_column_int64(st, col);
+  if (!sql_col_copy(st, col + 1, out->email, sizeof out->email))
+    return sql_misuse("read_account", "stored email too long");
+  out->disabled = sqlite3_column_int(st, col + 2) != 0;
+  out->created_ms = sqlite3_column_int64(st, col + 3);
+  return STORE_OK;
+}
+
+static int sql_account_create(store *s, const char *email, int64_t now_ms, int64_t *id_out) {
+  if (!email || strlen(email) >= sizeof ((store_account *)0)->email)
+    return sql_misuse("account_create", "email missing or too long");
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_run(db, "account_create",
+                   "INSERT INTO accounts(email, disabled, created_ms) VALUES (?, 0, ?)", "tI",
+                   email, now_ms);
+  if (rc == STORE_OK && id_out) *id_out = sqlite3_last_insert_rowid(db);
+  sql_release(ss, db);
+  return rc;
+}
+
+#define SQL_ACCOUNT_SELECT "SELECT id, email, disabled, created_ms FROM accounts"
+
+/* Steps a prepared account query (rc is how preparing went), reads its row
+ * and finalizes the statement. */
+static int sql_account_row(sqlite3 *db, sqlite3_stmt *st, int rc, const char *what,
+                           store_account *out) {
+  if (rc != STORE_OK) return rc;
+  rc = sql_step_row(db, st, what);
+  if (rc == STORE_OK) rc = sql_read_account(st, 0, out);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+static int sql_account_get_by_email(store *s, const char *email, store_account *out) {
+  if (!email) return STORE_NOT_FOUND;
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, "account_get_by_email", SQL_ACCOUNT_SELECT " WHERE email = ?",
+                       "t", email);
+  rc = sql_account_row(db, st, rc, "account_get_by_email", out);
+  sql_release(ss, db);
+  return rc;
+}
+
+static int sql_account_get(store *s, int64_t id, store_account *out) {
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, "account_get", SQL_ACCOUNT_SELECT " WHERE id = ?", "I", id);
+  rc = sql_account_row(db, st, rc, "account_get", out);
+  sql_release(ss, db);
+  return rc;
+}
+
+static int sql_account_count(store *s, int64_t *count_out) {
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, "account_count", "SELECT COUNT(*) FROM accounts", "");
+  if (rc == STORE_OK) {
+    rc = sql_step_row(db, st, "account_count");
+    if (rc == STORE_OK) *count_out = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+  }
+  sql_release(ss, db);
+  return rc;
+}
+
+/* ---- API keys -------------------------------------------------------------------------- */
+
+static int sql_key_create(store *s, int64_t account_id, const char *hash_hex, const char *prefix,
+                          const char *name, int64_t now_ms, int64_t *key_id_out) {
+  if (!name) name = "";
+  if (!hash_hex || !prefix || strlen(prefix) >= sizeof ((store_key *)0)->prefix ||
+      strlen(name) >= sizeof ((store_key *)0)->name)
+    return sql_misuse("key_create", "hash or prefix missing, or prefix or name too long");
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_run(db, "key_create",
+                   "INSERT INTO api_keys(account_id, hash, prefix, name, created_ms) "
+                   "VALUES (?, ?, ?, ?, ?)",
+                   "ItttI", account_id, hash_hex, prefix, name, now_ms);
+  if (rc == STORE_OK && key_id_out) *key_id_out = sqlite3_last_insert_rowid(db);
+  sql_release(ss, db);
+  return rc;
+}
+
+/* Stamps last_used_ms unless it was stamped within the last minute. Failing
+ * here does not fail the request: the key is valid, only the stamp is late. */
+static void sql_key_touch(sqlite3 *db, int64_t key_id, int64_t last_used_ms, int64_t now_ms) {
+  if (last_used_ms >= now_ms - SQL_LAST_USED_EVERY_MS) return;
+  sql_run(db, "key_touch", "UPDATE api_keys SET last_used_ms = ? WHERE id = ? AND last_used_ms < ?",
+          "III", now_ms, key_id, now_ms - SQL_LAST_USED_EVERY_MS);
+}
+
+/* The account is returned even when disabled: refusing it is the caller's
+ * policy (out->disabled), not the store's. */
+static int sql_key_authenticate(store *s, const char *hash_hex, int64_t now_ms,
+                                store_account *out, int64_t *key_id_out) {
+  if (!hash_hex) return STORE_NOT_FOUND;
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  sqlite3_stmt *st;
+  int64_t key_id = 0, last_used = 0;
+  int rc = sql_prepare(db, &st, "key_authenticate",
+                       "SELECT k.id, k.last_used_ms, a.id, a.email, a.disabled, a.created_ms "
+                       "FROM api_keys k JOIN accounts a ON a.id = k.account_id "
+                       "WHERE k.hash = ? AND k.revoked_ms = 0",
+                       "t", hash_hex);
+  if (rc == STORE_OK) {
+    rc = sql_step_row(db, st, "key_authenticate");
+    if (rc == STORE_OK) {
+      key_id = sqlite3_column_int64(st, 0);
+      last_used = sqlite3_column_int64(st, 1);
+      rc = sql_read_account(st, 2, out);
+    }
+    /* Finalize before writing: an open read statement would make the
+     * update an upgrade from a possibly stale snapshot. */
+    sqlite3_finalize(st);
+  }
+  if (rc == STORE_OK) {
+    sql_key_touch(db, key_id, last_used, now_ms);
+    if (key_id_out) *key_id_out = key_id;
+  }
+  sql_release(ss, db);
+  return rc;
+}
+
+static int sql_key_revoke(store *s, int64_t key_id, const char *hash_hex, int64_t now_ms) {
+  /* Without either selector the UPDATE below would match every key. */
+  if (key_id <= 0 && !hash_hex) return STORE_NOT_FOUND;
+  int64_t stamp = now_ms > 0 ? now_ms : 1; /* 0 would mean "active" */
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc;
+  if (key_id > 0)
+    rc = sql_run(db, "key_revoke",
+                 "UPDATE api_keys SET revoked_ms = ?1"
+                 " WHERE id = ?2 AND revoked_ms = 0 AND (?3 IS NULL OR hash = ?3)",
+                 "IIt", stamp, key_id, hash_hex);
+  else
+    rc = sql_run(db, "key_revoke",
+                 "UPDATE api_keys SET revoked_ms = ? WHERE hash = ? AND revoked_ms = 0", "It",
+                 stamp, hash_hex);
+  if (rc == STORE_OK && sqlite3_changes(db) == 0) rc = STORE_NOT_FOUND;
+  sql_release(ss, db);
+  return rc;
+}
+
+static int sql_read_key(sqlite3_stmt *st, store_key *k) {
+  memset(k, 0, sizeof *k);
+  k->id = sqlite3_column_int64(st, 0);
+  k->account_id = sqlite3_column_int64(st, 1);
+  if (!sql_col_copy(st, 2, k->prefix, sizeof k->prefix) ||
+      !sql_col_copy(st, 3, k->name, sizeof k->name))
+    return sql_misuse("key_list", "stored prefix or name too long");
+  k->created_ms = sqlite3_column_int64(st, 4);
+  k->last_used_ms = sqlite3_column_int64(st, 5);
+  k->revoked_ms = sqlite3_column_int64(st, 6);
+  return STORE_OK;
+}
+
+static int sql_key_rows(sqlite3 *db, sqlite3_stmt *st, store_key **keys, size_t *count) {
+  size_t cap = 0;
+  int step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    store_key *p = sql_grow(*keys, &cap, *count + 1, sizeof **keys);
+    if (!p) return sql_oom("key_list");
+    *keys = p;
+    int rc = sql_read_key(st, &p[*count]);
+    if (rc != STORE_OK) return rc;
+    (*count)++;
+  }
+  return step == SQLITE_DONE ? STORE_OK : sql_map(db, step, "key_list");
+}
+
+static int sql_key_list(store *s, int64_t account_id, store_key **keys, size_t *count) {
+  *keys = NULL;
+  *count = 0;
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, "key_list",
+                       "SELECT id, account_id, prefix, name, created_ms, last_used_ms, revoked_ms "
+                       "FROM api_keys WHERE account_id = ? ORDER BY created_ms DESC, id DESC",
+                       "I", account_id);
+  if (rc == STORE_OK) {
+    rc = sql_key_rows(db, st, keys, count);
+    sqlite3_finalize(st);
+  }
+  sql_release(ss, db);
+  if (rc != STORE_OK) {
+    free(*keys);
+    *keys = NULL;
+    *count = 0;
+  }
+  return rc;
+}
+
+/* ---- tasks: writing -------------------------------------------------------------------- */
+
+static int sql_insert_task_row(sqlite3 *db, const task *t) {
+  return sql_run(db, "task_insert",
+                 "INSERT INTO tasks(id, account_id, state, model, prompt, aspect_ratio, resolution,"
+                 " webhook_url, provider, quantity, attempts, created_ms, started_ms, finished_ms,"
+                 " error_code, error_message) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                 "tItttttttiiIIItt", t->id, t->account_id,
+                 task_state_name(t->state), t->model, t->prompt, t->aspect_ratio, t->resolution,
+                 t->webhook_url, t->provider, t->quantity, t->attempts, t->created_ms,
+                 t->started_ms, t->finished_ms, t->error_code, t->error_message);
+}
+
+static int sql_insert_inputs(sqlite3 *db, const task *t) {
+  int rc = STORE_OK;
+  for (size_t i = 0; i < t->n_inputs && rc == STORE_OK; i++) {
+    const task_input *in = &t->inputs[i];
+    rc = sql_run(db, "task_insert_input",
+                 "INSERT INTO task_inputs(task_id, idx, blob_key, url, mime, bytes) "
+                 "VALUES (?, ?, ?, ?, ?, ?)",
+                 "tItttI", t->id, (int64_t)i, in->blob_key, in->url, in->mime, in->bytes);
+  }
+  return rc;
+}
+
+static int sql_task_insert(store *s, const task *t) {
+  if (!t || !ids_is_uuid(t->id)) return sql_misuse("task_insert", "task id is not a UUID");
+  if (t->state != TASK_QUEUED) return sql_misuse("task_insert", "a new task must be queued");
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_begin_write(db);
+  if (rc == STORE_OK) {
+    rc = sql_insert_task_row(db, t);
+    if (rc == STORE_OK) rc = sql_insert_inputs(db, t);
+    rc = sql_end(db, rc);
+  }
+  sql_release(ss, db);
+  return rc;
+}
+
+/* Inside a write transaction whose compare-and-set matched nothing: tells a
+ * task that does not exist from one in another state. */
+static int sql_cas_miss(sqlite3 *db, const char *task_id, const char *what) {
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, what, "SELECT 1 FROM tasks WHERE id = ?", "t", task_id);
+  if (rc != STORE_OK) return rc;
+  rc = sql_step_row(db, st, what);
+  sqlite3_finalize(st);
+  return rc == STORE_OK ? STORE_CONFLICT : rc;
+}
+
+static int sql_start_locked(sqlite3 *db, const char *task_id, const char *provider,
+                            int64_t now_ms, int *attempt_out) {
+  int rc = sql_run(db, "task_start",
+                   "UPDATE tasks SET state = ?, attempts = attempts + 1, started_ms = ?,"
+                   " provider = ? WHERE id = ? AND state = ?",
+                   "tIttt", task_state_name(TASK_RUNNING), now_ms, provider, task_id,
+                   task_state_name(TASK_QUEUED));
+  if (rc != STORE_OK) return rc;
+  if (sqlite3_changes(db) == 0) return sql_cas_miss(db, task_id, "task_start");
+  sqlite3_stmt *st;
+  rc = sql_prepare(db, &st, "task_start", "SELECT attempts FROM tasks WHERE id = ?", "t", task_id);
+  if (rc != STORE_OK) return rc;
+  rc = sql_step_row(db, st, "task_start");
+  if (rc == STORE_OK && attempt_out) *attempt_out = sqlite3_column_int(st, 0);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+static int sql_task_start(store *s, const char *task_id, const char *provider, int64_t now_ms,
+                          int *attempt_out) {
+  if (!task_id) return STORE_NOT_FOUND;
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_begin_write(db);
+  if (rc == STORE_OK) rc = sql_end(db, sql_start_locked(db, task_id, provider, now_ms,
+                                                          attempt_out));
+  sql_release(ss, db);
+  return rc;
+}
+
+static int sql_insert_results(sqlite3 *db, const char *task_id, const task_result *results,
+                              size_t n) {
+  int rc = STORE_OK;
+  for (size_t i = 0; i < n && rc == STORE_OK; i++) {
+    const task_result *r = &results[i];
+    rc = sql_run(db, "task_finish_result",
+                 "INSERT INTO task_results(task_id, idx, blob_key, token, mime, etag, width,"
+                 " height, bytes, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 "tittttiiII", task_id, r->index, r->blob_key,
+                 r->token, r->mime, r->etag, r->width, r->height, r->bytes, r->expires_ms);
+  }
+  /* The task's CAS matched, so CONFLICT here would lie to the caller ("someone
+   * else finished it"); a duplicate token or index is a failed write. */
+  if (rc == STORE_CONFLICT) {
+    char q[64];
+    LOG_ERROR("duplicate result token or index", "task=%s", log_quote(task_id, q, sizeof q));
+    rc = STORE_ERROR;
+  }
+  return rc;
+}
+
+static int sql_finish_locked(sqlite3 *db, const char *task_id, int attempt,
+                             task_state final_state, const char *error_code,
+                             const char *error_message, const task_result *results,
+                             size_t n_results, int64_t now_ms) {
+  int rc = sql_run(db, "task_finish",
+                   "UPDATE tasks SET state = ?, finished_ms = ?, error_code = ?,"
+                   " error_message = ? WHERE id = ? AND state = ? AND attempts = ?",
+                   "tItttti", task_state_name(final_state), now_ms, error_code, error_message,
+                   task_id, task_state_name(TASK_RUNNING), attempt);
+  if (rc != STORE_OK) return rc;
+  if (sqlite3_changes(db) == 0) return sql_cas_miss(db, task_id, "task_finish");
+  return sql_insert_results(db, task_id, results, n_results);
+}
+
+static int sql_task_finish(store *s, const char *task_id, int attempt, task_state final_state,
+                           const char *error_code, const char *error_message,
+                           const task_result *results, size_t n_results, int64_t now_ms) {
+  if (!task_id) return STORE_NOT_FOUND;
+  if (!task_state_is_final(final_state) || !task_state_can_transition(TASK_RUNNING, final_state))
+    return sql_misuse("task_finish", "final_state is not a final state");
+  if (n_results > 0 && !results) return sql_misuse("task_finish", "results missing");
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_begin_write(db);
+  if (rc == STORE_OK)
+    rc = sql_end(db, sql_finish_locked(db, task_id, attempt, final_state, error_code,
+                                       error_message, results, n_results, now_ms));
+  sql_release(ss, db);
+  return rc;
+}
+
+static int sql_task_requeue_running(store *s, int64_t *count_out) {
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_run(db, "task_requeue_running", "UPDATE tasks SET state = ? WHERE state = ?", "tt",
+                   task_state_name(TASK_QUEUED), task_state_name(TASK_RUNNING));
+  if (rc == STORE_OK && count_out) *count_out = sqlite3_changes(db);
+  sql_release(ss, db);
+  return rc;
+}
+
+/* ---- tasks: reading -------------------------------------------------------------------- */
+
+static int sql_read_task(sqlite3_stmt *st, task *t) {
+  if (!sql_col_copy(st, 0, t->id, sizeof t->id))
+    return sql_misuse("task_get", "stored task id too long");
+  t->account_id = sqlite3_column_int64(st, 1);
+  const unsigned char *state = sqlite3_column_text(st, 2);
+  if (!task_state_parse((const char *)state, &t->state))
+    return sql_misuse("task_get", "stored state unknown");
+  if (!sql_col_dup(st, 3, &t->model) || !sql_col_dup(st, 4, &t->prompt) ||
+      !sql_col_dup(st, 5, &t->aspect_ratio) || !sql_col_dup(st, 6, &t->resolution) ||
+      !sql_col_dup(st, 7, &t->webhook_url) || !sql_col_dup(st, 8, &t->provider) ||
+      !sql_col_dup(st, 14, &t->error_code) || !sql_col_dup(st, 15, &t->error_message))
+    return sql_oom("task_get");
+  t->quantity = sqlite3_column_int(st, 9);
+  t->attempts = sqlite3_column_int(st, 10);
+  t->created_ms = sqlite3_column_int64(st, 11);
+  t->started_ms = sqlite3_column_int64(st, 12);
+  t->finished_ms = sqlite3_column_int64(st, 13);
+  return STORE_OK;
+}
+
+static int sql_load_task_row(sqlite3 *db, const char *task_id, task *t) {
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, "task_get",
+                       "SELECT id, account_id, state, model, prompt, aspect_ratio, resolution,"
+                       " webhook_url, provider, quantity, attempts, created_ms, started_ms,"
+                       " finished_ms, error_code, error_message FROM tasks WHERE id = ?",
+                       "t", task_id);
+  if (rc != STORE_OK) return rc;
+  rc = sql_step_row(db, st, "task_get");
+  if (rc == STORE_OK) rc = sql_read_task(st, t);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+static bool sql_read_input(sqlite3_stmt *st, task_input *in) {
+  memset(in, 0, sizeof *in);
+  in->bytes = sqlite3_column_int64(st, 3);
+  if (sql_col_dup(st, 0, &in->blob_key) && sql_col_dup(st, 1, &in->url) &&
+      sql_col_dup(st, 2, &in->mime))
+    return true;
+  task_input_clear(in);
+  return false;
+}
+
+static int sql_load_inputs(sqlite3 *db, task *t) {
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, "task_get_inputs",
+                       "SELECT blob_key, url, mime, bytes FROM task_inputs WHERE task_id = ?"
+                       " ORDER BY idx",
+                       "t", t->id);
+  if (rc != STORE_OK) return rc;
+  size_t cap = 0;
+  int step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    task_input *p = sql_grow(t->inputs, &cap, t->n_inputs + 1, sizeof *p);
+    if (!p) {
+      rc = sql_oom("task_get_inputs");
+      break;
+    }
+    t->inputs = p;
+    if (!sql_read_input(st, &p[t->n_inputs])) {
+      rc = sql_oom("task_get_inputs");
+      break;
+    }
+    t->n_inputs++;
+  }
+  if (rc == STORE_OK && step != SQLITE_DONE) rc = sql_map(db, step, "task_get_inputs");
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* Reads the result columns starting at col:
+ * idx, blob_key, token, mime, etag, width, height, bytes, expires_ms. */
+static bool sql_read_result(sqlite3_stmt *st, int col, task_result *r) {
+  memset(r, 0, sizeof *r);
+  r->index = sqlite3_column_int(st, col);
+  r->width = sqlite3_column_int(st, col + 5);
+  r->height = sqlite3_column_int(st, col + 6);
+  r->bytes = sqlite3_column_int64(st, col + 7);
+  r->expires_ms = sqlite3_column_int64(st, col + 8);
+  if (sql_col_dup(st, col + 1, &r->blob_key) && sql_col_dup(st, col + 2, &r->token) &&
+      sql_col_dup(st, col + 3, &r->mime) && sql_col_dup(st, col + 4, &r->etag))
+    return true;
+  task_result_clear(r);
+  return false;
+}
+
+#define SQL_RESULT_COLUMNS "idx, blob_key, token, mime, etag, width, height, bytes, expires_ms"
+
+static int sql_load_results(sqlite3 *db, task *t) {
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, "task_get_results",
+                       "SELECT " SQL_RESULT_COLUMNS " FROM task_results WHERE task_id = ?"
+                       " ORDER BY idx",
+                       "t", t->id);
+  if (rc != STORE_OK) return rc;
+  size_t cap = 0;
+  int step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    task_result *p = sql_grow(t->results, &cap, t->n_results + 1, sizeof *p);
+    if (!p) {
+      rc = sql_oom("task_get_results");
+      break;
+    }
+    t->results = p;
+    if (!sql_read_result(st, 0, &p[t->n_results])) {
+      rc = sql_oom("task_get_results");
+      break;
+    }
+    t->n_results++;
+  }
+  if (rc == STORE_OK && step != SQLITE_DONE) rc = sql_map(db, step, "task_get_results");
+  sqlite3_finalize(st);
+  return rc;
+}
+
+static int sql_task_get(store *s, const char *task_id, task **out) {
+  *out = NULL;
+  if (!task_id) return STORE_NOT_FOUND;
+  task *t = calloc(1, sizeof *t);
+  if (!t) return sql_oom("task_get");
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  /* One read transaction: the row, inputs and results come from one snapshot,
+   * so a task never appears finished without its results. */
+  int rc = sql_begin_read(db);
+  if (rc == STORE_OK) {
+    int r = sql_load_task_row(db, task_id, t);
+    if (r == STORE_OK) r = sql_load_inputs(db, t);
+    if (r == STORE_OK) r = sql_load_results(db, t);
+    rc = sql_end(db, r);
+  }
+  sql_release(ss, db);
+  if (rc != STORE_OK) {
+    task_free(t);
+    return rc;
+  }
+  *out = t;
+  return STORE_OK;
+}
+
+static int sql_queued_rows(sqlite3 *db, sqlite3_stmt *st, char (**ids)[IDS_UUID_LEN + 1],
+                           size_t *count) {
+  size_t cap = 0;
+  int step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    char(*p)[IDS_UUID_LEN + 1] = sql_grow(*ids, &cap, *count + 1, sizeof *p);
+    if (!p) return sql_oom("task_list_queued");
+    *ids = p;
+    if (!sql_col_copy(st, 0, p[*count], sizeof p[*count]))
+      return sql_misuse("task_list_queued", "stored task id too long");
+    (*count)++;
+  }
+  return step == SQLITE_DONE ? STORE_OK : sql_map(db, step, "task_list_queued");
+}
+
+static int sql_task_list_queued(store *s, size_t limit, char (**ids)[IDS_UUID_LEN + 1],
+                                size_t *count) {
+  *ids = NULL;
+  *count = 0;
+  if (limit == 0) return STORE_OK;
+  int64_t lim = limit > (size_t)INT64_MAX ? INT64_MAX : (int64_t)limit;
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, "task_list_queued",
+                       "SELECT id FROM tasks WHERE state = ? ORDER BY created_ms, id LIMIT ?",
+                       "tI", task_state_name(TASK_QUEUED), lim);
+  if (rc == STORE_OK) {
+    rc = sql_queued_rows(db, st, ids, count);
+    sqlite3_finalize(st);
+  }
+  sql_release(ss, db);
+  if (rc != STORE_OK) {
+    free(*ids);
+    *ids = NULL;
+    *count = 0;
+  }
+  return rc;
+}
+
+static int sql_result_by_token(store *s, const char *token, task_result *out) {
+  memset(out, 0, sizeof *out);
+  if (!token) return STORE_NOT_FOUND;
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, "result_by_token",
+                       "SELECT " SQL_RESULT_COLUMNS " FROM task_results WHERE token = ?", "t",
+                       token);
+  if (rc == STORE_OK) {
+    rc = sql_step_row(db, st, "result_by_token");
+    if (rc == STORE_OK && !sql_read_result(st, 0, out)) rc = sql_oom("result_by_token");
+    sqlite3_finalize(st);
+  }
+  sql_release(ss, db);
+  return rc;
+}
+
+/* ---- opening and closing --------------------------------------------------------------- */
+
+static void sql_free(sql_store *ss) {
+  for (size_t i = 0; i < ss->n_conns; i++)
+    if (sqlite3_close(ss->conns[i]) != SQLITE_OK) /* a statement left open: a bug */
+      LOG_ERROR("sqlite connection did not close", NULL);
+  pthread_cond_destroy(&ss->cv);
+  pthread_mutex_destroy(&ss->mu);
+  free(ss->conns);
+  free(ss->idle);
+  free(ss);
+}
+
+/* Every operation has returned its connection by now (the caller stops all
+ * users before closing), so each close succeeds: no statement is left open. */
+static void sql_close(store *s) {
+  if (s) sql_free((sql_store *)s);
+}
+
+/* Runs a statement that returns one text value (a PRAGMA) into out. */
+static bool sql_pragma_text(sqlite3 *db, const char *sql, char *out, size_t size) {
+  sqlite3_stmt *st;
+  out[0] = '\0';
+  if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) return false;
+  bool ok = sqlite3_step(st) == SQLITE_ROW && sql_col_copy(st, 0, out, size);
+  sqlite3_finalize(st);
+  return ok;
+}
+
+/* Per-connection settings.
+ *
+ * synchronous=FULL, not NORMAL. With WAL, NORMAL cannot corrupt the database,
+ * but it syncs the WAL only at checkpoints, so a transaction whose COMMIT has
+ * returned can still roll back after a power loss or OS crash (SQLite's
+ * documentation of PRAGMA synchronous says exactly this). A finished task is
+ * reported to its client and webhook right after task_finish commits; losing
+ * that commit afterwards would make a delivered result vanish and the task run
+ * again. FULL syncs the WAL on every commit: one fsync per write transaction,
+ * a few per task, which is cheap next to generating an image. */
+static bool sql_configure(sqlite3 *db, char *err, size_t err_size) {
+  char mode[16];
+  sqlite3_extended_result_codes(db, 1);
+  sqlite3_busy_timeout(db, SQL_BUSY_TIMEOUT_MS);
+  if (!sql_pragma_text(db, "PRAGMA journal_mode=WAL", mode, sizeof mode) ||
+      strcmp(mode, "wal") != 0) {
+    sql_set_err(err, err_size, "cannot switch the database to WAL mode (%s): %s", mode,
+                sqlite3_errmsg(db));
+    return false;
+  }
+  char *msg = NULL;
+  if (sqlite3_exec(db, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;", NULL, NULL, &msg) !=
+      SQLITE_OK) {
+    sql_set_err(err, err_size, "cannot configure the database: %s", msg ? msg : "?");
+    sqlite3_free(msg);
+    return false;
+  }
+  /* A build without foreign keys ignores the pragma silently. */
+  char fk[8];
+  if (!sql_pragma_text(db, "PRAGMA foreign_keys", fk, sizeof fk) || strcmp(fk, "1") != 0) {
+    sql_set_err(err, err_size, "this SQLite does not enforce foreign keys");
+    return false;
+  }
+  return true;
+}
+
+static sqlite3 *sql_open_conn(const char *path, char *err, size_t err_size) {
+  sqlite3 *db = NULL;
+  int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+  int rc = sqlite3_open_v2(path, &db, flags, NULL);
+  if (rc != SQLITE_OK) {
+    sql_set_err(err, err_size, "cannot open database %s: %s", path,
+                db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    sqlite3_close(db);
+    return NULL;
+  }
+  if (!sql_configure(db, err, err_size)) {
+    sqlite3_close(db);
+    return NULL;
+  }
+  return db;
+}
+
+/* Reads the newest applied version and whether version v is applied. */
+static bool sql_versions(sqlite3 *db, int64_t v, int64_t *max_out, bool *has_v) {
+  sqlite3_stmt *st;
+  if (sql_prepare(db, &st, "migrate",
+                  "SELECT COALESCE(MAX(version), 0), COALESCE(SUM(version = ?), 0)"
+                  " FROM schema_migrations",
+                  "I", v) != STORE_OK)
+    return false;
+  bool ok = sql_step_row(db, st, "migrate") == STORE_OK;
+  if (ok) {
+    *max_out = sqlite3_column_int64(st, 0);
+    *has_v = sqlite3_column_int64(st, 1) > 0;
+  }
+  sqlite3_finalize(st);
+  return ok;
+}
+
+/* Inside the migration transaction: false (with err) when the database was
+ * written by a newer imgate; otherwise *pending tells whether v is missing. */
+static bool sql_migration_check(sqlite3 *db, int64_t v, bool *pending, char *err,
+                                size_t err_size) {
+  int64_t max = 0;
+  bool has_v = false;
+  if (!sql_versions(db, v, &max, &has_v)) {
+    sql_set_err(err, err_size, "cannot read schema_migrations: %s", sqlite3_errmsg(db));
+    return false;
+  }
+  if (max > SQL_MIGRATION_COUNT) {
+    /* Running old code on a newer schema could silently drop what the newer
+     * code relies on; the operator must upgrade the binary instead. */
+    sql_set_err(err, err_size,
+                "database schema version %lld is newer than this imgate knows (%lld); "
+                "refusing to open it with an older binary",
+                (long long)max, (long long)SQL_MIGRATION_COUNT);
+    return false;
+  }
+  *pending = !has_v;
+  return true;
+}
+
+/* Runs migration v and records it, then commits. */
+static bool sql_migration_apply(sqlite3 *db, int64_t v, char *err, size_t err_size) {
+  char *msg = NULL;
+  if (sqlite3_exec(db, sql_migrations[v - 1], NULL, NULL, &msg) != SQLITE_OK) {
+    sql_set_err(err, err_size, "migration %lld failed: %s", (long long)v, msg ? msg : "?");
+    sqlite3_free(msg);
+    return false;
+  }
+  if (sql_run(db, "migrate", "INSERT INTO schema_migrations(version, applied_ms) VALUES (?, ?)",
+              "II", v, time_now_ms()) != STORE_OK ||
+      sql_end(db, STORE_OK) != STORE_OK) {
+    sql_set_err(err, err_size, "migration %lld failed: %s", (long long)v, sqlite3_errmsg(db));
+    return false;
+  }
+  LOG_INFO("schema migration applied", "version=%lld", (long long)v);
+  return true;
+}
+
+/* Applies migration v in its own transaction unless it is applied already.
+ * The version check runs inside the write transaction so two processes
+ * opening the same new database never both apply it. */
+static bool sql_migrate_one(sqlite3 *db, int64_t v, char *err, size_t err_size) {
+  if (sql_begin_write(db) != STORE_OK) {
+    sql_set_err(err, err_size, "cannot lock the database: %s", sqlite3_errmsg(db));
+    return false;
+  }
+  bool pending = false;
+  bool ok = sql_migration_check(db, v, &pending, err, err_size) &&
+            (!pending || sql_migration_apply(db, v, err, err_size));
+  sql_rollback(db); /* a no-op after a commit; releases the lock otherwise */
+  return ok;
+}
+
+static bool sql_migrate(sqlite3 *db, char *err, size_t err_size) {
+  if (sql_run(db, "migrate",
+              "CREATE TABLE IF NOT EXISTS schema_migrations("
+              "version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+              "") != STORE_OK) {
+    sql_set_err(err, err_size, "cannot create schema_migrations: %s", sqlite3_errmsg(db));
+    return false;
+  }
+  for (int64_t v = 1; v <= SQL_MIGRATION_COUNT; v++)
+    if (!sql_migrate_one(db, v, err, err_size)) return false;
+  return true;
+}
+
+static const store_ops sql_ops = {
+    .name = "sqlite",
+    .close = sql_close,
+    .account_create = sql_account_create,
+    .account_get_by_email = sql_account_get_by_email,
+    .account_get = sql_account_get,
+    .account_count = sql_account_count,
+    .key_create = sql_key_create,
+    .key_authenticate = sql_key_authenticate,
+    .key_revoke = sql_key_revoke,
+    .key_list = sql_key_list,
+    .task_insert = sql_task_insert,
+    .task_get = sql_task_get,
+    .task_start = sql_task_start,
+    .task_finish = sql_task_finish,
+    .task_requeue_running = sql_task_requeue_running,
+    .task_list_queued = sql_task_list_queued,
+    .result_by_token = sql_result_by_token,
+};
+
+static sql_store *sql_alloc(int pool_size) {
+  sql_store *ss = calloc(1, sizeof *ss);
+  if (!ss) return NULL;
+  ss->conns = calloc((size_t)pool_size, sizeof *ss->conns);
+  ss->idle = calloc((size_t)pool_size, sizeof *ss->idle);
+  if (!ss->conns || !ss->idle || pthread_mutex_init(&ss->mu, NULL) != 0) {
+    free(ss->conns);
+    free(ss->idle);
+    free(ss);
+    return NULL;
+  }
+  if (pthread_cond_init(&ss->cv, NULL) != 0) {
+    pthread_mutex_destroy(&ss->mu);
+    free(ss->conns);
+    free(ss->idle);
+    free(ss);
+    return NULL;
+  }
+  ss->base.ops = &sql_ops;
+  return ss;
+}
+
+store *store_sqlite_open(const char *path, int pool_size, char *err, size_t err_size) {
+  if (!path || !*path) {
+    sql_set_err(err, err_size, "no database path");
+    return NULL;
+  }
+  if (pool_size < 1 || pool_size > SQL_POOL_MAX) {
+    sql_set_err(err, err_size, "pool size %d outside 1..%d", pool_size, SQL_POOL_MAX);
+    return NULL;
+  }
+  if (!sqlite3_threadsafe()) {
+    sql_set_err(err, err_size, "SQLite was built without thread support");
+    return NULL;
+  }
+  sql_store *ss = sql_alloc(pool_size);
+  if (!ss) {
+    sql_set_err(err, err_size, "out of memory");
+    return NULL;
+  }
+  /* The first connection migrates before the others exist, so no operation
+   * can ever see a half-migrated schema. */
+  for (int i = 0; i < pool_size; i++) {
+    sqlite3 *db = sql_open_conn(path, err, err_size);
+    if (!db || (i == 0 && !sql_migrate(db, err, err_size))) {
+      sqlite3_close(db);
+      sql_free(ss);
+      return NULL;
+    }
+    ss->conns[ss->n_conns++] = db;
+    ss->idle[ss->n_idle++] = db;
+  }
+  return &ss->base;
+}

@@ -1,0 +1,147 @@
+/* test_accounts.c - emails, key format, issue/authenticate/revoke against a real store. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/accounts.h"
+
+typedef struct fixture {
+  char dir[64];
+  store *st;
+} fixture;
+
+static int setup(void **state) {
+  fixture *f = calloc(1, sizeof *f);
+  char path[128], err[256];
+  snprintf(f->dir, sizeof f->dir, "/tmp/imgate-acct-XXXXXX");
+  assert_non_null(mkdtemp(f->dir));
+  snprintf(path, sizeof path, "%s/db", f->dir);
+  f->st = store_sqlite_open(path, 2, err, sizeof err);
+  assert_non_null(f->st);
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fixture *f = *state;
+  f->st->ops->close(f->st);
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
+  assert_int_equal(system(cmd), 0);
+  free(f);
+  return 0;
+}
+
+static void test_normalize_email(void **state) {
+  (void)state;
+  char out[256];
+  assert_true(accounts_normalize_email("Alice@Example.COM", out, sizeof out));
+  assert_string_equal(out, "alice@example.com");
+  assert_false(accounts_normalize_email("no-at-sign", out, sizeof out));
+  assert_false(accounts_normalize_email("two@@example.com", out, sizeof out));
+  assert_false(accounts_normalize_email("@example.com", out, sizeof out));
+  assert_false(accounts_normalize_email("alice@", out, sizeof out));
+  assert_false(accounts_normalize_email("al ice@example.com", out, sizeof out));
+  assert_false(accounts_normalize_email(NULL, out, sizeof out));
+  char long_email[300];
+  memset(long_email, 'a', sizeof long_email);
+  memcpy(long_email + 280, "@example.com", 13);
+  assert_false(accounts_normalize_email(long_email, out, sizeof out));
+}
+
+static void test_key_shape(void **state) {
+  (void)state;
+  assert_true(accounts_key_well_formed("igk_0123456789abcdefghijABCDEFGHIJ0123456789"));
+  assert_false(accounts_key_well_formed("igk_0123456789abcdefghijABCDEFGHIJ012345678"));   /* short */
+  assert_false(accounts_key_well_formed("igk_0123456789abcdefghijABCDEFGHIJ0123456789x")); /* long */
+  assert_false(accounts_key_well_formed("sk-_0123456789abcdefghijABCDEFGHIJ012345678"));
+  assert_false(accounts_key_well_formed("igk_0123456789abcdefghijABCDEFGHIJ01234567-9"));
+  assert_false(accounts_key_well_formed(NULL));
+}
+
+static void test_issue_authenticate_revoke(void **state) {
+  fixture *f = *state;
+  imgate_error err = {0};
+  int64_t id, key_id;
+  char key[ACCOUNTS_KEY_LEN + 1], header[80];
+  assert_int_equal(accounts_create(f->st, "Bob@Example.com", &id, &err), 0);
+  assert_int_equal(accounts_create(f->st, "bob@example.com", &id, &err), -1);
+  assert_string_equal(err.slug, "account_exists");
+  assert_int_equal(accounts_create_key(f->st, "nobody@example.com", "x", key, &key_id, &err), -1);
+  assert_int_equal(err.code, ERR_NOT_FOUND);
+
+  assert_int_equal(accounts_create_key(f->st, "BOB@example.com", "laptop", key, &key_id, &err), 0);
+  assert_true(accounts_key_well_formed(key));
+  snprintf(header, sizeof header, "Bearer %s", key);
+  store_account acct;
+  assert_int_equal(accounts_authenticate(f->st, header, &acct, &err), 0);
+  assert_int_equal(acct.id, id);
+  assert_string_equal(acct.email, "bob@example.com");
+  snprintf(header, sizeof header, "bearer %s", key); /* the scheme is case-insensitive */
+  assert_int_equal(accounts_authenticate(f->st, header, &acct, &err), 0);
+
+  /* Only the hash is stored: the listed prefix is the key's start, nothing more. */
+  store_key *keys;
+  size_t n;
+  assert_int_equal(f->st->ops->key_list(f->st, id, &keys, &n), STORE_OK);
+  assert_int_equal(n, 1);
+  assert_int_equal(strncmp(keys[0].prefix, key, strlen(keys[0].prefix)), 0);
+  assert_true(strlen(keys[0].prefix) < 12);
+  free(keys);
+
+  char two[ACCOUNTS_KEY_LEN + 1];
+  int64_t key2;
+  assert_int_equal(accounts_create_key(f->st, "bob@example.com", NULL, two, &key2, &err), 0);
+  assert_string_not_equal(key, two);
+
+  /* Revoke the first by full key, the second by id. */
+  assert_int_equal(accounts_revoke_key(f->st, key, &err), 0);
+  snprintf(header, sizeof header, "Bearer %s", key);
+  assert_int_equal(accounts_authenticate(f->st, header, &acct, &err), -1);
+  assert_int_equal(err.code, ERR_UNAUTHORIZED);
+  assert_int_equal(accounts_revoke_key(f->st, key, &err), -1);
+  assert_int_equal(err.code, ERR_NOT_FOUND);
+  char id_text[24];
+  snprintf(id_text, sizeof id_text, "%lld", (long long)key2);
+  assert_int_equal(accounts_revoke_key(f->st, id_text, &err), 0);
+  snprintf(header, sizeof header, "Bearer %s", two);
+  assert_int_equal(accounts_authenticate(f->st, header, &acct, &err), -1);
+  assert_int_equal(accounts_revoke_key(f->st, "not-a-key", &err), -1);
+  assert_int_equal(err.code, ERR_INVALID);
+}
+
+static void test_bad_headers(void **state) {
+  fixture *f = *state;
+  imgate_error err = {0};
+  store_account acct;
+  const char *bad[] = {NULL,
+                       "",
+                       "Bearer",
+                       "Bearer ",
+                       "Basic dXNlcjpwYXNz",
+                       "Bearer igk_short",
+                       "Bearer igk_0123456789abcdefghijABCDEFGHIJ0123456789" /* well formed, unknown */};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    memset(&err, 0, sizeof err);
+    assert_int_equal(accounts_authenticate(f->st, bad[i], &acct, &err), -1);
+    assert_int_equal(err.code, ERR_UNAUTHORIZED);
+    assert_string_equal(err.slug, "unauthorized");
+  }
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_normalize_email),
+      cmocka_unit_test(test_key_shape),
+      cmocka_unit_test_setup_teardown(test_issue_authenticate_revoke, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_bad_headers, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

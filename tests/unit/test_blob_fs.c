@@ -1,0 +1,386 @@
+/* test_blob_fs.c - the folder blob backend: round trips, key rules, limits, atomic puts,
+ * concurrency. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "blob/blob.h"
+
+typedef struct fixture {
+  char dir[64];
+  char root[128]; /* dir/store/root: created by blob_fs_open, mkdir -p style */
+  blob *b;
+} fixture;
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+static int setup(void **state) {
+  fixture *f = calloc(1, sizeof *f);
+  if (!f) return -1;
+  snprintf(f->dir, sizeof f->dir, "/tmp/imgate-blobfs-XXXXXX");
+  if (!mkdtemp(f->dir)) {
+    free(f);
+    return -1;
+  }
+  snprintf(f->root, sizeof f->root, "%s/store/root", f->dir);
+  char err[256];
+  f->b = blob_fs_open(f->root, err, sizeof err);
+  if (!f->b) {
+    fprintf(stderr, "blob_fs_open: %s\n", err);
+    nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return -1;
+  }
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fixture *f = *state;
+  f->b->ops->close(f->b);
+  int rc = nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  free(f);
+  return rc;
+}
+
+static int put_str(blob *b, const char *key, const char *text) {
+  return b->ops->put(b, key, text, strlen(text), "text/plain");
+}
+
+/* Reads key and checks it holds exactly text. */
+static void expect_content(blob *b, const char *key, const char *text) {
+  uint8_t *data = NULL;
+  size_t len = 0;
+  assert_int_equal(b->ops->read(b, key, 1 << 20, &data, &len), BLOB_OK);
+  assert_non_null(data);
+  assert_int_equal(len, strlen(text));
+  if (len) assert_memory_equal(data, text, len);
+  free(data);
+}
+
+static void test_root_created(void **state) {
+  fixture *f = *state;
+  struct stat st;
+  assert_int_equal(stat(f->root, &st), 0);
+  assert_true(S_ISDIR(st.st_mode));
+  assert_string_equal(f->b->ops->name, "fs");
+  /* Opening an existing folder again works too. */
+  char err[256];
+  blob *again = blob_fs_open(f->root, err, sizeof err);
+  assert_non_null(again);
+  again->ops->close(again);
+}
+
+static void test_open_fails_on_file_root(void **state) {
+  fixture *f = *state;
+  char path[192];
+  snprintf(path, sizeof path, "%s/plainfile", f->dir);
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
+  assert_true(fd >= 0);
+  close(fd);
+  char err[256] = "";
+  assert_null(blob_fs_open(path, err, sizeof err));
+  assert_true(strlen(err) > 0);
+  snprintf(path, sizeof path, "%s/plainfile/below", f->dir);
+  err[0] = '\0';
+  assert_null(blob_fs_open(path, err, sizeof err));
+  assert_true(strlen(err) > 0);
+  assert_null(blob_fs_open("", err, sizeof err));
+}
+
+static void test_round_trip(void **state) {
+  fixture *f = *state;
+  blob *b = f->b;
+  assert_int_equal(put_str(b, "img/abc.png", "hello blob"), BLOB_OK);
+
+  blob_object o;
+  assert_int_equal(b->ops->open(b, "img/abc.png", &o), BLOB_OK);
+  assert_true(o.fd >= 0);
+  assert_null(o.data);
+  assert_int_equal(o.size, 10);
+  char buf[32];
+  assert_int_equal(pread(o.fd, buf, sizeof buf, 0), 10);
+  assert_memory_equal(buf, "hello blob", 10);
+  assert_true(fcntl(o.fd, F_GETFD) & FD_CLOEXEC);
+  int fd = o.fd;
+  blob_object_release(&o);
+  assert_int_equal(o.fd, -1);
+  assert_int_equal(fcntl(fd, F_GETFD), -1); /* the fd really was closed */
+
+  expect_content(b, "img/abc.png", "hello blob");
+  assert_int_equal(b->ops->remove(b, "img/abc.png"), BLOB_OK);
+  assert_int_equal(b->ops->open(b, "img/abc.png", &o), BLOB_NOT_FOUND);
+  assert_int_equal(o.fd, -1);
+  assert_int_equal(b->ops->remove(b, "img/abc.png"), BLOB_NOT_FOUND);
+}
+
+static void test_empty_object(void **state) {
+  fixture *f = *state;
+  blob *b = f->b;
+  assert_int_equal(b->ops->put(b, "empty", NULL, 0, NULL), BLOB_OK);
+  uint8_t *data = NULL;
+  size_t len = 1;
+  assert_int_equal(b->ops->read(b, "empty", 0, &data, &len), BLOB_OK);
+  assert_non_null(data);
+  assert_int_equal(len, 0);
+  free(data);
+  blob_object o;
+  assert_int_equal(b->ops->open(b, "empty", &o), BLOB_OK);
+  assert_int_equal(o.size, 0);
+  blob_object_release(&o);
+}
+
+static void test_release_memory_object(void **state) {
+  (void)state;
+  blob_object o = {.fd = -1, .data = malloc(16), .size = 16};
+  assert_non_null(o.data);
+  blob_object_release(&o);
+  assert_null(o.data);
+  assert_int_equal(o.size, 0);
+  blob_object_release(&o); /* twice is harmless */
+  blob_object_release(NULL);
+}
+
+static void test_overwrite(void **state) {
+  fixture *f = *state;
+  blob *b = f->b;
+  assert_int_equal(put_str(b, "k.txt", "a much longer first version"), BLOB_OK);
+  assert_int_equal(put_str(b, "k.txt", "short"), BLOB_OK);
+  expect_content(b, "k.txt", "short");
+}
+
+static void test_nested_keys_create_folders(void **state) {
+  fixture *f = *state;
+  blob *b = f->b;
+  assert_int_equal(put_str(b, "a/b/c/d/e.bin", "deep"), BLOB_OK);
+  assert_int_equal(put_str(b, "a/b/x.bin", "shallow"), BLOB_OK);
+  char path[256];
+  struct stat st;
+  snprintf(path, sizeof path, "%s/a/b/c/d", f->root);
+  assert_int_equal(stat(path, &st), 0);
+  assert_true(S_ISDIR(st.st_mode));
+  snprintf(path, sizeof path, "%s/a/b/c/d/e.bin", f->root);
+  assert_int_equal(stat(path, &st), 0);
+  assert_true(S_ISREG(st.st_mode));
+  expect_content(b, "a/b/c/d/e.bin", "deep");
+  expect_content(b, "a/b/x.bin", "shallow");
+  /* A folder is not an object, and a key cannot pass through a file. */
+  blob_object o;
+  assert_int_equal(b->ops->open(b, "a/b", &o), BLOB_NOT_FOUND);
+  assert_int_equal(b->ops->remove(b, "a/b"), BLOB_NOT_FOUND);
+  assert_int_equal(b->ops->open(b, "a/b/x.bin/y", &o), BLOB_NOT_FOUND);
+  assert_int_equal(put_str(b, "a/b/x.bin/y", "nope"), BLOB_ERROR);
+}
+
+static const char *const bad_keys[] = {
+    "", "/abs", "abs/", "a//b", "..", "../x", "a/../b", "a/..", ".", "./a", "a/./b",
+    "a b", "a\\b", "a:b", "a~b", "caf\xc3\xa9", "a\nb", "a?b", "a*b",
+};
+
+static void test_key_rules(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof bad_keys / sizeof bad_keys[0]; i++) {
+    if (blob_key_valid(bad_keys[i])) print_error("accepted key \"%s\"\n", bad_keys[i]);
+    assert_false(blob_key_valid(bad_keys[i]));
+  }
+  assert_false(blob_key_valid(NULL));
+  assert_true(blob_key_valid("a"));
+  assert_true(blob_key_valid("results/2024/01/0190b-abc_D.png"));
+  assert_true(blob_key_valid("...")); /* only "." and ".." are special */
+  assert_true(blob_key_valid(".hidden/..x/x.."));
+  assert_true(blob_key_valid("-_.-"));
+
+  char key[600];
+  memset(key, 'k', sizeof key);
+  key[512] = '\0';
+  assert_true(blob_key_valid(key));
+  key[512] = 'k';
+  key[513] = '\0';
+  assert_false(blob_key_valid(key));
+}
+
+static void test_invalid_keys_rejected_by_every_op(void **state) {
+  fixture *f = *state;
+  blob *b = f->b;
+  char long_key[514];
+  memset(long_key, 'k', sizeof long_key - 1);
+  long_key[sizeof long_key - 1] = '\0';
+  const char *keys[] = {"../escape", "/etc/passwd", "a//b", "a b", long_key, ""};
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+    const char *k = keys[i];
+    assert_int_equal(put_str(b, k, "x"), BLOB_INVALID_KEY);
+    blob_object o;
+    assert_int_equal(b->ops->open(b, k, &o), BLOB_INVALID_KEY);
+    assert_int_equal(o.fd, -1);
+    uint8_t *data = NULL;
+    size_t len = 0;
+    assert_int_equal(b->ops->read(b, k, 100, &data, &len), BLOB_INVALID_KEY);
+    assert_null(data);
+    assert_int_equal(b->ops->remove(b, k), BLOB_INVALID_KEY);
+  }
+  /* Nothing escaped the root. */
+  char path[128];
+  snprintf(path, sizeof path, "%s/store/escape", f->dir);
+  assert_int_equal(access(path, F_OK), -1);
+}
+
+static void test_longest_key_works(void **state) {
+  fixture *f = *state;
+  blob *b = f->b;
+  /* 512 characters in segments short enough for the filesystem's NAME_MAX. */
+  char key[513];
+  for (size_t i = 0; i < 512; i++) key[i] = (i % 100 == 99) ? '/' : 'k';
+  key[512] = '\0';
+  assert_true(blob_key_valid(key));
+  assert_int_equal(put_str(b, key, "long"), BLOB_OK);
+  expect_content(b, key, "long");
+}
+
+static void test_read_max_len(void **state) {
+  fixture *f = *state;
+  blob *b = f->b;
+  assert_int_equal(put_str(b, "ten", "0123456789"), BLOB_OK);
+  uint8_t *data = NULL;
+  size_t len = 0;
+  assert_int_equal(b->ops->read(b, "ten", 10, &data, &len), BLOB_OK);
+  assert_int_equal(len, 10);
+  free(data);
+  data = NULL;
+  assert_int_equal(b->ops->read(b, "ten", 9, &data, &len), BLOB_ERROR);
+  assert_null(data);
+  assert_int_equal(len, 0);
+}
+
+static void test_missing(void **state) {
+  fixture *f = *state;
+  blob *b = f->b;
+  blob_object o;
+  assert_int_equal(b->ops->open(b, "nope.png", &o), BLOB_NOT_FOUND);
+  assert_int_equal(b->ops->open(b, "no/such/folder.png", &o), BLOB_NOT_FOUND);
+  uint8_t *data = NULL;
+  size_t len = 0;
+  assert_int_equal(b->ops->read(b, "nope.png", 100, &data, &len), BLOB_NOT_FOUND);
+  assert_null(data);
+  assert_int_equal(b->ops->remove(b, "nope.png"), BLOB_NOT_FOUND);
+  assert_int_equal(b->ops->remove(b, "no/such/folder.png"), BLOB_NOT_FOUND);
+}
+
+/* Counts regular files under path, failing on any temporary file. */
+static size_t count_files(const char *path) {
+  DIR *d = opendir(path);
+  assert_non_null(d);
+  size_t n = 0;
+  struct dirent *de;
+  while ((de = readdir(d)) != NULL) {
+    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+    if (strchr(de->d_name, '~')) print_error("temporary file left: %s/%s\n", path, de->d_name);
+    assert_null(strchr(de->d_name, '~'));
+    char child[1024];
+    snprintf(child, sizeof child, "%s/%s", path, de->d_name);
+    struct stat st;
+    assert_int_equal(lstat(child, &st), 0);
+    if (S_ISDIR(st.st_mode)) n += count_files(child);
+    else n++;
+  }
+  closedir(d);
+  return n;
+}
+
+static void test_no_temp_files_left(void **state) {
+  fixture *f = *state;
+  blob *b = f->b;
+  char key[64];
+  for (int i = 0; i < 20; i++) {
+    snprintf(key, sizeof key, "t/%d/obj-%d.bin", i % 3, i);
+    assert_int_equal(put_str(b, key, "payload"), BLOB_OK);
+    assert_int_equal(put_str(b, key, "payload, again"), BLOB_OK);
+  }
+  /* A failed put cleans up after itself too. */
+  assert_int_equal(put_str(b, "t/0", "0 is a folder"), BLOB_ERROR);
+  assert_int_equal(count_files(f->root), 20);
+}
+
+#define N_THREADS 8
+#define PUTS_PER_THREAD 40
+
+typedef struct worker {
+  blob *b;
+  int id;
+  int failures;
+} worker;
+
+static void worker_key(char *key, size_t size, int id, int i) {
+  /* Every thread writes into the same fresh folders, so they race to create them. */
+  snprintf(key, size, "race/%d/w%d-%d.txt", i % 4, id, i);
+}
+
+static void *worker_main(void *arg) {
+  worker *w = arg;
+  char key[64], text[64];
+  for (int i = 0; i < PUTS_PER_THREAD; i++) {
+    worker_key(key, sizeof key, w->id, i);
+    snprintf(text, sizeof text, "thread %d object %d", w->id, i);
+    if (put_str(w->b, key, text) != BLOB_OK) w->failures++;
+  }
+  return NULL;
+}
+
+static void test_concurrent_puts(void **state) {
+  fixture *f = *state;
+  pthread_t threads[N_THREADS];
+  worker workers[N_THREADS];
+  for (int t = 0; t < N_THREADS; t++) {
+    workers[t] = (worker){.b = f->b, .id = t};
+    assert_int_equal(pthread_create(&threads[t], NULL, worker_main, &workers[t]), 0);
+  }
+  for (int t = 0; t < N_THREADS; t++) {
+    assert_int_equal(pthread_join(threads[t], NULL), 0);
+    assert_int_equal(workers[t].failures, 0);
+  }
+  char key[64], text[64];
+  for (int t = 0; t < N_THREADS; t++) {
+    for (int i = 0; i < PUTS_PER_THREAD; i++) {
+      worker_key(key, sizeof key, t, i);
+      snprintf(text, sizeof text, "thread %d object %d", t, i);
+      expect_content(f->b, key, text);
+    }
+  }
+  assert_int_equal(count_files(f->root), N_THREADS * PUTS_PER_THREAD);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_root_created, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_open_fails_on_file_root, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_empty_object, setup, teardown),
+      cmocka_unit_test(test_release_memory_object),
+      cmocka_unit_test_setup_teardown(test_overwrite, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_nested_keys_create_folders, setup, teardown),
+      cmocka_unit_test(test_key_rules),
+      cmocka_unit_test_setup_teardown(test_invalid_keys_rejected_by_every_op, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_longest_key_works, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_read_max_len, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_missing, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_no_temp_files_left, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_concurrent_puts, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,827 @@
+/* test_http_server.c - the server over real sockets, driven by libcurl. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "http/server.h"
+#include "util/buf.h"
+
+#define BODY_LIMIT (2u * 1024 * 1024)
+#define FILE_SIZE (200 * 1024 + 7)
+
+typedef struct fixture {
+  http_router *router;
+  http_server *server;
+  int port;
+  char dir[64];
+  char file_path[128];
+} fixture;
+
+typedef struct response {
+  CURLcode rc;
+  long status;
+  buf body;
+  buf headers;
+} response;
+
+/* --- handlers --- */
+
+static void h_hello(http_request *req, void *ctx) {
+  http_reply_json(req, 200, json_pack("{s:s}", "hello", "world"));
+}
+
+static void h_item(http_request *req, void *ctx) {
+  http_reply_json(req, 200, json_pack("{s:s, s:s, s:s}", "id", http_param_get(req, "id"), "path",
+                                      req->path, "method", req->method));
+}
+
+static void h_model(http_request *req, void *ctx) {
+  http_reply_json(req, 200, json_pack("{s:s}", "model", http_param_get(req, "model")));
+}
+
+static void h_query(http_request *req, void *ctx) {
+  http_reply_json(req, 200,
+                  json_pack("{s:s?, s:s?, s:s?, s:s?}", "a", http_query_get(req, "a"), "b",
+                            http_query_get(req, "b"), "flag", http_query_get(req, "flag"),
+                            "missing", http_query_get(req, "missing")));
+}
+
+static void h_echo(http_request *req, void *ctx) {
+  char len[32];
+  snprintf(len, sizeof len, "%zu", req->body_len);
+  http_reply_header(req, "X-Body-Len", len);
+  http_reply_bytes(req, 200, "application/octet-stream", req->body, req->body_len);
+}
+
+static void h_header(http_request *req, void *ctx) {
+  http_reply_json(req, 200, json_pack("{s:s?}", "v", http_header_get(req, "x-test-header")));
+}
+
+static void h_noreply(http_request *req, void *ctx) {}
+
+static void h_file(http_request *req, void *ctx) {
+  const fixture *f = ctx;
+  int fd = open(f->file_path, O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) != 0) {
+    if (fd >= 0) close(fd);
+    http_reply_empty(req, 503);
+    return;
+  }
+  http_reply_fd(req, 200, "image/png", fd, (uint64_t)st.st_size);
+}
+
+static void h_empty(http_request *req, void *ctx) {
+  http_reply_header(req, "X-Custom", "yes");
+  http_reply_json(req, 200, json_pack("{s:b}", "replaced", 1)); /* a second reply wins */
+  http_reply_empty(req, 204);
+}
+
+static void h_account(http_request *req, void *ctx) {
+  snprintf(req->log_account, sizeof req->log_account, "acct_42");
+  http_reply_empty(req, 204);
+}
+
+static bool add_routes(http_router *r, fixture *f) {
+  return http_router_add(r, "GET", "/hello", h_hello, NULL) &&
+         http_router_add(r, "GET", "/items", h_hello, NULL) &&
+         http_router_add(r, "POST", "/items", h_hello, NULL) &&
+         http_router_add(r, "GET", "/items/{id}", h_item, NULL) &&
+         http_router_add(r, "GET", "/m/{model}:gen", h_model, NULL) &&
+         http_router_add(r, "GET", "/query", h_query, NULL) &&
+         http_router_add(r, "POST", "/echo", h_echo, NULL) &&
+         http_router_add(r, "GET", "/hdr", h_header, NULL) &&
+         http_router_add(r, "GET", "/noreply", h_noreply, NULL) &&
+         http_router_add(r, "GET", "/file", h_file, f) &&
+         http_router_add(r, "GET", "/empty", h_empty, NULL) &&
+         http_router_add(r, "GET", "/account", h_account, NULL);
+}
+
+static http_server *start(http_router *r, const char *host, http_error_fn on_error) {
+  http_server_config cfg = {.listen_host = host,
+                            .listen_port = 0,
+                            .threads = 4,
+                            .max_body_bytes = BODY_LIMIT,
+                            .connection_timeout_s = 30,
+                            .on_error = on_error};
+  char err[256];
+  http_server *s = http_server_start(&cfg, r, err, sizeof err);
+  if (!s) fprintf(stderr, "start failed: %s\n", err);
+  return s;
+}
+
+static bool write_test_file(const char *path) {
+  FILE *fp = fopen(path, "wb");
+  if (!fp) return false;
+  for (int i = 0; i < FILE_SIZE; i++) fputc((i * 7 + i / 251) & 0xff, fp);
+  return fclose(fp) == 0;
+}
+
+static int setup(void **state) {
+  fixture *f = calloc(1, sizeof *f);
+  if (!f) return -1;
+  snprintf(f->dir, sizeof f->dir, "/tmp/imgate-http-XXXXXX");
+  if (!mkdtemp(f->dir)) return -1;
+  snprintf(f->file_path, sizeof f->file_path, "%s/blob.bin", f->dir);
+  if (!write_test_file(f->file_path)) return -1;
+  f->router = http_router_new();
+  if (!f->router || !add_routes(f->router, f)) return -1;
+  f->server = start(f->router, "127.0.0.1", NULL);
+  if (!f->server) return -1;
+  f->port = http_server_port(f->server);
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fixture *f = *state;
+  http_server_stop(f->server);
+  http_router_free(f->router);
+  unlink(f->file_path);
+  rmdir(f->dir);
+  free(f);
+  return 0;
+}
+
+/* --- client side --- */
+
+static size_t on_data(char *p, size_t size, size_t n, void *ud) {
+  return buf_append(ud, p, size * n) ? size * n : 0;
+}
+
+typedef struct request_spec {
+  const char *method; /* NULL: GET */
+  const char *path;
+  const void *body;
+  size_t body_len;
+  const char *header; /* one extra request header, or NULL */
+} request_spec;
+
+static CURL *easy_for(int port, const char *path, response *out, struct curl_slist *hdrs) {
+  CURL *e = curl_easy_init();
+  if (!e) return NULL;
+  char url[512];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_data);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, &out->body);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_data);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, &out->headers);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT, 60L);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  if (hdrs) curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
+  return e;
+}
+
+static void perform(CURL *e, response *out) {
+  out->rc = curl_easy_perform(e);
+  curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &out->status);
+  curl_easy_cleanup(e);
+}
+
+static void request(int port, const request_spec *spec, response *out) {
+  memset(out, 0, sizeof *out);
+  struct curl_slist *hdrs = spec->header ? curl_slist_append(NULL, spec->header) : NULL;
+  CURL *e = easy_for(port, spec->path, out, hdrs);
+  assert_non_null(e);
+  const char *method = spec->method ? spec->method : "GET";
+  if (strcmp(method, "HEAD") == 0) {
+    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  } else if (strcmp(method, "GET") != 0) {
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+  }
+  if (spec->body) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, spec->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)spec->body_len);
+  }
+  perform(e, out);
+  curl_slist_free_all(hdrs);
+}
+
+static void get(int port, const char *path, response *out) {
+  request_spec spec = {.path = path};
+  request(port, &spec, out);
+}
+
+static void response_free(response *r) {
+  buf_free(&r->body);
+  buf_free(&r->headers);
+}
+
+/* Value of the last header called name (the final response's), or NULL. */
+static const char *header_of(const response *r, const char *name, char *out, size_t out_size) {
+  const char *found = NULL;
+  size_t nlen = strlen(name);
+  for (const char *line = r->headers.data; line && *line;) {
+    const char *eol = strstr(line, "\r\n");
+    size_t len = eol ? (size_t)(eol - line) : strlen(line);
+    if (len > nlen && strncasecmp(line, name, nlen) == 0 && line[nlen] == ':') {
+      const char *v = line + nlen + 1;
+      while (*v == ' ') v++;
+      snprintf(out, out_size, "%.*s", (int)(len - (size_t)(v - line)), v);
+      found = out;
+    }
+    line = eol ? eol + 2 : line + len;
+  }
+  return found;
+}
+
+static json_t *body_json(const response *r) {
+  json_error_t jerr;
+  json_t *j = r->body.data ? json_loadb(r->body.data, r->body.len, 0, &jerr) : NULL;
+  assert_non_null(j);
+  return j;
+}
+
+static void assert_error_body(const response *r, const char *slug) {
+  json_t *j = body_json(r);
+  json_t *e = json_object_get(j, "error");
+  assert_string_equal(json_string_value(json_object_get(e, "code")), slug);
+  assert_non_null(json_string_value(json_object_get(e, "message")));
+  assert_true(json_is_null(json_object_get(e, "param")));
+  json_decref(j);
+}
+
+static bool is_hex32(const char *s) {
+  if (!s || strlen(s) != 32) return false;
+  for (; *s; s++)
+    if (!isxdigit((unsigned char)*s) || isupper((unsigned char)*s)) return false;
+  return true;
+}
+
+/* --- tests --- */
+
+static void test_json_ok(void **state) {
+  fixture *f = *state;
+  assert_true(f->port > 0);
+  response r;
+  get(f->port, "/hello", &r);
+  assert_int_equal(r.rc, CURLE_OK);
+  assert_int_equal(r.status, 200);
+  char v[128];
+  assert_non_null(header_of(&r, "Content-Type", v, sizeof v));
+  assert_string_equal(v, "application/json");
+  json_t *j = body_json(&r);
+  assert_string_equal(json_string_value(json_object_get(j, "hello")), "world");
+  json_decref(j);
+  response_free(&r);
+}
+
+static void test_request_id(void **state) {
+  fixture *f = *state;
+  char v[128];
+  response r;
+  get(f->port, "/hello", &r);
+  assert_true(is_hex32(header_of(&r, "X-Request-Id", v, sizeof v)));
+  response_free(&r);
+
+  request_spec spec = {.path = "/hello", .header = "X-Request-Id: Abc.123_x-Y"};
+  request(f->port, &spec, &r);
+  assert_string_equal(header_of(&r, "X-Request-Id", v, sizeof v), "Abc.123_x-Y");
+  response_free(&r);
+
+  char hdr[128], id64[65];
+  memset(id64, 'a', 64);
+  id64[64] = '\0';
+  snprintf(hdr, sizeof hdr, "X-Request-Id: %s", id64);
+  spec.header = hdr;
+  request(f->port, &spec, &r);
+  assert_string_equal(header_of(&r, "X-Request-Id", v, sizeof v), id64);
+  response_free(&r);
+
+  char too_long[128];
+  snprintf(too_long, sizeof too_long, "X-Request-Id: %sb", id64); /* 65 characters */
+  const char *bad[] = {"X-Request-Id: bad id", "X-Request-Id: a/b", "X-Request-Id: \xc3\xa9",
+                       too_long};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    spec.header = bad[i];
+    request(f->port, &spec, &r);
+    assert_int_equal(r.status, 200);
+    assert_true(is_hex32(header_of(&r, "X-Request-Id", v, sizeof v)));
+    response_free(&r);
+  }
+}
+
+static void test_not_found_and_method(void **state) {
+  fixture *f = *state;
+  char v[128];
+  response r;
+  get(f->port, "/nope", &r);
+  assert_int_equal(r.status, 404);
+  assert_string_equal(header_of(&r, "Content-Type", v, sizeof v), "application/json");
+  assert_true(is_hex32(header_of(&r, "X-Request-Id", v, sizeof v)));
+  assert_error_body(&r, "not_found");
+  response_free(&r);
+
+  get(f->port, "/hello/", &r); /* trailing slash is another path */
+  assert_int_equal(r.status, 404);
+  response_free(&r);
+
+  request_spec spec = {.method = "DELETE", .path = "/items"};
+  request(f->port, &spec, &r);
+  assert_int_equal(r.status, 405);
+  assert_string_equal(header_of(&r, "Allow", v, sizeof v), "GET, POST");
+  assert_true(is_hex32(header_of(&r, "X-Request-Id", v, sizeof v)));
+  assert_error_body(&r, "method_not_allowed");
+  response_free(&r);
+
+  /* A 405 for a request with a body, answered before the body is read. */
+  spec = (request_spec){.method = "PUT", .path = "/echo", .body = "abc", .body_len = 3};
+  request(f->port, &spec, &r);
+  assert_int_equal(r.status, 405);
+  assert_string_equal(header_of(&r, "Allow", v, sizeof v), "POST");
+  response_free(&r);
+}
+
+/* An error answered without a body in flight keeps the connection open. */
+static void test_keepalive_after_error(void **state) {
+  fixture *f = *state;
+  response r;
+  memset(&r, 0, sizeof r);
+  CURL *e = easy_for(f->port, "/nope", &r, NULL);
+  assert_non_null(e);
+  assert_int_equal(curl_easy_perform(e), CURLE_OK);
+  long status = 0, connects = -1;
+  curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+  assert_int_equal(status, 404);
+  char url[128];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/items", f->port);
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "PATCH");
+  assert_int_equal(curl_easy_perform(e), CURLE_OK);
+  curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &connects);
+  assert_int_equal(status, 405);
+  assert_int_equal(connects, 0); /* the first connection was reused */
+  curl_easy_cleanup(e);
+  response_free(&r);
+}
+
+static void test_head(void **state) {
+  fixture *f = *state;
+  char v[128];
+  response r;
+  request_spec spec = {.method = "HEAD", .path = "/hello"};
+  request(f->port, &spec, &r);
+  assert_int_equal(r.rc, CURLE_OK);
+  assert_int_equal(r.status, 200);
+  assert_int_equal(r.body.len, 0);
+  assert_true(is_hex32(header_of(&r, "X-Request-Id", v, sizeof v)));
+  response_free(&r);
+}
+
+static void test_path_params(void **state) {
+  fixture *f = *state;
+  response r;
+  get(f->port, "/items/caf%C3%A9%20au%25lait", &r);
+  assert_int_equal(r.status, 200);
+  json_t *j = body_json(&r);
+  assert_string_equal(json_string_value(json_object_get(j, "id")), "caf\xc3\xa9 au%lait");
+  assert_string_equal(json_string_value(json_object_get(j, "path")),
+                      "/items/caf%C3%A9%20au%25lait"); /* the path itself stays raw */
+  assert_string_equal(json_string_value(json_object_get(j, "method")), "GET");
+  json_decref(j);
+  response_free(&r);
+
+  get(f->port, "/items/a%2Fb", &r); /* an encoded '/' never lands in a parameter */
+  assert_int_equal(r.status, 404);
+  response_free(&r);
+
+  get(f->port, "/m/gemini-2.5:gen", &r);
+  assert_int_equal(r.status, 200);
+  j = body_json(&r);
+  assert_string_equal(json_string_value(json_object_get(j, "model")), "gemini-2.5");
+  json_decref(j);
+  response_free(&r);
+}
+
+static void test_query_args(void **state) {
+  fixture *f = *state;
+  response r;
+  get(f->port, "/query?a=hello%20w%C3%B6rld%2F%25&b=x+y&flag", &r);
+  assert_int_equal(r.status, 200);
+  json_t *j = body_json(&r);
+  assert_string_equal(json_string_value(json_object_get(j, "a")), "hello w\xc3\xb6rld/%");
+  assert_string_equal(json_string_value(json_object_get(j, "b")), "x y");
+  assert_string_equal(json_string_value(json_object_get(j, "flag")), "");
+  assert_true(json_is_null(json_object_get(j, "missing")));
+  json_decref(j);
+  response_free(&r);
+
+  get(f->port, "/query?a=%zz%00&b=plain", &r); /* bad escapes stay as written */
+  j = body_json(&r);
+  assert_string_equal(json_string_value(json_object_get(j, "a")), "%zz%00");
+  assert_string_equal(json_string_value(json_object_get(j, "b")), "plain");
+  json_decref(j);
+  response_free(&r);
+}
+
+static void test_request_header(void **state) {
+  fixture *f = *state;
+  response r;
+  request_spec spec = {.path = "/hdr", .header = "X-TEST-Header: some value"};
+  request(f->port, &spec, &r);
+  json_t *j = body_json(&r);
+  assert_string_equal(json_string_value(json_object_get(j, "v")), "some value");
+  json_decref(j);
+  response_free(&r);
+}
+
+static char *pattern_bytes(size_t n) {
+  char *p = malloc(n ? n : 1);
+  assert_non_null(p);
+  uint32_t x = 2463534242u;
+  for (size_t i = 0; i < n; i++) {
+    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+    p[i] = (char)(x & 0xff);
+  }
+  return p;
+}
+
+static void post_echo(int port, size_t n, response *r) {
+  char *data = pattern_bytes(n);
+  request_spec spec = {.method = "POST", .path = "/echo", .body = data, .body_len = n};
+  request(port, &spec, r);
+  if (r->status == 200) {
+    assert_int_equal(r->body.len, n);
+    assert_memory_equal(r->body.data ? r->body.data : "", data, n);
+  }
+  free(data);
+}
+
+static void test_post_body(void **state) {
+  fixture *f = *state;
+  char v[64];
+  response r;
+  post_echo(f->port, 1024 * 1024, &r);
+  assert_int_equal(r.status, 200);
+  assert_string_equal(header_of(&r, "X-Body-Len", v, sizeof v), "1048576");
+  response_free(&r);
+
+  post_echo(f->port, BODY_LIMIT, &r); /* exactly the limit is fine */
+  assert_int_equal(r.status, 200);
+  response_free(&r);
+
+  post_echo(f->port, 0, &r);
+  assert_int_equal(r.status, 200);
+  assert_string_equal(header_of(&r, "X-Body-Len", v, sizeof v), "0");
+  response_free(&r);
+
+  post_echo(f->port, BODY_LIMIT + 1, &r);
+  assert_int_equal(r.status, 413);
+  assert_error_body(&r, "payload_too_large");
+  response_free(&r);
+}
+
+typedef struct feeder {
+  size_t limit; /* bytes to offer in total */
+  size_t sent;
+} feeder;
+
+static size_t feed(char *p, size_t size, size_t n, void *ud) {
+  feeder *fd = ud;
+  size_t want = size * n;
+  if (want > fd->limit - fd->sent) want = fd->limit - fd->sent;
+  memset(p, 'z', want);
+  fd->sent += want;
+  return want;
+}
+
+/* POSTs fd->limit bytes from a callback: chunked when declared < 0. */
+static void post_streamed(int port, feeder *fd, curl_off_t declared, const char *header,
+                          response *out) {
+  memset(out, 0, sizeof *out);
+  struct curl_slist *hdrs = curl_slist_append(NULL, header ? header : "X-Nothing: 1");
+  CURL *e = easy_for(port, "/echo", out, hdrs);
+  assert_non_null(e);
+  curl_easy_setopt(e, CURLOPT_POST, 1L);
+  curl_easy_setopt(e, CURLOPT_READFUNCTION, feed);
+  curl_easy_setopt(e, CURLOPT_READDATA, fd);
+  if (declared >= 0) curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, declared);
+  perform(e, out);
+  curl_slist_free_all(hdrs);
+}
+
+static void test_content_length_over_limit(void **state) {
+  fixture *f = *state;
+  char v[128];
+  response r;
+  feeder fd = {.limit = 64u * 1024 * 1024};
+  post_streamed(f->port, &fd, (curl_off_t)fd.limit, "Expect: 100-continue", &r);
+  assert_int_equal(r.status, 413);
+  assert_true(fd.sent < fd.limit); /* refused on the headers alone */
+  assert_true(is_hex32(header_of(&r, "X-Request-Id", v, sizeof v)));
+  assert_error_body(&r, "payload_too_large");
+  response_free(&r);
+
+  get(f->port, "/hello", &r); /* and the server is fine */
+  assert_int_equal(r.status, 200);
+  response_free(&r);
+}
+
+static int connect_local(int port) {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  if (s < 0) return -1;
+  struct timeval tv = {.tv_sec = 20}; /* a failing server fails the test, not hangs it */
+  setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
+    close(s);
+    return -1;
+  }
+  return s;
+}
+
+static void test_content_length_answered_before_body(void **state) {
+  fixture *f = *state;
+  int s = connect_local(f->port);
+  assert_true(s >= 0);
+  /* No Expect header: a client that will send 64 MiB, of which it sent 5 bytes. */
+  const char head[] = "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 67108864\r\n\r\nhello";
+  assert_int_equal(send(s, head, sizeof head - 1, MSG_NOSIGNAL), (ssize_t)(sizeof head - 1));
+  char reply[64] = {0};
+  size_t got = 0;
+  while (got < 12) {
+    ssize_t n = recv(s, reply + got, sizeof reply - 1 - got, 0);
+    assert_true(n > 0);
+    got += (size_t)n;
+  }
+  assert_memory_equal(reply, "HTTP/1.1 413", 12);
+  close(s);
+}
+
+static void test_chunked_over_limit(void **state) {
+  fixture *f = *state;
+  char v[128];
+  response r;
+  feeder fd = {.limit = BODY_LIMIT + BODY_LIMIT / 2};
+  post_streamed(f->port, &fd, -1, "Transfer-Encoding: chunked", &r);
+  assert_int_equal(r.rc, CURLE_OK);
+  assert_int_equal(r.status, 413);
+  assert_true(is_hex32(header_of(&r, "X-Request-Id", v, sizeof v)));
+  assert_error_body(&r, "payload_too_large");
+  response_free(&r);
+
+  /* Within the limit, chunked works. */
+  fd = (feeder){.limit = 300000};
+  post_streamed(f->port, &fd, -1, "Transfer-Encoding: chunked", &r);
+  assert_int_equal(r.status, 200);
+  assert_int_equal(r.body.len, 300000);
+  response_free(&r);
+}
+
+static void test_chunked_endless_is_cut(void **state) {
+  fixture *f = *state;
+  response r;
+  feeder fd = {.limit = 256u * 1024 * 1024};
+  post_streamed(f->port, &fd, -1, "Transfer-Encoding: chunked", &r);
+  assert_true(r.rc != CURLE_OK || r.status != 200);
+  assert_true(fd.sent < fd.limit); /* the server stopped reading long before the end */
+  response_free(&r);
+
+  get(f->port, "/hello", &r);
+  assert_int_equal(r.status, 200);
+  response_free(&r);
+}
+
+static void test_no_reply_is_500(void **state) {
+  fixture *f = *state;
+  char v[128];
+  response r;
+  get(f->port, "/noreply", &r);
+  assert_int_equal(r.status, 500);
+  assert_true(is_hex32(header_of(&r, "X-Request-Id", v, sizeof v)));
+  assert_error_body(&r, "internal_error");
+  response_free(&r);
+}
+
+static void test_fd_reply(void **state) {
+  fixture *f = *state;
+  char v[128];
+  response r;
+  get(f->port, "/file", &r);
+  assert_int_equal(r.status, 200);
+  assert_string_equal(header_of(&r, "Content-Type", v, sizeof v), "image/png");
+  assert_int_equal(r.body.len, FILE_SIZE);
+  for (int i = 0; i < FILE_SIZE; i++)
+    if ((unsigned char)r.body.data[i] != ((i * 7 + i / 251) & 0xff)) fail_msg("byte %d differs", i);
+  response_free(&r);
+}
+
+static void test_empty_reply_and_headers(void **state) {
+  fixture *f = *state;
+  char v[128];
+  response r;
+  get(f->port, "/empty", &r);
+  assert_int_equal(r.status, 204);
+  assert_int_equal(r.body.len, 0);
+  assert_string_equal(header_of(&r, "X-Custom", v, sizeof v), "yes");
+  assert_null(header_of(&r, "Content-Type", v, sizeof v)); /* dropped with the JSON reply */
+  response_free(&r);
+}
+
+typedef struct worker {
+  int port;
+  int first;
+  int count;
+  int ok;
+} worker;
+
+static void *worker_run(void *arg) {
+  worker *w = arg;
+  for (int i = w->first; i < w->first + w->count; i++) {
+    char path[64], want[32];
+    snprintf(path, sizeof path, "/items/n%d", i);
+    snprintf(want, sizeof want, "\"id\":\"n%d\"", i);
+    response r;
+    memset(&r, 0, sizeof r);
+    CURL *e = easy_for(w->port, path, &r, NULL);
+    if (!e) continue;
+    perform(e, &r);
+    if (r.rc == CURLE_OK && r.status == 200 && r.body.data && strstr(r.body.data, want)) w->ok++;
+    response_free(&r);
+  }
+  return NULL;
+}
+
+static void test_concurrent(void **state) {
+  fixture *f = *state;
+  enum { THREADS = 5, EACH = 20 };
+  pthread_t t[THREADS];
+  worker w[THREADS];
+  for (int i = 0; i < THREADS; i++) {
+    w[i] = (worker){.port = f->port, .first = i * EACH, .count = EACH};
+    assert_int_equal(pthread_create(&t[i], NULL, worker_run, &w[i]), 0);
+  }
+  int ok = 0;
+  for (int i = 0; i < THREADS; i++) {
+    pthread_join(t[i], NULL);
+    ok += w[i].ok;
+  }
+  assert_int_equal(ok, THREADS * EACH);
+}
+
+static void custom_error(http_request *req, int status, const char *slug, const char *message) {
+  http_reply_json(req, status, json_pack("{s:s, s:i}", "custom", slug, "status", status));
+}
+
+static void test_error_hook(void **state) {
+  fixture *f = *state;
+  http_server *s = start(f->router, "127.0.0.1", custom_error);
+  assert_non_null(s);
+  response r;
+  get(http_server_port(s), "/nope", &r);
+  assert_int_equal(r.status, 404);
+  json_t *j = body_json(&r);
+  assert_string_equal(json_string_value(json_object_get(j, "custom")), "not_found");
+  assert_int_equal(json_integer_value(json_object_get(j, "status")), 404);
+  json_decref(j);
+  response_free(&r);
+  http_server_stop(s);
+}
+
+static void test_start_errors(void **state) {
+  fixture *f = *state;
+  char err[256] = "";
+  http_server_config cfg = {.listen_host = "127.0.0.1", .listen_port = f->port, .threads = 1,
+                            .max_body_bytes = 10, .connection_timeout_s = 5};
+  assert_null(http_server_start(&cfg, f->router, err, sizeof err)); /* port in use */
+  assert_non_null(strstr(err, "in use")); /* libmicrohttpd's reason reaches the caller */
+  cfg.listen_host = "no-such-host.invalid";
+  cfg.listen_port = 0;
+  err[0] = '\0';
+  assert_null(http_server_start(&cfg, f->router, err, sizeof err));
+  assert_true(strlen(err) > 0);
+  cfg.listen_host = "127.0.0.1";
+  cfg.listen_port = 70000;
+  assert_null(http_server_start(&cfg, f->router, err, sizeof err));
+  assert_null(http_server_start(NULL, f->router, err, sizeof err));
+  http_server_stop(NULL);
+}
+
+static int count_fds(void) {
+  DIR *d = opendir("/proc/self/fd");
+  assert_non_null(d);
+  int n = 0;
+  while (readdir(d)) n++;
+  closedir(d);
+  return n;
+}
+
+static void test_localhost_and_stop_idle(void **state) {
+  fixture *f = *state;
+  http_server *s = start(f->router, "localhost", NULL);
+  assert_non_null(s);
+  assert_true(http_server_port(s) > 0);
+  assert_int_not_equal(http_server_port(s), f->port);
+  response r;
+  get(http_server_port(s), "/hello", &r);
+  assert_int_equal(r.status, 200);
+  response_free(&r);
+  http_server_stop(s);
+
+  /* Started and stopped without ever serving: no memory (ASan checks) and no
+   * descriptor (the listen socket handed back by the quiesce) is left behind. */
+  int fds = count_fds();
+  s = start(f->router, "127.0.0.1", NULL);
+  assert_non_null(s);
+  assert_true(count_fds() > fds);
+  http_server_stop(s);
+  assert_int_equal(count_fds(), fds);
+}
+
+/* Reads what was written to fd into a NUL-terminated malloc'd string. */
+static char *slurp(int fd) {
+  buf b = BUF_INIT;
+  char chunk[4096];
+  ssize_t n;
+  lseek(fd, 0, SEEK_SET);
+  while ((n = read(fd, chunk, sizeof chunk)) > 0) assert_true(buf_append(&b, chunk, (size_t)n));
+  assert_true(buf_append(&b, "", 0));
+  return buf_steal(&b);
+}
+
+static void test_access_log(void **state) {
+  fixture *f = *state;
+  char path[128];
+  snprintf(path, sizeof path, "%s/log.txt", f->dir);
+  int logfd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  assert_true(logfd >= 0);
+  int saved = dup(STDERR_FILENO);
+  assert_true(saved >= 0);
+  http_server *s = start(f->router, "127.0.0.1", NULL);
+  assert_non_null(s);
+  int port = http_server_port(s);
+  assert_true(dup2(logfd, STDERR_FILENO) >= 0);
+  response r;
+  request_spec spec = {.path = "/account", .header = "X-Request-Id: log-test-1"};
+  request(port, &spec, &r);
+  response_free(&r);
+  spec = (request_spec){.path = "/no%20such", .header = "X-Request-Id: log-test-2"};
+  request(port, &spec, &r);
+  response_free(&r);
+  http_server_stop(s); /* every completion has been logged once this returns */
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  char *text = slurp(logfd);
+  close(logfd);
+  unlink(path);
+  const char *a = strstr(text, "msg=http method=GET path=/account status=204 dur_ms=");
+  assert_non_null(a);
+  assert_non_null(strstr(a, " bytes=0 req=log-test-1 ip=127.0.0.1 account=acct_42\n"));
+  const char *b = strstr(text, "msg=http method=GET path=/no%20such status=404 dur_ms=");
+  assert_non_null(b);
+  assert_non_null(strstr(b, " req=log-test-2 ip=127.0.0.1 err=not_found\n"));
+  free(text);
+}
+
+int main(void) {
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_json_ok),
+      cmocka_unit_test(test_request_id),
+      cmocka_unit_test(test_not_found_and_method),
+      cmocka_unit_test(test_keepalive_after_error),
+      cmocka_unit_test(test_head),
+      cmocka_unit_test(test_path_params),
+      cmocka_unit_test(test_query_args),
+      cmocka_unit_test(test_request_header),
+      cmocka_unit_test(test_post_body),
+      cmocka_unit_test(test_content_length_over_limit),
+      cmocka_unit_test(test_content_length_answered_before_body),
+      cmocka_unit_test(test_chunked_over_limit),
+      cmocka_unit_test(test_chunked_endless_is_cut),
+      cmocka_unit_test(test_no_reply_is_500),
+      cmocka_unit_test(test_fd_reply),
+      cmocka_unit_test(test_empty_reply_and_headers),
+      cmocka_unit_test(test_concurrent),
+      cmocka_unit_test(test_error_hook),
+      cmocka_unit_test(test_start_errors),
+      cmocka_unit_test(test_localhost_and_stop_idle),
+      cmocka_unit_test(test_access_log),
+  };
+  int failed = cmocka_run_group_tests(tests, setup, teardown);
+  curl_global_cleanup();
+  return failed;
+}

@@ -1,0 +1,704 @@
+/* test_store.c - the SQLite store: migrations, accounts, keys, the task
+ * lifecycle with its compare-and-set guarantees, and concurrent use. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "store/store.h"
+#include "util/ids.h"
+
+#define POOL 4
+#define NOW 1700000000000LL
+
+typedef struct fx {
+  char dir[64];
+  char path[128];
+  store *s;
+  int64_t account;
+} fx;
+
+static store *open_store(const char *path) {
+  char err[256] = "";
+  store *s = store_sqlite_open(path, POOL, err, sizeof err);
+  if (!s) fail_msg("store_sqlite_open: %s", err);
+  return s;
+}
+
+static int setup(void **state) {
+  fx *f = calloc(1, sizeof *f);
+  assert_non_null(f);
+  snprintf(f->dir, sizeof f->dir, "/tmp/imgate-store-XXXXXX");
+  assert_non_null(mkdtemp(f->dir));
+  snprintf(f->path, sizeof f->path, "%s/imgate.db", f->dir);
+  f->s = open_store(f->path);
+  assert_int_equal(f->s->ops->account_create(f->s, "owner@example.com", NOW, &f->account),
+                   STORE_OK);
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fx *f = *state;
+  if (f->s) f->s->ops->close(f->s);
+  static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+  for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+    char p[160];
+    snprintf(p, sizeof p, "%s%s", f->path, suffixes[i]);
+    unlink(p);
+  }
+  assert_int_equal(rmdir(f->dir), 0);
+  free(f);
+  return 0;
+}
+
+/* One integer from a query on a separate raw connection. */
+static int64_t raw_int(const char *path, const char *sql) {
+  sqlite3 *db = NULL;
+  assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+  sqlite3_stmt *st = NULL;
+  assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  int64_t v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return v;
+}
+
+static void raw_exec(const char *path, const char *sql) {
+  sqlite3 *db = NULL;
+  assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(db);
+}
+
+static char *xstrdup(const char *s) {
+  char *p = strdup(s);
+  assert_non_null(p);
+  return p;
+}
+
+/* A queued task owned by account, with two inputs (one stored, one URL). */
+static task *make_task(int64_t account, int64_t created_ms) {
+  task *t = calloc(1, sizeof *t);
+  assert_non_null(t);
+  assert_true(ids_uuid7(t->id));
+  t->account_id = account;
+  t->state = TASK_QUEUED;
+  t->model = xstrdup("nano-banana-2");
+  t->prompt = xstrdup("a lighthouse at dusk, \"quoted\" and 'single'");
+  t->aspect_ratio = xstrdup("16:9");
+  t->resolution = xstrdup("2K");
+  t->webhook_url = xstrdup("https://example.com/hook");
+  t->quantity = 1;
+  t->created_ms = created_ms;
+  t->n_inputs = 2;
+  t->inputs = calloc(2, sizeof *t->inputs);
+  assert_non_null(t->inputs);
+  t->inputs[0].blob_key = xstrdup("inputs/ab/abcdef");
+  t->inputs[0].mime = xstrdup("image/png");
+  t->inputs[0].bytes = 1234;
+  t->inputs[1].url = xstrdup("https://example.com/ref.jpg");
+  return t;
+}
+
+static task_result make_result(int index, const char *token) {
+  task_result r = {.index = index, .width = 1024 + index, .height = 768, .bytes = 5000 + index,
+                   .expires_ms = NOW + 86400000};
+  char key[64];
+  snprintf(key, sizeof key, "results/%s", token);
+  r.blob_key = xstrdup(key);
+  r.token = xstrdup(token);
+  r.mime = xstrdup("image/png");
+  r.etag = xstrdup("0123456789abcdef0123456789abcdef");
+  return r;
+}
+
+static void assert_str_or_null(const char *a, const char *b) {
+  if (!a || !b) {
+    assert_ptr_equal(a, b);
+    return;
+  }
+  assert_string_equal(a, b);
+}
+
+static void assert_result_equal(const task_result *a, const task_result *b) {
+  assert_int_equal(a->index, b->index);
+  assert_str_or_null(a->blob_key, b->blob_key);
+  assert_str_or_null(a->token, b->token);
+  assert_str_or_null(a->mime, b->mime);
+  assert_str_or_null(a->etag, b->etag);
+  assert_int_equal(a->width, b->width);
+  assert_int_equal(a->height, b->height);
+  assert_int_equal(a->bytes, b->bytes);
+  assert_int_equal(a->expires_ms, b->expires_ms);
+}
+
+static void assert_task_equal(const task *a, const task *b) {
+  assert_string_equal(a->id, b->id);
+  assert_int_equal(a->account_id, b->account_id);
+  assert_int_equal(a->state, b->state);
+  assert_str_or_null(a->model, b->model);
+  assert_str_or_null(a->prompt, b->prompt);
+  assert_str_or_null(a->aspect_ratio, b->aspect_ratio);
+  assert_str_or_null(a->resolution, b->resolution);
+  assert_str_or_null(a->webhook_url, b->webhook_url);
+  assert_str_or_null(a->provider, b->provider);
+  assert_int_equal(a->quantity, b->quantity);
+  assert_int_equal(a->attempts, b->attempts);
+  assert_int_equal(a->created_ms, b->created_ms);
+  assert_int_equal(a->started_ms, b->started_ms);
+  assert_int_equal(a->finished_ms, b->finished_ms);
+  assert_str_or_null(a->error_code, b->error_code);
+  assert_str_or_null(a->error_message, b->error_message);
+  assert_int_equal(a->n_inputs, b->n_inputs);
+  for (size_t i = 0; i < a->n_inputs; i++) {
+    assert_str_or_null(a->inputs[i].blob_key, b->inputs[i].blob_key);
+    assert_str_or_null(a->inputs[i].url, b->inputs[i].url);
+    assert_str_or_null(a->inputs[i].mime, b->inputs[i].mime);
+    assert_int_equal(a->inputs[i].bytes, b->inputs[i].bytes);
+  }
+  assert_int_equal(a->n_results, b->n_results);
+  for (size_t i = 0; i < a->n_results; i++) assert_result_equal(&a->results[i], &b->results[i]);
+}
+
+static task *get_task(store *s, const char *id) {
+  task *t = NULL;
+  assert_int_equal(s->ops->task_get(s, id, &t), STORE_OK);
+  assert_non_null(t);
+  return t;
+}
+
+/* ---- migrations ------------------------------------------------------------------------ */
+
+static void test_migrations_fresh_and_reopen(void **state) {
+  fx *f = *state;
+  int64_t versions = raw_int(f->path, "SELECT COUNT(*) FROM schema_migrations");
+  int64_t newest = raw_int(f->path, "SELECT MAX(version) FROM schema_migrations");
+  int64_t applied = raw_int(f->path, "SELECT SUM(applied_ms) FROM schema_migrations");
+  assert_true(versions >= 1);
+  assert_int_equal(versions, newest); /* 1..newest, each once */
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM sqlite_master WHERE name IN "
+                                    "('accounts','api_keys','tasks','task_inputs','task_results')"),
+                   5);
+
+  f->s->ops->close(f->s);
+  f->s = open_store(f->path);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM schema_migrations"), versions);
+  assert_int_equal(raw_int(f->path, "SELECT SUM(applied_ms) FROM schema_migrations"), applied);
+  /* The data from before the reopen is still there. */
+  store_account a;
+  assert_int_equal(f->s->ops->account_get_by_email(f->s, "owner@example.com", &a), STORE_OK);
+  assert_int_equal(a.id, f->account);
+}
+
+static void test_wal_and_foreign_keys(void **state) {
+  fx *f = *state;
+  sqlite3 *db = NULL;
+  assert_int_equal(sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+  sqlite3_stmt *st = NULL;
+  assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  /* Foreign keys are enforced on the store's own connections. */
+  int64_t id = 0;
+  assert_int_equal(f->s->ops->key_create(f->s, 999999, "h", "igk_x", "n", NOW, &id),
+                   STORE_NOT_FOUND);
+}
+
+static void test_future_version_refused(void **state) {
+  fx *f = *state;
+  f->s->ops->close(f->s);
+  f->s = NULL;
+  raw_exec(f->path, "INSERT INTO schema_migrations(version, applied_ms) VALUES (999, 1)");
+  char err[256] = "";
+  store *s = store_sqlite_open(f->path, POOL, err, sizeof err);
+  assert_null(s);
+  assert_non_null(strstr(err, "999"));
+  assert_non_null(strstr(err, "newer"));
+  assert_int_equal(raw_int(f->path, "SELECT MAX(version) FROM schema_migrations"), 999);
+}
+
+static void test_open_rejects_bad_arguments(void **state) {
+  fx *f = *state;
+  char err[256] = "";
+  assert_null(store_sqlite_open(f->path, 0, err, sizeof err));
+  assert_true(strlen(err) > 0);
+  err[0] = '\0';
+  assert_null(store_sqlite_open(f->path, 1000, err, sizeof err));
+  assert_true(strlen(err) > 0);
+  err[0] = '\0';
+  char missing[200];
+  snprintf(missing, sizeof missing, "%s/no/such/folder/x.db", f->dir);
+  assert_null(store_sqlite_open(missing, 1, err, sizeof err));
+  assert_non_null(strstr(err, "cannot open"));
+}
+
+/* ---- accounts -------------------------------------------------------------------------- */
+
+static void test_accounts(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t id = 0, other = 0;
+  assert_int_equal(s->ops->account_create(s, "a@example.com", NOW + 5, &id), STORE_OK);
+  assert_true(id > 0);
+  assert_int_not_equal(id, f->account);
+  assert_int_equal(s->ops->account_create(s, "a@example.com", NOW, &other), STORE_CONFLICT);
+
+  store_account a;
+  assert_int_equal(s->ops->account_get_by_email(s, "a@example.com", &a), STORE_OK);
+  assert_int_equal(a.id, id);
+  assert_string_equal(a.email, "a@example.com");
+  assert_false(a.disabled);
+  assert_int_equal(a.created_ms, NOW + 5);
+
+  store_account b;
+  assert_int_equal(s->ops->account_get(s, id, &b), STORE_OK);
+  assert_memory_equal(&a, &b, sizeof a);
+
+  assert_int_equal(s->ops->account_get(s, id + 100, &b), STORE_NOT_FOUND);
+  assert_int_equal(s->ops->account_get_by_email(s, "A@example.com", &b), STORE_NOT_FOUND);
+
+  int64_t n = 0;
+  assert_int_equal(s->ops->account_count(s, &n), STORE_OK);
+  assert_int_equal(n, 2);
+}
+
+/* ---- keys ------------------------------------------------------------------------------ */
+
+static void test_keys(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  char h1[65], h2[65], h3[65];
+  ids_sha256_hex("key-one", 7, h1);
+  ids_sha256_hex("key-two", 7, h2);
+  ids_sha256_hex("key-three", 9, h3);
+  int64_t k1 = 0, k2 = 0, k3 = 0, dup = 0;
+  assert_int_equal(s->ops->key_create(s, f->account, h1, "igk_one", "laptop", NOW, &k1), STORE_OK);
+  assert_int_equal(s->ops->key_create(s, f->account, h2, "igk_two", "ci", NOW + 1, &k2), STORE_OK);
+  assert_int_equal(s->ops->key_create(s, f->account, h3, "igk_thr", NULL, NOW + 2, &k3), STORE_OK);
+  assert_int_equal(s->ops->key_create(s, f->account, h1, "igk_one", "again", NOW, &dup),
+                   STORE_CONFLICT);
+  assert_int_equal(s->ops->key_create(s, f->account + 77, "fresh", "igk_f", "x", NOW, &dup),
+                   STORE_NOT_FOUND);
+
+  /* authenticate, and last_used_ms written at most once a minute */
+  store_account a;
+  int64_t kid = 0;
+  assert_int_equal(s->ops->key_authenticate(s, h1, NOW + 1000, &a, &kid), STORE_OK);
+  assert_int_equal(kid, k1);
+  assert_int_equal(a.id, f->account);
+  assert_string_equal(a.email, "owner@example.com");
+  char sql[128];
+  snprintf(sql, sizeof sql, "SELECT last_used_ms FROM api_keys WHERE id = %lld", (long long)k1);
+  assert_int_equal(raw_int(f->path, sql), NOW + 1000);
+  assert_int_equal(s->ops->key_authenticate(s, h1, NOW + 30000, &a, &kid), STORE_OK);
+  assert_int_equal(raw_int(f->path, sql), NOW + 1000);
+  assert_int_equal(s->ops->key_authenticate(s, h1, NOW + 70000, &a, &kid), STORE_OK);
+  assert_int_equal(raw_int(f->path, sql), NOW + 70000);
+  assert_int_equal(s->ops->key_authenticate(s, "no-such-hash", NOW, &a, &kid), STORE_NOT_FOUND);
+
+  /* revoke by id; a revoked key no longer authenticates and cannot be revoked again */
+  assert_int_equal(s->ops->key_revoke(s, k1, NULL, NOW + 2000), STORE_OK);
+  assert_int_equal(s->ops->key_authenticate(s, h1, NOW + 3000, &a, &kid), STORE_NOT_FOUND);
+  assert_int_equal(s->ops->key_revoke(s, k1, NULL, NOW + 2000), STORE_NOT_FOUND);
+  /* by id with a hash that is not that key's: nothing happens */
+  assert_int_equal(s->ops->key_revoke(s, k2, h3, NOW), STORE_NOT_FOUND);
+  assert_int_equal(s->ops->key_authenticate(s, h2, NOW, &a, &kid), STORE_OK);
+  /* by hash */
+  assert_int_equal(s->ops->key_revoke(s, 0, h2, NOW + 4000), STORE_OK);
+  assert_int_equal(s->ops->key_authenticate(s, h2, NOW, &a, &kid), STORE_NOT_FOUND);
+  assert_int_equal(s->ops->key_revoke(s, 0, h2, NOW + 4000), STORE_NOT_FOUND);
+  /* no selector matches nothing (and must not revoke everything) */
+  assert_int_equal(s->ops->key_revoke(s, 0, NULL, NOW), STORE_NOT_FOUND);
+  assert_int_equal(s->ops->key_authenticate(s, h3, NOW, &a, &kid), STORE_OK);
+  assert_int_equal(kid, k3);
+
+  store_key *keys = NULL;
+  size_t n = 0;
+  assert_int_equal(s->ops->key_list(s, f->account, &keys, &n), STORE_OK);
+  assert_int_equal(n, 3);
+  assert_int_equal(keys[0].id, k3); /* newest first */
+  assert_int_equal(keys[1].id, k2);
+  assert_int_equal(keys[2].id, k1);
+  assert_string_equal(keys[0].prefix, "igk_thr");
+  assert_string_equal(keys[0].name, "");
+  assert_int_equal(keys[0].revoked_ms, 0);
+  assert_string_equal(keys[1].name, "ci");
+  assert_int_equal(keys[1].revoked_ms, NOW + 4000);
+  assert_int_equal(keys[2].account_id, f->account);
+  assert_int_equal(keys[2].created_ms, NOW);
+  assert_int_equal(keys[2].last_used_ms, NOW + 70000);
+  assert_int_equal(keys[2].revoked_ms, NOW + 2000);
+  free(keys);
+
+  assert_int_equal(s->ops->key_list(s, f->account + 77, &keys, &n), STORE_OK);
+  assert_int_equal(n, 0);
+  free(keys);
+}
+
+static void test_disabled_account_still_reported(void **state) {
+  fx *f = *state;
+  char h[65];
+  ids_sha256_hex("k", 1, h);
+  assert_int_equal(f->s->ops->key_create(f->s, f->account, h, "igk_k", "k", NOW, NULL), STORE_OK);
+  raw_exec(f->path, "UPDATE accounts SET disabled = 1");
+  store_account a;
+  assert_int_equal(f->s->ops->key_authenticate(f->s, h, NOW, &a, NULL), STORE_OK);
+  assert_true(a.disabled);
+}
+
+/* ---- tasks ----------------------------------------------------------------------------- */
+
+static void test_task_insert_get(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  task *t = make_task(f->account, NOW);
+  assert_int_equal(s->ops->task_insert(s, t), STORE_OK);
+  task *got = get_task(s, t->id);
+  assert_task_equal(got, t);
+  assert_null(got->provider);
+  assert_null(got->inputs[1].blob_key);
+  assert_null(got->inputs[1].mime);
+  task_free(got);
+
+  assert_int_equal(s->ops->task_insert(s, t), STORE_CONFLICT);
+  task *orphan = make_task(f->account + 77, NOW);
+  assert_int_equal(s->ops->task_insert(s, orphan), STORE_NOT_FOUND);
+  task *missing = (task *)1;
+  assert_int_equal(s->ops->task_get(s, orphan->id, &missing), STORE_NOT_FOUND);
+  assert_null(missing);
+  /* the failed insert left no inputs behind */
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM task_inputs"), 2);
+  task_free(orphan);
+  task_free(t);
+}
+
+static void test_task_start(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  task *t = make_task(f->account, NOW);
+  assert_int_equal(s->ops->task_insert(s, t), STORE_OK);
+  int attempt = 0;
+  assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW + 10, &attempt), STORE_OK);
+  assert_int_equal(attempt, 1);
+  task *got = get_task(s, t->id);
+  assert_int_equal(got->state, TASK_RUNNING);
+  assert_int_equal(got->attempts, 1);
+  assert_int_equal(got->started_ms, NOW + 10);
+  assert_string_equal(got->provider, "sim");
+  task_free(got);
+
+  attempt = -5;
+  assert_int_equal(s->ops->task_start(s, t->id, "other", NOW + 20, &attempt), STORE_CONFLICT);
+  assert_int_equal(attempt, -5);
+  got = get_task(s, t->id);
+  assert_int_equal(got->attempts, 1);
+  assert_string_equal(got->provider, "sim");
+  task_free(got);
+
+  char id[IDS_UUID_LEN + 1];
+  assert_true(ids_uuid7(id));
+  assert_int_equal(s->ops->task_start(s, id, "sim", NOW, &attempt), STORE_NOT_FOUND);
+  task_free(t);
+}
+
+static void test_task_finish(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  task *t = make_task(f->account, NOW);
+  assert_int_equal(s->ops->task_insert(s, t), STORE_OK);
+  int attempt = 0;
+  assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW + 10, &attempt), STORE_OK);
+
+  task_result r[2] = {make_result(0, "tokA"), make_result(1, "tokB")};
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_RUNNING, NULL, NULL, r, 2, NOW),
+                   STORE_ERROR); /* not a final state */
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2,
+                                       NOW + 100),
+                   STORE_OK);
+  task *got = get_task(s, t->id);
+  assert_int_equal(got->state, TASK_SUCCEEDED);
+  assert_int_equal(got->finished_ms, NOW + 100);
+  assert_null(got->error_code);
+  assert_int_equal(got->n_results, 2);
+  assert_result_equal(&got->results[0], &r[0]);
+  assert_result_equal(&got->results[1], &r[1]);
+
+  /* A second finish changes nothing, not even with different results. */
+  task_result again[1] = {make_result(0, "tokC")};
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_FAILED, "boom", "late", again, 1,
+                                       NOW + 200),
+                   STORE_CONFLICT);
+  task *after = get_task(s, t->id);
+  assert_task_equal(after, got);
+  task_result out;
+  assert_int_equal(s->ops->result_by_token(s, "tokC", &out), STORE_NOT_FOUND);
+  task_free(after);
+  task_free(got);
+
+  char id[IDS_UUID_LEN + 1];
+  assert_true(ids_uuid7(id));
+  assert_int_equal(s->ops->task_finish(s, id, 1, TASK_FAILED, "x", "y", NULL, 0, NOW),
+                   STORE_NOT_FOUND);
+  task_result_clear(&again[0]);
+  task_result_clear(&r[0]);
+  task_result_clear(&r[1]);
+  task_free(t);
+}
+
+static void test_task_finish_stale_attempt(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  task *t = make_task(f->account, NOW);
+  assert_int_equal(s->ops->task_insert(s, t), STORE_OK);
+  int first = 0, second = 0;
+  assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW, &first), STORE_OK);
+  int64_t n = 0;
+  assert_int_equal(s->ops->task_requeue_running(s, &n), STORE_OK);
+  assert_int_equal(n, 1);
+  assert_int_equal(s->ops->task_start(s, t->id, "sim2", NOW + 1, &second), STORE_OK);
+  assert_int_equal(first, 1);
+  assert_int_equal(second, 2);
+
+  task_result r[1] = {make_result(0, "stale")};
+  assert_int_equal(s->ops->task_finish(s, t->id, first, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW),
+                   STORE_CONFLICT);
+  task *got = get_task(s, t->id);
+  assert_int_equal(got->state, TASK_RUNNING);
+  assert_int_equal(got->n_results, 0);
+  task_free(got);
+
+  assert_int_equal(s->ops->task_finish(s, t->id, second, TASK_MODERATED, "moderated",
+                                       "the provider refused the prompt", NULL, 0, NOW + 5),
+                   STORE_OK);
+  got = get_task(s, t->id);
+  assert_int_equal(got->state, TASK_MODERATED);
+  assert_string_equal(got->error_code, "moderated");
+  assert_string_equal(got->error_message, "the provider refused the prompt");
+  assert_string_equal(got->provider, "sim2");
+  assert_int_equal(got->n_results, 0);
+  task_free(got);
+  task_result_clear(&r[0]);
+  task_free(t);
+}
+
+static void test_requeue_running(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  task *t[3];
+  for (int i = 0; i < 3; i++) {
+    t[i] = make_task(f->account, NOW + i);
+    assert_int_equal(s->ops->task_insert(s, t[i]), STORE_OK);
+  }
+  int attempt;
+  assert_int_equal(s->ops->task_start(s, t[0]->id, "sim", NOW, &attempt), STORE_OK);
+  assert_int_equal(s->ops->task_start(s, t[2]->id, "sim", NOW, &attempt), STORE_OK);
+  int64_t n = -1;
+  assert_int_equal(s->ops->task_requeue_running(s, &n), STORE_OK);
+  assert_int_equal(n, 2);
+  for (int i = 0; i < 3; i++) {
+    task *got = get_task(s, t[i]->id);
+    assert_int_equal(got->state, TASK_QUEUED);
+    assert_int_equal(got->attempts, i == 1 ? 0 : 1);
+    task_free(got);
+  }
+  assert_int_equal(s->ops->task_requeue_running(s, &n), STORE_OK);
+  assert_int_equal(n, 0);
+  for (int i = 0; i < 3; i++) task_free(t[i]);
+}
+
+static void test_list_queued(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  /* Inserted out of order; the list follows created_ms. */
+  static const int64_t created[5] = {50, 10, 40, 20, 30};
+  task *t[5];
+  for (int i = 0; i < 5; i++) {
+    t[i] = make_task(f->account, NOW + created[i]);
+    assert_int_equal(s->ops->task_insert(s, t[i]), STORE_OK);
+  }
+  int attempt;
+  assert_int_equal(s->ops->task_start(s, t[3]->id, "sim", NOW, &attempt), STORE_OK); /* 20 */
+
+  char (*ids)[IDS_UUID_LEN + 1] = NULL;
+  size_t n = 0;
+  assert_int_equal(s->ops->task_list_queued(s, 100, &ids, &n), STORE_OK);
+  assert_int_equal(n, 4);
+  static const int order[4] = {1, 4, 2, 0}; /* created 10, 30, 40, 50 */
+  for (int i = 0; i < 4; i++) assert_string_equal(ids[i], t[order[i]]->id);
+  free(ids);
+
+  assert_int_equal(s->ops->task_list_queued(s, 2, &ids, &n), STORE_OK);
+  assert_int_equal(n, 2);
+  assert_string_equal(ids[0], t[1]->id);
+  assert_string_equal(ids[1], t[4]->id);
+  free(ids);
+
+  assert_int_equal(s->ops->task_list_queued(s, 0, &ids, &n), STORE_OK);
+  assert_int_equal(n, 0);
+  free(ids);
+  for (int i = 0; i < 5; i++) task_free(t[i]);
+}
+
+static void test_result_by_token(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  task *t = make_task(f->account, NOW);
+  assert_int_equal(s->ops->task_insert(s, t), STORE_OK);
+  int attempt;
+  assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW, &attempt), STORE_OK);
+  task_result r[2] = {make_result(0, "tok-zero"), make_result(1, "tok-one")};
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW),
+                   STORE_OK);
+  task_result out;
+  assert_int_equal(s->ops->result_by_token(s, "tok-one", &out), STORE_OK);
+  assert_result_equal(&out, &r[1]);
+  task_result_clear(&out);
+  assert_int_equal(s->ops->result_by_token(s, "tok-two", &out), STORE_NOT_FOUND);
+  assert_null(out.token);
+  task_result_clear(&r[0]);
+  task_result_clear(&r[1]);
+  task_free(t);
+}
+
+/* A duplicate token (a result that is not unique) fails the whole finish:
+ * the state change rolls back with it. */
+static void test_finish_is_atomic(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  task *t = make_task(f->account, NOW);
+  assert_int_equal(s->ops->task_insert(s, t), STORE_OK);
+  int attempt;
+  assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW, &attempt), STORE_OK);
+  task_result r[2] = {make_result(0, "same"), make_result(1, "same")};
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW),
+                   STORE_ERROR);
+  task *got = get_task(s, t->id);
+  assert_int_equal(got->state, TASK_RUNNING);
+  assert_int_equal(got->n_results, 0);
+  task_free(got);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM task_results"), 0);
+  task_result_clear(&r[0]);
+  task_result_clear(&r[1]);
+  task_free(t);
+}
+
+/* ---- concurrency ----------------------------------------------------------------------- */
+
+#define RACE_THREADS 8
+#define RACE_TASKS 50
+
+typedef struct race {
+  store *s;
+  pthread_barrier_t go;
+  char ids[RACE_TASKS][IDS_UUID_LEN + 1];
+  atomic_int starts[RACE_TASKS];
+  atomic_int finishes[RACE_TASKS];
+  atomic_int errors;
+} race;
+
+typedef struct racer {
+  race *r;
+  int n;
+} racer;
+
+/* Every thread starts and finishes every task. A thread whose start lost
+ * still tries to finish attempt 1, racing the winner's finish. */
+static void race_one(race *r, int thread, int i) {
+  int attempt = 1;
+  int rc = r->s->ops->task_start(r->s, r->ids[i], "sim", NOW, &attempt);
+  if (rc == STORE_OK)
+    atomic_fetch_add(&r->starts[i], 1);
+  else if (rc != STORE_CONFLICT)
+    atomic_fetch_add(&r->errors, 1);
+  char token[64];
+  snprintf(token, sizeof token, "race-%d-%d", i, thread);
+  task_result res = {.index = 0, .blob_key = token, .token = token, .mime = "image/png",
+                     .etag = "e", .width = 1, .height = 1, .bytes = 1, .expires_ms = NOW};
+  rc = r->s->ops->task_finish(r->s, r->ids[i], attempt, TASK_SUCCEEDED, NULL, NULL, &res, 1, NOW);
+  if (rc == STORE_OK)
+    atomic_fetch_add(&r->finishes[i], 1);
+  else if (rc != STORE_CONFLICT)
+    atomic_fetch_add(&r->errors, 1);
+}
+
+static void *race_thread(void *arg) {
+  racer *me = arg;
+  pthread_barrier_wait(&me->r->go);
+  for (int k = 0; k < RACE_TASKS; k++) {
+    int i = me->n % 2 ? RACE_TASKS - 1 - k : k; /* half go backwards */
+    race_one(me->r, me->n, i);
+  }
+  return NULL;
+}
+
+static void test_concurrent_start_finish(void **state) {
+  fx *f = *state;
+  race *r = calloc(1, sizeof *r);
+  assert_non_null(r);
+  r->s = f->s;
+  for (int i = 0; i < RACE_TASKS; i++) {
+    task *t = make_task(f->account, NOW + i);
+    assert_int_equal(f->s->ops->task_insert(f->s, t), STORE_OK);
+    memcpy(r->ids[i], t->id, sizeof r->ids[i]);
+    task_free(t);
+  }
+  assert_int_equal(pthread_barrier_init(&r->go, NULL, RACE_THREADS), 0);
+  pthread_t th[RACE_THREADS];
+  racer who[RACE_THREADS];
+  for (int n = 0; n < RACE_THREADS; n++) {
+    who[n] = (racer){r, n};
+    assert_int_equal(pthread_create(&th[n], NULL, race_thread, &who[n]), 0);
+  }
+  for (int n = 0; n < RACE_THREADS; n++) pthread_join(th[n], NULL);
+  pthread_barrier_destroy(&r->go);
+
+  assert_int_equal(atomic_load(&r->errors), 0);
+  for (int i = 0; i < RACE_TASKS; i++) {
+    assert_int_equal(atomic_load(&r->starts[i]), 1);
+    assert_int_equal(atomic_load(&r->finishes[i]), 1);
+    task *t = get_task(f->s, r->ids[i]);
+    assert_int_equal(t->state, TASK_SUCCEEDED);
+    assert_int_equal(t->attempts, 1);
+    assert_int_equal(t->n_results, 1);
+    task_free(t);
+  }
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM task_results"), RACE_TASKS);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(DISTINCT task_id) FROM task_results"),
+                   RACE_TASKS);
+  free(r);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_migrations_fresh_and_reopen, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_wal_and_foreign_keys, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_future_version_refused, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_open_rejects_bad_arguments, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_accounts, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_keys, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_disabled_account_still_reported, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_task_insert_get, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_task_start, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_task_finish, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_task_finish_stale_attempt, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_requeue_running, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_list_queued, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_result_by_token, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_finish_is_atomic, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_concurrent_start_finish, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
