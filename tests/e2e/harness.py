@@ -164,7 +164,6 @@ class Server:
         _server_seq[0] += 1
         self.seq = _server_seq[0]
         self.work_dir = tempfile.mkdtemp(prefix="imgate-e2e-")
-        self.own_data = data_dir is None
         self.data_dir = data_dir or os.path.join(self.work_dir, "data")
         os.makedirs(self.data_dir, exist_ok=True)
         self.config = deep_merge(BASE_CONFIG, config)
@@ -273,14 +272,15 @@ class Server:
             t.join(DEADLINE)
         return self.returncode
 
-    def stop(self, deadline=DEADLINE, check=True):
-        """SIGTERM, wait, and (check) assert exit code 0. Returns the exit code."""
+    def stop(self, deadline=DEADLINE, check=True, sig=signal.SIGTERM):
+        """Sends sig (SIGTERM), waits, and (check) asserts exit code 0.
+        Returns the exit code."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
         code = self.wait_exit(deadline)
         if check and code != 0:
-            raise AssertionError("imgate exited with %d after SIGTERM (want 0)\n%s" % (
-                code, self.stderr_tail()))
+            raise AssertionError("imgate exited with %d after %s (want 0)\n%s" % (
+                code, signal.Signals(sig).name, self.stderr_tail()))
         return code
 
     def kill9(self):
@@ -430,6 +430,8 @@ def _send_chunks(sock, chunks):
 
 def _read_head(f):
     line = f.readline(65537)
+    if not line:
+        raise AssertionError("the server closed the connection without an answer")
     m = re.match(rb"HTTP/1\.[01] (\d{3})", line)
     if not m:
         raise AssertionError("bad status line %r" % line)

@@ -85,6 +85,14 @@ class AuthTest(h.ServerTestCase):
         self.assertError(r2, 401, None, msg="key revoked by id")
         self.srv.create(self.bob, prompt="bob's first key is untouched")
 
+    def test_new_account_while_running(self):
+        email = "carol@example.com"
+        h.admin_account_create(self.srv.data_dir, email)
+        key = h.admin_key_create(self.srv.data_dir, email, name="fresh")
+        uid = self.srv.create(key, prompt="a brand-new account")
+        self.assertEqual(self.srv.task(uid, key)["uid"], uid)
+        self.assertError(self.srv.get("/api/banana/" + uid, key=self.alice), 404, "not_found")
+
     def test_accounts_are_isolated(self):
         uid = self.srv.create(self.alice, prompt="alice's secret picture")
         r = self.srv.get("/api/banana/" + uid, key=self.bob)

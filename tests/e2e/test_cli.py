@@ -4,6 +4,7 @@ demo account, configuration errors and environment overrides."""
 import json
 import os
 import shutil
+import signal
 import tempfile
 import unittest
 
@@ -60,6 +61,11 @@ class CliTest(h.ServerTestCase):
         other = h.run_cli("admin", "account", "create", "dave@example.com", "--data", d)
         self.assertEqual(other.code, 0, other)
         self.assertNotEqual(other.stdout, r.stdout)
+
+    def test_account_list(self):
+        d = self.data_dir()
+        h.admin_account_create(d, "carol@example.com")
+        h.admin_account_create(d, "dave@example.com")
         lst = h.run_cli("admin", "account", "list", "--data", d)
         self.assertEqual(lst.code, 0, lst)
         self.assertIn("carol@example.com", lst.stdout)
@@ -118,23 +124,24 @@ class CliTest(h.ServerTestCase):
         self.assertEqual(s2.task(uid, key)["status"], "succeeded")
         s2.stop()
         self.assertNotIn("demo key", s2.stdout_text())
-        lst = h.run_cli("admin", "account", "list", "--data", d)
-        self.assertEqual(lst.stdout.count(DEMO), 1, lst)
+        self.assertNotIn("demo account", s2.stdout_text())
 
     def test_no_demo_key_when_accounts_exist(self):
         s = self.start_server(accounts=["gina@example.com"])
         s.stop()
         self.assertNotIn("demo key", s.stdout_text())
-        lst = h.run_cli("admin", "account", "list", "--data", s.data_dir)
-        self.assertNotIn(DEMO, lst.stdout)
+        self.assert_no_demo_account(s.data_dir)
 
     def test_no_demo_key_when_disabled(self):
         s = self.start_server(config={"demo_account": False})
         s.stop()
         self.assertNotIn("demo key", s.stdout_text())
-        lst = h.run_cli("admin", "account", "list", "--data", s.data_dir)
-        self.assertEqual(lst.code, 0, lst)
-        self.assertNotIn(DEMO, lst.stdout)
+        self.assert_no_demo_account(s.data_dir)
+
+    def assert_no_demo_account(self, d):
+        # "key create" for an unknown email exits 1: the demo account is not there.
+        r = h.run_cli("admin", "key", "create", DEMO, "--data", d)
+        self.assertEqual(r.code, 1, r)
 
     # -- serve: configuration
 
@@ -159,15 +166,23 @@ class CliTest(h.ServerTestCase):
         d = self.data_dir()
         h.admin_account_create(d, "hank@example.com")
         key = h.admin_key_create(d, "hank@example.com")
-        cfg = self.config_file({"sim": {"delay_ms": 10, "fail_marker": "CFGFAIL"}})
+        cfg = self.config_file({"sim": {"delay_ms": 10, "fail_marker": "CFGFAIL"},
+                                "public_url": "http://from-config.example"})
         s = self.start_server(data_dir=d, args=[], env={
             "IMGATE_LISTEN": "127.0.0.1:0", "IMGATE_DATA": d, "IMGATE_CONFIG": cfg,
-            "IMGATE_SIM_FAIL_MARKER": "ENVFAIL"})
+            "IMGATE_SIM_FAIL_MARKER": "ENVFAIL", "IMGATE_PUBLIC_URL": "http://from-env.example"})
         t = s.wait_final(s.create(key, prompt="this says ENVFAIL"), key)
         self.assertEqual(t["status"], "failed", t)
         t = s.wait_final(s.create(key, prompt="this says CFGFAIL"), key)
         self.assertEqual(t["status"], "succeeded", t)
+        self.assertRegex(t["images"][0]["url"], r"^http://from-env\.example/files/")
         s.stop()
+
+    def test_sigint_is_graceful(self):
+        s = self.start_server(accounts=["ike@example.com"])
+        key = s.keys["ike@example.com"]
+        s.wait_final(s.create(key, prompt="before ctrl-c"), key)
+        s.stop(sig=signal.SIGINT)  # asserts exit code 0
 
 
 if __name__ == "__main__":

@@ -121,11 +121,14 @@ class FlowTest(h.ServerTestCase):
             self.assertEqual(t["aspect_ratio"], "4:3")
             self.assertTimestamps(t)
             if t["status"] == "queued":
+                self.assertIsNone(t["provider"], t)
+                self.assertEqual(t["attempts"], 0, t)
                 self.assertEqual(t["images"], [], t)
                 self.assertEqual(t["result_urls"], [], t)
                 self.assertIsNone(t["error"], t)
             if t["status"] == "running":
                 self.assertEqual(t["attempts"], 1, t)
+                self.assertEqual(t["provider"], "sim", t)
                 self.assertEqual(t["images"], [], t)
                 self.assertIsNone(t["finished_at"], t)
             if not statuses or statuses[-1] != t["status"]:

@@ -45,13 +45,15 @@ class ValidationTest(h.ServerTestCase):
 
     def test_invalid_json(self):
         for body in (b"{not json", b"", b"{\"prompt\": \"x\"", b"\xff\xfe", b"{\"prompt\": x}"):
-            r = self.post(body=body)
-            self.assertError(r, 400, "invalid_json", None, msg=repr(body))
+            with self.subTest(case=repr(body)[:80]):
+                r = self.post(body=body)
+                self.assertError(r, 400, "invalid_json", None, msg=repr(body))
 
     def test_not_an_object(self):
         for body in (b"[]", b"\"a prompt\"", b"42", b"null", b"[{\"prompt\": \"x\"}]"):
-            r = self.post(body=body)
-            self.assertError(r, 400, "invalid_request", None, msg=repr(body))
+            with self.subTest(case=repr(body)[:80]):
+                r = self.post(body=body)
+                self.assertError(r, 400, "invalid_request", None, msg=repr(body))
 
     # -- prompt
 
@@ -79,9 +81,10 @@ class ValidationTest(h.ServerTestCase):
                  ("image_urls", "not-an-array"), ("image_urls", {"a": 1}), ("image_urls", 3),
                  ("webhook_url", 7), ("webhook_url", ["http://example.com/"])]
         for field, value in cases:
-            doc = {"prompt": "types"}
-            doc[field] = value
-            self.rejects(doc, 400, "invalid_type", field)
+            with self.subTest(case=repr((field, value))[:80]):
+                doc = {"prompt": "types"}
+                doc[field] = value
+                self.rejects(doc, 400, "invalid_type", field)
 
     def test_non_string_image_entry(self):
         # SPEC: image_urls is an array of strings. Whether a number inside it is
@@ -93,22 +96,25 @@ class ValidationTest(h.ServerTestCase):
 
     def test_invalid_model(self):
         for model in ("nano-banana-3", "", "NANO-BANANA", "dall-e-3", "gemini-2.5-flash-image"):
-            self.rejects({"prompt": "x", "model": model}, 400, "invalid_model", "model")
+            with self.subTest(case=repr(model)[:80]):
+                self.rejects({"prompt": "x", "model": model}, 400, "invalid_model", "model")
 
     def test_invalid_aspect_ratio(self):
         for model, ratio in (("nano-banana", "7:3"), ("nano-banana", "1:4"),
                              ("nano-banana-pro", "8:1"), ("gpt-image-1", "16:9"),
                              ("nano-banana-2", "16/9"), ("nano-banana-2", "")):
-            self.rejects({"prompt": "x", "model": model, "aspect_ratio": ratio}, 400,
-                         "invalid_aspect_ratio", "aspect_ratio")
+            with self.subTest(case=repr((model, ratio))[:80]):
+                self.rejects({"prompt": "x", "model": model, "aspect_ratio": ratio}, 400,
+                             "invalid_aspect_ratio", "aspect_ratio")
         self.accepts({"prompt": "x", "model": "nano-banana-2", "aspect_ratio": "8:1"})
 
     def test_invalid_resolution(self):
         for model, res in (("nano-banana", "2K"), ("nano-banana-pro", "512"),
                            ("nano-banana-2", "8K"), ("nano-banana-2", ""),
                            ("nano-banana-2", "1024"), ("nano-banana", "4k")):
-            self.rejects({"prompt": "x", "model": model, "resolution": res}, 400,
-                         "invalid_resolution", "resolution")
+            with self.subTest(case=(model, res)):
+                self.rejects({"prompt": "x", "model": model, "resolution": res}, 400,
+                             "invalid_resolution", "resolution")
         self.accepts({"prompt": "x", "model": "nano-banana-pro", "resolution": "4k"})
 
     # -- reference images
@@ -121,8 +127,9 @@ class ValidationTest(h.ServerTestCase):
     def test_bad_base64(self):
         for ref in ("!!!not base64!!!", "iVBORw0KGgo*", "data:image/png;base64,@@@@",
                     "data:image/png;base64,"):
-            self.rejects({"prompt": "x", "image_urls": [ref]}, 400, "invalid_image",
-                         "image_urls")
+            with self.subTest(case=repr(ref)[:80]):
+                self.rejects({"prompt": "x", "image_urls": [ref]}, 400, "invalid_image",
+                             "image_urls")
 
     def test_not_an_image(self):
         text = h.b64(b"hello, this is plain text and not a picture at all")
@@ -136,8 +143,9 @@ class ValidationTest(h.ServerTestCase):
     def test_other_reference_forms(self):
         for ref in ("", "ftp://example.com/a.png", "http://example.com/a.png",
                     "data:image/png,rawbytes"):
-            r = self.post({"prompt": "x", "image_urls": [ref]})
-            self.assertError(r, 400, None, "image_urls", msg=repr(ref))
+            with self.subTest(case=repr(ref)[:80]):
+                r = self.post({"prompt": "x", "image_urls": [ref]})
+                self.assertError(r, 400, None, "image_urls", msg=repr(ref))
 
     def test_https_url_unsupported(self):
         self.rejects({"prompt": "x", "image_urls": ["https://example.com/cat.png"]}, 400,
@@ -163,8 +171,9 @@ class ValidationTest(h.ServerTestCase):
         long_url = "https://example.com/" + "a" * (2049 - len("https://example.com/"))
         for url in ("ftp://example.com/hook", "not a url", "", "example.com/hook", "https://",
                     long_url):
-            self.rejects({"prompt": "x", "webhook_url": url}, 400, "invalid_webhook_url",
-                         "webhook_url", msg=url[:60])
+            with self.subTest(case=repr(url)[:80]):
+                self.rejects({"prompt": "x", "webhook_url": url}, 400, "invalid_webhook_url",
+                             "webhook_url", msg=url[:60])
         ok_long = "http://example.com/" + "a" * (2048 - len("http://example.com/"))
         self.assertEqual(len(ok_long), 2048)
         self.accepts({"prompt": "x", "webhook_url": ok_long})
@@ -201,7 +210,14 @@ class ValidationTest(h.ServerTestCase):
         self.assertError(r, 413, "payload_too_large")
 
     def test_chunked_body_over_limit(self):
-        chunks = [b'{"prompt": "'] + [b"b" * 16384] * 16 + [b'"}']
+        # No Content-Length: the server only learns the size while reading.
+        chunks = [b'{"prompt": "'] + [b"b" * 16384] * 6 + [b'"}']  # 1.5 x the limit
+        r = self.srv.raw_exchange(self.head(None, b"Transfer-Encoding: chunked\r\n"),
+                                  chunks=chunks)
+        self.assertError(r, 413, "payload_too_large")
+
+    def test_chunked_body_far_over_limit(self):
+        chunks = [b'{"prompt": "'] + [b"b" * 16384] * 16 + [b'"}']  # 4 x the limit
         r = self.srv.raw_exchange(self.head(None, b"Transfer-Encoding: chunked\r\n"),
                                   chunks=chunks)
         self.assertError(r, 413, "payload_too_large")
@@ -218,8 +234,9 @@ class ValidationTest(h.ServerTestCase):
     def test_unknown_route(self):
         for path in ("/nope", "/api", "/api/banana", "/api/banana/create-async/extra",
                      "/api/v2/banana/create-async", "/files", "/healthz/x"):
-            r = self.srv.get(path, key=self.key)
-            self.assertError(r, 404, "not_found", msg=path)
+            with self.subTest(case=path):
+                r = self.srv.get(path, key=self.key)
+                self.assertError(r, 404, "not_found", msg=path)
 
     def test_wrong_method(self):
         cases = [("POST", "/healthz", None, "GET"),
@@ -228,10 +245,12 @@ class ValidationTest(h.ServerTestCase):
                  ("POST", "/api/banana/00000000-0000-0000-0000-000000000000", self.key, "GET"),
                  ("DELETE", "/files/abc.png", None, "GET")]
         for method, path, key, allowed in cases:
-            r = self.srv.request(method, path, key=key, body=b"{}" if method != "DELETE" else None)
-            self.assertError(r, 405, "method_not_allowed", msg="%s %s" % (method, path))
-            allow = [m.strip() for m in r.headers.get("Allow", "").split(",")]
-            self.assertIn(allowed, allow, "%s %s: Allow=%r" % (method, path, allow))
+            with self.subTest(case=repr((method, path))[:80]):
+                body = None if method == "DELETE" else b"{}"
+                r = self.srv.request(method, path, key=key, body=body)
+                self.assertError(r, 405, "method_not_allowed", msg="%s %s" % (method, path))
+                allow = [m.strip() for m in r.headers.get("Allow", "").split(",")]
+                self.assertIn(allowed, allow, "%s %s: Allow=%r" % (method, path, allow))
 
     # -- and after all of that
 
