@@ -23,6 +23,7 @@
 #include "store/store.h"
 #include "upstream/provider.h"
 #include "util/log.h"
+#include "util/timeutil.h"
 
 #define DEMO_EMAIL "demo@imgate.local"
 
@@ -57,6 +58,7 @@ static const char usage_admin[] =
     "usage: imgate admin <object> <action> [args] [--data DIR] [--config FILE]\n"
     "\n"
     "  account create EMAIL           create an account; prints its id\n"
+    "  account list                   list accounts (id, email, state, created)\n"
     "  key create EMAIL [--name NAME] create an API key; prints the key alone on\n"
     "                                 stdout (shown once: only its hash is kept)\n"
     "  key list EMAIL                 list the account's keys (id, prefix, state)\n"
@@ -179,6 +181,24 @@ static int admin_key_list(store *st, const char *email) {
   return 0;
 }
 
+static int admin_account_list(store *st) {
+  store_account *accts = NULL;
+  size_t n = 0;
+  if (st->ops->account_list(st, &accts, &n) != STORE_OK) {
+    fprintf(stderr, "imgate: cannot list accounts\n");
+    return 1;
+  }
+  printf("%-6s %-9s %-24s %s\n", "id", "state", "created", "email");
+  for (size_t i = 0; i < n; i++) {
+    char created[32];
+    time_format_iso(accts[i].created_ms, created);
+    printf("%-6lld %-9s %-24s %s\n", (long long)accts[i].id,
+           accts[i].disabled ? "disabled" : "active", created, accts[i].email);
+  }
+  free(accts);
+  return 0;
+}
+
 static int run_admin(int argc, char **argv) {
   cli_opts o;
   char *args[4];
@@ -197,6 +217,7 @@ static int run_admin(int argc, char **argv) {
   const char *obj = n > 0 ? args[0] : "", *act = n > 1 ? args[1] : "";
   const char *arg = n > 2 ? args[2] : NULL;
   bool known = (strcmp(obj, "account") == 0 && strcmp(act, "create") == 0 && arg && n == 3) ||
+               (strcmp(obj, "account") == 0 && strcmp(act, "list") == 0 && n == 2) ||
                (strcmp(obj, "key") == 0 &&
                 (!strcmp(act, "create") || !strcmp(act, "list") || !strcmp(act, "revoke")) &&
                 arg && n == 3);
@@ -208,7 +229,9 @@ static int run_admin(int argc, char **argv) {
   if (!st) return 1;
   imgate_error err = {0};
   rc = 0;
-  if (strcmp(obj, "account") == 0) {
+  if (strcmp(obj, "account") == 0 && strcmp(act, "list") == 0) {
+    rc = admin_account_list(st);
+  } else if (strcmp(obj, "account") == 0) {
     int64_t id;
     if (accounts_create(st, arg, &id, &err) < 0)
       rc = admin_fail(&err);

@@ -43,7 +43,8 @@ void api_base_url(http_request *req, const core *c, char *out, size_t out_size) 
 
 json_t *api_parse_json_object(http_request *req) {
   json_error_t jerr;
-  json_t *root = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+  /* DECODE_ANY so that "42" or "null" are told apart from broken JSON. */
+  json_t *root = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
   if (!root) {
     char msg[256];
     snprintf(msg, sizeof msg, "the body is not valid JSON: %s (at position %d)", jerr.text,

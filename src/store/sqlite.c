@@ -369,6 +369,44 @@ static int sql_account_count(store *s, int64_t *count_out) {
   return rc;
 }
 
+static int sql_account_list(store *s, store_account **accounts, size_t *count) {
+  *accounts = NULL;
+  *count = 0;
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  sqlite3_stmt *st;
+  size_t cap = 0;
+  int rc = sql_prepare(db, &st, "account_list", SQL_ACCOUNT_SELECT " ORDER BY id", "");
+  while (rc == STORE_OK) {
+    int step = sqlite3_step(st);
+    if (step == SQLITE_DONE) break;
+    if (step != SQLITE_ROW) {
+      rc = sql_fail(db, step, "account_list");
+      break;
+    }
+    if (*count == cap) {
+      size_t ncap = cap ? cap * 2 : 16;
+      store_account *grown = realloc(*accounts, ncap * sizeof *grown);
+      if (!grown) {
+        rc = sql_oom("account_list");
+        break;
+      }
+      *accounts = grown;
+      cap = ncap;
+    }
+    rc = sql_read_account(st, 0, &(*accounts)[*count]);
+    if (rc == STORE_OK) (*count)++;
+  }
+  sqlite3_finalize(st); /* NULL when preparing failed: a no-op */
+  sql_release(ss, db);
+  if (rc != STORE_OK) {
+    free(*accounts);
+    *accounts = NULL;
+    *count = 0;
+  }
+  return rc;
+}
+
 /* ---- API keys -------------------------------------------------------------------------- */
 
 static int sql_key_create(store *s, int64_t account_id, const char *hash_hex, const char *prefix,
@@ -1019,6 +1057,7 @@ static const store_ops sql_ops = {
     .account_get_by_email = sql_account_get_by_email,
     .account_get = sql_account_get,
     .account_count = sql_account_count,
+    .account_list = sql_account_list,
     .key_create = sql_key_create,
     .key_authenticate = sql_key_authenticate,
     .key_revoke = sql_key_revoke,

@@ -51,6 +51,8 @@ typedef struct store_ops {
   int (*account_get_by_email)(store *s, const char *email, store_account *out);
   int (*account_get)(store *s, int64_t id, store_account *out);
   int (*account_count)(store *s, int64_t *count_out);
+  /* All accounts, oldest first; *accounts is malloc'd (free it). */
+  int (*account_list)(store *s, store_account **accounts, size_t *count);
 
   /* API keys: only a SHA-256 hex of the key is stored. */
   int (*key_create)(store *s, int64_t account_id, const char *hash_hex, const char *prefix,

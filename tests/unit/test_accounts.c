@@ -117,6 +117,23 @@ static void test_issue_authenticate_revoke(void **state) {
   assert_int_equal(err.code, ERR_INVALID);
 }
 
+static void test_account_list(void **state) {
+  fixture *f = *state;
+  imgate_error err = {0};
+  int64_t a, b;
+  assert_int_equal(accounts_create(f->st, "one@example.com", &a, &err), 0);
+  assert_int_equal(accounts_create(f->st, "two@example.com", &b, &err), 0);
+  store_account *list;
+  size_t n;
+  assert_int_equal(f->st->ops->account_list(f->st, &list, &n), STORE_OK);
+  assert_int_equal(n, 2);
+  assert_int_equal(list[0].id, a);
+  assert_string_equal(list[0].email, "one@example.com");
+  assert_int_equal(list[1].id, b);
+  assert_false(list[1].disabled);
+  free(list);
+}
+
 static void test_bad_headers(void **state) {
   fixture *f = *state;
   imgate_error err = {0};
@@ -141,6 +158,7 @@ int main(void) {
       cmocka_unit_test(test_normalize_email),
       cmocka_unit_test(test_key_shape),
       cmocka_unit_test_setup_teardown(test_issue_authenticate_revoke, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_account_list, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_headers, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
