@@ -4,8 +4,12 @@
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+
 LISTEN     ?= 127.0.0.1:8080
 DATA       ?= ./var
+
+# Sub-makes (cmake's) stay quiet about directories; errors still show.
+MAKEFLAGS  += --no-print-directory
 
 .PHONY: all deps build build-asan run test test-fast test-asan clean
 
@@ -27,7 +31,9 @@ build-asan: deps $(ASAN_BUILD)/Makefile
 	@cmake --build $(ASAN_BUILD) -j $(JOBS)
 
 # Start the server on the embedded default (SQLite + ./var + simulated provider).
-run: build
+# Builds the server alone: the tests are not needed to run it.
+run: deps $(BUILD)/Makefile
+	@cmake --build $(BUILD) -j $(JOBS) --target imgate
 	@$(BUILD)/imgate serve --listen $(LISTEN) --data $(DATA)
 
 # Every test, on the optimised build and then under ASan+UBSan.

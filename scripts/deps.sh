@@ -15,7 +15,7 @@ packages=(
   libpng-dev zlib1g-dev # PNG output of the simulated provider
   libcmocka-dev       # unit tests
   python3             # end-to-end test driver (standard library only)
-  curl                # README walkthrough
+  curl file           # README walkthrough
 )
 
 missing=()
