@@ -37,7 +37,7 @@ typedef struct blob_fs {
 static int fs_fail(const char *op, const char *key, int e) {
   char ebuf[128], q[160];
   const char *msg = strerror_r(e, ebuf, sizeof ebuf);
-  log_event(LOG_ERROR, "blob operation failed", "backend=fs op=%s key=%s errno=%d error=%s", op,
+  log_event(LOG_ERROR, "blob_operation_failed", "backend=fs op=%s key=%s errno=%d error=%s", op,
             key, e, log_quote(msg, q, sizeof q));
   return BLOB_ERROR;
 }
@@ -232,7 +232,7 @@ static int fs_read(blob *b, const char *key, size_t max_len, uint8_t **data, siz
   if (rc != BLOB_OK) return rc;
   if (size > max_len) {
     close(fd);
-    log_event(LOG_WARN, "blob object over read limit",
+    log_event(LOG_WARN, "blob_object_over_read_limit",
               "backend=fs key=%s size=%llu max_len=%zu", key, (unsigned long long)size, max_len);
     return BLOB_ERROR;
   }
@@ -299,7 +299,7 @@ static blob *fs_open_failed(const char *dir, int e, char *err, size_t err_size) 
   char ebuf[128], qdir[512], qmsg[160];
   const char *msg = strerror_r(e, ebuf, sizeof ebuf);
   if (err && err_size) snprintf(err, err_size, "blob folder %s: %s", dir ? dir : "", msg);
-  log_event(LOG_ERROR, "blob store open failed", "backend=fs dir=%s error=%s",
+  log_event(LOG_ERROR, "blob_store_open_failed", "backend=fs dir=%s error=%s",
             log_quote(dir, qdir, sizeof qdir), log_quote(msg, qmsg, sizeof qmsg));
   return NULL;
 }

@@ -160,7 +160,7 @@ bool http_router_add(http_router *r, const char *method, const char *pattern, ht
   bool ok = rt.method && rt.storage && parse_pattern(&rt) && router_grow(r);
   if (!ok) {
     char q[256];
-    LOG_ERROR("http route rejected", "method=%s pattern=%s", method,
+    LOG_ERROR("http_route_rejected", "method=%s pattern=%s", method,
               log_quote(pattern, q, sizeof q));
     free(rt.method);
     free(rt.storage);
@@ -308,7 +308,7 @@ http_route_result http_router_match(http_router *r, const char *method, const ch
   }
   if (out_params && !decode_params(found, spans, out_params, out_n)) {
     /* The result has no way to say "out of memory"; a 404 is the safe refusal. */
-    LOG_ERROR("http route params: out of memory", "path_len=%zu", strlen(path));
+    LOG_ERROR("http_route_params_out_of_memory", "path_len=%zu", strlen(path));
     return HTTP_ROUTE_NOT_FOUND;
   }
   if (fn) *fn = found->fn;

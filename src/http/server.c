@@ -108,13 +108,13 @@ static void header_remove(http_request *req, const char *name) {
 void http_reply_header(http_request *req, const char *name, const char *value) {
   if (!req || !name || !value) return;
   if (req->n_resp_headers >= HTTP_MAX_RESPONSE_HEADERS) {
-    LOG_WARN("http too many response headers", "req=%s header=%s", req->request_id, name);
+    LOG_WARN("http_too_many_response_headers", "req=%s header=%s", req->request_id, name);
     return;
   }
   char *n = strdup(name);
   char *v = strdup(value);
   if (!n || !v) {
-    LOG_ERROR("http response header: out of memory", "req=%s", req->request_id);
+    LOG_ERROR("http_response_header_out_of_memory", "req=%s", req->request_id);
     free(n);
     free(v);
     return;
@@ -146,7 +146,7 @@ void http_reply_bytes(http_request *req, int status, const char *content_type, c
   if (!req) return;
   char *copy = malloc(len ? len : 1);
   if (!copy) {
-    LOG_ERROR("http reply: out of memory", "req=%s len=%zu", req->request_id, len);
+    LOG_ERROR("http_reply_out_of_memory", "req=%s len=%zu", req->request_id, len);
     reply_reset(req, 500, NULL);
     return;
   }
@@ -164,7 +164,7 @@ void http_reply_json(http_request *req, int status, json_t *body) {
   char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
   json_decref(body);
   if (!text) {
-    LOG_ERROR("http reply: cannot serialise JSON", "req=%s", req->request_id);
+    LOG_ERROR("http_reply_cannot_serialise_json", "req=%s", req->request_id);
     reply_reset(req, 500, NULL);
     return;
   }
@@ -233,7 +233,7 @@ const char *http_query_get(http_request *req, const char *name) {
   http_conn *c = (http_conn *)req;
   query_copy *q = malloc(sizeof *q + raw_len + 1);
   if (!q) {
-    LOG_ERROR("http query: out of memory", "req=%s", req->request_id);
+    LOG_ERROR("http_query_out_of_memory", "req=%s", req->request_id);
     return NULL;
   }
   memcpy(q->value, raw, raw_len);
@@ -272,7 +272,7 @@ static void request_id_init(http_conn *c) {
   }
   if (ids_random_hex(c->req.request_id, 16)) return;
   /* The random source failing is not a reason to refuse traffic. */
-  LOG_ERROR("http request id: random source failed", NULL);
+  LOG_ERROR("http_request_id_random_source_failed", NULL);
   snprintf(c->req.request_id, sizeof c->req.request_id, "t%016llx%016llx",
            (unsigned long long)time_now_ms(), (unsigned long long)(uintptr_t)c);
 }
@@ -362,29 +362,29 @@ static void response_add_headers(http_request *req, struct MHD_Response *resp) {
     /* The server's request id is the one that reached the access log. */
     if (strcasecmp(h->name, REQUEST_ID_HEADER) == 0) continue;
     if (MHD_add_response_header(resp, h->name, h->value) != MHD_YES)
-      LOG_WARN("http response header refused", "req=%s header=%s", req->request_id, h->name);
+      LOG_WARN("http_response_header_refused", "req=%s header=%s", req->request_id, h->name);
   }
   if (MHD_add_response_header(resp, REQUEST_ID_HEADER, req->request_id) != MHD_YES)
-    LOG_WARN("http response header refused", "req=%s header=%s", req->request_id,
+    LOG_WARN("http_response_header_refused", "req=%s header=%s", req->request_id,
              REQUEST_ID_HEADER);
 }
 
 static enum MHD_Result conn_send(http_conn *c) {
   http_request *req = &c->req;
   if (req->status < 100 || req->status > 599) {
-    LOG_ERROR("http handler set an invalid status", "req=%s status=%d", req->request_id,
+    LOG_ERROR("http_handler_set_an_invalid_status", "req=%s status=%d", req->request_id,
               req->status);
     http_reply_empty(req, 500);
   }
   struct MHD_Response *resp = response_create(req, &c->resp_bytes);
   if (!resp) {
-    LOG_ERROR("http cannot create response", "req=%s", req->request_id);
+    LOG_ERROR("http_cannot_create_response", "req=%s", req->request_id);
     return MHD_NO; /* libmicrohttpd closes the connection */
   }
   response_add_headers(req, resp);
   enum MHD_Result rc = MHD_queue_response(c->mhd, (unsigned)req->status, resp);
   MHD_destroy_response(resp);
-  if (rc != MHD_YES) LOG_ERROR("http cannot queue response", "req=%s", req->request_id);
+  if (rc != MHD_YES) LOG_ERROR("http_cannot_queue_response", "req=%s", req->request_id);
   return rc;
 }
 
@@ -461,7 +461,7 @@ static enum MHD_Result on_body(http_conn *c, const char *data, size_t *size) {
     c->drained += n;
     if (c->drained > c->server->max_body_bytes) {
       snprintf(c->req.log_error, sizeof c->req.log_error, "%s", c->pending_slug);
-      LOG_WARN("http body over the limit: closing connection", "req=%s drained=%zu",
+      LOG_WARN("http_body_over_the_limit_closing_connection", "req=%s drained=%zu",
                c->req.request_id, c->drained);
       return MHD_NO;
     }
@@ -474,7 +474,7 @@ static enum MHD_Result on_body(http_conn *c, const char *data, size_t *size) {
     return MHD_YES;
   }
   if (!buf_append(&c->body, data, n)) {
-    LOG_ERROR("http body: out of memory", "req=%s len=%zu", c->req.request_id, c->body.len + n);
+    LOG_ERROR("http_body_out_of_memory", "req=%s len=%zu", c->req.request_id, c->body.len + n);
     set_pending(c, 500, "internal_error", "out of memory");
     c->drained = n;
     buf_free(&c->body);
@@ -492,7 +492,7 @@ static enum MHD_Result on_complete(http_conn *c) {
   }
   c->fn(req, c->fn_ctx);
   if (req->status == 0) {
-    LOG_ERROR("http handler set no reply", "req=%s method=%s", req->request_id, req->method);
+    LOG_ERROR("http_handler_set_no_reply", "req=%s method=%s", req->request_id, req->method);
     return conn_send_error(c, 500, "internal_error", "the handler produced no response");
   }
   return conn_send(c);
@@ -506,7 +506,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mhd, const ch
   if (!c) {
     c = conn_new(s, mhd, url, method);
     if (!c) {
-      LOG_ERROR("http request: out of memory", NULL);
+      LOG_ERROR("http_request_out_of_memory", NULL);
       return MHD_NO;
     }
     *con_cls = c;
@@ -706,7 +706,7 @@ http_server *http_server_start(const http_server_config *cfg, http_router *route
   }
   s->port = info->port;
   char qhost[128];
-  LOG_INFO("http listening", "host=%s port=%d threads=%u",
+  LOG_INFO("http_listening", "host=%s port=%d threads=%u",
            log_quote(cfg->listen_host, qhost, sizeof qhost), s->port, threads);
   return s;
 }
@@ -720,6 +720,6 @@ void http_server_stop(http_server *s) {
   MHD_socket lsock = MHD_quiesce_daemon(s->daemon);
   MHD_stop_daemon(s->daemon);
   if (lsock != MHD_INVALID_SOCKET) close(lsock);
-  LOG_INFO("http stopped", "port=%d", s->port);
+  LOG_INFO("http_stopped", "port=%d", s->port);
   server_free(s);
 }

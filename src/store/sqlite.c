@@ -108,20 +108,20 @@ typedef struct sql_store {
 
 static int sql_fail(sqlite3 *db, int rc, const char *what) {
   char q[512];
-  LOG_ERROR("sqlite error", "op=%s rc=%d err=%s", what, rc,
+  LOG_ERROR("sqlite_error", "op=%s rc=%d err=%s", what, rc,
             log_quote(db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), q, sizeof q));
   return STORE_ERROR;
 }
 
 static int sql_oom(const char *what) {
-  LOG_ERROR("out of memory", "op=%s", what);
+  LOG_ERROR("out_of_memory", "op=%s", what);
   return STORE_ERROR;
 }
 
 /* A caller handed us something the store cannot represent faithfully. */
 static int sql_misuse(const char *what, const char *why) {
   char q[256];
-  LOG_ERROR("store misuse", "op=%s why=%s", what, log_quote(why, q, sizeof q));
+  LOG_ERROR("store_misuse", "op=%s why=%s", what, log_quote(why, q, sizeof q));
   return STORE_ERROR;
 }
 
@@ -256,6 +256,30 @@ static void *sql_grow(void *arr, size_t *cap, size_t need, size_t elem) {
   return p;
 }
 
+/* Reads the current row into elem (which the reader may assume zeroed).
+ * On failure the reader frees what it allocated and returns an error code. */
+typedef int (*sql_row_reader)(sqlite3_stmt *st, void *elem);
+
+/* Steps st to its end, appending one elem_size element per row to *arr (grown
+ * as needed) and counting them in *count. On error, *arr and *count hold the
+ * rows read so far, for the caller to free. */
+static int sql_collect(sqlite3 *db, sqlite3_stmt *st, const char *what, sql_row_reader read,
+                       size_t elem_size, void **arr, size_t *count) {
+  size_t cap = *count;
+  int step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    char *p = sql_grow(*arr, &cap, *count + 1, elem_size);
+    if (!p) return sql_oom(what);
+    *arr = p;
+    char *elem = p + *count * elem_size;
+    memset(elem, 0, elem_size);
+    int rc = read(st, elem);
+    if (rc != STORE_OK) return rc;
+    (*count)++;
+  }
+  return step == SQLITE_DONE ? STORE_OK : sql_map(db, step, what);
+}
+
 /* ---- transactions ---------------------------------------------------------------------- */
 
 static int sql_begin_write(sqlite3 *db) { return sql_run(db, "begin", "BEGIN IMMEDIATE", ""); }
@@ -286,7 +310,7 @@ static sqlite3 *sql_acquire(sql_store *ss) {
 static void sql_release(sql_store *ss, sqlite3 *db) {
   /* Never hand the next thread a connection stuck inside a transaction. */
   if (!sqlite3_get_autocommit(db)) {
-    LOG_ERROR("sqlite connection returned inside a transaction", NULL);
+    LOG_ERROR("sqlite_connection_returned_inside_a_transaction", NULL);
     sql_rollback(db);
   }
   pthread_mutex_lock(&ss->mu);
@@ -369,35 +393,20 @@ static int sql_account_count(store *s, int64_t *count_out) {
   return rc;
 }
 
+static int sql_row_account(sqlite3_stmt *st, void *elem) { return sql_read_account(st, 0, elem); }
+
 static int sql_account_list(store *s, store_account **accounts, size_t *count) {
   *accounts = NULL;
   *count = 0;
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
   sqlite3_stmt *st;
-  size_t cap = 0;
   int rc = sql_prepare(db, &st, "account_list", SQL_ACCOUNT_SELECT " ORDER BY id", "");
-  while (rc == STORE_OK) {
-    int step = sqlite3_step(st);
-    if (step == SQLITE_DONE) break;
-    if (step != SQLITE_ROW) {
-      rc = sql_fail(db, step, "account_list");
-      break;
-    }
-    if (*count == cap) {
-      size_t ncap = cap ? cap * 2 : 16;
-      store_account *grown = realloc(*accounts, ncap * sizeof *grown);
-      if (!grown) {
-        rc = sql_oom("account_list");
-        break;
-      }
-      *accounts = grown;
-      cap = ncap;
-    }
-    rc = sql_read_account(st, 0, &(*accounts)[*count]);
-    if (rc == STORE_OK) (*count)++;
+  if (rc == STORE_OK) {
+    rc = sql_collect(db, st, "account_list", sql_row_account, sizeof **accounts,
+                     (void **)accounts, count);
+    sqlite3_finalize(st);
   }
-  sqlite3_finalize(st); /* NULL when preparing failed: a no-op */
   sql_release(ss, db);
   if (rc != STORE_OK) {
     free(*accounts);
@@ -488,8 +497,8 @@ static int sql_key_revoke(store *s, int64_t key_id, const char *hash_hex, int64_
   return rc;
 }
 
-static int sql_read_key(sqlite3_stmt *st, store_key *k) {
-  memset(k, 0, sizeof *k);
+static int sql_row_key(sqlite3_stmt *st, void *elem) {
+  store_key *k = elem;
   k->id = sqlite3_column_int64(st, 0);
   k->account_id = sqlite3_column_int64(st, 1);
   if (!sql_col_copy(st, 2, k->prefix, sizeof k->prefix) ||
@@ -499,20 +508,6 @@ static int sql_read_key(sqlite3_stmt *st, store_key *k) {
   k->last_used_ms = sqlite3_column_int64(st, 5);
   k->revoked_ms = sqlite3_column_int64(st, 6);
   return STORE_OK;
-}
-
-static int sql_key_rows(sqlite3 *db, sqlite3_stmt *st, store_key **keys, size_t *count) {
-  size_t cap = 0;
-  int step;
-  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    store_key *p = sql_grow(*keys, &cap, *count + 1, sizeof **keys);
-    if (!p) return sql_oom("key_list");
-    *keys = p;
-    int rc = sql_read_key(st, &p[*count]);
-    if (rc != STORE_OK) return rc;
-    (*count)++;
-  }
-  return step == SQLITE_DONE ? STORE_OK : sql_map(db, step, "key_list");
 }
 
 static int sql_key_list(store *s, int64_t account_id, store_key **keys, size_t *count) {
@@ -526,7 +521,7 @@ static int sql_key_list(store *s, int64_t account_id, store_key **keys, size_t *
                        "FROM api_keys WHERE account_id = ? ORDER BY created_ms DESC, id DESC",
                        "I", account_id);
   if (rc == STORE_OK) {
-    rc = sql_key_rows(db, st, keys, count);
+    rc = sql_collect(db, st, "key_list", sql_row_key, sizeof **keys, (void **)keys, count);
     sqlite3_finalize(st);
   }
   sql_release(ss, db);
@@ -634,7 +629,7 @@ static int sql_insert_results(sqlite3 *db, const char *task_id, const task_resul
    * else finished it"); a duplicate token or index is a failed write. */
   if (rc == STORE_CONFLICT) {
     char q[64];
-    LOG_ERROR("duplicate result token or index", "task=%s", log_quote(task_id, q, sizeof q));
+    LOG_ERROR("duplicate_result_token_or_index", "task=%s", log_quote(task_id, q, sizeof q));
     rc = STORE_ERROR;
   }
   return rc;
@@ -717,14 +712,14 @@ static int sql_load_task_row(sqlite3 *db, const char *task_id, task *t) {
   return rc;
 }
 
-static bool sql_read_input(sqlite3_stmt *st, task_input *in) {
-  memset(in, 0, sizeof *in);
+static int sql_row_input(sqlite3_stmt *st, void *elem) {
+  task_input *in = elem;
   in->bytes = sqlite3_column_int64(st, 3);
   if (sql_col_dup(st, 0, &in->blob_key) && sql_col_dup(st, 1, &in->url) &&
       sql_col_dup(st, 2, &in->mime))
-    return true;
+    return STORE_OK;
   task_input_clear(in);
-  return false;
+  return sql_oom("task_get_inputs");
 }
 
 static int sql_load_inputs(sqlite3 *db, task *t) {
@@ -734,22 +729,8 @@ static int sql_load_inputs(sqlite3 *db, task *t) {
                        " ORDER BY idx",
                        "t", t->id);
   if (rc != STORE_OK) return rc;
-  size_t cap = 0;
-  int step;
-  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    task_input *p = sql_grow(t->inputs, &cap, t->n_inputs + 1, sizeof *p);
-    if (!p) {
-      rc = sql_oom("task_get_inputs");
-      break;
-    }
-    t->inputs = p;
-    if (!sql_read_input(st, &p[t->n_inputs])) {
-      rc = sql_oom("task_get_inputs");
-      break;
-    }
-    t->n_inputs++;
-  }
-  if (rc == STORE_OK && step != SQLITE_DONE) rc = sql_map(db, step, "task_get_inputs");
+  rc = sql_collect(db, st, "task_get_inputs", sql_row_input, sizeof *t->inputs,
+                   (void **)&t->inputs, &t->n_inputs);
   sqlite3_finalize(st);
   return rc;
 }
@@ -772,6 +753,10 @@ static bool sql_read_result(sqlite3_stmt *st, int col, task_result *r) {
 
 #define SQL_RESULT_COLUMNS "idx, blob_key, token, mime, etag, width, height, bytes, expires_ms"
 
+static int sql_row_result(sqlite3_stmt *st, void *elem) {
+  return sql_read_result(st, 0, elem) ? STORE_OK : sql_oom("task_get_results");
+}
+
 static int sql_load_results(sqlite3 *db, task *t) {
   sqlite3_stmt *st;
   int rc = sql_prepare(db, &st, "task_get_results",
@@ -779,22 +764,8 @@ static int sql_load_results(sqlite3 *db, task *t) {
                        " ORDER BY idx",
                        "t", t->id);
   if (rc != STORE_OK) return rc;
-  size_t cap = 0;
-  int step;
-  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    task_result *p = sql_grow(t->results, &cap, t->n_results + 1, sizeof *p);
-    if (!p) {
-      rc = sql_oom("task_get_results");
-      break;
-    }
-    t->results = p;
-    if (!sql_read_result(st, 0, &p[t->n_results])) {
-      rc = sql_oom("task_get_results");
-      break;
-    }
-    t->n_results++;
-  }
-  if (rc == STORE_OK && step != SQLITE_DONE) rc = sql_map(db, step, "task_get_results");
+  rc = sql_collect(db, st, "task_get_results", sql_row_result, sizeof *t->results,
+                   (void **)&t->results, &t->n_results);
   sqlite3_finalize(st);
   return rc;
 }
@@ -824,19 +795,10 @@ static int sql_task_get(store *s, const char *task_id, task **out) {
   return STORE_OK;
 }
 
-static int sql_queued_rows(sqlite3 *db, sqlite3_stmt *st, char (**ids)[IDS_UUID_LEN + 1],
-                           size_t *count) {
-  size_t cap = 0;
-  int step;
-  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    char(*p)[IDS_UUID_LEN + 1] = sql_grow(*ids, &cap, *count + 1, sizeof *p);
-    if (!p) return sql_oom("task_list_queued");
-    *ids = p;
-    if (!sql_col_copy(st, 0, p[*count], sizeof p[*count]))
-      return sql_misuse("task_list_queued", "stored task id too long");
-    (*count)++;
-  }
-  return step == SQLITE_DONE ? STORE_OK : sql_map(db, step, "task_list_queued");
+static int sql_row_task_id(sqlite3_stmt *st, void *elem) {
+  if (!sql_col_copy(st, 0, elem, IDS_UUID_LEN + 1))
+    return sql_misuse("task_list_queued", "stored task id too long");
+  return STORE_OK;
 }
 
 static int sql_task_list_queued(store *s, size_t limit, char (**ids)[IDS_UUID_LEN + 1],
@@ -852,7 +814,8 @@ static int sql_task_list_queued(store *s, size_t limit, char (**ids)[IDS_UUID_LE
                        "SELECT id FROM tasks WHERE state = ? ORDER BY created_ms, id LIMIT ?",
                        "tI", task_state_name(TASK_QUEUED), lim);
   if (rc == STORE_OK) {
-    rc = sql_queued_rows(db, st, ids, count);
+    rc = sql_collect(db, st, "task_list_queued", sql_row_task_id, sizeof **ids, (void **)ids,
+                     count);
     sqlite3_finalize(st);
   }
   sql_release(ss, db);
@@ -887,7 +850,7 @@ static int sql_result_by_token(store *s, const char *token, task_result *out) {
 static void sql_free(sql_store *ss) {
   for (size_t i = 0; i < ss->n_conns; i++)
     if (sqlite3_close(ss->conns[i]) != SQLITE_OK) /* a statement left open: a bug */
-      LOG_ERROR("sqlite connection did not close", NULL);
+      LOG_ERROR("sqlite_connection_did_not_close", NULL);
   pthread_cond_destroy(&ss->cv);
   pthread_mutex_destroy(&ss->mu);
   free(ss->conns);
@@ -1018,7 +981,7 @@ static bool sql_migration_apply(sqlite3 *db, int64_t v, char *err, size_t err_si
     sql_set_err(err, err_size, "migration %lld failed: %s", (long long)v, sqlite3_errmsg(db));
     return false;
   }
-  LOG_INFO("schema migration applied", "version=%lld", (long long)v);
+  LOG_INFO("schema_migration_applied", "version=%lld", (long long)v);
   return true;
 }
 

@@ -197,7 +197,7 @@ static void sim_render_images(sim_provider *sp, sim_call *call) {
   }
   return;
 fail:
-  LOG_WARN("sim: render failed", "width=%d height=%d", call->width, call->height);
+  LOG_WARN("sim_render_failed", "width=%d height=%d", call->width, call->height);
   sim_set_error(o, PROVIDER_FAILED, true, "internal_error", "sim: could not render the image");
 }
 
@@ -412,7 +412,7 @@ provider *sim_provider_create(const sim_config *cfg) {
   int n = cfg->render_threads > 0 ? cfg->render_threads : SIM_DEFAULT_THREADS;
   if (n > SIM_MAX_THREADS) n = SIM_MAX_THREADS;
   if (!sim_start_threads(sp, n)) {
-    LOG_ERROR("sim: could not start threads", "threads=%d", n);
+    LOG_ERROR("sim_could_not_start_threads", "threads=%d", n);
     sim_destroy(&sp->base); /* joins whatever did start */
     return NULL;
   }

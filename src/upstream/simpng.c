@@ -123,14 +123,14 @@ static void simpng_flush(png_structp png) { (void)png; }
 
 static void simpng_on_error(png_structp png, png_const_charp msg) {
   char q[128];
-  LOG_ERROR("simpng: libpng error", "error=%s", log_quote(msg, q, sizeof q));
+  LOG_ERROR("simpng_libpng_error", "error=%s", log_quote(msg, q, sizeof q));
   png_longjmp(png, 1);
 }
 
 static void simpng_on_warning(png_structp png, png_const_charp msg) {
   (void)png;
   char q[128];
-  LOG_WARN("simpng: libpng warning", "warning=%s", log_quote(msg, q, sizeof q));
+  LOG_WARN("simpng_libpng_warning", "warning=%s", log_quote(msg, q, sizeof q));
 }
 
 /* Runs libpng from header to end. Nothing local is modified between setjmp
