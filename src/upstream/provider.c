@@ -15,3 +15,40 @@ void provider_outcome_free(provider_outcome *o) {
   free(o->images);
   free(o);
 }
+
+static const char *const class_names[] = {
+    [PROVIDER_ERR_NONE] = "none",
+    [PROVIDER_ERR_BAD_REQUEST] = "bad_request",
+    [PROVIDER_ERR_MODERATED] = "moderated",
+    [PROVIDER_ERR_AUTH] = "auth",
+    [PROVIDER_ERR_CREDIT] = "credit",
+    [PROVIDER_ERR_RATE_LIMITED] = "rate_limited",
+    [PROVIDER_ERR_SERVER] = "server",
+    [PROVIDER_ERR_TIMEOUT] = "timeout",
+    [PROVIDER_ERR_NETWORK] = "network",
+    [PROVIDER_ERR_BAD_RESPONSE] = "bad_response",
+    [PROVIDER_ERR_NO_IMAGE] = "no_image",
+    [PROVIDER_ERR_INTERNAL] = "internal",
+};
+
+const char *provider_error_class_name(provider_error_class c) {
+  if ((unsigned)c >= sizeof class_names / sizeof class_names[0]) return "internal";
+  return class_names[c];
+}
+
+bool provider_error_class_hurts_route(provider_error_class c) {
+  switch (c) {
+  case PROVIDER_ERR_AUTH:
+  case PROVIDER_ERR_CREDIT:
+  case PROVIDER_ERR_RATE_LIMITED:
+  case PROVIDER_ERR_SERVER:
+  case PROVIDER_ERR_TIMEOUT:
+  case PROVIDER_ERR_NETWORK:
+  case PROVIDER_ERR_BAD_RESPONSE:
+    return true;
+  default:
+    /* A bad request, a refusal or a model that drew nothing is about the
+     * prompt, not the route: it must not push traffic away from a healthy upstream. */
+    return false;
+  }
+}

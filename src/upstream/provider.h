@@ -26,9 +26,36 @@ typedef enum {
   PROVIDER_MODERATED, /* refused by the upstream's safety filters; never retried, never billed */
 } provider_status;
 
+/* Why an attempt did not deliver, for the retry decision, route health and
+ * metrics. The classes are the same for every upstream kind. */
+typedef enum {
+  PROVIDER_ERR_NONE = 0,
+  PROVIDER_ERR_BAD_REQUEST,  /* the request itself is wrong (400): no retry anywhere */
+  PROVIDER_ERR_MODERATED,    /* safety refusal: no retry, not billed */
+  PROVIDER_ERR_AUTH,         /* 401/403 at this route: its key is wrong; try another route */
+  PROVIDER_ERR_CREDIT,       /* 402 at this route: its upstream credit is gone; try another */
+  PROVIDER_ERR_RATE_LIMITED, /* 429: try later or elsewhere, honouring retry_after_ms */
+  PROVIDER_ERR_SERVER,       /* 5xx */
+  PROVIDER_ERR_TIMEOUT,      /* connect or total timeout */
+  PROVIDER_ERR_NETWORK,      /* DNS, connect refused, reset, TLS */
+  PROVIDER_ERR_BAD_RESPONSE, /* 2xx that cannot be parsed, or truncated */
+  PROVIDER_ERR_NO_IMAGE,     /* the model answered without an image (NO_IMAGE, OTHER, MAX_TOKENS) */
+  PROVIDER_ERR_INTERNAL,     /* our side (out of memory, could not start) */
+} provider_error_class;
+
+/* "none", "bad_request", "moderated", "auth", "credit", "rate_limited",
+ * "server", "timeout", "network", "bad_response", "no_image", "internal". */
+const char *provider_error_class_name(provider_error_class c);
+/* Whether an error of this class says something about the route's health
+ * (and so counts against it in the router), rather than about the request. */
+bool provider_error_class_hurts_route(provider_error_class c);
+
 typedef struct provider_outcome {
   provider_status status;
-  bool retryable;
+  bool retryable;          /* another attempt (maybe on another route) may succeed */
+  provider_error_class error_class;
+  int http_status;         /* the upstream's HTTP status; 0 when no answer arrived */
+  int64_t retry_after_ms;  /* the upstream asked to wait this long (Retry-After, RetryInfo); 0 = none */
   char error_code[48];     /* stable slug, e.g. "upstream_timeout", "content_moderated" */
   char error_message[256];
   provider_image *images;  /* malloc'd array */
@@ -57,6 +84,7 @@ typedef struct provider_request {
   int quantity;
   const provider_input *inputs;
   size_t n_inputs;
+  long timeout_ms;            /* this attempt's whole budget; 0 = the provider's own default */
 } provider_request;
 
 /* Receives the outcome (and owns it: free with provider_outcome_free). */
@@ -89,5 +117,22 @@ typedef struct sim_config {
 } sim_config;
 
 provider *sim_provider_create(const sim_config *cfg);
+
+/* An upstream instance from configuration: a kind, where it is, its key.
+ * A reseller is just another instance of a kind with its own base_url. */
+typedef struct provider_instance_config {
+  const char *name;         /* unique, shown to users: "gemini", "openai", "my-reseller" */
+  const char *kind;         /* "gemini" | "openai" | "sim" */
+  const char *base_url;     /* e.g. "https://generativelanguage.googleapis.com" (no trailing /) */
+  const char *api_key;
+  long timeout_ms;          /* whole call; default 120000 */
+  long connect_timeout_ms;  /* default 10000 */
+} provider_instance_config;
+
+struct curlloop;
+/* Gemini generateContent (upstream/gemini.c) and OpenAI Images (upstream/openai.c).
+ * Both run their HTTP through the shared curl loop. NULL on bad configuration. */
+provider *gemini_provider_create(const provider_instance_config *cfg, struct curlloop *loop);
+provider *openai_provider_create(const provider_instance_config *cfg, struct curlloop *loop);
 
 #endif

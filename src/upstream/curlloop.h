@@ -1,0 +1,72 @@
+/* curlloop.h - one thread that drives every outgoing HTTP transfer.
+ *
+ * libcurl's multi interface on a single thread: thousands of transfers in
+ * flight, no thread per request, connections reused across transfers to the
+ * same host. Other threads hand work over with curlloop_submit(), which is
+ * thread-safe and never blocks on the network (the loop is woken with
+ * curl_multi_wakeup()).
+ *
+ * The caller prepares a CURL easy handle (URL, method, request headers and
+ * body, and anything else it wants) and submits it; the loop adds the
+ * response plumbing (body capture with a size cap, header capture, private
+ * pointer) and the configured timeouts unless the caller set its own. When
+ * the transfer ends, the callback runs ON THE LOOP THREAD: it must be quick
+ * and must not block (hand heavy work to another thread). */
+#ifndef IMGATE_CURLLOOP_H
+#define IMGATE_CURLLOOP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <curl/curl.h>
+
+#include "util/buf.h"
+
+typedef struct curlloop curlloop;
+
+typedef struct curlloop_config {
+  long max_total_connections; /* CURLMOPT_MAX_TOTAL_CONNECTIONS; 0 = unlimited */
+  long max_host_connections;  /* CURLMOPT_MAX_HOST_CONNECTIONS; 0 = unlimited */
+  long connect_timeout_ms;    /* default per transfer when the caller set none; 0 = 10000 */
+} curlloop_config;
+
+/* What came back. Owned by the loop; valid only during the callback (take
+ * what you need: e.g. buf_steal(&res->body)). */
+typedef struct curlloop_result {
+  CURLcode code;            /* CURLE_OK when an HTTP answer arrived (any status) */
+  long http_status;         /* 0 when no answer */
+  buf body;                 /* response body, at most max_response_bytes */
+  bool body_truncated;      /* the answer was larger than the cap (the transfer was stopped) */
+  bool cancelled;           /* the loop is being destroyed; the transfer did not finish */
+  double total_ms;          /* CURLINFO_TOTAL_TIME_T in milliseconds */
+  char error[CURL_ERROR_SIZE]; /* libcurl's message when code != CURLE_OK */
+  /* A few response headers worth keeping (last value wins, "" when absent). */
+  char content_type[128];
+  char retry_after[64];     /* "Retry-After" */
+  char retry_after_ms[32];  /* "retry-after-ms" (OpenAI) */
+  char request_id[128];     /* "x-request-id" */
+} curlloop_result;
+
+/* Runs on the loop thread; takes ownership of easy (curl_easy_cleanup it, or
+ * reuse it). ctx is what was given to curlloop_submit. */
+typedef void (*curlloop_done_fn)(void *ctx, CURL *easy, curlloop_result *res);
+
+/* Starts the loop thread. NULL on failure. */
+curlloop *curlloop_create(const curlloop_config *cfg);
+
+/* Hands a prepared easy handle to the loop. Returns 0, or -1 when the loop
+ * is shutting down or out of memory (then done is never called and the
+ * caller still owns easy). Thread-safe; never blocks on I/O. */
+int curlloop_submit(curlloop *l, CURL *easy, size_t max_response_bytes, curlloop_done_fn done,
+                    void *ctx);
+
+/* Transfers in flight right now (submitted and not yet called back). */
+size_t curlloop_in_flight(curlloop *l);
+
+/* Stops the thread. Every transfer still in flight is ended and its callback
+ * runs once with cancelled = true (so owners can free their contexts), on the
+ * calling thread, before this returns. */
+void curlloop_destroy(curlloop *l);
+
+#endif

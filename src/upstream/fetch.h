@@ -1,0 +1,62 @@
+/* fetch.h - downloads reference images by URL, safely.
+ *
+ * Used before any upstream call: a task whose reference URL cannot be fetched
+ * fails with a clear error and costs nothing. The guard against server-side
+ * request forgery checks the address libcurl actually connects to (through
+ * CURLOPT_OPENSOCKETFUNCTION), for the first request and for every redirect,
+ * so there is no window between a DNS check and the connection (no DNS
+ * rebinding). Refused unless allow_private: loopback, private (RFC 1918, ULA),
+ * link-local (incl. 169.254.169.254 metadata), CGNAT 100.64/10, multicast,
+ * broadcast, unspecified, IPv4-mapped/compatible forms of those, and the
+ * documentation/benchmark ranges. Only https is fetched unless allow_http. */
+#ifndef IMGATE_FETCH_H
+#define IMGATE_FETCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "upstream/curlloop.h"
+
+typedef struct fetch_config {
+  bool allow_private;      /* allow_private_networks / IMGATE_ALLOW_PRIVATE_NETWORKS=1 */
+  bool allow_http;         /* plain http:// (tests only) */
+  size_t max_bytes;        /* per image */
+  long timeout_ms;         /* whole download */
+  long max_redirects;      /* e.g. 3 */
+} fetch_config;
+
+typedef enum {
+  FETCH_OK = 0,
+  FETCH_REFUSED_ADDRESS,   /* the address is not public and allow_private is off */
+  FETCH_REFUSED_SCHEME,    /* not https (or http when allowed) */
+  FETCH_TOO_LARGE,
+  FETCH_NOT_IMAGE,         /* not png/jpeg/webp/heic by its bytes */
+  FETCH_HTTP_ERROR,        /* a non-2xx answer */
+  FETCH_NETWORK_ERROR,     /* DNS, connect, TLS, timeout, reset */
+  FETCH_CANCELLED,         /* shutting down */
+} fetch_status;
+
+typedef struct fetch_result {
+  fetch_status status;
+  long http_status;
+  uint8_t *data;           /* malloc'd on FETCH_OK (the callee of done owns it) */
+  size_t len;
+  char mime[32];           /* from the magic bytes */
+  char message[256];       /* for people, names the reason */
+} fetch_result;
+
+/* Runs on the curl loop thread; owns res->data. */
+typedef void (*fetch_done_fn)(void *ctx, fetch_result *res);
+
+/* True when addr (IPv4 or IPv6) is in one of the refused ranges above. */
+bool fetch_address_is_private(const struct sockaddr *addr);
+
+/* Starts a download on the loop. Returns 0, or -1 when it could not start
+ * (bad URL, scheme refused before any connection: then res is filled and
+ * done is NOT called). */
+int fetch_start(curlloop *loop, const fetch_config *cfg, const char *url, fetch_done_fn done,
+                void *ctx, fetch_result *immediate);
+
+#endif
