@@ -22,6 +22,10 @@
 #include "http/server.h"
 #include "store/store.h"
 #include "upstream/provider.h"
+#include "core/catalog.h"
+#include "upstream/curlloop.h"
+#include "upstream/router.h"
+#include "util/ids.h"
 #include "util/log.h"
 #include "util/timeutil.h"
 
@@ -119,6 +123,7 @@ static int load_config(const cli_opts *o, imgate_config *cfg) {
   if (config_load_env(cfg, err, sizeof err) < 0) goto fail;
   if (o->listen) snprintf(cfg->listen, sizeof cfg->listen, "%s", o->listen);
   if (o->data) snprintf(cfg->data_dir, sizeof cfg->data_dir, "%s", o->data);
+  if (config_apply_provider_env(cfg, err, sizeof err) < 0) goto fail;
   if (config_validate(cfg, err, sizeof err) < 0) goto fail;
   return 0;
 fail:
@@ -283,7 +288,14 @@ static void print_banner(const imgate_config *cfg, const char *host, int port, s
   snprintf(url, sizeof url, "http://%s%s%s:%d", v6 ? "[" : "", h, v6 ? "]" : "", port);
   printf("imgate listening on %s\n", url);
   printf("data folder: %s (SQLite database and images)\n", cfg->data_dir);
-  printf("provider: sim (simulated images, %d ms; no upstream configured)\n", cfg->sim_delay_ms);
+  if (cfg->n_providers == 0 && cfg->n_routes == 0) {
+    printf("provider: sim (simulated images, %d ms; no upstream configured)\n", cfg->sim_delay_ms);
+  } else {
+    for (int i = 0; i < cfg->n_providers; i++)
+      printf("provider: %s (%s%s%s)\n", cfg->providers[i].name, cfg->providers[i].kind,
+             cfg->providers[i].base_url[0] ? " at " : "", cfg->providers[i].base_url);
+  }
+  printf("admin token: in %s/admin_token (for /admin/providers and /metrics)\n", cfg->data_dir);
   if (demo_key) {
     printf("demo account: " DEMO_EMAIL "\n");
     printf("demo key: %s\n", demo_key);
@@ -297,6 +309,99 @@ static void print_banner(const imgate_config *cfg, const char *host, int port, s
            cfg->data_dir);
   }
   fflush(stdout);
+}
+
+/* The admin token: from configuration, else DATA/admin_token (created with
+ * 128 random bits and mode 0600 on first start). */
+static int load_admin_token(imgate_config *cfg) {
+  if (cfg->admin_token[0]) return 0;
+  char path[1100];
+  snprintf(path, sizeof path, "%s/admin_token", cfg->data_dir);
+  FILE *f = fopen(path, "r");
+  if (f) {
+    bool ok = fgets(cfg->admin_token, sizeof cfg->admin_token, f) != NULL;
+    fclose(f);
+    cfg->admin_token[strcspn(cfg->admin_token, "\r\n")] = '\0';
+    if (ok && cfg->admin_token[0]) return 0;
+  }
+  char token[33];
+  if (!ids_random_hex(token, 16)) return -1;
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return -1;
+  bool ok = write(fd, token, 32) == 32 && write(fd, "\n", 1) == 1 && fsync(fd) == 0;
+  close(fd);
+  if (!ok) return -1;
+  snprintf(cfg->admin_token, sizeof cfg->admin_token, "%s", token);
+  return 0;
+}
+
+static provider *make_sim(const imgate_config *cfg, const char *name, int threads) {
+  sim_config sc = {.delay_ms = cfg->sim_delay_ms,
+                   .fail_marker = cfg->sim_fail_marker,
+                   .moderate_marker = cfg->sim_moderate_marker,
+                   .render_threads = threads};
+  provider *p = sim_provider_create(&sc);
+  if (p) snprintf(p->name, sizeof p->name, "%s", name);
+  return p;
+}
+
+/* Builds the router from configuration: the configured providers and routes,
+ * or, when no upstream is configured at all, the simulated provider serving
+ * every model. */
+static router *build_router(const imgate_config *cfg, curlloop *loop, int threads) {
+  router_config rc = {.breaker_failures = cfg->breaker_failures,
+                      .breaker_open_ms = cfg->breaker_open_ms,
+                      .recovery_ms = cfg->breaker_recovery_ms};
+  router *r = router_create(&rc);
+  if (!r) return NULL;
+  for (int i = 0; i < cfg->n_providers; i++) {
+    const config_provider *cp = &cfg->providers[i];
+    provider_instance_config pc = {.name = cp->name,
+                                   .kind = cp->kind,
+                                   .base_url = cp->base_url,
+                                   .api_key = cp->api_key,
+                                   .timeout_ms = cp->timeout_ms,
+                                   .connect_timeout_ms = cp->connect_timeout_ms};
+    provider *p = !strcmp(cp->kind, "gemini")   ? gemini_provider_create(&pc, loop)
+                  : !strcmp(cp->kind, "openai") ? openai_provider_create(&pc, loop)
+                                                : make_sim(cfg, cp->name, threads);
+    if (!p || router_add_provider(r, p, cp->max_concurrency) < 0) {
+      fprintf(stderr, "imgate: provider \"%s\" could not be set up (kind %s)\n", cp->name,
+              cp->kind);
+      if (p) p->ops->destroy(p);
+      router_destroy(r);
+      return NULL;
+    }
+  }
+  bool have_routes = cfg->n_routes > 0;
+  for (int i = 0; i < cfg->n_routes; i++) {
+    const config_route *cr = &cfg->routes[i];
+    if (!strcmp(cr->provider, "sim") && !router_has_provider(r, "sim")) {
+      /* "sim" may be named in routes without being declared: add it once. */
+      provider *p = make_sim(cfg, "sim", threads);
+      if (p && router_add_provider(r, p, 0) < 0) p->ops->destroy(p);
+    }
+    const catalog_model *m = catalog_find(cr->model);
+    const char *upstream = cr->upstream_model[0] ? cr->upstream_model : m->upstream_model;
+    if (router_add_route(r, cr->model, cr->provider, upstream, cr->weight) < 0) {
+      fprintf(stderr, "imgate: route %s -> %s could not be added\n", cr->model, cr->provider);
+      router_destroy(r);
+      return NULL;
+    }
+  }
+  if (!have_routes && cfg->n_providers == 0) {
+    provider *p = make_sim(cfg, "sim", threads);
+    if (!p || router_add_provider(r, p, 0) < 0) {
+      if (p) p->ops->destroy(p);
+      router_destroy(r);
+      return NULL;
+    }
+    size_t n;
+    const catalog_model *models = catalog_models(&n);
+    for (size_t i = 0; i < n; i++)
+      router_add_route(r, models[i].name, "sim", models[i].upstream_model, 1);
+  }
+  return r;
 }
 
 /* Creates the demo account and key on an empty database. */
@@ -349,8 +454,9 @@ static int run_serve(int argc, char **argv) {
   blob *bl = NULL;
   engine *eng = NULL;
   core *c = NULL;
-  http_router *router = NULL;
+  http_router *routes = NULL;
   http_server *srv = NULL;
+  api_admin *admin = NULL;
   char err[256], blob_dir[1100];
   char demo_key[ACCOUNTS_KEY_LEN + 1] = "";
 
@@ -370,18 +476,25 @@ static int run_serve(int argc, char **argv) {
   int demo = cfg.demo_account ? bootstrap_demo(st, demo_key) : 0;
   if (demo < 0) goto out_unlock;
 
-  sim_config sc = {.delay_ms = cfg.sim_delay_ms,
-                   .fail_marker = cfg.sim_fail_marker,
-                   .moderate_marker = cfg.sim_moderate_marker,
-                   .render_threads = threads};
-  provider *sim = sim_provider_create(&sc);
+  if (load_admin_token(&cfg) < 0) {
+    fprintf(stderr, "imgate: cannot create %s/admin_token\n", cfg.data_dir);
+    goto out_unlock;
+  }
+  curlloop_config lc = {.max_host_connections = 0, .connect_timeout_ms = 10000};
+  curlloop *loop = curlloop_create(&lc);
+  router *rt = loop ? build_router(&cfg, loop, threads) : NULL;
   engine_config ec = {.max_in_flight = cfg.engine_max_in_flight,
                       .retention_ms = (int64_t)cfg.retention_hours * 3600 * 1000,
                       .max_input_bytes = cfg.max_image_bytes,
-                      .drain_timeout_ms = cfg.engine_drain_timeout_ms};
-  eng = sim ? engine_create(st, bl, sim, &ec) : NULL;
+                      .drain_timeout_ms = cfg.engine_drain_timeout_ms,
+                      .max_attempts = cfg.retry_max_attempts,
+                      .deadline_ms = cfg.retry_deadline_ms,
+                      .backoff_base_ms = cfg.retry_backoff_base_ms,
+                      .backoff_max_ms = cfg.retry_backoff_max_ms};
+  eng = rt ? engine_create(st, bl, rt, loop, &ec) : NULL;
   if (!eng) {
-    if (sim) sim->ops->destroy(sim);
+    if (rt) router_destroy(rt);
+    if (loop) curlloop_destroy(loop);
     fprintf(stderr, "imgate: cannot create the task engine\n");
     goto out_unlock;
   }
@@ -390,11 +503,13 @@ static int run_serve(int argc, char **argv) {
     goto out_unlock;
   }
   c = core_create(&cfg, st, bl, eng);
-  router = http_router_new();
-  if (!c || !router) goto out_unlock;
-  api_health_register(router, c);
-  api_native_register(router, c);
-  api_files_register(router, c);
+  routes = http_router_new();
+  if (!c || !routes) goto out_unlock;
+  api_health_register(routes, c);
+  api_native_register(routes, c);
+  api_files_register(routes, c);
+  admin = api_admin_register(routes, eng, cfg.admin_token);
+  if (!admin) goto out_unlock;
 
   http_server_config hc = {.listen_host = host,
                            .listen_port = port,
@@ -402,7 +517,7 @@ static int run_serve(int argc, char **argv) {
                            .max_body_bytes = cfg.max_body_bytes,
                            .connection_timeout_s = (unsigned)cfg.connection_timeout_s,
                            .on_error = api_server_error_hook};
-  srv = http_server_start(&hc, router, err, sizeof err);
+  srv = http_server_start(&hc, routes, err, sizeof err);
   if (!srv) {
     fprintf(stderr, "imgate: cannot listen on %s: %s\n", cfg.listen, err);
     goto out_unlock;
@@ -421,7 +536,8 @@ out_unlock:
   if (srv) http_server_stop(srv);
   engine_destroy(eng);
   core_free(c);
-  http_router_free(router);
+  http_router_free(routes);
+  api_admin_free(admin);
   if (bl) bl->ops->close(bl);
   close(lock_fd);
 out:

@@ -18,6 +18,11 @@
 void api_native_register(http_router *r, core *c);
 /* Result images: GET /files/{token}.{ext} (no auth: the token is the secret). */
 void api_files_register(http_router *r, core *c);
+/* Operators: GET /admin/providers and GET /metrics, with the admin token.
+ * The returned context lives until api_admin_free, after the server stopped. */
+typedef struct api_admin api_admin;
+api_admin *api_admin_register(http_router *r, engine *eng, const char *token);
+void api_admin_free(api_admin *a);
 /* Liveness: GET /healthz. */
 void api_health_register(http_router *r, core *c);
 

@@ -127,6 +127,9 @@ static int validate(core *c, const core_gen_request *req, validated *v, imgate_e
   if (!v->model)
     return err_set(err, ERR_INVALID, "invalid_model", CORE_FIELD_MODEL,
                    "unknown model \"%.64s\"; see the model list in the docs", model_name);
+  if (!engine_serves(c->eng, v->model->name))
+    return err_set(err, ERR_INVALID, "model_unavailable", CORE_FIELD_MODEL,
+                   "no upstream provider is configured for %s", v->model->name);
   if (!req->prompt)
     return err_set(err, ERR_INVALID, "missing_field", CORE_FIELD_PROMPT, "prompt is required");
   if (is_blank(req->prompt))

@@ -91,6 +91,19 @@ static const char *const sql_migrations[] = {
     "  bytes INTEGER NOT NULL DEFAULT 0,"
     "  expires_ms INTEGER NOT NULL,"
     "  PRIMARY KEY (task_id, idx));",
+    /* 2: the upstream attempts of each task (retries, failover, re-runs). */
+    "CREATE TABLE task_attempts("
+    "  task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,"
+    "  seq INTEGER PRIMARY KEY,"
+    "  run INTEGER NOT NULL,"
+    "  provider TEXT NOT NULL,"
+    "  upstream_model TEXT NOT NULL,"
+    "  started_ms INTEGER NOT NULL,"
+    "  ended_ms INTEGER NOT NULL,"
+    "  http_status INTEGER NOT NULL DEFAULT 0,"
+    "  error_class TEXT NOT NULL,"
+    "  error_code TEXT);"
+    "CREATE INDEX task_attempts_task ON task_attempts(task_id, seq);",
 };
 
 #define SQL_MIGRATION_COUNT ((int64_t)(sizeof sql_migrations / sizeof sql_migrations[0]))
@@ -588,7 +601,7 @@ static int sql_start_locked(sqlite3 *db, const char *task_id, const char *provid
                             int64_t now_ms, int *attempt_out) {
   int rc = sql_run(db, "task_start",
                    "UPDATE tasks SET state = ?, attempts = attempts + 1, started_ms = ?,"
-                   " provider = ? WHERE id = ? AND state = ?",
+                   " provider = COALESCE(?, provider) WHERE id = ? AND state = ?",
                    "tIttt", task_state_name(TASK_RUNNING), now_ms, provider, task_id,
                    task_state_name(TASK_QUEUED));
   if (rc != STORE_OK) return rc;
@@ -649,9 +662,36 @@ static int sql_finish_locked(sqlite3 *db, const char *task_id, int attempt,
   return sql_insert_results(db, task_id, results, n_results);
 }
 
+/* Inserts an attempt row and names its provider on the task (in the caller's
+ * write transaction). */
+static int sql_attempt_insert_locked(sqlite3 *db, const char *task_id, const task_attempt *a) {
+  if (!a->provider || !a->upstream_model || !a->error_class)
+    return sql_misuse("task_attempt_add", "provider, model or class missing");
+  int rc = sql_run(db, "task_attempt_add",
+                   "INSERT INTO task_attempts(task_id, run, provider, upstream_model, started_ms,"
+                   " ended_ms, http_status, error_class, error_code) VALUES (?,?,?,?,?,?,?,?,?)",
+                   "tittIIitt", task_id, a->run, a->provider, a->upstream_model, a->started_ms,
+                   a->ended_ms, a->http_status, a->error_class, a->error_code);
+  if (rc == STORE_OK)
+    rc = sql_run(db, "task_attempt_provider", "UPDATE tasks SET provider = ? WHERE id = ?", "tt",
+                 a->provider, task_id);
+  return rc;
+}
+
+static int sql_task_attempt_add(store *s, const char *task_id, const task_attempt *a) {
+  if (!task_id) return sql_misuse("task_attempt_add", "task id missing");
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_begin_write(db);
+  if (rc == STORE_OK) rc = sql_end(db, sql_attempt_insert_locked(db, task_id, a));
+  sql_release(ss, db);
+  return rc;
+}
+
 static int sql_task_finish(store *s, const char *task_id, int attempt, task_state final_state,
                            const char *error_code, const char *error_message,
-                           const task_result *results, size_t n_results, int64_t now_ms) {
+                           const task_result *results, size_t n_results, int64_t now_ms,
+                           const task_attempt *last_attempt) {
   if (!task_id) return STORE_NOT_FOUND;
   if (!task_state_is_final(final_state) || !task_state_can_transition(TASK_RUNNING, final_state))
     return sql_misuse("task_finish", "final_state is not a final state");
@@ -659,9 +699,12 @@ static int sql_task_finish(store *s, const char *task_id, int attempt, task_stat
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
   int rc = sql_begin_write(db);
-  if (rc == STORE_OK)
-    rc = sql_end(db, sql_finish_locked(db, task_id, attempt, final_state, error_code,
-                                       error_message, results, n_results, now_ms));
+  if (rc == STORE_OK) {
+    int r = sql_finish_locked(db, task_id, attempt, final_state, error_code, error_message,
+                              results, n_results, now_ms);
+    if (r == STORE_OK && last_attempt) r = sql_attempt_insert_locked(db, task_id, last_attempt);
+    rc = sql_end(db, r);
+  }
   sql_release(ss, db);
   return rc;
 }
@@ -770,6 +813,33 @@ static int sql_load_results(sqlite3 *db, task *t) {
   return rc;
 }
 
+static int sql_row_attempt(sqlite3_stmt *st, void *elem) {
+  task_attempt *a = elem;
+  a->run = sqlite3_column_int(st, 0);
+  a->started_ms = sqlite3_column_int64(st, 3);
+  a->ended_ms = sqlite3_column_int64(st, 4);
+  a->http_status = sqlite3_column_int(st, 5);
+  if (sql_col_dup(st, 1, &a->provider) && sql_col_dup(st, 2, &a->upstream_model) &&
+      sql_col_dup(st, 6, &a->error_class) && sql_col_dup(st, 7, &a->error_code))
+    return STORE_OK;
+  task_attempt_clear(a);
+  return sql_oom("task_get_attempts");
+}
+
+static int sql_load_attempts(sqlite3 *db, task *t) {
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, "task_get_attempts",
+                       "SELECT run, provider, upstream_model, started_ms, ended_ms, http_status,"
+                       " error_class, error_code FROM task_attempts WHERE task_id = ? ORDER BY seq",
+                       "t", t->id);
+  if (rc != STORE_OK) return rc;
+  rc = sql_collect(db, st, "task_get_attempts", sql_row_attempt, sizeof *t->upstream_attempts,
+                   (void **)&t->upstream_attempts, &t->n_upstream_attempts);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+
 static int sql_task_get(store *s, const char *task_id, task **out) {
   *out = NULL;
   if (!task_id) return STORE_NOT_FOUND;
@@ -784,6 +854,7 @@ static int sql_task_get(store *s, const char *task_id, task **out) {
     int r = sql_load_task_row(db, task_id, t);
     if (r == STORE_OK) r = sql_load_inputs(db, t);
     if (r == STORE_OK) r = sql_load_results(db, t);
+    if (r == STORE_OK) r = sql_load_attempts(db, t);
     rc = sql_end(db, r);
   }
   sql_release(ss, db);
@@ -1031,6 +1102,7 @@ static const store_ops sql_ops = {
     .task_finish = sql_task_finish,
     .task_requeue_running = sql_task_requeue_running,
     .task_list_queued = sql_task_list_queued,
+    .task_attempt_add = sql_task_attempt_add,
     .result_by_token = sql_result_by_token,
 };
 

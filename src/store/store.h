@@ -71,22 +71,26 @@ typedef struct store_ops {
   int (*task_insert)(store *s, const task *t);
   /* Loads a task with its inputs and results; *out is freed with task_free. */
   int (*task_get)(store *s, const char *task_id, task **out);
-  /* queued -> running, attempts+1, started_ms = now, provider recorded.
+  /* queued -> running, attempts+1, started_ms = now, provider recorded (NULL keeps it).
    * CONFLICT when the task is not queued. *attempt_out = the new attempts. */
   int (*task_start)(store *s, const char *task_id, const char *provider, int64_t now_ms,
                     int *attempt_out);
   /* running -> final state, only if the task is running and its attempts
-   * equal attempt (so a stale run can never finish it). Results (may be 0) are
-   * inserted in the same transaction. CONFLICT when the compare fails: the
-   * task was finished already, and nothing changes. */
+   * equal attempt (so a stale run can never finish it). Results (may be 0)
+   * and the last upstream attempt (may be NULL) are inserted in the same
+   * transaction. CONFLICT when the compare fails: the task was finished
+   * already, and nothing changes. */
   int (*task_finish)(store *s, const char *task_id, int attempt, task_state final_state,
                      const char *error_code, const char *error_message,
-                     const task_result *results, size_t n_results, int64_t now_ms);
+                     const task_result *results, size_t n_results, int64_t now_ms,
+                     const task_attempt *last_attempt);
   /* Crash recovery at start: every running task goes back to queued. */
   int (*task_requeue_running)(store *s, int64_t *count_out);
   /* Ids of queued tasks, oldest first, at most limit; *ids is one malloc'd
    * array of count fixed-size strings (free it). */
   int (*task_list_queued)(store *s, size_t limit, char (**ids)[IDS_UUID_LEN + 1], size_t *count);
+  /* Records one finished upstream attempt of a task. */
+  int (*task_attempt_add)(store *s, const char *task_id, const task_attempt *a);
   /* The result behind a public URL token; *out fields are malloc'd (task_result_clear). */
   int (*result_by_token)(store *s, const char *token, task_result *out);
 } store_ops;

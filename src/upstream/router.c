@@ -116,6 +116,13 @@ int router_add_route(router *r, const char *model, const char *provider_name,
   return rc;
 }
 
+bool router_has_provider(router *r, const char *name) {
+  pthread_mutex_lock(&r->lock);
+  bool found = find_provider(r, name) != NULL;
+  pthread_mutex_unlock(&r->lock);
+  return found;
+}
+
 bool router_serves(router *r, const char *model) {
   pthread_mutex_lock(&r->lock);
   bool found = false;
@@ -222,6 +229,15 @@ router_route *router_pick(router *r, const char *model, router_route *const *avo
   pthread_mutex_unlock(&r->lock);
   if (!chosen && retry_in_ms) *retry_in_ms = soonest > 0 ? soonest : 1000;
   return chosen;
+}
+
+void router_release(router *r, router_route *rt) {
+  pthread_mutex_lock(&r->lock);
+  rt->in_flight--;
+  rt->prov->in_flight--;
+  rt->attempts--;
+  if (rt->state == BREAKER_HALF_OPEN) rt->probe_in_flight = false;
+  pthread_mutex_unlock(&r->lock);
 }
 
 static void push_history(router_route *rt, bool ok) {

@@ -423,10 +423,10 @@ static void test_task_finish(void **state) {
   assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW + 10, &attempt), STORE_OK);
 
   task_result r[2] = {make_result(0, "tokA"), make_result(1, "tokB")};
-  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_RUNNING, NULL, NULL, r, 2, NOW),
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_RUNNING, NULL, NULL, r, 2, NOW, NULL),
                    STORE_ERROR); /* not a final state */
   assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2,
-                                       NOW + 100),
+                                       NOW + 100, NULL),
                    STORE_OK);
   task *got = get_task(s, t->id);
   assert_int_equal(got->state, TASK_SUCCEEDED);
@@ -439,7 +439,7 @@ static void test_task_finish(void **state) {
   /* A second finish changes nothing, not even with different results. */
   task_result again[1] = {make_result(0, "tokC")};
   assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_FAILED, "boom", "late", again, 1,
-                                       NOW + 200),
+                                       NOW + 200, NULL),
                    STORE_CONFLICT);
   task *after = get_task(s, t->id);
   assert_task_equal(after, got);
@@ -450,7 +450,7 @@ static void test_task_finish(void **state) {
 
   char id[IDS_UUID_LEN + 1];
   assert_true(ids_uuid7(id));
-  assert_int_equal(s->ops->task_finish(s, id, 1, TASK_FAILED, "x", "y", NULL, 0, NOW),
+  assert_int_equal(s->ops->task_finish(s, id, 1, TASK_FAILED, "x", "y", NULL, 0, NOW, NULL),
                    STORE_NOT_FOUND);
   task_result_clear(&again[0]);
   task_result_clear(&r[0]);
@@ -473,7 +473,7 @@ static void test_task_finish_stale_attempt(void **state) {
   assert_int_equal(second, 2);
 
   task_result r[1] = {make_result(0, "stale")};
-  assert_int_equal(s->ops->task_finish(s, t->id, first, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW),
+  assert_int_equal(s->ops->task_finish(s, t->id, first, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW, NULL),
                    STORE_CONFLICT);
   task *got = get_task(s, t->id);
   assert_int_equal(got->state, TASK_RUNNING);
@@ -481,7 +481,7 @@ static void test_task_finish_stale_attempt(void **state) {
   task_free(got);
 
   assert_int_equal(s->ops->task_finish(s, t->id, second, TASK_MODERATED, "moderated",
-                                       "the provider refused the prompt", NULL, 0, NOW + 5),
+                                       "the provider refused the prompt", NULL, 0, NOW + 5, NULL),
                    STORE_OK);
   got = get_task(s, t->id);
   assert_int_equal(got->state, TASK_MODERATED);
@@ -560,7 +560,7 @@ static void test_result_by_token(void **state) {
   int attempt;
   assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW, &attempt), STORE_OK);
   task_result r[2] = {make_result(0, "tok-zero"), make_result(1, "tok-one")};
-  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW),
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW, NULL),
                    STORE_OK);
   task_result out;
   assert_int_equal(s->ops->result_by_token(s, "tok-one", &out), STORE_OK);
@@ -583,7 +583,7 @@ static void test_finish_is_atomic(void **state) {
   int attempt;
   assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW, &attempt), STORE_OK);
   task_result r[2] = {make_result(0, "same"), make_result(1, "same")};
-  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW),
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW, NULL),
                    STORE_ERROR);
   task *got = get_task(s, t->id);
   assert_int_equal(got->state, TASK_RUNNING);
@@ -627,7 +627,7 @@ static void race_one(race *r, int thread, int i) {
   snprintf(token, sizeof token, "race-%d-%d", i, thread);
   task_result res = {.index = 0, .blob_key = token, .token = token, .mime = "image/png",
                      .etag = "e", .width = 1, .height = 1, .bytes = 1, .expires_ms = NOW};
-  rc = r->s->ops->task_finish(r->s, r->ids[i], attempt, TASK_SUCCEEDED, NULL, NULL, &res, 1, NOW);
+  rc = r->s->ops->task_finish(r->s, r->ids[i], attempt, TASK_SUCCEEDED, NULL, NULL, &res, 1, NOW, NULL);
   if (rc == STORE_OK)
     atomic_fetch_add(&r->finishes[i], 1);
   else if (rc != STORE_CONFLICT)
