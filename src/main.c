@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -417,6 +418,17 @@ static int bootstrap_demo(store *st, char key[ACCOUNTS_KEY_LEN + 1]) {
   return 1;
 }
 
+/* Every upstream call in flight holds a socket: lift the soft descriptor
+ * limit to the hard one (the usual soft default, 1024, would cap a gateway
+ * at about a thousand concurrent calls). */
+static void raise_fd_limit(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) LOG_WARN("fd_limit_unchanged", NULL);
+  }
+}
+
 static int run_serve(int argc, char **argv) {
   cli_opts o;
   char *args[1];
@@ -433,6 +445,7 @@ static int run_serve(int argc, char **argv) {
   imgate_config cfg;
   if (load_config(&o, &cfg) < 0) return 1;
   log_set_level((log_level)log_level_parse(cfg.log_level));
+  raise_fd_limit();
 
   /* Signals are taken by sigwait() below; every thread created after this
    * inherits the mask, so none of them is interrupted by SIGTERM. */
