@@ -45,9 +45,9 @@ router *router_create(const router_config *cfg);
 /* Destroys every provider the router owns, then the router. */
 void router_destroy(router *r);
 
-/* Adds a provider instance (the router takes ownership). max_concurrency
+/* Adds a provider instance; on success the router takes ownership. max_concurrency
  * caps its calls in flight across routes (0 = unlimited). Returns 0, or -1
- * when the name is taken. */
+ * when the name is taken (then the caller still owns p). */
 int router_add_provider(router *r, provider *p, int max_concurrency);
 /* Adds a route for model. Returns 0, or -1 when the provider is unknown. */
 int router_add_route(router *r, const char *model, const char *provider_name,

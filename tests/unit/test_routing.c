@@ -38,7 +38,9 @@ static router *two_routes(int wa, int wb, int cap_b) {
   router *r = router_create(&cfg);
   assert_int_equal(router_add_provider(r, inert("a"), 0), 0);
   assert_int_equal(router_add_provider(r, inert("b"), cap_b), 0);
-  assert_int_equal(router_add_provider(r, inert("a"), 0), -1); /* names are unique */
+  provider *dup = inert("a");
+  assert_int_equal(router_add_provider(r, dup, 0), -1); /* names are unique */
+  dup->ops->destroy(dup); /* refused: the caller still owns it */
   assert_int_equal(router_add_route(r, "m", "a", "up-a", wa), 0);
   assert_int_equal(router_add_route(r, "m", "b", "up-b", wb), 0);
   assert_int_equal(router_add_route(r, "m", "nope", "x", 1), -1);
