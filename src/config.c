@@ -88,6 +88,7 @@ static const key_spec keys[] = {
     {"allow_private_networks", K_BOOL, F(allow_private_networks), 0, 0},
     {"fetch", K_OBJ, 0, 0, 0, 0},
     {"fetch.timeout_ms", K_INT, F(fetch_timeout_ms), 100, 600000},
+    {"fetch.allow_http", K_BOOL, F(fetch_allow_http), 0, 0},
     {"admin_token", K_STR, F(admin_token), 0, 0},
 };
 
@@ -363,6 +364,8 @@ int config_load_env(imgate_config *c, char *err, size_t err_size) {
   if (env_str(c, "IMGATE_ADMIN_TOKEN", "admin_token", err, err_size) < 0) return -1;
   const char *priv = getenv("IMGATE_ALLOW_PRIVATE_NETWORKS");
   if (priv && *priv) c->allow_private_networks = strcmp(priv, "0") != 0;
+  const char *plain = getenv("IMGATE_FETCH_ALLOW_HTTP");
+  if (plain && *plain) c->fetch_allow_http = strcmp(plain, "0") != 0;
   return 0;
 }
 

@@ -72,6 +72,7 @@ typedef struct imgate_config {
 
   bool allow_private_networks; /* reference-image URLs may point at private addresses */
   int fetch_timeout_ms;        /* per reference-image download */
+  bool fetch_allow_http;       /* plain http:// reference URLs (tests only; https otherwise) */
   char admin_token[128];       /* "" = read or create DATA/admin_token */
 } imgate_config;
 

@@ -503,7 +503,12 @@ static int run_serve(int argc, char **argv) {
                       .max_attempts = cfg.retry_max_attempts,
                       .deadline_ms = cfg.retry_deadline_ms,
                       .backoff_base_ms = cfg.retry_backoff_base_ms,
-                      .backoff_max_ms = cfg.retry_backoff_max_ms};
+                      .backoff_max_ms = cfg.retry_backoff_max_ms,
+                      .fetch = {.allow_private = cfg.allow_private_networks,
+                                .allow_http = cfg.fetch_allow_http,
+                                .max_bytes = cfg.max_image_bytes,
+                                .timeout_ms = cfg.fetch_timeout_ms,
+                                .max_redirects = 3}};
   eng = rt ? engine_create(st, bl, rt, loop, &ec) : NULL;
   if (!eng) {
     if (rt) router_destroy(rt);

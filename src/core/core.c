@@ -52,7 +52,9 @@ static bool is_blank(const char *s) {
   return true;
 }
 
-static bool valid_webhook_url(const char *url) {
+/* An http(s) URL of at most 2048 printable ASCII characters with a host.
+ * Where it may lead is checked when it is used (fetch.h's address guard). */
+static bool valid_http_url(const char *url) {
   size_t len = strlen(url);
   if (len > 2048) return false;
   const char *rest;
@@ -68,11 +70,13 @@ static bool valid_webhook_url(const char *url) {
   return true;
 }
 
-/* Decoded reference images, kept until they are in the blob store. */
+/* Decoded reference images, kept until they are in the blob store; a URL
+ * reference keeps its URL instead (the engine downloads it when the task runs). */
 typedef struct decoded_image {
   uint8_t *data;
   size_t len;
   imagefmt fmt;
+  const char *url; /* points into the request */
 } decoded_image;
 
 static void decoded_images_free(decoded_image *imgs, size_t n) {
@@ -80,18 +84,22 @@ static void decoded_images_free(decoded_image *imgs, size_t n) {
   free(imgs);
 }
 
-/* Turns one client-given reference into bytes: a data: URI or bare base64.
- * URLs are refused until the fetcher (with its SSRF guard) exists. */
+/* Turns one client-given reference into bytes (a data: URI or bare base64),
+ * or checks the form of an https URL, which is downloaded when the task runs. */
 static int decode_reference(core *c, const char *ref, size_t index, decoded_image *out,
                             imgate_error *err) {
-  if (strncmp(ref, "https://", 8) == 0)
-    return err_set(err, ERR_INVALID, "url_fetch_unsupported", CORE_FIELD_IMAGES,
-                   "image %zu: fetching reference images by URL is not supported yet; "
-                   "send the image as base64 or a data: URI",
-                   index);
-  if (strncmp(ref, "http://", 7) == 0)
+  bool https = strncmp(ref, "https://", 8) == 0, http = strncmp(ref, "http://", 7) == 0;
+  if (http && !c->cfg.fetch_allow_http)
     return err_set(err, ERR_INVALID, "invalid_image", CORE_FIELD_IMAGES,
                    "image %zu: only https URLs, base64 or data: URIs are accepted", index);
+  if (https || http) {
+    if (!valid_http_url(ref))
+      return err_set(err, ERR_INVALID, "invalid_image", CORE_FIELD_IMAGES,
+                     "image %zu: not a valid URL (at most 2048 printable ASCII characters)",
+                     index);
+    out->url = ref;
+    return 0;
+  }
   const char *b64 = ref;
   if (strncmp(ref, "data:", 5) == 0) {
     const char *comma = strchr(ref, ',');
@@ -153,7 +161,7 @@ static int validate(core *c, const core_gen_request *req, validated *v, imgate_e
   if (req->n_images > max_images)
     return err_set(err, ERR_INVALID, "too_many_images", CORE_FIELD_IMAGES,
                    "at most %zu reference images for %s", max_images, v->model->name);
-  if (req->webhook_url && !valid_webhook_url(req->webhook_url))
+  if (req->webhook_url && !valid_http_url(req->webhook_url))
     return err_set(err, ERR_INVALID, "invalid_webhook_url", CORE_FIELD_WEBHOOK,
                    "webhook_url must be an http(s) URL of at most 2048 characters");
   return 0;
@@ -165,6 +173,12 @@ static int store_inputs(core *c, task *t, decoded_image *imgs, size_t n, imgate_
   t->inputs = calloc(n, sizeof *t->inputs);
   if (!t->inputs) return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
   for (size_t i = 0; i < n; i++) {
+    if (imgs[i].url) {
+      t->n_inputs = i + 1;
+      t->inputs[i].url = strdup(imgs[i].url);
+      if (!t->inputs[i].url) return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
+      continue;
+    }
     char key[128];
     snprintf(key, sizeof key, "inputs/%s/%zu.%s", t->id, i, imagefmt_ext(imgs[i].fmt));
     if (c->bl->ops->put(c->bl, key, imgs[i].data, imgs[i].len, imagefmt_mime(imgs[i].fmt)) !=

@@ -21,6 +21,22 @@ typedef struct queued_id {
 
 #define ENGINE_MAX_TRIED 8
 
+struct job;
+
+/* One reference image being downloaded for a job. */
+typedef struct download_slot {
+  struct job *j;
+  size_t index; /* into the task's inputs */
+} download_slot;
+
+/* The downloads of a job's URL inputs, all in flight at once on the curl loop. */
+typedef struct downloads {
+  download_slot *slots; /* one per task input */
+  fetch_result *res;    /* one per task input; filled for URL inputs */
+  size_t pending;       /* downloads not yet called back, plus one while starting */
+  int64_t started_mono;
+} downloads;
+
 /* One running task: from its start in the store until it is finished, across
  * every upstream attempt of this run. */
 typedef struct job {
@@ -36,6 +52,8 @@ typedef struct job {
   int64_t attempt_started_mono, attempt_started_ms;
   int64_t due_mono;           /* when a scheduled retry may go */
   provider_outcome *outcome;  /* set by the provider's callback */
+  downloads *dl;              /* set while reference images download */
+  bool downloaded;            /* this run downloaded its URL inputs already */
   struct job *prev, *next;    /* running list */
   struct job *done_next;      /* completion queue */
 } job;
@@ -166,8 +184,17 @@ static job *heap_pop(engine *e) {
 
 /* ---- finishing ---------------------------------------------------------- */
 
+static void downloads_free(downloads *d, size_t n) {
+  if (!d) return;
+  for (size_t i = 0; i < n; i++) free(d->res[i].data);
+  free(d->res);
+  free(d->slots);
+  free(d);
+}
+
 static void job_free(job *j) {
   provider_outcome_free(j->outcome);
+  downloads_free(j->dl, j->t ? j->t->n_inputs : 0);
   task_free(j->t);
   free(j);
 }
@@ -375,10 +402,7 @@ static void handle_outcome(engine *e, job *j) {
 
 /* Provider threads and the curl loop land here: hand the outcome to a
  * completer and return at once, so they never wait on disk or the database. */
-static void on_provider_done(void *ctx, provider_outcome *outcome) {
-  job *j = ctx;
-  engine *e = j->e;
-  j->outcome = outcome;
+static void hand_to_completers(engine *e, job *j) {
   pthread_mutex_lock(&e->lock);
   j->done_next = NULL;
   if (e->done_tail)
@@ -390,6 +414,14 @@ static void on_provider_done(void *ctx, provider_outcome *outcome) {
   pthread_mutex_unlock(&e->lock);
 }
 
+static void on_provider_done(void *ctx, provider_outcome *outcome) {
+  job *j = ctx;
+  j->outcome = outcome;
+  hand_to_completers(j->e, j);
+}
+
+static void handle_downloads(engine *e, job *j);
+
 static void *completer_main(void *arg) {
   engine *e = arg;
   pthread_mutex_lock(&e->lock);
@@ -400,7 +432,10 @@ static void *completer_main(void *arg) {
     e->done_head = j->done_next;
     if (!e->done_head) e->done_tail = NULL;
     pthread_mutex_unlock(&e->lock);
-    handle_outcome(e, j);
+    if (j->dl)
+      handle_downloads(e, j);
+    else
+      handle_outcome(e, j);
     pthread_mutex_lock(&e->lock);
   }
   pthread_mutex_unlock(&e->lock);
@@ -421,27 +456,148 @@ static void loaded_inputs_free(loaded_inputs *li) {
   free(li->inputs);
 }
 
+/* Where a downloaded URL input is kept for the task's attempts and re-runs. */
+static void downloaded_input_key(const task *t, size_t index, char *key, size_t size) {
+  snprintf(key, size, "inputs/%s/%zu.url", t->id, index);
+}
+
+enum { INPUTS_LOADED = 0, INPUTS_FAILED = -1, INPUTS_NOT_DOWNLOADED = 1 };
+
 /* Reads the reference images back for one attempt. Keeping them in memory
- * between attempts would cost up to 70 MB per waiting task; a re-read is cheap. */
+ * between attempts would cost up to 70 MB per waiting task; a re-read is
+ * cheap. INPUTS_NOT_DOWNLOADED: a URL input is not in the blob store yet. */
 static int load_inputs(engine *e, const task *t, loaded_inputs *li) {
   memset(li, 0, sizeof *li);
-  if (t->n_inputs == 0) return 0;
+  if (t->n_inputs == 0) return INPUTS_LOADED;
   li->inputs = calloc(t->n_inputs, sizeof *li->inputs);
   li->data = calloc(t->n_inputs, sizeof *li->data);
-  if (!li->inputs || !li->data) return -1;
+  if (!li->inputs || !li->data) return INPUTS_FAILED;
   for (size_t i = 0; i < t->n_inputs; i++) {
     const task_input *in = &t->inputs[i];
-    if (!in->blob_key) return -1; /* URL inputs are fetched into the blob store first */
+    char key[128];
+    if (!in->blob_key) downloaded_input_key(t, i, key, sizeof key);
     size_t len;
-    if (e->bl->ops->read(e->bl, in->blob_key, e->cfg.max_input_bytes, &li->data[i], &len) !=
-        BLOB_OK)
-      return -1;
+    int rc = e->bl->ops->read(e->bl, in->blob_key ? in->blob_key : key, e->cfg.max_input_bytes,
+                              &li->data[i], &len);
+    if (rc == BLOB_NOT_FOUND && !in->blob_key) return INPUTS_NOT_DOWNLOADED;
+    if (rc != BLOB_OK) return INPUTS_FAILED;
     li->n = i + 1;
     li->inputs[i].data = li->data[i];
     li->inputs[i].len = len;
-    li->inputs[i].mime = in->mime ? in->mime : "application/octet-stream";
+    li->inputs[i].mime = in->mime ? in->mime : imagefmt_mime(imagefmt_detect(li->data[i], len));
   }
-  return 0;
+  return INPUTS_LOADED;
+}
+
+/* ---- reference images by URL ---------------------------------------------- */
+
+/* One download fewer outstanding; the last hands the job to a completer. */
+static void download_settled(engine *e, job *j) {
+  pthread_mutex_lock(&e->lock);
+  size_t left = --j->dl->pending;
+  pthread_mutex_unlock(&e->lock);
+  if (left == 0) hand_to_completers(e, j);
+}
+
+/* Curl loop thread: keep the result (and its bytes) for the completer. */
+static void on_downloaded(void *ctx, fetch_result *res) {
+  download_slot *slot = ctx;
+  slot->j->dl->res[slot->index] = *res;
+  res->data = NULL;
+  download_settled(slot->j->e, slot->j);
+}
+
+/* Starts every URL input's download at once. The job waits for them off the
+ * dispatcher; a completer takes it from there (handle_downloads). */
+static void start_downloads(engine *e, job *j) {
+  const task *t = j->t;
+  downloads *d = calloc(1, sizeof *d);
+  if (d) {
+    d->slots = calloc(t->n_inputs, sizeof *d->slots);
+    d->res = calloc(t->n_inputs, sizeof *d->res);
+  }
+  if (!d || !d->slots || !d->res || !e->loop) {
+    downloads_free(d, t->n_inputs);
+    finish_job(e, j, TASK_FAILED, "image_download_failed",
+               "reference images by URL cannot be downloaded here", NULL);
+    return;
+  }
+  d->started_mono = time_mono_ms();
+  d->pending = 1; /* held until every download has started */
+  j->dl = d;
+  j->downloaded = true;
+  for (size_t i = 0; i < t->n_inputs; i++) {
+    if (!t->inputs[i].url) continue;
+    d->slots[i] = (download_slot){.j = j, .index = i};
+    pthread_mutex_lock(&e->lock);
+    d->pending++;
+    pthread_mutex_unlock(&e->lock);
+    fetch_result immediate = {0};
+    if (fetch_start(e->loop, &e->cfg.fetch, t->inputs[i].url, on_downloaded, &d->slots[i],
+                    &immediate) < 0) {
+      d->res[i] = immediate;
+      download_settled(e, j);
+    }
+  }
+  download_settled(e, j);
+}
+
+static const char *download_error_code(fetch_status s) {
+  switch (s) {
+  case FETCH_REFUSED_ADDRESS:
+  case FETCH_REFUSED_SCHEME: return "image_url_refused";
+  case FETCH_TOO_LARGE: return "image_too_large";
+  case FETCH_NOT_IMAGE: return "invalid_image";
+  default: return "image_download_failed";
+  }
+}
+
+
+/* Completer thread: every download of the job has ended. Keeps the images in
+ * the blob store and lets the dispatcher start the first attempt, or fails
+ * the task (no upstream was called, so nothing is owed). */
+static void handle_downloads(engine *e, job *j) {
+  downloads *d = j->dl;
+  j->dl = NULL;
+  const task *t = j->t;
+  size_t n_url = 0, bytes = 0;
+  for (size_t i = 0; i < t->n_inputs; i++) {
+    if (!t->inputs[i].url) continue;
+    fetch_result *r = &d->res[i];
+    if (r->status == FETCH_CANCELLED) {
+      pthread_mutex_lock(&e->lock);
+      bool stopping = e->stopping;
+      pthread_mutex_unlock(&e->lock);
+      if (stopping) { /* the task stays running in the store; the next start re-runs it */
+        downloads_free(d, t->n_inputs);
+        return;
+      }
+    }
+    if (r->status != FETCH_OK) {
+      char message[320];
+      snprintf(message, sizeof message, "image %zu: %s", i, r->message);
+      const char *code = download_error_code(r->status);
+      LOG_INFO("input_download_failed", "task=%s index=%zu code=%s http_status=%ld", j->task_id,
+               i, code, r->http_status);
+      downloads_free(d, t->n_inputs); /* r points into d */
+      finish_job(e, j, TASK_FAILED, code, message, NULL);
+      return;
+    }
+    char key[128];
+    downloaded_input_key(t, i, key, sizeof key);
+    if (e->bl->ops->put(e->bl, key, r->data, r->len, r->mime) != BLOB_OK) {
+      downloads_free(d, t->n_inputs);
+      finish_job(e, j, TASK_FAILED, "storage_error", "a reference image could not be stored",
+                 NULL);
+      return;
+    }
+    n_url++;
+    bytes += r->len;
+  }
+  LOG_INFO("inputs_downloaded", "task=%s images=%zu bytes=%zu dur_ms=%lld", j->task_id, n_url,
+           bytes, (long long)(time_mono_ms() - d->started_mono));
+  downloads_free(d, t->n_inputs);
+  schedule(e, j, time_mono_ms());
 }
 
 static provider_outcome *internal_outcome(const char *code, const char *message, bool retryable) {
@@ -471,11 +627,20 @@ static void fail_attempt(engine *e, job *j, const char *code, const char *messag
 /* Starts the job's next upstream attempt (dispatcher thread), on route when
  * one was picked already, else on a fresh pick. */
 static void run_attempt(engine *e, job *j, router_route *route) {
+  loaded_inputs li;
+  int loaded = load_inputs(e, j->t, &li);
+  if (loaded == INPUTS_NOT_DOWNLOADED && !j->downloaded) {
+    loaded_inputs_free(&li);
+    if (route) router_release(e->rt, route);
+    start_downloads(e, j);
+    return;
+  }
   int64_t now = time_mono_ms();
   int64_t left = e->cfg.deadline_ms - (now - j->run_started_mono);
   int64_t wait = 0;
   if (!route && left > 0) route = router_pick(e->rt, j->t->model, j->tried, j->n_tried, now, &wait);
   if (!route) {
+    loaded_inputs_free(&li);
     if (left > 0 && wait < left) {
       schedule(e, j, now + wait); /* every route is resting or full: not an attempt */
       return;
@@ -494,8 +659,7 @@ static void run_attempt(engine *e, job *j, router_route *route) {
   j->attempt_started_ms = time_now_ms();
 
   provider *p = router_route_provider(route);
-  loaded_inputs li;
-  if (load_inputs(e, j->t, &li) < 0) {
+  if (loaded != INPUTS_LOADED) {
     loaded_inputs_free(&li);
     fail_attempt(e, j, "input_unavailable", "a reference image could not be read back", false);
     return;

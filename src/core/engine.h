@@ -8,10 +8,15 @@
  *     marks it running in the store (compare-and-set; attempts+1), asks the
  *     router for a route, reads the reference images back and starts the
  *     provider call; it also starts retries whose backoff has elapsed;
+ *   reference images given by URL are downloaded first, all at once, on the
+ *     curl loop through the guarded fetcher (upstream/fetch.h); a completer
+ *     writes them to the blob store under inputs/{task}/{i}.url, where a
+ *     re-run finds them, and a refused or failed download fails the task
+ *     before any upstream call;
  *   provider threads (and the curl loop): call back with the outcome, which is queued;
  *   completer threads: report the outcome to the router, record the attempt,
  *     then either schedule a retry (retryable failure, attempts and deadline
- *     left: exponential backoff with full jitter, at least what the upstream
+ *     left: exponential backoff with equal jitter, at least what the upstream
  *     asked for with Retry-After/RetryInfo, preferably on another route) or
  *     write the images to the blob store and finish the task in the store
  *     (compare-and-set on state and attempts, results in the same
@@ -35,6 +40,7 @@
 #include "blob/blob.h"
 #include "store/store.h"
 #include "upstream/curlloop.h"
+#include "upstream/fetch.h"
 #include "upstream/provider.h"
 #include "upstream/router.h"
 
@@ -48,6 +54,7 @@ typedef struct engine_config {
   int deadline_ms;         /* a run gives up retrying after this long (default 300000) */
   int backoff_base_ms;     /* first retry waits up to this (default 500), doubling */
   int backoff_max_ms;      /* cap of one backoff (default 15000) */
+  fetch_config fetch;      /* reference images by URL (max_bytes 0 = max_input_bytes) */
   /* Called on a completer thread after a task's final state is committed,
    * exactly once per task this process finishes (waiters, webhooks, tests). */
   void (*on_finished)(void *ctx, const char *task_id, task_state state);

@@ -147,9 +147,15 @@ class ValidationTest(h.ServerTestCase):
                 r = self.post({"prompt": "x", "image_urls": [ref]})
                 self.assertError(r, 400, None, "image_urls", msg=repr(ref))
 
-    def test_https_url_unsupported(self):
-        self.rejects({"prompt": "x", "image_urls": ["https://example.com/cat.png"]}, 400,
-                     "url_fetch_unsupported", "image_urls")
+    def test_reference_url_form(self):
+        # Only the form is checked at submit; where a URL leads is checked when
+        # the task downloads it (see test_reference_urls.py).
+        long_url = "https://127.0.0.1/" + "a" * (2049 - len("https://127.0.0.1/"))
+        for url in ("https://", "https:///a.png", "https://127.0.0.1/a b.png", long_url):
+            with self.subTest(url=url[:60]):
+                self.rejects({"prompt": "x", "image_urls": [url]}, 400, "invalid_image",
+                             "image_urls")
+        self.accepts({"prompt": "x", "image_urls": ["https://127.0.0.1:9/cat.png"]})
 
     def test_image_size_limit(self):
         exact = h.make_png(16, 16, pad_to=MAX_IMAGE)
