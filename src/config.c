@@ -36,6 +36,7 @@ void config_defaults(imgate_config *c) {
   c->breaker_open_ms = 5000;
   c->breaker_recovery_ms = 30000;
   c->fetch_timeout_ms = 20000;
+  snprintf(c->sqlite_synchronous, sizeof c->sqlite_synchronous, "full");
 }
 
 /* A table of the file's keys: where each lands and how it is typed. The
@@ -67,6 +68,8 @@ static const key_spec keys[] = {
     {"limits.max_prompt_chars", K_INT, F(max_prompt_chars), 1, 1000000},
     {"limits.max_image_bytes", K_SIZE, F(max_image_bytes), 1, 1LL << 30},
     {"limits.max_reference_images", K_INT, F(max_reference_images), 0, 10},
+    {"store", K_OBJ, 0, 0, 0, 0},
+    {"store.sqlite_synchronous", K_STR, F(sqlite_synchronous), 0, 0},
     {"engine", K_OBJ, 0, 0, 0, 0},
     {"engine.max_in_flight", K_INT, F(engine_max_in_flight), 1, 1000000},
     {"engine.drain_timeout_ms", K_INT, F(engine_drain_timeout_ms), 0, 3600000},
@@ -455,6 +458,10 @@ int config_validate(const imgate_config *c, char *err, size_t err_size) {
   }
   if (!c->data_dir[0]) {
     snprintf(err, err_size, "data_dir: must not be empty");
+    return -1;
+  }
+  if (strcmp(c->sqlite_synchronous, "full") != 0 && strcmp(c->sqlite_synchronous, "normal") != 0) {
+    snprintf(err, err_size, "store.sqlite_synchronous: must be \"full\" or \"normal\"");
     return -1;
   }
   for (int i = 0; i < c->n_routes; i++) {

@@ -70,6 +70,7 @@ typedef struct imgate_config {
   int breaker_open_ms;
   int breaker_recovery_ms;
 
+  char sqlite_synchronous[8];  /* "full" (default) or "normal" */
   bool allow_private_networks; /* reference-image URLs may point at private addresses */
   int fetch_timeout_ms;        /* per reference-image download */
   bool fetch_allow_http;       /* plain http:// reference URLs (tests only; https otherwise) */

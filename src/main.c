@@ -153,6 +153,8 @@ static store *open_store(const imgate_config *cfg, int pool_size) {
     return NULL;
   }
   snprintf(path, sizeof path, "%s/imgate.db", cfg->data_dir);
+  store_sqlite_set_sync(strcmp(cfg->sqlite_synchronous, "normal") == 0 ? STORE_SYNC_NORMAL
+                                                                       : STORE_SYNC_FULL);
   store *st = store_sqlite_open(path, pool_size, err, sizeof err);
   if (!st) fprintf(stderr, "imgate: cannot open %s: %s\n", path, err);
   return st;

@@ -685,36 +685,58 @@ static void run_attempt(engine *e, job *j, router_route *route) {
     fail_attempt(e, j, "provider_unavailable", "the provider could not start the call", true);
 }
 
-/* Starts one task from the queue. Returns false when it did not become a job
- * (then the caller gives the reserved slot back). The route is picked before
- * the task is marked running, so the store names the provider from the start. */
-static bool start_task(engine *e, const char *task_id) {
-  job *j = calloc(1, sizeof *j);
-  if (!j) return false; /* still queued in the store: the next start picks it up */
-  if (e->st->ops->task_get(e->st, task_id, &j->t) != STORE_OK || j->t->state != TASK_QUEUED) {
-    job_free(j); /* gone, or started already */
-    return false;
+#define ENGINE_START_BATCH 64
+
+/* Starts a batch of queued tasks: loads each, picks its route, marks them all
+ * running in one store transaction (one disk sync for the batch, not one per
+ * task), then starts their first attempts. The route is picked before the
+ * task is marked running, so the store names the provider from the start.
+ * Returns how many became jobs; the caller gives back the other slots. */
+static size_t start_tasks(engine *e, queued_id **ids, size_t n) {
+  job *jobs[ENGINE_START_BATCH];
+  router_route *routes[ENGINE_START_BATCH];
+  store_start items[ENGINE_START_BATCH];
+  size_t m = 0;
+  for (size_t i = 0; i < n; i++) {
+    job *j = calloc(1, sizeof *j);
+    if (!j) continue; /* still queued in the store: the next start picks it up */
+    if (e->st->ops->task_get(e->st, ids[i]->id, &j->t) != STORE_OK ||
+        j->t->state != TASK_QUEUED) {
+      job_free(j); /* gone, or started already */
+      continue;
+    }
+    int64_t wait;
+    routes[m] = router_pick(e->rt, j->t->model, NULL, 0, time_mono_ms(), &wait);
+    items[m] = (store_start){.task_id = j->t->id,
+                             .provider = routes[m] ? router_route_provider(routes[m])->name : NULL};
+    jobs[m++] = j;
   }
-  int64_t wait;
-  router_route *route = router_pick(e->rt, j->t->model, NULL, 0, time_mono_ms(), &wait);
-  int rc = e->st->ops->task_start(e->st, task_id, route ? router_route_provider(route)->name : NULL,
-                                  time_now_ms(), &j->run);
-  if (rc != STORE_OK) {
-    if (rc != STORE_CONFLICT && rc != STORE_NOT_FOUND) LOG_ERROR("task_start_failed", "task=%s", task_id);
-    if (route) router_release(e->rt, route);
-    job_free(j);
-    return false;
+  int rc = e->st->ops->task_start_many(e->st, items, m, time_now_ms());
+  if (rc != STORE_OK) LOG_ERROR("task_start_failed", "tasks=%zu", m);
+  size_t started = 0;
+  for (size_t i = 0; i < m; i++) {
+    job *j = jobs[i];
+    if (rc != STORE_OK || items[i].rc != STORE_OK) {
+      if (routes[i]) router_release(e->rt, routes[i]);
+      job_free(j);
+      continue;
+    }
+    j->e = e;
+    j->run = items[i].attempt;
+    snprintf(j->task_id, sizeof j->task_id, "%s", j->t->id);
+    j->run_started_mono = time_mono_ms();
+    pthread_mutex_lock(&e->lock);
+    j->next = e->running;
+    if (e->running) e->running->prev = j;
+    e->running = j;
+    pthread_mutex_unlock(&e->lock);
+    started++;
   }
-  j->e = e;
-  snprintf(j->task_id, sizeof j->task_id, "%s", task_id);
-  j->run_started_mono = time_mono_ms();
-  pthread_mutex_lock(&e->lock);
-  j->next = e->running;
-  if (e->running) e->running->prev = j;
-  e->running = j;
-  pthread_mutex_unlock(&e->lock);
-  run_attempt(e, j, route);
-  return true;
+  /* Only now the attempts: a fast failure must not finish a task whose
+   * siblings are still being linked. */
+  for (size_t i = 0; i < m; i++)
+    if (rc == STORE_OK && items[i].rc == STORE_OK) run_attempt(e, jobs[i], routes[i]);
+  return started;
 }
 
 static void *dispatcher_main(void *arg) {
@@ -730,17 +752,23 @@ static void *dispatcher_main(void *arg) {
       continue;
     }
     if (e->q_head && e->in_flight < (size_t)e->cfg.max_in_flight) {
-      queued_id *q = e->q_head;
-      e->q_head = q->next;
-      if (!e->q_head) e->q_tail = NULL;
-      e->q_len--;
-      e->in_flight++; /* reserve the slot before the lock is dropped */
+      queued_id *batch[ENGINE_START_BATCH];
+      size_t n = 0;
+      while (e->q_head && n < ENGINE_START_BATCH &&
+             e->in_flight < (size_t)e->cfg.max_in_flight) {
+        queued_id *q = e->q_head;
+        e->q_head = q->next;
+        if (!e->q_head) e->q_tail = NULL;
+        e->q_len--;
+        e->in_flight++; /* reserve the slot before the lock is dropped */
+        batch[n++] = q;
+      }
       pthread_mutex_unlock(&e->lock);
-      bool started = start_task(e, q->id);
-      free(q);
+      size_t started = start_tasks(e, batch, n);
+      for (size_t i = 0; i < n; i++) free(batch[i]);
       pthread_mutex_lock(&e->lock);
-      if (!started) {
-        e->in_flight--;
+      if (started < n) {
+        e->in_flight -= n - started;
         pthread_cond_broadcast(&e->drain_cond);
       }
       continue;

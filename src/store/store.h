@@ -42,6 +42,14 @@ typedef struct store_key {
 
 typedef struct store store;
 
+/* One task of a task_start_many call. */
+typedef struct store_start {
+  const char *task_id;
+  const char *provider; /* NULL keeps the recorded one */
+  int rc;               /* out */
+  int attempt;          /* out, when rc is STORE_OK */
+} store_start;
+
 typedef struct store_ops {
   const char *name; /* "sqlite" */
   void (*close)(store *s);
@@ -75,6 +83,11 @@ typedef struct store_ops {
    * CONFLICT when the task is not queued. *attempt_out = the new attempts. */
   int (*task_start)(store *s, const char *task_id, const char *provider, int64_t now_ms,
                     int *attempt_out);
+  /* task_start for several tasks in one transaction, so one disk sync covers
+   * them all. Each item gets its own rc (OK, CONFLICT, NOT_FOUND) and, when
+   * OK, its attempt. Returns STORE_OK, or an error when the transaction
+   * failed (then no task was started, whatever the items say). */
+  int (*task_start_many)(store *s, store_start *items, size_t n, int64_t now_ms);
   /* running -> final state, only if the task is running and its attempts
    * equal attempt (so a stale run can never finish it). Results (may be 0)
    * and the last upstream attempt (may be NULL) are inserted in the same
@@ -103,5 +116,13 @@ struct store {
  * applies pending migrations. pool_size connections are shared by all threads.
  * Returns NULL with a message in err on failure. */
 store *store_sqlite_open(const char *path, int pool_size, char *err, size_t err_size);
+
+/* Durability of a commit (PRAGMA synchronous, applied to every connection
+ * opened afterwards). FULL (the default) syncs the WAL at every commit: a
+ * commit survives a power loss. NORMAL syncs only at checkpoints: a process
+ * crash loses nothing, but the last commits before a power loss or OS crash
+ * can roll back. NORMAL commits several times faster on slow-sync disks. */
+typedef enum { STORE_SYNC_FULL = 0, STORE_SYNC_NORMAL } store_sync;
+void store_sqlite_set_sync(store_sync mode);
 
 #endif

@@ -121,6 +121,18 @@ static void test_validate(void **state) {
   config_defaults(&c);
   snprintf(c.log_level, sizeof c.log_level, "loud");
   assert_int_equal(config_validate(&c, err, sizeof err), -1);
+  config_defaults(&c);
+  assert_string_equal(c.sqlite_synchronous, "full");
+  assert_int_equal(load_text(&c, "{\"store\": {\"sqlite_synchronous\": \"normal\"}}", err,
+                             sizeof err), 0);
+  assert_string_equal(c.sqlite_synchronous, "normal");
+  assert_int_equal(config_validate(&c, err, sizeof err), 0);
+  assert_int_equal(load_text(&c, "{\"store\": {\"sqlite_synchronous\": \"off\"}}", err,
+                             sizeof err), 0);
+  assert_int_equal(config_validate(&c, err, sizeof err), -1);
+  assert_non_null(strstr(err, "store.sqlite_synchronous"));
+  assert_int_equal(load_text(&c, "{\"fetch\": {\"allow_http\": true}}", err, sizeof err), 0);
+  assert_true(c.fetch_allow_http);
 }
 
 int main(void) {

@@ -414,6 +414,40 @@ static void test_task_start(void **state) {
   task_free(t);
 }
 
+/* Several tasks start in one transaction; one that cannot start (started
+ * already, or unknown) does not keep the others from starting. */
+static void test_task_start_many(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  task *a = make_task(f->account, NOW), *b = make_task(f->account, NOW + 1);
+  assert_int_equal(s->ops->task_insert(s, a), STORE_OK);
+  assert_int_equal(s->ops->task_insert(s, b), STORE_OK);
+  int attempt;
+  assert_int_equal(s->ops->task_start(s, b->id, "sim", NOW, &attempt), STORE_OK);
+  char unknown[IDS_UUID_LEN + 1];
+  assert_true(ids_uuid7(unknown));
+  store_start items[] = {{.task_id = a->id, .provider = "p1", .rc = -99, .attempt = -1},
+                         {.task_id = b->id, .provider = "p2", .rc = -99, .attempt = -1},
+                         {.task_id = unknown, .provider = "p3", .rc = -99, .attempt = -1}};
+  assert_int_equal(s->ops->task_start_many(s, items, 3, NOW + 50), STORE_OK);
+  assert_int_equal(items[0].rc, STORE_OK);
+  assert_int_equal(items[0].attempt, 1);
+  assert_int_equal(items[1].rc, STORE_CONFLICT);
+  assert_int_equal(items[2].rc, STORE_NOT_FOUND);
+  task *got = get_task(s, a->id);
+  assert_int_equal(got->state, TASK_RUNNING);
+  assert_int_equal(got->started_ms, NOW + 50);
+  assert_string_equal(got->provider, "p1");
+  task_free(got);
+  got = get_task(s, b->id);
+  assert_int_equal(got->attempts, 1);
+  assert_string_equal(got->provider, "sim"); /* the refused item changed nothing */
+  task_free(got);
+  assert_int_equal(s->ops->task_start_many(s, items, 0, NOW), STORE_OK);
+  task_free(a);
+  task_free(b);
+}
+
 static void test_task_finish(void **state) {
   fx *f = *state;
   store *s = f->s;
@@ -692,6 +726,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_disabled_account_still_reported, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_insert_get, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_start, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_task_start_many, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_finish, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_finish_stale_attempt, setup, teardown),
       cmocka_unit_test_setup_teardown(test_requeue_running, setup, teardown),
