@@ -81,6 +81,7 @@ struct engine {
   bool stopping;                /* no more dispatching */
   bool completers_exit;         /* completers leave once the completion queue is empty */
   bool started, stopped;
+  int64_t next_sweep_mono;      /* when the dispatcher next looks for stranded queued tasks */
 
   pthread_t dispatcher;
   pthread_t *completers;
@@ -114,6 +115,7 @@ engine *engine_create(store *st, blob *bl, router *rt, curlloop *loop, const eng
   if (e->cfg.deadline_ms <= 0) e->cfg.deadline_ms = 300000;
   if (e->cfg.backoff_base_ms <= 0) e->cfg.backoff_base_ms = 500;
   if (e->cfg.backoff_max_ms <= 0) e->cfg.backoff_max_ms = 15000;
+  if (e->cfg.sweep_interval_ms <= 0) e->cfg.sweep_interval_ms = 30000;
   e->rng = (unsigned)time_now_ms();
   pthread_mutex_init(&e->lock, NULL);
   cond_init_monotonic(&e->dispatch_cond);
@@ -220,11 +222,28 @@ static void job_release(engine *e, job *j) {
   job_free(j);
 }
 
+/* How often, and after what pauses, a failed final write is tried again
+ * before the task is left running for the next start to re-run. A store that
+ * fails briefly (disk full for a moment, a lock held too long) must not cost
+ * a finished image. */
+static const int finish_retry_ms[] = {50, 200, 1000, 3000};
+
 static void finish_task(engine *e, const char *task_id, int run, task_state state,
                         const char *code, const char *message, const task_result *results,
                         size_t n_results, int64_t dur_ms, const task_attempt *attempt) {
   int rc = e->st->ops->task_finish(e->st, task_id, run, state, code, message, results, n_results,
                                    time_now_ms(), attempt);
+  for (size_t i = 0; rc != STORE_OK && rc != STORE_CONFLICT && rc != STORE_NOT_FOUND &&
+                     i < sizeof finish_retry_ms / sizeof finish_retry_ms[0];
+       i++) {
+    LOG_WARN("task_finish_retry", "task=%s attempt=%d after_ms=%d", task_id, run,
+             finish_retry_ms[i]);
+    struct timespec pause = {.tv_sec = finish_retry_ms[i] / 1000,
+                             .tv_nsec = (long)(finish_retry_ms[i] % 1000) * 1000000};
+    nanosleep(&pause, NULL); /* a completer thread; nothing else waits on it */
+    rc = e->st->ops->task_finish(e->st, task_id, run, state, code, message, results, n_results,
+                                 time_now_ms(), attempt);
+  }
   char qmsg[300];
   if (rc == STORE_OK) {
     LOG_INFO("task_finished", "task=%s state=%s attempt=%d images=%zu dur_ms=%lld code=%s",
@@ -739,11 +758,38 @@ static size_t start_tasks(engine *e, queued_id **ids, size_t n) {
   return started;
 }
 
+/* Queued in the store but in no memory queue: a task whose start failed on a
+ * store error, or whose id could not be queued (out of memory). Looked for
+ * only while the memory queue is empty, so a task found is a stray, or one
+ * submitted this instant (then its second copy fails the start's
+ * compare-and-set and is dropped). Called without e->lock. */
+static void sweep_stranded(engine *e, size_t room) {
+  char(*ids)[IDS_UUID_LEN + 1] = NULL;
+  size_t n = 0;
+  if (e->st->ops->task_list_queued(e->st, room, &ids, &n) != STORE_OK) return;
+  for (size_t i = 0; i < n; i++) engine_enqueue(e, ids[i]);
+  if (n) LOG_INFO("engine_swept", "queued=%zu", n);
+  free(ids);
+}
+
 static void *dispatcher_main(void *arg) {
   engine *e = arg;
   pthread_mutex_lock(&e->lock);
+  e->next_sweep_mono = time_mono_ms() + e->cfg.sweep_interval_ms;
   while (!e->stopping) {
     int64_t now = time_mono_ms();
+    if (!e->q_head && now >= e->next_sweep_mono) {
+      e->next_sweep_mono = now + e->cfg.sweep_interval_ms;
+      size_t room = e->in_flight < (size_t)e->cfg.max_in_flight
+                        ? (size_t)e->cfg.max_in_flight - e->in_flight
+                        : 0;
+      if (room) {
+        pthread_mutex_unlock(&e->lock);
+        sweep_stranded(e, room);
+        pthread_mutex_lock(&e->lock);
+        continue;
+      }
+    }
     if (e->n_timers && e->timers[0]->due_mono <= now) {
       job *j = heap_pop(e);
       pthread_mutex_unlock(&e->lock);
@@ -773,13 +819,11 @@ static void *dispatcher_main(void *arg) {
       }
       continue;
     }
-    if (e->n_timers) {
-      struct timespec ts;
-      mono_deadline(&ts, e->timers[0]->due_mono);
-      pthread_cond_timedwait(&e->dispatch_cond, &e->lock, &ts);
-    } else {
-      pthread_cond_wait(&e->dispatch_cond, &e->lock);
-    }
+    int64_t wake = e->next_sweep_mono;
+    if (e->n_timers && e->timers[0]->due_mono < wake) wake = e->timers[0]->due_mono;
+    struct timespec ts;
+    mono_deadline(&ts, wake);
+    pthread_cond_timedwait(&e->dispatch_cond, &e->lock, &ts);
   }
   pthread_mutex_unlock(&e->lock);
   return NULL;

@@ -55,6 +55,7 @@ typedef struct engine_config {
   int backoff_base_ms;     /* first retry waits up to this (default 500), doubling */
   int backoff_max_ms;      /* cap of one backoff (default 15000) */
   fetch_config fetch;      /* reference images by URL (max_bytes 0 = max_input_bytes) */
+  int sweep_interval_ms;   /* how often an idle dispatcher looks for stranded queued tasks (30000) */
   /* Called on a completer thread after a task's final state is committed,
    * exactly once per task this process finishes (waiters, webhooks, tests). */
   void (*on_finished)(void *ctx, const char *task_id, task_state state);

@@ -308,6 +308,71 @@ static task *load(fixture *f, const char *id) {
   return t;
 }
 
+/* ---- a store that fails on request ------------------------------------- */
+
+/* Wraps the fixture's store; the next fail_finish task_finish calls and
+ * fail_start_many task_start_many calls fail with STORE_ERROR. */
+typedef struct flaky_store {
+  store base;
+  store_ops ops;
+  store *real;
+  _Atomic int fail_finish, fail_start_many;
+} flaky_store;
+
+static int flaky_finish(store *s, const char *task_id, int attempt, task_state st,
+                        const char *code, const char *msg, const task_result *results,
+                        size_t n, int64_t now_ms, const task_attempt *a) {
+  flaky_store *fs = (flaky_store *)s;
+  if (fs->fail_finish > 0) {
+    fs->fail_finish--;
+    return STORE_ERROR;
+  }
+  return fs->real->ops->task_finish(fs->real, task_id, attempt, st, code, msg, results, n,
+                                    now_ms, a);
+}
+
+static int flaky_start_many(store *s, store_start *items, size_t n, int64_t now_ms) {
+  flaky_store *fs = (flaky_store *)s;
+  if (fs->fail_start_many > 0) {
+    fs->fail_start_many--;
+    return STORE_ERROR;
+  }
+  return fs->real->ops->task_start_many(fs->real, items, n, now_ms);
+}
+
+/* Every other operation goes straight to the real store, which they receive
+ * as their store argument through these forwarders. */
+static int flaky_get(store *s, const char *id, task **out) {
+  store *r = ((flaky_store *)s)->real;
+  return r->ops->task_get(r, id, out);
+}
+static int flaky_list_queued(store *s, size_t limit, char (**ids)[IDS_UUID_LEN + 1],
+                             size_t *n) {
+  store *r = ((flaky_store *)s)->real;
+  return r->ops->task_list_queued(r, limit, ids, n);
+}
+static int flaky_requeue(store *s, int64_t *n) {
+  store *r = ((flaky_store *)s)->real;
+  return r->ops->task_requeue_running(r, n);
+}
+static int flaky_attempt_add(store *s, const char *id, const task_attempt *a) {
+  store *r = ((flaky_store *)s)->real;
+  return r->ops->task_attempt_add(r, id, a);
+}
+
+static void flaky_init(flaky_store *fs, store *real) {
+  memset(&fs->ops, 0, sizeof fs->ops); /* an unexpected call crashes the test loudly */
+  fs->ops.task_get = flaky_get;
+  fs->ops.task_start_many = flaky_start_many;
+  fs->ops.task_finish = flaky_finish;
+  fs->ops.task_list_queued = flaky_list_queued;
+  fs->ops.task_requeue_running = flaky_requeue;
+  fs->ops.task_attempt_add = flaky_attempt_add;
+  fs->base.ops = &fs->ops;
+  fs->real = real;
+  fs->fail_finish = fs->fail_start_many = 0;
+}
+
 /* ---- tests -------------------------------------------------------------- */
 
 static void test_runs_tasks_to_success(void **state) {
@@ -599,9 +664,70 @@ static void test_retry_after_beyond_deadline_fails_now(void **state) {
   engine_destroy(e);
 }
 
+/* A final write that fails for a moment is tried again: the image is kept
+ * and the task finishes once. */
+static void test_finish_survives_brief_store_failure(void **state) {
+  fixture *f = *state;
+  flaky_store fs;
+  flaky_init(&fs, f->st);
+  fs.fail_finish = 2;
+  scripted s;
+  scripted_init(&s);
+  engine_config ec = base_config(f, 4, 1000);
+  engine *e = engine_create(&fs.base, f->bl, router_of((scripted *[]){&s}, 1), NULL, &ec);
+  assert_int_equal(engine_start(e), 0);
+  char id[IDS_UUID_LEN + 1];
+  insert_task(f, id, false);
+  engine_enqueue(e, id);
+  assert_true(wait_started(&s, 1));
+  complete(take_one(&s), PROVIDER_OK);
+  assert_true(wait_finished(&f->fin, 1));
+  assert_int_equal(fs.fail_finish, 0); /* both failures happened, then it went through */
+  task *t = load(f, id);
+  assert_int_equal(t->state, TASK_SUCCEEDED);
+  assert_int_equal(t->n_results, 1);
+  uint8_t *data;
+  size_t len;
+  assert_int_equal(f->bl->ops->read(f->bl, t->results[0].blob_key, 1 << 20, &data, &len),
+                   BLOB_OK); /* the image was not thrown away by the failed tries */
+  free(data);
+  task_free(t);
+  engine_destroy(e);
+  assert_int_equal(f->fin.count, 1);
+}
+
+/* A task whose start failed on a store error stays queued in the store; the
+ * idle dispatcher's sweep finds it and runs it without a restart. */
+static void test_stranded_queued_task_is_swept(void **state) {
+  fixture *f = *state;
+  flaky_store fs;
+  flaky_init(&fs, f->st);
+  fs.fail_start_many = 1;
+  scripted s;
+  scripted_init(&s);
+  engine_config ec = base_config(f, 4, 1000);
+  ec.sweep_interval_ms = 50;
+  engine *e = engine_create(&fs.base, f->bl, router_of((scripted *[]){&s}, 1), NULL, &ec);
+  assert_int_equal(engine_start(e), 0);
+  char id[IDS_UUID_LEN + 1];
+  insert_task(f, id, false);
+  engine_enqueue(e, id);
+  assert_true(wait_started(&s, 1));
+  assert_int_equal(fs.fail_start_many, 0); /* the first start really failed */
+  complete(take_one(&s), PROVIDER_OK);
+  assert_true(wait_finished(&f->fin, 1));
+  task *t = load(f, id);
+  assert_int_equal(t->state, TASK_SUCCEEDED);
+  assert_int_equal(t->attempts, 1);
+  task_free(t);
+  engine_destroy(e);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_runs_tasks_to_success, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_finish_survives_brief_store_failure, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_stranded_queued_task_is_swept, setup, teardown),
       cmocka_unit_test_setup_teardown(test_respects_max_in_flight, setup, teardown),
       cmocka_unit_test_setup_teardown(test_failed_and_moderated, setup, teardown),
       cmocka_unit_test_setup_teardown(test_duplicate_enqueue_runs_once, setup, teardown),
