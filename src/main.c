@@ -392,6 +392,16 @@ static router *build_router(const imgate_config *cfg, curlloop *loop, int thread
       return NULL;
     }
   }
+  /* A model no route names is served by every provider of its kind: declaring
+   * a provider is enough to use it. */
+  size_t n_models;
+  const catalog_model *all = catalog_models(&n_models);
+  for (size_t m = 0; m < n_models; m++) {
+    if (router_serves(r, all[m].name)) continue;
+    for (int i = 0; i < cfg->n_providers; i++)
+      if (!strcmp(cfg->providers[i].kind, all[m].upstream_kind))
+        router_add_route(r, all[m].name, cfg->providers[i].name, all[m].upstream_model, 1);
+  }
   if (!have_routes && cfg->n_providers == 0) {
     provider *p = make_sim(cfg, "sim", threads);
     if (!p || router_add_provider(r, p, 0) < 0) {
