@@ -162,10 +162,45 @@ typedef struct peer {
   atomic_int hits;
 } peer;
 
+/* Private places a redirect may point at; those on loopback with a port are
+ * B, which counts its hits. */
+typedef struct private_target {
+  const char *host;
+  bool b_port; /* append B's port */
+  const char *path;
+  const char *named; /* the address the refusal names (NULL: 127.0.0.1 or ::1) */
+} private_target;
+
+static const private_target private_targets[] = {
+    {"127.0.0.1", true, "/img.png", "127.0.0.1"},                   /* loopback */
+    {"[::1]", true, "/img.png", "::1"},                             /* IPv6 loopback */
+    {"[::ffff:127.0.0.1]", true, "/img.png", "::ffff:127.0.0.1"},   /* IPv4-mapped */
+    {"localhost", true, "/img.png", NULL},                          /* a loopback name */
+    {"169.254.169.254", false, "/latest/meta-data/", "169.254.169.254"}, /* metadata */
+    {"10.0.0.1", false, "/img.png", "10.0.0.1"},                    /* RFC 1918 */
+    {"[fe80::1]", false, "/img.png", "fe80::1"},                    /* IPv6 link-local */
+};
+#define N_PRIVATE_TARGETS (sizeof private_targets / sizeof private_targets[0])
+
+/* A redirect to target, or (target NULL) to /img.png on the same peer. */
+typedef struct redirect_to {
+  struct fixture *f;
+  const private_target *target;
+} redirect_to;
+
+static void target_url(const private_target *t, int b_port, char *out, size_t size) {
+  if (t->b_port)
+    snprintf(out, size, "http://%s:%d%s", t->host, b_port, t->path);
+  else
+    snprintf(out, size, "http://%s%s", t->host, t->path);
+}
+
 typedef struct fixture {
   http_router *router_a, *router_b;
   peer a, b;
   raw_peer chunked, silent;
+  redirect_to to_private[N_PRIVATE_TARGETS];
+  redirect_to to_a_itself;
   buf chunked_reply;
   char big[BIG_SIZE];
   curlloop *loop;
@@ -213,6 +248,15 @@ static void h_to_ftp(http_request *req, void *ctx) {
   http_reply_empty(req, 301);
 }
 
+static void h_redirect_to(http_request *req, void *ctx) {
+  redirect_to *r = ctx;
+  atomic_fetch_add(&r->f->a.hits, 1);
+  char loc[160] = "/img.png";
+  if (r->target) target_url(r->target, r->f->b.port, loc, sizeof loc);
+  http_reply_header(req, "Location", loc);
+  http_reply_empty(req, 302);
+}
+
 static bool start_peer(peer *p, http_router *r) {
   http_server_config cfg = {.listen_host = "127.0.0.1",
                             .listen_port = 0,
@@ -254,6 +298,14 @@ static int group_setup(void **state) {
       !http_router_add(f->router_a, "GET", "/to-ftp", h_to_ftp, &f->a) ||
       !http_router_add(f->router_b, "GET", "/img.png", h_png, &f->b))
     return -1;
+  for (size_t i = 0; i < N_PRIVATE_TARGETS; i++) {
+    char path[32];
+    snprintf(path, sizeof path, "/to-private-%zu", i);
+    f->to_private[i] = (redirect_to){f, &private_targets[i]};
+    if (!http_router_add(f->router_a, "GET", path, h_redirect_to, &f->to_private[i])) return -1;
+  }
+  f->to_a_itself = (redirect_to){f, NULL};
+  if (!http_router_add(f->router_a, "GET", "/to-a", h_redirect_to, &f->to_a_itself)) return -1;
   if (!start_peer(&f->a, f->router_a) || !start_peer(&f->b, f->router_b)) return -1;
   if (!build_chunked(f)) return -1;
   if (!raw_start(&f->chunked, f->chunked_reply.data, f->chunked_reply.len)) return -1;
@@ -526,6 +578,78 @@ static void test_redirect_rechecked(void **state) {
   got_free(&g);
 }
 
+/* A redirect from a public place to a private one, judged by the real
+ * classifier. A loopback test has no public first hop, so the hook stands in
+ * for one: it treats A's exact address and port (127.0.0.1:A) as public and
+ * leaves every other address to fetch_address_is_private, the production
+ * policy. Every private target is refused in the socket callback, before a
+ * socket exists (B, the loopback target, sees no request). */
+typedef struct public_peer {
+  int port;
+  atomic_int asked;
+} public_peer;
+
+static bool only_a_is_public(const struct sockaddr *sa, void *ctx) {
+  public_peer *pp = ctx;
+  atomic_fetch_add(&pp->asked, 1);
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+    if (ntohl(in->sin_addr.s_addr) == INADDR_LOOPBACK && ntohs(in->sin_port) == pp->port)
+      return false;
+  }
+  return fetch_address_is_private(sa);
+}
+
+static void test_redirect_to_private_refused(void **state) {
+  fixture *f = *state;
+  public_peer pp = {.port = f->a.port};
+  atomic_init(&pp.asked, 0);
+  fetch_config cfg = local_cfg();
+  cfg.allow_private = false;
+  cfg.timeout_ms = 3000; /* had a private target been contacted, not for long */
+  cfg.address_refused = only_a_is_public;
+  cfg.address_refused_ctx = &pp;
+  char url[128];
+  got g;
+
+  /* The hook lets A through, and a redirect from A to A is followed. */
+  int a_before = atomic_load(&f->a.hits);
+  url_of(url, sizeof url, f->a.port, "/to-a");
+  fetch_to_end(f->loop, &cfg, url, &g);
+  assert_int_equal(g.res.status, FETCH_OK);
+  assert_string_equal(g.res.mime, "image/png");
+  assert_int_equal(atomic_load(&f->a.hits), a_before + 2);
+  got_free(&g);
+
+  int b_before = atomic_load(&f->b.hits);
+  for (size_t i = 0; i < N_PRIVATE_TARGETS; i++) {
+    char path[32];
+    snprintf(path, sizeof path, "/to-private-%zu", i);
+    url_of(url, sizeof url, f->a.port, path);
+    a_before = atomic_load(&f->a.hits);
+    int asked_before = atomic_load(&pp.asked);
+    fetch_to_end(f->loop, &cfg, url, &g);
+    if (g.res.status != FETCH_REFUSED_ADDRESS) {
+      char target[160];
+      target_url(&private_targets[i], f->b.port, target, sizeof target);
+      fail_msg("redirect to %s: status %d (%s)", target, (int)g.res.status, g.res.message);
+    }
+    const private_target *t = &private_targets[i];
+    char expected[96];
+    snprintf(expected, sizeof expected, "refused to connect to %s: not a public address",
+             t->named ? t->named : "127.0.0.1");
+    bool named = strcmp(g.res.message, expected) == 0;
+    if (!t->named)
+      named |= strcmp(g.res.message, "refused to connect to ::1: not a public address") == 0;
+    if (!named) fail_msg("redirect %zu: message \"%s\", want \"%s\"", i, g.res.message, expected);
+    assert_null(g.res.data);
+    assert_int_equal(atomic_load(&f->a.hits), a_before + 1); /* the first hop was made */
+    assert_true(atomic_load(&pp.asked) >= asked_before + 2); /* and the second was asked */
+    got_free(&g);
+  }
+  assert_int_equal(atomic_load(&f->b.hits), b_before);
+}
+
 /* A plain transfer of the same loop leaves a kept-alive connection to B in
  * the pool, opened without any address check. A fetch redirected to B must
  * not ride on it. */
@@ -735,6 +859,7 @@ int main(void) {
       cmocka_unit_test(test_png_ok),
       cmocka_unit_test(test_private_refused),
       cmocka_unit_test(test_redirect_rechecked),
+      cmocka_unit_test(test_redirect_to_private_refused),
       cmocka_unit_test(test_pooled_connection_not_reused),
       cmocka_unit_test(test_scheme_refused_before_connecting),
       cmocka_unit_test(test_redirect_to_ftp_refused),
