@@ -240,6 +240,15 @@ class GeminiAdapterTest(AdapterCase):
                 self.assertImage(t, fmt, final)
                 self.requests(p, 1)
                 self.assertAttempts(t, [ok(G3PRO)])
+        with self.subTest("drafts only"):
+            # Only thought drafts: no result (retried), never a draft taken as the image.
+            p = self.prompt("drafts")
+            self.gemini([{"kind": "thought_then_image", "final_image": False},
+                         {"kind": "thought_then_image"}])
+            t = self.run_task(p, model="nano-banana-pro")
+            self.assertImage(t, "png", u.fake_image("png", p))
+            self.requests(p, 2)
+            self.assertAttempts(t, [("g", G3PRO, 200, "no_image", "no_image"), ok(G3PRO)])
 
     # -- refusals: moderated, never retried
 
