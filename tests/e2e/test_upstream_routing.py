@@ -157,7 +157,9 @@ class RoutingTest(h.ServerTestCase):
         uid = srv.create(key, prompt=p1)
         (r429,) = h.wait_for(lambda: [r for r in fa.requests() if r["status"] == 429],
                              what="the 429 on route a")
-        ra = u.route_health(srv, MODEL, "a")
+        # The fake has sent the 429; imgate takes note of it a moment later.
+        ra = h.wait_for(lambda: (lambda r: r if r["errors"].get("rate_limited") else None)(
+            u.route_health(srv, MODEL, "a")), what="route a to record the 429")
         self.assertGreater(ra["cooldown_ms"], 0, ra)
         self.assertLessEqual(ra["cooldown_ms"], delay * 1000, ra)
         self.assertEqual(ra["errors"].get("rate_limited"), 1, ra)
@@ -290,6 +292,25 @@ class RoutingTest(h.ServerTestCase):
         # It gives up when the next retry would land past the deadline, not before.
         self.assertGreaterEqual(run, (deadline_ms - backoff_ms) / 1000 - 0.05, t)
         self.assertLess(run, deadline_ms / 1000 + 1.5, t)
+
+    def test_open_breaker_past_the_deadline_fails_without_calling(self):
+        fa = self.fake()
+        fa.script(ALWAYS_503, api="gemini", then="repeat_last")
+        srv, key = self.server(
+            [u.gemini_provider("a", fa.gemini_base_url)], {MODEL: [u.route("a")]},
+            retry={"max_attempts": 3, "deadline_ms": 5000},
+            breaker={"failures": 1, "open_ms": 60000})
+        (t,) = self.run_tasks(srv, key, 1, "opens the breaker")
+        # The first 503 opens the breaker for longer than the task may wait.
+        self.assertEqual(t["status"], "failed", t)
+        self.assertEqual(t["error"]["code"], "no_provider_available", t)
+        self.assertEqual(self.attempts(t), [("a", 503, "server")], t)
+        (t,) = self.run_tasks(srv, key, 1, "finds it open")
+        self.assertEqual(t["status"], "failed", t)
+        self.assertEqual(t["error"]["code"], "no_provider_available", t)
+        self.assertEqual(t["upstream_attempts"], [], t)
+        self.assertEqual(fa.stats()["total"], 1)
+        self.assertEqual(u.route_health(srv, MODEL, "a")["state"], "open")
 
     def test_deadline_cuts_a_hanging_attempt(self):
         deadline_ms = 1500
