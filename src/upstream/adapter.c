@@ -393,7 +393,9 @@ void adapter_instance_free(adapter_instance *ai) {
 CURL *adapter_easy_new(const adapter_instance *ai, const char *url, long timeout_ms) {
   CURL *easy = curl_easy_init();
   if (!easy) return NULL;
-  long budget = timeout_ms > 0 ? timeout_ms : ai->timeout_ms;
+  /* The caller's budget (what is left of the task's deadline) narrows the
+   * instance's own timeout; it never lengthens it. */
+  long budget = timeout_ms > 0 && timeout_ms < ai->timeout_ms ? timeout_ms : ai->timeout_ms;
   bool ok = curl_easy_setopt(easy, CURLOPT_URL, url) == CURLE_OK &&
             curl_easy_setopt(easy, CURLOPT_POST, 1L) == CURLE_OK &&
             curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&

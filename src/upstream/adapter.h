@@ -126,7 +126,8 @@ bool adapter_instance_init(adapter_instance *ai, provider *base,
 void adapter_instance_free(adapter_instance *ai);
 
 /* A POST easy handle for url with the instance's timeouts (timeout_ms > 0
- * overrides the instance's whole-call budget), no redirects, http(s) only.
+ * shortens the instance's whole-call budget, never lengthens it: the call
+ * ends at the earlier of the two), no redirects, http(s) only.
  * NULL when curl cannot make one. */
 CURL *adapter_easy_new(const adapter_instance *ai, const char *url, long timeout_ms);
 

@@ -359,6 +359,15 @@ class GeminiTests(FakeTestCase):
                 self.assertNotEqual(png_info(draft)[2], png_info(final)[2])
             self.assertEqual(out["candidates"][0]["finishReason"], "STOP")
 
+    def test_thought_drafts_without_final_image(self):
+        self.fake.script([{"kind": "thought_then_image", "thoughts": 2, "final_image": False}])
+        out = gemini(self.fake).json()
+        parts = out["candidates"][0]["content"]["parts"]
+        images = [p for p in parts if "inlineData" in p]
+        self.assertEqual(len(images), 2)
+        self.assertTrue(all(p.get("thought") for p in images))
+        self.assertEqual(parts[-1], {"text": "Here is the image you asked for."})
+
     def test_text_only(self):
         self.fake.script([{"kind": "text_only", "text": "I won't draw that."}])
         out = gemini(self.fake).json()

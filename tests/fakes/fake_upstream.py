@@ -70,6 +70,8 @@ STEP fields, all optional:
                  each side capped at 8192).
   thoughts       thought_then_image: how many thought:true draft images (0..4, default 2; the
                  real 3 Pro makes up to two).
+  final_image    thought_then_image on Gemini: false leaves the final image out, so the answer
+                 holds only thought drafts (a client must not take one as the result).
   format         png | jpeg | webp: the format of the returned image (OpenAI default: the
                  request's output_format; Gemini default png).
 Kinds on the OpenAI API, which has no thoughts or finish reasons: thought_then_image answers like
@@ -554,7 +556,7 @@ STEP_FIELDS = {
     "retry_delay": (str, int, float),
     "details": list, "code": (str, type(None)), "type": str, "param": (str, type(None)),
     "in_stream": bool, "headers": dict, "snake_case": (bool, str), "width": int, "height": int,
-    "real_size": bool, "thoughts": int, "format": str,
+    "real_size": bool, "thoughts": int, "final_image": bool, "format": str,
 }
 
 
@@ -1272,6 +1274,8 @@ class Fake:
         text = step.get("text", "Here is the image you asked for.")
         if text is not None:
             parts.append({"text": text})
+        if not step.get("final_image", True):
+            return parts
         part = self.gemini_image_part(step, rec, call, call.prompt)
         part["thoughtSignature"] = base64.b64encode(
             hashlib.sha256(call.prompt.encode()).digest()).decode()
