@@ -401,6 +401,13 @@ static void handle_outcome(engine *e, job *j) {
                o->error_message, &a);
     return;
   }
+  /* A refused key or an exhausted account stays so on the same route: retry
+   * only where another provider, with its own key, can take the task. */
+  bool same_route_futile =
+      o->error_class == PROVIDER_ERR_AUTH || o->error_class == PROVIDER_ERR_CREDIT;
+  if (o->retryable && same_route_futile &&
+      !router_has_untried(e->rt, j->t->model, j->tried, j->n_tried))
+    o->retryable = false;
   if (o->retryable && j->n_attempts < e->cfg.max_attempts) {
     int64_t delay = backoff_ms(e, j->n_attempts);
     if (o->retry_after_ms > delay) delay = o->retry_after_ms;

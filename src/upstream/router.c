@@ -131,6 +131,19 @@ bool router_serves(router *r, const char *model) {
   return found;
 }
 
+bool router_has_untried(router *r, const char *model, router_route *const *tried, size_t n_tried) {
+  pthread_mutex_lock(&r->lock);
+  bool found = false;
+  for (int i = 0; i < r->n_routes && !found; i++) {
+    if (strcmp(r->routes[i]->model, model) != 0) continue;
+    bool seen = false;
+    for (size_t k = 0; k < n_tried && !seen; k++) seen = tried[k] == r->routes[i];
+    found = !seen;
+  }
+  pthread_mutex_unlock(&r->lock);
+  return found;
+}
+
 static double success_rate(const router_route *rt) {
   if (rt->history_len == 0) return 1.0;
   uint32_t mask = rt->history_len >= 32 ? 0xffffffffu : ((1u << rt->history_len) - 1);

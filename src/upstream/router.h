@@ -56,6 +56,8 @@ int router_add_route(router *r, const char *model, const char *provider_name,
 bool router_has_provider(router *r, const char *name);
 /* True when at least one route serves model. */
 bool router_serves(router *r, const char *model);
+/* True when a route serves model that is not among tried. */
+bool router_has_untried(router *r, const char *model, router_route *const *tried, size_t n_tried);
 
 /* Picks a route for one attempt and counts it in flight. avoid lists routes
  * this task already tried (preferred against, not forbidden). Returns NULL

@@ -324,12 +324,9 @@ class GeminiAdapterTest(AdapterCase):
                 self.gemini([step], then="repeat_last")
                 t = self.run_task(p)
                 self.assertFailed(t, "failed", "upstream_auth")
-                # One route only: imgate may try it again, but never more than max_attempts,
-                # and every attempt is an auth failure.
-                log = t["upstream_attempts"]
-                self.assertTrue(1 <= len(log) <= MAX_ATTEMPTS, t)
-                self.requests(p, len(log))
-                self.assertAttempts(t, [("g", G25, status, "auth", "upstream_auth")] * len(log))
+                # One route only: the same key would be refused again, so no retry.
+                self.requests(p, 1)
+                self.assertAttempts(t, [("g", G25, status, "auth", "upstream_auth")])
 
     def test_429_retry_info_delay_honoured(self):
         p = self.prompt()
@@ -572,10 +569,8 @@ class OpenAIAdapterTest(AdapterCase):
                       "message": "Incorrect API key provided."}], then="repeat_last")
         t = self.run_task(p, model="gpt-image-1")
         self.assertFailed(t, "failed", "upstream_auth")
-        log = t["upstream_attempts"]
-        self.assertTrue(1 <= len(log) <= MAX_ATTEMPTS, t)
-        self.requests(p, len(log))
-        self.assertAttempts(t, [("o", GPT, 401, "auth", "upstream_auth")] * len(log))
+        self.requests(p, 1)  # one route: the same key would be refused again
+        self.assertAttempts(t, [("o", GPT, 401, "auth", "upstream_auth")])
 
 
 if __name__ == "__main__":

@@ -98,7 +98,10 @@ class AdminEndpointsTest(h.ServerTestCase):
             {"name": "h", "kind": "gemini", "in_flight": 0, "max_concurrency": 0}])
         self.assertEqual([(r["model"], r["provider"], r["upstream_model"], r["weight"])
                           for r in doc["routes"]],
-                         [("nano-banana", "g", G25, 3), ("nano-banana-pro", "h", G3PRO, 1)])
+                         [("nano-banana", "g", G25, 3), ("nano-banana-pro", "h", G3PRO, 1),
+                          # a model no route names goes to every provider of its kind
+                          ("nano-banana-2", "g", "gemini-3.1-flash-image-preview", 1),
+                          ("nano-banana-2", "h", "gemini-3.1-flash-image-preview", 1)])
         for r in doc["routes"]:
             self.assertEqual((r["state"], r["attempts"], r["successes"], r["errors"],
                               r["in_flight"], r["breaker_opened"], r["success_rate"]),

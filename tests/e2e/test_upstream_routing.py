@@ -61,6 +61,35 @@ class RoutingTest(h.ServerTestCase):
         self.assertEqual(t["provider"], provider, t)
         self.assertEqual(self.attempts(t)[-1], (provider, 200, "none"), t)
 
+    # -- keys refused, routes by default -------------------------------------------
+
+    def test_refused_key_fails_over_to_the_other_provider(self):
+        fa, fb = self.fake(), self.fake()
+        fa.script([{"kind": "error", "status": 401}], api="gemini", then="repeat_last")
+        srv, key = self.server(
+            [u.gemini_provider("a", fa.gemini_base_url), u.gemini_provider("b", fb.gemini_base_url)],
+            {MODEL: [u.route("a", weight=MAX_WEIGHT), u.route("b")]},
+            retry={"max_attempts": 3})
+        t = self.run_tasks(srv, key, 1, "auth")[0]
+        self.assertSucceededOn(t, "b")
+        # a's key is not retried on a; the retry goes where another key can serve it.
+        self.assertEqual(self.attempts(t), [("a", 401, "auth"), ("b", 200, "none")], t)
+        self.assertEqual(len(fa.requests(api="gemini")), 1)
+
+    def test_declared_provider_serves_its_kind_without_routes(self):
+        f = self.fake()
+        srv, key = self.server([u.gemini_provider("g", f.gemini_base_url)], {})
+        for model, upstream in (("nano-banana", G25),
+                                ("nano-banana-2", "gemini-3.1-flash-image-preview")):
+            with self.subTest(model=model):
+                t = self.run_tasks(srv, key, 1, "default-route", model=model)[0]
+                self.assertSucceededOn(t, "g")
+                self.assertEqual(t["upstream_attempts"][-1]["upstream_model"], upstream, t)
+        r = srv.request("POST", "/api/banana/create-async",
+                        json_body={"prompt": "x", "model": "gpt-image-1"}, key=key)
+        self.assertEqual(r.status, 400, r.body)
+        self.assertEqual(r.json()["error"]["code"], "model_unavailable", r.body)
+
     # -- breaker: a provider answering 503 to everything ------------------------------
 
     def test_failing_provider_loses_traffic_then_wins_it_back(self):
