@@ -32,6 +32,11 @@ void api_reply_error(http_request *req, int status, const char *slug, const char
                      const char *param);
 void api_server_error_hook(http_request *req, int status, const char *slug, const char *message);
 
+/* A JSON string for text that came from elsewhere (an upstream's message, a
+ * stored task): bytes that are not well-formed UTF-8 become '?', so one bad
+ * message cannot make a whole reply fail. NULL only when memory runs out. */
+json_t *api_json_text(const char *s);
+
 /* Base of public URLs for this request: the configured public_url, else
  * http://<Host header>. Written into out without a trailing slash. */
 void api_base_url(http_request *req, const core *c, char *out, size_t out_size);

@@ -2,14 +2,58 @@
 #include "api/api.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "util/log.h"
+#include "util/utf8.h"
+
+/* A slug safe to paste into JSON as is: lower-case letters, digits, '_'. */
+static bool plain_slug(const char *slug) {
+  if (!slug || !*slug || strlen(slug) > 47) return false;
+  for (const char *p = slug; *p; p++)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_')) return false;
+  return true;
+}
+
+/* When the JSON cannot be built (text that is not UTF-8, no memory), the
+ * client still gets the status and, when it is plain, the slug: an empty
+ * body would tell it nothing. Built without jansson, so it cannot fail. */
+static void reply_error_fallback(http_request *req, int status, const char *slug) {
+  char body[160];
+  int n = snprintf(body, sizeof body,
+                   "{\"error\":{\"code\":\"%s\",\"message\":\"the error could not be "
+                   "described\",\"param\":null}}",
+                   plain_slug(slug) ? slug : "internal_error");
+  http_reply_bytes(req, status, "application/json", body, (size_t)n);
+}
 
 void api_reply_error(http_request *req, int status, const char *slug, const char *message,
                      const char *param) {
   json_t *err = json_pack("{s:s, s:s, s:o}", "code", slug, "message", message, "param",
                           param && *param ? json_string(param) : json_null());
-  snprintf(req->log_error, sizeof req->log_error, "%s", slug);
-  http_reply_json(req, status, json_pack("{s:o}", "error", err));
+  json_t *doc = err ? json_pack("{s:o}", "error", err) : NULL;
+  snprintf(req->log_error, sizeof req->log_error, "%s", slug ? slug : "");
+  char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+  json_decref(doc);
+  if (!text) {
+    LOG_ERROR("api_error_reply_not_encodable", "req=%s status=%d", req->request_id, status);
+    reply_error_fallback(req, status, slug);
+    return;
+  }
+  http_reply_bytes(req, status, "application/json", text, strlen(text));
+  free(text);
+}
+
+json_t *api_json_text(const char *s) {
+  json_t *j = json_string(s);
+  if (j || !s) return j;
+  char *copy = strdup(s);
+  if (!copy) return NULL;
+  utf8_sanitize(copy);
+  j = json_string(copy);
+  free(copy);
+  return j;
 }
 
 void api_server_error_hook(http_request *req, int status, const char *slug, const char *message) {

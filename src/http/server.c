@@ -164,8 +164,12 @@ void http_reply_json(http_request *req, int status, json_t *body) {
   char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
   json_decref(body);
   if (!text) {
+    /* Usually a json_pack that failed on text that is not UTF-8. A client
+     * reading JSON gets JSON even then, never an empty 500. */
+    static const char fallback[] = "{\"error\":{\"code\":\"internal_error\",\"message\":"
+                                   "\"the response could not be encoded\",\"param\":null}}";
     LOG_ERROR("http_reply_cannot_serialise_json", "req=%s", req->request_id);
-    reply_reset(req, 500, NULL);
+    http_reply_bytes(req, 500, "application/json", fallback, sizeof fallback - 1);
     return;
   }
   reply_reset(req, status, "application/json");
