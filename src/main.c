@@ -421,12 +421,21 @@ static int bootstrap_demo(store *st, char key[ACCOUNTS_KEY_LEN + 1]) {
 /* Every upstream call in flight holds a socket: lift the soft descriptor
  * limit to the hard one (the usual soft default, 1024, would cap a gateway
  * at about a thousand concurrent calls). */
-static void raise_fd_limit(void) {
+static void raise_fd_limit(const imgate_config *cfg) {
   struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  if (rl.rlim_cur < rl.rlim_max) {
     rl.rlim_cur = rl.rlim_max;
     if (setrlimit(RLIMIT_NOFILE, &rl) != 0) LOG_WARN("fd_limit_unchanged", NULL);
+    getrlimit(RLIMIT_NOFILE, &rl);
   }
+  /* Client connections are not the only descriptors: upstream calls, the
+   * database and image files need theirs. Running out shows up as refused
+   * accepts and failed upstream calls, far from the cause: say it now. */
+  rlim_t want = (rlim_t)cfg->max_connections + (rlim_t)cfg->engine_max_in_flight + 256;
+  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+    LOG_WARN("fd_limit_below_max_connections", "nofile=%llu max_connections=%d wanted=%llu",
+             (unsigned long long)rl.rlim_cur, cfg->max_connections, (unsigned long long)want);
 }
 
 static int run_serve(int argc, char **argv) {
@@ -445,7 +454,7 @@ static int run_serve(int argc, char **argv) {
   imgate_config cfg;
   if (load_config(&o, &cfg) < 0) return 1;
   log_set_level((log_level)log_level_parse(cfg.log_level));
-  raise_fd_limit();
+  raise_fd_limit(&cfg);
 
   /* Signals are taken by sigwait() below; every thread created after this
    * inherits the mask, so none of them is interrupted by SIGTERM. */
@@ -534,6 +543,9 @@ static int run_serve(int argc, char **argv) {
                            .threads = threads,
                            .max_body_bytes = cfg.max_body_bytes,
                            .connection_timeout_s = (unsigned)cfg.connection_timeout_s,
+                           .max_connections = (unsigned)cfg.max_connections,
+                           .max_connections_per_ip = (unsigned)cfg.max_connections_per_ip,
+                           .max_buffered_body_bytes = cfg.max_buffered_body_bytes,
                            .on_error = api_server_error_hook};
   srv = http_server_start(&hc, routes, err, sizeof err);
   if (!srv) {

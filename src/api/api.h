@@ -46,7 +46,15 @@ void api_base_url(http_request *req, const core *c, char *out, size_t out_size);
 json_t *api_parse_json_object(http_request *req);
 
 /* Authenticates the request's bearer key; on failure replies in the default
- * error shape and returns -1. Records the account for the access log. */
+ * error shape and returns -1. Records the account for the access log. When
+ * the route's guard (api_guard_key) has already done it, its account is
+ * used without a second lookup. */
 int api_authenticate(http_request *req, core *c, store_account *out);
+
+/* Route guard for routes that need an account key (ctx: the core): the key
+ * is checked when the headers are in, so a client without a valid key gets
+ * 401 before any of its body is read. Register such routes with
+ * http_router_add_guarded(r, method, pattern, api_guard_key, handler, core). */
+bool api_guard_key(http_request *req, void *ctx);
 
 #endif

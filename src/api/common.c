@@ -105,6 +105,10 @@ json_t *api_parse_json_object(http_request *req) {
 }
 
 int api_authenticate(http_request *req, core *c, store_account *out) {
+  if (req->guard_data) {
+    *out = *(const store_account *)req->guard_data;
+    return 0;
+  }
   imgate_error err = {0};
   if (core_authenticate(c, http_header_get(req, "Authorization"), out, &err) < 0) {
     if (err.code == ERR_UNAUTHORIZED) http_reply_header(req, "WWW-Authenticate", "Bearer");
@@ -113,4 +117,16 @@ int api_authenticate(http_request *req, core *c, store_account *out) {
   }
   snprintf(req->log_account, sizeof req->log_account, "%lld", (long long)out->id);
   return 0;
+}
+
+bool api_guard_key(http_request *req, void *ctx) {
+  store_account acct;
+  if (api_authenticate(req, ctx, &acct) < 0) return false;
+  store_account *kept = malloc(sizeof *kept);
+  /* Without memory to keep it, the handler simply authenticates again. */
+  if (kept) {
+    *kept = acct;
+    req->guard_data = kept;
+  }
+  return true;
 }

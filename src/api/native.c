@@ -160,6 +160,6 @@ static void handle_get(http_request *req, void *ctx) {
 }
 
 void api_native_register(http_router *r, core *c) {
-  http_router_add(r, "POST", "/api/banana/create-async", handle_create, c);
-  http_router_add(r, "GET", "/api/banana/{uid}", handle_get, c);
+  http_router_add_guarded(r, "POST", "/api/banana/create-async", api_guard_key, handle_create, c);
+  http_router_add_guarded(r, "GET", "/api/banana/{uid}", api_guard_key, handle_get, c);
 }

@@ -32,6 +32,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +53,8 @@ struct http_server {
   struct MHD_Daemon *daemon;
   http_router *router;
   size_t max_body_bytes;
+  size_t max_buffered_body_bytes; /* SIZE_MAX when there is no budget */
+  atomic_size_t buffered;         /* request-body bytes held by all requests */
   http_error_fn on_error;
   int port;
   /* While starting, libmicrohttpd's complaints are also kept for the caller's
@@ -74,8 +77,12 @@ typedef struct http_conn {
   http_server *server;
   struct MHD_Connection *mhd;
   buf body;
+  size_t budget; /* bytes of the server's body budget this request holds */
   http_handler_fn fn;
+  http_guard_fn guard;
   void *fn_ctx;
+  /* The guard refused and set the reply: any body is drained, then it goes. */
+  bool reply_ready;
   /* An error decided before the handler ran (status 0: none). Once set, any
    * further body is read and dropped (drained) until it can be sent. */
   int pending_status;
@@ -323,6 +330,27 @@ static http_conn *conn_new(http_server *s, struct MHD_Connection *mhd, const cha
   return c;
 }
 
+/* Takes n bytes of the server-wide body budget for c; false when they are
+ * not there. Lock-free: every upload chunk passes here. */
+static bool budget_take(http_conn *c, size_t n) {
+  http_server *s = c->server;
+  size_t cur = atomic_load(&s->buffered);
+  do {
+    if (cur > s->max_buffered_body_bytes || n > s->max_buffered_body_bytes - cur) return false;
+  } while (!atomic_compare_exchange_weak(&s->buffered, &cur, cur + n));
+  c->budget += n;
+  return true;
+}
+
+/* Frees the body and gives its budget back. */
+static void body_release(http_conn *c) {
+  buf_free(&c->body);
+  c->req.body = "";
+  c->req.body_len = 0;
+  if (c->budget) atomic_fetch_sub(&c->server->buffered, c->budget);
+  c->budget = 0;
+}
+
 static void conn_free(http_conn *c) {
   http_request *req = &c->req;
   for (int i = 0; i < req->n_params; i++) free(req->params[i].value);
@@ -337,7 +365,8 @@ static void conn_free(http_conn *c) {
     free(c->queries);
     c->queries = next;
   }
-  buf_free(&c->body);
+  body_release(c);
+  free(req->guard_data);
   free(c);
 }
 
@@ -433,17 +462,50 @@ static void set_pending(http_conn *c, int status, const char *slug, const char *
   c->pending_message = message;
 }
 
-/* Routes on the headers alone. An error found here is answered at once when
- * a body is on its way (libmicrohttpd then closes rather than read it), and at
- * the end otherwise, because 0.9.75 also closes after any early answer and a
- * body-less 404 should not cost the client its connection. */
+/* How long a client refused for want of body budget is asked to wait: bodies
+ * are held only while they arrive and their handler runs. */
+static const char *const BUSY_RETRY_AFTER_S = "2";
+
+static void set_busy(http_conn *c) {
+  http_reply_header(&c->req, "Retry-After", BUSY_RETRY_AFTER_S);
+  set_pending(c, 503, "server_busy", "the server holds too many request bodies; retry shortly");
+}
+
+/* Runs the route's guard; false when it refused (its reply is then ready). */
+static bool guard_passes(http_conn *c) {
+  if (c->guard(&c->req, c->fn_ctx)) return true;
+  if (c->req.status == 0) {
+    LOG_ERROR("http_guard_set_no_reply", "req=%s method=%s", c->req.request_id, c->req.method);
+    set_pending(c, 500, "internal_error", "the request guard produced no response");
+  } else {
+    c->reply_ready = true;
+  }
+  return false;
+}
+
+/* A body of known length takes its whole share of the budget up front, and
+ * its buffer is sized once: no doubling reallocations, and memory use is
+ * what the budget counts. A failed pre-allocation is left to on_body. */
+static bool reserve_declared(http_conn *c, long long declared) {
+  if (!budget_take(c, (size_t)declared)) return false;
+  buf_reserve(&c->body, (size_t)declared);
+  return true;
+}
+
+/* Routes on the headers alone, then runs the route's guard (authentication)
+ * and takes the body's share of the budget. An error found here is answered
+ * at once when a body is on its way (libmicrohttpd then closes rather than
+ * read it), and at the end otherwise, because 0.9.75 also closes after any
+ * early answer and a body-less 404 should not cost the client its
+ * connection. Checks without a database lookup come first. */
 static enum MHD_Result on_headers(http_conn *c) {
   http_request *req = &c->req;
   char allow[128];
   http_route_result r =
-      http_router_match(c->server->router, req->method, req->path, &c->fn, &c->fn_ctx, req->params,
-                        &req->n_params, allow, sizeof allow);
+      http_router_match(c->server->router, req->method, req->path, &c->fn, &c->guard, &c->fn_ctx,
+                        req->params, &req->n_params, allow, sizeof allow);
   long long declared = content_length(c);
+  bool body = has_body(c, declared);
   if (r == HTTP_ROUTE_NOT_FOUND) {
     set_pending(c, 404, "not_found", "no such path");
   } else if (r == HTTP_ROUTE_BAD_METHOD) {
@@ -451,8 +513,12 @@ static enum MHD_Result on_headers(http_conn *c) {
     set_pending(c, 405, "method_not_allowed", "method not allowed for this path");
   } else if (declared >= 0 && (unsigned long long)declared > c->server->max_body_bytes) {
     set_pending(c, 413, "payload_too_large", "request body is too large");
+  } else if (c->guard && !guard_passes(c)) {
+    if (c->reply_ready) return body ? conn_send(c) : MHD_YES;
+  } else if (declared > 0 && !reserve_declared(c, declared)) {
+    set_busy(c);
   }
-  if (c->pending_status && has_body(c, declared))
+  if (c->pending_status && body)
     return conn_send_error(c, c->pending_status, c->pending_slug, c->pending_message);
   return MHD_YES;
 }
@@ -460,11 +526,12 @@ static enum MHD_Result on_headers(http_conn *c) {
 static enum MHD_Result on_body(http_conn *c, const char *data, size_t *size) {
   size_t n = *size;
   *size = 0;
-  if (c->pending_status) {
+  if (c->pending_status || c->reply_ready) {
     /* 0.9.75 cannot answer mid-body: read on and drop, but not forever. */
     c->drained += n;
     if (c->drained > c->server->max_body_bytes) {
-      snprintf(c->req.log_error, sizeof c->req.log_error, "%s", c->pending_slug);
+      if (c->pending_slug)
+        snprintf(c->req.log_error, sizeof c->req.log_error, "%s", c->pending_slug);
       LOG_WARN("http_body_over_the_limit_closing_connection", "req=%s drained=%zu",
                c->req.request_id, c->drained);
       return MHD_NO;
@@ -474,20 +541,28 @@ static enum MHD_Result on_body(http_conn *c, const char *data, size_t *size) {
   if (n > c->server->max_body_bytes - c->body.len) {
     set_pending(c, 413, "payload_too_large", "request body is too large");
     c->drained = n;
-    buf_free(&c->body);
+    body_release(c);
+    return MHD_YES;
+  }
+  /* A chunked body takes budget as it comes; a declared one took it all. */
+  if (c->body.len + n > c->budget && !budget_take(c, c->body.len + n - c->budget)) {
+    set_busy(c);
+    c->drained = n;
+    body_release(c);
     return MHD_YES;
   }
   if (!buf_append(&c->body, data, n)) {
     LOG_ERROR("http_body_out_of_memory", "req=%s len=%zu", c->req.request_id, c->body.len + n);
     set_pending(c, 500, "internal_error", "out of memory");
     c->drained = n;
-    buf_free(&c->body);
+    body_release(c);
   }
   return MHD_YES;
 }
 
 static enum MHD_Result on_complete(http_conn *c) {
   http_request *req = &c->req;
+  if (c->reply_ready) return conn_send(c);
   if (c->pending_status)
     return conn_send_error(c, c->pending_status, c->pending_slug, c->pending_message);
   if (c->body.data) {
@@ -495,6 +570,9 @@ static enum MHD_Result on_complete(http_conn *c) {
     req->body_len = c->body.len;
   }
   c->fn(req, c->fn_ctx);
+  /* The handler is done with the body: its budget goes back now rather than
+   * when the response has gone out to a possibly slow client. */
+  body_release(c);
   if (req->status == 0) {
     LOG_ERROR("http_handler_set_no_reply", "req=%s method=%s", req->request_id, req->method);
     return conn_send_error(c, 500, "internal_error", "the handler produced no response");
@@ -646,7 +724,7 @@ static unsigned daemon_flags(const struct sockaddr_storage *ss) {
  * only used in libmicrohttpd's messages: SOCK_ADDR carries the real one. */
 static struct MHD_Daemon *daemon_start(http_server *s, const http_server_config *cfg,
                                        struct sockaddr_storage *ss, unsigned threads) {
-  struct MHD_OptionItem opts[8];
+  struct MHD_OptionItem opts[12];
   int n = 0;
   opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ss};
   opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
@@ -657,6 +735,12 @@ static struct MHD_Daemon *daemon_start(http_server *s, const http_server_config 
       (struct MHD_OptionItem){MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)unescape_identity, NULL};
   if (threads > 1)
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)threads, NULL};
+  if (cfg->max_connections > 0)
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT,
+                                        (intptr_t)cfg->max_connections, NULL};
+  if (cfg->max_connections_per_ip > 0)
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                                        (intptr_t)cfg->max_connections_per_ip, NULL};
   opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
   return MHD_start_daemon(daemon_flags(ss), (uint16_t)cfg->listen_port, NULL, NULL, access_cb, s,
                           MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s, MHD_OPTION_ARRAY, opts,
@@ -691,6 +775,8 @@ http_server *http_server_start(const http_server_config *cfg, http_router *route
   pthread_mutex_init(&s->start_lock, NULL);
   s->router = router;
   s->max_body_bytes = cfg->max_body_bytes;
+  s->max_buffered_body_bytes = cfg->max_buffered_body_bytes ? cfg->max_buffered_body_bytes : SIZE_MAX;
+  atomic_init(&s->buffered, 0);
   s->on_error = cfg->on_error;
   s->capturing = true;
   sigpipe_guard();
