@@ -19,7 +19,10 @@ void config_defaults(imgate_config *c) {
   c->demo_account = true;
   c->retention_hours = 168;
   c->http_threads = 0;
-  /* 10 reference images of a few MB each, base64-inflated, fit comfortably. */
+  /* Bounds the whole request, inline images included: about 24 MiB of image
+   * data after base64's 4/3, so three images at the 7 MiB maximum but not
+   * ten. Larger sets go by URL. Raising it to carry ten (~94 MiB) would let
+   * each create hold ~250 MiB (body, parsed copy, decoded images). */
   c->max_body_bytes = 32u << 20;
   c->connection_timeout_s = 60;
   /* 10,000 clients polling at once, each on its own connection, plus room.

@@ -42,7 +42,10 @@ json_t *api_json_text(const char *s);
 void api_base_url(http_request *req, const core *c, char *out, size_t out_size);
 
 /* Parses the body as a JSON object. On failure replies 400 (invalid_json or
- * invalid_request) in the default shape and returns NULL. */
+ * invalid_request) in the default shape and returns NULL. Before parsing,
+ * a look at the raw bytes refuses (400 invalid_request) bodies nesting more
+ * than 64 levels or holding more than 100,000 values, which would make the
+ * parser allocate many times the body's size. */
 json_t *api_parse_json_object(http_request *req);
 
 /* Authenticates the request's bearer key; on failure replies in the default

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/jsonscan.h"
 #include "util/log.h"
 #include "util/utf8.h"
 
@@ -85,7 +86,28 @@ void api_base_url(http_request *req, const core *c, char *out, size_t out_size) 
   snprintf(out, out_size, "http://%s", plausible_host(host) ? host : "localhost");
 }
 
+/* What a request body may hold, checked on the raw bytes before jansson
+ * builds a node for every value (see util/jsonscan.h). Real requests have a
+ * few dozen values at depth 3; the caps only stop bodies made to exhaust
+ * memory, and they bound what jansson allocates to about 10 MB. */
+#define API_JSON_MAX_DEPTH 64
+#define API_JSON_MAX_VALUES 100000
+
 json_t *api_parse_json_object(http_request *req) {
+  switch (json_scan_limits(req->body, req->body_len, API_JSON_MAX_DEPTH, API_JSON_MAX_VALUES)) {
+  case JSON_SCAN_TOO_DEEP:
+    api_reply_error(req, 400, "invalid_request",
+                    "the JSON body nests arrays and objects more than 64 levels deep", NULL);
+    return NULL;
+  case JSON_SCAN_TOO_MANY:
+    api_reply_error(req, 400, "invalid_request",
+                    "the JSON body holds more than 100000 values (array elements and object "
+                    "members)",
+                    NULL);
+    return NULL;
+  case JSON_SCAN_OK:
+    break;
+  }
   json_error_t jerr;
   /* DECODE_ANY so that "42" or "null" are told apart from broken JSON. */
   json_t *root = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
