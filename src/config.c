@@ -32,6 +32,9 @@ void config_defaults(imgate_config *c) {
   /* Sixteen full-size bodies at once; what is held beyond that is a client
    * making the server buffer for it. */
   c->max_buffered_body_bytes = 512u << 20;
+  /* Covers a large upload on a slow link; a load balancer's own drain is
+   * usually in this range. */
+  c->http_shutdown_timeout_ms = 10000;
   c->max_prompt_chars = 32000;
   c->max_image_bytes = 7u << 20; /* Gemini's documented per-image ceiling */
   c->max_reference_images = 10;
@@ -76,6 +79,7 @@ static const key_spec keys[] = {
     {"http.max_connections", K_INT, F(max_connections), 1, 1000000},
     {"http.max_connections_per_ip", K_INT, F(max_connections_per_ip), 0, 1000000},
     {"http.max_buffered_body_bytes", K_SIZE, F(max_buffered_body_bytes), 1LL << 20, 1LL << 40},
+    {"http.shutdown_timeout_ms", K_INT, F(http_shutdown_timeout_ms), 0, 3600000},
     {"limits", K_OBJ, 0, 0, 0, 0},
     {"limits.max_prompt_chars", K_INT, F(max_prompt_chars), 1, 1000000},
     {"limits.max_image_bytes", K_SIZE, F(max_image_bytes), 1, 1LL << 30},

@@ -56,8 +56,10 @@ static const char usage_serve[] =
     "  --config FILE       JSON configuration file; env IMGATE_CONFIG\n"
     "\n"
     "Prints 'imgate listening on URL' once it accepts connections. SIGTERM or\n"
-    "SIGINT stops it gracefully: running tasks get engine.drain_timeout_ms to\n"
-    "finish, the rest are re-run at the next start. See docs/configuration.md.\n";
+    "SIGINT stops it gracefully: new connections are refused, requests in\n"
+    "progress get http.shutdown_timeout_ms to finish, running tasks get\n"
+    "engine.drain_timeout_ms; tasks not finished are re-run at the next start.\n"
+    "See docs/configuration.md.\n";
 
 static const char usage_admin[] =
     "usage: imgate admin <object> <action> [args] [--data DIR] [--config FILE]\n"
@@ -546,6 +548,7 @@ static int run_serve(int argc, char **argv) {
                            .max_connections = (unsigned)cfg.max_connections,
                            .max_connections_per_ip = (unsigned)cfg.max_connections_per_ip,
                            .max_buffered_body_bytes = cfg.max_buffered_body_bytes,
+                           .shutdown_timeout_ms = cfg.http_shutdown_timeout_ms,
                            .on_error = api_server_error_hook};
   srv = http_server_start(&hc, routes, err, sizeof err);
   if (!srv) {

@@ -62,6 +62,13 @@ struct http_server {
   pthread_mutex_t start_lock;
   bool capturing;
   char start_err[160];
+  /* Requests between their headers and their completion, so that a stop can
+   * wait for them; stopping also makes responses say Connection: close. */
+  pthread_mutex_t drain_lock;
+  pthread_cond_t drained;
+  int active;
+  atomic_bool stopping;
+  int shutdown_timeout_ms;
 };
 
 /* A decoded query value, kept until the request ends. */
@@ -400,6 +407,12 @@ static void response_add_headers(http_request *req, struct MHD_Response *resp) {
   if (MHD_add_response_header(resp, REQUEST_ID_HEADER, req->request_id) != MHD_YES)
     LOG_WARN("http_response_header_refused", "req=%s header=%s", req->request_id,
              REQUEST_ID_HEADER);
+  /* While stopping, a kept-alive connection would only bring more requests
+   * to wait for: the client is told to reconnect (to another instance). */
+  http_conn *c = (http_conn *)req;
+  if (atomic_load(&c->server->stopping) &&
+      MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close") != MHD_YES)
+    LOG_WARN("http_response_header_refused", "req=%s header=Connection", req->request_id);
 }
 
 static enum MHD_Result conn_send(http_conn *c) {
@@ -580,6 +593,14 @@ static enum MHD_Result on_complete(http_conn *c) {
   return conn_send(c);
 }
 
+/* Counts requests in progress; wakes a waiting stop when the last one ends. */
+static void active_add(http_server *s, int delta) {
+  pthread_mutex_lock(&s->drain_lock);
+  s->active += delta;
+  if (s->active == 0) pthread_cond_broadcast(&s->drained);
+  pthread_mutex_unlock(&s->drain_lock);
+}
+
 static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mhd, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls) {
@@ -592,6 +613,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mhd, const ch
       return MHD_NO;
     }
     *con_cls = c;
+    active_add(s, 1);
     return on_headers(c);
   }
   if (*upload_data_size != 0) return on_body(c, upload_data, upload_data_size);
@@ -636,7 +658,9 @@ static void completed_cb(void *cls, struct MHD_Connection *mhd, void **con_cls,
   if (slug && !c->req.log_error[0])
     snprintf(c->req.log_error, sizeof c->req.log_error, "%s", slug);
   access_log(c);
+  http_server *s = c->server;
   conn_free(c);
+  active_add(s, -1);
 }
 
 __attribute__((format(printf, 2, 0))) static void mhd_logger(void *cls, const char *fmt,
@@ -749,7 +773,21 @@ static struct MHD_Daemon *daemon_start(http_server *s, const http_server_config 
 
 static void server_free(http_server *s) {
   pthread_mutex_destroy(&s->start_lock);
+  pthread_mutex_destroy(&s->drain_lock);
+  pthread_cond_destroy(&s->drained);
   free(s);
+}
+
+/* The drain waits on CLOCK_MONOTONIC: a wall-clock step must not cut it
+ * short or stretch it. */
+static void drain_init(http_server *s) {
+  pthread_mutex_init(&s->drain_lock, NULL);
+  pthread_condattr_t attr;
+  pthread_condattr_init(&attr);
+  pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+  pthread_cond_init(&s->drained, &attr);
+  pthread_condattr_destroy(&attr);
+  atomic_init(&s->stopping, false);
 }
 
 http_server *http_server_start(const http_server_config *cfg, http_router *router, char *err,
@@ -773,6 +811,8 @@ http_server *http_server_start(const http_server_config *cfg, http_router *route
     return NULL;
   }
   pthread_mutex_init(&s->start_lock, NULL);
+  drain_init(s);
+  s->shutdown_timeout_ms = cfg->shutdown_timeout_ms > 0 ? cfg->shutdown_timeout_ms : 0;
   s->router = router;
   s->max_body_bytes = cfg->max_body_bytes;
   s->max_buffered_body_bytes = cfg->max_buffered_body_bytes ? cfg->max_buffered_body_bytes : SIZE_MAX;
@@ -803,11 +843,44 @@ http_server *http_server_start(const http_server_config *cfg, http_router *route
 
 int http_server_port(http_server *s) { return s ? s->port : 0; }
 
+/* Waits until no request is in progress, or timeout_ms has passed; returns
+ * how many are still in progress. */
+static int drain_wait(http_server *s, int timeout_ms) {
+  struct timespec deadline;
+  clock_gettime(CLOCK_MONOTONIC, &deadline);
+  deadline.tv_sec += timeout_ms / 1000;
+  deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if (deadline.tv_nsec >= 1000000000L) {
+    deadline.tv_sec++;
+    deadline.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&s->drain_lock);
+  int rc = 0;
+  while (s->active > 0 && rc != ETIMEDOUT)
+    rc = pthread_cond_timedwait(&s->drained, &s->drain_lock, &deadline);
+  int left = s->active;
+  pthread_mutex_unlock(&s->drain_lock);
+  return left;
+}
+
 void http_server_stop(http_server *s) {
   if (!s) return;
-  /* Quiesce first: new connections are refused at once while requests in
-   * flight finish. The listen socket it hands back is ours to close. */
+  /* Quiesce first: libmicrohttpd stops accepting, and shutting the listen
+   * socket down makes new connections fail at once (a load balancer moves
+   * on) instead of waiting in its queue. It is closed only after the
+   * daemon has stopped, so its descriptor number cannot be reused while a
+   * worker might still look at it. */
+  atomic_store(&s->stopping, true);
   MHD_socket lsock = MHD_quiesce_daemon(s->daemon);
+  if (lsock != MHD_INVALID_SOCKET) shutdown(lsock, SHUT_RDWR);
+  pthread_mutex_lock(&s->drain_lock);
+  int active = s->active;
+  pthread_mutex_unlock(&s->drain_lock);
+  if (active > 0) {
+    LOG_INFO("http_draining", "requests=%d timeout_ms=%d", active, s->shutdown_timeout_ms);
+    int left = drain_wait(s, s->shutdown_timeout_ms);
+    if (left > 0) LOG_WARN("http_drain_timeout", "requests_cut=%d", left);
+  }
   MHD_stop_daemon(s->daemon);
   if (lsock != MHD_INVALID_SOCKET) close(lsock);
   LOG_INFO("http_stopped", "port=%d", s->port);

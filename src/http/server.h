@@ -145,6 +145,9 @@ typedef struct http_server_config {
    * budget). A body that would go over it gets 503 server_busy with
    * Retry-After: at once when Content-Length announces it, else at its end. */
   size_t max_buffered_body_bytes;
+  /* How long http_server_stop waits for requests in progress (0: it does
+   * not wait). */
+  int shutdown_timeout_ms;
   http_error_fn on_error;
 } http_server_config;
 
@@ -155,7 +158,11 @@ http_server *http_server_start(const http_server_config *cfg, http_router *route
                                size_t err_size);
 /* The port actually bound. */
 int http_server_port(http_server *s);
-/* Stops accepting, lets requests being handled finish, closes everything. */
+/* Stops gracefully: new connections are refused at once; requests in
+ * progress (headers received, response not yet sent) get up to
+ * shutdown_timeout_ms to finish, their responses saying Connection: close;
+ * then every connection is closed and s is freed. An idle kept-alive
+ * connection is simply closed, as HTTP allows. */
 void http_server_stop(http_server *s);
 
 #endif

@@ -131,15 +131,18 @@ static void test_http_limits(void **state) {
   assert_int_equal(c.max_connections, 16384); /* 10,000 pollers and room */
   assert_int_equal(c.max_connections_per_ip, 0);
   assert_int_equal(c.max_buffered_body_bytes, 512u << 20);
+  assert_int_equal(c.http_shutdown_timeout_ms, 10000);
   assert_int_equal(load_text(&c,
                              "{\"http\":{\"max_connections\":20000,"
                              "\"max_connections_per_ip\":64,"
-                             "\"max_buffered_body_bytes\":1073741824}}",
+                             "\"max_buffered_body_bytes\":1073741824,"
+                             "\"shutdown_timeout_ms\":0}}",
                              err, sizeof err),
                    0);
   assert_int_equal(c.max_connections, 20000);
   assert_int_equal(c.max_connections_per_ip, 64);
   assert_int_equal(c.max_buffered_body_bytes, 1u << 30);
+  assert_int_equal(c.http_shutdown_timeout_ms, 0);
   assert_int_equal(config_validate(&c, err, sizeof err), 0);
 
   assert_int_equal(load_text(&c, "{\"http\":{\"max_connections\":0}}", err, sizeof err), -1);
@@ -150,6 +153,9 @@ static void test_http_limits(void **state) {
   assert_int_equal(
       load_text(&c, "{\"http\":{\"max_buffered_body_bytes\":1000}}", err, sizeof err), -1);
   assert_non_null(strstr(err, "http.max_buffered_body_bytes"));
+  assert_int_equal(
+      load_text(&c, "{\"http\":{\"shutdown_timeout_ms\":-5}}", err, sizeof err), -1);
+  assert_non_null(strstr(err, "http.shutdown_timeout_ms"));
 
   /* A budget smaller than one body at the limit could never let it in. */
   config_defaults(&c);

@@ -920,6 +920,60 @@ static void test_connection_limit_per_ip(void **state) {
   http_server_stop(srv);
 }
 
+static void *stopper(void *srv) {
+  http_server_stop(srv);
+  return NULL;
+}
+
+static const char *const SLOW_HEAD =
+    "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n";
+
+/* A stop refuses new connections at once but waits for the request in
+ * progress, which gets its whole answer. */
+static void test_stop_waits_for_requests(void **state) {
+  fixture *f = *state;
+  http_server *srv =
+      start_with(f->router, (http_server_config){.threads = 2, .shutdown_timeout_ms = 60000});
+  assert_non_null(srv);
+  int port = http_server_port(srv);
+  char head[2048];
+  int s = open_with(port, SLOW_HEAD);
+  assert_int_equal(read_head(s, head, sizeof head), 100); /* in progress now */
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, stopper, srv), 0);
+  int refused = 0; /* poll, with a deadline, for the listen socket to go */
+  for (int i = 0; i < 2000 && !refused; i++) {
+    int probe = connect_local(port);
+    refused = probe < 0;
+    if (probe >= 0) close(probe);
+    if (!refused) usleep(10000);
+  }
+  assert_true(refused);
+  assert_true(send_all(s, "0123456789", 10));
+  assert_int_equal(read_head(s, head, sizeof head), 200);
+  assert_non_null(strcasestr(head, "Connection: close"));
+  char body[16] = {0};
+  ssize_t n = recv(s, body, 10, MSG_WAITALL);
+  assert_int_equal(n, 10);
+  assert_string_equal(body, "0123456789");
+  close(s);
+  pthread_join(t, NULL);
+}
+
+/* ...but not longer than shutdown_timeout_ms. */
+static void test_stop_gives_up(void **state) {
+  fixture *f = *state;
+  http_server *srv =
+      start_with(f->router, (http_server_config){.threads = 2, .shutdown_timeout_ms = 100});
+  assert_non_null(srv);
+  char head[2048];
+  int s = open_with(http_server_port(srv), SLOW_HEAD);
+  assert_int_equal(read_head(s, head, sizeof head), 100);
+  http_server_stop(srv); /* returns: the request that never sends its body is cut */
+  assert_int_equal(read_head(s, head, sizeof head), -1);
+  close(s);
+}
+
 static void custom_error(http_request *req, int status, const char *slug, const char *message) {
   http_reply_json(req, status, json_pack("{s:s, s:i}", "custom", slug, "status", status));
 }
@@ -1060,6 +1114,8 @@ int main(void) {
       cmocka_unit_test(test_body_budget),
       cmocka_unit_test(test_connection_limit),
       cmocka_unit_test(test_connection_limit_per_ip),
+      cmocka_unit_test(test_stop_waits_for_requests),
+      cmocka_unit_test(test_stop_gives_up),
       cmocka_unit_test(test_start_errors),
       cmocka_unit_test(test_localhost_and_stop_idle),
       cmocka_unit_test(test_access_log),
