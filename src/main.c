@@ -484,7 +484,7 @@ static int run_serve(int argc, char **argv) {
   char err[256], blob_dir[1100];
   char demo_key[ACCOUNTS_KEY_LEN + 1] = "";
 
-  st = open_store(&cfg, threads + 4);
+  st = open_store(&cfg, store_sqlite_pool_size(threads));
   if (!st) goto out;
   int lock_fd = lock_data_dir(cfg.data_dir);
   if (lock_fd < 0) {

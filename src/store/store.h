@@ -100,8 +100,17 @@ struct store {
 };
 
 /* Opens (creating if needed) the SQLite database at path in WAL mode and
- * applies pending migrations. pool_size connections are shared by all threads.
- * Returns NULL with a message in err on failure. */
+ * applies pending migrations. pool_size connections (1..STORE_SQLITE_MAX_POOL)
+ * are shared by all threads. Returns NULL with a message in err on failure. */
 store *store_sqlite_open(const char *path, int pool_size, char *err, size_t err_size);
+
+/* Most connections a SQLite pool holds. More would not help: SQLite runs
+ * one writer at a time, and readers beyond this are rarely all busy. */
+#define STORE_SQLITE_MAX_POOL 64
+
+/* The pool size for a server with this many request threads: one connection
+ * each, plus a few for the engine's threads, capped at STORE_SQLITE_MAX_POOL
+ * (threads beyond it wait for a connection). */
+int store_sqlite_pool_size(int threads);
 
 #endif

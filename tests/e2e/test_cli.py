@@ -178,6 +178,16 @@ class CliTest(h.ServerTestCase):
         self.assertRegex(t["images"][0]["url"], r"^http://from-env\.example/files/")
         s.stop()
 
+    def test_many_threads_start(self):
+        # One database connection per HTTP thread plus 4 used to overflow the
+        # store's cap of 64 from 61 threads on (a 61-core machine with the
+        # default http.threads = cores): the server did not start.
+        s = self.start_server(accounts=["jill@example.com"], config={"http": {"threads": 61}})
+        key = s.keys["jill@example.com"]
+        t = s.wait_final(s.create(key, prompt="on many threads"), key)
+        self.assertEqual(t["status"], "succeeded", t)
+        s.stop()
+
     def test_sigint_is_graceful(self):
         s = self.start_server(accounts=["ike@example.com"])
         key = s.keys["ike@example.com"]
