@@ -17,6 +17,9 @@
  *   which would turn "a%2Fb" into two segments. An identity unescape callback
  *   keeps path and query raw; the router decodes path parameters and
  *   http_query_get decodes query values.
+ * - The listen socket is always bound here (http_listen), possibly long
+ *   before the server starts, and handed over with MHD_OPTION_LISTEN_SOCKET;
+ *   MHD_quiesce_daemon hands it back at the stop.
  * - MHD_USE_TURBO is left off: it skips shutdown() before close, which an
  *   early answer relies on to reach a client that is still sending.
  * - SIGPIPE: libmicrohttpd blocks it in its own threads where it can
@@ -732,25 +735,85 @@ static unsigned pool_size(int threads) {
   return n > 0 ? (unsigned)n : 1u;
 }
 
-static unsigned daemon_flags(const struct sockaddr_storage *ss) {
-  unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
-  if (ss->ss_family == AF_INET6) {
-    const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)ss;
-    /* "::" means every address, IPv4 included; a specific IPv6 address means only it. */
-    flags |= IN6_IS_ADDR_UNSPECIFIED(&a6->sin6_addr) ? MHD_USE_DUAL_STACK : MHD_USE_IPv6;
+struct http_listener {
+  int fd;
+  int port;
+  char host[128]; /* for messages */
+};
+
+/* Dual-stack for "::" (IPv4 clients too), IPv6 only for a specific address,
+ * as libmicrohttpd did when it bound the socket itself. */
+static bool set_v6only(int fd, const struct sockaddr_storage *ss) {
+  if (ss->ss_family != AF_INET6) return true;
+  const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)ss;
+  int only = IN6_IS_ADDR_UNSPECIFIED(&a6->sin6_addr) ? 0 : 1;
+  return setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &only, sizeof only) == 0;
+}
+
+static int bound_port(int fd) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) return -1;
+  if (ss.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+  return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+http_listener *http_listen(const char *host, int port, char *err, size_t err_size) {
+  char dummy[1];
+  if (!err || err_size == 0) {
+    err = dummy;
+    err_size = sizeof dummy;
   }
-  return flags;
+  err[0] = '\0';
+  if (!host || !*host || port < 0 || port > 65535) {
+    snprintf(err, err_size, "invalid listen address");
+    return NULL;
+  }
+  struct sockaddr_storage ss;
+  if (!resolve_host(host, port, &ss, err, err_size)) return NULL;
+  /* Non-blocking: libmicrohttpd's worker threads all wait on it, and only
+   * one of them gets each connection. */
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  int on = 1;
+  socklen_t len = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+  /* SO_REUSEADDR lets a restart bind while old connections sit in
+   * TIME_WAIT; on Linux it does not let two servers share a port. */
+  if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0 ||
+      !set_v6only(fd, &ss) || bind(fd, (struct sockaddr *)&ss, len) != 0 ||
+      listen(fd, SOMAXCONN) != 0) {
+    snprintf(err, err_size, "%s", strerror(errno));
+    if (fd >= 0) close(fd);
+    return NULL;
+  }
+  http_listener *l = calloc(1, sizeof *l);
+  if (!l) {
+    snprintf(err, err_size, "out of memory");
+    close(fd);
+    return NULL;
+  }
+  l->fd = fd;
+  l->port = bound_port(fd);
+  snprintf(l->host, sizeof l->host, "%s", host);
+  return l;
+}
+
+int http_listener_port(const http_listener *l) { return l ? l->port : 0; }
+
+void http_listener_close(http_listener *l) {
+  if (!l) return;
+  close(l->fd);
+  free(l);
 }
 
 /* The logger goes first so it also hears complaints about the options after
  * it; the rest go in an array because a pool of one must be left out rather
- * than passed (libmicrohttpd warns about 1 and 0 alike). The port argument is
- * only used in libmicrohttpd's messages: SOCK_ADDR carries the real one. */
-static struct MHD_Daemon *daemon_start(http_server *s, const http_server_config *cfg,
-                                       struct sockaddr_storage *ss, unsigned threads) {
+ * than passed (libmicrohttpd warns about 1 and 0 alike). The socket is
+ * always ours (http_listen): libmicrohttpd binds nothing itself. */
+static struct MHD_Daemon *daemon_start(http_server *s, const http_server_config *cfg, int fd,
+                                       unsigned threads) {
   struct MHD_OptionItem opts[12];
   int n = 0;
-  opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ss};
+  opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, fd, NULL};
   opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
                                       (intptr_t)cfg->connection_timeout_s, NULL};
   opts[n++] =
@@ -766,7 +829,8 @@ static struct MHD_Daemon *daemon_start(http_server *s, const http_server_config 
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
                                         (intptr_t)cfg->max_connections_per_ip, NULL};
   opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
-  return MHD_start_daemon(daemon_flags(ss), (uint16_t)cfg->listen_port, NULL, NULL, access_cb, s,
+  unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
+  return MHD_start_daemon(flags, (uint16_t)s->port, NULL, NULL, access_cb, s,
                           MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s, MHD_OPTION_ARRAY, opts,
                           MHD_OPTION_END);
 }
@@ -790,6 +854,19 @@ static void drain_init(http_server *s) {
   atomic_init(&s->stopping, false);
 }
 
+/* The listener the configuration hands over, or one bound now. */
+static http_listener *take_listener(const http_server_config *cfg, char *err, size_t err_size) {
+  if (cfg->listener) return cfg->listener;
+  http_listener *l = http_listen(cfg->listen_host, cfg->listen_port, err, err_size);
+  if (!l && cfg->listen_host) {
+    char reason[200];
+    snprintf(reason, sizeof reason, "%s", err);
+    snprintf(err, err_size, "cannot listen on %s port %d: %s", cfg->listen_host,
+             cfg->listen_port, reason);
+  }
+  return l;
+}
+
 http_server *http_server_start(const http_server_config *cfg, http_router *router, char *err,
                                size_t err_size) {
   char dummy[1];
@@ -798,16 +875,17 @@ http_server *http_server_start(const http_server_config *cfg, http_router *route
     err_size = sizeof dummy;
   }
   err[0] = '\0';
-  if (!cfg || !router || !cfg->listen_host || !cfg->listen_host[0] || cfg->listen_port < 0 ||
-      cfg->listen_port > 65535) {
+  if (!cfg || !router) {
     snprintf(err, err_size, "invalid HTTP server configuration");
+    if (cfg) http_listener_close(cfg->listener);
     return NULL;
   }
-  struct sockaddr_storage ss;
-  if (!resolve_host(cfg->listen_host, cfg->listen_port, &ss, err, err_size)) return NULL;
+  http_listener *l = take_listener(cfg, err, err_size);
+  if (!l) return NULL;
   http_server *s = calloc(1, sizeof *s);
   if (!s) {
     snprintf(err, err_size, "out of memory");
+    http_listener_close(l);
     return NULL;
   }
   pthread_mutex_init(&s->start_lock, NULL);
@@ -818,26 +896,29 @@ http_server *http_server_start(const http_server_config *cfg, http_router *route
   s->max_buffered_body_bytes = cfg->max_buffered_body_bytes ? cfg->max_buffered_body_bytes : SIZE_MAX;
   atomic_init(&s->buffered, 0);
   s->on_error = cfg->on_error;
+  s->port = l->port;
   s->capturing = true;
   sigpipe_guard();
   unsigned threads = pool_size(cfg->threads);
-  s->daemon = daemon_start(s, cfg, &ss, threads);
+  s->daemon = daemon_start(s, cfg, l->fd, threads);
   pthread_mutex_lock(&s->start_lock);
   s->capturing = false;
   pthread_mutex_unlock(&s->start_lock);
-  const union MHD_DaemonInfo *info =
-      s->daemon ? MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT) : NULL;
-  if (!info) {
-    snprintf(err, err_size, "cannot listen on %s port %d: %s", cfg->listen_host, cfg->listen_port,
+  if (!s->daemon) {
+    snprintf(err, err_size, "cannot serve on %s port %d: %s", l->host, l->port,
              s->start_err[0] ? s->start_err : "libmicrohttpd refused to start");
-    if (s->daemon) MHD_stop_daemon(s->daemon);
+    /* Whether a failed start closed the socket it was given is not said;
+     * closing it again could close a descriptor another thread just got.
+     * The process is about to give up anyway: at worst one descriptor leaks. */
+    free(l);
     server_free(s);
     return NULL;
   }
-  s->port = info->port;
+  /* The socket is libmicrohttpd's now; http_server_stop gets it back. */
   char qhost[128];
-  LOG_INFO("http_listening", "host=%s port=%d threads=%u",
-           log_quote(cfg->listen_host, qhost, sizeof qhost), s->port, threads);
+  LOG_INFO("http_listening", "host=%s port=%d threads=%u", log_quote(l->host, qhost, sizeof qhost),
+           s->port, threads);
+  free(l);
   return s;
 }
 

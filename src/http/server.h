@@ -127,7 +127,23 @@ http_route_result http_router_match(http_router *r, const char *method, const ch
                                     http_param *out_params, int *out_n, char *allow,
                                     size_t allow_size);
 
+/* A bound, listening socket that serves nothing yet: connections wait in the
+ * kernel's queue until a server takes it over. Lets a program claim its port,
+ * and fail fast when it is taken, before slow start-up work. */
+typedef struct http_listener http_listener;
+
+/* Binds host:port (port 0 picks a free one) and listens. "::" listens on
+ * IPv6 and IPv4. NULL with err on failure, e.g. "Address already in use". */
+http_listener *http_listen(const char *host, int port, char *err, size_t err_size);
+/* The port actually bound. */
+int http_listener_port(const http_listener *l);
+/* Closes a listener that was never handed to a server. */
+void http_listener_close(http_listener *l);
+
 typedef struct http_server_config {
+  /* A listener from http_listen, taken over by http_server_start (also when
+   * it fails); NULL: listen_host and listen_port are bound at start. */
+  http_listener *listener;
   const char *listen_host; /* "127.0.0.1", "0.0.0.0", "::" ... */
   int listen_port;         /* 0 = pick a free port (see http_server_port) */
   int threads;             /* worker threads; <= 0 means the number of cores */

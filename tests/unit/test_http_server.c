@@ -974,6 +974,48 @@ static void test_stop_gives_up(void **state) {
   close(s);
 }
 
+/* A listener claims the port before the server exists: a second claim
+ * fails, and a client that connects meanwhile waits and is then served. */
+static void test_listener_before_server(void **state) {
+  fixture *f = *state;
+  char err[256] = "";
+  http_listener *l = http_listen("127.0.0.1", 0, err, sizeof err);
+  assert_non_null(l);
+  int port = http_listener_port(l);
+  assert_true(port > 0);
+  assert_null(http_listen("127.0.0.1", port, err, sizeof err));
+  assert_non_null(strstr(err, "in use"));
+  int early = open_with(port, HELLO); /* queued by the kernel, nobody serves it yet */
+  http_server *srv = start_with(f->router, (http_server_config){.listener = l, .threads = 2});
+  assert_non_null(srv);
+  assert_int_equal(http_server_port(srv), port);
+  char head[2048];
+  assert_int_equal(read_head(early, head, sizeof head), 200);
+  close(early);
+  http_server_stop(srv);
+
+  l = http_listen("127.0.0.1", 0, err, sizeof err); /* never served: closed as is */
+  assert_non_null(l);
+  http_listener_close(l);
+  assert_null(http_listen("127.0.0.1", 70000, err, sizeof err));
+  assert_null(http_listen("no-such-host.invalid", 0, err, sizeof err));
+}
+
+/* "::" takes IPv4 clients too, as before. */
+static void test_listen_dual_stack(void **state) {
+  fixture *f = *state;
+  char err[256] = "";
+  http_listener *l = http_listen("::", 0, err, sizeof err);
+  if (!l) skip(); /* no IPv6 in this sandbox */
+  http_server *srv = start_with(f->router, (http_server_config){.listener = l, .threads = 1});
+  assert_non_null(srv);
+  response r;
+  get(http_server_port(srv), "/hello", &r); /* over 127.0.0.1 */
+  assert_int_equal(r.status, 200);
+  response_free(&r);
+  http_server_stop(srv);
+}
+
 static void custom_error(http_request *req, int status, const char *slug, const char *message) {
   http_reply_json(req, status, json_pack("{s:s, s:i}", "custom", slug, "status", status));
 }
@@ -1116,6 +1158,8 @@ int main(void) {
       cmocka_unit_test(test_connection_limit_per_ip),
       cmocka_unit_test(test_stop_waits_for_requests),
       cmocka_unit_test(test_stop_gives_up),
+      cmocka_unit_test(test_listener_before_server),
+      cmocka_unit_test(test_listen_dual_stack),
       cmocka_unit_test(test_start_errors),
       cmocka_unit_test(test_localhost_and_stop_idle),
       cmocka_unit_test(test_access_log),
