@@ -57,7 +57,7 @@ static const char usage_serve[] =
     "\n"
     "Claims the port first (exits 1 at once if it is taken), then opens the\n"
     "data folder. Prints 'imgate listening on URL' once requests are served.\n"
-    "SIGTERM or SIGINT stops it gracefully: new connections are refused,\n"
+    "SIGTERM or SIGINT stops it gracefully: new connections are turned away,\n"
     "requests in progress get http.shutdown_timeout_ms to finish, running\n"
     "tasks get engine.drain_timeout_ms; tasks not finished are re-run at the\n"
     "next start. See docs/configuration.md.\n";

@@ -19,7 +19,11 @@
  *   http_query_get decodes query values.
  * - The listen socket is always bound here (http_listen), possibly long
  *   before the server starts, and handed over with MHD_OPTION_LISTEN_SOCKET;
- *   MHD_quiesce_daemon hands it back at the stop.
+ *   libmicrohttpd closes it when it stops.
+ * - MHD_quiesce_daemon is not used: with epoll and a thread pool it races
+ *   with the workers, which remove the listen socket from their epoll sets
+ *   too, and the loser calls MHD_PANIC (abort) on ENOENT. A stopping server
+ *   refuses new connections in its accept policy instead.
  * - MHD_USE_TURBO is left off: it skips shutdown() before close, which an
  *   early answer relies on to reach a client that is still sending.
  * - SIGPIPE: libmicrohttpd blocks it in its own threads where it can
@@ -805,6 +809,13 @@ void http_listener_close(http_listener *l) {
   free(l);
 }
 
+/* libmicrohttpd's accept policy: a stopping server takes no new
+ * connections (they are closed as soon as they are accepted). */
+static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, socklen_t len) {
+  http_server *s = cls;
+  return atomic_load(&s->stopping) ? MHD_NO : MHD_YES;
+}
+
 /* The logger goes first so it also hears complaints about the options after
  * it; the rest go in an array because a pool of one must be left out rather
  * than passed (libmicrohttpd warns about 1 and 0 alike). The socket is
@@ -830,7 +841,7 @@ static struct MHD_Daemon *daemon_start(http_server *s, const http_server_config 
                                         (intptr_t)cfg->max_connections_per_ip, NULL};
   opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
   unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
-  return MHD_start_daemon(flags, (uint16_t)s->port, NULL, NULL, access_cb, s,
+  return MHD_start_daemon(flags, (uint16_t)s->port, accept_policy, s, access_cb, s,
                           MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s, MHD_OPTION_ARRAY, opts,
                           MHD_OPTION_END);
 }
@@ -946,14 +957,10 @@ static int drain_wait(http_server *s, int timeout_ms) {
 
 void http_server_stop(http_server *s) {
   if (!s) return;
-  /* Quiesce first: libmicrohttpd stops accepting, and shutting the listen
-   * socket down makes new connections fail at once (a load balancer moves
-   * on) instead of waiting in its queue. It is closed only after the
-   * daemon has stopped, so its descriptor number cannot be reused while a
-   * worker might still look at it. */
+  /* From here on the accept policy closes every new connection at once; the
+   * requests in progress get up to shutdown_timeout_ms, then every
+   * connection and the listen socket are closed. */
   atomic_store(&s->stopping, true);
-  MHD_socket lsock = MHD_quiesce_daemon(s->daemon);
-  if (lsock != MHD_INVALID_SOCKET) shutdown(lsock, SHUT_RDWR);
   pthread_mutex_lock(&s->drain_lock);
   int active = s->active;
   pthread_mutex_unlock(&s->drain_lock);
@@ -963,7 +970,6 @@ void http_server_stop(http_server *s) {
     if (left > 0) LOG_WARN("http_drain_timeout", "requests_cut=%d", left);
   }
   MHD_stop_daemon(s->daemon);
-  if (lsock != MHD_INVALID_SOCKET) close(lsock);
   LOG_INFO("http_stopped", "port=%d", s->port);
   server_free(s);
 }

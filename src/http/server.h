@@ -174,11 +174,12 @@ http_server *http_server_start(const http_server_config *cfg, http_router *route
                                size_t err_size);
 /* The port actually bound. */
 int http_server_port(http_server *s);
-/* Stops gracefully: new connections are refused at once; requests in
- * progress (headers received, response not yet sent) get up to
- * shutdown_timeout_ms to finish, their responses saying Connection: close;
- * then every connection is closed and s is freed. An idle kept-alive
- * connection is simply closed, as HTTP allows. */
+/* Stops gracefully: new connections are closed as soon as they are
+ * accepted; requests in progress (headers received, response not yet sent)
+ * get up to shutdown_timeout_ms to finish, their responses saying
+ * Connection: close; then every connection and the listen socket are closed
+ * and s is freed. An idle kept-alive connection is simply closed, as HTTP
+ * allows. */
 void http_server_stop(http_server *s);
 
 #endif
