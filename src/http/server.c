@@ -23,7 +23,7 @@
  * - MHD_quiesce_daemon is not used: with epoll and a thread pool it races
  *   with the workers, which remove the listen socket from their epoll sets
  *   too, and the loser calls MHD_PANIC (abort) on ENOENT. A stopping server
- *   refuses new connections in its accept policy instead.
+ *   turns new connections away in its accept policy instead.
  * - MHD_USE_TURBO is left off: it skips shutdown() before close, which an
  *   early answer relies on to reach a client that is still sending.
  * - SIGPIPE: libmicrohttpd blocks it in its own threads where it can
@@ -779,7 +779,8 @@ http_listener *http_listen(const char *host, int port, char *err, size_t err_siz
    * one of them gets each connection. */
   int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   int on = 1;
-  socklen_t len = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+  socklen_t len =
+      ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
   /* SO_REUSEADDR lets a restart bind while old connections sit in
    * TIME_WAIT; on Linux it does not let two servers share a port. */
   if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0 ||
@@ -904,7 +905,8 @@ http_server *http_server_start(const http_server_config *cfg, http_router *route
   s->shutdown_timeout_ms = cfg->shutdown_timeout_ms > 0 ? cfg->shutdown_timeout_ms : 0;
   s->router = router;
   s->max_body_bytes = cfg->max_body_bytes;
-  s->max_buffered_body_bytes = cfg->max_buffered_body_bytes ? cfg->max_buffered_body_bytes : SIZE_MAX;
+  s->max_buffered_body_bytes =
+      cfg->max_buffered_body_bytes ? cfg->max_buffered_body_bytes : SIZE_MAX;
   atomic_init(&s->buffered, 0);
   s->on_error = cfg->on_error;
   s->port = l->port;
