@@ -19,9 +19,22 @@ void config_defaults(imgate_config *c) {
   c->demo_account = true;
   c->retention_hours = 168;
   c->http_threads = 0;
-  /* 10 reference images of a few MB each, base64-inflated, fit comfortably. */
+  /* Bounds the whole request, inline images included: about 24 MiB of image
+   * data after base64's 4/3, so three images at the 7 MiB maximum but not
+   * ten. Larger sets go by URL. Raising it to carry ten (~94 MiB) would let
+   * each create hold ~250 MiB (body, parsed copy, decoded images). */
   c->max_body_bytes = 32u << 20;
   c->connection_timeout_s = 60;
+  /* 10,000 clients polling at once, each on its own connection, plus room.
+   * libmicrohttpd's own default is FD_SETSIZE - 4 (1020), even with epoll. */
+  c->max_connections = 16384;
+  c->max_connections_per_ip = 0; /* behind a proxy every client has its address */
+  /* Sixteen full-size bodies at once; what is held beyond that is a client
+   * making the server buffer for it. */
+  c->max_buffered_body_bytes = 512u << 20;
+  /* Covers a large upload on a slow link; a load balancer's own drain is
+   * usually in this range. */
+  c->http_shutdown_timeout_ms = 10000;
   c->max_prompt_chars = 32000;
   c->max_image_bytes = 7u << 20; /* Gemini's documented per-image ceiling */
   c->max_reference_images = 10;
@@ -64,6 +77,10 @@ static const key_spec keys[] = {
     {"http.threads", K_INT, F(http_threads), 0, 1024},
     {"http.max_body_bytes", K_SIZE, F(max_body_bytes), 1024, 1LL << 30},
     {"http.connection_timeout_s", K_INT, F(connection_timeout_s), 1, 3600},
+    {"http.max_connections", K_INT, F(max_connections), 1, 1000000},
+    {"http.max_connections_per_ip", K_INT, F(max_connections_per_ip), 0, 1000000},
+    {"http.max_buffered_body_bytes", K_SIZE, F(max_buffered_body_bytes), 1LL << 20, 1LL << 40},
+    {"http.shutdown_timeout_ms", K_INT, F(http_shutdown_timeout_ms), 0, 3600000},
     {"limits", K_OBJ, 0, 0, 0, 0},
     {"limits.max_prompt_chars", K_INT, F(max_prompt_chars), 1, 1000000},
     {"limits.max_image_bytes", K_SIZE, F(max_image_bytes), 1, 1LL << 30},
@@ -454,6 +471,13 @@ int config_validate(const imgate_config *c, char *err, size_t err_size) {
   if (c->public_url[0] && strncmp(c->public_url, "http://", 7) != 0 &&
       strncmp(c->public_url, "https://", 8) != 0) {
     snprintf(err, err_size, "public_url: must start with http:// or https://");
+    return -1;
+  }
+  if (c->max_buffered_body_bytes < c->max_body_bytes) {
+    snprintf(err, err_size,
+             "http.max_buffered_body_bytes (%zu) must be at least http.max_body_bytes (%zu), "
+             "or a body at the limit could never be read",
+             c->max_buffered_body_bytes, c->max_body_bytes);
     return -1;
   }
   if (!c->data_dir[0]) {

@@ -45,6 +45,10 @@ typedef struct imgate_config {
   int http_threads;            /* 0 = number of cores */
   size_t max_body_bytes;
   int connection_timeout_s;
+  int max_connections;         /* open at once, all clients together */
+  int max_connections_per_ip;  /* 0 = no per-address limit */
+  size_t max_buffered_body_bytes; /* request bodies held in memory at once */
+  int http_shutdown_timeout_ms; /* how long shutdown waits for requests in progress */
 
   int max_prompt_chars;
   size_t max_image_bytes;      /* per decoded reference image */

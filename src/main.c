@@ -55,9 +55,12 @@ static const char usage_serve[] =
     "  --data DIR          data folder: database and images (default ./var); env IMGATE_DATA\n"
     "  --config FILE       JSON configuration file; env IMGATE_CONFIG\n"
     "\n"
-    "Prints 'imgate listening on URL' once it accepts connections. SIGTERM or\n"
-    "SIGINT stops it gracefully: running tasks get engine.drain_timeout_ms to\n"
-    "finish, the rest are re-run at the next start. See docs/configuration.md.\n";
+    "Claims the port first (exits 1 at once if it is taken), then opens the\n"
+    "data folder. Prints 'imgate listening on URL' once requests are served.\n"
+    "SIGTERM or SIGINT stops it gracefully: new connections are turned away,\n"
+    "requests in progress get http.shutdown_timeout_ms to finish, running\n"
+    "tasks get engine.drain_timeout_ms; tasks not finished are re-run at the\n"
+    "next start. See docs/configuration.md.\n";
 
 static const char usage_admin[] =
     "usage: imgate admin <object> <action> [args] [--data DIR] [--config FILE]\n"
@@ -433,12 +436,169 @@ static int bootstrap_demo(store *st, char key[ACCOUNTS_KEY_LEN + 1]) {
 /* Every upstream call in flight holds a socket: lift the soft descriptor
  * limit to the hard one (the usual soft default, 1024, would cap a gateway
  * at about a thousand concurrent calls). */
-static void raise_fd_limit(void) {
+static void raise_fd_limit(const imgate_config *cfg) {
   struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  if (rl.rlim_cur < rl.rlim_max) {
     rl.rlim_cur = rl.rlim_max;
     if (setrlimit(RLIMIT_NOFILE, &rl) != 0) LOG_WARN("fd_limit_unchanged", NULL);
+    getrlimit(RLIMIT_NOFILE, &rl);
   }
+  /* Client connections are not the only descriptors: upstream calls, the
+   * database and image files need theirs. Running out shows up as refused
+   * accepts and failed upstream calls, far from the cause: say it now. */
+  rlim_t want = (rlim_t)cfg->max_connections + (rlim_t)cfg->engine_max_in_flight + 256;
+  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+    LOG_WARN("fd_limit_below_max_connections", "nofile=%llu max_connections=%d wanted=%llu",
+             (unsigned long long)rl.rlim_cur, cfg->max_connections, (unsigned long long)want);
+}
+
+/* Everything `imgate serve` runs. */
+typedef struct serve_parts {
+  http_listener *listener; /* until the HTTP server takes it over */
+  int lock_fd;
+  store *st;
+  blob *bl;
+  engine *eng;
+  core *c;
+  http_router *routes;
+  api_admin *admin;
+  http_server *srv;
+  int threads;
+} serve_parts;
+
+/* The port comes first: when it is taken, nothing has touched the data
+ * folder yet (no database, no demo account, no recovery run). Until the
+ * server starts, clients wait in the listen queue. */
+static int serve_claim_port(serve_parts *p, const imgate_config *cfg, const char *host,
+                            int port) {
+  char err[256];
+  p->listener = http_listen(host, port, err, sizeof err);
+  if (p->listener) return 0;
+  fprintf(stderr, "imgate: cannot listen on %s: %s%s\n", cfg->listen, err,
+          strstr(err, "in use") ? " (another process has this port; choose another with --listen)"
+                                : "");
+  return -1;
+}
+
+/* One server per data folder: the lock is taken before the database is
+ * opened, so a second server never even runs the migrations. */
+static int serve_open_data(serve_parts *p, const imgate_config *cfg) {
+  if (make_dirs(cfg->data_dir) < 0) {
+    fprintf(stderr, "imgate: cannot create data folder %s: %s\n", cfg->data_dir, strerror(errno));
+    return -1;
+  }
+  p->lock_fd = lock_data_dir(cfg->data_dir);
+  if (p->lock_fd < 0) {
+    fprintf(stderr, "imgate: another imgate serve is using %s\n", cfg->data_dir);
+    return -1;
+  }
+  p->st = open_store(cfg, store_sqlite_pool_size(p->threads));
+  if (!p->st) return -1;
+  char err[256], blob_dir[1100];
+  snprintf(blob_dir, sizeof blob_dir, "%s/blobs", cfg->data_dir);
+  p->bl = blob_fs_open(blob_dir, err, sizeof err);
+  if (!p->bl) {
+    fprintf(stderr, "imgate: blob store: %s\n", err);
+    return -1;
+  }
+  return 0;
+}
+
+/* Creates and starts the engine; starting it re-queues what a previous run
+ * left unfinished. */
+static int serve_start_engine(serve_parts *p, const imgate_config *cfg) {
+  curlloop_config lc = {.max_host_connections = 0, .connect_timeout_ms = 10000};
+  curlloop *loop = curlloop_create(&lc);
+  router *rt = loop ? build_router(cfg, loop, p->threads) : NULL;
+  engine_config ec = {.max_in_flight = cfg->engine_max_in_flight,
+                      .retention_ms = (int64_t)cfg->retention_hours * 3600 * 1000,
+                      .max_input_bytes = cfg->max_image_bytes,
+                      .drain_timeout_ms = cfg->engine_drain_timeout_ms,
+                      .max_attempts = cfg->retry_max_attempts,
+                      .deadline_ms = cfg->retry_deadline_ms,
+                      .backoff_base_ms = cfg->retry_backoff_base_ms,
+                      .backoff_max_ms = cfg->retry_backoff_max_ms,
+                      .fetch = {.allow_private = cfg->allow_private_networks,
+                                .allow_http = cfg->fetch_allow_http,
+                                .max_bytes = cfg->max_image_bytes,
+                                .timeout_ms = cfg->fetch_timeout_ms,
+                                .max_redirects = 3}};
+  p->eng = rt ? engine_create(p->st, p->bl, rt, loop, &ec) : NULL;
+  if (!p->eng) {
+    if (rt) router_destroy(rt);
+    if (loop) curlloop_destroy(loop);
+    fprintf(stderr, "imgate: cannot create the task engine\n");
+    return -1;
+  }
+  if (engine_start(p->eng) < 0) {
+    fprintf(stderr, "imgate: cannot start the task engine\n");
+    return -1;
+  }
+  return 0;
+}
+
+/* Routes, then the server on the claimed port: from here on requests are
+ * served. */
+static int serve_start_http(serve_parts *p, const imgate_config *cfg) {
+  p->c = core_create(cfg, p->st, p->bl, p->eng);
+  p->routes = http_router_new();
+  if (!p->c || !p->routes) return -1;
+  api_health_register(p->routes, p->c);
+  api_native_register(p->routes, p->c);
+  api_files_register(p->routes, p->c);
+  p->admin = api_admin_register(p->routes, p->eng, cfg->admin_token);
+  if (!p->admin) return -1;
+  http_server_config hc = {.listener = p->listener,
+                           .threads = p->threads,
+                           .max_body_bytes = cfg->max_body_bytes,
+                           .connection_timeout_s = (unsigned)cfg->connection_timeout_s,
+                           .max_connections = (unsigned)cfg->max_connections,
+                           .max_connections_per_ip = (unsigned)cfg->max_connections_per_ip,
+                           .max_buffered_body_bytes = cfg->max_buffered_body_bytes,
+                           .shutdown_timeout_ms = cfg->http_shutdown_timeout_ms,
+                           .on_error = api_server_error_hook};
+  char err[256];
+  p->listener = NULL; /* the server's now, whatever happens */
+  p->srv = http_server_start(&hc, p->routes, err, sizeof err);
+  if (!p->srv) {
+    fprintf(stderr, "imgate: cannot serve on %s: %s\n", cfg->listen, err);
+    return -1;
+  }
+  return 0;
+}
+
+/* Order matters: no new requests (those in progress finish), then no new
+ * tasks, then the stores. */
+static void serve_stop(serve_parts *p) {
+  if (p->srv) http_server_stop(p->srv);
+  http_listener_close(p->listener);
+  engine_destroy(p->eng);
+  core_free(p->c);
+  http_router_free(p->routes);
+  api_admin_free(p->admin);
+  if (p->bl) p->bl->ops->close(p->bl);
+  if (p->st) p->st->ops->close(p->st);
+  if (p->lock_fd >= 0) close(p->lock_fd);
+}
+
+/* Start-up, in order: the port, the data folder, the demo account, the
+ * engine (recovery), the HTTP server; the banner only once requests are
+ * served. */
+static int serve_start(serve_parts *p, imgate_config *cfg, const char *host, int port) {
+  if (serve_claim_port(p, cfg, host, port) < 0 || serve_open_data(p, cfg) < 0) return -1;
+  char demo_key[ACCOUNTS_KEY_LEN + 1] = "";
+  int demo = cfg->demo_account ? bootstrap_demo(p->st, demo_key) : 0;
+  if (demo < 0) return -1;
+  if (load_admin_token(cfg) < 0) {
+    fprintf(stderr, "imgate: cannot create %s/admin_token\n", cfg->data_dir);
+    return -1;
+  }
+  if (serve_start_engine(p, cfg) < 0 || serve_start_http(p, cfg) < 0) return -1;
+  LOG_INFO("started", "listen=%s:%d threads=%d data=%s", host, http_server_port(p->srv),
+           p->threads, cfg->data_dir);
+  print_banner(cfg, host, http_server_port(p->srv), p->st, demo > 0 ? demo_key : NULL);
+  return 0;
 }
 
 static int run_serve(int argc, char **argv) {
@@ -457,7 +617,7 @@ static int run_serve(int argc, char **argv) {
   imgate_config cfg;
   if (load_config(&o, &cfg) < 0) return 1;
   log_set_level((log_level)log_level_parse(cfg.log_level));
-  raise_fd_limit();
+  raise_fd_limit(&cfg);
 
   /* Signals are taken by sigwait() below; every thread created after this
    * inherits the mask, so none of them is interrupted by SIGTERM. */
@@ -471,107 +631,18 @@ static int run_serve(int argc, char **argv) {
   char host[256];
   int port;
   config_split_listen(cfg.listen, host, sizeof host, &port);
-  int threads = cfg.http_threads > 0 ? cfg.http_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-  if (threads < 1) threads = 1;
+  serve_parts p = {.lock_fd = -1};
+  p.threads = cfg.http_threads > 0 ? cfg.http_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+  if (p.threads < 1) p.threads = 1;
 
   rc = 1;
-  store *st = NULL;
-  blob *bl = NULL;
-  engine *eng = NULL;
-  core *c = NULL;
-  http_router *routes = NULL;
-  http_server *srv = NULL;
-  api_admin *admin = NULL;
-  char err[256], blob_dir[1100];
-  char demo_key[ACCOUNTS_KEY_LEN + 1] = "";
-
-  st = open_store(&cfg, threads + 4);
-  if (!st) goto out;
-  int lock_fd = lock_data_dir(cfg.data_dir);
-  if (lock_fd < 0) {
-    fprintf(stderr, "imgate: another imgate serve is using %s\n", cfg.data_dir);
-    goto out;
+  if (serve_start(&p, &cfg, host, port) == 0) {
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    LOG_INFO("stopping", "signal=%s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    rc = 0;
   }
-  snprintf(blob_dir, sizeof blob_dir, "%s/blobs", cfg.data_dir);
-  bl = blob_fs_open(blob_dir, err, sizeof err);
-  if (!bl) {
-    fprintf(stderr, "imgate: blob store: %s\n", err);
-    goto out_unlock;
-  }
-  int demo = cfg.demo_account ? bootstrap_demo(st, demo_key) : 0;
-  if (demo < 0) goto out_unlock;
-
-  if (load_admin_token(&cfg) < 0) {
-    fprintf(stderr, "imgate: cannot create %s/admin_token\n", cfg.data_dir);
-    goto out_unlock;
-  }
-  curlloop_config lc = {.max_host_connections = 0, .connect_timeout_ms = 10000};
-  curlloop *loop = curlloop_create(&lc);
-  router *rt = loop ? build_router(&cfg, loop, threads) : NULL;
-  engine_config ec = {.max_in_flight = cfg.engine_max_in_flight,
-                      .retention_ms = (int64_t)cfg.retention_hours * 3600 * 1000,
-                      .max_input_bytes = cfg.max_image_bytes,
-                      .drain_timeout_ms = cfg.engine_drain_timeout_ms,
-                      .max_attempts = cfg.retry_max_attempts,
-                      .deadline_ms = cfg.retry_deadline_ms,
-                      .backoff_base_ms = cfg.retry_backoff_base_ms,
-                      .backoff_max_ms = cfg.retry_backoff_max_ms,
-                      .fetch = {.allow_private = cfg.allow_private_networks,
-                                .allow_http = cfg.fetch_allow_http,
-                                .max_bytes = cfg.max_image_bytes,
-                                .timeout_ms = cfg.fetch_timeout_ms,
-                                .max_redirects = 3}};
-  eng = rt ? engine_create(st, bl, rt, loop, &ec) : NULL;
-  if (!eng) {
-    if (rt) router_destroy(rt);
-    if (loop) curlloop_destroy(loop);
-    fprintf(stderr, "imgate: cannot create the task engine\n");
-    goto out_unlock;
-  }
-  if (engine_start(eng) < 0) {
-    fprintf(stderr, "imgate: cannot start the task engine\n");
-    goto out_unlock;
-  }
-  c = core_create(&cfg, st, bl, eng);
-  routes = http_router_new();
-  if (!c || !routes) goto out_unlock;
-  api_health_register(routes, c);
-  api_native_register(routes, c);
-  api_files_register(routes, c);
-  admin = api_admin_register(routes, eng, cfg.admin_token);
-  if (!admin) goto out_unlock;
-
-  http_server_config hc = {.listen_host = host,
-                           .listen_port = port,
-                           .threads = threads,
-                           .max_body_bytes = cfg.max_body_bytes,
-                           .connection_timeout_s = (unsigned)cfg.connection_timeout_s,
-                           .on_error = api_server_error_hook};
-  srv = http_server_start(&hc, routes, err, sizeof err);
-  if (!srv) {
-    fprintf(stderr, "imgate: cannot listen on %s: %s\n", cfg.listen, err);
-    goto out_unlock;
-  }
-  LOG_INFO("started", "listen=%s:%d threads=%d data=%s", host, http_server_port(srv), threads,
-           cfg.data_dir);
-  print_banner(&cfg, host, http_server_port(srv), st, demo > 0 ? demo_key : NULL);
-
-  int sig = 0;
-  sigwait(&sigs, &sig);
-  LOG_INFO("stopping", "signal=%s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-  rc = 0;
-
-out_unlock:
-  /* Order matters: no new requests, then no new tasks, then the stores. */
-  if (srv) http_server_stop(srv);
-  engine_destroy(eng);
-  core_free(c);
-  http_router_free(routes);
-  api_admin_free(admin);
-  if (bl) bl->ops->close(bl);
-  close(lock_fd);
-out:
-  if (st) st->ops->close(st);
+  serve_stop(&p);
   if (rc == 0) LOG_INFO("stopped", NULL);
   return rc;
 }

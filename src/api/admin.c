@@ -29,8 +29,9 @@ static bool admin_authorized(const api_admin *a, http_request *req) {
   return n > 0 && strlen(given) == n && ids_equal_ct(given, a->token, n);
 }
 
-static bool require_admin(const api_admin *a, http_request *req) {
-  if (admin_authorized(a, req)) return true;
+/* The routes' guard: the admin token is checked before anything else. */
+static bool require_admin(http_request *req, void *ctx) {
+  if (admin_authorized(ctx, req)) return true;
   http_reply_header(req, "WWW-Authenticate", "Bearer");
   api_reply_error(req, 401, "unauthorized", "this endpoint needs the admin token", NULL);
   return false;
@@ -38,7 +39,6 @@ static bool require_admin(const api_admin *a, http_request *req) {
 
 static void handle_providers(http_request *req, void *ctx) {
   api_admin *a = ctx;
-  if (!require_admin(a, req)) return;
   char *text = router_health_json(engine_router(a->eng), time_mono_ms());
   if (!text) {
     api_reply_error(req, 500, "internal_error", "out of memory", NULL);
@@ -50,7 +50,6 @@ static void handle_providers(http_request *req, void *ctx) {
 
 static void handle_metrics(http_request *req, void *ctx) {
   api_admin *a = ctx;
-  if (!require_admin(a, req)) return;
   engine_stats st;
   engine_get_stats(a->eng, &st);
   buf out = BUF_INIT;
@@ -78,8 +77,8 @@ api_admin *api_admin_register(http_router *r, engine *eng, const char *token) {
   if (!a) return NULL;
   a->eng = eng;
   snprintf(a->token, sizeof a->token, "%s", token);
-  http_router_add(r, "GET", "/admin/providers", handle_providers, a);
-  http_router_add(r, "GET", "/metrics", handle_metrics, a);
+  http_router_add_guarded(r, "GET", "/admin/providers", require_admin, handle_providers, a);
+  http_router_add_guarded(r, "GET", "/metrics", require_admin, handle_metrics, a);
   return a;
 }
 

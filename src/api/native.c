@@ -19,7 +19,7 @@ static json_t *iso_or_null(int64_t ms) {
   return json_string(ts);
 }
 
-static json_t *string_or_null(const char *s) { return s ? json_string(s) : json_null(); }
+static json_t *string_or_null(const char *s) { return s ? api_json_text(s) : json_null(); }
 
 /* The core names fields its own way; this dialect says image_urls. */
 static const char *native_param(const char *core_param) {
@@ -78,8 +78,8 @@ static json_t *render_task(http_request *req, core *c, const task *t) {
   }
   json_t *error = json_null();
   if (t->error_code)
-    error = json_pack("{s:s, s:s}", "code", t->error_code, "message",
-                      t->error_message ? t->error_message : "");
+    error = json_pack("{s:o, s:o}", "code", api_json_text(t->error_code), "message",
+                      api_json_text(t->error_message ? t->error_message : ""));
   return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:i, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "uid",
                    t->id, "status", task_state_name(t->state), "model", t->model, "aspect_ratio",
                    t->aspect_ratio, "resolution", t->resolution, "provider",
@@ -160,6 +160,6 @@ static void handle_get(http_request *req, void *ctx) {
 }
 
 void api_native_register(http_router *r, core *c) {
-  http_router_add(r, "POST", "/api/banana/create-async", handle_create, c);
-  http_router_add(r, "GET", "/api/banana/{uid}", handle_get, c);
+  http_router_add_guarded(r, "POST", "/api/banana/create-async", api_guard_key, handle_create, c);
+  http_router_add_guarded(r, "GET", "/api/banana/{uid}", api_guard_key, handle_get, c);
 }

@@ -11,6 +11,7 @@
 #include "util/imagefmt.h"
 #include "util/log.h"
 #include "util/timeutil.h"
+#include "util/utf8.h"
 
 struct core {
   imgate_config cfg;
@@ -36,14 +37,6 @@ const char *core_public_url(const core *c) { return c->cfg.public_url; }
 int core_authenticate(core *c, const char *authorization, store_account *out,
                       imgate_error *err) {
   return accounts_authenticate(c->st, authorization, out, err);
-}
-
-/* Counts UTF-8 code points; jansson has already checked the encoding. */
-static size_t utf8_length(const char *s) {
-  size_t n = 0;
-  for (; *s; s++)
-    if (((unsigned char)*s & 0xC0) != 0x80) n++;
-  return n;
 }
 
 static bool is_blank(const char *s) {
@@ -134,7 +127,8 @@ static int validate(core *c, const core_gen_request *req, validated *v, imgate_e
   v->model = catalog_find(model_name);
   if (!v->model)
     return err_set(err, ERR_INVALID, "invalid_model", CORE_FIELD_MODEL,
-                   "unknown model \"%.64s\"; see the model list in the docs", model_name);
+                   "unknown model \"%.*s\"; see the model list in the docs",
+                   (int)utf8_cut(model_name, 64), model_name);
   if (!engine_serves(c->eng, v->model->name))
     return err_set(err, ERR_INVALID, "model_unavailable", CORE_FIELD_MODEL,
                    "no upstream provider is configured for %s", v->model->name);
@@ -149,12 +143,14 @@ static int validate(core *c, const core_gen_request *req, validated *v, imgate_e
   v->aspect_ratio = req->aspect_ratio ? req->aspect_ratio : "auto";
   if (!catalog_has_aspect_ratio(v->model, v->aspect_ratio))
     return err_set(err, ERR_INVALID, "invalid_aspect_ratio", CORE_FIELD_ASPECT_RATIO,
-                   "%s does not offer aspect ratio \"%.16s\"", v->model->name, v->aspect_ratio);
+                   "%s does not offer aspect ratio \"%.*s\"", v->model->name,
+                   (int)utf8_cut(v->aspect_ratio, 16), v->aspect_ratio);
   v->resolution = catalog_resolution(
       v->model, req->resolution ? req->resolution : v->model->default_resolution);
   if (!v->resolution)
     return err_set(err, ERR_INVALID, "invalid_resolution", CORE_FIELD_RESOLUTION,
-                   "%s does not offer resolution \"%.16s\"", v->model->name, req->resolution);
+                   "%s does not offer resolution \"%.*s\"", v->model->name,
+                   (int)utf8_cut(req->resolution, 16), req->resolution);
   size_t max_images = (size_t)v->model->max_reference_images;
   if ((size_t)c->cfg.max_reference_images < max_images)
     max_images = (size_t)c->cfg.max_reference_images;

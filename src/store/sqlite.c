@@ -23,7 +23,6 @@
 #include "util/log.h"
 #include "util/timeutil.h"
 
-#define SQL_POOL_MAX 64
 #define SQL_BUSY_TIMEOUT_MS 5000
 /* last_used_ms is advisory; writing it on every request would turn each
  * authenticated call into a write transaction. */
@@ -1191,13 +1190,22 @@ static sql_store *sql_alloc(int pool_size) {
   return ss;
 }
 
+int store_sqlite_pool_size(int threads) {
+  /* The engine's dispatcher and completers use the store besides the
+   * request threads. */
+  const int engine_threads = 4;
+  if (threads < 1) threads = 1;
+  if (threads > STORE_SQLITE_MAX_POOL - engine_threads) return STORE_SQLITE_MAX_POOL;
+  return threads + engine_threads;
+}
+
 store *store_sqlite_open(const char *path, int pool_size, char *err, size_t err_size) {
   if (!path || !*path) {
     sql_set_err(err, err_size, "no database path");
     return NULL;
   }
-  if (pool_size < 1 || pool_size > SQL_POOL_MAX) {
-    sql_set_err(err, err_size, "pool size %d outside 1..%d", pool_size, SQL_POOL_MAX);
+  if (pool_size < 1 || pool_size > STORE_SQLITE_MAX_POOL) {
+    sql_set_err(err, err_size, "pool size %d outside 1..%d", pool_size, STORE_SQLITE_MAX_POOL);
     return NULL;
   }
   if (!sqlite3_threadsafe()) {

@@ -113,8 +113,8 @@ struct store {
 };
 
 /* Opens (creating if needed) the SQLite database at path in WAL mode and
- * applies pending migrations. pool_size connections are shared by all threads.
- * Returns NULL with a message in err on failure. */
+ * applies pending migrations. pool_size connections (1..STORE_SQLITE_MAX_POOL)
+ * are shared by all threads. Returns NULL with a message in err on failure. */
 store *store_sqlite_open(const char *path, int pool_size, char *err, size_t err_size);
 
 /* Durability of a commit (PRAGMA synchronous, applied to every connection
@@ -124,5 +124,14 @@ store *store_sqlite_open(const char *path, int pool_size, char *err, size_t err_
  * can roll back. NORMAL commits several times faster on slow-sync disks. */
 typedef enum { STORE_SYNC_FULL = 0, STORE_SYNC_NORMAL } store_sync;
 void store_sqlite_set_sync(store_sync mode);
+
+/* Most connections a SQLite pool holds. More would not help: SQLite runs
+ * one writer at a time, and readers beyond this are rarely all busy. */
+#define STORE_SQLITE_MAX_POOL 64
+
+/* The pool size for a server with this many request threads: one connection
+ * each, plus a few for the engine's threads, capped at STORE_SQLITE_MAX_POOL
+ * (threads beyond it wait for a connection). */
+int store_sqlite_pool_size(int threads);
 
 #endif

@@ -245,6 +245,25 @@ static void test_open_rejects_bad_arguments(void **state) {
   assert_non_null(strstr(err, "cannot open"));
 }
 
+/* The server sized its pool threads + 4 and the store refuses more than 64:
+ * on a machine with 61 cores or more it could not start. */
+static void test_pool_size_for_many_threads(void **state) {
+  fx *f = *state;
+  assert_int_equal(store_sqlite_pool_size(1), 5);
+  assert_int_equal(store_sqlite_pool_size(0), 5);
+  assert_int_equal(store_sqlite_pool_size(2), 6);
+  assert_int_equal(store_sqlite_pool_size(60), STORE_SQLITE_MAX_POOL);
+  const int threads[] = {1, 60, 61, 64, 128, 1024};
+  for (size_t i = 0; i < sizeof threads / sizeof threads[0]; i++) {
+    int n = store_sqlite_pool_size(threads[i]);
+    assert_true(n >= 1 && n <= STORE_SQLITE_MAX_POOL);
+    char err[256] = "";
+    store *s = store_sqlite_open(f->path, n, err, sizeof err);
+    if (!s) fail_msg("%d threads: pool of %d refused: %s", threads[i], n, err);
+    s->ops->close(s);
+  }
+}
+
 /* ---- accounts -------------------------------------------------------------------------- */
 
 static void test_accounts(void **state) {
@@ -721,6 +740,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_wal_and_foreign_keys, setup, teardown),
       cmocka_unit_test_setup_teardown(test_future_version_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_open_rejects_bad_arguments, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_pool_size_for_many_threads, setup, teardown),
       cmocka_unit_test_setup_teardown(test_accounts, setup, teardown),
       cmocka_unit_test_setup_teardown(test_keys, setup, teardown),
       cmocka_unit_test_setup_teardown(test_disabled_account_still_reported, setup, teardown),
