@@ -12,6 +12,7 @@
 #include "util/imagefmt.h"
 #include "util/log.h"
 #include "util/timeutil.h"
+#include "util/utf8.h"
 
 /* One task waiting in memory to be started. */
 typedef struct queued_id {
@@ -380,6 +381,10 @@ static task_attempt describe_attempt(const job *j, const provider_outcome *o) {
 static void handle_outcome(engine *e, job *j) {
   provider_outcome *o = j->outcome;
   int64_t now = time_mono_ms();
+  /* Providers quote upstream text into fixed buffers, which may cut a
+   * character in half: repair it once here, before it is stored and shown. */
+  utf8_sanitize(o->error_code);
+  utf8_sanitize(o->error_message);
   if (o->status == PROVIDER_OK && o->n_images == 0) {
     o->status = PROVIDER_FAILED;
     o->retryable = true;
@@ -602,6 +607,7 @@ static void handle_downloads(engine *e, job *j) {
     if (r->status != FETCH_OK) {
       char message[320];
       snprintf(message, sizeof message, "image %zu: %s", i, r->message);
+      utf8_sanitize(message);
       const char *code = download_error_code(r->status);
       LOG_INFO("input_download_failed", "task=%s index=%zu code=%s http_status=%ld", j->task_id,
                i, code, r->http_status);
