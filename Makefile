@@ -11,7 +11,7 @@ DATA       ?= ./var
 # Sub-makes (cmake's) stay quiet about directories; errors still show.
 MAKEFLAGS  += --no-print-directory
 
-.PHONY: all deps build build-asan run test test-fast test-asan clean
+.PHONY: all deps build build-asan run test test-fast test-asan bench clean
 
 all: build
 
@@ -46,6 +46,11 @@ test-asan: build-asan
 	@cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure -j 2
+
+# Benchmarks (not tests): see docs/benchmarks.md.
+bench: build
+	@./scripts/deps.sh --bench
+	@./bench/inflight
 
 clean:
 	@rm -rf $(BUILD) $(ASAN_BUILD)

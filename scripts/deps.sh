@@ -17,6 +17,10 @@ packages=(
   python3             # end-to-end test driver (standard library only)
   curl file           # README walkthrough
 )
+# `deps.sh --bench` adds the load generators the benchmarks under bench/ use.
+if [ "${1:-}" = "--bench" ]; then
+  packages+=(wrk)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -9,6 +9,8 @@
 
 #include <jansson.h>
 
+#include "core/catalog.h"
+
 void config_defaults(imgate_config *c) {
   memset(c, 0, sizeof *c);
   snprintf(c->listen, sizeof c->listen, "127.0.0.1:8080");
@@ -17,20 +19,42 @@ void config_defaults(imgate_config *c) {
   c->demo_account = true;
   c->retention_hours = 168;
   c->http_threads = 0;
-  /* 10 reference images of a few MB each, base64-inflated, fit comfortably. */
+  /* Bounds the whole request, inline images included: about 24 MiB of image
+   * data after base64's 4/3, so three images at the 7 MiB maximum but not
+   * ten. Larger sets go by URL. Raising it to carry ten (~94 MiB) would let
+   * each create hold ~250 MiB (body, parsed copy, decoded images). */
   c->max_body_bytes = 32u << 20;
   c->connection_timeout_s = 60;
+  /* 10,000 clients polling at once, each on its own connection, plus room.
+   * libmicrohttpd's own default is FD_SETSIZE - 4 (1020), even with epoll. */
+  c->max_connections = 16384;
+  c->max_connections_per_ip = 0; /* behind a proxy every client has its address */
+  /* Sixteen full-size bodies at once; what is held beyond that is a client
+   * making the server buffer for it. */
+  c->max_buffered_body_bytes = 512u << 20;
+  /* Covers a large upload on a slow link; a load balancer's own drain is
+   * usually in this range. */
+  c->http_shutdown_timeout_ms = 10000;
   c->max_prompt_chars = 32000;
   c->max_image_bytes = 7u << 20; /* Gemini's documented per-image ceiling */
   c->max_reference_images = 10;
   c->engine_max_in_flight = 256;
   c->engine_drain_timeout_ms = 10000;
   c->sim_delay_ms = 1500;
+  c->retry_max_attempts = 3;
+  c->retry_deadline_ms = 300000;
+  c->retry_backoff_base_ms = 500;
+  c->retry_backoff_max_ms = 15000;
+  c->breaker_failures = 5;
+  c->breaker_open_ms = 5000;
+  c->breaker_recovery_ms = 30000;
+  c->fetch_timeout_ms = 20000;
+  snprintf(c->sqlite_synchronous, sizeof c->sqlite_synchronous, "full");
 }
 
 /* A table of the file's keys: where each lands and how it is typed. The
  * table keeps loading, validation messages and docs in one place. */
-typedef enum { K_STR, K_INT, K_SIZE, K_BOOL, K_OBJ } key_kind;
+typedef enum { K_STR, K_INT, K_SIZE, K_BOOL, K_OBJ, K_PROVIDERS, K_ROUTES } key_kind;
 
 typedef struct key_spec {
   const char *path; /* "http.threads" */
@@ -53,10 +77,16 @@ static const key_spec keys[] = {
     {"http.threads", K_INT, F(http_threads), 0, 1024},
     {"http.max_body_bytes", K_SIZE, F(max_body_bytes), 1024, 1LL << 30},
     {"http.connection_timeout_s", K_INT, F(connection_timeout_s), 1, 3600},
+    {"http.max_connections", K_INT, F(max_connections), 1, 1000000},
+    {"http.max_connections_per_ip", K_INT, F(max_connections_per_ip), 0, 1000000},
+    {"http.max_buffered_body_bytes", K_SIZE, F(max_buffered_body_bytes), 1LL << 20, 1LL << 40},
+    {"http.shutdown_timeout_ms", K_INT, F(http_shutdown_timeout_ms), 0, 3600000},
     {"limits", K_OBJ, 0, 0, 0, 0},
     {"limits.max_prompt_chars", K_INT, F(max_prompt_chars), 1, 1000000},
     {"limits.max_image_bytes", K_SIZE, F(max_image_bytes), 1, 1LL << 30},
     {"limits.max_reference_images", K_INT, F(max_reference_images), 0, 10},
+    {"store", K_OBJ, 0, 0, 0, 0},
+    {"store.sqlite_synchronous", K_STR, F(sqlite_synchronous), 0, 0},
     {"engine", K_OBJ, 0, 0, 0, 0},
     {"engine.max_in_flight", K_INT, F(engine_max_in_flight), 1, 1000000},
     {"engine.drain_timeout_ms", K_INT, F(engine_drain_timeout_ms), 0, 3600000},
@@ -64,6 +94,22 @@ static const key_spec keys[] = {
     {"sim.delay_ms", K_INT, F(sim_delay_ms), 0, 3600000},
     {"sim.fail_marker", K_STR, F(sim_fail_marker), 0, 0},
     {"sim.moderate_marker", K_STR, F(sim_moderate_marker), 0, 0},
+    {"providers", K_PROVIDERS, 0, 0, 0, 0},
+    {"routes", K_ROUTES, 0, 0, 0, 0},
+    {"retry", K_OBJ, 0, 0, 0, 0},
+    {"retry.max_attempts", K_INT, F(retry_max_attempts), 1, 20},
+    {"retry.deadline_ms", K_INT, F(retry_deadline_ms), 1000, 86400000},
+    {"retry.backoff_base_ms", K_INT, F(retry_backoff_base_ms), 1, 600000},
+    {"retry.backoff_max_ms", K_INT, F(retry_backoff_max_ms), 1, 3600000},
+    {"breaker", K_OBJ, 0, 0, 0, 0},
+    {"breaker.failures", K_INT, F(breaker_failures), 1, 1000},
+    {"breaker.open_ms", K_INT, F(breaker_open_ms), 1, 3600000},
+    {"breaker.recovery_ms", K_INT, F(breaker_recovery_ms), 1, 3600000},
+    {"allow_private_networks", K_BOOL, F(allow_private_networks), 0, 0},
+    {"fetch", K_OBJ, 0, 0, 0, 0},
+    {"fetch.timeout_ms", K_INT, F(fetch_timeout_ms), 100, 600000},
+    {"fetch.allow_http", K_BOOL, F(fetch_allow_http), 0, 0},
+    {"admin_token", K_STR, F(admin_token), 0, 0},
 };
 
 static const key_spec *find_key(const char *path) {
@@ -96,6 +142,148 @@ static int set_str_field(imgate_config *c, const key_spec *k, const char *v, cha
   return 0;
 }
 
+/* Copies a JSON string member into dst; absent is fine. */
+static int member_str(json_t *obj, const char *key, const char *where, char *dst, size_t size,
+                      char *err, size_t err_size) {
+  json_t *v = json_object_get(obj, key);
+  if (!v) return 0;
+  if (!json_is_string(v) || strlen(json_string_value(v)) >= size) {
+    snprintf(err, err_size, "%s.%s must be a string of at most %zu characters", where, key,
+             size - 1);
+    return -1;
+  }
+  memcpy(dst, json_string_value(v), strlen(json_string_value(v)) + 1);
+  return 0;
+}
+
+static int member_int(json_t *obj, const char *key, const char *where, int *dst, int min,
+                      int max, char *err, size_t err_size) {
+  json_t *v = json_object_get(obj, key);
+  if (!v) return 0;
+  if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+    snprintf(err, err_size, "%s.%s must be an integer from %d to %d", where, key, min, max);
+    return -1;
+  }
+  *dst = (int)json_integer_value(v);
+  return 0;
+}
+
+/* Refuses members a section does not know, naming the first one. */
+static int only_members(json_t *obj, const char *const *known, const char *where, char *err,
+                        size_t err_size) {
+  const char *name;
+  json_t *v;
+  json_object_foreach(obj, name, v) {
+    bool ok = false;
+    for (const char *const *k = known; *k && !ok; k++) ok = strcmp(*k, name) == 0;
+    if (!ok) {
+      snprintf(err, err_size, "unknown configuration key \"%s.%s\"", where, name);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static int load_providers(imgate_config *c, json_t *arr, char *err, size_t err_size) {
+  static const char *const known[] = {"name",       "kind",       "base_url",
+                                      "api_key",    "api_key_env", "timeout_ms",
+                                      "connect_timeout_ms", "max_concurrency", NULL};
+  if (!json_is_array(arr)) {
+    snprintf(err, err_size, "configuration key \"providers\" must be an array");
+    return -1;
+  }
+  size_t i;
+  json_t *p;
+  json_array_foreach(arr, i, p) {
+    char where[32];
+    snprintf(where, sizeof where, "providers[%zu]", i);
+    if (!json_is_object(p) || c->n_providers >= CONFIG_MAX_PROVIDERS) {
+      snprintf(err, err_size, "%s must be an object (at most %d providers)", where,
+               CONFIG_MAX_PROVIDERS);
+      return -1;
+    }
+    config_provider *cp = &c->providers[c->n_providers];
+    memset(cp, 0, sizeof *cp);
+    cp->timeout_ms = 120000;
+    cp->connect_timeout_ms = 10000;
+    char key_env[128] = "";
+    if (only_members(p, known, where, err, err_size) < 0 ||
+        member_str(p, "name", where, cp->name, sizeof cp->name, err, err_size) < 0 ||
+        member_str(p, "kind", where, cp->kind, sizeof cp->kind, err, err_size) < 0 ||
+        member_str(p, "base_url", where, cp->base_url, sizeof cp->base_url, err, err_size) < 0 ||
+        member_str(p, "api_key", where, cp->api_key, sizeof cp->api_key, err, err_size) < 0 ||
+        member_str(p, "api_key_env", where, key_env, sizeof key_env, err, err_size) < 0 ||
+        member_int(p, "timeout_ms", where, &cp->timeout_ms, 100, 3600000, err, err_size) < 0 ||
+        member_int(p, "connect_timeout_ms", where, &cp->connect_timeout_ms, 100, 600000, err,
+                   err_size) < 0 ||
+        member_int(p, "max_concurrency", where, &cp->max_concurrency, 0, 1000000, err,
+                   err_size) < 0)
+      return -1;
+    if (!cp->name[0] || (strcmp(cp->kind, "gemini") && strcmp(cp->kind, "openai") &&
+                         strcmp(cp->kind, "sim"))) {
+      snprintf(err, err_size, "%s needs a name and a kind (gemini, openai or sim)", where);
+      return -1;
+    }
+    /* Keys in the environment keep secrets out of config files. */
+    if (key_env[0] && getenv(key_env))
+      snprintf(cp->api_key, sizeof cp->api_key, "%s", getenv(key_env));
+    for (int k = 0; k < c->n_providers; k++)
+      if (strcmp(c->providers[k].name, cp->name) == 0) {
+        snprintf(err, err_size, "%s: the name \"%s\" is used twice", where, cp->name);
+        return -1;
+      }
+    c->n_providers++;
+  }
+  return 0;
+}
+
+static int load_routes(imgate_config *c, json_t *obj, char *err, size_t err_size) {
+  static const char *const known[] = {"provider", "upstream_model", "weight", NULL};
+  if (!json_is_object(obj)) {
+    snprintf(err, err_size, "configuration key \"routes\" must be an object of model: [routes]");
+    return -1;
+  }
+  const char *model;
+  json_t *list;
+  json_object_foreach(obj, model, list) {
+    if (!json_is_array(list)) {
+      snprintf(err, err_size, "routes.%s must be an array", model);
+      return -1;
+    }
+    size_t i;
+    json_t *r;
+    json_array_foreach(list, i, r) {
+      char where[96];
+      snprintf(where, sizeof where, "routes.%.48s[%zu]", model, i);
+      if (!json_is_object(r) || c->n_routes >= CONFIG_MAX_ROUTES) {
+        snprintf(err, err_size, "%s must be an object (at most %d routes)", where,
+                 CONFIG_MAX_ROUTES);
+        return -1;
+      }
+      config_route *cr = &c->routes[c->n_routes];
+      memset(cr, 0, sizeof *cr);
+      cr->weight = 1;
+      if (strlen(model) >= sizeof cr->model) {
+        snprintf(err, err_size, "%s: model name too long", where);
+        return -1;
+      }
+      snprintf(cr->model, sizeof cr->model, "%s", model);
+      if (only_members(r, known, where, err, err_size) < 0 ||
+          member_str(r, "provider", where, cr->provider, sizeof cr->provider, err, err_size) < 0 ||
+          member_str(r, "upstream_model", where, cr->upstream_model, sizeof cr->upstream_model,
+                     err, err_size) < 0 ||
+          member_int(r, "weight", where, &cr->weight, 1, 1000000, err, err_size) < 0)
+        return -1;
+      if (!cr->provider[0]) {
+        snprintf(err, err_size, "%s needs a provider", where);
+        return -1;
+      }
+      c->n_routes++;
+    }
+  }
+  return 0;
+}
+
 static int apply_json(imgate_config *c, json_t *obj, const char *prefix, char *err,
                       size_t err_size) {
   const char *name;
@@ -125,6 +313,12 @@ static int apply_json(imgate_config *c, json_t *obj, const char *prefix, char *e
     case K_BOOL:
       if (!json_is_boolean(value)) goto wrong_type;
       *(bool *)((char *)c + k->offset) = json_is_true(value);
+      break;
+    case K_PROVIDERS:
+      if (load_providers(c, value, err, err_size) < 0) return -1;
+      break;
+    case K_ROUTES:
+      if (load_routes(c, value, err, err_size) < 0) return -1;
       break;
     }
     continue;
@@ -187,7 +381,54 @@ int config_load_env(imgate_config *c, char *err, size_t err_size) {
   if (env_str(c, "IMGATE_SIM_FAIL_MARKER", "sim.fail_marker", err, err_size) < 0) return -1;
   if (env_str(c, "IMGATE_SIM_MODERATE_MARKER", "sim.moderate_marker", err, err_size) < 0)
     return -1;
+  if (env_str(c, "IMGATE_ADMIN_TOKEN", "admin_token", err, err_size) < 0) return -1;
+  const char *priv = getenv("IMGATE_ALLOW_PRIVATE_NETWORKS");
+  if (priv && *priv) c->allow_private_networks = strcmp(priv, "0") != 0;
+  const char *plain = getenv("IMGATE_FETCH_ALLOW_HTTP");
+  if (plain && *plain) c->fetch_allow_http = strcmp(plain, "0") != 0;
   return 0;
+}
+
+static int add_env_provider(imgate_config *c, const char *kind, const char *key_env,
+                            const char *url_env, char *err, size_t err_size) {
+  const char *key = getenv(key_env);
+  if (!key || !*key) return 0;
+  for (int i = 0; i < c->n_providers; i++)
+    if (strcmp(c->providers[i].name, kind) == 0) return 0; /* the file says more */
+  if (c->n_providers >= CONFIG_MAX_PROVIDERS) {
+    snprintf(err, err_size, "%s: too many providers", key_env);
+    return -1;
+  }
+  config_provider *cp = &c->providers[c->n_providers++];
+  memset(cp, 0, sizeof *cp);
+  snprintf(cp->name, sizeof cp->name, "%s", kind);
+  snprintf(cp->kind, sizeof cp->kind, "%s", kind);
+  snprintf(cp->api_key, sizeof cp->api_key, "%s", key);
+  const char *url = getenv(url_env);
+  if (url && *url) snprintf(cp->base_url, sizeof cp->base_url, "%s", url);
+  cp->timeout_ms = 120000;
+  cp->connect_timeout_ms = 10000;
+  size_t n;
+  const catalog_model *models = catalog_models(&n);
+  for (size_t m = 0; m < n; m++) {
+    if (strcmp(models[m].upstream_kind, kind) != 0) continue;
+    bool routed = false;
+    for (int r = 0; r < c->n_routes && !routed; r++)
+      routed = strcmp(c->routes[r].model, models[m].name) == 0;
+    if (routed || c->n_routes >= CONFIG_MAX_ROUTES) continue;
+    config_route *cr = &c->routes[c->n_routes++];
+    memset(cr, 0, sizeof *cr);
+    snprintf(cr->model, sizeof cr->model, "%s", models[m].name);
+    snprintf(cr->provider, sizeof cr->provider, "%s", kind);
+    cr->weight = 1;
+  }
+  return 0;
+}
+
+int config_apply_provider_env(imgate_config *c, char *err, size_t err_size) {
+  if (add_env_provider(c, "gemini", "GEMINI_API_KEY", "GEMINI_BASE_URL", err, err_size) < 0)
+    return -1;
+  return add_env_provider(c, "openai", "OPENAI_API_KEY", "OPENAI_BASE_URL", err, err_size);
 }
 
 int config_split_listen(const char *listen, char *host, size_t host_size, int *port) {
@@ -232,9 +473,34 @@ int config_validate(const imgate_config *c, char *err, size_t err_size) {
     snprintf(err, err_size, "public_url: must start with http:// or https://");
     return -1;
   }
+  if (c->max_buffered_body_bytes < c->max_body_bytes) {
+    snprintf(err, err_size,
+             "http.max_buffered_body_bytes (%zu) must be at least http.max_body_bytes (%zu), "
+             "or a body at the limit could never be read",
+             c->max_buffered_body_bytes, c->max_body_bytes);
+    return -1;
+  }
   if (!c->data_dir[0]) {
     snprintf(err, err_size, "data_dir: must not be empty");
     return -1;
+  }
+  if (strcmp(c->sqlite_synchronous, "full") != 0 && strcmp(c->sqlite_synchronous, "normal") != 0) {
+    snprintf(err, err_size, "store.sqlite_synchronous: must be \"full\" or \"normal\"");
+    return -1;
+  }
+  for (int i = 0; i < c->n_routes; i++) {
+    const config_route *r = &c->routes[i];
+    bool known = false;
+    for (int p = 0; p < c->n_providers && !known; p++)
+      known = strcmp(c->providers[p].name, r->provider) == 0;
+    if (!catalog_find(r->model)) {
+      snprintf(err, err_size, "routes: unknown model \"%s\"", r->model);
+      return -1;
+    }
+    if (!known && strcmp(r->provider, "sim") != 0) {
+      snprintf(err, err_size, "routes.%s: unknown provider \"%s\"", r->model, r->provider);
+      return -1;
+    }
   }
   if (strcmp(c->log_level, "debug") && strcmp(c->log_level, "info") &&
       strcmp(c->log_level, "warn") && strcmp(c->log_level, "error")) {

@@ -12,6 +12,28 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define CONFIG_MAX_PROVIDERS 16
+#define CONFIG_MAX_ROUTES 64
+
+/* An upstream instance. A reseller is another instance of a kind. */
+typedef struct config_provider {
+  char name[64];       /* unique; shown to users and in metrics */
+  char kind[16];       /* "gemini" | "openai" | "sim" */
+  char base_url[512];  /* "" = the kind's official endpoint */
+  char api_key[512];
+  int timeout_ms;      /* whole upstream call */
+  int connect_timeout_ms;
+  int max_concurrency; /* calls in flight at once; 0 = unlimited */
+} config_provider;
+
+/* One way to serve a catalog model. */
+typedef struct config_route {
+  char model[48];
+  char provider[64];
+  char upstream_model[128]; /* "" = the catalog's default id for the model */
+  int weight;
+} config_route;
+
 typedef struct imgate_config {
   char listen[256];     /* HOST:PORT, [v6]:PORT */
   char data_dir[1024];
@@ -23,6 +45,10 @@ typedef struct imgate_config {
   int http_threads;            /* 0 = number of cores */
   size_t max_body_bytes;
   int connection_timeout_s;
+  int max_connections;         /* open at once, all clients together */
+  int max_connections_per_ip;  /* 0 = no per-address limit */
+  size_t max_buffered_body_bytes; /* request bodies held in memory at once */
+  int http_shutdown_timeout_ms; /* how long shutdown waits for requests in progress */
 
   int max_prompt_chars;
   size_t max_image_bytes;      /* per decoded reference image */
@@ -34,6 +60,25 @@ typedef struct imgate_config {
   int sim_delay_ms;
   char sim_fail_marker[128];
   char sim_moderate_marker[128];
+
+  config_provider providers[CONFIG_MAX_PROVIDERS];
+  int n_providers;
+  config_route routes[CONFIG_MAX_ROUTES];
+  int n_routes;
+
+  int retry_max_attempts;      /* upstream calls per task run, first included */
+  int retry_deadline_ms;       /* a run stops retrying after this long */
+  int retry_backoff_base_ms;
+  int retry_backoff_max_ms;
+  int breaker_failures;        /* consecutive route failures that open its breaker */
+  int breaker_open_ms;
+  int breaker_recovery_ms;
+
+  char sqlite_synchronous[8];  /* "full" (default) or "normal" */
+  bool allow_private_networks; /* reference-image URLs may point at private addresses */
+  int fetch_timeout_ms;        /* per reference-image download */
+  bool fetch_allow_http;       /* plain http:// reference URLs (tests only; https otherwise) */
+  char admin_token[128];       /* "" = read or create DATA/admin_token */
 } imgate_config;
 
 /* Fills c with the built-in defaults. */
@@ -44,6 +89,11 @@ int config_load_file(imgate_config *c, const char *path, char *err, size_t err_s
 int config_load_env(imgate_config *c, char *err, size_t err_size);
 /* Checks ranges and splits listen into host and port. Returns 0, or -1 with err set. */
 int config_validate(const imgate_config *c, char *err, size_t err_size);
+/* Adds the providers and routes that GEMINI_API_KEY / GEMINI_BASE_URL and
+ * OPENAI_API_KEY / OPENAI_BASE_URL ask for, unless the file already names a
+ * provider "gemini" / "openai". Routes are added for every catalog model of
+ * that kind that has none. Returns 0, or -1 with err set. */
+int config_apply_provider_env(imgate_config *c, char *err, size_t err_size);
 /* Splits "host:port", "[v6]:port" or ":port" into host (default 127.0.0.1) and port. */
 int config_split_listen(const char *listen, char *host, size_t host_size, int *port);
 

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -22,6 +23,10 @@
 #include "http/server.h"
 #include "store/store.h"
 #include "upstream/provider.h"
+#include "core/catalog.h"
+#include "upstream/curlloop.h"
+#include "upstream/router.h"
+#include "util/ids.h"
 #include "util/log.h"
 #include "util/timeutil.h"
 
@@ -50,9 +55,12 @@ static const char usage_serve[] =
     "  --data DIR          data folder: database and images (default ./var); env IMGATE_DATA\n"
     "  --config FILE       JSON configuration file; env IMGATE_CONFIG\n"
     "\n"
-    "Prints 'imgate listening on URL' once it accepts connections. SIGTERM or\n"
-    "SIGINT stops it gracefully: running tasks get engine.drain_timeout_ms to\n"
-    "finish, the rest are re-run at the next start. See docs/configuration.md.\n";
+    "Claims the port first (exits 1 at once if it is taken), then opens the\n"
+    "data folder. Prints 'imgate listening on URL' once requests are served.\n"
+    "SIGTERM or SIGINT stops it gracefully: new connections are turned away,\n"
+    "requests in progress get http.shutdown_timeout_ms to finish, running\n"
+    "tasks get engine.drain_timeout_ms; tasks not finished are re-run at the\n"
+    "next start. See docs/configuration.md.\n";
 
 static const char usage_admin[] =
     "usage: imgate admin <object> <action> [args] [--data DIR] [--config FILE]\n"
@@ -119,6 +127,7 @@ static int load_config(const cli_opts *o, imgate_config *cfg) {
   if (config_load_env(cfg, err, sizeof err) < 0) goto fail;
   if (o->listen) snprintf(cfg->listen, sizeof cfg->listen, "%s", o->listen);
   if (o->data) snprintf(cfg->data_dir, sizeof cfg->data_dir, "%s", o->data);
+  if (config_apply_provider_env(cfg, err, sizeof err) < 0) goto fail;
   if (config_validate(cfg, err, sizeof err) < 0) goto fail;
   return 0;
 fail:
@@ -147,6 +156,8 @@ static store *open_store(const imgate_config *cfg, int pool_size) {
     return NULL;
   }
   snprintf(path, sizeof path, "%s/imgate.db", cfg->data_dir);
+  store_sqlite_set_sync(strcmp(cfg->sqlite_synchronous, "normal") == 0 ? STORE_SYNC_NORMAL
+                                                                       : STORE_SYNC_FULL);
   store *st = store_sqlite_open(path, pool_size, err, sizeof err);
   if (!st) fprintf(stderr, "imgate: cannot open %s: %s\n", path, err);
   return st;
@@ -283,7 +294,14 @@ static void print_banner(const imgate_config *cfg, const char *host, int port, s
   snprintf(url, sizeof url, "http://%s%s%s:%d", v6 ? "[" : "", h, v6 ? "]" : "", port);
   printf("imgate listening on %s\n", url);
   printf("data folder: %s (SQLite database and images)\n", cfg->data_dir);
-  printf("provider: sim (simulated images, %d ms; no upstream configured)\n", cfg->sim_delay_ms);
+  if (cfg->n_providers == 0 && cfg->n_routes == 0) {
+    printf("provider: sim (simulated images, %d ms; no upstream configured)\n", cfg->sim_delay_ms);
+  } else {
+    for (int i = 0; i < cfg->n_providers; i++)
+      printf("provider: %s (%s%s%s)\n", cfg->providers[i].name, cfg->providers[i].kind,
+             cfg->providers[i].base_url[0] ? " at " : "", cfg->providers[i].base_url);
+  }
+  printf("admin token: in %s/admin_token (for /admin/providers and /metrics)\n", cfg->data_dir);
   if (demo_key) {
     printf("demo account: " DEMO_EMAIL "\n");
     printf("demo key: %s\n", demo_key);
@@ -299,6 +317,109 @@ static void print_banner(const imgate_config *cfg, const char *host, int port, s
   fflush(stdout);
 }
 
+/* The admin token: from configuration, else DATA/admin_token (created with
+ * 128 random bits and mode 0600 on first start). */
+static int load_admin_token(imgate_config *cfg) {
+  if (cfg->admin_token[0]) return 0;
+  char path[1100];
+  snprintf(path, sizeof path, "%s/admin_token", cfg->data_dir);
+  FILE *f = fopen(path, "r");
+  if (f) {
+    bool ok = fgets(cfg->admin_token, sizeof cfg->admin_token, f) != NULL;
+    fclose(f);
+    cfg->admin_token[strcspn(cfg->admin_token, "\r\n")] = '\0';
+    if (ok && cfg->admin_token[0]) return 0;
+  }
+  char token[33];
+  if (!ids_random_hex(token, 16)) return -1;
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return -1;
+  bool ok = write(fd, token, 32) == 32 && write(fd, "\n", 1) == 1 && fsync(fd) == 0;
+  close(fd);
+  if (!ok) return -1;
+  snprintf(cfg->admin_token, sizeof cfg->admin_token, "%s", token);
+  return 0;
+}
+
+static provider *make_sim(const imgate_config *cfg, const char *name, int threads) {
+  sim_config sc = {.delay_ms = cfg->sim_delay_ms,
+                   .fail_marker = cfg->sim_fail_marker,
+                   .moderate_marker = cfg->sim_moderate_marker,
+                   .render_threads = threads};
+  provider *p = sim_provider_create(&sc);
+  if (p) snprintf(p->name, sizeof p->name, "%s", name);
+  return p;
+}
+
+/* Builds the router from configuration: the configured providers and routes,
+ * or, when no upstream is configured at all, the simulated provider serving
+ * every model. */
+static router *build_router(const imgate_config *cfg, curlloop *loop, int threads) {
+  router_config rc = {.breaker_failures = cfg->breaker_failures,
+                      .breaker_open_ms = cfg->breaker_open_ms,
+                      .recovery_ms = cfg->breaker_recovery_ms};
+  router *r = router_create(&rc);
+  if (!r) return NULL;
+  for (int i = 0; i < cfg->n_providers; i++) {
+    const config_provider *cp = &cfg->providers[i];
+    provider_instance_config pc = {.name = cp->name,
+                                   .kind = cp->kind,
+                                   .base_url = cp->base_url,
+                                   .api_key = cp->api_key,
+                                   .timeout_ms = cp->timeout_ms,
+                                   .connect_timeout_ms = cp->connect_timeout_ms};
+    provider *p = !strcmp(cp->kind, "gemini")   ? gemini_provider_create(&pc, loop)
+                  : !strcmp(cp->kind, "openai") ? openai_provider_create(&pc, loop)
+                                                : make_sim(cfg, cp->name, threads);
+    if (!p || router_add_provider(r, p, cp->max_concurrency) < 0) {
+      fprintf(stderr, "imgate: provider \"%s\" could not be set up (kind %s)\n", cp->name,
+              cp->kind);
+      if (p) p->ops->destroy(p);
+      router_destroy(r);
+      return NULL;
+    }
+  }
+  bool have_routes = cfg->n_routes > 0;
+  for (int i = 0; i < cfg->n_routes; i++) {
+    const config_route *cr = &cfg->routes[i];
+    if (!strcmp(cr->provider, "sim") && !router_has_provider(r, "sim")) {
+      /* "sim" may be named in routes without being declared: add it once. */
+      provider *p = make_sim(cfg, "sim", threads);
+      if (p && router_add_provider(r, p, 0) < 0) p->ops->destroy(p);
+    }
+    const catalog_model *m = catalog_find(cr->model);
+    const char *upstream = cr->upstream_model[0] ? cr->upstream_model : m->upstream_model;
+    if (router_add_route(r, cr->model, cr->provider, upstream, cr->weight) < 0) {
+      fprintf(stderr, "imgate: route %s -> %s could not be added\n", cr->model, cr->provider);
+      router_destroy(r);
+      return NULL;
+    }
+  }
+  /* A model no route names is served by every provider of its kind: declaring
+   * a provider is enough to use it. */
+  size_t n_models;
+  const catalog_model *all = catalog_models(&n_models);
+  for (size_t m = 0; m < n_models; m++) {
+    if (router_serves(r, all[m].name)) continue;
+    for (int i = 0; i < cfg->n_providers; i++)
+      if (!strcmp(cfg->providers[i].kind, all[m].upstream_kind))
+        router_add_route(r, all[m].name, cfg->providers[i].name, all[m].upstream_model, 1);
+  }
+  if (!have_routes && cfg->n_providers == 0) {
+    provider *p = make_sim(cfg, "sim", threads);
+    if (!p || router_add_provider(r, p, 0) < 0) {
+      if (p) p->ops->destroy(p);
+      router_destroy(r);
+      return NULL;
+    }
+    size_t n;
+    const catalog_model *models = catalog_models(&n);
+    for (size_t i = 0; i < n; i++)
+      router_add_route(r, models[i].name, "sim", models[i].upstream_model, 1);
+  }
+  return r;
+}
+
 /* Creates the demo account and key on an empty database. */
 static int bootstrap_demo(store *st, char key[ACCOUNTS_KEY_LEN + 1]) {
   int64_t n = 0, id, key_id;
@@ -310,6 +431,174 @@ static int bootstrap_demo(store *st, char key[ACCOUNTS_KEY_LEN + 1]) {
     return -1;
   }
   return 1;
+}
+
+/* Every upstream call in flight holds a socket: lift the soft descriptor
+ * limit to the hard one (the usual soft default, 1024, would cap a gateway
+ * at about a thousand concurrent calls). */
+static void raise_fd_limit(const imgate_config *cfg) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) LOG_WARN("fd_limit_unchanged", NULL);
+    getrlimit(RLIMIT_NOFILE, &rl);
+  }
+  /* Client connections are not the only descriptors: upstream calls, the
+   * database and image files need theirs. Running out shows up as refused
+   * accepts and failed upstream calls, far from the cause: say it now. */
+  rlim_t want = (rlim_t)cfg->max_connections + (rlim_t)cfg->engine_max_in_flight + 256;
+  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+    LOG_WARN("fd_limit_below_max_connections", "nofile=%llu max_connections=%d wanted=%llu",
+             (unsigned long long)rl.rlim_cur, cfg->max_connections, (unsigned long long)want);
+}
+
+/* Everything `imgate serve` runs. */
+typedef struct serve_parts {
+  http_listener *listener; /* until the HTTP server takes it over */
+  int lock_fd;
+  store *st;
+  blob *bl;
+  engine *eng;
+  core *c;
+  http_router *routes;
+  api_admin *admin;
+  http_server *srv;
+  int threads;
+} serve_parts;
+
+/* The port comes first: when it is taken, nothing has touched the data
+ * folder yet (no database, no demo account, no recovery run). Until the
+ * server starts, clients wait in the listen queue. */
+static int serve_claim_port(serve_parts *p, const imgate_config *cfg, const char *host,
+                            int port) {
+  char err[256];
+  p->listener = http_listen(host, port, err, sizeof err);
+  if (p->listener) return 0;
+  fprintf(stderr, "imgate: cannot listen on %s: %s%s\n", cfg->listen, err,
+          strstr(err, "in use") ? " (another process has this port; choose another with --listen)"
+                                : "");
+  return -1;
+}
+
+/* One server per data folder: the lock is taken before the database is
+ * opened, so a second server never even runs the migrations. */
+static int serve_open_data(serve_parts *p, const imgate_config *cfg) {
+  if (make_dirs(cfg->data_dir) < 0) {
+    fprintf(stderr, "imgate: cannot create data folder %s: %s\n", cfg->data_dir, strerror(errno));
+    return -1;
+  }
+  p->lock_fd = lock_data_dir(cfg->data_dir);
+  if (p->lock_fd < 0) {
+    fprintf(stderr, "imgate: another imgate serve is using %s\n", cfg->data_dir);
+    return -1;
+  }
+  p->st = open_store(cfg, store_sqlite_pool_size(p->threads));
+  if (!p->st) return -1;
+  char err[256], blob_dir[1100];
+  snprintf(blob_dir, sizeof blob_dir, "%s/blobs", cfg->data_dir);
+  p->bl = blob_fs_open(blob_dir, err, sizeof err);
+  if (!p->bl) {
+    fprintf(stderr, "imgate: blob store: %s\n", err);
+    return -1;
+  }
+  return 0;
+}
+
+/* Creates and starts the engine; starting it re-queues what a previous run
+ * left unfinished. */
+static int serve_start_engine(serve_parts *p, const imgate_config *cfg) {
+  curlloop_config lc = {.max_host_connections = 0, .connect_timeout_ms = 10000};
+  curlloop *loop = curlloop_create(&lc);
+  router *rt = loop ? build_router(cfg, loop, p->threads) : NULL;
+  engine_config ec = {.max_in_flight = cfg->engine_max_in_flight,
+                      .retention_ms = (int64_t)cfg->retention_hours * 3600 * 1000,
+                      .max_input_bytes = cfg->max_image_bytes,
+                      .drain_timeout_ms = cfg->engine_drain_timeout_ms,
+                      .max_attempts = cfg->retry_max_attempts,
+                      .deadline_ms = cfg->retry_deadline_ms,
+                      .backoff_base_ms = cfg->retry_backoff_base_ms,
+                      .backoff_max_ms = cfg->retry_backoff_max_ms,
+                      .fetch = {.allow_private = cfg->allow_private_networks,
+                                .allow_http = cfg->fetch_allow_http,
+                                .max_bytes = cfg->max_image_bytes,
+                                .timeout_ms = cfg->fetch_timeout_ms,
+                                .max_redirects = 3}};
+  p->eng = rt ? engine_create(p->st, p->bl, rt, loop, &ec) : NULL;
+  if (!p->eng) {
+    if (rt) router_destroy(rt);
+    if (loop) curlloop_destroy(loop);
+    fprintf(stderr, "imgate: cannot create the task engine\n");
+    return -1;
+  }
+  if (engine_start(p->eng) < 0) {
+    fprintf(stderr, "imgate: cannot start the task engine\n");
+    return -1;
+  }
+  return 0;
+}
+
+/* Routes, then the server on the claimed port: from here on requests are
+ * served. */
+static int serve_start_http(serve_parts *p, const imgate_config *cfg) {
+  p->c = core_create(cfg, p->st, p->bl, p->eng);
+  p->routes = http_router_new();
+  if (!p->c || !p->routes) return -1;
+  api_health_register(p->routes, p->c);
+  api_native_register(p->routes, p->c);
+  api_files_register(p->routes, p->c);
+  p->admin = api_admin_register(p->routes, p->eng, cfg->admin_token);
+  if (!p->admin) return -1;
+  http_server_config hc = {.listener = p->listener,
+                           .threads = p->threads,
+                           .max_body_bytes = cfg->max_body_bytes,
+                           .connection_timeout_s = (unsigned)cfg->connection_timeout_s,
+                           .max_connections = (unsigned)cfg->max_connections,
+                           .max_connections_per_ip = (unsigned)cfg->max_connections_per_ip,
+                           .max_buffered_body_bytes = cfg->max_buffered_body_bytes,
+                           .shutdown_timeout_ms = cfg->http_shutdown_timeout_ms,
+                           .on_error = api_server_error_hook};
+  char err[256];
+  p->listener = NULL; /* the server's now, whatever happens */
+  p->srv = http_server_start(&hc, p->routes, err, sizeof err);
+  if (!p->srv) {
+    fprintf(stderr, "imgate: cannot serve on %s: %s\n", cfg->listen, err);
+    return -1;
+  }
+  return 0;
+}
+
+/* Order matters: no new requests (those in progress finish), then no new
+ * tasks, then the stores. */
+static void serve_stop(serve_parts *p) {
+  if (p->srv) http_server_stop(p->srv);
+  http_listener_close(p->listener);
+  engine_destroy(p->eng);
+  core_free(p->c);
+  http_router_free(p->routes);
+  api_admin_free(p->admin);
+  if (p->bl) p->bl->ops->close(p->bl);
+  if (p->st) p->st->ops->close(p->st);
+  if (p->lock_fd >= 0) close(p->lock_fd);
+}
+
+/* Start-up, in order: the port, the data folder, the demo account, the
+ * engine (recovery), the HTTP server; the banner only once requests are
+ * served. */
+static int serve_start(serve_parts *p, imgate_config *cfg, const char *host, int port) {
+  if (serve_claim_port(p, cfg, host, port) < 0 || serve_open_data(p, cfg) < 0) return -1;
+  char demo_key[ACCOUNTS_KEY_LEN + 1] = "";
+  int demo = cfg->demo_account ? bootstrap_demo(p->st, demo_key) : 0;
+  if (demo < 0) return -1;
+  if (load_admin_token(cfg) < 0) {
+    fprintf(stderr, "imgate: cannot create %s/admin_token\n", cfg->data_dir);
+    return -1;
+  }
+  if (serve_start_engine(p, cfg) < 0 || serve_start_http(p, cfg) < 0) return -1;
+  LOG_INFO("started", "listen=%s:%d threads=%d data=%s", host, http_server_port(p->srv),
+           p->threads, cfg->data_dir);
+  print_banner(cfg, host, http_server_port(p->srv), p->st, demo > 0 ? demo_key : NULL);
+  return 0;
 }
 
 static int run_serve(int argc, char **argv) {
@@ -328,6 +617,7 @@ static int run_serve(int argc, char **argv) {
   imgate_config cfg;
   if (load_config(&o, &cfg) < 0) return 1;
   log_set_level((log_level)log_level_parse(cfg.log_level));
+  raise_fd_limit(&cfg);
 
   /* Signals are taken by sigwait() below; every thread created after this
    * inherits the mask, so none of them is interrupted by SIGTERM. */
@@ -341,91 +631,18 @@ static int run_serve(int argc, char **argv) {
   char host[256];
   int port;
   config_split_listen(cfg.listen, host, sizeof host, &port);
-  int threads = cfg.http_threads > 0 ? cfg.http_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-  if (threads < 1) threads = 1;
+  serve_parts p = {.lock_fd = -1};
+  p.threads = cfg.http_threads > 0 ? cfg.http_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+  if (p.threads < 1) p.threads = 1;
 
   rc = 1;
-  store *st = NULL;
-  blob *bl = NULL;
-  engine *eng = NULL;
-  core *c = NULL;
-  http_router *router = NULL;
-  http_server *srv = NULL;
-  char err[256], blob_dir[1100];
-  char demo_key[ACCOUNTS_KEY_LEN + 1] = "";
-
-  st = open_store(&cfg, threads + 4);
-  if (!st) goto out;
-  int lock_fd = lock_data_dir(cfg.data_dir);
-  if (lock_fd < 0) {
-    fprintf(stderr, "imgate: another imgate serve is using %s\n", cfg.data_dir);
-    goto out;
+  if (serve_start(&p, &cfg, host, port) == 0) {
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    LOG_INFO("stopping", "signal=%s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    rc = 0;
   }
-  snprintf(blob_dir, sizeof blob_dir, "%s/blobs", cfg.data_dir);
-  bl = blob_fs_open(blob_dir, err, sizeof err);
-  if (!bl) {
-    fprintf(stderr, "imgate: blob store: %s\n", err);
-    goto out_unlock;
-  }
-  int demo = cfg.demo_account ? bootstrap_demo(st, demo_key) : 0;
-  if (demo < 0) goto out_unlock;
-
-  sim_config sc = {.delay_ms = cfg.sim_delay_ms,
-                   .fail_marker = cfg.sim_fail_marker,
-                   .moderate_marker = cfg.sim_moderate_marker,
-                   .render_threads = threads};
-  provider *sim = sim_provider_create(&sc);
-  engine_config ec = {.max_in_flight = cfg.engine_max_in_flight,
-                      .retention_ms = (int64_t)cfg.retention_hours * 3600 * 1000,
-                      .max_input_bytes = cfg.max_image_bytes,
-                      .drain_timeout_ms = cfg.engine_drain_timeout_ms};
-  eng = sim ? engine_create(st, bl, sim, &ec) : NULL;
-  if (!eng) {
-    if (sim) sim->ops->destroy(sim);
-    fprintf(stderr, "imgate: cannot create the task engine\n");
-    goto out_unlock;
-  }
-  if (engine_start(eng) < 0) {
-    fprintf(stderr, "imgate: cannot start the task engine\n");
-    goto out_unlock;
-  }
-  c = core_create(&cfg, st, bl, eng);
-  router = http_router_new();
-  if (!c || !router) goto out_unlock;
-  api_health_register(router, c);
-  api_native_register(router, c);
-  api_files_register(router, c);
-
-  http_server_config hc = {.listen_host = host,
-                           .listen_port = port,
-                           .threads = threads,
-                           .max_body_bytes = cfg.max_body_bytes,
-                           .connection_timeout_s = (unsigned)cfg.connection_timeout_s,
-                           .on_error = api_server_error_hook};
-  srv = http_server_start(&hc, router, err, sizeof err);
-  if (!srv) {
-    fprintf(stderr, "imgate: cannot listen on %s: %s\n", cfg.listen, err);
-    goto out_unlock;
-  }
-  LOG_INFO("started", "listen=%s:%d threads=%d data=%s", host, http_server_port(srv), threads,
-           cfg.data_dir);
-  print_banner(&cfg, host, http_server_port(srv), st, demo > 0 ? demo_key : NULL);
-
-  int sig = 0;
-  sigwait(&sigs, &sig);
-  LOG_INFO("stopping", "signal=%s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-  rc = 0;
-
-out_unlock:
-  /* Order matters: no new requests, then no new tasks, then the stores. */
-  if (srv) http_server_stop(srv);
-  engine_destroy(eng);
-  core_free(c);
-  http_router_free(router);
-  if (bl) bl->ops->close(bl);
-  close(lock_fd);
-out:
-  if (st) st->ops->close(st);
+  serve_stop(&p);
   if (rc == 0) LOG_INFO("stopped", NULL);
   return rc;
 }

@@ -18,6 +18,11 @@
 void api_native_register(http_router *r, core *c);
 /* Result images: GET /files/{token}.{ext} (no auth: the token is the secret). */
 void api_files_register(http_router *r, core *c);
+/* Operators: GET /admin/providers and GET /metrics, with the admin token.
+ * The returned context lives until api_admin_free, after the server stopped. */
+typedef struct api_admin api_admin;
+api_admin *api_admin_register(http_router *r, engine *eng, const char *token);
+void api_admin_free(api_admin *a);
 /* Liveness: GET /healthz. */
 void api_health_register(http_router *r, core *c);
 
@@ -27,16 +32,32 @@ void api_reply_error(http_request *req, int status, const char *slug, const char
                      const char *param);
 void api_server_error_hook(http_request *req, int status, const char *slug, const char *message);
 
+/* A JSON string for text that came from elsewhere (an upstream's message, a
+ * stored task): bytes that are not well-formed UTF-8 become '?', so one bad
+ * message cannot make a whole reply fail. NULL only when memory runs out. */
+json_t *api_json_text(const char *s);
+
 /* Base of public URLs for this request: the configured public_url, else
  * http://<Host header>. Written into out without a trailing slash. */
 void api_base_url(http_request *req, const core *c, char *out, size_t out_size);
 
 /* Parses the body as a JSON object. On failure replies 400 (invalid_json or
- * invalid_request) in the default shape and returns NULL. */
+ * invalid_request) in the default shape and returns NULL. Before parsing,
+ * a look at the raw bytes refuses (400 invalid_request) bodies nesting more
+ * than 64 levels or holding more than 100,000 values, which would make the
+ * parser allocate many times the body's size. */
 json_t *api_parse_json_object(http_request *req);
 
 /* Authenticates the request's bearer key; on failure replies in the default
- * error shape and returns -1. Records the account for the access log. */
+ * error shape and returns -1. Records the account for the access log. When
+ * the route's guard (api_guard_key) has already done it, its account is
+ * used without a second lookup. */
 int api_authenticate(http_request *req, core *c, store_account *out);
+
+/* Route guard for routes that need an account key (ctx: the core): the key
+ * is checked when the headers are in, so a client without a valid key gets
+ * 401 before any of its body is read. Register such routes with
+ * http_router_add_guarded(r, method, pattern, api_guard_key, handler, core). */
+bool api_guard_key(http_request *req, void *ctx);
 
 #endif

@@ -2,14 +2,59 @@
 #include "api/api.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "util/jsonscan.h"
+#include "util/log.h"
+#include "util/utf8.h"
+
+/* A slug safe to paste into JSON as is: lower-case letters, digits, '_'. */
+static bool plain_slug(const char *slug) {
+  if (!slug || !*slug || strlen(slug) > 47) return false;
+  for (const char *p = slug; *p; p++)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_')) return false;
+  return true;
+}
+
+/* When the JSON cannot be built (text that is not UTF-8, no memory), the
+ * client still gets the status and, when it is plain, the slug: an empty
+ * body would tell it nothing. Built without jansson, so it cannot fail. */
+static void reply_error_fallback(http_request *req, int status, const char *slug) {
+  char body[160];
+  int n = snprintf(body, sizeof body,
+                   "{\"error\":{\"code\":\"%s\",\"message\":\"the error could not be "
+                   "described\",\"param\":null}}",
+                   plain_slug(slug) ? slug : "internal_error");
+  http_reply_bytes(req, status, "application/json", body, (size_t)n);
+}
 
 void api_reply_error(http_request *req, int status, const char *slug, const char *message,
                      const char *param) {
   json_t *err = json_pack("{s:s, s:s, s:o}", "code", slug, "message", message, "param",
                           param && *param ? json_string(param) : json_null());
-  snprintf(req->log_error, sizeof req->log_error, "%s", slug);
-  http_reply_json(req, status, json_pack("{s:o}", "error", err));
+  json_t *doc = err ? json_pack("{s:o}", "error", err) : NULL;
+  snprintf(req->log_error, sizeof req->log_error, "%s", slug ? slug : "");
+  char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+  json_decref(doc);
+  if (!text) {
+    LOG_ERROR("api_error_reply_not_encodable", "req=%s status=%d", req->request_id, status);
+    reply_error_fallback(req, status, slug);
+    return;
+  }
+  http_reply_bytes(req, status, "application/json", text, strlen(text));
+  free(text);
+}
+
+json_t *api_json_text(const char *s) {
+  json_t *j = json_string(s);
+  if (j || !s) return j;
+  char *copy = strdup(s);
+  if (!copy) return NULL;
+  utf8_sanitize(copy);
+  j = json_string(copy);
+  free(copy);
+  return j;
 }
 
 void api_server_error_hook(http_request *req, int status, const char *slug, const char *message) {
@@ -41,7 +86,28 @@ void api_base_url(http_request *req, const core *c, char *out, size_t out_size) 
   snprintf(out, out_size, "http://%s", plausible_host(host) ? host : "localhost");
 }
 
+/* What a request body may hold, checked on the raw bytes before jansson
+ * builds a node for every value (see util/jsonscan.h). Real requests have a
+ * few dozen values at depth 3; the caps only stop bodies made to exhaust
+ * memory, and they bound what jansson allocates to about 10 MB. */
+#define API_JSON_MAX_DEPTH 64
+#define API_JSON_MAX_VALUES 100000
+
 json_t *api_parse_json_object(http_request *req) {
+  switch (json_scan_limits(req->body, req->body_len, API_JSON_MAX_DEPTH, API_JSON_MAX_VALUES)) {
+  case JSON_SCAN_TOO_DEEP:
+    api_reply_error(req, 400, "invalid_request",
+                    "the JSON body nests arrays and objects more than 64 levels deep", NULL);
+    return NULL;
+  case JSON_SCAN_TOO_MANY:
+    api_reply_error(req, 400, "invalid_request",
+                    "the JSON body holds more than 100000 values (array elements and object "
+                    "members)",
+                    NULL);
+    return NULL;
+  case JSON_SCAN_OK:
+    break;
+  }
   json_error_t jerr;
   /* DECODE_ANY so that "42" or "null" are told apart from broken JSON. */
   json_t *root = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
@@ -61,6 +127,10 @@ json_t *api_parse_json_object(http_request *req) {
 }
 
 int api_authenticate(http_request *req, core *c, store_account *out) {
+  if (req->guard_data) {
+    *out = *(const store_account *)req->guard_data;
+    return 0;
+  }
   imgate_error err = {0};
   if (core_authenticate(c, http_header_get(req, "Authorization"), out, &err) < 0) {
     if (err.code == ERR_UNAUTHORIZED) http_reply_header(req, "WWW-Authenticate", "Bearer");
@@ -69,4 +139,16 @@ int api_authenticate(http_request *req, core *c, store_account *out) {
   }
   snprintf(req->log_account, sizeof req->log_account, "%lld", (long long)out->id);
   return 0;
+}
+
+bool api_guard_key(http_request *req, void *ctx) {
+  store_account acct;
+  if (api_authenticate(req, ctx, &acct) < 0) return false;
+  store_account *kept = malloc(sizeof *kept);
+  /* Without memory to keep it, the handler simply authenticates again. */
+  if (kept) {
+    *kept = acct;
+    req->guard_data = kept;
+  }
+  return true;
 }

@@ -19,7 +19,7 @@ static json_t *iso_or_null(int64_t ms) {
   return json_string(ts);
 }
 
-static json_t *string_or_null(const char *s) { return s ? json_string(s) : json_null(); }
+static json_t *string_or_null(const char *s) { return s ? api_json_text(s) : json_null(); }
 
 /* The core names fields its own way; this dialect says image_urls. */
 static const char *native_param(const char *core_param) {
@@ -63,17 +63,30 @@ static json_t *render_task(http_request *req, core *c, const task *t) {
                                             "content_type", r->mime, "width", r->width,
                                             "height", r->height, "bytes", (json_int_t)r->bytes));
   }
+  json_t *attempts = json_array();
+  for (size_t i = 0; i < t->n_upstream_attempts; i++) {
+    const task_attempt *a = &t->upstream_attempts[i];
+    json_array_append_new(
+        attempts, json_pack("{s:i, s:s, s:s, s:o, s:o, s:I, s:o, s:s, s:o}", "run", a->run,
+                            "provider", a->provider, "upstream_model", a->upstream_model,
+                            "started_at", iso_or_null(a->started_ms), "ended_at",
+                            iso_or_null(a->ended_ms), "duration_ms",
+                            (json_int_t)(a->ended_ms - a->started_ms), "http_status",
+                            a->http_status ? json_integer(a->http_status) : json_null(),
+                            "error_class", a->error_class, "error_code",
+                            string_or_null(a->error_code)));
+  }
   json_t *error = json_null();
   if (t->error_code)
-    error = json_pack("{s:s, s:s}", "code", t->error_code, "message",
-                      t->error_message ? t->error_message : "");
-  return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:i, s:o, s:o, s:o, s:o, s:o, s:o}", "uid",
+    error = json_pack("{s:o, s:o}", "code", api_json_text(t->error_code), "message",
+                      api_json_text(t->error_message ? t->error_message : ""));
+  return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:i, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "uid",
                    t->id, "status", task_state_name(t->state), "model", t->model, "aspect_ratio",
                    t->aspect_ratio, "resolution", t->resolution, "provider",
                    string_or_null(t->provider), "attempts", t->attempts, "created_at",
                    iso_or_null(t->created_ms), "started_at", iso_or_null(t->started_ms),
                    "finished_at", iso_or_null(t->finished_ms), "images", images, "result_urls",
-                   urls, "error", error);
+                   urls, "error", error, "upstream_attempts", attempts);
 }
 
 static void handle_create(http_request *req, void *ctx) {
@@ -147,6 +160,6 @@ static void handle_get(http_request *req, void *ctx) {
 }
 
 void api_native_register(http_router *r, core *c) {
-  http_router_add(r, "POST", "/api/banana/create-async", handle_create, c);
-  http_router_add(r, "GET", "/api/banana/{uid}", handle_get, c);
+  http_router_add_guarded(r, "POST", "/api/banana/create-async", api_guard_key, handle_create, c);
+  http_router_add_guarded(r, "GET", "/api/banana/{uid}", api_guard_key, handle_get, c);
 }

@@ -11,6 +11,7 @@
 #include "util/imagefmt.h"
 #include "util/log.h"
 #include "util/timeutil.h"
+#include "util/utf8.h"
 
 struct core {
   imgate_config cfg;
@@ -38,21 +39,15 @@ int core_authenticate(core *c, const char *authorization, store_account *out,
   return accounts_authenticate(c->st, authorization, out, err);
 }
 
-/* Counts UTF-8 code points; jansson has already checked the encoding. */
-static size_t utf8_length(const char *s) {
-  size_t n = 0;
-  for (; *s; s++)
-    if (((unsigned char)*s & 0xC0) != 0x80) n++;
-  return n;
-}
-
 static bool is_blank(const char *s) {
   for (; *s; s++)
     if (*s != ' ' && *s != '\t' && *s != '\r' && *s != '\n') return false;
   return true;
 }
 
-static bool valid_webhook_url(const char *url) {
+/* An http(s) URL of at most 2048 printable ASCII characters with a host.
+ * Where it may lead is checked when it is used (fetch.h's address guard). */
+static bool valid_http_url(const char *url) {
   size_t len = strlen(url);
   if (len > 2048) return false;
   const char *rest;
@@ -68,11 +63,13 @@ static bool valid_webhook_url(const char *url) {
   return true;
 }
 
-/* Decoded reference images, kept until they are in the blob store. */
+/* Decoded reference images, kept until they are in the blob store; a URL
+ * reference keeps its URL instead (the engine downloads it when the task runs). */
 typedef struct decoded_image {
   uint8_t *data;
   size_t len;
   imagefmt fmt;
+  const char *url; /* points into the request */
 } decoded_image;
 
 static void decoded_images_free(decoded_image *imgs, size_t n) {
@@ -80,18 +77,22 @@ static void decoded_images_free(decoded_image *imgs, size_t n) {
   free(imgs);
 }
 
-/* Turns one client-given reference into bytes: a data: URI or bare base64.
- * URLs are refused until the fetcher (with its SSRF guard) exists. */
+/* Turns one client-given reference into bytes (a data: URI or bare base64),
+ * or checks the form of an https URL, which is downloaded when the task runs. */
 static int decode_reference(core *c, const char *ref, size_t index, decoded_image *out,
                             imgate_error *err) {
-  if (strncmp(ref, "https://", 8) == 0)
-    return err_set(err, ERR_INVALID, "url_fetch_unsupported", CORE_FIELD_IMAGES,
-                   "image %zu: fetching reference images by URL is not supported yet; "
-                   "send the image as base64 or a data: URI",
-                   index);
-  if (strncmp(ref, "http://", 7) == 0)
+  bool https = strncmp(ref, "https://", 8) == 0, http = strncmp(ref, "http://", 7) == 0;
+  if (http && !c->cfg.fetch_allow_http)
     return err_set(err, ERR_INVALID, "invalid_image", CORE_FIELD_IMAGES,
                    "image %zu: only https URLs, base64 or data: URIs are accepted", index);
+  if (https || http) {
+    if (!valid_http_url(ref))
+      return err_set(err, ERR_INVALID, "invalid_image", CORE_FIELD_IMAGES,
+                     "image %zu: not a valid URL (at most 2048 printable ASCII characters)",
+                     index);
+    out->url = ref;
+    return 0;
+  }
   const char *b64 = ref;
   if (strncmp(ref, "data:", 5) == 0) {
     const char *comma = strchr(ref, ',');
@@ -126,7 +127,11 @@ static int validate(core *c, const core_gen_request *req, validated *v, imgate_e
   v->model = catalog_find(model_name);
   if (!v->model)
     return err_set(err, ERR_INVALID, "invalid_model", CORE_FIELD_MODEL,
-                   "unknown model \"%.64s\"; see the model list in the docs", model_name);
+                   "unknown model \"%.*s\"; see the model list in the docs",
+                   (int)utf8_cut(model_name, 64), model_name);
+  if (!engine_serves(c->eng, v->model->name))
+    return err_set(err, ERR_INVALID, "model_unavailable", CORE_FIELD_MODEL,
+                   "no upstream provider is configured for %s", v->model->name);
   if (!req->prompt)
     return err_set(err, ERR_INVALID, "missing_field", CORE_FIELD_PROMPT, "prompt is required");
   if (is_blank(req->prompt))
@@ -138,19 +143,21 @@ static int validate(core *c, const core_gen_request *req, validated *v, imgate_e
   v->aspect_ratio = req->aspect_ratio ? req->aspect_ratio : "auto";
   if (!catalog_has_aspect_ratio(v->model, v->aspect_ratio))
     return err_set(err, ERR_INVALID, "invalid_aspect_ratio", CORE_FIELD_ASPECT_RATIO,
-                   "%s does not offer aspect ratio \"%.16s\"", v->model->name, v->aspect_ratio);
+                   "%s does not offer aspect ratio \"%.*s\"", v->model->name,
+                   (int)utf8_cut(v->aspect_ratio, 16), v->aspect_ratio);
   v->resolution = catalog_resolution(
       v->model, req->resolution ? req->resolution : v->model->default_resolution);
   if (!v->resolution)
     return err_set(err, ERR_INVALID, "invalid_resolution", CORE_FIELD_RESOLUTION,
-                   "%s does not offer resolution \"%.16s\"", v->model->name, req->resolution);
+                   "%s does not offer resolution \"%.*s\"", v->model->name,
+                   (int)utf8_cut(req->resolution, 16), req->resolution);
   size_t max_images = (size_t)v->model->max_reference_images;
   if ((size_t)c->cfg.max_reference_images < max_images)
     max_images = (size_t)c->cfg.max_reference_images;
   if (req->n_images > max_images)
     return err_set(err, ERR_INVALID, "too_many_images", CORE_FIELD_IMAGES,
                    "at most %zu reference images for %s", max_images, v->model->name);
-  if (req->webhook_url && !valid_webhook_url(req->webhook_url))
+  if (req->webhook_url && !valid_http_url(req->webhook_url))
     return err_set(err, ERR_INVALID, "invalid_webhook_url", CORE_FIELD_WEBHOOK,
                    "webhook_url must be an http(s) URL of at most 2048 characters");
   return 0;
@@ -162,6 +169,12 @@ static int store_inputs(core *c, task *t, decoded_image *imgs, size_t n, imgate_
   t->inputs = calloc(n, sizeof *t->inputs);
   if (!t->inputs) return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
   for (size_t i = 0; i < n; i++) {
+    if (imgs[i].url) {
+      t->n_inputs = i + 1;
+      t->inputs[i].url = strdup(imgs[i].url);
+      if (!t->inputs[i].url) return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
+      continue;
+    }
     char key[128];
     snprintf(key, sizeof key, "inputs/%s/%zu.%s", t->id, i, imagefmt_ext(imgs[i].fmt));
     if (c->bl->ops->put(c->bl, key, imgs[i].data, imgs[i].len, imagefmt_mime(imgs[i].fmt)) !=

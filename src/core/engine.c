@@ -12,6 +12,7 @@
 #include "util/imagefmt.h"
 #include "util/log.h"
 #include "util/timeutil.h"
+#include "util/utf8.h"
 
 /* One task waiting in memory to be started. */
 typedef struct queued_id {
@@ -19,36 +20,69 @@ typedef struct queued_id {
   struct queued_id *next;
 } queued_id;
 
-/* One started provider call, from start() until its outcome is stored. */
+#define ENGINE_MAX_TRIED 8
+
+struct job;
+
+/* One reference image being downloaded for a job. */
+typedef struct download_slot {
+  struct job *j;
+  size_t index; /* into the task's inputs */
+} download_slot;
+
+/* The downloads of a job's URL inputs, all in flight at once on the curl loop. */
+typedef struct downloads {
+  download_slot *slots; /* one per task input */
+  fetch_result *res;    /* one per task input; filled for URL inputs */
+  size_t pending;       /* downloads not yet called back, plus one while starting */
+  int64_t started_mono;
+} downloads;
+
+/* One running task: from its start in the store until it is finished, across
+ * every upstream attempt of this run. */
 typedef struct job {
   engine *e;
   char task_id[IDS_UUID_LEN + 1];
-  int attempt;
-  int64_t started_mono_ms;
+  int run;                    /* the store's attempts counter for this run */
+  task *t;                    /* the task as loaded at start (model, prompt, inputs...) */
+  int n_attempts;             /* upstream attempts made in this run */
+  router_route *tried[ENGINE_MAX_TRIED];
+  size_t n_tried;
+  router_route *route;        /* the route of the attempt in flight */
+  int64_t run_started_mono;
+  int64_t attempt_started_mono, attempt_started_ms;
+  int64_t due_mono;           /* when a scheduled retry may go */
   provider_outcome *outcome;  /* set by the provider's callback */
-  struct job *prev, *next;    /* in-flight list */
+  downloads *dl;              /* set while reference images download */
+  bool downloaded;            /* this run downloaded its URL inputs already */
+  struct job *prev, *next;    /* running list */
   struct job *done_next;      /* completion queue */
 } job;
 
 struct engine {
   store *st;
   blob *bl;
-  provider *prov;
+  router *rt;
+  curlloop *loop;
   engine_config cfg;
 
   pthread_mutex_t lock;
-  pthread_cond_t dispatch_cond; /* queue grew, a slot freed, or stopping */
+  pthread_cond_t dispatch_cond; /* queue grew, a slot freed, a retry was scheduled, or stopping */
   pthread_cond_t drain_cond;    /* in_flight dropped */
   pthread_cond_t done_cond;     /* completion queue grew, or completers must exit */
   queued_id *q_head, *q_tail;
   size_t q_len;
-  job *running;                 /* in-flight list head */
-  size_t in_flight;
+  job *running;                 /* every job, whatever it waits for */
+  size_t in_flight;             /* jobs, plus slots reserved by the dispatcher */
+  job **timers;                 /* min-heap on due_mono: retries waiting for their time */
+  size_t n_timers, cap_timers;
   job *done_head, *done_tail;
   uint64_t finished;
+  unsigned rng;
   bool stopping;                /* no more dispatching */
   bool completers_exit;         /* completers leave once the completion queue is empty */
   bool started, stopped;
+  int64_t next_sweep_mono;      /* when the dispatcher next looks for stranded queued tasks */
 
   pthread_t dispatcher;
   pthread_t *completers;
@@ -63,25 +97,27 @@ static void cond_init_monotonic(pthread_cond_t *c) {
   pthread_condattr_destroy(&attr);
 }
 
-static void deadline_from_now(struct timespec *ts, int64_t ms) {
-  clock_gettime(CLOCK_MONOTONIC, ts);
-  ts->tv_sec += ms / 1000;
-  ts->tv_nsec += (ms % 1000) * 1000000;
-  if (ts->tv_nsec >= 1000000000) {
-    ts->tv_sec++;
-    ts->tv_nsec -= 1000000000;
-  }
+static void mono_deadline(struct timespec *ts, int64_t mono_ms) {
+  ts->tv_sec = mono_ms / 1000;
+  ts->tv_nsec = (mono_ms % 1000) * 1000000;
 }
 
-engine *engine_create(store *st, blob *bl, provider *prov, const engine_config *cfg) {
+engine *engine_create(store *st, blob *bl, router *rt, curlloop *loop, const engine_config *cfg) {
   engine *e = calloc(1, sizeof *e);
   if (!e) return NULL;
   e->st = st;
   e->bl = bl;
-  e->prov = prov;
+  e->rt = rt;
+  e->loop = loop;
   e->cfg = *cfg;
   if (e->cfg.max_in_flight <= 0) e->cfg.max_in_flight = 1;
   if (e->cfg.completer_threads <= 0) e->cfg.completer_threads = 2;
+  if (e->cfg.max_attempts <= 0) e->cfg.max_attempts = 3;
+  if (e->cfg.deadline_ms <= 0) e->cfg.deadline_ms = 300000;
+  if (e->cfg.backoff_base_ms <= 0) e->cfg.backoff_base_ms = 500;
+  if (e->cfg.backoff_max_ms <= 0) e->cfg.backoff_max_ms = 15000;
+  if (e->cfg.sweep_interval_ms <= 0) e->cfg.sweep_interval_ms = 30000;
+  e->rng = (unsigned)time_now_ms();
   pthread_mutex_init(&e->lock, NULL);
   cond_init_monotonic(&e->dispatch_cond);
   cond_init_monotonic(&e->drain_cond);
@@ -109,29 +145,131 @@ void engine_enqueue(engine *e, const char *task_id) {
   pthread_mutex_unlock(&e->lock);
 }
 
+/* ---- the retry timer heap (under e->lock) ------------------------------- */
+
+static void heap_swap(job **h, size_t a, size_t b) {
+  job *t = h[a];
+  h[a] = h[b];
+  h[b] = t;
+}
+
+static bool heap_push(engine *e, job *j) {
+  if (e->n_timers == e->cap_timers) {
+    size_t cap = e->cap_timers ? e->cap_timers * 2 : 64;
+    job **grown = realloc(e->timers, cap * sizeof *grown);
+    if (!grown) return false;
+    e->timers = grown;
+    e->cap_timers = cap;
+  }
+  size_t i = e->n_timers++;
+  e->timers[i] = j;
+  while (i > 0 && e->timers[(i - 1) / 2]->due_mono > e->timers[i]->due_mono) {
+    heap_swap(e->timers, i, (i - 1) / 2);
+    i = (i - 1) / 2;
+  }
+  return true;
+}
+
+static job *heap_pop(engine *e) {
+  job *top = e->timers[0];
+  e->timers[0] = e->timers[--e->n_timers];
+  size_t i = 0;
+  for (;;) {
+    size_t l = 2 * i + 1, r = l + 1, m = i;
+    if (l < e->n_timers && e->timers[l]->due_mono < e->timers[m]->due_mono) m = l;
+    if (r < e->n_timers && e->timers[r]->due_mono < e->timers[m]->due_mono) m = r;
+    if (m == i) break;
+    heap_swap(e->timers, i, m);
+    i = m;
+  }
+  return top;
+}
+
 /* ---- finishing ---------------------------------------------------------- */
 
-static void finish_task(engine *e, const char *task_id, int attempt, task_state state,
+static void downloads_free(downloads *d, size_t n) {
+  if (!d) return;
+  for (size_t i = 0; i < n; i++) free(d->res[i].data);
+  free(d->res);
+  free(d->slots);
+  free(d);
+}
+
+static void job_free(job *j) {
+  provider_outcome_free(j->outcome);
+  downloads_free(j->dl, j->t ? j->t->n_inputs : 0);
+  task_free(j->t);
+  free(j);
+}
+
+static void unlink_running(engine *e, job *j) {
+  if (j->prev)
+    j->prev->next = j->next;
+  else
+    e->running = j->next;
+  if (j->next) j->next->prev = j->prev;
+  j->prev = j->next = NULL;
+}
+
+/* The job's slot is free again: the dispatcher may start another task. */
+static void job_release(engine *e, job *j) {
+  pthread_mutex_lock(&e->lock);
+  unlink_running(e, j);
+  e->in_flight--;
+  e->finished++;
+  pthread_cond_signal(&e->dispatch_cond);
+  pthread_cond_broadcast(&e->drain_cond);
+  pthread_mutex_unlock(&e->lock);
+  job_free(j);
+}
+
+/* How often, and after what pauses, a failed final write is tried again
+ * before the task is left running for the next start to re-run. A store that
+ * fails briefly (disk full for a moment, a lock held too long) must not cost
+ * a finished image. */
+static const int finish_retry_ms[] = {50, 200, 1000, 3000};
+
+static void finish_task(engine *e, const char *task_id, int run, task_state state,
                         const char *code, const char *message, const task_result *results,
-                        size_t n_results, int64_t dur_ms) {
-  int rc = e->st->ops->task_finish(e->st, task_id, attempt, state, code, message, results,
-                                   n_results, time_now_ms());
+                        size_t n_results, int64_t dur_ms, const task_attempt *attempt) {
+  int rc = e->st->ops->task_finish(e->st, task_id, run, state, code, message, results, n_results,
+                                   time_now_ms(), attempt);
+  for (size_t i = 0; rc != STORE_OK && rc != STORE_CONFLICT && rc != STORE_NOT_FOUND &&
+                     i < sizeof finish_retry_ms / sizeof finish_retry_ms[0];
+       i++) {
+    LOG_WARN("task_finish_retry", "task=%s attempt=%d after_ms=%d", task_id, run,
+             finish_retry_ms[i]);
+    struct timespec pause = {.tv_sec = finish_retry_ms[i] / 1000,
+                             .tv_nsec = (long)(finish_retry_ms[i] % 1000) * 1000000};
+    nanosleep(&pause, NULL); /* a completer thread; nothing else waits on it */
+    rc = e->st->ops->task_finish(e->st, task_id, run, state, code, message, results, n_results,
+                                 time_now_ms(), attempt);
+  }
   char qmsg[300];
   if (rc == STORE_OK) {
     LOG_INFO("task_finished", "task=%s state=%s attempt=%d images=%zu dur_ms=%lld code=%s",
-             task_id, task_state_name(state), attempt, n_results, (long long)dur_ms,
+             task_id, task_state_name(state), run, n_results, (long long)dur_ms,
              code ? code : "-");
     if (e->cfg.on_finished) e->cfg.on_finished(e->cfg.on_finished_ctx, task_id, state);
     return;
   }
   if (rc == STORE_CONFLICT) {
-    LOG_WARN("task_finish_conflict", "task=%s attempt=%d", task_id, attempt);
+    LOG_WARN("task_finish_conflict", "task=%s attempt=%d", task_id, run);
   } else {
     /* The task stays running in the store; a restart re-runs it. */
-    LOG_ERROR("task_finish_failed", "task=%s attempt=%d message=%s", task_id, attempt,
+    LOG_ERROR("task_finish_failed", "task=%s attempt=%d message=%s", task_id, run,
               log_quote(message, qmsg, sizeof qmsg));
   }
   for (size_t i = 0; i < n_results; i++) e->bl->ops->remove(e->bl, results[i].blob_key);
+}
+
+/* Finishes the job's task without images and frees the job. attempt is the
+ * last upstream attempt, recorded in the same transaction (NULL: none ended). */
+static void finish_job(engine *e, job *j, task_state state, const char *code,
+                       const char *message, const task_attempt *attempt) {
+  finish_task(e, j->task_id, j->run, state, code, message, NULL, 0,
+              time_mono_ms() - j->run_started_mono, attempt);
+  job_release(e, j);
 }
 
 /* Writes the images of a successful outcome to the blob store and fills
@@ -148,8 +286,7 @@ static int store_images(engine *e, const job *j, const provider_outcome *o,
     if (w <= 0 || h <= 0) imagefmt_dimensions(img->data, img->len, &w, &h);
     char token[33], key[128], digest[65];
     if (!ids_random_hex(token, 16)) goto fail;
-    snprintf(key, sizeof key, "results/%s/%d-%zu.%s", j->task_id, j->attempt, i,
-             imagefmt_ext(fmt));
+    snprintf(key, sizeof key, "results/%s/%d-%zu.%s", j->task_id, j->run, i, imagefmt_ext(fmt));
     ids_sha256_hex(img->data, img->len, digest);
     digest[32] = '\0';
     if (e->bl->ops->put(e->bl, key, img->data, img->len, imagefmt_mime(fmt)) != BLOB_OK)
@@ -179,50 +316,124 @@ static int store_images(engine *e, const job *j, const provider_outcome *o,
   return (int)o->n_images;
 }
 
-static void complete_job(engine *e, job *j) {
-  provider_outcome *o = j->outcome;
-  int64_t dur = time_mono_ms() - j->started_mono_ms;
-  if (o->status == PROVIDER_MODERATED) {
-    finish_task(e, j->task_id, j->attempt, TASK_MODERATED,
-                o->error_code[0] ? o->error_code : "content_moderated", o->error_message, NULL,
-                0, dur);
-  } else if (o->status == PROVIDER_FAILED) {
-    finish_task(e, j->task_id, j->attempt, TASK_FAILED,
-                o->error_code[0] ? o->error_code : "upstream_error", o->error_message, NULL, 0,
-                dur);
-  } else if (o->n_images == 0) {
-    finish_task(e, j->task_id, j->attempt, TASK_FAILED, "no_image",
-                "the provider answered without an image", NULL, 0, dur);
+static void finish_with_images(engine *e, job *j, const provider_outcome *o,
+                               const task_attempt *attempt) {
+  int64_t dur = time_mono_ms() - j->run_started_mono;
+  task_result *results = calloc(o->n_images, sizeof *results);
+  int n = results ? store_images(e, j, o, results) : -1;
+  if (n < 0) {
+    finish_task(e, j->task_id, j->run, TASK_FAILED, "storage_error",
+                "the result image could not be stored", NULL, 0, dur, attempt);
   } else {
-    task_result *results = calloc(o->n_images, sizeof *results);
-    int n = results ? store_images(e, j, o, results) : -1;
-    if (n < 0) {
-      finish_task(e, j->task_id, j->attempt, TASK_FAILED, "storage_error",
-                  "the result image could not be stored", NULL, 0, dur);
-    } else {
-      finish_task(e, j->task_id, j->attempt, TASK_SUCCEEDED, NULL, NULL, results, (size_t)n,
-                  dur);
-      for (int i = 0; i < n; i++) task_result_clear(&results[i]);
-    }
-    free(results);
+    finish_task(e, j->task_id, j->run, TASK_SUCCEEDED, NULL, NULL, results, (size_t)n, dur,
+                attempt);
+    for (int i = 0; i < n; i++) task_result_clear(&results[i]);
   }
+  free(results);
+  job_release(e, j);
 }
 
-static void unlink_running(engine *e, job *j) {
-  if (j->prev)
-    j->prev->next = j->next;
-  else
-    e->running = j->next;
-  if (j->next) j->next->prev = j->prev;
-  j->prev = j->next = NULL;
+/* ---- retries -------------------------------------------------------------- */
+
+/* Puts the job on the timer heap; the dispatcher runs its next attempt at due. */
+static void schedule(engine *e, job *j, int64_t due_mono) {
+  j->due_mono = due_mono;
+  pthread_mutex_lock(&e->lock);
+  bool ok = heap_push(e, j);
+  if (ok) pthread_cond_signal(&e->dispatch_cond);
+  pthread_mutex_unlock(&e->lock);
+  if (!ok)
+    finish_job(e, j, TASK_FAILED, "internal_error", "out of memory scheduling a retry", NULL);
 }
 
-/* Provider threads land here: hand the outcome to a completer and return at
- * once, so a provider's thread never waits on disk or the database. */
-static void on_provider_done(void *ctx, provider_outcome *outcome) {
-  job *j = ctx;
-  engine *e = j->e;
-  j->outcome = outcome;
+/* Exponential backoff with "equal jitter": half the step is fixed, half
+ * random, so retries of many tasks spread out but none retries at once. */
+static int64_t backoff_ms(engine *e, int attempts_made) {
+  int64_t step = e->cfg.backoff_base_ms;
+  for (int i = 1; i < attempts_made && step < e->cfg.backoff_max_ms; i++) step *= 2;
+  if (step > e->cfg.backoff_max_ms) step = e->cfg.backoff_max_ms;
+  pthread_mutex_lock(&e->lock);
+  unsigned r = (unsigned)rand_r(&e->rng);
+  pthread_mutex_unlock(&e->lock);
+  return step / 2 + (int64_t)(r % (unsigned)(step / 2 + 1));
+}
+
+/* Describes the attempt that just ended (pointing into j and o). */
+static task_attempt describe_attempt(const job *j, const provider_outcome *o) {
+  task_attempt a = {
+      .run = j->run,
+      .provider = router_route_provider(j->route)->name,
+      .upstream_model = (char *)router_route_upstream_model(j->route),
+      .started_ms = j->attempt_started_ms,
+      .ended_ms = time_now_ms(),
+      .http_status = o->http_status,
+      .error_class = (char *)provider_error_class_name(
+          o->status == PROVIDER_OK ? PROVIDER_ERR_NONE : o->error_class),
+      .error_code = o->status == PROVIDER_OK ? NULL : (char *)o->error_code,
+  };
+  LOG_INFO("attempt_ended", "task=%s provider=%s upstream_model=%s status=%d class=%s dur_ms=%lld",
+           j->task_id, a.provider, a.upstream_model, a.http_status, a.error_class,
+           (long long)(a.ended_ms - a.started_ms));
+  return a;
+}
+
+/* A completer decides what an attempt's outcome means for the task. */
+static void handle_outcome(engine *e, job *j) {
+  provider_outcome *o = j->outcome;
+  int64_t now = time_mono_ms();
+  /* Providers quote upstream text into fixed buffers, which may cut a
+   * character in half: repair it once here, before it is stored and shown. */
+  utf8_sanitize(o->error_code);
+  utf8_sanitize(o->error_message);
+  if (o->status == PROVIDER_OK && o->n_images == 0) {
+    o->status = PROVIDER_FAILED;
+    o->retryable = true;
+    o->error_class = PROVIDER_ERR_NO_IMAGE;
+    snprintf(o->error_code, sizeof o->error_code, "no_image");
+    snprintf(o->error_message, sizeof o->error_message, "the provider answered without an image");
+  }
+  router_report(e->rt, j->route, o, now - j->attempt_started_mono, now);
+  task_attempt a = describe_attempt(j, o);
+  j->n_attempts++;
+  j->route = NULL;
+
+  if (o->status == PROVIDER_OK) {
+    finish_with_images(e, j, o, &a);
+    return;
+  }
+  if (o->status == PROVIDER_MODERATED) {
+    finish_job(e, j, TASK_MODERATED, o->error_code[0] ? o->error_code : "content_moderated",
+               o->error_message, &a);
+    return;
+  }
+  /* A refused key or an exhausted account stays so on the same route: retry
+   * only where another provider, with its own key, can take the task. */
+  bool same_route_futile =
+      o->error_class == PROVIDER_ERR_AUTH || o->error_class == PROVIDER_ERR_CREDIT;
+  if (o->retryable && same_route_futile &&
+      !router_has_untried(e->rt, j->t->model, j->tried, j->n_tried))
+    o->retryable = false;
+  if (o->retryable && j->n_attempts < e->cfg.max_attempts) {
+    int64_t delay = backoff_ms(e, j->n_attempts);
+    if (o->retry_after_ms > delay) delay = o->retry_after_ms;
+    if (now + delay - j->run_started_mono < e->cfg.deadline_ms) {
+      LOG_INFO("attempt_retry", "task=%s after_ms=%lld attempts=%d", j->task_id,
+               (long long)delay, j->n_attempts);
+      if (e->st->ops->task_attempt_add(e->st, j->task_id, &a) != STORE_OK)
+        LOG_WARN("attempt_record_failed", "task=%s", j->task_id);
+      provider_outcome_free(o);
+      j->outcome = NULL;
+      schedule(e, j, now + delay);
+      return;
+    }
+  }
+  finish_job(e, j, TASK_FAILED, o->error_code[0] ? o->error_code : "upstream_error",
+             o->error_message, &a);
+}
+
+/* Provider threads and the curl loop land here: hand the outcome to a
+ * completer and return at once, so they never wait on disk or the database. */
+static void hand_to_completers(engine *e, job *j) {
   pthread_mutex_lock(&e->lock);
   j->done_next = NULL;
   if (e->done_tail)
@@ -234,6 +445,14 @@ static void on_provider_done(void *ctx, provider_outcome *outcome) {
   pthread_mutex_unlock(&e->lock);
 }
 
+static void on_provider_done(void *ctx, provider_outcome *outcome) {
+  job *j = ctx;
+  j->outcome = outcome;
+  hand_to_completers(j->e, j);
+}
+
+static void handle_downloads(engine *e, job *j);
+
 static void *completer_main(void *arg) {
   engine *e = arg;
   pthread_mutex_lock(&e->lock);
@@ -244,23 +463,17 @@ static void *completer_main(void *arg) {
     e->done_head = j->done_next;
     if (!e->done_head) e->done_tail = NULL;
     pthread_mutex_unlock(&e->lock);
-
-    complete_job(e, j);
-    provider_outcome_free(j->outcome);
-
+    if (j->dl)
+      handle_downloads(e, j);
+    else
+      handle_outcome(e, j);
     pthread_mutex_lock(&e->lock);
-    unlink_running(e, j);
-    e->in_flight--;
-    e->finished++;
-    pthread_cond_signal(&e->dispatch_cond);
-    pthread_cond_broadcast(&e->drain_cond);
-    free(j);
   }
   pthread_mutex_unlock(&e->lock);
   return NULL;
 }
 
-/* ---- starting ----------------------------------------------------------- */
+/* ---- attempts ------------------------------------------------------------- */
 
 typedef struct loaded_inputs {
   provider_input *inputs;
@@ -274,122 +487,362 @@ static void loaded_inputs_free(loaded_inputs *li) {
   free(li->inputs);
 }
 
+/* Where a downloaded URL input is kept for the task's attempts and re-runs. */
+static void downloaded_input_key(const task *t, size_t index, char *key, size_t size) {
+  snprintf(key, size, "inputs/%s/%zu.url", t->id, index);
+}
+
+enum { INPUTS_LOADED = 0, INPUTS_FAILED = -1, INPUTS_NOT_DOWNLOADED = 1 };
+
+/* Reads the reference images back for one attempt. Keeping them in memory
+ * between attempts would cost up to 70 MB per waiting task; a re-read is
+ * cheap. INPUTS_NOT_DOWNLOADED: a URL input is not in the blob store yet. */
 static int load_inputs(engine *e, const task *t, loaded_inputs *li) {
   memset(li, 0, sizeof *li);
-  if (t->n_inputs == 0) return 0;
+  if (t->n_inputs == 0) return INPUTS_LOADED;
   li->inputs = calloc(t->n_inputs, sizeof *li->inputs);
   li->data = calloc(t->n_inputs, sizeof *li->data);
-  if (!li->inputs || !li->data) return -1;
+  if (!li->inputs || !li->data) return INPUTS_FAILED;
   for (size_t i = 0; i < t->n_inputs; i++) {
     const task_input *in = &t->inputs[i];
-    if (!in->blob_key) return -1; /* URL inputs arrive with the fetcher */
+    char key[128];
+    if (!in->blob_key) downloaded_input_key(t, i, key, sizeof key);
     size_t len;
-    if (e->bl->ops->read(e->bl, in->blob_key, e->cfg.max_input_bytes, &li->data[i], &len) !=
-        BLOB_OK)
-      return -1;
+    int rc = e->bl->ops->read(e->bl, in->blob_key ? in->blob_key : key, e->cfg.max_input_bytes,
+                              &li->data[i], &len);
+    if (rc == BLOB_NOT_FOUND && !in->blob_key) return INPUTS_NOT_DOWNLOADED;
+    if (rc != BLOB_OK) return INPUTS_FAILED;
     li->n = i + 1;
     li->inputs[i].data = li->data[i];
     li->inputs[i].len = len;
-    li->inputs[i].mime = in->mime ? in->mime : "application/octet-stream";
+    li->inputs[i].mime = in->mime ? in->mime : imagefmt_mime(imagefmt_detect(li->data[i], len));
   }
-  return 0;
+  return INPUTS_LOADED;
 }
 
-/* Starts one task. Returns true when a provider call is now in flight (its
- * slot is released by the completer), false when the slot is free again. */
-static bool start_task(engine *e, const char *task_id) {
-  int attempt = 0;
-  int rc = e->st->ops->task_start(e->st, task_id, e->prov->name, time_now_ms(), &attempt);
-  if (rc == STORE_CONFLICT || rc == STORE_NOT_FOUND) return false; /* started or gone already */
-  if (rc != STORE_OK) {
-    LOG_ERROR("task_start_failed", "task=%s", task_id);
-    return false;
-  }
-  task *t = NULL;
-  loaded_inputs li = {0};
-  job *j = calloc(1, sizeof *j);
-  if (!j || e->st->ops->task_get(e->st, task_id, &t) != STORE_OK) {
-    /* Leaves the task running: the next start re-runs it. */
-    LOG_ERROR("task_load_failed", "task=%s attempt=%d", task_id, attempt);
-    free(j);
-    return false;
-  }
-  j->e = e;
-  snprintf(j->task_id, sizeof j->task_id, "%s", task_id);
-  j->attempt = attempt;
-  j->started_mono_ms = time_mono_ms();
+/* ---- reference images by URL ---------------------------------------------- */
 
-  if (load_inputs(e, t, &li) < 0) {
-    finish_task(e, task_id, attempt, TASK_FAILED, "input_unavailable",
-                "a reference image could not be read back", NULL, 0, 0);
+/* One download fewer outstanding; the last hands the job to a completer. */
+static void download_settled(engine *e, job *j) {
+  pthread_mutex_lock(&e->lock);
+  size_t left = --j->dl->pending;
+  pthread_mutex_unlock(&e->lock);
+  if (left == 0) hand_to_completers(e, j);
+}
+
+/* Curl loop thread: keep the result (and its bytes) for the completer. */
+static void on_downloaded(void *ctx, fetch_result *res) {
+  download_slot *slot = ctx;
+  slot->j->dl->res[slot->index] = *res;
+  res->data = NULL;
+  download_settled(slot->j->e, slot->j);
+}
+
+/* Starts every URL input's download at once. The job waits for them off the
+ * dispatcher; a completer takes it from there (handle_downloads). */
+static void start_downloads(engine *e, job *j) {
+  const task *t = j->t;
+  downloads *d = calloc(1, sizeof *d);
+  if (d) {
+    d->slots = calloc(t->n_inputs, sizeof *d->slots);
+    d->res = calloc(t->n_inputs, sizeof *d->res);
+  }
+  if (!d || !d->slots || !d->res || !e->loop) {
+    downloads_free(d, t->n_inputs);
+    finish_job(e, j, TASK_FAILED, "image_download_failed",
+               "reference images by URL cannot be downloaded here", NULL);
+    return;
+  }
+  d->started_mono = time_mono_ms();
+  d->pending = 1; /* held until every download has started */
+  j->dl = d;
+  j->downloaded = true;
+  for (size_t i = 0; i < t->n_inputs; i++) {
+    if (!t->inputs[i].url) continue;
+    d->slots[i] = (download_slot){.j = j, .index = i};
+    pthread_mutex_lock(&e->lock);
+    d->pending++;
+    pthread_mutex_unlock(&e->lock);
+    fetch_result immediate = {0};
+    if (fetch_start(e->loop, &e->cfg.fetch, t->inputs[i].url, on_downloaded, &d->slots[i],
+                    &immediate) < 0) {
+      d->res[i] = immediate;
+      download_settled(e, j);
+    }
+  }
+  download_settled(e, j);
+}
+
+static const char *download_error_code(fetch_status s) {
+  switch (s) {
+  case FETCH_REFUSED_ADDRESS:
+  case FETCH_REFUSED_SCHEME: return "image_url_refused";
+  case FETCH_TOO_LARGE: return "image_too_large";
+  case FETCH_NOT_IMAGE: return "invalid_image";
+  default: return "image_download_failed";
+  }
+}
+
+
+/* Completer thread: every download of the job has ended. Keeps the images in
+ * the blob store and lets the dispatcher start the first attempt, or fails
+ * the task (no upstream was called, so nothing is owed). */
+static void handle_downloads(engine *e, job *j) {
+  downloads *d = j->dl;
+  j->dl = NULL;
+  const task *t = j->t;
+  size_t n_url = 0, bytes = 0;
+  for (size_t i = 0; i < t->n_inputs; i++) {
+    if (!t->inputs[i].url) continue;
+    fetch_result *r = &d->res[i];
+    if (r->status == FETCH_CANCELLED) {
+      pthread_mutex_lock(&e->lock);
+      bool stopping = e->stopping;
+      pthread_mutex_unlock(&e->lock);
+      if (stopping) { /* the task stays running in the store; the next start re-runs it */
+        downloads_free(d, t->n_inputs);
+        return;
+      }
+    }
+    if (r->status != FETCH_OK) {
+      char message[320];
+      snprintf(message, sizeof message, "image %zu: %s", i, r->message);
+      utf8_sanitize(message);
+      const char *code = download_error_code(r->status);
+      LOG_INFO("input_download_failed", "task=%s index=%zu code=%s http_status=%ld", j->task_id,
+               i, code, r->http_status);
+      downloads_free(d, t->n_inputs); /* r points into d */
+      finish_job(e, j, TASK_FAILED, code, message, NULL);
+      return;
+    }
+    char key[128];
+    downloaded_input_key(t, i, key, sizeof key);
+    if (e->bl->ops->put(e->bl, key, r->data, r->len, r->mime) != BLOB_OK) {
+      downloads_free(d, t->n_inputs);
+      finish_job(e, j, TASK_FAILED, "storage_error", "a reference image could not be stored",
+                 NULL);
+      return;
+    }
+    n_url++;
+    bytes += r->len;
+  }
+  LOG_INFO("inputs_downloaded", "task=%s images=%zu bytes=%zu dur_ms=%lld", j->task_id, n_url,
+           bytes, (long long)(time_mono_ms() - d->started_mono));
+  downloads_free(d, t->n_inputs);
+  schedule(e, j, time_mono_ms());
+}
+
+static provider_outcome *internal_outcome(const char *code, const char *message, bool retryable) {
+  provider_outcome *o = provider_outcome_new(PROVIDER_FAILED);
+  if (!o) return NULL;
+  o->retryable = retryable;
+  o->error_class = PROVIDER_ERR_INTERNAL;
+  snprintf(o->error_code, sizeof o->error_code, "%s", code);
+  snprintf(o->error_message, sizeof o->error_message, "%s", message);
+  return o;
+}
+
+/* Ends the attempt in flight on our side, through the same path as an
+ * upstream's answer (so it is reported, recorded and maybe retried). */
+static void fail_attempt(engine *e, job *j, const char *code, const char *message,
+                         bool retryable) {
+  provider_outcome *o = internal_outcome(code, message, retryable);
+  if (!o) {
+    router_release(e->rt, j->route);
+    j->route = NULL;
+    finish_job(e, j, TASK_FAILED, "internal_error", "out of memory", NULL);
+    return;
+  }
+  on_provider_done(j, o);
+}
+
+/* Starts the job's next upstream attempt (dispatcher thread), on route when
+ * one was picked already, else on a fresh pick. */
+static void run_attempt(engine *e, job *j, router_route *route) {
+  loaded_inputs li;
+  int loaded = load_inputs(e, j->t, &li);
+  if (loaded == INPUTS_NOT_DOWNLOADED && !j->downloaded) {
     loaded_inputs_free(&li);
-    task_free(t);
-    free(j);
-    return false;
+    if (route) router_release(e->rt, route);
+    start_downloads(e, j);
+    return;
+  }
+  int64_t now = time_mono_ms();
+  int64_t left = e->cfg.deadline_ms - (now - j->run_started_mono);
+  int64_t wait = 0;
+  if (!route && left > 0) route = router_pick(e->rt, j->t->model, j->tried, j->n_tried, now, &wait);
+  if (!route) {
+    loaded_inputs_free(&li);
+    if (left > 0 && wait < left) {
+      schedule(e, j, now + wait); /* every route is resting or full: not an attempt */
+      return;
+    }
+    finish_job(e, j, TASK_FAILED, "no_provider_available",
+               "no upstream could take the task before its deadline", NULL);
+    return;
+  }
+  j->route = route;
+  if (j->n_tried < ENGINE_MAX_TRIED) {
+    bool seen = false;
+    for (size_t i = 0; i < j->n_tried; i++) seen |= j->tried[i] == route;
+    if (!seen) j->tried[j->n_tried++] = route;
+  }
+  j->attempt_started_mono = now;
+  j->attempt_started_ms = time_now_ms();
+
+  provider *p = router_route_provider(route);
+  if (loaded != INPUTS_LOADED) {
+    loaded_inputs_free(&li);
+    fail_attempt(e, j, "input_unavailable", "a reference image could not be read back", false);
+    return;
   }
   provider_request req = {
-      .task_id = t->id,
-      .model = t->model,
-      .upstream_model = t->model,
-      .prompt = t->prompt,
-      .aspect_ratio = t->aspect_ratio,
-      .resolution = t->resolution,
-      .quantity = t->quantity > 0 ? t->quantity : 1,
+      .task_id = j->t->id,
+      .model = j->t->model,
+      .upstream_model = router_route_upstream_model(route),
+      .prompt = j->t->prompt,
+      .aspect_ratio = j->t->aspect_ratio,
+      .resolution = j->t->resolution,
+      .quantity = j->t->quantity > 0 ? j->t->quantity : 1,
       .inputs = li.inputs,
       .n_inputs = li.n,
+      .timeout_ms = (long)left,
   };
-  LOG_INFO("task_started", "task=%s attempt=%d provider=%s model=%s", task_id, attempt,
-           e->prov->name, t->model);
-
-  pthread_mutex_lock(&e->lock);
-  j->next = e->running;
-  if (e->running) e->running->prev = j;
-  e->running = j;
-  pthread_mutex_unlock(&e->lock);
-
-  bool ok = e->prov->ops->start(e->prov, &req, on_provider_done, j) == 0;
+  LOG_INFO("attempt_started", "task=%s run=%d attempt=%d provider=%s upstream_model=%s",
+           j->task_id, j->run, j->n_attempts + 1, p->name, req.upstream_model);
+  /* After start() the job belongs to the callback: do not touch it here. */
+  int rc = p->ops->start(p, &req, on_provider_done, j);
   loaded_inputs_free(&li);
-  task_free(t);
-  if (!ok) {
-    pthread_mutex_lock(&e->lock);
-    unlink_running(e, j);
-    pthread_mutex_unlock(&e->lock);
-    finish_task(e, task_id, attempt, TASK_FAILED, "provider_unavailable",
-                "the provider could not start the call", NULL, 0, 0);
-    free(j);
+  if (rc != 0)
+    fail_attempt(e, j, "provider_unavailable", "the provider could not start the call", true);
+}
+
+#define ENGINE_START_BATCH 64
+
+/* Starts a batch of queued tasks: loads each, picks its route, marks them all
+ * running in one store transaction (one disk sync for the batch, not one per
+ * task), then starts their first attempts. The route is picked before the
+ * task is marked running, so the store names the provider from the start.
+ * Returns how many became jobs; the caller gives back the other slots. */
+static size_t start_tasks(engine *e, queued_id **ids, size_t n) {
+  job *jobs[ENGINE_START_BATCH];
+  router_route *routes[ENGINE_START_BATCH];
+  store_start items[ENGINE_START_BATCH];
+  size_t m = 0;
+  for (size_t i = 0; i < n; i++) {
+    job *j = calloc(1, sizeof *j);
+    if (!j) continue; /* still queued in the store: the next start picks it up */
+    if (e->st->ops->task_get(e->st, ids[i]->id, &j->t) != STORE_OK ||
+        j->t->state != TASK_QUEUED) {
+      job_free(j); /* gone, or started already */
+      continue;
+    }
+    int64_t wait;
+    routes[m] = router_pick(e->rt, j->t->model, NULL, 0, time_mono_ms(), &wait);
+    items[m] = (store_start){.task_id = j->t->id,
+                             .provider = routes[m] ? router_route_provider(routes[m])->name : NULL};
+    jobs[m++] = j;
   }
-  return ok;
+  int rc = e->st->ops->task_start_many(e->st, items, m, time_now_ms());
+  if (rc != STORE_OK) LOG_ERROR("task_start_failed", "tasks=%zu", m);
+  size_t started = 0;
+  for (size_t i = 0; i < m; i++) {
+    job *j = jobs[i];
+    if (rc != STORE_OK || items[i].rc != STORE_OK) {
+      if (routes[i]) router_release(e->rt, routes[i]);
+      job_free(j);
+      continue;
+    }
+    j->e = e;
+    j->run = items[i].attempt;
+    snprintf(j->task_id, sizeof j->task_id, "%s", j->t->id);
+    j->run_started_mono = time_mono_ms();
+    pthread_mutex_lock(&e->lock);
+    j->next = e->running;
+    if (e->running) e->running->prev = j;
+    e->running = j;
+    pthread_mutex_unlock(&e->lock);
+    started++;
+  }
+  /* Only now the attempts: a fast failure must not finish a task whose
+   * siblings are still being linked. */
+  for (size_t i = 0; i < m; i++)
+    if (rc == STORE_OK && items[i].rc == STORE_OK) run_attempt(e, jobs[i], routes[i]);
+  return started;
+}
+
+/* Queued in the store but in no memory queue: a task whose start failed on a
+ * store error, or whose id could not be queued (out of memory). Looked for
+ * only while the memory queue is empty, so a task found is a stray, or one
+ * submitted this instant (then its second copy fails the start's
+ * compare-and-set and is dropped). Called without e->lock. */
+static void sweep_stranded(engine *e, size_t room) {
+  char(*ids)[IDS_UUID_LEN + 1] = NULL;
+  size_t n = 0;
+  if (e->st->ops->task_list_queued(e->st, room, &ids, &n) != STORE_OK) return;
+  for (size_t i = 0; i < n; i++) engine_enqueue(e, ids[i]);
+  if (n) LOG_INFO("engine_swept", "queued=%zu", n);
+  free(ids);
 }
 
 static void *dispatcher_main(void *arg) {
   engine *e = arg;
   pthread_mutex_lock(&e->lock);
+  e->next_sweep_mono = time_mono_ms() + e->cfg.sweep_interval_ms;
   while (!e->stopping) {
-    if (!e->q_head || e->in_flight >= (size_t)e->cfg.max_in_flight) {
-      pthread_cond_wait(&e->dispatch_cond, &e->lock);
+    int64_t now = time_mono_ms();
+    if (!e->q_head && now >= e->next_sweep_mono) {
+      e->next_sweep_mono = now + e->cfg.sweep_interval_ms;
+      size_t room = e->in_flight < (size_t)e->cfg.max_in_flight
+                        ? (size_t)e->cfg.max_in_flight - e->in_flight
+                        : 0;
+      if (room) {
+        pthread_mutex_unlock(&e->lock);
+        sweep_stranded(e, room);
+        pthread_mutex_lock(&e->lock);
+        continue;
+      }
+    }
+    if (e->n_timers && e->timers[0]->due_mono <= now) {
+      job *j = heap_pop(e);
+      pthread_mutex_unlock(&e->lock);
+      run_attempt(e, j, NULL);
+      pthread_mutex_lock(&e->lock);
       continue;
     }
-    queued_id *q = e->q_head;
-    e->q_head = q->next;
-    if (!e->q_head) e->q_tail = NULL;
-    e->q_len--;
-    e->in_flight++; /* reserve the slot before the lock is dropped */
-    pthread_mutex_unlock(&e->lock);
-
-    bool running = start_task(e, q->id);
-    free(q);
-
-    pthread_mutex_lock(&e->lock);
-    if (!running) {
-      e->in_flight--;
-      pthread_cond_broadcast(&e->drain_cond);
+    if (e->q_head && e->in_flight < (size_t)e->cfg.max_in_flight) {
+      queued_id *batch[ENGINE_START_BATCH];
+      size_t n = 0;
+      while (e->q_head && n < ENGINE_START_BATCH &&
+             e->in_flight < (size_t)e->cfg.max_in_flight) {
+        queued_id *q = e->q_head;
+        e->q_head = q->next;
+        if (!e->q_head) e->q_tail = NULL;
+        e->q_len--;
+        e->in_flight++; /* reserve the slot before the lock is dropped */
+        batch[n++] = q;
+      }
+      pthread_mutex_unlock(&e->lock);
+      size_t started = start_tasks(e, batch, n);
+      for (size_t i = 0; i < n; i++) free(batch[i]);
+      pthread_mutex_lock(&e->lock);
+      if (started < n) {
+        e->in_flight -= n - started;
+        pthread_cond_broadcast(&e->drain_cond);
+      }
+      continue;
     }
+    int64_t wake = e->next_sweep_mono;
+    if (e->n_timers && e->timers[0]->due_mono < wake) wake = e->timers[0]->due_mono;
+    struct timespec ts;
+    mono_deadline(&ts, wake);
+    pthread_cond_timedwait(&e->dispatch_cond, &e->lock, &ts);
   }
   pthread_mutex_unlock(&e->lock);
   return NULL;
 }
 
-/* ---- lifecycle ---------------------------------------------------------- */
+/* ---- lifecycle ------------------------------------------------------------ */
 
 static int recover(engine *e) {
   int64_t requeued = 0;
@@ -439,21 +892,24 @@ void engine_stop(engine *e) {
   pthread_mutex_unlock(&e->lock);
   if (had_dispatcher) pthread_join(e->dispatcher, NULL);
 
-  /* Let running calls finish for a while; what does not finish stays
-   * running in the store and is re-run after the next start. */
-  struct timespec deadline;
-  deadline_from_now(&deadline, e->cfg.drain_timeout_ms);
+  /* Retries waiting for their time will not run in this process: they do
+   * not hold the drain up. Calls in flight get drain_timeout_ms. */
+  int64_t deadline = time_mono_ms() + e->cfg.drain_timeout_ms;
+  struct timespec ts;
+  mono_deadline(&ts, deadline);
   pthread_mutex_lock(&e->lock);
-  while (e->in_flight > 0) {
-    if (pthread_cond_timedwait(&e->drain_cond, &e->lock, &deadline) != 0) break;
+  while (e->in_flight > e->n_timers) {
+    if (pthread_cond_timedwait(&e->drain_cond, &e->lock, &ts) != 0) break;
   }
   pthread_mutex_unlock(&e->lock);
 
-  /* After destroy no callback can arrive; completions already queued are
-   * still stored by the completers before they exit. */
-  if (e->prov) {
-    e->prov->ops->destroy(e->prov);
-    e->prov = NULL;
+  /* Cancel what is still out: the curl loop first (its callbacks free the
+   * providers' call contexts without reporting), then let the completers
+   * store what already arrived, then the providers (the simulated one drops
+   * its pending calls). Nothing below calls back into a freed module. */
+  if (e->loop) {
+    curlloop_destroy(e->loop);
+    e->loop = NULL;
   }
   pthread_mutex_lock(&e->lock);
   e->completers_exit = true;
@@ -461,14 +917,20 @@ void engine_stop(engine *e) {
   pthread_mutex_unlock(&e->lock);
   for (int i = 0; i < e->n_completers; i++) pthread_join(e->completers[i], NULL);
   e->n_completers = 0;
+  router_destroy(e->rt);
+  e->rt = NULL;
 
+  /* Whatever is left stays running in the store and is re-run at the next start. */
   pthread_mutex_lock(&e->lock);
-  size_t abandoned = e->in_flight;
+  size_t abandoned = 0;
   while (e->running) {
     job *j = e->running;
     unlink_running(e, j);
-    free(j);
+    job_free(j);
+    abandoned++;
   }
+  e->n_timers = 0;
+  e->done_head = e->done_tail = NULL;
   e->in_flight = 0;
   pthread_mutex_unlock(&e->lock);
   LOG_INFO("engine_stopped", "finished=%llu left_running=%zu left_queued=%zu",
@@ -483,6 +945,7 @@ void engine_destroy(engine *e) {
     e->q_head = q->next;
     free(q);
   }
+  free(e->timers);
   free(e->completers);
   pthread_cond_destroy(&e->dispatch_cond);
   pthread_cond_destroy(&e->drain_cond);
@@ -495,7 +958,12 @@ void engine_get_stats(engine *e, engine_stats *out) {
   pthread_mutex_lock(&e->lock);
   out->queued = e->q_len;
   out->in_flight = e->in_flight;
+  out->retrying = e->n_timers;
   out->finished = e->finished;
   out->stopping = e->stopping;
   pthread_mutex_unlock(&e->lock);
 }
+
+bool engine_serves(engine *e, const char *model) { return e->rt && router_serves(e->rt, model); }
+
+router *engine_router(engine *e) { return e->rt; }

@@ -5,20 +5,31 @@
  * of the store's queued set and can be rebuilt from it at any time.
  *
  *   dispatcher thread: pops an id while fewer than max_in_flight tasks run,
- *     marks it running in the store (compare-and-set; attempt+1), loads its
- *     reference images and starts the provider call;
- *   provider threads: call back with the outcome, which is queued;
- *   completer threads: write result images to the blob store, then finish the
- *     task in the store (compare-and-set on state and attempt, results in the
- *     same transaction) and log `task_finished` once.
+ *     marks it running in the store (compare-and-set; attempts+1), asks the
+ *     router for a route, reads the reference images back and starts the
+ *     provider call; it also starts retries whose backoff has elapsed;
+ *   reference images given by URL are downloaded first, all at once, on the
+ *     curl loop through the guarded fetcher (upstream/fetch.h); a completer
+ *     writes them to the blob store under inputs/{task}/{i}.url, where a
+ *     re-run finds them, and a refused or failed download fails the task
+ *     before any upstream call;
+ *   provider threads (and the curl loop): call back with the outcome, which is queued;
+ *   completer threads: report the outcome to the router, record the attempt,
+ *     then either schedule a retry (retryable failure, attempts and deadline
+ *     left: exponential backoff with equal jitter, at least what the upstream
+ *     asked for with Retry-After/RetryInfo, preferably on another route) or
+ *     write the images to the blob store and finish the task in the store
+ *     (compare-and-set on state and attempts, results in the same
+ *     transaction), logging `task_finished` once.
  *
  * Crash recovery (engine_start): tasks left running by a dead process are put
  * back to queued and every queued task is enqueued again, oldest first. A
  * re-run gets a new attempt number, so only one run can ever finish a task.
  *
- * Shutdown (engine_stop): stop starting tasks, wait up to drain_timeout_ms
- * for running ones to finish, then drop the rest: they stay running in the
- * store and the next start re-runs them. */
+ * Shutdown (engine_stop): stop starting tasks and retries, wait up to
+ * drain_timeout_ms for calls in flight, cancel the rest (curl loop first, then
+ * the providers): those tasks stay running in the store and the next start
+ * re-runs them. */
 #ifndef IMGATE_ENGINE_H
 #define IMGATE_ENGINE_H
 
@@ -28,7 +39,10 @@
 
 #include "blob/blob.h"
 #include "store/store.h"
+#include "upstream/curlloop.h"
+#include "upstream/fetch.h"
 #include "upstream/provider.h"
+#include "upstream/router.h"
 
 typedef struct engine_config {
   int max_in_flight;       /* provider calls running at once */
@@ -36,6 +50,12 @@ typedef struct engine_config {
   int64_t retention_ms;    /* result URLs expire this long after the task finished */
   size_t max_input_bytes;  /* cap when reading a reference image back from the blob store */
   int drain_timeout_ms;
+  int max_attempts;        /* upstream calls per run, first included (default 3) */
+  int deadline_ms;         /* a run gives up retrying after this long (default 300000) */
+  int backoff_base_ms;     /* first retry waits up to this (default 500), doubling */
+  int backoff_max_ms;      /* cap of one backoff (default 15000) */
+  fetch_config fetch;      /* reference images by URL (max_bytes 0 = max_input_bytes) */
+  int sweep_interval_ms;   /* how often an idle dispatcher looks for stranded queued tasks (30000) */
   /* Called on a completer thread after a task's final state is committed,
    * exactly once per task this process finishes (waiters, webhooks, tests). */
   void (*on_finished)(void *ctx, const char *task_id, task_state state);
@@ -44,9 +64,10 @@ typedef struct engine_config {
 
 typedef struct engine engine;
 
-/* The engine takes ownership of provider (destroyed in engine_destroy);
- * store and blob stay the caller's and must outlive the engine. */
-engine *engine_create(store *st, blob *bl, provider *prov, const engine_config *cfg);
+/* The engine takes ownership of the router (and so of its providers) and of
+ * the curl loop (may be NULL when no provider uses it): it must stop them in
+ * order. store and blob stay the caller's and must outlive the engine. */
+engine *engine_create(store *st, blob *bl, router *rt, curlloop *loop, const engine_config *cfg);
 /* Recovers from a previous run and starts the threads. Returns 0 or -1. */
 int engine_start(engine *e);
 /* Schedules a task the store holds as queued. */
@@ -58,11 +79,17 @@ void engine_destroy(engine *e);
 
 typedef struct engine_stats {
   size_t queued;    /* ids waiting in memory */
-  size_t in_flight; /* provider calls running */
+  size_t in_flight; /* tasks running (calling a provider or waiting to retry) */
+  size_t retrying;  /* of those, waiting for a retry's time */
   uint64_t finished;/* tasks this process finished */
   bool stopping;    /* engine_stop has begun */
 } engine_stats;
 
 void engine_get_stats(engine *e, engine_stats *out);
+
+/* True when some route serves the catalog model. */
+bool engine_serves(engine *e, const char *model);
+/* The router, for health reports and metrics (owned by the engine). */
+router *engine_router(engine *e);
 
 #endif

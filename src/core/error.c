@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "util/utf8.h"
+
 /* Copies src into a fixed field, truncating; NULL becomes "". */
 static void err_copy(char *dst, size_t size, const char *src) {
   size_t n = src ? strnlen(src, size - 1) : 0;
@@ -20,11 +22,21 @@ int err_set(imgate_error *e, err_code code, const char *slug, const char *param,
   err_copy(e->param, sizeof e->param, param);
   e->message[0] = '\0';
   if (fmt) {
+    /* One byte more than the message holds, so that a cut can see whether it
+     * falls inside a character. */
+    char text[sizeof e->message + 1];
     va_list ap;
     va_start(ap, fmt);
-    /* Truncation is fine: the message is for people, the slug is what machines read. */
-    if (vsnprintf(e->message, sizeof e->message, fmt, ap) < 0) e->message[0] = '\0';
+    int n = vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
+    if (n < 0) text[0] = '\0';
+    /* Truncation is fine: the message is for people, the slug is what machines
+     * read. But it ends up in JSON, which must be UTF-8: the cut must not split
+     * a character, and text from elsewhere (an upstream) may not be clean. */
+    size_t keep = utf8_cut(text, sizeof e->message - 1);
+    memcpy(e->message, text, keep);
+    e->message[keep] = '\0';
+    utf8_sanitize(e->message);
   }
   return -1;
 }

@@ -75,5 +75,16 @@ void task_free(task *t) {
   free(t->inputs);
   for (size_t i = 0; i < t->n_results; i++) task_result_clear(&t->results[i]);
   free(t->results);
+  for (size_t i = 0; i < t->n_upstream_attempts; i++) task_attempt_clear(&t->upstream_attempts[i]);
+  free(t->upstream_attempts);
   free(t);
+}
+
+void task_attempt_clear(task_attempt *a) {
+  if (!a) return;
+  free(a->provider);
+  free(a->upstream_model);
+  free(a->error_class);
+  free(a->error_code);
+  a->provider = a->upstream_model = a->error_class = a->error_code = NULL;
 }

@@ -56,6 +56,18 @@ typedef struct task_result {
   int64_t expires_ms;  /* unix ms after which the URL answers 404 */
 } task_result;
 
+/* One upstream call made for a task: a run may make several (retries,
+ * failover to another route), and a re-run after a crash makes more. */
+typedef struct task_attempt {
+  int run;               /* the task's attempts counter when it was made */
+  char *provider;        /* provider instance name */
+  char *upstream_model;
+  int64_t started_ms, ended_ms;
+  int http_status;       /* 0 when no HTTP answer */
+  char *error_class;     /* provider_error_class_name(); "none" on success */
+  char *error_code;      /* NULL on success */
+} task_attempt;
+
 typedef struct task {
   char id[IDS_UUID_LEN + 1]; /* UUIDv7, shown to clients as "uid" */
   int64_t account_id;
@@ -75,11 +87,14 @@ typedef struct task {
   size_t n_inputs;
   task_result *results;
   size_t n_results;
+  task_attempt *upstream_attempts; /* oldest first */
+  size_t n_upstream_attempts;
 } task;
 
 /* Frees every member and t itself; NULL is fine. */
 void task_free(task *t);
 void task_result_clear(task_result *r);
 void task_input_clear(task_input *in);
+void task_attempt_clear(task_attempt *a);
 
 #endif

@@ -39,6 +39,7 @@ typedef struct route {
   char *storage; /* the pattern copy that text and name point into */
   route_seg *segs;
   int n_segs;
+  http_guard_fn guard; /* NULL: none */
   http_handler_fn fn;
   void *ctx;
 } route;
@@ -153,8 +154,13 @@ static bool router_grow(http_router *r) {
 
 bool http_router_add(http_router *r, const char *method, const char *pattern, http_handler_fn fn,
                      void *ctx) {
+  return http_router_add_guarded(r, method, pattern, NULL, fn, ctx);
+}
+
+bool http_router_add_guarded(http_router *r, const char *method, const char *pattern,
+                             http_guard_fn guard, http_handler_fn fn, void *ctx) {
   if (!r || !method || !pattern || !fn || !valid_method(method)) return false;
-  route rt = {.fn = fn, .ctx = ctx};
+  route rt = {.guard = guard, .fn = fn, .ctx = ctx};
   rt.method = strdup(method);
   rt.storage = strdup(pattern);
   bool ok = rt.method && rt.storage && parse_pattern(&rt) && router_grow(r);
@@ -276,8 +282,9 @@ static void allow_join(const char **methods, int n, char *allow, size_t allow_si
 }
 
 http_route_result http_router_match(http_router *r, const char *method, const char *path,
-                                    http_handler_fn *fn, void **ctx, http_param *out_params,
-                                    int *out_n, char *allow, size_t allow_size) {
+                                    http_handler_fn *fn, http_guard_fn *guard, void **ctx,
+                                    http_param *out_params, int *out_n, char *allow,
+                                    size_t allow_size) {
   if (out_n) *out_n = 0;
   if (allow && allow_size) allow[0] = '\0';
   if (!r || !method || !path) return HTTP_ROUTE_NOT_FOUND;
@@ -312,6 +319,7 @@ http_route_result http_router_match(http_router *r, const char *method, const ch
     return HTTP_ROUTE_NOT_FOUND;
   }
   if (fn) *fn = found->fn;
+  if (guard) *guard = found->guard;
   if (ctx) *ctx = found->ctx;
   return HTTP_ROUTE_FOUND;
 }

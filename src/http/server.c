@@ -17,6 +17,13 @@
  *   which would turn "a%2Fb" into two segments. An identity unescape callback
  *   keeps path and query raw; the router decodes path parameters and
  *   http_query_get decodes query values.
+ * - The listen socket is always bound here (http_listen), possibly long
+ *   before the server starts, and handed over with MHD_OPTION_LISTEN_SOCKET;
+ *   libmicrohttpd closes it when it stops.
+ * - MHD_quiesce_daemon is not used: with epoll and a thread pool it races
+ *   with the workers, which remove the listen socket from their epoll sets
+ *   too, and the loser calls MHD_PANIC (abort) on ENOENT. A stopping server
+ *   turns new connections away in its accept policy instead.
  * - MHD_USE_TURBO is left off: it skips shutdown() before close, which an
  *   early answer relies on to reach a client that is still sending.
  * - SIGPIPE: libmicrohttpd blocks it in its own threads where it can
@@ -32,6 +39,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +60,8 @@ struct http_server {
   struct MHD_Daemon *daemon;
   http_router *router;
   size_t max_body_bytes;
+  size_t max_buffered_body_bytes; /* SIZE_MAX when there is no budget */
+  atomic_size_t buffered;         /* request-body bytes held by all requests */
   http_error_fn on_error;
   int port;
   /* While starting, libmicrohttpd's complaints are also kept for the caller's
@@ -59,6 +69,13 @@ struct http_server {
   pthread_mutex_t start_lock;
   bool capturing;
   char start_err[160];
+  /* Requests between their headers and their completion, so that a stop can
+   * wait for them; stopping also makes responses say Connection: close. */
+  pthread_mutex_t drain_lock;
+  pthread_cond_t drained;
+  int active;
+  atomic_bool stopping;
+  int shutdown_timeout_ms;
 };
 
 /* A decoded query value, kept until the request ends. */
@@ -74,8 +91,12 @@ typedef struct http_conn {
   http_server *server;
   struct MHD_Connection *mhd;
   buf body;
+  size_t budget; /* bytes of the server's body budget this request holds */
   http_handler_fn fn;
+  http_guard_fn guard;
   void *fn_ctx;
+  /* The guard refused and set the reply: any body is drained, then it goes. */
+  bool reply_ready;
   /* An error decided before the handler ran (status 0: none). Once set, any
    * further body is read and dropped (drained) until it can be sent. */
   int pending_status;
@@ -164,8 +185,12 @@ void http_reply_json(http_request *req, int status, json_t *body) {
   char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
   json_decref(body);
   if (!text) {
+    /* Usually a json_pack that failed on text that is not UTF-8. A client
+     * reading JSON gets JSON even then, never an empty 500. */
+    static const char fallback[] = "{\"error\":{\"code\":\"internal_error\",\"message\":"
+                                   "\"the response could not be encoded\",\"param\":null}}";
     LOG_ERROR("http_reply_cannot_serialise_json", "req=%s", req->request_id);
-    reply_reset(req, 500, NULL);
+    http_reply_bytes(req, 500, "application/json", fallback, sizeof fallback - 1);
     return;
   }
   reply_reset(req, status, "application/json");
@@ -319,6 +344,27 @@ static http_conn *conn_new(http_server *s, struct MHD_Connection *mhd, const cha
   return c;
 }
 
+/* Takes n bytes of the server-wide body budget for c; false when they are
+ * not there. Lock-free: every upload chunk passes here. */
+static bool budget_take(http_conn *c, size_t n) {
+  http_server *s = c->server;
+  size_t cur = atomic_load(&s->buffered);
+  do {
+    if (cur > s->max_buffered_body_bytes || n > s->max_buffered_body_bytes - cur) return false;
+  } while (!atomic_compare_exchange_weak(&s->buffered, &cur, cur + n));
+  c->budget += n;
+  return true;
+}
+
+/* Frees the body and gives its budget back. */
+static void body_release(http_conn *c) {
+  buf_free(&c->body);
+  c->req.body = "";
+  c->req.body_len = 0;
+  if (c->budget) atomic_fetch_sub(&c->server->buffered, c->budget);
+  c->budget = 0;
+}
+
 static void conn_free(http_conn *c) {
   http_request *req = &c->req;
   for (int i = 0; i < req->n_params; i++) free(req->params[i].value);
@@ -333,7 +379,8 @@ static void conn_free(http_conn *c) {
     free(c->queries);
     c->queries = next;
   }
-  buf_free(&c->body);
+  body_release(c);
+  free(req->guard_data);
   free(c);
 }
 
@@ -367,6 +414,12 @@ static void response_add_headers(http_request *req, struct MHD_Response *resp) {
   if (MHD_add_response_header(resp, REQUEST_ID_HEADER, req->request_id) != MHD_YES)
     LOG_WARN("http_response_header_refused", "req=%s header=%s", req->request_id,
              REQUEST_ID_HEADER);
+  /* While stopping, a kept-alive connection would only bring more requests
+   * to wait for: the client is told to reconnect (to another instance). */
+  http_conn *c = (http_conn *)req;
+  if (atomic_load(&c->server->stopping) &&
+      MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close") != MHD_YES)
+    LOG_WARN("http_response_header_refused", "req=%s header=Connection", req->request_id);
 }
 
 static enum MHD_Result conn_send(http_conn *c) {
@@ -429,17 +482,50 @@ static void set_pending(http_conn *c, int status, const char *slug, const char *
   c->pending_message = message;
 }
 
-/* Routes on the headers alone. An error found here is answered at once when
- * a body is on its way (libmicrohttpd then closes rather than read it), and at
- * the end otherwise, because 0.9.75 also closes after any early answer and a
- * body-less 404 should not cost the client its connection. */
+/* How long a client refused for want of body budget is asked to wait: bodies
+ * are held only while they arrive and their handler runs. */
+static const char *const BUSY_RETRY_AFTER_S = "2";
+
+static void set_busy(http_conn *c) {
+  http_reply_header(&c->req, "Retry-After", BUSY_RETRY_AFTER_S);
+  set_pending(c, 503, "server_busy", "the server holds too many request bodies; retry shortly");
+}
+
+/* Runs the route's guard; false when it refused (its reply is then ready). */
+static bool guard_passes(http_conn *c) {
+  if (c->guard(&c->req, c->fn_ctx)) return true;
+  if (c->req.status == 0) {
+    LOG_ERROR("http_guard_set_no_reply", "req=%s method=%s", c->req.request_id, c->req.method);
+    set_pending(c, 500, "internal_error", "the request guard produced no response");
+  } else {
+    c->reply_ready = true;
+  }
+  return false;
+}
+
+/* A body of known length takes its whole share of the budget up front, and
+ * its buffer is sized once: no doubling reallocations, and memory use is
+ * what the budget counts. A failed pre-allocation is left to on_body. */
+static bool reserve_declared(http_conn *c, long long declared) {
+  if (!budget_take(c, (size_t)declared)) return false;
+  buf_reserve(&c->body, (size_t)declared);
+  return true;
+}
+
+/* Routes on the headers alone, then runs the route's guard (authentication)
+ * and takes the body's share of the budget. An error found here is answered
+ * at once when a body is on its way (libmicrohttpd then closes rather than
+ * read it), and at the end otherwise, because 0.9.75 also closes after any
+ * early answer and a body-less 404 should not cost the client its
+ * connection. Checks without a database lookup come first. */
 static enum MHD_Result on_headers(http_conn *c) {
   http_request *req = &c->req;
   char allow[128];
   http_route_result r =
-      http_router_match(c->server->router, req->method, req->path, &c->fn, &c->fn_ctx, req->params,
-                        &req->n_params, allow, sizeof allow);
+      http_router_match(c->server->router, req->method, req->path, &c->fn, &c->guard, &c->fn_ctx,
+                        req->params, &req->n_params, allow, sizeof allow);
   long long declared = content_length(c);
+  bool body = has_body(c, declared);
   if (r == HTTP_ROUTE_NOT_FOUND) {
     set_pending(c, 404, "not_found", "no such path");
   } else if (r == HTTP_ROUTE_BAD_METHOD) {
@@ -447,8 +533,12 @@ static enum MHD_Result on_headers(http_conn *c) {
     set_pending(c, 405, "method_not_allowed", "method not allowed for this path");
   } else if (declared >= 0 && (unsigned long long)declared > c->server->max_body_bytes) {
     set_pending(c, 413, "payload_too_large", "request body is too large");
+  } else if (c->guard && !guard_passes(c)) {
+    if (c->reply_ready) return body ? conn_send(c) : MHD_YES;
+  } else if (declared > 0 && !reserve_declared(c, declared)) {
+    set_busy(c);
   }
-  if (c->pending_status && has_body(c, declared))
+  if (c->pending_status && body)
     return conn_send_error(c, c->pending_status, c->pending_slug, c->pending_message);
   return MHD_YES;
 }
@@ -456,11 +546,12 @@ static enum MHD_Result on_headers(http_conn *c) {
 static enum MHD_Result on_body(http_conn *c, const char *data, size_t *size) {
   size_t n = *size;
   *size = 0;
-  if (c->pending_status) {
+  if (c->pending_status || c->reply_ready) {
     /* 0.9.75 cannot answer mid-body: read on and drop, but not forever. */
     c->drained += n;
     if (c->drained > c->server->max_body_bytes) {
-      snprintf(c->req.log_error, sizeof c->req.log_error, "%s", c->pending_slug);
+      if (c->pending_slug)
+        snprintf(c->req.log_error, sizeof c->req.log_error, "%s", c->pending_slug);
       LOG_WARN("http_body_over_the_limit_closing_connection", "req=%s drained=%zu",
                c->req.request_id, c->drained);
       return MHD_NO;
@@ -470,20 +561,28 @@ static enum MHD_Result on_body(http_conn *c, const char *data, size_t *size) {
   if (n > c->server->max_body_bytes - c->body.len) {
     set_pending(c, 413, "payload_too_large", "request body is too large");
     c->drained = n;
-    buf_free(&c->body);
+    body_release(c);
+    return MHD_YES;
+  }
+  /* A chunked body takes budget as it comes; a declared one took it all. */
+  if (c->body.len + n > c->budget && !budget_take(c, c->body.len + n - c->budget)) {
+    set_busy(c);
+    c->drained = n;
+    body_release(c);
     return MHD_YES;
   }
   if (!buf_append(&c->body, data, n)) {
     LOG_ERROR("http_body_out_of_memory", "req=%s len=%zu", c->req.request_id, c->body.len + n);
     set_pending(c, 500, "internal_error", "out of memory");
     c->drained = n;
-    buf_free(&c->body);
+    body_release(c);
   }
   return MHD_YES;
 }
 
 static enum MHD_Result on_complete(http_conn *c) {
   http_request *req = &c->req;
+  if (c->reply_ready) return conn_send(c);
   if (c->pending_status)
     return conn_send_error(c, c->pending_status, c->pending_slug, c->pending_message);
   if (c->body.data) {
@@ -491,11 +590,22 @@ static enum MHD_Result on_complete(http_conn *c) {
     req->body_len = c->body.len;
   }
   c->fn(req, c->fn_ctx);
+  /* The handler is done with the body: its budget goes back now rather than
+   * when the response has gone out to a possibly slow client. */
+  body_release(c);
   if (req->status == 0) {
     LOG_ERROR("http_handler_set_no_reply", "req=%s method=%s", req->request_id, req->method);
     return conn_send_error(c, 500, "internal_error", "the handler produced no response");
   }
   return conn_send(c);
+}
+
+/* Counts requests in progress; wakes a waiting stop when the last one ends. */
+static void active_add(http_server *s, int delta) {
+  pthread_mutex_lock(&s->drain_lock);
+  s->active += delta;
+  if (s->active == 0) pthread_cond_broadcast(&s->drained);
+  pthread_mutex_unlock(&s->drain_lock);
 }
 
 static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mhd, const char *url,
@@ -510,6 +620,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *mhd, const ch
       return MHD_NO;
     }
     *con_cls = c;
+    active_add(s, 1);
     return on_headers(c);
   }
   if (*upload_data_size != 0) return on_body(c, upload_data, upload_data_size);
@@ -554,7 +665,9 @@ static void completed_cb(void *cls, struct MHD_Connection *mhd, void **con_cls,
   if (slug && !c->req.log_error[0])
     snprintf(c->req.log_error, sizeof c->req.log_error, "%s", slug);
   access_log(c);
+  http_server *s = c->server;
   conn_free(c);
+  active_add(s, -1);
 }
 
 __attribute__((format(printf, 2, 0))) static void mhd_logger(void *cls, const char *fmt,
@@ -626,25 +739,93 @@ static unsigned pool_size(int threads) {
   return n > 0 ? (unsigned)n : 1u;
 }
 
-static unsigned daemon_flags(const struct sockaddr_storage *ss) {
-  unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
-  if (ss->ss_family == AF_INET6) {
-    const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)ss;
-    /* "::" means every address, IPv4 included; a specific IPv6 address means only it. */
-    flags |= IN6_IS_ADDR_UNSPECIFIED(&a6->sin6_addr) ? MHD_USE_DUAL_STACK : MHD_USE_IPv6;
+struct http_listener {
+  int fd;
+  int port;
+  char host[128]; /* for messages */
+};
+
+/* Dual-stack for "::" (IPv4 clients too), IPv6 only for a specific address,
+ * as libmicrohttpd did when it bound the socket itself. */
+static bool set_v6only(int fd, const struct sockaddr_storage *ss) {
+  if (ss->ss_family != AF_INET6) return true;
+  const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)ss;
+  int only = IN6_IS_ADDR_UNSPECIFIED(&a6->sin6_addr) ? 0 : 1;
+  return setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &only, sizeof only) == 0;
+}
+
+static int bound_port(int fd) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) return -1;
+  if (ss.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+  return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+http_listener *http_listen(const char *host, int port, char *err, size_t err_size) {
+  char dummy[1];
+  if (!err || err_size == 0) {
+    err = dummy;
+    err_size = sizeof dummy;
   }
-  return flags;
+  err[0] = '\0';
+  if (!host || !*host || port < 0 || port > 65535) {
+    snprintf(err, err_size, "invalid listen address");
+    return NULL;
+  }
+  struct sockaddr_storage ss;
+  if (!resolve_host(host, port, &ss, err, err_size)) return NULL;
+  /* Non-blocking: libmicrohttpd's worker threads all wait on it, and only
+   * one of them gets each connection. */
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  int on = 1;
+  socklen_t len =
+      ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+  /* SO_REUSEADDR lets a restart bind while old connections sit in
+   * TIME_WAIT; on Linux it does not let two servers share a port. */
+  if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0 ||
+      !set_v6only(fd, &ss) || bind(fd, (struct sockaddr *)&ss, len) != 0 ||
+      listen(fd, SOMAXCONN) != 0) {
+    snprintf(err, err_size, "%s", strerror(errno));
+    if (fd >= 0) close(fd);
+    return NULL;
+  }
+  http_listener *l = calloc(1, sizeof *l);
+  if (!l) {
+    snprintf(err, err_size, "out of memory");
+    close(fd);
+    return NULL;
+  }
+  l->fd = fd;
+  l->port = bound_port(fd);
+  snprintf(l->host, sizeof l->host, "%s", host);
+  return l;
+}
+
+int http_listener_port(const http_listener *l) { return l ? l->port : 0; }
+
+void http_listener_close(http_listener *l) {
+  if (!l) return;
+  close(l->fd);
+  free(l);
+}
+
+/* libmicrohttpd's accept policy: a stopping server takes no new
+ * connections (they are closed as soon as they are accepted). */
+static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, socklen_t len) {
+  http_server *s = cls;
+  return atomic_load(&s->stopping) ? MHD_NO : MHD_YES;
 }
 
 /* The logger goes first so it also hears complaints about the options after
  * it; the rest go in an array because a pool of one must be left out rather
- * than passed (libmicrohttpd warns about 1 and 0 alike). The port argument is
- * only used in libmicrohttpd's messages: SOCK_ADDR carries the real one. */
-static struct MHD_Daemon *daemon_start(http_server *s, const http_server_config *cfg,
-                                       struct sockaddr_storage *ss, unsigned threads) {
-  struct MHD_OptionItem opts[8];
+ * than passed (libmicrohttpd warns about 1 and 0 alike). The socket is
+ * always ours (http_listen): libmicrohttpd binds nothing itself. */
+static struct MHD_Daemon *daemon_start(http_server *s, const http_server_config *cfg, int fd,
+                                       unsigned threads) {
+  struct MHD_OptionItem opts[12];
   int n = 0;
-  opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, ss};
+  opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, fd, NULL};
   opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT,
                                       (intptr_t)cfg->connection_timeout_s, NULL};
   opts[n++] =
@@ -653,15 +834,49 @@ static struct MHD_Daemon *daemon_start(http_server *s, const http_server_config 
       (struct MHD_OptionItem){MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)unescape_identity, NULL};
   if (threads > 1)
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)threads, NULL};
+  if (cfg->max_connections > 0)
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT,
+                                        (intptr_t)cfg->max_connections, NULL};
+  if (cfg->max_connections_per_ip > 0)
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                                        (intptr_t)cfg->max_connections_per_ip, NULL};
   opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
-  return MHD_start_daemon(daemon_flags(ss), (uint16_t)cfg->listen_port, NULL, NULL, access_cb, s,
+  unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
+  return MHD_start_daemon(flags, (uint16_t)s->port, accept_policy, s, access_cb, s,
                           MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s, MHD_OPTION_ARRAY, opts,
                           MHD_OPTION_END);
 }
 
 static void server_free(http_server *s) {
   pthread_mutex_destroy(&s->start_lock);
+  pthread_mutex_destroy(&s->drain_lock);
+  pthread_cond_destroy(&s->drained);
   free(s);
+}
+
+/* The drain waits on CLOCK_MONOTONIC: a wall-clock step must not cut it
+ * short or stretch it. */
+static void drain_init(http_server *s) {
+  pthread_mutex_init(&s->drain_lock, NULL);
+  pthread_condattr_t attr;
+  pthread_condattr_init(&attr);
+  pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+  pthread_cond_init(&s->drained, &attr);
+  pthread_condattr_destroy(&attr);
+  atomic_init(&s->stopping, false);
+}
+
+/* The listener the configuration hands over, or one bound now. */
+static http_listener *take_listener(const http_server_config *cfg, char *err, size_t err_size) {
+  if (cfg->listener) return cfg->listener;
+  http_listener *l = http_listen(cfg->listen_host, cfg->listen_port, err, err_size);
+  if (!l && cfg->listen_host) {
+    char reason[200];
+    snprintf(reason, sizeof reason, "%s", err);
+    snprintf(err, err_size, "cannot listen on %s port %d: %s", cfg->listen_host,
+             cfg->listen_port, reason);
+  }
+  return l;
 }
 
 http_server *http_server_start(const http_server_config *cfg, http_router *router, char *err,
@@ -672,54 +887,91 @@ http_server *http_server_start(const http_server_config *cfg, http_router *route
     err_size = sizeof dummy;
   }
   err[0] = '\0';
-  if (!cfg || !router || !cfg->listen_host || !cfg->listen_host[0] || cfg->listen_port < 0 ||
-      cfg->listen_port > 65535) {
+  if (!cfg || !router) {
     snprintf(err, err_size, "invalid HTTP server configuration");
+    if (cfg) http_listener_close(cfg->listener);
     return NULL;
   }
-  struct sockaddr_storage ss;
-  if (!resolve_host(cfg->listen_host, cfg->listen_port, &ss, err, err_size)) return NULL;
+  http_listener *l = take_listener(cfg, err, err_size);
+  if (!l) return NULL;
   http_server *s = calloc(1, sizeof *s);
   if (!s) {
     snprintf(err, err_size, "out of memory");
+    http_listener_close(l);
     return NULL;
   }
   pthread_mutex_init(&s->start_lock, NULL);
+  drain_init(s);
+  s->shutdown_timeout_ms = cfg->shutdown_timeout_ms > 0 ? cfg->shutdown_timeout_ms : 0;
   s->router = router;
   s->max_body_bytes = cfg->max_body_bytes;
+  s->max_buffered_body_bytes =
+      cfg->max_buffered_body_bytes ? cfg->max_buffered_body_bytes : SIZE_MAX;
+  atomic_init(&s->buffered, 0);
   s->on_error = cfg->on_error;
+  s->port = l->port;
   s->capturing = true;
   sigpipe_guard();
   unsigned threads = pool_size(cfg->threads);
-  s->daemon = daemon_start(s, cfg, &ss, threads);
+  s->daemon = daemon_start(s, cfg, l->fd, threads);
   pthread_mutex_lock(&s->start_lock);
   s->capturing = false;
   pthread_mutex_unlock(&s->start_lock);
-  const union MHD_DaemonInfo *info =
-      s->daemon ? MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT) : NULL;
-  if (!info) {
-    snprintf(err, err_size, "cannot listen on %s port %d: %s", cfg->listen_host, cfg->listen_port,
+  if (!s->daemon) {
+    snprintf(err, err_size, "cannot serve on %s port %d: %s", l->host, l->port,
              s->start_err[0] ? s->start_err : "libmicrohttpd refused to start");
-    if (s->daemon) MHD_stop_daemon(s->daemon);
+    /* Whether a failed start closed the socket it was given is not said;
+     * closing it again could close a descriptor another thread just got.
+     * The process is about to give up anyway: at worst one descriptor leaks. */
+    free(l);
     server_free(s);
     return NULL;
   }
-  s->port = info->port;
+  /* The socket is libmicrohttpd's now; http_server_stop gets it back. */
   char qhost[128];
-  LOG_INFO("http_listening", "host=%s port=%d threads=%u",
-           log_quote(cfg->listen_host, qhost, sizeof qhost), s->port, threads);
+  LOG_INFO("http_listening", "host=%s port=%d threads=%u", log_quote(l->host, qhost, sizeof qhost),
+           s->port, threads);
+  free(l);
   return s;
 }
 
 int http_server_port(http_server *s) { return s ? s->port : 0; }
 
+/* Waits until no request is in progress, or timeout_ms has passed; returns
+ * how many are still in progress. */
+static int drain_wait(http_server *s, int timeout_ms) {
+  struct timespec deadline;
+  clock_gettime(CLOCK_MONOTONIC, &deadline);
+  deadline.tv_sec += timeout_ms / 1000;
+  deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if (deadline.tv_nsec >= 1000000000L) {
+    deadline.tv_sec++;
+    deadline.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&s->drain_lock);
+  int rc = 0;
+  while (s->active > 0 && rc != ETIMEDOUT)
+    rc = pthread_cond_timedwait(&s->drained, &s->drain_lock, &deadline);
+  int left = s->active;
+  pthread_mutex_unlock(&s->drain_lock);
+  return left;
+}
+
 void http_server_stop(http_server *s) {
   if (!s) return;
-  /* Quiesce first: new connections are refused at once while requests in
-   * flight finish. The listen socket it hands back is ours to close. */
-  MHD_socket lsock = MHD_quiesce_daemon(s->daemon);
+  /* From here on the accept policy closes every new connection at once; the
+   * requests in progress get up to shutdown_timeout_ms, then every
+   * connection and the listen socket are closed. */
+  atomic_store(&s->stopping, true);
+  pthread_mutex_lock(&s->drain_lock);
+  int active = s->active;
+  pthread_mutex_unlock(&s->drain_lock);
+  if (active > 0) {
+    LOG_INFO("http_draining", "requests=%d timeout_ms=%d", active, s->shutdown_timeout_ms);
+    int left = drain_wait(s, s->shutdown_timeout_ms);
+    if (left > 0) LOG_WARN("http_drain_timeout", "requests_cut=%d", left);
+  }
   MHD_stop_daemon(s->daemon);
-  if (lsock != MHD_INVALID_SOCKET) close(lsock);
   LOG_INFO("http_stopped", "port=%d", s->port);
   server_free(s);
 }

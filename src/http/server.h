@@ -2,6 +2,9 @@
  *
  * The server reads the whole request body (up to a limit) before it calls a
  * handler, so handlers see a complete request and never touch libmicrohttpd.
+ * A route may have a guard (authentication) that runs on the headers alone,
+ * before any of the body is read; bodies held by all requests together have a
+ * budget.
  * A handler fills in the response through http_reply_*(); when it returns, the
  * server sends it with X-Request-Id added and writes one access-log line.
  *
@@ -23,6 +26,14 @@ typedef struct http_request http_request;
 
 /* Handler for a route. ctx is what was given to http_router_add. */
 typedef void (*http_handler_fn)(http_request *req, void *ctx);
+
+/* A route's guard: checks a request on its headers alone, before any of its
+ * body is read (typically authentication). Returns true to go on; false after
+ * setting a reply (e.g. 401), which is sent without reading the body, so an
+ * unauthenticated client cannot make the server buffer a large upload. It
+ * may leave something for the handler in req->guard_data (malloc'd; freed
+ * with the request). ctx is the route's, as for the handler. */
+typedef bool (*http_guard_fn)(http_request *req, void *ctx);
 
 typedef struct http_param {
   const char *name;  /* static, from the route pattern */
@@ -46,6 +57,7 @@ struct http_request {
   http_param params[HTTP_MAX_PARAMS]; /* path parameters from the matched route */
   int n_params;
   void *conn;              /* the libmicrohttpd connection; only server.c uses it */
+  void *guard_data;        /* left by the route's guard for the handler; free()d with the request */
 
   /* --- filled by the handler through http_reply_* --- */
   int status;                   /* 0 until a reply is set */
@@ -99,23 +111,59 @@ void http_router_free(http_router *r);
  * Returns false when the pattern is malformed or has too many parameters. */
 bool http_router_add(http_router *r, const char *method, const char *pattern, http_handler_fn fn,
                      void *ctx);
+/* The same, with a guard that runs when the headers are in (see http_guard_fn). */
+bool http_router_add_guarded(http_router *r, const char *method, const char *pattern,
+                             http_guard_fn guard, http_handler_fn fn, void *ctx);
 
 /* Outcome of a lookup: a handler; or no route for the path (404); or routes for
  * the path but none with this method (405, *allow set to e.g. "GET, POST"). */
 typedef enum { HTTP_ROUTE_FOUND, HTTP_ROUTE_NOT_FOUND, HTTP_ROUTE_BAD_METHOD } http_route_result;
 
-/* Matches method and path; on FOUND sets *fn, *ctx and the request's params
- * (req may be NULL in tests: then params go to out_params/out_n if non-NULL). */
+/* Matches method and path; on FOUND sets *fn, *guard (NULL when the route has
+ * none), *ctx and the path parameters in out_params/out_n (each out pointer
+ * may be NULL). */
 http_route_result http_router_match(http_router *r, const char *method, const char *path,
-                                    http_handler_fn *fn, void **ctx, http_param *out_params,
-                                    int *out_n, char *allow, size_t allow_size);
+                                    http_handler_fn *fn, http_guard_fn *guard, void **ctx,
+                                    http_param *out_params, int *out_n, char *allow,
+                                    size_t allow_size);
+
+/* A bound, listening socket that serves nothing yet: connections wait in the
+ * kernel's queue until a server takes it over. Lets a program claim its port,
+ * and fail fast when it is taken, before slow start-up work. */
+typedef struct http_listener http_listener;
+
+/* Binds host:port (port 0 picks a free one) and listens. "::" listens on
+ * IPv6 and IPv4. NULL with err on failure, e.g. "Address already in use". */
+http_listener *http_listen(const char *host, int port, char *err, size_t err_size);
+/* The port actually bound. */
+int http_listener_port(const http_listener *l);
+/* Closes a listener that was never handed to a server. */
+void http_listener_close(http_listener *l);
 
 typedef struct http_server_config {
+  /* A listener from http_listen, taken over by http_server_start (also when
+   * it fails); NULL: listen_host and listen_port are bound at start. */
+  http_listener *listener;
   const char *listen_host; /* "127.0.0.1", "0.0.0.0", "::" ... */
   int listen_port;         /* 0 = pick a free port (see http_server_port) */
   int threads;             /* worker threads; <= 0 means the number of cores */
   size_t max_body_bytes;   /* larger bodies get 413 without being read */
   unsigned connection_timeout_s; /* idle connections are closed after this */
+  /* Connections open at once; 0 = libmicrohttpd's default, which is only
+   * FD_SETSIZE - 4 (1020), even with epoll. At the limit the server stops
+   * accepting: new clients wait in the kernel's listen queue until a
+   * connection closes. */
+  unsigned max_connections;
+  /* Connections open at once from one address (0 = no limit); over it, a new
+   * connection is closed as soon as it is accepted. */
+  unsigned max_connections_per_ip;
+  /* Request bodies held in memory by all connections together (0 = no
+   * budget). A body that would go over it gets 503 server_busy with
+   * Retry-After: at once when Content-Length announces it, else at its end. */
+  size_t max_buffered_body_bytes;
+  /* How long http_server_stop waits for requests in progress (0: it does
+   * not wait). */
+  int shutdown_timeout_ms;
   http_error_fn on_error;
 } http_server_config;
 
@@ -126,7 +174,12 @@ http_server *http_server_start(const http_server_config *cfg, http_router *route
                                size_t err_size);
 /* The port actually bound. */
 int http_server_port(http_server *s);
-/* Stops accepting, lets requests being handled finish, closes everything. */
+/* Stops gracefully: new connections are closed as soon as they are
+ * accepted; requests in progress (headers received, response not yet sent)
+ * get up to shutdown_timeout_ms to finish, their responses saying
+ * Connection: close; then every connection and the listen socket are closed
+ * and s is freed. An idle kept-alive connection is simply closed, as HTTP
+ * allows. */
 void http_server_stop(http_server *s);
 
 #endif

@@ -23,7 +23,6 @@
 #include "util/log.h"
 #include "util/timeutil.h"
 
-#define SQL_POOL_MAX 64
 #define SQL_BUSY_TIMEOUT_MS 5000
 /* last_used_ms is advisory; writing it on every request would turn each
  * authenticated call into a write transaction. */
@@ -91,6 +90,19 @@ static const char *const sql_migrations[] = {
     "  bytes INTEGER NOT NULL DEFAULT 0,"
     "  expires_ms INTEGER NOT NULL,"
     "  PRIMARY KEY (task_id, idx));",
+    /* 2: the upstream attempts of each task (retries, failover, re-runs). */
+    "CREATE TABLE task_attempts("
+    "  task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,"
+    "  seq INTEGER PRIMARY KEY,"
+    "  run INTEGER NOT NULL,"
+    "  provider TEXT NOT NULL,"
+    "  upstream_model TEXT NOT NULL,"
+    "  started_ms INTEGER NOT NULL,"
+    "  ended_ms INTEGER NOT NULL,"
+    "  http_status INTEGER NOT NULL DEFAULT 0,"
+    "  error_class TEXT NOT NULL,"
+    "  error_code TEXT);"
+    "CREATE INDEX task_attempts_task ON task_attempts(task_id, seq);",
 };
 
 #define SQL_MIGRATION_COUNT ((int64_t)(sizeof sql_migrations / sizeof sql_migrations[0]))
@@ -99,6 +111,12 @@ typedef struct sql_store {
   store base; /* first, so a store * is a sql_store * */
   pthread_mutex_t mu;
   pthread_cond_t cv;
+  /* Held for every write, transaction or single statement. SQLite admits one
+   * writer at a time anyway; queueing our own writers on a mutex instead of
+   * in SQLite's busy handler (which sleeps 1, 2, 5, 10... ms between tries)
+   * keeps a burst of writes from turning into a burst of sleeps. busy_timeout
+   * still covers writers in other processes (the admin CLI). */
+  pthread_mutex_t write_mu;
   sqlite3 **conns; /* every connection, for close */
   sqlite3 **idle;  /* stack of connections nobody holds */
   size_t n_conns, n_idle;
@@ -283,6 +301,17 @@ static int sql_collect(sqlite3 *db, sqlite3_stmt *st, const char *what, sql_row_
 /* ---- transactions ---------------------------------------------------------------------- */
 
 static int sql_begin_write(sqlite3 *db) { return sql_run(db, "begin", "BEGIN IMMEDIATE", ""); }
+
+static void sql_write_lock(sql_store *ss) { pthread_mutex_lock(&ss->write_mu); }
+static void sql_write_unlock(sql_store *ss) { pthread_mutex_unlock(&ss->write_mu); }
+
+/* A write transaction of this process: the write mutex, then BEGIN IMMEDIATE. */
+static int sql_write_begin(sql_store *ss, sqlite3 *db) {
+  sql_write_lock(ss);
+  int rc = sql_begin_write(db);
+  if (rc != STORE_OK) sql_write_unlock(ss);
+  return rc;
+}
 static int sql_begin_read(sqlite3 *db) { return sql_run(db, "begin", "BEGIN", ""); }
 
 static void sql_rollback(sqlite3 *db) {
@@ -294,6 +323,13 @@ static void sql_rollback(sqlite3 *db) {
 static int sql_end(sqlite3 *db, int rc) {
   if (rc == STORE_OK) rc = sql_run(db, "commit", "COMMIT", "");
   if (rc != STORE_OK) sql_rollback(db);
+  return rc;
+}
+
+/* Ends what sql_write_begin began. */
+static int sql_write_end(sql_store *ss, sqlite3 *db, int rc) {
+  rc = sql_end(db, rc);
+  sql_write_unlock(ss);
   return rc;
 }
 
@@ -336,10 +372,12 @@ static int sql_account_create(store *s, const char *email, int64_t now_ms, int64
     return sql_misuse("account_create", "email missing or too long");
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
+  sql_write_lock(ss);
   int rc = sql_run(db, "account_create",
                    "INSERT INTO accounts(email, disabled, created_ms) VALUES (?, 0, ?)", "tI",
                    email, now_ms);
   if (rc == STORE_OK && id_out) *id_out = sqlite3_last_insert_rowid(db);
+  sql_write_unlock(ss);
   sql_release(ss, db);
   return rc;
 }
@@ -426,21 +464,26 @@ static int sql_key_create(store *s, int64_t account_id, const char *hash_hex, co
     return sql_misuse("key_create", "hash or prefix missing, or prefix or name too long");
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
+  sql_write_lock(ss);
   int rc = sql_run(db, "key_create",
                    "INSERT INTO api_keys(account_id, hash, prefix, name, created_ms) "
                    "VALUES (?, ?, ?, ?, ?)",
                    "ItttI", account_id, hash_hex, prefix, name, now_ms);
   if (rc == STORE_OK && key_id_out) *key_id_out = sqlite3_last_insert_rowid(db);
+  sql_write_unlock(ss);
   sql_release(ss, db);
   return rc;
 }
 
 /* Stamps last_used_ms unless it was stamped within the last minute. Failing
  * here does not fail the request: the key is valid, only the stamp is late. */
-static void sql_key_touch(sqlite3 *db, int64_t key_id, int64_t last_used_ms, int64_t now_ms) {
+static void sql_key_touch(sql_store *ss, sqlite3 *db, int64_t key_id, int64_t last_used_ms,
+                          int64_t now_ms) {
   if (last_used_ms >= now_ms - SQL_LAST_USED_EVERY_MS) return;
+  sql_write_lock(ss);
   sql_run(db, "key_touch", "UPDATE api_keys SET last_used_ms = ? WHERE id = ? AND last_used_ms < ?",
           "III", now_ms, key_id, now_ms - SQL_LAST_USED_EVERY_MS);
+  sql_write_unlock(ss);
 }
 
 /* The account is returned even when disabled: refusing it is the caller's
@@ -469,7 +512,7 @@ static int sql_key_authenticate(store *s, const char *hash_hex, int64_t now_ms,
     sqlite3_finalize(st);
   }
   if (rc == STORE_OK) {
-    sql_key_touch(db, key_id, last_used, now_ms);
+    sql_key_touch(ss, db, key_id, last_used, now_ms);
     if (key_id_out) *key_id_out = key_id;
   }
   sql_release(ss, db);
@@ -482,6 +525,7 @@ static int sql_key_revoke(store *s, int64_t key_id, const char *hash_hex, int64_
   int64_t stamp = now_ms > 0 ? now_ms : 1; /* 0 would mean "active" */
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
+  sql_write_lock(ss);
   int rc;
   if (key_id > 0)
     rc = sql_run(db, "key_revoke",
@@ -493,6 +537,7 @@ static int sql_key_revoke(store *s, int64_t key_id, const char *hash_hex, int64_
                  "UPDATE api_keys SET revoked_ms = ? WHERE hash = ? AND revoked_ms = 0", "It",
                  stamp, hash_hex);
   if (rc == STORE_OK && sqlite3_changes(db) == 0) rc = STORE_NOT_FOUND;
+  sql_write_unlock(ss);
   sql_release(ss, db);
   return rc;
 }
@@ -563,11 +608,11 @@ static int sql_task_insert(store *s, const task *t) {
   if (t->state != TASK_QUEUED) return sql_misuse("task_insert", "a new task must be queued");
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
-  int rc = sql_begin_write(db);
+  int rc = sql_write_begin(ss, db);
   if (rc == STORE_OK) {
     rc = sql_insert_task_row(db, t);
     if (rc == STORE_OK) rc = sql_insert_inputs(db, t);
-    rc = sql_end(db, rc);
+    rc = sql_write_end(ss, db, rc);
   }
   sql_release(ss, db);
   return rc;
@@ -588,7 +633,7 @@ static int sql_start_locked(sqlite3 *db, const char *task_id, const char *provid
                             int64_t now_ms, int *attempt_out) {
   int rc = sql_run(db, "task_start",
                    "UPDATE tasks SET state = ?, attempts = attempts + 1, started_ms = ?,"
-                   " provider = ? WHERE id = ? AND state = ?",
+                   " provider = COALESCE(?, provider) WHERE id = ? AND state = ?",
                    "tIttt", task_state_name(TASK_RUNNING), now_ms, provider, task_id,
                    task_state_name(TASK_QUEUED));
   if (rc != STORE_OK) return rc;
@@ -607,9 +652,28 @@ static int sql_task_start(store *s, const char *task_id, const char *provider, i
   if (!task_id) return STORE_NOT_FOUND;
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
-  int rc = sql_begin_write(db);
-  if (rc == STORE_OK) rc = sql_end(db, sql_start_locked(db, task_id, provider, now_ms,
-                                                          attempt_out));
+  int rc = sql_write_begin(ss, db);
+  if (rc == STORE_OK)
+    rc = sql_write_end(ss, db, sql_start_locked(db, task_id, provider, now_ms, attempt_out));
+  sql_release(ss, db);
+  return rc;
+}
+
+static int sql_task_start_many(store *s, store_start *items, size_t n, int64_t now_ms) {
+  if (n == 0) return STORE_OK;
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_write_begin(ss, db);
+  if (rc == STORE_OK) {
+    for (size_t i = 0; i < n && rc == STORE_OK; i++) {
+      store_start *it = &items[i];
+      it->rc = it->task_id ? sql_start_locked(db, it->task_id, it->provider, now_ms, &it->attempt)
+                           : STORE_NOT_FOUND;
+      /* One task gone or started elsewhere does not fail the others. */
+      if (it->rc != STORE_OK && it->rc != STORE_CONFLICT && it->rc != STORE_NOT_FOUND) rc = it->rc;
+    }
+    rc = sql_write_end(ss, db, rc);
+  }
   sql_release(ss, db);
   return rc;
 }
@@ -649,19 +713,49 @@ static int sql_finish_locked(sqlite3 *db, const char *task_id, int attempt,
   return sql_insert_results(db, task_id, results, n_results);
 }
 
+/* Inserts an attempt row and names its provider on the task (in the caller's
+ * write transaction). */
+static int sql_attempt_insert_locked(sqlite3 *db, const char *task_id, const task_attempt *a) {
+  if (!a->provider || !a->upstream_model || !a->error_class)
+    return sql_misuse("task_attempt_add", "provider, model or class missing");
+  int rc = sql_run(db, "task_attempt_add",
+                   "INSERT INTO task_attempts(task_id, run, provider, upstream_model, started_ms,"
+                   " ended_ms, http_status, error_class, error_code) VALUES (?,?,?,?,?,?,?,?,?)",
+                   "tittIIitt", task_id, a->run, a->provider, a->upstream_model, a->started_ms,
+                   a->ended_ms, a->http_status, a->error_class, a->error_code);
+  if (rc == STORE_OK)
+    rc = sql_run(db, "task_attempt_provider", "UPDATE tasks SET provider = ? WHERE id = ?", "tt",
+                 a->provider, task_id);
+  return rc;
+}
+
+static int sql_task_attempt_add(store *s, const char *task_id, const task_attempt *a) {
+  if (!task_id) return sql_misuse("task_attempt_add", "task id missing");
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_write_begin(ss, db);
+  if (rc == STORE_OK) rc = sql_write_end(ss, db, sql_attempt_insert_locked(db, task_id, a));
+  sql_release(ss, db);
+  return rc;
+}
+
 static int sql_task_finish(store *s, const char *task_id, int attempt, task_state final_state,
                            const char *error_code, const char *error_message,
-                           const task_result *results, size_t n_results, int64_t now_ms) {
+                           const task_result *results, size_t n_results, int64_t now_ms,
+                           const task_attempt *last_attempt) {
   if (!task_id) return STORE_NOT_FOUND;
   if (!task_state_is_final(final_state) || !task_state_can_transition(TASK_RUNNING, final_state))
     return sql_misuse("task_finish", "final_state is not a final state");
   if (n_results > 0 && !results) return sql_misuse("task_finish", "results missing");
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
-  int rc = sql_begin_write(db);
-  if (rc == STORE_OK)
-    rc = sql_end(db, sql_finish_locked(db, task_id, attempt, final_state, error_code,
-                                       error_message, results, n_results, now_ms));
+  int rc = sql_write_begin(ss, db);
+  if (rc == STORE_OK) {
+    int r = sql_finish_locked(db, task_id, attempt, final_state, error_code, error_message,
+                              results, n_results, now_ms);
+    if (r == STORE_OK && last_attempt) r = sql_attempt_insert_locked(db, task_id, last_attempt);
+    rc = sql_write_end(ss, db, r);
+  }
   sql_release(ss, db);
   return rc;
 }
@@ -669,9 +763,11 @@ static int sql_task_finish(store *s, const char *task_id, int attempt, task_stat
 static int sql_task_requeue_running(store *s, int64_t *count_out) {
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
+  sql_write_lock(ss);
   int rc = sql_run(db, "task_requeue_running", "UPDATE tasks SET state = ? WHERE state = ?", "tt",
                    task_state_name(TASK_QUEUED), task_state_name(TASK_RUNNING));
   if (rc == STORE_OK && count_out) *count_out = sqlite3_changes(db);
+  sql_write_unlock(ss);
   sql_release(ss, db);
   return rc;
 }
@@ -770,6 +866,33 @@ static int sql_load_results(sqlite3 *db, task *t) {
   return rc;
 }
 
+static int sql_row_attempt(sqlite3_stmt *st, void *elem) {
+  task_attempt *a = elem;
+  a->run = sqlite3_column_int(st, 0);
+  a->started_ms = sqlite3_column_int64(st, 3);
+  a->ended_ms = sqlite3_column_int64(st, 4);
+  a->http_status = sqlite3_column_int(st, 5);
+  if (sql_col_dup(st, 1, &a->provider) && sql_col_dup(st, 2, &a->upstream_model) &&
+      sql_col_dup(st, 6, &a->error_class) && sql_col_dup(st, 7, &a->error_code))
+    return STORE_OK;
+  task_attempt_clear(a);
+  return sql_oom("task_get_attempts");
+}
+
+static int sql_load_attempts(sqlite3 *db, task *t) {
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, "task_get_attempts",
+                       "SELECT run, provider, upstream_model, started_ms, ended_ms, http_status,"
+                       " error_class, error_code FROM task_attempts WHERE task_id = ? ORDER BY seq",
+                       "t", t->id);
+  if (rc != STORE_OK) return rc;
+  rc = sql_collect(db, st, "task_get_attempts", sql_row_attempt, sizeof *t->upstream_attempts,
+                   (void **)&t->upstream_attempts, &t->n_upstream_attempts);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+
 static int sql_task_get(store *s, const char *task_id, task **out) {
   *out = NULL;
   if (!task_id) return STORE_NOT_FOUND;
@@ -784,6 +907,7 @@ static int sql_task_get(store *s, const char *task_id, task **out) {
     int r = sql_load_task_row(db, task_id, t);
     if (r == STORE_OK) r = sql_load_inputs(db, t);
     if (r == STORE_OK) r = sql_load_results(db, t);
+    if (r == STORE_OK) r = sql_load_attempts(db, t);
     rc = sql_end(db, r);
   }
   sql_release(ss, db);
@@ -853,6 +977,7 @@ static void sql_free(sql_store *ss) {
       LOG_ERROR("sqlite_connection_did_not_close", NULL);
   pthread_cond_destroy(&ss->cv);
   pthread_mutex_destroy(&ss->mu);
+  pthread_mutex_destroy(&ss->write_mu);
   free(ss->conns);
   free(ss->idle);
   free(ss);
@@ -883,7 +1008,12 @@ static bool sql_pragma_text(sqlite3 *db, const char *sql, char *out, size_t size
  * reported to its client and webhook right after task_finish commits; losing
  * that commit afterwards would make a delivered result vanish and the task run
  * again. FULL syncs the WAL on every commit: one fsync per write transaction,
- * a few per task, which is cheap next to generating an image. */
+ * a few per task, which is cheap next to generating an image. The operator
+ * may choose NORMAL (store.sqlite_synchronous), see store_sqlite_set_sync(). */
+static _Atomic int sql_sync_mode = STORE_SYNC_FULL;
+
+void store_sqlite_set_sync(store_sync mode) { sql_sync_mode = (int)mode; }
+
 static bool sql_configure(sqlite3 *db, char *err, size_t err_size) {
   char mode[16];
   sqlite3_extended_result_codes(db, 1);
@@ -895,8 +1025,10 @@ static bool sql_configure(sqlite3 *db, char *err, size_t err_size) {
     return false;
   }
   char *msg = NULL;
-  if (sqlite3_exec(db, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;", NULL, NULL, &msg) !=
-      SQLITE_OK) {
+  const char *pragmas = sql_sync_mode == STORE_SYNC_NORMAL
+                            ? "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"
+                            : "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;";
+  if (sqlite3_exec(db, pragmas, NULL, NULL, &msg) != SQLITE_OK) {
     sql_set_err(err, err_size, "cannot configure the database: %s", msg ? msg : "?");
     sqlite3_free(msg);
     return false;
@@ -1028,9 +1160,11 @@ static const store_ops sql_ops = {
     .task_insert = sql_task_insert,
     .task_get = sql_task_get,
     .task_start = sql_task_start,
+    .task_start_many = sql_task_start_many,
     .task_finish = sql_task_finish,
     .task_requeue_running = sql_task_requeue_running,
     .task_list_queued = sql_task_list_queued,
+    .task_attempt_add = sql_task_attempt_add,
     .result_by_token = sql_result_by_token,
 };
 
@@ -1045,7 +1179,7 @@ static sql_store *sql_alloc(int pool_size) {
     free(ss);
     return NULL;
   }
-  if (pthread_cond_init(&ss->cv, NULL) != 0) {
+  if (pthread_cond_init(&ss->cv, NULL) != 0 || pthread_mutex_init(&ss->write_mu, NULL) != 0) {
     pthread_mutex_destroy(&ss->mu);
     free(ss->conns);
     free(ss->idle);
@@ -1056,13 +1190,22 @@ static sql_store *sql_alloc(int pool_size) {
   return ss;
 }
 
+int store_sqlite_pool_size(int threads) {
+  /* The engine's dispatcher and completers use the store besides the
+   * request threads. */
+  const int engine_threads = 4;
+  if (threads < 1) threads = 1;
+  if (threads > STORE_SQLITE_MAX_POOL - engine_threads) return STORE_SQLITE_MAX_POOL;
+  return threads + engine_threads;
+}
+
 store *store_sqlite_open(const char *path, int pool_size, char *err, size_t err_size) {
   if (!path || !*path) {
     sql_set_err(err, err_size, "no database path");
     return NULL;
   }
-  if (pool_size < 1 || pool_size > SQL_POOL_MAX) {
-    sql_set_err(err, err_size, "pool size %d outside 1..%d", pool_size, SQL_POOL_MAX);
+  if (pool_size < 1 || pool_size > STORE_SQLITE_MAX_POOL) {
+    sql_set_err(err, err_size, "pool size %d outside 1..%d", pool_size, STORE_SQLITE_MAX_POOL);
     return NULL;
   }
   if (!sqlite3_threadsafe()) {

@@ -42,6 +42,14 @@ typedef struct store_key {
 
 typedef struct store store;
 
+/* One task of a task_start_many call. */
+typedef struct store_start {
+  const char *task_id;
+  const char *provider; /* NULL keeps the recorded one */
+  int rc;               /* out */
+  int attempt;          /* out, when rc is STORE_OK */
+} store_start;
+
 typedef struct store_ops {
   const char *name; /* "sqlite" */
   void (*close)(store *s);
@@ -71,22 +79,31 @@ typedef struct store_ops {
   int (*task_insert)(store *s, const task *t);
   /* Loads a task with its inputs and results; *out is freed with task_free. */
   int (*task_get)(store *s, const char *task_id, task **out);
-  /* queued -> running, attempts+1, started_ms = now, provider recorded.
+  /* queued -> running, attempts+1, started_ms = now, provider recorded (NULL keeps it).
    * CONFLICT when the task is not queued. *attempt_out = the new attempts. */
   int (*task_start)(store *s, const char *task_id, const char *provider, int64_t now_ms,
                     int *attempt_out);
+  /* task_start for several tasks in one transaction, so one disk sync covers
+   * them all. Each item gets its own rc (OK, CONFLICT, NOT_FOUND) and, when
+   * OK, its attempt. Returns STORE_OK, or an error when the transaction
+   * failed (then no task was started, whatever the items say). */
+  int (*task_start_many)(store *s, store_start *items, size_t n, int64_t now_ms);
   /* running -> final state, only if the task is running and its attempts
-   * equal attempt (so a stale run can never finish it). Results (may be 0) are
-   * inserted in the same transaction. CONFLICT when the compare fails: the
-   * task was finished already, and nothing changes. */
+   * equal attempt (so a stale run can never finish it). Results (may be 0)
+   * and the last upstream attempt (may be NULL) are inserted in the same
+   * transaction. CONFLICT when the compare fails: the task was finished
+   * already, and nothing changes. */
   int (*task_finish)(store *s, const char *task_id, int attempt, task_state final_state,
                      const char *error_code, const char *error_message,
-                     const task_result *results, size_t n_results, int64_t now_ms);
+                     const task_result *results, size_t n_results, int64_t now_ms,
+                     const task_attempt *last_attempt);
   /* Crash recovery at start: every running task goes back to queued. */
   int (*task_requeue_running)(store *s, int64_t *count_out);
   /* Ids of queued tasks, oldest first, at most limit; *ids is one malloc'd
    * array of count fixed-size strings (free it). */
   int (*task_list_queued)(store *s, size_t limit, char (**ids)[IDS_UUID_LEN + 1], size_t *count);
+  /* Records one finished upstream attempt of a task. */
+  int (*task_attempt_add)(store *s, const char *task_id, const task_attempt *a);
   /* The result behind a public URL token; *out fields are malloc'd (task_result_clear). */
   int (*result_by_token)(store *s, const char *token, task_result *out);
 } store_ops;
@@ -96,8 +113,25 @@ struct store {
 };
 
 /* Opens (creating if needed) the SQLite database at path in WAL mode and
- * applies pending migrations. pool_size connections are shared by all threads.
- * Returns NULL with a message in err on failure. */
+ * applies pending migrations. pool_size connections (1..STORE_SQLITE_MAX_POOL)
+ * are shared by all threads. Returns NULL with a message in err on failure. */
 store *store_sqlite_open(const char *path, int pool_size, char *err, size_t err_size);
+
+/* Durability of a commit (PRAGMA synchronous, applied to every connection
+ * opened afterwards). FULL (the default) syncs the WAL at every commit: a
+ * commit survives a power loss. NORMAL syncs only at checkpoints: a process
+ * crash loses nothing, but the last commits before a power loss or OS crash
+ * can roll back. NORMAL commits several times faster on slow-sync disks. */
+typedef enum { STORE_SYNC_FULL = 0, STORE_SYNC_NORMAL } store_sync;
+void store_sqlite_set_sync(store_sync mode);
+
+/* Most connections a SQLite pool holds. More would not help: SQLite runs
+ * one writer at a time, and readers beyond this are rarely all busy. */
+#define STORE_SQLITE_MAX_POOL 64
+
+/* The pool size for a server with this many request threads: one connection
+ * each, plus a few for the engine's threads, capped at STORE_SQLITE_MAX_POOL
+ * (threads beyond it wait for a connection). */
+int store_sqlite_pool_size(int threads);
 
 #endif

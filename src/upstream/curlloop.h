@@ -7,11 +7,18 @@
  * curl_multi_wakeup()).
  *
  * The caller prepares a CURL easy handle (URL, method, request headers and
- * body, and anything else it wants) and submits it; the loop adds the
- * response plumbing (body capture with a size cap, header capture, private
- * pointer) and the configured timeouts unless the caller set its own. When
- * the transfer ends, the callback runs ON THE LOOP THREAD: it must be quick
- * and must not block (hand heavy work to another thread). */
+ * body, its own CURLOPT_TIMEOUT_MS, and anything else it wants) and submits
+ * it; the loop adds the response plumbing and owns these options, overwriting
+ * whatever the caller set: WRITEFUNCTION/WRITEDATA (body capture with a size
+ * cap), HEADERFUNCTION/HEADERDATA (header capture), PRIVATE, ERRORBUFFER,
+ * NOSIGNAL, ACCEPT_ENCODING (""), SHARE (TLS session cache), and
+ * CONNECTTIMEOUT_MS, which always comes from the loop's configuration
+ * (libcurl cannot tell whether a caller set an option, so there is no "unless
+ * the caller set one"). The loop sets NO total timeout: every caller sets
+ * CURLOPT_TIMEOUT_MS itself, or a silent peer holds its transfer forever.
+ *
+ * When the transfer ends, the callback runs ON THE LOOP THREAD: it must be
+ * quick and must not block (hand heavy work to another thread). */
 #ifndef IMGATE_CURLLOOP_H
 #define IMGATE_CURLLOOP_H
 
@@ -28,7 +35,7 @@ typedef struct curlloop curlloop;
 typedef struct curlloop_config {
   long max_total_connections; /* CURLMOPT_MAX_TOTAL_CONNECTIONS; 0 = unlimited */
   long max_host_connections;  /* CURLMOPT_MAX_HOST_CONNECTIONS; 0 = unlimited */
-  long connect_timeout_ms;    /* default per transfer when the caller set none; 0 = 10000 */
+  long connect_timeout_ms;    /* CURLOPT_CONNECTTIMEOUT_MS of every transfer; 0 = 10000 */
 } curlloop_config;
 
 /* What came back. Owned by the loop; valid only during the callback (take
@@ -37,7 +44,7 @@ typedef struct curlloop_result {
   CURLcode code;            /* CURLE_OK when an HTTP answer arrived (any status) */
   long http_status;         /* 0 when no answer */
   buf body;                 /* response body, at most max_response_bytes */
-  bool body_truncated;      /* the answer was larger than the cap (the transfer was stopped) */
+  bool body_truncated;      /* larger than the cap: stopped, code is CURLE_WRITE_ERROR */
   bool cancelled;           /* the loop is being destroyed; the transfer did not finish */
   double total_ms;          /* CURLINFO_TOTAL_TIME_T in milliseconds */
   char error[CURL_ERROR_SIZE]; /* libcurl's message when code != CURLE_OK */
@@ -49,15 +56,23 @@ typedef struct curlloop_result {
 } curlloop_result;
 
 /* Runs on the loop thread; takes ownership of easy (curl_easy_cleanup it, or
- * reuse it). ctx is what was given to curlloop_submit. */
+ * reuse it). ctx is what was given to curlloop_submit. On return the loop
+ * frees res; easy still has the loop's write and header callbacks set, aimed
+ * at freed memory, so reuse it only by submitting it again (or after
+ * curl_easy_reset). */
 typedef void (*curlloop_done_fn)(void *ctx, CURL *easy, curlloop_result *res);
 
-/* Starts the loop thread. NULL on failure. */
+/* Starts the loop thread (and initialises libcurl for the process, once:
+ * create the loop before other threads use curl). NULL on failure. */
 curlloop *curlloop_create(const curlloop_config *cfg);
 
-/* Hands a prepared easy handle to the loop. Returns 0, or -1 when the loop
- * is shutting down or out of memory (then done is never called and the
- * caller still owns easy). Thread-safe; never blocks on I/O. */
+/* Hands a prepared easy handle to the loop. A body larger than
+ * max_response_bytes stops the transfer (0: no body accepted). Returns 0, or
+ * -1 when the loop is shutting down or out of memory (then done is never
+ * called and the caller still owns easy, with the loop's options possibly
+ * set on it). Thread-safe, callable from a callback; never blocks on I/O.
+ * Not to be called concurrently with or after curlloop_destroy from another
+ * thread (the loop's memory goes away). */
 int curlloop_submit(curlloop *l, CURL *easy, size_t max_response_bytes, curlloop_done_fn done,
                     void *ctx);
 

@@ -5,10 +5,11 @@
  * request forgery checks the address libcurl actually connects to (through
  * CURLOPT_OPENSOCKETFUNCTION), for the first request and for every redirect,
  * so there is no window between a DNS check and the connection (no DNS
- * rebinding). Refused unless allow_private: loopback, private (RFC 1918, ULA),
- * link-local (incl. 169.254.169.254 metadata), CGNAT 100.64/10, multicast,
- * broadcast, unspecified, IPv4-mapped/compatible forms of those, and the
- * documentation/benchmark ranges. Only https is fetched unless allow_http. */
+ * rebinding). Refused unless allow_private: loopback, private (RFC 1918, ULA,
+ * old site-local fec0::/10), link-local (incl. 169.254.169.254 metadata),
+ * CGNAT 100.64/10, multicast, broadcast, unspecified, the documentation and
+ * benchmark ranges, and those same IPv4 ranges inside IPv6 (mapped ::ffff:,
+ * compatible ::, NAT64 64:ff9b::/96). Only https is fetched unless allow_http. */
 #ifndef IMGATE_FETCH_H
 #define IMGATE_FETCH_H
 
@@ -23,8 +24,13 @@ typedef struct fetch_config {
   bool allow_private;      /* allow_private_networks / IMGATE_ALLOW_PRIVATE_NETWORKS=1 */
   bool allow_http;         /* plain http:// (tests only) */
   size_t max_bytes;        /* per image */
-  long timeout_ms;         /* whole download */
-  long max_redirects;      /* e.g. 3 */
+  long timeout_ms;         /* whole download, redirects included; <= 0 = 30000 */
+  long max_redirects;      /* e.g. 3; 0 = a redirect is an HTTP error */
+  /* Address policy override, for tests: when non-NULL it alone decides
+   * (allow_private is then ignored): return true to refuse connecting to addr.
+   * Called on the loop thread, for every address of every hop. */
+  bool (*address_refused)(const struct sockaddr *addr, void *ctx);
+  void *address_refused_ctx;
 } fetch_config;
 
 typedef enum {
@@ -50,12 +56,23 @@ typedef struct fetch_result {
 /* Runs on the curl loop thread; owns res->data. */
 typedef void (*fetch_done_fn)(void *ctx, fetch_result *res);
 
-/* True when addr (IPv4 or IPv6) is in one of the refused ranges above. */
+/* True when addr (IPv4 or IPv6) is in one of the refused ranges above; also
+ * true for any other address family (nothing else is ever fetched). */
 bool fetch_address_is_private(const struct sockaddr *addr);
 
 /* Starts a download on the loop. Returns 0, or -1 when it could not start
- * (bad URL, scheme refused before any connection: then res is filled and
- * done is NOT called). */
+ * (then *immediate is filled and done is NOT called): a URL that does not
+ * parse or a refused scheme (both FETCH_REFUSED_SCHEME, before any
+ * connection); FETCH_NETWORK_ERROR when out of memory; FETCH_CANCELLED when
+ * the loop would not take the transfer (shutting down, or out of memory).
+ *
+ * Every hop uses a fresh connection (CURLOPT_FRESH_CONNECT) and redirects are
+ * followed here, not by libcurl, because libcurl lets a followed redirect
+ * reuse a pooled connection, and a pooled connection opened by another user
+ * of the loop (an upstream adapter talking to a private reseller, say) never
+ * went through the address check. Proxies from the environment are ignored
+ * (CURLOPT_PROXY ""): through a proxy the checked address would be the
+ * proxy's, not the target's. */
 int fetch_start(curlloop *loop, const fetch_config *cfg, const char *url, fetch_done_fn done,
                 void *ctx, fetch_result *immediate);
 

@@ -84,7 +84,8 @@ typedef struct provider_request {
   int quantity;
   const provider_input *inputs;
   size_t n_inputs;
-  long timeout_ms;            /* this attempt's whole budget; 0 = the provider's own default */
+  long timeout_ms;            /* at most this long (the deadline left); the provider's own
+                               timeout still applies when shorter; 0 = only the provider's */
 } provider_request;
 
 /* Receives the outcome (and owns it: free with provider_outcome_free). */

@@ -116,10 +116,30 @@ int router_add_route(router *r, const char *model, const char *provider_name,
   return rc;
 }
 
+bool router_has_provider(router *r, const char *name) {
+  pthread_mutex_lock(&r->lock);
+  bool found = find_provider(r, name) != NULL;
+  pthread_mutex_unlock(&r->lock);
+  return found;
+}
+
 bool router_serves(router *r, const char *model) {
   pthread_mutex_lock(&r->lock);
   bool found = false;
   for (int i = 0; i < r->n_routes && !found; i++) found = strcmp(r->routes[i]->model, model) == 0;
+  pthread_mutex_unlock(&r->lock);
+  return found;
+}
+
+bool router_has_untried(router *r, const char *model, router_route *const *tried, size_t n_tried) {
+  pthread_mutex_lock(&r->lock);
+  bool found = false;
+  for (int i = 0; i < r->n_routes && !found; i++) {
+    if (strcmp(r->routes[i]->model, model) != 0) continue;
+    bool seen = false;
+    for (size_t k = 0; k < n_tried && !seen; k++) seen = tried[k] == r->routes[i];
+    found = !seen;
+  }
   pthread_mutex_unlock(&r->lock);
   return found;
 }
@@ -222,6 +242,15 @@ router_route *router_pick(router *r, const char *model, router_route *const *avo
   pthread_mutex_unlock(&r->lock);
   if (!chosen && retry_in_ms) *retry_in_ms = soonest > 0 ? soonest : 1000;
   return chosen;
+}
+
+void router_release(router *r, router_route *rt) {
+  pthread_mutex_lock(&r->lock);
+  rt->in_flight--;
+  rt->prov->in_flight--;
+  rt->attempts--;
+  if (rt->state == BREAKER_HALF_OPEN) rt->probe_in_flight = false;
+  pthread_mutex_unlock(&r->lock);
 }
 
 static void push_history(router_route *rt, bool ok) {

@@ -52,8 +52,12 @@ int router_add_provider(router *r, provider *p, int max_concurrency);
 /* Adds a route for model. Returns 0, or -1 when the provider is unknown. */
 int router_add_route(router *r, const char *model, const char *provider_name,
                      const char *upstream_model, int weight);
+/* True when a provider of this name was added. */
+bool router_has_provider(router *r, const char *name);
 /* True when at least one route serves model. */
 bool router_serves(router *r, const char *model);
+/* True when a route serves model that is not among tried. */
+bool router_has_untried(router *r, const char *model, router_route *const *tried, size_t n_tried);
 
 /* Picks a route for one attempt and counts it in flight. avoid lists routes
  * this task already tried (preferred against, not forbidden). Returns NULL
@@ -61,6 +65,9 @@ bool router_serves(router *r, const char *model);
  * then *retry_in_ms says when one may (>= 1). */
 router_route *router_pick(router *r, const char *model, router_route *const *avoid,
                           size_t n_avoid, int64_t now_mono_ms, int64_t *retry_in_ms);
+/* Gives a picked route back unused (the attempt never started): no health
+ * change. Either this or router_report, once per successful pick. */
+void router_release(router *r, router_route *route);
 /* Reports the attempt's end (exactly once per successful pick). */
 void router_report(router *r, router_route *route, const provider_outcome *o,
                    int64_t latency_ms, int64_t now_mono_ms);

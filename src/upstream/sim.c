@@ -154,6 +154,10 @@ static void sim_set_error(provider_outcome *o, provider_status status, bool retr
   o->n_images = 0;
   o->status = status;
   o->retryable = retryable;
+  /* The sim's refusals are about the prompt, its only failure is our own. */
+  o->error_class = status == PROVIDER_MODERATED ? PROVIDER_ERR_MODERATED
+                   : retryable                  ? PROVIDER_ERR_INTERNAL
+                                                : PROVIDER_ERR_BAD_REQUEST;
   snprintf(o->error_code, sizeof o->error_code, "%s", code);
   va_list ap;
   va_start(ap, fmt);

@@ -7,16 +7,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-static bool buf_reserve(buf *b, size_t extra) {
+bool buf_reserve(buf *b, size_t extra) {
   if (extra > SIZE_MAX - b->len - 1) return false;
   size_t need = b->len + extra + 1;
   if (need <= b->cap) return true;
-  size_t cap = b->cap ? b->cap : 64;
+  /* A first reservation is taken at its word (a body of known length);
+   * growth after that doubles. */
+  size_t cap = b->cap ? b->cap : (need > 64 ? need : 64);
   while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
   char *p = realloc(b->data, cap);
   if (!p) return false;
   b->data = p;
   b->cap = cap;
+  b->data[b->len] = '\0';
   return true;
 }
 

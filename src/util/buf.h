@@ -13,6 +13,9 @@ typedef struct buf {
 
 #define BUF_INIT {NULL, 0, 0}
 
+/* Makes room for extra more bytes (and the NUL) in one allocation; false
+ * when memory runs out. Appending that much afterwards does not reallocate. */
+bool buf_reserve(buf *b, size_t extra);
 /* Appends n bytes; returns false (and leaves b unchanged) when memory runs out. */
 bool buf_append(buf *b, const void *data, size_t n);
 bool buf_append_str(buf *b, const char *s);

@@ -92,14 +92,26 @@ class CliResult:
             self.argv, self.code, self.stdout, self.stderr)
 
 
+# Provider env shortcuts: a real key in a developer's shell would send test
+# traffic to the real upstream, so tests start without them (set them per test).
+PROVIDER_ENV = ("GEMINI_API_KEY", "GEMINI_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL")
+
+
+def clean_env(extra=None):
+    """os.environ without IMGATE_* (but IMGATE_BIN) and the provider shortcuts,
+    then extra on top."""
+    full_env = dict(os.environ)
+    for k in list(full_env):
+        if (k.startswith("IMGATE_") and k != "IMGATE_BIN") or k in PROVIDER_ENV:
+            full_env.pop(k)  # a developer's shell must not change what tests see
+    full_env.update(extra or {})
+    return full_env
+
+
 def run_cli(*args, env=None, timeout=DEADLINE):
     """Runs `imgate ARGS...` to completion; returns a CliResult."""
     argv = [imgate_bin()] + [str(a) for a in args]
-    full_env = dict(os.environ)
-    for k in list(full_env):
-        if k.startswith("IMGATE_") and k != "IMGATE_BIN":
-            full_env.pop(k)  # a developer's shell must not change what tests see
-    full_env.update(env or {})
+    full_env = clean_env(env)
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, env=full_env, timeout=timeout)
     return CliResult(argv, proc)
@@ -200,11 +212,7 @@ class Server:
             if use_config_file:
                 args += ["--config", self.config_path]
         argv += args
-        full_env = dict(os.environ)
-        for k in list(full_env):
-            if k.startswith("IMGATE_") and k != "IMGATE_BIN":
-                full_env.pop(k)
-        full_env.update(env)
+        full_env = clean_env(env)
         self.argv = argv
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=full_env)

@@ -52,6 +52,30 @@ class AuthTest(h.ServerTestCase):
         r = self.srv.get("/api/banana/not-a-uuid")
         self.assertError(r, 401, None)
 
+    def test_refused_before_the_body(self):
+        # A client without a valid key must not make the server hold its
+        # upload: the answer comes on the headers alone. Only the headers are
+        # sent here (30 MiB announced, none of it sent); the 401 must come
+        # anyway, and well before the read deadline.
+        declared = 30 * 1024 * 1024
+        cases = (("wrong key", "Bearer igk_" + "A" * 40, False),
+                 ("no key", None, False),
+                 ("wrong key, Expect: 100-continue", "Bearer igk_" + "B" * 40, True))
+        for what, auth, expect in cases:
+            with self.subTest(what):
+                lines = [b"POST /api/banana/create-async HTTP/1.1",
+                         b"Host: %s:%d" % (self.srv.host.encode(), self.srv.port),
+                         b"Content-Type: application/json",
+                         b"Content-Length: %d" % declared]
+                if auth:
+                    lines.append(b"Authorization: " + auth.encode())
+                if expect:
+                    lines.append(b"Expect: 100-continue")
+                head = b"\r\n".join(lines) + b"\r\n\r\n"
+                r = self.srv.raw_exchange(head, body=b"", expect_continue=expect, timeout=20)
+                self.assertError(r, 401, "unauthorized", msg=what)
+                self.assertEqual(r.headers.get("WWW-Authenticate"), "Bearer")
+
     def test_valid_key(self):
         uid = self.srv.create(self.alice, prompt="mine")
         self.assertEqual(self.srv.task(uid, self.alice)["uid"], uid)

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import unittest
 
@@ -176,6 +177,55 @@ class CliTest(h.ServerTestCase):
         t = s.wait_final(s.create(key, prompt="this says CFGFAIL"), key)
         self.assertEqual(t["status"], "succeeded", t)
         self.assertRegex(t["images"][0]["url"], r"^http://from-env\.example/files/")
+        s.stop()
+
+    # -- serve: start-up order
+
+    def test_port_taken(self):
+        # The port is claimed before the data folder is touched: when it is
+        # taken, the server says so and exits 1 without creating the
+        # database, the demo account, or running recovery.
+        blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(blocker.close)
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        port = blocker.getsockname()[1]
+        fresh = os.path.join(self.data_dir(), "data")
+        existing = self.data_dir()
+        h.run_cli("admin", "account", "list", "--data", existing)  # a database, no account
+        for d in (fresh, existing):
+            with self.subTest(data=d):
+                r = h.run_cli("serve", "--listen", "127.0.0.1:%d" % port, "--data", d)
+                self.assertEqual(r.code, 1, r)
+                self.assertIn("cannot listen on 127.0.0.1:%d" % port, r.stderr, r)
+                self.assertIn("in use", r.stderr, r)
+                self.assertNotIn("imgate listening", r.stdout, r)
+                self.assertNotIn("demo", r.stdout, r)
+        self.assertFalse(os.path.exists(os.path.join(fresh, "imgate.db")), "database created")
+        self.assertFalse(os.path.exists(os.path.join(fresh, "admin_token")))
+        self.assert_no_demo_account(existing)
+        lst = h.run_cli("admin", "account", "list", "--data", existing)
+        self.assertEqual(lst.code, 0, lst)
+        self.assertEqual(lst.stdout.count("\n"), 1, "accounts appeared: %r" % lst)
+
+    def test_served_once_listening(self):
+        # The banner is printed once requests are served: the very first
+        # request after it is answered, without a retry.
+        s = self.start_server(accounts=["kim@example.com"])
+        self.assertEqual(s.get("/healthz").status, 200)
+        key = s.keys["kim@example.com"]
+        t = s.task(s.create(key, prompt="first"), key)
+        self.assertIn(t["status"], ("queued", "running", "succeeded"), t)
+        s.stop()
+
+    def test_many_threads_start(self):
+        # One database connection per HTTP thread plus 4 used to overflow the
+        # store's cap of 64 from 61 threads on (a 61-core machine with the
+        # default http.threads = cores): the server did not start.
+        s = self.start_server(accounts=["jill@example.com"], config={"http": {"threads": 61}})
+        key = s.keys["jill@example.com"]
+        t = s.wait_final(s.create(key, prompt="on many threads"), key)
+        self.assertEqual(t["status"], "succeeded", t)
         s.stop()
 
     def test_sigint_is_graceful(self):

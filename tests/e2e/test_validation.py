@@ -99,6 +99,23 @@ class ValidationTest(h.ServerTestCase):
             with self.subTest(case=repr(model)[:80]):
                 self.rejects({"prompt": "x", "model": model}, 400, "invalid_model", "model")
 
+    def test_multibyte_values_are_cut_whole(self):
+        # Error messages quote the value, cut to 64 (model) or 16 bytes (ratio,
+        # resolution). A cut inside a character used to make the JSON reply
+        # fail: a 500 with an empty body. Every lead-in length puts the cut at
+        # another offset inside the 2-, 3- and 4-byte characters.
+        for ch in ("\u00e9", "\u20ac", "\U0001F34C"):
+            for lead in range(4):
+                value = "a" * lead + ch * 40
+                for field, code in (("model", "invalid_model"),
+                                    ("aspect_ratio", "invalid_aspect_ratio"),
+                                    ("resolution", "invalid_resolution")):
+                    with self.subTest(field=field, char=ch, lead=lead):
+                        err = self.rejects({"prompt": "x", field: value}, 400, code, field)
+                        quoted = err["message"].split('"')[1]
+                        self.assertTrue(value.startswith(quoted), err)
+                        self.assertGreater(len(quoted), 0, err)
+
     def test_invalid_aspect_ratio(self):
         for model, ratio in (("nano-banana", "7:3"), ("nano-banana", "1:4"),
                              ("nano-banana-pro", "8:1"), ("gpt-image-1", "16:9"),
@@ -147,9 +164,15 @@ class ValidationTest(h.ServerTestCase):
                 r = self.post({"prompt": "x", "image_urls": [ref]})
                 self.assertError(r, 400, None, "image_urls", msg=repr(ref))
 
-    def test_https_url_unsupported(self):
-        self.rejects({"prompt": "x", "image_urls": ["https://example.com/cat.png"]}, 400,
-                     "url_fetch_unsupported", "image_urls")
+    def test_reference_url_form(self):
+        # Only the form is checked at submit; where a URL leads is checked when
+        # the task downloads it (see test_reference_urls.py).
+        long_url = "https://127.0.0.1/" + "a" * (2049 - len("https://127.0.0.1/"))
+        for url in ("https://", "https:///a.png", "https://127.0.0.1/a b.png", long_url):
+            with self.subTest(url=url[:60]):
+                self.rejects({"prompt": "x", "image_urls": [url]}, 400, "invalid_image",
+                             "image_urls")
+        self.accepts({"prompt": "x", "image_urls": ["https://127.0.0.1:9/cat.png"]})
 
     def test_image_size_limit(self):
         exact = h.make_png(16, 16, pad_to=MAX_IMAGE)

@@ -121,6 +121,61 @@ static void test_validate(void **state) {
   config_defaults(&c);
   snprintf(c.log_level, sizeof c.log_level, "loud");
   assert_int_equal(config_validate(&c, err, sizeof err), -1);
+  config_defaults(&c);
+  assert_string_equal(c.sqlite_synchronous, "full");
+  assert_int_equal(load_text(&c, "{\"store\": {\"sqlite_synchronous\": \"normal\"}}", err,
+                             sizeof err), 0);
+  assert_string_equal(c.sqlite_synchronous, "normal");
+  assert_int_equal(config_validate(&c, err, sizeof err), 0);
+  assert_int_equal(load_text(&c, "{\"store\": {\"sqlite_synchronous\": \"off\"}}", err,
+                             sizeof err), 0);
+  assert_int_equal(config_validate(&c, err, sizeof err), -1);
+  assert_non_null(strstr(err, "store.sqlite_synchronous"));
+  assert_int_equal(load_text(&c, "{\"fetch\": {\"allow_http\": true}}", err, sizeof err), 0);
+  assert_true(c.fetch_allow_http);
+}
+
+static void test_http_limits(void **state) {
+  (void)state;
+  imgate_config c;
+  char err[256];
+  config_defaults(&c);
+  assert_int_equal(c.max_connections, 16384); /* 10,000 pollers and room */
+  assert_int_equal(c.max_connections_per_ip, 0);
+  assert_int_equal(c.max_buffered_body_bytes, 512u << 20);
+  assert_int_equal(c.http_shutdown_timeout_ms, 10000);
+  assert_int_equal(load_text(&c,
+                             "{\"http\":{\"max_connections\":20000,"
+                             "\"max_connections_per_ip\":64,"
+                             "\"max_buffered_body_bytes\":1073741824,"
+                             "\"shutdown_timeout_ms\":0}}",
+                             err, sizeof err),
+                   0);
+  assert_int_equal(c.max_connections, 20000);
+  assert_int_equal(c.max_connections_per_ip, 64);
+  assert_int_equal(c.max_buffered_body_bytes, 1u << 30);
+  assert_int_equal(c.http_shutdown_timeout_ms, 0);
+  assert_int_equal(config_validate(&c, err, sizeof err), 0);
+
+  assert_int_equal(load_text(&c, "{\"http\":{\"max_connections\":0}}", err, sizeof err), -1);
+  assert_non_null(strstr(err, "http.max_connections"));
+  assert_int_equal(
+      load_text(&c, "{\"http\":{\"max_connections_per_ip\":-1}}", err, sizeof err), -1);
+  assert_non_null(strstr(err, "http.max_connections_per_ip"));
+  assert_int_equal(
+      load_text(&c, "{\"http\":{\"max_buffered_body_bytes\":1000}}", err, sizeof err), -1);
+  assert_non_null(strstr(err, "http.max_buffered_body_bytes"));
+  assert_int_equal(
+      load_text(&c, "{\"http\":{\"shutdown_timeout_ms\":-5}}", err, sizeof err), -1);
+  assert_non_null(strstr(err, "http.shutdown_timeout_ms"));
+
+  /* A budget smaller than one body at the limit could never let it in. */
+  config_defaults(&c);
+  assert_int_equal(load_text(&c, "{\"http\":{\"max_buffered_body_bytes\":16777216}}", err,
+                             sizeof err),
+                   0);
+  assert_int_equal(config_validate(&c, err, sizeof err), -1);
+  assert_non_null(strstr(err, "http.max_buffered_body_bytes"));
 }
 
 int main(void) {
@@ -128,6 +183,7 @@ int main(void) {
       cmocka_unit_test(test_defaults),       cmocka_unit_test(test_file_merges),
       cmocka_unit_test(test_file_errors_name_the_key), cmocka_unit_test(test_env_overrides),
       cmocka_unit_test(test_split_listen),   cmocka_unit_test(test_validate),
+      cmocka_unit_test(test_http_limits),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,6 +18,7 @@
 
 #include "blob/blob.h"
 #include "core/engine.h"
+#include "upstream/router.h"
 #include "store/store.h"
 #include "util/ids.h"
 #include "util/timeutil.h"
@@ -72,13 +73,15 @@ static void scripted_destroy(provider *p) {
 
 static const provider_ops scripted_ops = {"scripted", scripted_start, scripted_destroy};
 
-static void scripted_init(scripted *s) {
+static void scripted_init_named(scripted *s, const char *name) {
   memset(s, 0, sizeof *s);
   s->base.ops = &scripted_ops;
-  snprintf(s->base.name, sizeof s->base.name, "scripted");
+  snprintf(s->base.name, sizeof s->base.name, "%s", name);
   pthread_mutex_init(&s->lock, NULL);
   pthread_cond_init(&s->cond, NULL);
 }
+
+static void scripted_init(scripted *s) { scripted_init_named(s, "scripted"); }
 
 /* Waits until at least n calls were started; false after 10 s (a failure, not a pace). */
 static bool wait_started(scripted *s, int n) {
@@ -93,6 +96,33 @@ static bool wait_started(scripted *s, int n) {
   return ok;
 }
 
+static int started_count(scripted *s) {
+  pthread_mutex_lock(&s->lock);
+  int n = s->started;
+  pthread_mutex_unlock(&s->lock);
+  return n;
+}
+
+/* Waits until one of two providers got a call and returns it (NULL after 10 s). */
+static scripted *wait_any_started(scripted *a, scripted *b) {
+  int64_t deadline = time_mono_ms() + 10000;
+  while (time_mono_ms() < deadline) {
+    if (started_count(a) > 0) return a;
+    if (started_count(b) > 0) return b;
+    struct timespec short_wait;
+    clock_gettime(CLOCK_REALTIME, &short_wait);
+    short_wait.tv_nsec += 10 * 1000000;
+    if (short_wait.tv_nsec >= 1000000000) {
+      short_wait.tv_sec++;
+      short_wait.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&a->lock);
+    if (a->started == 0) pthread_cond_timedwait(&a->cond, &a->lock, &short_wait);
+    pthread_mutex_unlock(&a->lock);
+  }
+  return NULL;
+}
+
 static pending_call *take_one(scripted *s) {
   pthread_mutex_lock(&s->lock);
   pending_call *c = s->pending;
@@ -105,6 +135,8 @@ static pending_call *take_one(scripted *s) {
 static const uint8_t tiny_png[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13,
                                    'I', 'H', 'D', 'R', 0, 0, 0, 2, 0, 0, 0, 3, 8, 2, 0, 0,
                                    0, 0, 0, 0, 0};
+
+static void complete_with(pending_call *c, provider_outcome *o);
 
 static void complete(pending_call *c, provider_status status) {
   provider_outcome *o = provider_outcome_new(status);
@@ -122,8 +154,23 @@ static void complete(pending_call *c, provider_status status) {
              status == PROVIDER_MODERATED ? "content_moderated" : "upstream_error");
     snprintf(o->error_message, sizeof o->error_message, "scripted");
   }
+  complete_with(c, o);
+}
+
+static void complete_with(pending_call *c, provider_outcome *o) {
   c->done(c->ctx, o);
   free(c);
+}
+
+/* A failure the engine may retry (a 503 from the upstream). */
+static void complete_unavailable(pending_call *c, int64_t retry_after_ms) {
+  provider_outcome *o = provider_outcome_new(PROVIDER_FAILED);
+  o->retryable = true;
+  o->error_class = PROVIDER_ERR_SERVER;
+  o->http_status = 503;
+  o->retry_after_ms = retry_after_ms;
+  snprintf(o->error_code, sizeof o->error_code, "upstream_unavailable");
+  complete_with(c, o);
 }
 
 /* ---- finish notifications ---------------------------------------------- */
@@ -196,14 +243,34 @@ static int teardown(void **state) {
   return 0;
 }
 
+static engine_config base_config(fixture *f, int max_in_flight, int drain_ms) {
+  return (engine_config){.max_in_flight = max_in_flight,
+                         .retention_ms = 3600 * 1000,
+                         .max_input_bytes = 1 << 20,
+                         .drain_timeout_ms = drain_ms,
+                         .max_attempts = 3,
+                         .deadline_ms = 60000,
+                         .backoff_base_ms = 10,
+                         .backoff_max_ms = 20,
+                         .on_finished = on_finished,
+                         .on_finished_ctx = &f->fin};
+}
+
+/* A router whose one route for nano-banana goes to each given provider. */
+static router *router_of(scripted *const *providers, size_t n) {
+  router_config rc = {.breaker_failures = 100, .breaker_open_ms = 1000};
+  router *r = router_create(&rc);
+  for (size_t i = 0; i < n; i++) {
+    assert_int_equal(router_add_provider(r, &providers[i]->base, 0), 0);
+    assert_int_equal(
+        router_add_route(r, "nano-banana", providers[i]->base.name, "upstream-id", 1), 0);
+  }
+  return r;
+}
+
 static engine *make_engine(fixture *f, scripted *s, int max_in_flight, int drain_ms) {
-  engine_config ec = {.max_in_flight = max_in_flight,
-                      .retention_ms = 3600 * 1000,
-                      .max_input_bytes = 1 << 20,
-                      .drain_timeout_ms = drain_ms,
-                      .on_finished = on_finished,
-                      .on_finished_ctx = &f->fin};
-  engine *e = engine_create(f->st, f->bl, &s->base, &ec);
+  engine_config ec = base_config(f, max_in_flight, drain_ms);
+  engine *e = engine_create(f->st, f->bl, router_of(&s, 1), NULL, &ec);
   assert_non_null(e);
   return e;
 }
@@ -239,6 +306,71 @@ static task *load(fixture *f, const char *id) {
   task *t = NULL;
   assert_int_equal(f->st->ops->task_get(f->st, id, &t), STORE_OK);
   return t;
+}
+
+/* ---- a store that fails on request ------------------------------------- */
+
+/* Wraps the fixture's store; the next fail_finish task_finish calls and
+ * fail_start_many task_start_many calls fail with STORE_ERROR. */
+typedef struct flaky_store {
+  store base;
+  store_ops ops;
+  store *real;
+  _Atomic int fail_finish, fail_start_many;
+} flaky_store;
+
+static int flaky_finish(store *s, const char *task_id, int attempt, task_state st,
+                        const char *code, const char *msg, const task_result *results,
+                        size_t n, int64_t now_ms, const task_attempt *a) {
+  flaky_store *fs = (flaky_store *)s;
+  if (fs->fail_finish > 0) {
+    fs->fail_finish--;
+    return STORE_ERROR;
+  }
+  return fs->real->ops->task_finish(fs->real, task_id, attempt, st, code, msg, results, n,
+                                    now_ms, a);
+}
+
+static int flaky_start_many(store *s, store_start *items, size_t n, int64_t now_ms) {
+  flaky_store *fs = (flaky_store *)s;
+  if (fs->fail_start_many > 0) {
+    fs->fail_start_many--;
+    return STORE_ERROR;
+  }
+  return fs->real->ops->task_start_many(fs->real, items, n, now_ms);
+}
+
+/* Every other operation goes straight to the real store, which they receive
+ * as their store argument through these forwarders. */
+static int flaky_get(store *s, const char *id, task **out) {
+  store *r = ((flaky_store *)s)->real;
+  return r->ops->task_get(r, id, out);
+}
+static int flaky_list_queued(store *s, size_t limit, char (**ids)[IDS_UUID_LEN + 1],
+                             size_t *n) {
+  store *r = ((flaky_store *)s)->real;
+  return r->ops->task_list_queued(r, limit, ids, n);
+}
+static int flaky_requeue(store *s, int64_t *n) {
+  store *r = ((flaky_store *)s)->real;
+  return r->ops->task_requeue_running(r, n);
+}
+static int flaky_attempt_add(store *s, const char *id, const task_attempt *a) {
+  store *r = ((flaky_store *)s)->real;
+  return r->ops->task_attempt_add(r, id, a);
+}
+
+static void flaky_init(flaky_store *fs, store *real) {
+  memset(&fs->ops, 0, sizeof fs->ops); /* an unexpected call crashes the test loudly */
+  fs->ops.task_get = flaky_get;
+  fs->ops.task_start_many = flaky_start_many;
+  fs->ops.task_finish = flaky_finish;
+  fs->ops.task_list_queued = flaky_list_queued;
+  fs->ops.task_requeue_running = flaky_requeue;
+  fs->ops.task_attempt_add = flaky_attempt_add;
+  fs->base.ops = &fs->ops;
+  fs->real = real;
+  fs->fail_finish = fs->fail_start_many = 0;
 }
 
 /* ---- tests -------------------------------------------------------------- */
@@ -447,15 +579,164 @@ static void test_drain_waits_for_running(void **state) {
   engine_destroy(e);
 }
 
+static void test_retry_fails_over_to_another_route(void **state) {
+  fixture *f = *state;
+  scripted a, b;
+  scripted_init_named(&a, "a");
+  scripted_init_named(&b, "b");
+  scripted *both[2] = {&a, &b};
+  engine_config ec = base_config(f, 4, 1000);
+  engine *e = engine_create(f->st, f->bl, router_of(both, 2), NULL, &ec);
+  assert_int_equal(engine_start(e), 0);
+  char id[IDS_UUID_LEN + 1];
+  insert_task(f, id, false);
+  engine_enqueue(e, id);
+  /* Whichever route got the first attempt answers 503... */
+  int64_t failed_at = 0;
+  scripted *first = wait_any_started(&a, &b);
+  assert_non_null(first);
+  scripted *second = first == &a ? &b : &a;
+  failed_at = time_mono_ms();
+  complete_unavailable(take_one(first), 200);
+  /* ...and the retry goes to the other route, no sooner than Retry-After. */
+  assert_true(wait_started(second, 1));
+  assert_true(time_mono_ms() - failed_at >= 200);
+  assert_int_equal(started_count(first), 1);
+  complete(take_one(second), PROVIDER_OK);
+  assert_true(wait_finished(&f->fin, 1));
+  task *t = load(f, id);
+  assert_int_equal(t->state, TASK_SUCCEEDED);
+  assert_int_equal(t->attempts, 1); /* one run */
+  assert_int_equal(t->n_upstream_attempts, 2);
+  assert_string_equal(t->upstream_attempts[0].provider, first->base.name);
+  assert_string_equal(t->upstream_attempts[0].error_class, "server");
+  assert_int_equal(t->upstream_attempts[0].http_status, 503);
+  assert_string_equal(t->upstream_attempts[1].provider, second->base.name);
+  assert_string_equal(t->upstream_attempts[1].error_class, "none");
+  assert_string_equal(t->upstream_attempts[1].upstream_model, "upstream-id");
+  assert_string_equal(t->provider, second->base.name);
+  task_free(t);
+  engine_destroy(e);
+}
+
+static void test_attempts_are_bounded(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  engine *e = make_engine(f, &s, 4, 1000); /* max_attempts 3 */
+  assert_int_equal(engine_start(e), 0);
+  char id[IDS_UUID_LEN + 1];
+  insert_task(f, id, false);
+  engine_enqueue(e, id);
+  for (int i = 1; i <= 3; i++) {
+    assert_true(wait_started(&s, i));
+    complete_unavailable(take_one(&s), 0);
+  }
+  assert_true(wait_finished(&f->fin, 1));
+  task *t = load(f, id);
+  assert_int_equal(t->state, TASK_FAILED);
+  assert_string_equal(t->error_code, "upstream_unavailable");
+  assert_int_equal(t->n_upstream_attempts, 3);
+  task_free(t);
+  assert_int_equal(s.started, 3);
+  engine_destroy(e);
+}
+
+static void test_retry_after_beyond_deadline_fails_now(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  engine_config ec = base_config(f, 4, 1000);
+  ec.deadline_ms = 2000;
+  scripted *one = &s;
+  engine *e = engine_create(f->st, f->bl, router_of(&one, 1), NULL, &ec);
+  assert_int_equal(engine_start(e), 0);
+  char id[IDS_UUID_LEN + 1];
+  insert_task(f, id, false);
+  engine_enqueue(e, id);
+  assert_true(wait_started(&s, 1));
+  complete_unavailable(take_one(&s), 60000); /* asks for a minute; the run has two seconds */
+  assert_true(wait_finished(&f->fin, 1));
+  task *t = load(f, id);
+  assert_int_equal(t->state, TASK_FAILED);
+  assert_int_equal(t->n_upstream_attempts, 1);
+  task_free(t);
+  engine_destroy(e);
+}
+
+/* A final write that fails for a moment is tried again: the image is kept
+ * and the task finishes once. */
+static void test_finish_survives_brief_store_failure(void **state) {
+  fixture *f = *state;
+  flaky_store fs;
+  flaky_init(&fs, f->st);
+  fs.fail_finish = 2;
+  scripted s;
+  scripted_init(&s);
+  engine_config ec = base_config(f, 4, 1000);
+  engine *e = engine_create(&fs.base, f->bl, router_of((scripted *[]){&s}, 1), NULL, &ec);
+  assert_int_equal(engine_start(e), 0);
+  char id[IDS_UUID_LEN + 1];
+  insert_task(f, id, false);
+  engine_enqueue(e, id);
+  assert_true(wait_started(&s, 1));
+  complete(take_one(&s), PROVIDER_OK);
+  assert_true(wait_finished(&f->fin, 1));
+  assert_int_equal(fs.fail_finish, 0); /* both failures happened, then it went through */
+  task *t = load(f, id);
+  assert_int_equal(t->state, TASK_SUCCEEDED);
+  assert_int_equal(t->n_results, 1);
+  uint8_t *data;
+  size_t len;
+  assert_int_equal(f->bl->ops->read(f->bl, t->results[0].blob_key, 1 << 20, &data, &len),
+                   BLOB_OK); /* the image was not thrown away by the failed tries */
+  free(data);
+  task_free(t);
+  engine_destroy(e);
+  assert_int_equal(f->fin.count, 1);
+}
+
+/* A task whose start failed on a store error stays queued in the store; the
+ * idle dispatcher's sweep finds it and runs it without a restart. */
+static void test_stranded_queued_task_is_swept(void **state) {
+  fixture *f = *state;
+  flaky_store fs;
+  flaky_init(&fs, f->st);
+  fs.fail_start_many = 1;
+  scripted s;
+  scripted_init(&s);
+  engine_config ec = base_config(f, 4, 1000);
+  ec.sweep_interval_ms = 50;
+  engine *e = engine_create(&fs.base, f->bl, router_of((scripted *[]){&s}, 1), NULL, &ec);
+  assert_int_equal(engine_start(e), 0);
+  char id[IDS_UUID_LEN + 1];
+  insert_task(f, id, false);
+  engine_enqueue(e, id);
+  assert_true(wait_started(&s, 1));
+  assert_int_equal(fs.fail_start_many, 0); /* the first start really failed */
+  complete(take_one(&s), PROVIDER_OK);
+  assert_true(wait_finished(&f->fin, 1));
+  task *t = load(f, id);
+  assert_int_equal(t->state, TASK_SUCCEEDED);
+  assert_int_equal(t->attempts, 1);
+  task_free(t);
+  engine_destroy(e);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_runs_tasks_to_success, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_finish_survives_brief_store_failure, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_stranded_queued_task_is_swept, setup, teardown),
       cmocka_unit_test_setup_teardown(test_respects_max_in_flight, setup, teardown),
       cmocka_unit_test_setup_teardown(test_failed_and_moderated, setup, teardown),
       cmocka_unit_test_setup_teardown(test_duplicate_enqueue_runs_once, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stop_leaves_running_and_restart_reruns, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_drain_waits_for_running, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_retry_fails_over_to_another_route, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_attempts_are_bounded, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_retry_after_beyond_deadline_fails_now, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

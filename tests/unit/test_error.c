@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "util/utf8.h"
 
 static void test_set_fills_fields(void **state) {
   (void)state;
@@ -46,6 +47,29 @@ static void test_set_truncates(void **state) {
   assert_int_equal(e.message[sizeof e.message - 2], 'a');
 }
 
+/* A cut at the message's size must not leave half a character behind:
+ * the message goes into JSON, and jansson refuses malformed UTF-8. */
+static void test_set_truncates_on_a_character_boundary(void **state) {
+  (void)state;
+  imgate_error e;
+  for (size_t pad = 250; pad < 258; pad++) {
+    char text[300];
+    memset(text, 'a', pad);
+    strcpy(text + pad, "\xc3\xa9\xe2\x82\xac\xf0\x9f\x8d\x8c"); /* é € 🍌 */
+    err_set(&e, ERR_INVALID, "x", NULL, "%s", text);
+    assert_true(strlen(e.message) < sizeof e.message);
+    assert_true(utf8_valid(e.message, strlen(e.message)));
+    assert_true(strlen(e.message) >= sizeof e.message - 4); /* only the split character went */
+  }
+}
+
+static void test_set_repairs_malformed_text(void **state) {
+  (void)state;
+  imgate_error e;
+  err_set(&e, ERR_INVALID, "x", NULL, "upstream said \"%s\"", "caf\xc3 \xff!");
+  assert_string_equal(e.message, "upstream said \"caf? ?!\"");
+}
+
 static void test_http_status(void **state) {
   (void)state;
   assert_int_equal(err_http_status(ERR_NONE), 200);
@@ -64,6 +88,8 @@ int main(void) {
       cmocka_unit_test(test_set_fills_fields),
       cmocka_unit_test(test_set_null_fields),
       cmocka_unit_test(test_set_truncates),
+      cmocka_unit_test(test_set_truncates_on_a_character_boundary),
+      cmocka_unit_test(test_set_repairs_malformed_text),
       cmocka_unit_test(test_http_status),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -10,6 +10,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,6 +103,28 @@ static void h_account(http_request *req, void *ctx) {
   http_reply_empty(req, 204);
 }
 
+/* Lets a request through only with "X-Key: good", and hands the handler a
+ * note through guard_data. */
+static bool g_key(http_request *req, void *ctx) {
+  const char *k = http_header_get(req, "X-Key");
+  if (!k || strcmp(k, "good") != 0) {
+    http_reply_header(req, "WWW-Authenticate", "Bearer");
+    http_reply_json(req, 401, json_pack("{s:{s:s, s:s, s:n}}", "error", "code", "unauthorized",
+                                        "message", "no", "param"));
+    return false;
+  }
+  req->guard_data = strdup("from-the-guard");
+  return true;
+}
+
+/* A broken guard: refuses without a reply. */
+static bool g_silent(http_request *req, void *ctx) { return false; }
+
+static void h_guarded(http_request *req, void *ctx) {
+  http_reply_json(req, 200, json_pack("{s:s, s:I}", "note", (const char *)req->guard_data,
+                                      "len", (json_int_t)req->body_len));
+}
+
 static bool add_routes(http_router *r, fixture *f) {
   return http_router_add(r, "GET", "/hello", h_hello, NULL) &&
          http_router_add(r, "GET", "/items", h_hello, NULL) &&
@@ -114,7 +137,10 @@ static bool add_routes(http_router *r, fixture *f) {
          http_router_add(r, "GET", "/noreply", h_noreply, NULL) &&
          http_router_add(r, "GET", "/file", h_file, f) &&
          http_router_add(r, "GET", "/empty", h_empty, NULL) &&
-         http_router_add(r, "GET", "/account", h_account, NULL);
+         http_router_add(r, "GET", "/account", h_account, NULL) &&
+         http_router_add_guarded(r, "POST", "/guarded", g_key, h_guarded, NULL) &&
+         http_router_add_guarded(r, "GET", "/guarded", g_key, h_guarded, NULL) &&
+         http_router_add_guarded(r, "GET", "/silent", g_silent, h_hello, NULL);
 }
 
 static http_server *start(http_router *r, const char *host, http_error_fn on_error) {
@@ -571,6 +597,82 @@ static void test_content_length_answered_before_body(void **state) {
   close(s);
 }
 
+/* Sends all of text; false when the server has closed. */
+static bool send_all(int s, const char *text, size_t len) {
+  while (len > 0) {
+    ssize_t n = send(s, text, len, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    text += n;
+    len -= (size_t)n;
+  }
+  return true;
+}
+
+/* Reads a response head (up to the blank line) into out; returns its status,
+ * or -1 when the connection ends first. The body, if any, is left unread. */
+static int read_head(int s, char *out, size_t size) {
+  size_t got = 0;
+  out[0] = '\0';
+  while (!strstr(out, "\r\n\r\n")) {
+    if (got + 1 >= size) return -1;
+    ssize_t n = recv(s, out + got, 1, 0); /* byte by byte: nothing of the body is taken */
+    if (n <= 0) return -1;
+    got += (size_t)n;
+    out[got] = '\0';
+  }
+  int status = -1;
+  if (sscanf(out, "HTTP/1.%*d %d", &status) != 1) return -1;
+  return status;
+}
+
+/* A guard refuses on the headers: the client that announced 2 MB and sent
+ * none of it still gets its 401, and the handler never runs. */
+static void test_guard_refuses_before_the_body(void **state) {
+  fixture *f = *state;
+  static const char *const heads[] = {
+      "POST /guarded HTTP/1.1\r\nHost: t\r\nX-Key: bad\r\nContent-Length: 2000000\r\n\r\n",
+      "POST /guarded HTTP/1.1\r\nHost: t\r\nContent-Length: 2000000\r\n"
+      "Expect: 100-continue\r\n\r\n",
+      "POST /guarded HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n",
+  };
+  for (size_t i = 0; i < sizeof heads / sizeof heads[0]; i++) {
+    int s = connect_local(f->port);
+    assert_true(s >= 0);
+    assert_true(send_all(s, heads[i], strlen(heads[i])));
+    char head[2048];
+    assert_int_equal(read_head(s, head, sizeof head), 401);
+    assert_non_null(strcasestr(head, "WWW-Authenticate: Bearer"));
+    assert_non_null(strcasestr(head, "X-Request-Id: "));
+    close(s);
+  }
+}
+
+static void test_guard_lets_through(void **state) {
+  fixture *f = *state;
+  response r;
+  request_spec spec = {.method = "POST", .path = "/guarded", .body = "12345", .body_len = 5,
+                       .header = "X-Key: good"};
+  request(f->port, &spec, &r);
+  assert_int_equal(r.status, 200);
+  json_t *j = body_json(&r);
+  assert_string_equal(json_string_value(json_object_get(j, "note")), "from-the-guard");
+  assert_int_equal(json_integer_value(json_object_get(j, "len")), 5);
+  json_decref(j);
+  response_free(&r);
+
+  /* Without a body, a refusal keeps the connection usable. */
+  spec = (request_spec){.path = "/guarded", .header = "X-Key: bad"};
+  request(f->port, &spec, &r);
+  assert_int_equal(r.status, 401);
+  assert_error_body(&r, "unauthorized");
+  response_free(&r);
+
+  get(f->port, "/silent", &r); /* a guard that forgets to reply gives a 500, not a hang */
+  assert_int_equal(r.status, 500);
+  assert_error_body(&r, "internal_error");
+  response_free(&r);
+}
+
 static void test_chunked_over_limit(void **state) {
   fixture *f = *state;
   char v[128];
@@ -680,6 +782,247 @@ static void test_concurrent(void **state) {
     ok += w[i].ok;
   }
   assert_int_equal(ok, THREADS * EACH);
+}
+
+static http_server *start_with(http_router *r, http_server_config cfg) {
+  cfg.listen_host = "127.0.0.1";
+  cfg.connection_timeout_s = 30;
+  if (!cfg.max_body_bytes) cfg.max_body_bytes = BODY_LIMIT;
+  char err[256];
+  http_server *s = http_server_start(&cfg, r, err, sizeof err);
+  if (!s) fprintf(stderr, "start failed: %s\n", err);
+  return s;
+}
+
+/* Opens a connection and sends head; asserts it was sent. */
+static int open_with(int port, const char *head) {
+  int s = connect_local(port);
+  assert_true(s >= 0);
+  assert_true(send_all(s, head, strlen(head)));
+  return s;
+}
+
+static const char *const HOLD_HEAD = /* 800,000 bytes announced */
+    "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 800000\r\nExpect: 100-continue\r\n\r\n";
+static const char *const SECOND_HEAD = /* 400,000 more would pass the 1 MiB budget */
+    "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 400000\r\nConnection: close\r\n\r\n";
+
+/* Sends n bytes of 'z'. */
+static void send_body(int s, size_t n) {
+  char chunk[8192];
+  memset(chunk, 'z', sizeof chunk);
+  while (n > 0) {
+    size_t k = n < sizeof chunk ? n : sizeof chunk;
+    assert_true(send_all(s, chunk, k));
+    n -= k;
+  }
+}
+
+/* The bodies held by all requests together have a budget: over it, a new
+ * body gets 503 with Retry-After, at once when its length is announced. */
+static void test_body_budget(void **state) {
+  fixture *f = *state;
+  http_server *srv = start_with(f->router, (http_server_config){
+                                               .threads = 2, .max_buffered_body_bytes = 1 << 20});
+  assert_non_null(srv);
+  int port = http_server_port(srv);
+  char head[2048];
+
+  /* The 100 Continue says the first request's headers were handled: its
+   * 800,000 bytes are taken from the budget. */
+  int first = open_with(port, HOLD_HEAD);
+  assert_int_equal(read_head(first, head, sizeof head), 100);
+  send_body(first, 1000); /* and it is on its way */
+
+  int second = open_with(port, SECOND_HEAD);
+  assert_int_equal(read_head(second, head, sizeof head), 503);
+  assert_non_null(strcasestr(head, "Retry-After: 2"));
+  close(second);
+
+  response r; /* small bodies still fit, and body-less requests are untouched */
+  post_echo(port, 100000, &r);
+  assert_int_equal(r.status, 200);
+  response_free(&r);
+  feeder fd = {.limit = 400000}; /* a chunked body is refused at its end */
+  post_streamed(port, &fd, -1, "Transfer-Encoding: chunked", &r);
+  assert_int_equal(r.status, 503);
+  assert_error_body(&r, "server_busy");
+  response_free(&r);
+
+  send_body(first, 800000 - 1000);
+  assert_int_equal(read_head(first, head, sizeof head), 200);
+  close(first);
+
+  /* The handler has run: its budget is back, whatever the client does now. */
+  second = open_with(port, SECOND_HEAD);
+  send_body(second, 400000);
+  assert_int_equal(read_head(second, head, sizeof head), 200);
+  close(second);
+  http_server_stop(srv);
+}
+
+static const char *const HELLO = "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
+
+/* True when s has something to read (or was closed) within ms. */
+static bool readable_within(int s, int ms) {
+  struct pollfd p = {.fd = s, .events = POLLIN};
+  return poll(&p, 1, ms) == 1;
+}
+
+/* Over max_connections, libmicrohttpd stops accepting: the next client
+ * waits in the listen queue until a connection closes, then is served. */
+static void test_connection_limit(void **state) {
+  fixture *f = *state;
+  http_server *srv =
+      start_with(f->router, (http_server_config){.threads = 1, .max_connections = 2});
+  assert_non_null(srv);
+  int port = http_server_port(srv);
+  char head[2048];
+  int a = open_with(port, HELLO), b = open_with(port, HELLO);
+  assert_int_equal(read_head(a, head, sizeof head), 200);
+  assert_int_equal(read_head(b, head, sizeof head), 200); /* both kept alive */
+  int c = open_with(port, HELLO);
+  /* A bounded look for an answer that must not come while a and b are open. */
+  assert_false(readable_within(c, 300));
+  close(a);
+  assert_int_equal(read_head(c, head, sizeof head), 200);
+  close(b);
+  close(c);
+  http_server_stop(srv);
+}
+
+/* Over max_connections_per_ip, a new connection from that address is closed
+ * at once. */
+static void test_connection_limit_per_ip(void **state) {
+  fixture *f = *state;
+  http_server *srv =
+      start_with(f->router, (http_server_config){.threads = 2, .max_connections_per_ip = 2});
+  assert_non_null(srv);
+  int port = http_server_port(srv);
+  char head[2048];
+  int a = open_with(port, HELLO), b = open_with(port, HELLO);
+  assert_int_equal(read_head(a, head, sizeof head), 200);
+  assert_int_equal(read_head(b, head, sizeof head), 200);
+  int c = open_with(port, HELLO);
+  assert_int_equal(read_head(c, head, sizeof head), -1);
+  close(c);
+  close(a);
+  /* The server notices a's close on its own time: poll, with a deadline. */
+  int served = 0;
+  for (int i = 0; i < 2000 && served != 200; i++) {
+    int d = open_with(port, HELLO);
+    served = read_head(d, head, sizeof head);
+    close(d);
+    if (served != 200) usleep(10000);
+  }
+  assert_int_equal(served, 200);
+  close(b);
+  http_server_stop(srv);
+}
+
+static void *stopper(void *srv) {
+  http_server_stop(srv);
+  return NULL;
+}
+
+/* GET /hello on a new connection: its status, or -1 when the server closed
+ * the connection without an answer (the request may not even go out). */
+static int hello_status(int port) {
+  int s = connect_local(port);
+  if (s < 0) return -1;
+  char head[2048];
+  int status = send_all(s, HELLO, strlen(HELLO)) ? read_head(s, head, sizeof head) : -1;
+  close(s);
+  return status;
+}
+
+static const char *const SLOW_HEAD =
+    "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n";
+
+/* A stop closes new connections at once but waits for the request in
+ * progress, which gets its whole answer. */
+static void test_stop_waits_for_requests(void **state) {
+  fixture *f = *state;
+  http_server *srv =
+      start_with(f->router, (http_server_config){.threads = 2, .shutdown_timeout_ms = 60000});
+  assert_non_null(srv);
+  int port = http_server_port(srv);
+  char head[2048];
+  int s = open_with(port, SLOW_HEAD);
+  assert_int_equal(read_head(s, head, sizeof head), 100); /* in progress now */
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, stopper, srv), 0);
+  int turned_away = 0; /* poll, with a deadline, for new clients to be turned away */
+  for (int i = 0; i < 2000 && !turned_away; i++) {
+    turned_away = hello_status(port) == -1;
+    if (!turned_away) usleep(10000);
+  }
+  assert_true(turned_away);
+  assert_true(send_all(s, "0123456789", 10));
+  assert_int_equal(read_head(s, head, sizeof head), 200);
+  assert_non_null(strcasestr(head, "Connection: close"));
+  char body[16] = {0};
+  ssize_t n = recv(s, body, 10, MSG_WAITALL);
+  assert_int_equal(n, 10);
+  assert_string_equal(body, "0123456789");
+  close(s);
+  pthread_join(t, NULL);
+}
+
+/* ...but not longer than shutdown_timeout_ms. */
+static void test_stop_gives_up(void **state) {
+  fixture *f = *state;
+  http_server *srv =
+      start_with(f->router, (http_server_config){.threads = 2, .shutdown_timeout_ms = 100});
+  assert_non_null(srv);
+  char head[2048];
+  int s = open_with(http_server_port(srv), SLOW_HEAD);
+  assert_int_equal(read_head(s, head, sizeof head), 100);
+  http_server_stop(srv); /* returns: the request that never sends its body is cut */
+  assert_int_equal(read_head(s, head, sizeof head), -1);
+  close(s);
+}
+
+/* A listener claims the port before the server exists: a second claim
+ * fails, and a client that connects meanwhile waits and is then served. */
+static void test_listener_before_server(void **state) {
+  fixture *f = *state;
+  char err[256] = "";
+  http_listener *l = http_listen("127.0.0.1", 0, err, sizeof err);
+  assert_non_null(l);
+  int port = http_listener_port(l);
+  assert_true(port > 0);
+  assert_null(http_listen("127.0.0.1", port, err, sizeof err));
+  assert_non_null(strstr(err, "in use"));
+  int early = open_with(port, HELLO); /* queued by the kernel, nobody serves it yet */
+  http_server *srv = start_with(f->router, (http_server_config){.listener = l, .threads = 2});
+  assert_non_null(srv);
+  assert_int_equal(http_server_port(srv), port);
+  char head[2048];
+  assert_int_equal(read_head(early, head, sizeof head), 200);
+  close(early);
+  http_server_stop(srv);
+
+  l = http_listen("127.0.0.1", 0, err, sizeof err); /* never served: closed as is */
+  assert_non_null(l);
+  http_listener_close(l);
+  assert_null(http_listen("127.0.0.1", 70000, err, sizeof err));
+  assert_null(http_listen("no-such-host.invalid", 0, err, sizeof err));
+}
+
+/* "::" takes IPv4 clients too, as before. */
+static void test_listen_dual_stack(void **state) {
+  fixture *f = *state;
+  char err[256] = "";
+  http_listener *l = http_listen("::", 0, err, sizeof err);
+  if (!l) skip(); /* no IPv6 in this sandbox */
+  http_server *srv = start_with(f->router, (http_server_config){.listener = l, .threads = 1});
+  assert_non_null(srv);
+  response r;
+  get(http_server_port(srv), "/hello", &r); /* over 127.0.0.1 */
+  assert_int_equal(r.status, 200);
+  response_free(&r);
+  http_server_stop(srv);
 }
 
 static void custom_error(http_request *req, int status, const char *slug, const char *message) {
@@ -810,6 +1153,8 @@ int main(void) {
       cmocka_unit_test(test_post_body),
       cmocka_unit_test(test_content_length_over_limit),
       cmocka_unit_test(test_content_length_answered_before_body),
+      cmocka_unit_test(test_guard_refuses_before_the_body),
+      cmocka_unit_test(test_guard_lets_through),
       cmocka_unit_test(test_chunked_over_limit),
       cmocka_unit_test(test_chunked_endless_is_cut),
       cmocka_unit_test(test_no_reply_is_500),
@@ -817,6 +1162,13 @@ int main(void) {
       cmocka_unit_test(test_empty_reply_and_headers),
       cmocka_unit_test(test_concurrent),
       cmocka_unit_test(test_error_hook),
+      cmocka_unit_test(test_body_budget),
+      cmocka_unit_test(test_connection_limit),
+      cmocka_unit_test(test_connection_limit_per_ip),
+      cmocka_unit_test(test_stop_waits_for_requests),
+      cmocka_unit_test(test_stop_gives_up),
+      cmocka_unit_test(test_listener_before_server),
+      cmocka_unit_test(test_listen_dual_stack),
       cmocka_unit_test(test_start_errors),
       cmocka_unit_test(test_localhost_and_stop_idle),
       cmocka_unit_test(test_access_log),

@@ -14,6 +14,7 @@
 static void h_a(http_request *req, void *ctx) {}
 static void h_b(http_request *req, void *ctx) {}
 static void h_c(http_request *req, void *ctx) {}
+static bool g_a(http_request *req, void *ctx) { return true; }
 
 typedef struct match_out {
   http_route_result res;
@@ -26,7 +27,7 @@ typedef struct match_out {
 
 static void match(http_router *r, const char *method, const char *path, match_out *m) {
   memset(m, 0, sizeof *m);
-  m->res = http_router_match(r, method, path, &m->fn, &m->ctx, m->params, &m->n, m->allow,
+  m->res = http_router_match(r, method, path, &m->fn, NULL, &m->ctx, m->params, &m->n, m->allow,
                              sizeof m->allow);
 }
 
@@ -190,8 +191,9 @@ static void test_order_and_no_params_wanted(void **state) {
 
   /* Without out_params nothing is allocated, and the result is the same. */
   http_handler_fn fn = NULL;
-  assert_int_equal(http_router_match(r, "GET", "/v1/tasks/x", &fn, NULL, NULL, NULL, NULL, 0),
-                   HTTP_ROUTE_FOUND);
+  assert_int_equal(
+      http_router_match(r, "GET", "/v1/tasks/x", &fn, NULL, NULL, NULL, NULL, NULL, 0),
+      HTTP_ROUTE_FOUND);
   assert_ptr_equal(fn, h_b);
   http_router_free(r);
 }
@@ -217,7 +219,7 @@ static void test_method_not_allowed(void **state) {
 
   /* A small buffer keeps whole methods only. */
   char small[10];
-  assert_int_equal(http_router_match(r, "PATCH", "/v1/items", NULL, NULL, NULL, NULL, small,
+  assert_int_equal(http_router_match(r, "PATCH", "/v1/items", NULL, NULL, NULL, NULL, NULL, small,
                                      sizeof small),
                    HTTP_ROUTE_BAD_METHOD);
   assert_string_equal(small, "GET, POST");
@@ -294,6 +296,29 @@ static void test_malformed_patterns(void **state) {
   http_router_free(NULL);
 }
 
+static void test_guards(void **state) {
+  http_router *r = http_router_new();
+  int ctx = 7;
+  assert_true(http_router_add_guarded(r, "POST", "/v1/tasks", g_a, h_a, &ctx));
+  assert_true(http_router_add(r, "GET", "/v1/tasks/{id}", h_b, &ctx));
+  assert_false(http_router_add_guarded(r, "GET", "bad", g_a, h_a, NULL));
+  http_handler_fn fn = NULL;
+  http_guard_fn guard = NULL;
+  void *got = NULL;
+  assert_int_equal(
+      http_router_match(r, "POST", "/v1/tasks", &fn, &guard, &got, NULL, NULL, NULL, 0),
+      HTTP_ROUTE_FOUND);
+  assert_ptr_equal(fn, h_a);
+  assert_ptr_equal(guard, g_a);
+  assert_ptr_equal(got, &ctx);
+  assert_int_equal(
+      http_router_match(r, "GET", "/v1/tasks/x", &fn, &guard, &got, NULL, NULL, NULL, 0),
+      HTTP_ROUTE_FOUND);
+  assert_ptr_equal(fn, h_b);
+  assert_null(guard); /* a route added without one has none */
+  http_router_free(r);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_literals),
@@ -305,6 +330,7 @@ int main(void) {
       cmocka_unit_test(test_head_falls_back_to_get),
       cmocka_unit_test(test_too_many_params),
       cmocka_unit_test(test_malformed_patterns),
+      cmocka_unit_test(test_guards),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -245,6 +245,25 @@ static void test_open_rejects_bad_arguments(void **state) {
   assert_non_null(strstr(err, "cannot open"));
 }
 
+/* The server sized its pool threads + 4 and the store refuses more than 64:
+ * on a machine with 61 cores or more it could not start. */
+static void test_pool_size_for_many_threads(void **state) {
+  fx *f = *state;
+  assert_int_equal(store_sqlite_pool_size(1), 5);
+  assert_int_equal(store_sqlite_pool_size(0), 5);
+  assert_int_equal(store_sqlite_pool_size(2), 6);
+  assert_int_equal(store_sqlite_pool_size(60), STORE_SQLITE_MAX_POOL);
+  const int threads[] = {1, 60, 61, 64, 128, 1024};
+  for (size_t i = 0; i < sizeof threads / sizeof threads[0]; i++) {
+    int n = store_sqlite_pool_size(threads[i]);
+    assert_true(n >= 1 && n <= STORE_SQLITE_MAX_POOL);
+    char err[256] = "";
+    store *s = store_sqlite_open(f->path, n, err, sizeof err);
+    if (!s) fail_msg("%d threads: pool of %d refused: %s", threads[i], n, err);
+    s->ops->close(s);
+  }
+}
+
 /* ---- accounts -------------------------------------------------------------------------- */
 
 static void test_accounts(void **state) {
@@ -414,6 +433,40 @@ static void test_task_start(void **state) {
   task_free(t);
 }
 
+/* Several tasks start in one transaction; one that cannot start (started
+ * already, or unknown) does not keep the others from starting. */
+static void test_task_start_many(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  task *a = make_task(f->account, NOW), *b = make_task(f->account, NOW + 1);
+  assert_int_equal(s->ops->task_insert(s, a), STORE_OK);
+  assert_int_equal(s->ops->task_insert(s, b), STORE_OK);
+  int attempt;
+  assert_int_equal(s->ops->task_start(s, b->id, "sim", NOW, &attempt), STORE_OK);
+  char unknown[IDS_UUID_LEN + 1];
+  assert_true(ids_uuid7(unknown));
+  store_start items[] = {{.task_id = a->id, .provider = "p1", .rc = -99, .attempt = -1},
+                         {.task_id = b->id, .provider = "p2", .rc = -99, .attempt = -1},
+                         {.task_id = unknown, .provider = "p3", .rc = -99, .attempt = -1}};
+  assert_int_equal(s->ops->task_start_many(s, items, 3, NOW + 50), STORE_OK);
+  assert_int_equal(items[0].rc, STORE_OK);
+  assert_int_equal(items[0].attempt, 1);
+  assert_int_equal(items[1].rc, STORE_CONFLICT);
+  assert_int_equal(items[2].rc, STORE_NOT_FOUND);
+  task *got = get_task(s, a->id);
+  assert_int_equal(got->state, TASK_RUNNING);
+  assert_int_equal(got->started_ms, NOW + 50);
+  assert_string_equal(got->provider, "p1");
+  task_free(got);
+  got = get_task(s, b->id);
+  assert_int_equal(got->attempts, 1);
+  assert_string_equal(got->provider, "sim"); /* the refused item changed nothing */
+  task_free(got);
+  assert_int_equal(s->ops->task_start_many(s, items, 0, NOW), STORE_OK);
+  task_free(a);
+  task_free(b);
+}
+
 static void test_task_finish(void **state) {
   fx *f = *state;
   store *s = f->s;
@@ -423,10 +476,10 @@ static void test_task_finish(void **state) {
   assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW + 10, &attempt), STORE_OK);
 
   task_result r[2] = {make_result(0, "tokA"), make_result(1, "tokB")};
-  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_RUNNING, NULL, NULL, r, 2, NOW),
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_RUNNING, NULL, NULL, r, 2, NOW, NULL),
                    STORE_ERROR); /* not a final state */
   assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2,
-                                       NOW + 100),
+                                       NOW + 100, NULL),
                    STORE_OK);
   task *got = get_task(s, t->id);
   assert_int_equal(got->state, TASK_SUCCEEDED);
@@ -439,7 +492,7 @@ static void test_task_finish(void **state) {
   /* A second finish changes nothing, not even with different results. */
   task_result again[1] = {make_result(0, "tokC")};
   assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_FAILED, "boom", "late", again, 1,
-                                       NOW + 200),
+                                       NOW + 200, NULL),
                    STORE_CONFLICT);
   task *after = get_task(s, t->id);
   assert_task_equal(after, got);
@@ -450,7 +503,7 @@ static void test_task_finish(void **state) {
 
   char id[IDS_UUID_LEN + 1];
   assert_true(ids_uuid7(id));
-  assert_int_equal(s->ops->task_finish(s, id, 1, TASK_FAILED, "x", "y", NULL, 0, NOW),
+  assert_int_equal(s->ops->task_finish(s, id, 1, TASK_FAILED, "x", "y", NULL, 0, NOW, NULL),
                    STORE_NOT_FOUND);
   task_result_clear(&again[0]);
   task_result_clear(&r[0]);
@@ -473,7 +526,7 @@ static void test_task_finish_stale_attempt(void **state) {
   assert_int_equal(second, 2);
 
   task_result r[1] = {make_result(0, "stale")};
-  assert_int_equal(s->ops->task_finish(s, t->id, first, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW),
+  assert_int_equal(s->ops->task_finish(s, t->id, first, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW, NULL),
                    STORE_CONFLICT);
   task *got = get_task(s, t->id);
   assert_int_equal(got->state, TASK_RUNNING);
@@ -481,7 +534,7 @@ static void test_task_finish_stale_attempt(void **state) {
   task_free(got);
 
   assert_int_equal(s->ops->task_finish(s, t->id, second, TASK_MODERATED, "moderated",
-                                       "the provider refused the prompt", NULL, 0, NOW + 5),
+                                       "the provider refused the prompt", NULL, 0, NOW + 5, NULL),
                    STORE_OK);
   got = get_task(s, t->id);
   assert_int_equal(got->state, TASK_MODERATED);
@@ -560,7 +613,7 @@ static void test_result_by_token(void **state) {
   int attempt;
   assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW, &attempt), STORE_OK);
   task_result r[2] = {make_result(0, "tok-zero"), make_result(1, "tok-one")};
-  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW),
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW, NULL),
                    STORE_OK);
   task_result out;
   assert_int_equal(s->ops->result_by_token(s, "tok-one", &out), STORE_OK);
@@ -583,7 +636,7 @@ static void test_finish_is_atomic(void **state) {
   int attempt;
   assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW, &attempt), STORE_OK);
   task_result r[2] = {make_result(0, "same"), make_result(1, "same")};
-  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW),
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW, NULL),
                    STORE_ERROR);
   task *got = get_task(s, t->id);
   assert_int_equal(got->state, TASK_RUNNING);
@@ -627,7 +680,7 @@ static void race_one(race *r, int thread, int i) {
   snprintf(token, sizeof token, "race-%d-%d", i, thread);
   task_result res = {.index = 0, .blob_key = token, .token = token, .mime = "image/png",
                      .etag = "e", .width = 1, .height = 1, .bytes = 1, .expires_ms = NOW};
-  rc = r->s->ops->task_finish(r->s, r->ids[i], attempt, TASK_SUCCEEDED, NULL, NULL, &res, 1, NOW);
+  rc = r->s->ops->task_finish(r->s, r->ids[i], attempt, TASK_SUCCEEDED, NULL, NULL, &res, 1, NOW, NULL);
   if (rc == STORE_OK)
     atomic_fetch_add(&r->finishes[i], 1);
   else if (rc != STORE_CONFLICT)
@@ -687,11 +740,13 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_wal_and_foreign_keys, setup, teardown),
       cmocka_unit_test_setup_teardown(test_future_version_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_open_rejects_bad_arguments, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_pool_size_for_many_threads, setup, teardown),
       cmocka_unit_test_setup_teardown(test_accounts, setup, teardown),
       cmocka_unit_test_setup_teardown(test_keys, setup, teardown),
       cmocka_unit_test_setup_teardown(test_disabled_account_still_reported, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_insert_get, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_start, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_task_start_many, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_finish, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_finish_stale_attempt, setup, teardown),
       cmocka_unit_test_setup_teardown(test_requeue_running, setup, teardown),

@@ -1,0 +1,424 @@
+/* adapter.c - helpers shared by the HTTP provider adapters: error outcomes,
+ * image decoding, Retry-After, transport failures, the parsing threads and
+ * instance settings. */
+#include "upstream/adapter.h"
+
+#include <ctype.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "util/base64.h"
+#include "util/log.h"
+
+/* ---- messages ---- */
+
+char *adapter_clean_text(char *dst, size_t dst_size, const char *src, size_t max_bytes) {
+  if (!dst || dst_size == 0) return dst;
+  if (!src) src = "";
+  size_t limit = dst_size - 1 < max_bytes ? dst_size - 1 : max_bytes;
+  size_t n = strnlen(src, limit + 1);
+  if (n > limit) {
+    /* Cut before the lead byte of a sequence the limit would split, so the
+     * result stays valid UTF-8 (jansson refuses strings that are not). */
+    n = limit;
+    while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80) n--;
+  }
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)src[i];
+    dst[i] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
+  }
+  dst[n] = '\0';
+  return dst;
+}
+
+provider_outcome *adapter_error(int http_status, provider_error_class cls, bool retryable,
+                                const char *code, const char *fmt, ...) {
+  bool moderated = cls == PROVIDER_ERR_MODERATED;
+  provider_outcome *o = provider_outcome_new(moderated ? PROVIDER_MODERATED : PROVIDER_FAILED);
+  if (!o) return NULL;
+  o->error_class = cls;
+  o->retryable = moderated ? false : retryable;
+  o->http_status = http_status;
+  snprintf(o->error_code, sizeof o->error_code, "%s", code);
+  char text[2 * sizeof o->error_message];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  adapter_clean_text(o->error_message, sizeof o->error_message, text, sizeof o->error_message);
+  return o;
+}
+
+provider_outcome *adapter_spare_outcome(void) {
+  return adapter_error(0, PROVIDER_ERR_INTERNAL, true, "internal_error",
+                       "out of memory while reading the upstream answer");
+}
+
+/* ---- images ---- */
+
+/* Resellers sometimes wrap base64 as a data: URL; the payload is the same. */
+static void adapter_skip_data_url(const char **b64, size_t *len) {
+  if (*len < 5 || strncasecmp(*b64, "data:", 5) != 0) return;
+  size_t scan = *len < 128 ? *len : 128;
+  static const char marker[] = ";base64,";
+  for (size_t i = 5; i + sizeof marker - 1 <= scan; i++) {
+    if (memcmp(*b64 + i, marker, sizeof marker - 1) == 0) {
+      *b64 += i + sizeof marker - 1;
+      *len -= i + sizeof marker - 1;
+      return;
+    }
+  }
+}
+
+int adapter_decode_image(const char *b64, size_t len, provider_image *img, const char **why) {
+  memset(img, 0, sizeof *img);
+  if (!b64) {
+    *why = "no image data";
+    return -1;
+  }
+  adapter_skip_data_url(&b64, &len);
+  uint8_t *data = NULL;
+  size_t n = 0;
+  int rc = base64_decode(b64, len, ADAPTER_MAX_IMAGE_BYTES, &data, &n);
+  if (rc != 0) {
+    *why = rc == -2 ? "the image is larger than 64 MiB" : "the image data is not valid base64";
+    return -1;
+  }
+  imagefmt fmt = imagefmt_detect(data, n);
+  int w = 0, h = 0;
+  if (fmt == IMAGEFMT_UNKNOWN) {
+    *why = "the image data is not a known image format";
+  } else if (!imagefmt_dimensions(data, n, &w, &h) && fmt != IMAGEFMT_HEIC) {
+    *why = "the image header is truncated or malformed";
+  } else {
+    img->data = data;
+    img->len = n;
+    snprintf(img->mime, sizeof img->mime, "%s", imagefmt_mime(fmt));
+    img->width = w;
+    img->height = h;
+    return 0;
+  }
+  free(data);
+  return -1;
+}
+
+imagefmt adapter_input_format(const provider_input *in) {
+  imagefmt fmt = in->data ? imagefmt_detect(in->data, in->len) : IMAGEFMT_UNKNOWN;
+  if (fmt == IMAGEFMT_UNKNOWN && in->mime) fmt = imagefmt_from_mime(in->mime);
+  return fmt;
+}
+
+/* ---- waiting times ---- */
+
+/* Reads a non-negative decimal ("12", "1.5") at *s counting unit_ms
+ * milliseconds per unit, rounding up, clamped to the maximum; advances *s
+ * past it. -1 when there is no number there. */
+static int64_t adapter_decimal_ms(const char **s, int64_t unit_ms) {
+  const char *p = *s;
+  if (!isdigit((unsigned char)*p)) return -1;
+  int64_t whole = 0;
+  for (; isdigit((unsigned char)*p); p++)
+    if (whole <= ADAPTER_MAX_RETRY_AFTER_MS) whole = whole * 10 + (*p - '0');
+  int64_t ms = whole * unit_ms; /* whole stays below 1e10 and unit_ms <= 1000: no overflow */
+  if (*p == '.') {
+    p++;
+    if (!isdigit((unsigned char)*p)) return -1;
+    int64_t frac = 0, scale = 1;
+    bool rest = false;
+    for (; isdigit((unsigned char)*p); p++) {
+      if (scale < 1000000000) {
+        frac = frac * 10 + (*p - '0');
+        scale *= 10;
+      } else if (*p != '0') {
+        rest = true;
+      }
+    }
+    int64_t num = frac * unit_ms;
+    ms += num / scale + ((num % scale || rest) ? 1 : 0);
+  }
+  *s = p;
+  return ms > ADAPTER_MAX_RETRY_AFTER_MS ? ADAPTER_MAX_RETRY_AFTER_MS : ms;
+}
+
+int64_t adapter_duration_ms(const char *s) {
+  if (!s) return -1;
+  int64_t ms = adapter_decimal_ms(&s, 1000);
+  if (ms < 0 || s[0] != 's' || s[1] != '\0') return -1;
+  return ms;
+}
+
+/* A whole header value as a decimal in unit_ms units, surrounding blanks allowed; -1 otherwise. */
+static int64_t adapter_header_decimal(const char *v, int64_t unit_ms) {
+  while (*v == ' ' || *v == '\t') v++;
+  int64_t ms = adapter_decimal_ms(&v, unit_ms);
+  while (*v == ' ' || *v == '\t') v++;
+  return ms >= 0 && *v == '\0' ? ms : -1;
+}
+
+int64_t adapter_retry_after_ms(const char *retry_after, const char *retry_after_ms, time_t now) {
+  if (retry_after_ms && *retry_after_ms) {
+    int64_t ms = adapter_header_decimal(retry_after_ms, 1);
+    if (ms >= 0) return ms;
+  }
+  if (!retry_after || !*retry_after) return 0;
+  const char *v = retry_after;
+  while (*v == ' ' || *v == '\t') v++;
+  if (isdigit((unsigned char)*v)) {
+    int64_t ms = adapter_header_decimal(v, 1000);
+    return ms >= 0 ? ms : 0;
+  }
+  if (!isalpha((unsigned char)*v)) return 0; /* "-5" and the like: not a date either */
+  time_t at = curl_getdate(v, NULL);
+  if (at == (time_t)-1 || at <= now) return 0;
+  int64_t secs = (int64_t)(at - now);
+  if (secs > ADAPTER_MAX_RETRY_AFTER_MS / 1000) return ADAPTER_MAX_RETRY_AFTER_MS;
+  return secs * 1000;
+}
+
+/* ---- transport ---- */
+
+bool adapter_transport_ok(const curlloop_result *res) {
+  return !res->cancelled && !res->body_truncated && res->code == CURLE_OK && res->http_status > 0;
+}
+
+provider_outcome *adapter_transport_outcome(const curlloop_result *res, const char *who) {
+  int status = (int)res->http_status;
+  if (res->body_truncated)
+    return adapter_error(status, PROVIDER_ERR_BAD_RESPONSE, true, "upstream_bad_response",
+                         "%s: the answer is larger than %zu MiB", who,
+                         ADAPTER_MAX_RESPONSE_BYTES >> 20);
+  const char *detail = res->error[0] ? res->error : curl_easy_strerror(res->code);
+  if (res->code == CURLE_OPERATION_TIMEDOUT)
+    return adapter_error(status, PROVIDER_ERR_TIMEOUT, true, "upstream_timeout",
+                         "%s: timed out: %s", who, detail);
+  if (res->code == CURLE_OK) detail = "no HTTP answer";
+  return adapter_error(status, PROVIDER_ERR_NETWORK, true, "upstream_unavailable",
+                       "%s: could not reach the upstream: %s", who, detail);
+}
+
+void adapter_take_answer(curlloop_result *dst, curlloop_result *res) {
+  *dst = *res;
+  res->body = (buf)BUF_INIT; /* the body now belongs to dst */
+}
+
+/* ---- parsing threads ---- */
+
+struct adapter_pool {
+  pthread_mutex_t lock;
+  pthread_cond_t work_cond; /* workers wait for items */
+  pthread_cond_t idle_cond; /* drain waits for an empty, idle pool */
+  adapter_work *head, *tail;
+  int busy;                 /* items running */
+  bool stopping;
+  pthread_t *threads;
+  int n_threads;            /* started */
+};
+
+static void *adapter_pool_main(void *arg) {
+  adapter_pool *p = arg;
+  pthread_mutex_lock(&p->lock);
+  for (;;) {
+    while (!p->head && !p->stopping) pthread_cond_wait(&p->work_cond, &p->lock);
+    if (p->stopping) break;
+    adapter_work *w = p->head;
+    p->head = w->next;
+    if (!p->head) p->tail = NULL;
+    p->busy++;
+    pthread_mutex_unlock(&p->lock);
+    w->run(w); /* w may be gone after this */
+    pthread_mutex_lock(&p->lock);
+    p->busy--;
+    if (!p->head && p->busy == 0) pthread_cond_broadcast(&p->idle_cond);
+  }
+  pthread_mutex_unlock(&p->lock);
+  return NULL;
+}
+
+static bool adapter_pool_init_sync(adapter_pool *p) {
+  if (pthread_mutex_init(&p->lock, NULL) != 0) return false;
+  if (pthread_cond_init(&p->work_cond, NULL) != 0) {
+    pthread_mutex_destroy(&p->lock);
+    return false;
+  }
+  if (pthread_cond_init(&p->idle_cond, NULL) != 0) {
+    pthread_cond_destroy(&p->work_cond);
+    pthread_mutex_destroy(&p->lock);
+    return false;
+  }
+  return true;
+}
+
+adapter_pool *adapter_pool_create(int threads) {
+  if (threads < 1) threads = 1;
+  adapter_pool *p = calloc(1, sizeof *p);
+  if (!p) return NULL;
+  p->threads = calloc((size_t)threads, sizeof *p->threads);
+  if (!p->threads || !adapter_pool_init_sync(p)) {
+    free(p->threads);
+    free(p);
+    return NULL;
+  }
+  for (int i = 0; i < threads; i++) {
+    if (pthread_create(&p->threads[p->n_threads], NULL, adapter_pool_main, p) != 0) break;
+    p->n_threads++;
+  }
+  if (p->n_threads == 0) {
+    adapter_pool_destroy(p);
+    return NULL;
+  }
+  return p;
+}
+
+void adapter_pool_submit(adapter_pool *p, adapter_work *w) {
+  w->next = NULL;
+  pthread_mutex_lock(&p->lock);
+  if (p->stopping) {
+    pthread_mutex_unlock(&p->lock);
+    w->drop(w);
+    return;
+  }
+  if (p->tail)
+    p->tail->next = w;
+  else
+    p->head = w;
+  p->tail = w;
+  pthread_cond_signal(&p->work_cond);
+  pthread_mutex_unlock(&p->lock);
+}
+
+void adapter_pool_drain(adapter_pool *p) {
+  if (!p) return;
+  pthread_mutex_lock(&p->lock);
+  while ((p->head || p->busy > 0) && !p->stopping) pthread_cond_wait(&p->idle_cond, &p->lock);
+  pthread_mutex_unlock(&p->lock);
+}
+
+void adapter_pool_destroy(adapter_pool *p) {
+  if (!p) return;
+  pthread_mutex_lock(&p->lock);
+  p->stopping = true;
+  pthread_cond_broadcast(&p->work_cond);
+  pthread_cond_broadcast(&p->idle_cond);
+  pthread_mutex_unlock(&p->lock);
+  for (int i = 0; i < p->n_threads; i++) pthread_join(p->threads[i], NULL);
+  adapter_work *w = p->head;
+  while (w) {
+    adapter_work *next = w->next;
+    w->drop(w);
+    w = next;
+  }
+  pthread_cond_destroy(&p->idle_cond);
+  pthread_cond_destroy(&p->work_cond);
+  pthread_mutex_destroy(&p->lock);
+  free(p->threads);
+  free(p);
+}
+
+/* ---- instances ---- */
+
+static bool adapter_has_control(const char *s) {
+  for (; *s; s++)
+    if ((unsigned char)*s <= 0x20 || *s == 0x7f) return true;
+  return false;
+}
+
+static bool adapter_ends_with(const char *s, size_t len, const char *suffix) {
+  size_t n = strlen(suffix);
+  return len >= n && strcmp(s + len - n, suffix) == 0;
+}
+
+/* Why cfg cannot be used, or NULL when it can. */
+static const char *adapter_config_problem(const provider_instance_config *cfg, const char *kind,
+                                          size_t name_size) {
+  if (!cfg->name || !*cfg->name || strlen(cfg->name) >= name_size) return "bad name";
+  if (cfg->kind && strcmp(cfg->kind, kind) != 0) return "wrong kind";
+  if (!cfg->base_url || adapter_has_control(cfg->base_url) ||
+      (strncasecmp(cfg->base_url, "http://", 7) != 0 &&
+       strncasecmp(cfg->base_url, "https://", 8) != 0))
+    return "base_url must be an http:// or https:// URL";
+  /* The key goes into a request header: a line break there would inject headers. */
+  if (!cfg->api_key || !*cfg->api_key || adapter_has_control(cfg->api_key))
+    return "api_key is missing or holds spaces or control characters";
+  return NULL;
+}
+
+bool adapter_instance_init(adapter_instance *ai, provider *base,
+                           const provider_instance_config *cfg, const char *kind,
+                           const char *version_suffix, curlloop *loop) {
+  memset(ai, 0, sizeof *ai);
+  const char *problem = !cfg    ? "no configuration"
+                        : !loop ? "no curl loop"
+                                : adapter_config_problem(cfg, kind, sizeof base->name);
+  if (problem) {
+    char qname[80];
+    LOG_ERROR("provider_bad_config", "kind=%s name=%s reason=\"%s\"", kind,
+              log_quote(cfg && cfg->name ? cfg->name : "", qname, sizeof qname), problem);
+    return false;
+  }
+  ai->base_url = strdup(cfg->base_url);
+  ai->api_key = strdup(cfg->api_key);
+  ai->pool = adapter_pool_create(ADAPTER_POOL_THREADS);
+  if (!ai->base_url || !ai->api_key || !ai->pool) {
+    adapter_instance_free(ai);
+    return false;
+  }
+  size_t len = strlen(ai->base_url);
+  while (len > 0 && ai->base_url[len - 1] == '/') ai->base_url[--len] = '\0';
+  if (version_suffix && adapter_ends_with(ai->base_url, len, version_suffix)) {
+    len -= strlen(version_suffix);
+    ai->base_url[len] = '\0';
+    while (len > 0 && ai->base_url[len - 1] == '/') ai->base_url[--len] = '\0';
+  }
+  ai->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : ADAPTER_DEFAULT_TIMEOUT_MS;
+  ai->connect_timeout_ms =
+      cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : ADAPTER_DEFAULT_CONNECT_TIMEOUT_MS;
+  ai->loop = loop;
+  snprintf(base->name, sizeof base->name, "%s", cfg->name);
+  return true;
+}
+
+void adapter_instance_free(adapter_instance *ai) {
+  if (!ai) return;
+  adapter_pool_destroy(ai->pool);
+  ai->pool = NULL;
+  free(ai->base_url);
+  free(ai->api_key);
+  ai->base_url = ai->api_key = NULL;
+}
+
+CURL *adapter_easy_new(const adapter_instance *ai, const char *url, long timeout_ms) {
+  CURL *easy = curl_easy_init();
+  if (!easy) return NULL;
+  /* The caller's budget (what is left of the task's deadline) narrows the
+   * instance's own timeout; it never lengthens it. */
+  long budget = timeout_ms > 0 && timeout_ms < ai->timeout_ms ? timeout_ms : ai->timeout_ms;
+  bool ok = curl_easy_setopt(easy, CURLOPT_URL, url) == CURLE_OK &&
+            curl_easy_setopt(easy, CURLOPT_POST, 1L) == CURLE_OK &&
+            curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
+            curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, budget) == CURLE_OK &&
+            curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, ai->connect_timeout_ms) == CURLE_OK &&
+            curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L) == CURLE_OK &&
+            curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https") == CURLE_OK &&
+            curl_easy_setopt(easy, CURLOPT_USERAGENT, "imgate") == CURLE_OK;
+  if (!ok) {
+    curl_easy_cleanup(easy);
+    return NULL;
+  }
+  return easy;
+}
+
+bool adapter_add_header(struct curl_slist **list, const char *name, const char *value) {
+  size_t n = strlen(name) + strlen(value) + 3;
+  char *line = malloc(n);
+  if (!line) return false;
+  snprintf(line, n, "%s: %s", name, value);
+  struct curl_slist *l = curl_slist_append(*list, line);
+  free(line);
+  if (!l) return false;
+  *list = l;
+  return true;
+}

@@ -1,0 +1,138 @@
+/* adapter.h - what the HTTP provider adapters (gemini.c, openai.c) share.
+ *
+ * Error outcomes with messages that are safe to show and to put in JSON,
+ * decoding and checking the images an upstream returns, Retry-After in its
+ * several spellings, the classification of transfers that got no HTTP answer,
+ * the threads that parse answers off the curl loop, and the per-instance
+ * settings every adapter reads from its configuration. */
+#ifndef IMGATE_ADAPTER_H
+#define IMGATE_ADAPTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "upstream/curlloop.h"
+#include "upstream/provider.h"
+#include "util/imagefmt.h"
+
+#define ADAPTER_MAX_RESPONSE_BYTES ((size_t)64 << 20) /* the most an upstream answer may weigh */
+#define ADAPTER_MAX_IMAGE_BYTES ((size_t)64 << 20)    /* one decoded image */
+#define ADAPTER_MAX_QUANTITY 10                       /* images per task (OpenAI caps n at 10) */
+#define ADAPTER_DEFAULT_TIMEOUT_MS 120000L
+#define ADAPTER_DEFAULT_CONNECT_TIMEOUT_MS 10000L
+#define ADAPTER_MAX_RETRY_AFTER_MS ((int64_t)86400000) /* longer waits are clamped to a day */
+#define ADAPTER_UPSTREAM_TEXT_MAX 160 /* bytes of an upstream's own message kept in ours */
+
+/* A fresh failed outcome: status MODERATED for PROVIDER_ERR_MODERATED (never
+ * retryable), FAILED otherwise. The message is cut at a UTF-8 character
+ * boundary and control characters become spaces. NULL when memory runs out. */
+provider_outcome *adapter_error(int http_status, provider_error_class cls, bool retryable,
+                                const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/* Copies at most max_bytes of src (and at most dst_size - 1) into dst, never
+ * splitting a UTF-8 sequence, with control characters turned into spaces.
+ * A NULL src gives "". Returns dst. */
+char *adapter_clean_text(char *dst, size_t dst_size, const char *src, size_t max_bytes);
+
+/* Decodes one base64 image as an upstream sent it (a "data:...;base64," prefix
+ * is tolerated) and checks it is one: the MIME type comes from the magic
+ * bytes, the size from the header (0x0 for HEIC, which has no size parser).
+ * Returns 0 and fills img (img->data is malloc'd), or -1 with *why set to a
+ * static reason. The declared MIME type of the upstream is never trusted. */
+int adapter_decode_image(const char *b64, size_t len, provider_image *img, const char **why);
+
+/* The format of a reference image: its magic bytes, else its declared MIME
+ * type; IMAGEFMT_UNKNOWN when neither says. */
+imagefmt adapter_input_format(const provider_input *in);
+
+/* "19s", "1.5s", "0.250s" (a protobuf Duration in JSON) in milliseconds,
+ * rounded up; -1 when s is not one. */
+int64_t adapter_duration_ms(const char *s);
+
+/* How long the upstream asked to wait, from the headers "retry-after-ms"
+ * (milliseconds, preferred) and "Retry-After" (seconds, or an HTTP date taken
+ * relative to now). NULL or "" means absent. 0 when none or unreadable;
+ * clamped to ADAPTER_MAX_RETRY_AFTER_MS. */
+int64_t adapter_retry_after_ms(const char *retry_after, const char *retry_after_ms, time_t now);
+
+/* Whether a finished transfer brought a complete HTTP answer to parse. */
+bool adapter_transport_ok(const curlloop_result *res);
+/* The outcome of a transfer that did not (timeout, network, over-size answer).
+ * who prefixes the message ("gemini"). NULL when memory runs out. */
+provider_outcome *adapter_transport_outcome(const curlloop_result *res, const char *who);
+
+/* The outcome handed over when memory ran out while reading an answer: it is
+ * allocated before a call starts, so a call always has one to deliver. */
+provider_outcome *adapter_spare_outcome(void);
+
+/* Captures what the curl loop reported for a transfer into dst, taking the
+ * body over (res->body is left empty), so the answer outlives the callback. */
+void adapter_take_answer(curlloop_result *dst, curlloop_result *res);
+
+/* ---- parsing threads ----
+ * The curl loop's callbacks must be quick, but reading an answer is not: a 4K
+ * image arrives as ~16 MB of JSON-wrapped base64, a few hundred milliseconds
+ * of jansson and decoding. So each instance hands answers to a small pool of
+ * its own threads, which parse them and call done(). */
+
+typedef struct adapter_work adapter_work;
+struct adapter_work {
+  void (*run)(adapter_work *w);  /* on a pool thread; may free w */
+  void (*drop)(adapter_work *w); /* instead of run, when the pool stops first; must free w */
+  adapter_work *next;            /* the pool's */
+};
+
+typedef struct adapter_pool adapter_pool;
+
+#define ADAPTER_POOL_THREADS 2
+
+/* NULL when no thread could be started. */
+adapter_pool *adapter_pool_create(int threads);
+/* Queues w (never fails: the item is the caller's memory). After destroy has
+ * begun, w is dropped at once. Thread-safe. */
+void adapter_pool_submit(adapter_pool *p, adapter_work *w);
+/* Waits until the queue is empty and no item is running. */
+void adapter_pool_drain(adapter_pool *p);
+/* Stops and joins the threads (an item already running finishes), then
+ * drops every item still queued. */
+void adapter_pool_destroy(adapter_pool *p);
+
+/* The settings of one configured upstream instance, and its parsing threads. */
+typedef struct adapter_instance {
+  char *base_url; /* no trailing '/' and no API version suffix */
+  char *api_key;
+  long timeout_ms;
+  long connect_timeout_ms;
+  curlloop *loop;
+  adapter_pool *pool;
+} adapter_instance;
+
+/* Checks cfg and copies it into ai and base->name (base->ops is left alone),
+ * and starts the instance's parsing threads. kind is the adapter's own
+ * ("gemini"); a cfg->kind that differs is refused. version_suffix ("/v1beta",
+ * "/v1") is stripped from the end of base_url, so both "https://host" and
+ * "https://host/v1" work. Returns false (logging why) on a bad configuration
+ * or when memory or threads run out. */
+bool adapter_instance_init(adapter_instance *ai, provider *base,
+                           const provider_instance_config *cfg, const char *kind,
+                           const char *version_suffix, curlloop *loop);
+/* Stops the parsing threads (answers still queued are dropped, without
+ * done()) and frees the settings. */
+void adapter_instance_free(adapter_instance *ai);
+
+/* A POST easy handle for url with the instance's timeouts (timeout_ms > 0
+ * shortens the instance's whole-call budget, never lengthens it: the call
+ * ends at the earlier of the two), no redirects, http(s) only.
+ * NULL when curl cannot make one. */
+CURL *adapter_easy_new(const adapter_instance *ai, const char *url, long timeout_ms);
+
+/* "Name: value" as a curl header list entry appended to *list; false when
+ * memory runs out (the list is left as it was). */
+bool adapter_add_header(struct curl_slist **list, const char *name, const char *value);
+
+#endif

@@ -1,0 +1,480 @@
+/* curlloop.c - one thread driving libcurl's multi interface.
+ *
+ * Event-driven: libcurl tells us which sockets it waits on (socket callback)
+ * and when its next timer is due (timer callback); the loop waits on an epoll
+ * set and hands each ready socket to curl_multi_socket_action(). So an idle
+ * loop sleeps in epoll_wait, and one ready socket costs O(1) whatever the
+ * number of transfers in flight (curl_multi_perform/poll would walk all of
+ * them on every wakeup: ~10,000 syscalls per event at 10,000 in flight).
+ *
+ * Threads: submitters only touch the queue (under mu) and write the eventfd
+ * that wakes the loop. Everything else on the multi handle, the share handle,
+ * the epoll set and the active list happens on the loop thread, or on the
+ * destroying thread after the loop thread has been joined. That single-owner
+ * rule is why the share handle needs no lock callbacks. */
+#include "upstream/curlloop.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "util/log.h"
+
+#define CURLLOOP_DEFAULT_CONNECT_MS 10000L
+/* Upper bound of one wait; libcurl shortens it to its own next timer. */
+#define CURLLOOP_POLL_MS 1000
+#define CURLLOOP_EVENTS 256
+
+typedef struct transfer {
+  CURL *easy;
+  size_t cap;
+  curlloop_done_fn done;
+  void *ctx;
+  bool oom;
+  curlloop_result res;
+  struct transfer *next, *prev;
+} transfer;
+
+struct curlloop {
+  CURLM *multi;
+  CURLSH *share;
+  long connect_timeout_ms;
+  pthread_t thread;
+  pthread_mutex_t mu;
+  transfer *queue_head, *queue_tail; /* under mu */
+  bool stopping;                     /* under mu */
+  atomic_bool stop;                  /* read by the loop thread without mu */
+  atomic_size_t in_flight;
+  transfer *active; /* in the multi handle; loop thread only */
+  int epfd;         /* the sockets libcurl waits on, plus wakefd */
+  int wakefd;       /* eventfd: new work, or stop */
+  int64_t timer_due_ms; /* libcurl's next timeout (monotonic ms); -1 = none */
+};
+
+/* --- process-wide libcurl initialisation --- */
+
+static pthread_once_t curlloop_once = PTHREAD_ONCE_INIT;
+static CURLcode curlloop_init_code = CURLE_FAILED_INIT;
+
+static void curlloop_global_init(void) { curlloop_init_code = curl_global_init(CURL_GLOBAL_ALL); }
+
+/* --- per-transfer callbacks --- */
+
+static size_t on_body(char *data, size_t size, size_t n, void *ud) {
+  transfer *t = ud;
+  size_t len = size * n;
+  size_t room = t->cap - t->res.body.len;
+  size_t take = len < room ? len : room;
+  if (take && !buf_append(&t->res.body, data, take)) {
+    t->oom = true;
+    return 0;
+  }
+  if (take < len) {
+    /* Returning less than len makes libcurl stop with CURLE_WRITE_ERROR. */
+    t->res.body_truncated = true;
+    return 0;
+  }
+  return len;
+}
+
+static void copy_value(char *dst, size_t size, const char *v, size_t n) {
+  if (n >= size) n = size - 1;
+  memcpy(dst, v, n);
+  dst[n] = '\0';
+}
+
+static bool is_space(char ch) { return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n'; }
+
+static void forget_headers(curlloop_result *r) {
+  r->content_type[0] = r->retry_after[0] = r->retry_after_ms[0] = r->request_id[0] = '\0';
+}
+
+/* Header lines arrive one by one, status lines included. A status line opens
+ * a new response (after a 100 Continue, a redirect, an auth round), whose
+ * headers replace what an earlier one said. */
+static size_t on_header(char *line, size_t size, size_t n, void *ud) {
+  transfer *t = ud;
+  size_t len = size * n;
+  if (len >= 5 && strncmp(line, "HTTP/", 5) == 0) {
+    forget_headers(&t->res);
+    return len;
+  }
+  const char *colon = memchr(line, ':', len);
+  if (!colon) return len;
+  size_t name_len = (size_t)(colon - line);
+  const char *v = colon + 1;
+  const char *end = line + len;
+  while (v < end && is_space(*v)) v++;
+  while (end > v && is_space(end[-1])) end--;
+  size_t vlen = (size_t)(end - v);
+  static const struct {
+    const char *name;
+    size_t offset, size;
+  } wanted[] = {
+      {"content-type", offsetof(curlloop_result, content_type), sizeof t->res.content_type},
+      {"retry-after", offsetof(curlloop_result, retry_after), sizeof t->res.retry_after},
+      {"retry-after-ms", offsetof(curlloop_result, retry_after_ms), sizeof t->res.retry_after_ms},
+      {"x-request-id", offsetof(curlloop_result, request_id), sizeof t->res.request_id},
+  };
+  for (size_t i = 0; i < sizeof wanted / sizeof wanted[0]; i++) {
+    if (strlen(wanted[i].name) == name_len && strncasecmp(line, wanted[i].name, name_len) == 0) {
+      copy_value((char *)&t->res + wanted[i].offset, wanted[i].size, v, vlen);
+      break;
+    }
+  }
+  return len;
+}
+
+/* --- submission (any thread) --- */
+
+static void wake(curlloop *l) {
+  uint64_t one = 1;
+  /* EAGAIN means the counter is already non-zero: a wakeup is pending. */
+  if (write(l->wakefd, &one, sizeof one) < 0) return;
+}
+
+static bool prepare_easy(curlloop *l, transfer *t) {
+  CURL *e = t->easy;
+  return curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) == CURLE_OK &&
+         curl_easy_setopt(e, CURLOPT_WRITEDATA, t) == CURLE_OK &&
+         curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header) == CURLE_OK &&
+         curl_easy_setopt(e, CURLOPT_HEADERDATA, t) == CURLE_OK &&
+         curl_easy_setopt(e, CURLOPT_PRIVATE, t) == CURLE_OK &&
+         curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->res.error) == CURLE_OK &&
+         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
+         curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "") == CURLE_OK &&
+         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, l->connect_timeout_ms) == CURLE_OK;
+}
+
+/* Undoes what would dangle once t is freed (the caller may keep easy). */
+static void release_easy(CURL *e) {
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
+}
+
+int curlloop_submit(curlloop *l, CURL *easy, size_t max_response_bytes, curlloop_done_fn done,
+                    void *ctx) {
+  if (!l || !easy || !done) return -1;
+  transfer *t = calloc(1, sizeof *t);
+  if (!t) return -1;
+  t->easy = easy;
+  t->cap = max_response_bytes;
+  t->done = done;
+  t->ctx = ctx;
+  if (!prepare_easy(l, t)) {
+    release_easy(easy);
+    free(t);
+    return -1;
+  }
+  pthread_mutex_lock(&l->mu);
+  if (l->stopping) {
+    pthread_mutex_unlock(&l->mu);
+    release_easy(easy);
+    free(t);
+    return -1;
+  }
+  bool was_empty = l->queue_head == NULL;
+  if (was_empty) l->queue_head = t;
+  else l->queue_tail->next = t;
+  l->queue_tail = t;
+  atomic_fetch_add(&l->in_flight, 1);
+  /* A non-empty queue means a wakeup is already pending since the last drain.
+   * Waking under mu keeps destroy from freeing the multi handle under us. */
+  if (was_empty) wake(l);
+  pthread_mutex_unlock(&l->mu);
+  return 0;
+}
+
+size_t curlloop_in_flight(curlloop *l) { return l ? atomic_load(&l->in_flight) : 0; }
+
+/* --- completion (loop thread, or the destroying thread after the join) --- */
+
+static void active_unlink(curlloop *l, transfer *t) {
+  if (t->prev) t->prev->next = t->next;
+  else l->active = t->next;
+  if (t->next) t->next->prev = t->prev;
+  t->next = t->prev = NULL;
+}
+
+static void fill_outcome(transfer *t, CURLcode code) {
+  curlloop_result *r = &t->res;
+  r->code = code;
+  curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &r->http_status);
+  curl_off_t us = 0;
+  if (curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &us) == CURLE_OK)
+    r->total_ms = (double)us / 1000.0;
+  if (r->body_truncated) {
+    r->code = CURLE_WRITE_ERROR;
+    snprintf(r->error, sizeof r->error, "response body larger than %zu bytes", t->cap);
+  } else if (t->oom) {
+    snprintf(r->error, sizeof r->error, "out of memory storing the response body");
+  } else if (code != CURLE_OK && r->error[0] == '\0') {
+    snprintf(r->error, sizeof r->error, "%s", curl_easy_strerror(code));
+  }
+}
+
+/* Hands t back to its owner and frees it. easy must already be out of the multi. */
+static void finish(curlloop *l, transfer *t) {
+  curl_easy_setopt(t->easy, CURLOPT_SHARE, NULL);
+  release_easy(t->easy);
+  atomic_fetch_sub(&l->in_flight, 1);
+  t->done(t->ctx, t->easy, &t->res);
+  buf_free(&t->res.body);
+  free(t);
+}
+
+static void finish_cancelled(curlloop *l, transfer *t) {
+  t->res.cancelled = true;
+  t->res.code = CURLE_ABORTED_BY_CALLBACK;
+  t->res.http_status = 0;
+  buf_free(&t->res.body);
+  snprintf(t->res.error, sizeof t->res.error, "cancelled: the curl loop is shutting down");
+  finish(l, t);
+}
+
+/* --- the loop thread --- */
+
+static void start_transfer(curlloop *l, transfer *t) {
+  CURLMcode mc = CURLM_OK;
+  if (l->share) curl_easy_setopt(t->easy, CURLOPT_SHARE, l->share);
+  mc = curl_multi_add_handle(l->multi, t->easy);
+  if (mc != CURLM_OK) {
+    snprintf(t->res.error, sizeof t->res.error, "cannot start the transfer: %s",
+             curl_multi_strerror(mc));
+    t->res.code = CURLE_FAILED_INIT;
+    finish(l, t);
+    return;
+  }
+  t->prev = NULL;
+  t->next = l->active;
+  if (l->active) l->active->prev = t;
+  l->active = t;
+}
+
+static void drain_queue(curlloop *l) {
+  pthread_mutex_lock(&l->mu);
+  transfer *t = l->queue_head;
+  l->queue_head = l->queue_tail = NULL;
+  pthread_mutex_unlock(&l->mu);
+  while (t) {
+    transfer *next = t->next;
+    t->next = NULL;
+    start_transfer(l, t);
+    t = next;
+  }
+}
+
+static void reap_done(curlloop *l) {
+  CURLMsg *m;
+  int left;
+  while ((m = curl_multi_info_read(l->multi, &left))) {
+    if (m->msg != CURLMSG_DONE) continue;
+    /* m is invalid once the handle leaves the multi: copy what is needed. */
+    CURL *e = m->easy_handle;
+    CURLcode code = m->data.result;
+    char *priv = NULL;
+    curl_easy_getinfo(e, CURLINFO_PRIVATE, &priv);
+    transfer *t = (transfer *)priv;
+    curl_multi_remove_handle(l->multi, e);
+    if (!t) continue;
+    active_unlink(l, t);
+    fill_outcome(t, code);
+    finish(l, t);
+  }
+}
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* libcurl: start, change or stop watching socket s. */
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
+  (void)easy, (void)socketp;
+  curlloop *l = userp;
+  if (what == CURL_POLL_REMOVE) {
+    epoll_ctl(l->epfd, EPOLL_CTL_DEL, s, NULL); /* ENOENT/EBADF: closed already, fine */
+    return 0;
+  }
+  struct epoll_event ev = {.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) |
+                                     ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u),
+                           .data.fd = s};
+  if (epoll_ctl(l->epfd, EPOLL_CTL_MOD, s, &ev) == 0) return 0;
+  if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, s, &ev) == 0) return 0;
+  LOG_ERROR("curlloop_epoll_ctl_failed", "fd=%d", (int)s);
+  return -1;
+}
+
+/* libcurl: its next timeout is timeout_ms from now (-1: none). */
+static int on_timer(CURLM *multi, long timeout_ms, void *userp) {
+  (void)multi;
+  curlloop *l = userp;
+  l->timer_due_ms = timeout_ms < 0 ? -1 : mono_ms() + timeout_ms;
+  return 0;
+}
+
+static int wait_ms(const curlloop *l) {
+  if (l->timer_due_ms < 0) return CURLLOOP_POLL_MS;
+  int64_t left = l->timer_due_ms - mono_ms();
+  if (left <= 0) return 0;
+  return left < CURLLOOP_POLL_MS ? (int)left : CURLLOOP_POLL_MS;
+}
+
+static void *loop_main(void *arg) {
+  curlloop *l = arg;
+  struct epoll_event evs[CURLLOOP_EVENTS];
+  while (!atomic_load(&l->stop)) {
+    drain_queue(l);
+    int n = epoll_wait(l->epfd, evs, CURLLOOP_EVENTS, wait_ms(l));
+    if (atomic_load(&l->stop)) break;
+    int running = 0;
+    for (int i = 0; i < n; i++) {
+      if (evs[i].data.fd == l->wakefd) {
+        uint64_t count;
+        if (read(l->wakefd, &count, sizeof count) < 0) { /* EAGAIN: already drained */ }
+        continue;
+      }
+      int flags = ((evs[i].events & EPOLLIN) ? CURL_CSELECT_IN : 0) |
+                  ((evs[i].events & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
+                  ((evs[i].events & (EPOLLERR | EPOLLHUP)) ? CURL_CSELECT_ERR : 0);
+      CURLMcode mc = curl_multi_socket_action(l->multi, evs[i].data.fd, flags, &running);
+      if (mc != CURLM_OK) LOG_ERROR("curlloop_socket_action_failed", "err=%d", (int)mc);
+    }
+    if (l->timer_due_ms >= 0 && l->timer_due_ms <= mono_ms()) {
+      l->timer_due_ms = -1; /* libcurl sets the next one from inside the call */
+      CURLMcode mc = curl_multi_socket_action(l->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+      if (mc != CURLM_OK) LOG_ERROR("curlloop_timeout_action_failed", "err=%d", (int)mc);
+    }
+    reap_done(l);
+  }
+  return NULL;
+}
+
+/* --- life cycle --- */
+
+static bool configure_multi(curlloop *l, const curlloop_config *cfg) {
+  return curl_multi_setopt(l->multi, CURLMOPT_SOCKETFUNCTION, on_socket) == CURLM_OK &&
+         curl_multi_setopt(l->multi, CURLMOPT_SOCKETDATA, l) == CURLM_OK &&
+         curl_multi_setopt(l->multi, CURLMOPT_TIMERFUNCTION, on_timer) == CURLM_OK &&
+         curl_multi_setopt(l->multi, CURLMOPT_TIMERDATA, l) == CURLM_OK &&
+         curl_multi_setopt(l->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, cfg->max_total_connections) ==
+             CURLM_OK &&
+         curl_multi_setopt(l->multi, CURLMOPT_MAX_HOST_CONNECTIONS, cfg->max_host_connections) ==
+             CURLM_OK &&
+         curl_multi_setopt(l->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) == CURLM_OK;
+}
+
+/* TLS session resumption across transfers to the same host. The multi handle
+ * already shares its DNS cache and connection pool among its transfers; TLS
+ * sessions are per easy handle unless shared. Optional: without it, only
+ * resumption is lost. */
+static CURLSH *make_share(void) {
+  CURLSH *sh = curl_share_init();
+  if (!sh) return NULL;
+  if (curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK) {
+    curl_share_cleanup(sh);
+    return NULL;
+  }
+  return sh;
+}
+
+/* Signals go to the other threads: blocking them here also turns a SIGPIPE
+ * from a write on a dead TLS connection into a plain EPIPE. */
+static int start_thread(curlloop *l) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int rc = pthread_create(&l->thread, NULL, loop_main, l);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc == 0) pthread_setname_np(l->thread, "curlloop");
+  return rc;
+}
+
+static void free_loop(curlloop *l) {
+  if (l->multi) curl_multi_cleanup(l->multi);
+  if (l->epfd >= 0) close(l->epfd);
+  if (l->wakefd >= 0) close(l->wakefd);
+  if (l->share) curl_share_cleanup(l->share);
+  pthread_mutex_destroy(&l->mu);
+  free(l);
+}
+
+curlloop *curlloop_create(const curlloop_config *cfg) {
+  pthread_once(&curlloop_once, curlloop_global_init);
+  if (curlloop_init_code != CURLE_OK) {
+    LOG_ERROR("curlloop_global_init_failed", "err=%d", (int)curlloop_init_code);
+    return NULL;
+  }
+  curlloop_config none = {0};
+  if (!cfg) cfg = &none;
+  curlloop *l = calloc(1, sizeof *l);
+  if (!l) return NULL;
+  if (pthread_mutex_init(&l->mu, NULL) != 0) {
+    free(l);
+    return NULL;
+  }
+  atomic_init(&l->stop, false);
+  atomic_init(&l->in_flight, 0);
+  l->connect_timeout_ms =
+      cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : CURLLOOP_DEFAULT_CONNECT_MS;
+  l->timer_due_ms = -1;
+  l->epfd = epoll_create1(EPOLL_CLOEXEC);
+  l->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  struct epoll_event wake_ev = {.events = EPOLLIN, .data.fd = l->wakefd};
+  if (l->epfd < 0 || l->wakefd < 0 ||
+      epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wakefd, &wake_ev) != 0) {
+    l->multi = NULL;
+    free_loop(l);
+    return NULL;
+  }
+  l->multi = curl_multi_init();
+  if (!l->multi || !configure_multi(l, cfg)) {
+    free_loop(l);
+    return NULL;
+  }
+  l->share = make_share();
+  if (!l->share) LOG_WARN("curlloop_no_tls_session_sharing", NULL);
+  if (start_thread(l) != 0) {
+    free_loop(l);
+    return NULL;
+  }
+  return l;
+}
+
+void curlloop_destroy(curlloop *l) {
+  if (!l) return;
+  pthread_mutex_lock(&l->mu);
+  l->stopping = true;
+  atomic_store(&l->stop, true);
+  wake(l);
+  pthread_mutex_unlock(&l->mu);
+  pthread_join(l->thread, NULL);
+
+  /* From here this thread owns everything. stopping stays set, so a callback
+   * that submits again is refused instead of queueing work nobody runs. */
+  while (l->active) {
+    transfer *t = l->active;
+    active_unlink(l, t);
+    curl_multi_remove_handle(l->multi, t->easy);
+    finish_cancelled(l, t);
+  }
+  pthread_mutex_lock(&l->mu);
+  transfer *q = l->queue_head;
+  l->queue_head = l->queue_tail = NULL;
+  pthread_mutex_unlock(&l->mu);
+  while (q) {
+    transfer *next = q->next;
+    q->next = NULL;
+    finish_cancelled(l, q);
+    q = next;
+  }
+  free_loop(l);
+}

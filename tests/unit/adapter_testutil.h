@@ -1,0 +1,326 @@
+/* adapter_testutil.h - test doubles for the provider adapter tests (test_gemini.c,
+ * test_openai.c): a stand-in for the curl loop and a one-shot local HTTP server.
+ *
+ * The stand-in defines curlloop_submit() itself, so the adapters' glue links
+ * and runs without the real loop. In FAKE_QUEUE mode it keeps each submitted
+ * handle for the test to end by hand (an answer, a transport error, or a
+ * cancellation); in FAKE_PERFORM mode it runs the transfer at once with
+ * curl_easy_perform() against capsrv, so the real bytes on the wire can be
+ * checked. Include after cmocka.h; static functions only, one copy per test. */
+#ifndef IMGATE_ADAPTER_TESTUTIL_H
+#define IMGATE_ADAPTER_TESTUTIL_H
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#include "upstream/curlloop.h"
+#include "upstream/provider.h"
+#include "upstream/simpng.h"
+#include "util/base64.h"
+#include "util/buf.h"
+
+/* ---- images ---- */
+
+static uint8_t *tu_png(const char *seed, int w, int h, size_t *len) {
+  uint8_t *png = NULL;
+  assert_true(simpng_render(seed, w, h, &png, len));
+  return png;
+}
+
+/* base64 of a fresh PNG of w x h. */
+static char *tu_png_b64(const char *seed, int w, int h) {
+  size_t len = 0;
+  uint8_t *png = tu_png(seed, w, h, &len);
+  char *b64 = base64_encode(png, len);
+  free(png);
+  assert_non_null(b64);
+  return b64;
+}
+
+static char *tu_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *tu_printf(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  char *s = NULL;
+  int n = vasprintf(&s, fmt, ap);
+  va_end(ap);
+  assert_true(n >= 0);
+  return s;
+}
+
+/* ---- the curl loop stand-in ---- */
+
+typedef enum { FAKE_QUEUE, FAKE_PERFORM } fake_mode;
+
+typedef struct fake_sub {
+  CURL *easy;
+  curlloop_done_fn done;
+  void *ctx;
+  size_t max_bytes;
+} fake_sub;
+
+#define FAKE_MAX_SUBS 16
+
+static struct {
+  fake_mode mode;
+  int accept_limit; /* submissions accepted before refusing; < 0 = no limit */
+  int n_subs;
+  fake_sub subs[FAKE_MAX_SUBS];
+} fake;
+
+static char fake_loop_storage;
+#define FAKE_LOOP ((curlloop *)(void *)&fake_loop_storage)
+
+static void fake_reset(fake_mode mode) {
+  memset(&fake, 0, sizeof fake);
+  fake.mode = mode;
+  fake.accept_limit = -1;
+}
+
+typedef struct fake_capture {
+  curlloop_result res;
+  size_t max;
+} fake_capture;
+
+static size_t fake_write(char *p, size_t size, size_t n, void *ud) {
+  fake_capture *c = ud;
+  size_t len = size * n;
+  if (c->res.body.len + len > c->max) {
+    c->res.body_truncated = true;
+    return 0;
+  }
+  assert_true(buf_append(&c->res.body, p, len));
+  return len;
+}
+
+/* Keeps a header value when the line is "name: value". */
+static void fake_keep_header(const char *line, size_t len, const char *name, char *out,
+                             size_t out_size) {
+  size_t n = strlen(name);
+  if (len <= n || strncasecmp(line, name, n) != 0 || line[n] != ':') return;
+  const char *v = line + n + 1;
+  const char *end = line + len;
+  while (v < end && (*v == ' ' || *v == '\t')) v++;
+  while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ')) end--;
+  snprintf(out, out_size, "%.*s", (int)(end - v), v);
+}
+
+static size_t fake_header(char *p, size_t size, size_t n, void *ud) {
+  fake_capture *c = ud;
+  size_t len = size * n;
+  fake_keep_header(p, len, "retry-after", c->res.retry_after, sizeof c->res.retry_after);
+  fake_keep_header(p, len, "retry-after-ms", c->res.retry_after_ms, sizeof c->res.retry_after_ms);
+  fake_keep_header(p, len, "content-type", c->res.content_type, sizeof c->res.content_type);
+  return len;
+}
+
+static void fake_perform(CURL *easy, size_t max_bytes, curlloop_done_fn done, void *ctx) {
+  fake_capture c;
+  memset(&c, 0, sizeof c);
+  c.max = max_bytes;
+  curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, fake_write);
+  curl_easy_setopt(easy, CURLOPT_WRITEDATA, &c);
+  curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, fake_header);
+  curl_easy_setopt(easy, CURLOPT_HEADERDATA, &c);
+  curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, c.res.error);
+  c.res.code = curl_easy_perform(easy);
+  curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &c.res.http_status);
+  curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, NULL);
+  done(ctx, easy, &c.res);
+  buf_free(&c.res.body);
+}
+
+int curlloop_submit(curlloop *l, CURL *easy, size_t max_response_bytes, curlloop_done_fn done,
+                    void *ctx) {
+  assert_ptr_equal(l, FAKE_LOOP);
+  if (fake.accept_limit >= 0 && fake.n_subs >= fake.accept_limit) return -1;
+  assert_true(fake.n_subs < FAKE_MAX_SUBS);
+  fake.subs[fake.n_subs++] = (fake_sub){easy, done, ctx, max_response_bytes};
+  if (fake.mode == FAKE_PERFORM) fake_perform(easy, max_response_bytes, done, ctx);
+  return 0;
+}
+
+/* Ends queued submission i with an HTTP answer. */
+static void fake_answer(int i, long status, const char *body, const char *retry_after,
+                        const char *retry_after_ms) {
+  assert_true(i < fake.n_subs);
+  fake_sub *s = &fake.subs[i];
+  assert_non_null(s->easy);
+  curlloop_result res;
+  memset(&res, 0, sizeof res);
+  res.code = CURLE_OK;
+  res.http_status = status;
+  if (body) assert_true(buf_append_str(&res.body, body));
+  if (retry_after) snprintf(res.retry_after, sizeof res.retry_after, "%s", retry_after);
+  if (retry_after_ms) snprintf(res.retry_after_ms, sizeof res.retry_after_ms, "%s", retry_after_ms);
+  CURL *easy = s->easy;
+  s->easy = NULL;
+  s->done(s->ctx, easy, &res);
+  buf_free(&res.body);
+}
+
+/* Ends queued submission i without an answer: a curl error, an over-size
+ * answer, or the loop shutting down. */
+static void fake_end(int i, CURLcode code, bool truncated, bool cancelled) {
+  assert_true(i < fake.n_subs);
+  fake_sub *s = &fake.subs[i];
+  assert_non_null(s->easy);
+  curlloop_result res;
+  memset(&res, 0, sizeof res);
+  res.code = code;
+  res.body_truncated = truncated;
+  res.cancelled = cancelled;
+  if (truncated) res.http_status = 200;
+  if (code != CURLE_OK) snprintf(res.error, sizeof res.error, "fake: %s", curl_easy_strerror(code));
+  CURL *easy = s->easy;
+  s->easy = NULL;
+  s->done(s->ctx, easy, &res);
+}
+
+/* ---- what done() received ---- */
+
+typedef struct tu_done {
+  int calls;
+  provider_outcome *outcome; /* the last one */
+} tu_done;
+
+static void tu_done_fn(void *ctx, provider_outcome *o) {
+  tu_done *d = ctx;
+  d->calls++;
+  provider_outcome_free(d->outcome);
+  d->outcome = o;
+}
+
+/* ---- a local HTTP server that records requests and plays canned answers ---- */
+
+#define CAPSRV_MAX 8
+
+typedef struct capsrv {
+  int fd;
+  int port;
+  pthread_t thread;
+  int expected;                /* connections to serve */
+  char *answers[CAPSRV_MAX];   /* raw HTTP answers, one per connection (owned) */
+  char *requests[CAPSRV_MAX];  /* raw requests received (owned) */
+  size_t request_len[CAPSRV_MAX];
+  int served;
+} capsrv;
+
+/* A whole HTTP answer with a body and optional extra header lines ("A: b\r\n"). */
+static char *capsrv_answer(int status, const char *extra_headers, const char *body) {
+  return tu_printf("HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                   "Connection: close\r\n%s\r\n%s",
+                   status, strlen(body), extra_headers ? extra_headers : "", body);
+}
+
+static size_t capsrv_content_length(const char *head) {
+  for (const char *p = head; (p = strchr(p, '\n')) != NULL;) {
+    p++;
+    if (strncasecmp(p, "content-length:", 15) == 0) return (size_t)strtoul(p + 15, NULL, 10);
+  }
+  return 0;
+}
+
+static void capsrv_serve_one(capsrv *s, int c) {
+  buf req = BUF_INIT;
+  size_t need = SIZE_MAX;
+  char chunk[65536];
+  while (req.len < need) {
+    ssize_t n = recv(c, chunk, sizeof chunk, 0);
+    if (n <= 0) break;
+    assert_true(buf_append(&req, chunk, (size_t)n));
+    char *end = need == SIZE_MAX ? strstr(req.data, "\r\n\r\n") : NULL;
+    if (end) need = (size_t)(end + 4 - req.data) + capsrv_content_length(req.data);
+  }
+  s->request_len[s->served] = req.len;
+  s->requests[s->served] = buf_steal(&req);
+  const char *answer = s->answers[s->served] ? s->answers[s->served] : "HTTP/1.1 500 X\r\n\r\n";
+  size_t off = 0, len = strlen(answer);
+  while (off < len) {
+    ssize_t n = send(c, answer + off, len - off, MSG_NOSIGNAL);
+    if (n <= 0) break;
+    off += (size_t)n;
+  }
+  s->served++;
+}
+
+static void *capsrv_main(void *arg) {
+  capsrv *s = arg;
+  while (s->served < s->expected) {
+    struct pollfd pfd = {.fd = s->fd, .events = POLLIN};
+    if (poll(&pfd, 1, 20000) <= 0) break; /* only when the client never came: the test fails */
+    int c = accept(s->fd, NULL, NULL);
+    if (c < 0) break;
+    struct timeval tv = {.tv_sec = 20};
+    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    capsrv_serve_one(s, c);
+    close(c);
+  }
+  return NULL;
+}
+
+/* Starts serving `expected` connections; answers are taken over. */
+static void capsrv_start(capsrv *s, int expected) {
+  s->fd = socket(AF_INET, SOCK_STREAM, 0);
+  assert_true(s->fd >= 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  assert_int_equal(bind(s->fd, (struct sockaddr *)&a, sizeof a), 0);
+  assert_int_equal(listen(s->fd, 8), 0);
+  socklen_t alen = sizeof a;
+  assert_int_equal(getsockname(s->fd, (struct sockaddr *)&a, &alen), 0);
+  s->port = ntohs(a.sin_port);
+  s->expected = expected;
+  assert_int_equal(pthread_create(&s->thread, NULL, capsrv_main, s), 0);
+}
+
+/* Waits for the server thread; the recorded requests stay until capsrv_free. */
+static void capsrv_finish(capsrv *s) {
+  pthread_join(s->thread, NULL);
+  close(s->fd);
+}
+
+static void capsrv_free(capsrv *s) {
+  for (int i = 0; i < CAPSRV_MAX; i++) {
+    free(s->answers[i]);
+    free(s->requests[i]);
+  }
+}
+
+/* The body of recorded request i (after the blank line), and its length. */
+static const char *capsrv_body(const capsrv *s, int i, size_t *len) {
+  const char *r = s->requests[i];
+  assert_non_null(r);
+  const char *end = strstr(r, "\r\n\r\n");
+  assert_non_null(end);
+  *len = s->request_len[i] - (size_t)(end + 4 - r);
+  return end + 4;
+}
+
+/* Whether request i's head holds this exact header line (name case-insensitive). */
+static bool capsrv_has_header(const capsrv *s, int i, const char *name, const char *value) {
+  const char *r = s->requests[i];
+  const char *end = strstr(r, "\r\n\r\n");
+  size_t n = strlen(name);
+  for (const char *p = strstr(r, "\r\n"); p && p < end; p = strstr(p + 2, "\r\n")) {
+    const char *line = p + 2;
+    if (strncasecmp(line, name, n) == 0 && line[n] == ':') {
+      const char *v = line + n + 1;
+      while (*v == ' ') v++;
+      if (strncmp(v, value, strlen(value)) == 0 && v[strlen(value)] == '\r') return true;
+    }
+  }
+  return false;
+}
+
+#endif

@@ -1,0 +1,606 @@
+/* test_curlloop.c - the curl loop against real local peers: imgate's own HTTP
+ * server for answers, a raw socket that accepts and never answers, and a
+ * closed port. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#include "http/server.h"
+#include "upstream/curlloop.h"
+#include "util/log.h"
+#include "util/timeutil.h"
+
+#define BIG_SIZE (64 * 1024)
+#define WAIT_LIMIT_MS 30000
+#define MANY_THREADS 4
+#define MANY_PER_THREAD 125
+#define STUCK 20
+
+/* --- a raw peer that accepts connections and never answers --- */
+
+typedef struct silent_peer {
+  int lfd;
+  int port;
+  int stop_pipe[2];
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int accepted;
+  int held[256];
+  int n_held;
+} silent_peer;
+
+static void *silent_main(void *arg) {
+  silent_peer *p = arg;
+  for (;;) {
+    struct pollfd fds[2] = {{p->lfd, POLLIN, 0}, {p->stop_pipe[0], POLLIN, 0}};
+    if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
+    if (fds[1].revents) break;
+    if (!(fds[0].revents & POLLIN)) continue;
+    int fd = accept4(p->lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) continue;
+    pthread_mutex_lock(&p->mu);
+    if (p->n_held < (int)(sizeof p->held / sizeof p->held[0])) p->held[p->n_held++] = fd;
+    else close(fd);
+    p->accepted++;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+  }
+  return NULL;
+}
+
+static int listen_local(int *port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 512) != 0 ||
+      getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+    close(fd);
+    return -1;
+  }
+  *port = ntohs(a.sin_port);
+  return fd;
+}
+
+static bool silent_start(silent_peer *p) {
+  memset(p, 0, sizeof *p);
+  p->lfd = listen_local(&p->port);
+  if (p->lfd < 0 || pipe2(p->stop_pipe, O_CLOEXEC) != 0) return false;
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->cv, NULL);
+  return pthread_create(&p->thread, NULL, silent_main, p) == 0;
+}
+
+static void silent_stop(silent_peer *p) {
+  if (write(p->stop_pipe[1], "x", 1) != 1) return;
+  pthread_join(p->thread, NULL);
+  for (int i = 0; i < p->n_held; i++) close(p->held[i]);
+  close(p->lfd);
+  close(p->stop_pipe[0]);
+  close(p->stop_pipe[1]);
+  pthread_mutex_destroy(&p->mu);
+  pthread_cond_destroy(&p->cv);
+}
+
+static struct timespec deadline_in(int ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += ms / 1000;
+  ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  return ts;
+}
+
+/* Waits until the peer has accepted n connections in total. */
+static bool silent_wait_accepted(silent_peer *p, int n) {
+  struct timespec until = deadline_in(WAIT_LIMIT_MS);
+  pthread_mutex_lock(&p->mu);
+  int rc = 0;
+  while (p->accepted < n && rc == 0) rc = pthread_cond_timedwait(&p->cv, &p->mu, &until);
+  bool ok = p->accepted >= n;
+  pthread_mutex_unlock(&p->mu);
+  return ok;
+}
+
+/* A port nothing listens on: bound, read, released. */
+static int closed_port(void) {
+  int port = 0;
+  int fd = listen_local(&port);
+  if (fd < 0) return -1;
+  close(fd);
+  return port;
+}
+
+/* --- the HTTP peer --- */
+
+static char big_body[BIG_SIZE];
+
+static void h_ok(http_request *req, void *ctx) {
+  http_reply_bytes(req, 200, "text/plain", "hello world", 11);
+}
+
+static void h_busy(http_request *req, void *ctx) {
+  http_reply_header(req, "Retry-After", "7");
+  http_reply_header(req, "retry-after-ms", "7000");
+  http_reply_bytes(req, 503, "application/json", "{\"error\":\"busy\"}", 16);
+}
+
+static void h_big(http_request *req, void *ctx) {
+  http_reply_bytes(req, 200, "application/octet-stream", big_body, sizeof big_body);
+}
+
+static void h_redir(http_request *req, void *ctx) {
+  http_reply_header(req, "Location", "/ok");
+  http_reply_header(req, "Retry-After", "99");
+  http_reply_empty(req, 302);
+}
+
+typedef struct fixture {
+  http_router *router;
+  http_server *server;
+  int port;
+  silent_peer silent;
+  int closed;
+} fixture;
+
+static int group_setup(void **state) {
+  memset(big_body, 'b', sizeof big_body);
+  fixture *f = calloc(1, sizeof *f);
+  if (!f) return -1;
+  f->router = http_router_new();
+  if (!f->router || !http_router_add(f->router, "GET", "/ok", h_ok, NULL) ||
+      !http_router_add(f->router, "GET", "/busy", h_busy, NULL) ||
+      !http_router_add(f->router, "GET", "/big", h_big, NULL) ||
+      !http_router_add(f->router, "GET", "/redir", h_redir, NULL))
+    return -1;
+  http_server_config cfg = {.listen_host = "127.0.0.1",
+                            .listen_port = 0,
+                            .threads = 4,
+                            .max_body_bytes = 1024,
+                            .connection_timeout_s = 60};
+  char err[256];
+  f->server = http_server_start(&cfg, f->router, err, sizeof err);
+  if (!f->server) return -1;
+  f->port = http_server_port(f->server);
+  if (!silent_start(&f->silent)) return -1;
+  f->closed = closed_port();
+  if (f->closed < 0) return -1;
+  *state = f;
+  return 0;
+}
+
+static int group_teardown(void **state) {
+  fixture *f = *state;
+  silent_stop(&f->silent);
+  http_server_stop(f->server);
+  http_router_free(f->router);
+  free(f);
+  return 0;
+}
+
+/* --- what the callbacks record --- */
+
+typedef struct waiter {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int done;
+} waiter;
+
+typedef struct outcome {
+  waiter *w;
+  int calls;
+  CURLcode code;
+  long status;
+  bool truncated, cancelled;
+  size_t body_len;
+  char body[64];
+  char error[CURL_ERROR_SIZE];
+  char content_type[128], retry_after[64], retry_after_ms[32], request_id[128];
+  double total_ms;
+  long num_connects;
+  int resubmit_rc; /* what a curlloop_submit from inside the callback returned */
+  curlloop *resubmit_to;
+  struct curl_slist *headers;
+} outcome;
+
+static void waiter_init(waiter *w) {
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_cond_init(&w->cv, NULL);
+  w->done = 0;
+}
+
+static void waiter_free(waiter *w) {
+  pthread_mutex_destroy(&w->mu);
+  pthread_cond_destroy(&w->cv);
+}
+
+static bool waiter_wait(waiter *w, int n) {
+  struct timespec until = deadline_in(WAIT_LIMIT_MS);
+  pthread_mutex_lock(&w->mu);
+  int rc = 0;
+  while (w->done < n && rc == 0) rc = pthread_cond_timedwait(&w->cv, &w->mu, &until);
+  bool ok = w->done >= n;
+  pthread_mutex_unlock(&w->mu);
+  return ok;
+}
+
+static void record(outcome *o, CURL *easy, curlloop_result *res) {
+  o->code = res->code;
+  o->status = res->http_status;
+  o->truncated = res->body_truncated;
+  o->cancelled = res->cancelled;
+  o->body_len = res->body.len;
+  snprintf(o->body, sizeof o->body, "%s", res->body.data ? res->body.data : "");
+  snprintf(o->error, sizeof o->error, "%s", res->error);
+  snprintf(o->content_type, sizeof o->content_type, "%s", res->content_type);
+  snprintf(o->retry_after, sizeof o->retry_after, "%s", res->retry_after);
+  snprintf(o->retry_after_ms, sizeof o->retry_after_ms, "%s", res->retry_after_ms);
+  snprintf(o->request_id, sizeof o->request_id, "%s", res->request_id);
+  o->total_ms = res->total_ms;
+  curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &o->num_connects);
+}
+
+static void signal_done(outcome *o) {
+  pthread_mutex_lock(&o->w->mu);
+  o->calls++;
+  o->w->done++;
+  pthread_cond_broadcast(&o->w->cv);
+  pthread_mutex_unlock(&o->w->mu);
+}
+
+static void on_done(void *ctx, CURL *easy, curlloop_result *res) {
+  outcome *o = ctx;
+  record(o, easy, res);
+  curlloop *to = o->resubmit_to; /* one shot */
+  o->resubmit_to = NULL;
+  if (to) {
+    CURL *again = curl_easy_init();
+    o->resubmit_rc = again ? curlloop_submit(to, again, 100, on_done, o) : -2;
+    if (again && o->resubmit_rc != 0) curl_easy_cleanup(again);
+  }
+  curl_easy_cleanup(easy);
+  curl_slist_free_all(o->headers);
+  o->headers = NULL;
+  signal_done(o);
+}
+
+static CURL *easy_to(int port, const char *path, long timeout_ms) {
+  CURL *e = curl_easy_init();
+  if (!e) return NULL;
+  char url[256];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  if (timeout_ms > 0) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+  return e;
+}
+
+static curlloop *new_loop(long max_host) {
+  curlloop_config cfg = {.max_total_connections = 0,
+                         .max_host_connections = max_host,
+                         .connect_timeout_ms = 5000};
+  return curlloop_create(&cfg);
+}
+
+/* Runs one transfer to completion and records it in o. */
+static void run_one(curlloop *l, CURL *e, size_t cap, outcome *o) {
+  waiter w;
+  waiter_init(&w);
+  memset(o, 0, sizeof *o);
+  o->w = &w;
+  assert_int_equal(curlloop_submit(l, e, cap, on_done, o), 0);
+  assert_true(waiter_wait(&w, 1));
+  assert_int_equal(o->calls, 1);
+  waiter_free(&w);
+  o->w = NULL;
+}
+
+/* --- tests --- */
+
+static void test_ok_body_and_headers(void **state) {
+  fixture *f = *state;
+  curlloop *l = new_loop(0);
+  assert_non_null(l);
+  outcome o;
+  run_one(l, easy_to(f->port, "/ok", 10000), 1000, &o);
+  assert_int_equal(o.code, CURLE_OK);
+  assert_int_equal(o.status, 200);
+  assert_false(o.truncated);
+  assert_false(o.cancelled);
+  assert_int_equal(o.body_len, 11);
+  assert_string_equal(o.body, "hello world");
+  assert_string_equal(o.content_type, "text/plain");
+  assert_string_equal(o.retry_after, "");
+  assert_true(o.total_ms > 0.0);
+  assert_int_equal(curlloop_in_flight(l), 0);
+  curlloop_destroy(l);
+}
+
+static void test_503_headers(void **state) {
+  fixture *f = *state;
+  curlloop *l = new_loop(0);
+  assert_non_null(l);
+  outcome o;
+  CURL *e = easy_to(f->port, "/busy", 10000);
+  struct curl_slist *h = curl_slist_append(NULL, "X-Request-Id: req-503-test");
+  assert_non_null(h);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+  run_one(l, e, 1000, &o);
+  curl_slist_free_all(h);
+  assert_int_equal(o.code, CURLE_OK);
+  assert_int_equal(o.status, 503);
+  assert_string_equal(o.retry_after, "7");
+  assert_string_equal(o.retry_after_ms, "7000");
+  assert_string_equal(o.request_id, "req-503-test");
+  assert_string_equal(o.content_type, "application/json");
+  assert_string_equal(o.body, "{\"error\":\"busy\"}");
+  curlloop_destroy(l);
+}
+
+static void test_body_cap(void **state) {
+  fixture *f = *state;
+  curlloop *l = new_loop(0);
+  assert_non_null(l);
+  outcome o;
+  run_one(l, easy_to(f->port, "/big", 10000), 1000, &o);
+  assert_true(o.truncated);
+  assert_int_equal(o.code, CURLE_WRITE_ERROR);
+  assert_int_equal(o.status, 200);
+  assert_int_equal(o.body_len, 1000);
+  assert_non_null(strstr(o.error, "larger than 1000"));
+
+  /* Exactly at the cap is not over it. */
+  run_one(l, easy_to(f->port, "/big", 10000), BIG_SIZE, &o);
+  assert_false(o.truncated);
+  assert_int_equal(o.code, CURLE_OK);
+  assert_int_equal(o.body_len, BIG_SIZE);
+
+  run_one(l, easy_to(f->port, "/big", 10000), BIG_SIZE - 1, &o);
+  assert_true(o.truncated);
+  assert_int_equal(o.body_len, BIG_SIZE - 1);
+  curlloop_destroy(l);
+}
+
+static void test_redirect_resets_headers(void **state) {
+  fixture *f = *state;
+  curlloop *l = new_loop(0);
+  assert_non_null(l);
+  outcome o;
+  run_one(l, easy_to(f->port, "/redir", 10000), 1000, &o);
+  assert_int_equal(o.status, 302);
+  assert_string_equal(o.retry_after, "99");
+
+  CURL *e = easy_to(f->port, "/redir", 10000);
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+  run_one(l, e, 1000, &o);
+  assert_int_equal(o.code, CURLE_OK);
+  assert_int_equal(o.status, 200);
+  assert_string_equal(o.body, "hello world");
+  assert_string_equal(o.retry_after, ""); /* said by the 302, not by the final answer */
+  assert_string_equal(o.content_type, "text/plain");
+  curlloop_destroy(l);
+}
+
+static void test_total_timeout(void **state) {
+  fixture *f = *state;
+  curlloop *l = new_loop(0);
+  assert_non_null(l);
+  outcome o;
+  int64_t t0 = time_mono_ms();
+  run_one(l, easy_to(f->silent.port, "/", 300), 1000, &o);
+  int64_t took = time_mono_ms() - t0;
+  assert_int_equal(o.code, CURLE_OPERATION_TIMEDOUT);
+  assert_int_equal(o.status, 0);
+  assert_false(o.cancelled);
+  assert_true(o.error[0] != '\0');
+  assert_true(took >= 250 && took < 10000);
+  curlloop_destroy(l);
+}
+
+static void test_connection_refused(void **state) {
+  fixture *f = *state;
+  curlloop *l = new_loop(0);
+  assert_non_null(l);
+  outcome o;
+  run_one(l, easy_to(f->closed, "/", 5000), 1000, &o);
+  assert_int_equal(o.code, CURLE_COULDNT_CONNECT);
+  assert_int_equal(o.status, 0);
+  assert_true(o.error[0] != '\0');
+  curlloop_destroy(l);
+}
+
+static void test_resubmit_from_callback(void **state) {
+  fixture *f = *state;
+  curlloop *l = new_loop(0);
+  assert_non_null(l);
+  waiter w;
+  waiter_init(&w);
+  outcome first = {.w = &w, .resubmit_to = l};
+  assert_int_equal(curlloop_submit(l, easy_to(f->port, "/ok", 10000), 100, on_done, &first), 0);
+  /* The resubmitted handle has no URL: it must still come back, with an error. */
+  assert_true(waiter_wait(&w, 1));
+  assert_int_equal(first.resubmit_rc, 0);
+  assert_true(waiter_wait(&w, 2));
+  assert_int_equal(first.calls, 2);
+  assert_int_not_equal(first.code, CURLE_OK);
+  assert_int_equal(curlloop_in_flight(l), 0);
+  waiter_free(&w);
+  curlloop_destroy(l);
+}
+
+typedef struct submitter {
+  curlloop *loop;
+  int port;
+  outcome *slots;
+  int failures;
+} submitter;
+
+static void *submit_many(void *arg) {
+  submitter *s = arg;
+  for (int i = 0; i < MANY_PER_THREAD; i++) {
+    CURL *e = easy_to(s->port, "/ok", 20000);
+    if (!e || curlloop_submit(s->loop, e, 1000, on_done, &s->slots[i]) != 0) {
+      if (e) curl_easy_cleanup(e);
+      s->failures++;
+    }
+  }
+  return NULL;
+}
+
+static void test_many_threads_each_once(void **state) {
+  fixture *f = *state;
+  curlloop *l = new_loop(16);
+  assert_non_null(l);
+  waiter w;
+  waiter_init(&w);
+  enum { TOTAL = MANY_THREADS * MANY_PER_THREAD };
+  outcome *slots = calloc(TOTAL, sizeof *slots);
+  assert_non_null(slots);
+  for (int i = 0; i < TOTAL; i++) slots[i].w = &w;
+  submitter subs[MANY_THREADS];
+  pthread_t threads[MANY_THREADS];
+  for (int t = 0; t < MANY_THREADS; t++) {
+    subs[t] = (submitter){.loop = l, .port = f->port, .slots = slots + t * MANY_PER_THREAD};
+    assert_int_equal(pthread_create(&threads[t], NULL, submit_many, &subs[t]), 0);
+  }
+  for (int t = 0; t < MANY_THREADS; t++) {
+    pthread_join(threads[t], NULL);
+    assert_int_equal(subs[t].failures, 0);
+  }
+  assert_true(waiter_wait(&w, TOTAL));
+  pthread_mutex_lock(&w.mu);
+  assert_int_equal(w.done, TOTAL);
+  pthread_mutex_unlock(&w.mu);
+  for (int i = 0; i < TOTAL; i++) {
+    assert_int_equal(slots[i].calls, 1);
+    assert_int_equal(slots[i].code, CURLE_OK);
+    assert_int_equal(slots[i].status, 200);
+    assert_string_equal(slots[i].body, "hello world");
+  }
+  assert_int_equal(curlloop_in_flight(l), 0);
+  curlloop_destroy(l);
+  free(slots);
+  waiter_free(&w);
+}
+
+static void test_connection_reuse(void **state) {
+  fixture *f = *state;
+  enum { BATCHES = 10, PER_BATCH = 20 };
+  curlloop *l = new_loop(4);
+  assert_non_null(l);
+  long connects = 0;
+  for (int b = 0; b < BATCHES; b++) {
+    waiter w;
+    waiter_init(&w);
+    outcome slots[PER_BATCH];
+    memset(slots, 0, sizeof slots);
+    for (int i = 0; i < PER_BATCH; i++) {
+      slots[i].w = &w;
+      assert_int_equal(curlloop_submit(l, easy_to(f->port, "/ok", 20000), 100, on_done, &slots[i]),
+                       0);
+    }
+    assert_true(waiter_wait(&w, PER_BATCH));
+    for (int i = 0; i < PER_BATCH; i++) {
+      assert_int_equal(slots[i].status, 200);
+      connects += slots[i].num_connects;
+    }
+    waiter_free(&w);
+  }
+  /* 200 transfers over at most 4 connections at a time, kept alive between
+   * batches: a handful of connects, not one per transfer. */
+  assert_true(connects >= 1);
+  assert_true(connects <= 10);
+  curlloop_destroy(l);
+}
+
+static void test_destroy_cancels_stuck(void **state) {
+  fixture *f = *state;
+  curlloop *l = new_loop(0);
+  assert_non_null(l);
+  waiter w;
+  waiter_init(&w);
+  outcome slots[STUCK];
+  memset(slots, 0, sizeof slots);
+  pthread_mutex_lock(&f->silent.mu);
+  int before = f->silent.accepted;
+  pthread_mutex_unlock(&f->silent.mu);
+  for (int i = 0; i < STUCK; i++) {
+    slots[i].w = &w;
+    slots[i].resubmit_to = l; /* a callback during destroy must be refused */
+    slots[i].resubmit_rc = 1;
+    /* No total timeout: only destroy can end these. */
+    assert_int_equal(curlloop_submit(l, easy_to(f->silent.port, "/", 0), 100, on_done, &slots[i]),
+                     0);
+  }
+  assert_true(silent_wait_accepted(&f->silent, before + STUCK));
+  assert_int_equal(curlloop_in_flight(l), STUCK);
+  pthread_mutex_lock(&w.mu);
+  assert_int_equal(w.done, 0);
+  pthread_mutex_unlock(&w.mu);
+
+  int64_t t0 = time_mono_ms();
+  curlloop_destroy(l);
+  int64_t took = time_mono_ms() - t0;
+  assert_true(took < 2000);
+  assert_int_equal(w.done, STUCK);
+  for (int i = 0; i < STUCK; i++) {
+    assert_int_equal(slots[i].calls, 1);
+    assert_true(slots[i].cancelled);
+    assert_int_not_equal(slots[i].code, CURLE_OK);
+    assert_int_equal(slots[i].status, 0);
+    assert_int_equal(slots[i].resubmit_rc, -1);
+  }
+  waiter_free(&w);
+}
+
+static void test_destroy_idle_and_null(void **state) {
+  curlloop *l = new_loop(0);
+  assert_non_null(l);
+  assert_int_equal(curlloop_in_flight(l), 0);
+  CURL *e = curl_easy_init();
+  assert_int_equal(curlloop_submit(l, e, 10, NULL, NULL), -1);
+  curl_easy_cleanup(e);
+  curlloop_destroy(l);
+  curlloop_destroy(NULL);
+  assert_int_equal(curlloop_in_flight(NULL), 0);
+}
+
+int main(void) {
+  log_set_level(LOG_WARN);
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_ok_body_and_headers),
+      cmocka_unit_test(test_503_headers),
+      cmocka_unit_test(test_body_cap),
+      cmocka_unit_test(test_redirect_resets_headers),
+      cmocka_unit_test(test_total_timeout),
+      cmocka_unit_test(test_connection_refused),
+      cmocka_unit_test(test_resubmit_from_callback),
+      cmocka_unit_test(test_many_threads_each_once),
+      cmocka_unit_test(test_connection_reuse),
+      cmocka_unit_test(test_destroy_cancels_stuck),
+      cmocka_unit_test(test_destroy_idle_and_null),
+  };
+  return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

@@ -1,0 +1,875 @@
+/* test_fetch.c - the address classifier, and downloads through the curl loop
+ * from local peers: imgate's own HTTP server (two of them, for redirects
+ * between ports), a raw peer with a canned chunked answer, and a raw peer
+ * that accepts and never answers. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "http/server.h"
+#include "upstream/fetch.h"
+#include "util/buf.h"
+#include "util/log.h"
+
+#define WAIT_LIMIT_MS 30000
+#define BIG_SIZE 10000
+#define CAP 4096
+
+/* --- raw peers: a canned answer to every connection, or silence --- */
+
+typedef struct raw_peer {
+  int lfd;
+  int port;
+  int stop_pipe[2];
+  pthread_t thread;
+  const char *reply; /* NULL: accept and never answer */
+  size_t reply_len;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int accepted;
+  int held[64];
+  int n_held;
+} raw_peer;
+
+/* Reads the request head (bounded, with a time limit) so the client sees a
+ * normal exchange rather than a reset. */
+static void read_head(int fd) {
+  char head[4096];
+  size_t have = 0;
+  while (have < sizeof head - 1) {
+    struct pollfd p = {fd, POLLIN, 0};
+    if (poll(&p, 1, 5000) <= 0) return;
+    ssize_t n = read(fd, head + have, sizeof head - 1 - have);
+    if (n <= 0) return;
+    have += (size_t)n;
+    head[have] = '\0';
+    if (strstr(head, "\r\n\r\n")) return;
+  }
+}
+
+static void answer(raw_peer *p, int fd) {
+  read_head(fd);
+  size_t off = 0;
+  while (off < p->reply_len) {
+    ssize_t n = send(fd, p->reply + off, p->reply_len - off, MSG_NOSIGNAL);
+    if (n <= 0) break;
+    off += (size_t)n;
+  }
+  shutdown(fd, SHUT_WR);
+  close(fd);
+}
+
+static void *raw_main(void *arg) {
+  raw_peer *p = arg;
+  for (;;) {
+    struct pollfd fds[2] = {{p->lfd, POLLIN, 0}, {p->stop_pipe[0], POLLIN, 0}};
+    if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
+    if (fds[1].revents) break;
+    if (!(fds[0].revents & POLLIN)) continue;
+    int fd = accept4(p->lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) continue;
+    if (p->reply) answer(p, fd);
+    pthread_mutex_lock(&p->mu);
+    if (!p->reply && p->n_held < (int)(sizeof p->held / sizeof p->held[0]))
+      p->held[p->n_held++] = fd;
+    else if (!p->reply)
+      close(fd);
+    p->accepted++;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+  }
+  return NULL;
+}
+
+static bool raw_start(raw_peer *p, const char *reply, size_t reply_len) {
+  memset(p, 0, sizeof *p);
+  p->reply = reply;
+  p->reply_len = reply_len;
+  p->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (p->lfd < 0) return false;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (bind(p->lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(p->lfd, 64) != 0 ||
+      getsockname(p->lfd, (struct sockaddr *)&a, &len) != 0 ||
+      pipe2(p->stop_pipe, O_CLOEXEC) != 0)
+    return false;
+  p->port = ntohs(a.sin_port);
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->cv, NULL);
+  return pthread_create(&p->thread, NULL, raw_main, p) == 0;
+}
+
+static void raw_stop(raw_peer *p) {
+  if (write(p->stop_pipe[1], "x", 1) != 1) return;
+  pthread_join(p->thread, NULL);
+  for (int i = 0; i < p->n_held; i++) close(p->held[i]);
+  close(p->lfd);
+  close(p->stop_pipe[0]);
+  close(p->stop_pipe[1]);
+  pthread_mutex_destroy(&p->mu);
+  pthread_cond_destroy(&p->cv);
+}
+
+static struct timespec deadline_in(int ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += ms / 1000;
+  ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  return ts;
+}
+
+static bool raw_wait_accepted(raw_peer *p, int n) {
+  struct timespec until = deadline_in(WAIT_LIMIT_MS);
+  pthread_mutex_lock(&p->mu);
+  int rc = 0;
+  while (p->accepted < n && rc == 0) rc = pthread_cond_timedwait(&p->cv, &p->mu, &until);
+  bool ok = p->accepted >= n;
+  pthread_mutex_unlock(&p->mu);
+  return ok;
+}
+
+/* --- the HTTP peers --- */
+
+static const uint8_t png_bytes[] = {0x89, 'P',  'N',  'G',  '\r', '\n', 0x1a, '\n', 0,    0,
+                                    0,    13,   'I',  'H',  'D',  'R',  0,    0,    0,    1,
+                                    0,    0,    0,    1,    8,    6,    0,    0,    0};
+
+typedef struct peer {
+  http_server *server;
+  int port;
+  atomic_int hits;
+} peer;
+
+/* Private places a redirect may point at; those on loopback with a port are
+ * B, which counts its hits. */
+typedef struct private_target {
+  const char *host;
+  bool b_port; /* append B's port */
+  const char *path;
+  const char *named; /* the address the refusal names (NULL: 127.0.0.1 or ::1) */
+} private_target;
+
+static const private_target private_targets[] = {
+    {"127.0.0.1", true, "/img.png", "127.0.0.1"},                   /* loopback */
+    {"[::1]", true, "/img.png", "::1"},                             /* IPv6 loopback */
+    {"[::ffff:127.0.0.1]", true, "/img.png", "::ffff:127.0.0.1"},   /* IPv4-mapped */
+    {"localhost", true, "/img.png", NULL},                          /* a loopback name */
+    {"169.254.169.254", false, "/latest/meta-data/", "169.254.169.254"}, /* metadata */
+    {"10.0.0.1", false, "/img.png", "10.0.0.1"},                    /* RFC 1918 */
+    {"[fe80::1]", false, "/img.png", "fe80::1"},                    /* IPv6 link-local */
+};
+#define N_PRIVATE_TARGETS (sizeof private_targets / sizeof private_targets[0])
+
+/* A redirect to target, or (target NULL) to /img.png on the same peer. */
+typedef struct redirect_to {
+  struct fixture *f;
+  const private_target *target;
+} redirect_to;
+
+static void target_url(const private_target *t, int b_port, char *out, size_t size) {
+  if (t->b_port)
+    snprintf(out, size, "http://%s:%d%s", t->host, b_port, t->path);
+  else
+    snprintf(out, size, "http://%s%s", t->host, t->path);
+}
+
+typedef struct fixture {
+  http_router *router_a, *router_b;
+  peer a, b;
+  raw_peer chunked, silent;
+  redirect_to to_private[N_PRIVATE_TARGETS];
+  redirect_to to_a_itself;
+  buf chunked_reply;
+  char big[BIG_SIZE];
+  curlloop *loop;
+} fixture;
+
+static void h_png(http_request *req, void *ctx) {
+  atomic_fetch_add(&((peer *)ctx)->hits, 1);
+  http_reply_bytes(req, 200, "image/png", png_bytes, sizeof png_bytes);
+}
+
+static void h_big(http_request *req, void *ctx) {
+  fixture *f = ctx;
+  atomic_fetch_add(&f->a.hits, 1);
+  http_reply_bytes(req, 200, "image/png", f->big, sizeof f->big);
+}
+
+static void h_text(http_request *req, void *ctx) {
+  atomic_fetch_add(&((peer *)ctx)->hits, 1);
+  http_reply_bytes(req, 200, "image/png", "this is not an image", 20);
+}
+
+static void h_missing(http_request *req, void *ctx) {
+  atomic_fetch_add(&((peer *)ctx)->hits, 1);
+  http_reply_bytes(req, 404, "text/plain", "no", 2);
+}
+
+static void h_to_b(http_request *req, void *ctx) {
+  fixture *f = ctx;
+  atomic_fetch_add(&f->a.hits, 1);
+  char loc[128];
+  snprintf(loc, sizeof loc, "http://127.0.0.1:%d/img.png", f->b.port);
+  http_reply_header(req, "Location", loc);
+  http_reply_empty(req, 302);
+}
+
+static void h_loop(http_request *req, void *ctx) {
+  atomic_fetch_add(&((peer *)ctx)->hits, 1);
+  http_reply_header(req, "Location", "/loop");
+  http_reply_empty(req, 302);
+}
+
+static void h_to_ftp(http_request *req, void *ctx) {
+  atomic_fetch_add(&((peer *)ctx)->hits, 1);
+  http_reply_header(req, "Location", "ftp://127.0.0.1/img.png");
+  http_reply_empty(req, 301);
+}
+
+static void h_redirect_to(http_request *req, void *ctx) {
+  redirect_to *r = ctx;
+  atomic_fetch_add(&r->f->a.hits, 1);
+  char loc[160] = "/img.png";
+  if (r->target) target_url(r->target, r->f->b.port, loc, sizeof loc);
+  http_reply_header(req, "Location", loc);
+  http_reply_empty(req, 302);
+}
+
+static bool start_peer(peer *p, http_router *r) {
+  http_server_config cfg = {.listen_host = "127.0.0.1",
+                            .listen_port = 0,
+                            .threads = 2,
+                            .max_body_bytes = 1024,
+                            .connection_timeout_s = 30};
+  char err[256];
+  p->server = http_server_start(&cfg, r, err, sizeof err);
+  if (!p->server) return false;
+  p->port = http_server_port(p->server);
+  atomic_init(&p->hits, 0);
+  return true;
+}
+
+/* A PNG of BIG_SIZE bytes sent chunked, so no Content-Length warns the client. */
+static bool build_chunked(fixture *f) {
+  buf *b = &f->chunked_reply;
+  return buf_append_str(b, "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n"
+                           "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n") &&
+         buf_printf(b, "%x\r\n", BIG_SIZE) && buf_append(b, f->big, sizeof f->big) &&
+         buf_append_str(b, "\r\n0\r\n\r\n");
+}
+
+static int group_setup(void **state) {
+  log_set_level(LOG_WARN);
+  fixture *f = calloc(1, sizeof *f);
+  if (!f) return -1;
+  memset(f->big, 'z', sizeof f->big);
+  memcpy(f->big, png_bytes, sizeof png_bytes);
+  f->router_a = http_router_new();
+  f->router_b = http_router_new();
+  if (!f->router_a || !f->router_b) return -1;
+  if (!http_router_add(f->router_a, "GET", "/img.png", h_png, &f->a) ||
+      !http_router_add(f->router_a, "GET", "/big.png", h_big, f) ||
+      !http_router_add(f->router_a, "GET", "/text", h_text, &f->a) ||
+      !http_router_add(f->router_a, "GET", "/missing", h_missing, &f->a) ||
+      !http_router_add(f->router_a, "GET", "/to-b", h_to_b, f) ||
+      !http_router_add(f->router_a, "GET", "/loop", h_loop, &f->a) ||
+      !http_router_add(f->router_a, "GET", "/to-ftp", h_to_ftp, &f->a) ||
+      !http_router_add(f->router_b, "GET", "/img.png", h_png, &f->b))
+    return -1;
+  for (size_t i = 0; i < N_PRIVATE_TARGETS; i++) {
+    char path[32];
+    snprintf(path, sizeof path, "/to-private-%zu", i);
+    f->to_private[i] = (redirect_to){f, &private_targets[i]};
+    if (!http_router_add(f->router_a, "GET", path, h_redirect_to, &f->to_private[i])) return -1;
+  }
+  f->to_a_itself = (redirect_to){f, NULL};
+  if (!http_router_add(f->router_a, "GET", "/to-a", h_redirect_to, &f->to_a_itself)) return -1;
+  if (!start_peer(&f->a, f->router_a) || !start_peer(&f->b, f->router_b)) return -1;
+  if (!build_chunked(f)) return -1;
+  if (!raw_start(&f->chunked, f->chunked_reply.data, f->chunked_reply.len)) return -1;
+  if (!raw_start(&f->silent, NULL, 0)) return -1;
+  curlloop_config lc = {.connect_timeout_ms = 5000};
+  f->loop = curlloop_create(&lc);
+  if (!f->loop) return -1;
+  *state = f;
+  return 0;
+}
+
+static int group_teardown(void **state) {
+  fixture *f = *state;
+  curlloop_destroy(f->loop);
+  raw_stop(&f->silent);
+  raw_stop(&f->chunked);
+  http_server_stop(f->a.server);
+  http_server_stop(f->b.server);
+  http_router_free(f->router_a);
+  http_router_free(f->router_b);
+  buf_free(&f->chunked_reply);
+  free(f);
+  return 0;
+}
+
+/* --- running a fetch to its end --- */
+
+typedef struct got {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int calls;
+  fetch_result res;
+} got;
+
+static void on_fetched(void *ctx, fetch_result *res) {
+  got *g = ctx;
+  pthread_mutex_lock(&g->mu);
+  free(g->res.data); /* a second call would be a bug the test reports via calls */
+  g->res = *res;
+  g->calls++;
+  pthread_cond_broadcast(&g->cv);
+  pthread_mutex_unlock(&g->mu);
+}
+
+static void got_init(got *g) {
+  memset(g, 0, sizeof *g);
+  pthread_mutex_init(&g->mu, NULL);
+  pthread_cond_init(&g->cv, NULL);
+}
+
+static bool got_wait(got *g) {
+  struct timespec until = deadline_in(WAIT_LIMIT_MS);
+  pthread_mutex_lock(&g->mu);
+  int rc = 0;
+  while (g->calls == 0 && rc == 0) rc = pthread_cond_timedwait(&g->cv, &g->mu, &until);
+  bool ok = g->calls > 0;
+  pthread_mutex_unlock(&g->mu);
+  return ok;
+}
+
+static void got_free(got *g) {
+  free(g->res.data);
+  pthread_mutex_destroy(&g->mu);
+  pthread_cond_destroy(&g->cv);
+}
+
+static fetch_config local_cfg(void) {
+  return (fetch_config){.allow_private = true,
+                        .allow_http = true,
+                        .max_bytes = CAP,
+                        .timeout_ms = 10000,
+                        .max_redirects = 3};
+}
+
+/* Fetches url to the end; the result lands in g (got_free it). */
+static void fetch_to_end(curlloop *loop, const fetch_config *cfg, const char *url, got *g) {
+  got_init(g);
+  fetch_result immediate;
+  int rc = fetch_start(loop, cfg, url, on_fetched, g, &immediate);
+  if (rc != 0) fprintf(stderr, "fetch_start refused %s: %s\n", url, immediate.message);
+  assert_int_equal(rc, 0);
+  assert_true(got_wait(g));
+  assert_int_equal(g->calls, 1);
+}
+
+static void url_of(char *out, size_t size, int port, const char *path) {
+  snprintf(out, size, "http://127.0.0.1:%d%s", port, path);
+}
+
+/* --- the classifier --- */
+
+typedef struct addr_case {
+  const char *text;
+  bool refused;
+} addr_case;
+
+static const addr_case v4_cases[] = {
+    {"0.0.0.0", true},          {"0.255.255.255", true},   {"1.0.0.0", false},
+    {"9.255.255.255", false},   {"10.0.0.0", true},        {"10.255.255.255", true},
+    {"11.0.0.0", false},        {"100.63.255.255", false}, {"100.64.0.0", true},
+    {"100.127.255.255", true},  {"100.128.0.0", false},    {"126.255.255.255", false},
+    {"127.0.0.1", true},        {"127.255.255.255", true}, {"128.0.0.0", false},
+    {"169.253.255.255", false}, {"169.254.0.0", true},     {"169.254.169.254", true},
+    {"169.254.255.255", true},  {"169.255.0.0", false},    {"172.15.255.255", false},
+    {"172.16.0.0", true},       {"172.31.255.255", true},  {"172.32.0.0", false},
+    {"191.255.255.255", false}, {"192.0.0.0", true},       {"192.0.0.255", true},
+    {"192.0.1.0", false},       {"192.0.2.0", true},       {"192.0.2.255", true},
+    {"192.0.3.0", false},       {"192.167.255.255", false}, {"192.168.0.0", true},
+    {"192.168.255.255", true},  {"192.169.0.0", false},    {"198.17.255.255", false},
+    {"198.18.0.0", true},       {"198.19.255.255", true},  {"198.20.0.0", false},
+    {"198.51.99.255", false},   {"198.51.100.0", true},    {"198.51.100.255", true},
+    {"198.51.101.0", false},    {"203.0.112.255", false},  {"203.0.113.0", true},
+    {"203.0.113.255", true},    {"203.0.114.0", false},    {"223.255.255.255", false},
+    {"224.0.0.0", true},        {"239.255.255.255", true}, {"240.0.0.0", true},
+    {"255.255.255.254", true},  {"255.255.255.255", true}, {"8.8.8.8", false},
+    {"1.1.1.1", false},         {"93.184.216.34", false},
+};
+
+static const addr_case v6_cases[] = {
+    {"::", true},
+    {"::1", true},
+    {"::2", true}, /* compatible form of 0.0.0.2 */
+    {"2606:4700::1111", false},
+    {"2001:4860:4860::8888", false},
+    {"fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", false},
+    {"fc00::", true},
+    {"fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true},
+    {"fe00::", false},
+    {"fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff", false},
+    {"fe80::", true},
+    {"fe80::1%0", true},
+    {"febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true},
+    {"fec0::1", true},
+    {"ff00::", true},
+    {"ff02::1", true},
+    {"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true},
+    {"2001:db7:ffff:ffff:ffff:ffff:ffff:ffff", false},
+    {"2001:db8::", true},
+    {"2001:db8:ffff:ffff:ffff:ffff:ffff:ffff", true},
+    {"2001:db9::", false},
+    {"::ffff:127.0.0.1", true},
+    {"::ffff:10.1.2.3", true},
+    {"::ffff:169.254.169.254", true},
+    {"::ffff:0.0.0.0", true},
+    {"::ffff:8.8.8.8", false},
+    {"::fffe:8.8.8.8", false}, /* not a mapped prefix: a plain public-looking address */
+    {"::127.0.0.1", true},
+    {"::192.168.1.1", true},
+    {"::8.8.8.8", false},
+    {"64:ff9b::10.0.0.1", true},
+    {"64:ff9b::7f00:1", true},
+    {"64:ff9b::8.8.8.8", false},
+    {"64:ff9b::1:8.8.8.8", false}, /* outside the /96: not NAT64 of anything */
+    {"64:ff9a:ffff:ffff:ffff:ffff:ffff:ffff", false},
+};
+
+static void test_classifier_ipv4(void **state) {
+  for (size_t i = 0; i < sizeof v4_cases / sizeof v4_cases[0]; i++) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(443)};
+    assert_int_equal(inet_pton(AF_INET, v4_cases[i].text, &a.sin_addr), 1);
+    bool got_refused = fetch_address_is_private((struct sockaddr *)&a);
+    if (got_refused != v4_cases[i].refused) fail_msg("%s: expected %d", v4_cases[i].text,
+                                                     v4_cases[i].refused);
+  }
+}
+
+static void test_classifier_ipv6(void **state) {
+  for (size_t i = 0; i < sizeof v6_cases / sizeof v6_cases[0]; i++) {
+    char text[64];
+    snprintf(text, sizeof text, "%s", v6_cases[i].text);
+    char *scope = strchr(text, '%');
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_port = htons(443)};
+    if (scope) {
+      *scope = '\0';
+      a.sin6_scope_id = (uint32_t)atoi(scope + 1);
+    }
+    assert_int_equal(inet_pton(AF_INET6, text, &a.sin6_addr), 1);
+    bool got_refused = fetch_address_is_private((struct sockaddr *)&a);
+    if (got_refused != v6_cases[i].refused) fail_msg("%s: expected %d", v6_cases[i].text,
+                                                     v6_cases[i].refused);
+  }
+}
+
+static void test_classifier_other_families(void **state) {
+  struct sockaddr_un u = {.sun_family = AF_UNIX};
+  assert_true(fetch_address_is_private((struct sockaddr *)&u));
+  assert_true(fetch_address_is_private(NULL));
+}
+
+/* --- downloads --- */
+
+static void test_png_ok(void **state) {
+  fixture *f = *state;
+  fetch_config cfg = local_cfg();
+  char url[128];
+  url_of(url, sizeof url, f->a.port, "/img.png");
+  got g;
+  fetch_to_end(f->loop, &cfg, url, &g);
+  assert_int_equal(g.res.status, FETCH_OK);
+  assert_int_equal(g.res.http_status, 200);
+  assert_string_equal(g.res.mime, "image/png");
+  assert_int_equal(g.res.len, sizeof png_bytes);
+  assert_non_null(g.res.data);
+  assert_memory_equal(g.res.data, png_bytes, sizeof png_bytes);
+  got_free(&g);
+}
+
+static void test_private_refused(void **state) {
+  fixture *f = *state;
+  fetch_config cfg = local_cfg();
+  cfg.allow_private = false;
+  char url[128];
+  url_of(url, sizeof url, f->a.port, "/img.png");
+  int before = atomic_load(&f->a.hits);
+  got g;
+  fetch_to_end(f->loop, &cfg, url, &g);
+  assert_int_equal(g.res.status, FETCH_REFUSED_ADDRESS);
+  assert_non_null(strstr(g.res.message, "127.0.0.1"));
+  assert_null(g.res.data);
+  assert_int_equal(atomic_load(&f->a.hits), before);
+  got_free(&g);
+
+  /* "localhost" may resolve to ::1 and 127.0.0.1: both are refused. */
+  snprintf(url, sizeof url, "http://localhost:%d/img.png", f->a.port);
+  fetch_to_end(f->loop, &cfg, url, &g);
+  assert_int_equal(g.res.status, FETCH_REFUSED_ADDRESS);
+  assert_int_equal(atomic_load(&f->a.hits), before);
+  got_free(&g);
+}
+
+typedef struct port_rule {
+  int refused_port; /* 0: refuse nothing */
+  atomic_int asked;
+} port_rule;
+
+static bool refuse_port(const struct sockaddr *sa, void *ctx) {
+  port_rule *rule = ctx;
+  atomic_fetch_add(&rule->asked, 1);
+  if (sa->sa_family != AF_INET) return true;
+  const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+  return ntohs(in->sin_port) == rule->refused_port;
+}
+
+static void test_redirect_rechecked(void **state) {
+  fixture *f = *state;
+  port_rule rule = {.refused_port = f->b.port};
+  atomic_init(&rule.asked, 0);
+  fetch_config cfg = local_cfg();
+  cfg.allow_private = false; /* ignored: the hook decides */
+  cfg.address_refused = refuse_port;
+  cfg.address_refused_ctx = &rule;
+  char url[128];
+  url_of(url, sizeof url, f->a.port, "/to-b");
+  int a_before = atomic_load(&f->a.hits), b_before = atomic_load(&f->b.hits);
+  got g;
+  fetch_to_end(f->loop, &cfg, url, &g);
+  assert_int_equal(g.res.status, FETCH_REFUSED_ADDRESS);
+  assert_non_null(strstr(g.res.message, "127.0.0.1"));
+  assert_int_equal(atomic_load(&f->a.hits), a_before + 1);
+  assert_int_equal(atomic_load(&f->b.hits), b_before);
+  assert_true(atomic_load(&rule.asked) >= 2);
+  got_free(&g);
+
+  /* The same redirect with nothing refused reaches B. */
+  rule.refused_port = 0;
+  fetch_to_end(f->loop, &cfg, url, &g);
+  assert_int_equal(g.res.status, FETCH_OK);
+  assert_string_equal(g.res.mime, "image/png");
+  assert_int_equal(atomic_load(&f->b.hits), b_before + 1);
+  got_free(&g);
+}
+
+/* A redirect from a public place to a private one, judged by the real
+ * classifier. A loopback test has no public first hop, so the hook stands in
+ * for one: it treats A's exact address and port (127.0.0.1:A) as public and
+ * leaves every other address to fetch_address_is_private, the production
+ * policy. Every private target is refused in the socket callback, before a
+ * socket exists (B, the loopback target, sees no request). */
+typedef struct public_peer {
+  int port;
+  atomic_int asked;
+} public_peer;
+
+static bool only_a_is_public(const struct sockaddr *sa, void *ctx) {
+  public_peer *pp = ctx;
+  atomic_fetch_add(&pp->asked, 1);
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+    if (ntohl(in->sin_addr.s_addr) == INADDR_LOOPBACK && ntohs(in->sin_port) == pp->port)
+      return false;
+  }
+  return fetch_address_is_private(sa);
+}
+
+static void test_redirect_to_private_refused(void **state) {
+  fixture *f = *state;
+  public_peer pp = {.port = f->a.port};
+  atomic_init(&pp.asked, 0);
+  fetch_config cfg = local_cfg();
+  cfg.allow_private = false;
+  cfg.timeout_ms = 3000; /* had a private target been contacted, not for long */
+  cfg.address_refused = only_a_is_public;
+  cfg.address_refused_ctx = &pp;
+  char url[128];
+  got g;
+
+  /* The hook lets A through, and a redirect from A to A is followed. */
+  int a_before = atomic_load(&f->a.hits);
+  url_of(url, sizeof url, f->a.port, "/to-a");
+  fetch_to_end(f->loop, &cfg, url, &g);
+  assert_int_equal(g.res.status, FETCH_OK);
+  assert_string_equal(g.res.mime, "image/png");
+  assert_int_equal(atomic_load(&f->a.hits), a_before + 2);
+  got_free(&g);
+
+  int b_before = atomic_load(&f->b.hits);
+  for (size_t i = 0; i < N_PRIVATE_TARGETS; i++) {
+    char path[32];
+    snprintf(path, sizeof path, "/to-private-%zu", i);
+    url_of(url, sizeof url, f->a.port, path);
+    a_before = atomic_load(&f->a.hits);
+    int asked_before = atomic_load(&pp.asked);
+    fetch_to_end(f->loop, &cfg, url, &g);
+    if (g.res.status != FETCH_REFUSED_ADDRESS) {
+      char target[160];
+      target_url(&private_targets[i], f->b.port, target, sizeof target);
+      fail_msg("redirect to %s: status %d (%s)", target, (int)g.res.status, g.res.message);
+    }
+    const private_target *t = &private_targets[i];
+    char expected[96];
+    snprintf(expected, sizeof expected, "refused to connect to %s: not a public address",
+             t->named ? t->named : "127.0.0.1");
+    bool named = strcmp(g.res.message, expected) == 0;
+    if (!t->named)
+      named |= strcmp(g.res.message, "refused to connect to ::1: not a public address") == 0;
+    if (!named) fail_msg("redirect %zu: message \"%s\", want \"%s\"", i, g.res.message, expected);
+    assert_null(g.res.data);
+    assert_int_equal(atomic_load(&f->a.hits), a_before + 1); /* the first hop was made */
+    assert_true(atomic_load(&pp.asked) >= asked_before + 2); /* and the second was asked */
+    got_free(&g);
+  }
+  assert_int_equal(atomic_load(&f->b.hits), b_before);
+}
+
+/* A plain transfer of the same loop leaves a kept-alive connection to B in
+ * the pool, opened without any address check. A fetch redirected to B must
+ * not ride on it. */
+static void on_plain(void *ctx, CURL *easy, curlloop_result *res) {
+  got *g = ctx;
+  curl_easy_cleanup(easy);
+  pthread_mutex_lock(&g->mu);
+  g->res.http_status = res->http_status;
+  g->calls++;
+  pthread_cond_broadcast(&g->cv);
+  pthread_mutex_unlock(&g->mu);
+}
+
+static void test_pooled_connection_not_reused(void **state) {
+  fixture *f = *state;
+  char url[128];
+  url_of(url, sizeof url, f->b.port, "/img.png");
+  CURL *plain = curl_easy_init();
+  assert_non_null(plain);
+  curl_easy_setopt(plain, CURLOPT_URL, url);
+  curl_easy_setopt(plain, CURLOPT_TIMEOUT_MS, 10000L);
+  got g;
+  got_init(&g);
+  int b_before = atomic_load(&f->b.hits);
+  assert_int_equal(curlloop_submit(f->loop, plain, 1024, on_plain, &g), 0);
+  assert_true(got_wait(&g));
+  assert_int_equal(g.res.http_status, 200);
+  got_free(&g);
+
+  port_rule rule = {.refused_port = f->b.port};
+  atomic_init(&rule.asked, 0);
+  fetch_config cfg = local_cfg();
+  cfg.address_refused = refuse_port;
+  cfg.address_refused_ctx = &rule;
+  url_of(url, sizeof url, f->a.port, "/to-b");
+  fetch_to_end(f->loop, &cfg, url, &g);
+  assert_int_equal(g.res.status, FETCH_REFUSED_ADDRESS);
+  assert_int_equal(atomic_load(&f->b.hits), b_before + 1);
+  got_free(&g);
+}
+
+static void test_scheme_refused_before_connecting(void **state) {
+  fixture *f = *state;
+  fetch_config cfg = local_cfg();
+  cfg.allow_http = false;
+  char url[128];
+  url_of(url, sizeof url, f->a.port, "/img.png");
+  int before = atomic_load(&f->a.hits);
+  got g;
+  got_init(&g);
+  fetch_result r;
+  assert_int_equal(fetch_start(f->loop, &cfg, url, on_fetched, &g, &r), -1);
+  assert_int_equal(r.status, FETCH_REFUSED_SCHEME);
+  assert_non_null(strstr(r.message, "http"));
+  assert_null(r.data);
+
+  cfg.allow_http = true;
+  static const char *const bad[] = {"ftp://127.0.0.1/img.png", "file:///etc/passwd",
+                                    "gopher://127.0.0.1/", "not a url", "", "//127.0.0.1/x",
+                                    "javascript:alert(1)"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    memset(&r, 0, sizeof r);
+    assert_int_equal(fetch_start(f->loop, &cfg, bad[i], on_fetched, &g, &r), -1);
+    assert_int_equal(r.status, FETCH_REFUSED_SCHEME);
+    assert_true(r.message[0] != '\0');
+  }
+  assert_int_equal(g.calls, 0); /* done is never called for a refusal up front */
+  assert_int_equal(atomic_load(&f->a.hits), before);
+  assert_int_equal(curlloop_in_flight(f->loop), 0);
+  got_free(&g);
+}
+
+static void test_redirect_to_ftp_refused(void **state) {
+  fixture *f = *state;
+  fetch_config cfg = local_cfg();
+  char url[128];
+  url_of(url, sizeof url, f->a.port, "/to-ftp");
+  got g;
+  fetch_to_end(f->loop, &cfg, url, &g);
+  assert_int_equal(g.res.status, FETCH_REFUSED_SCHEME);
+  assert_non_null(strstr(g.res.message, "ftp"));
+  got_free(&g);
+}
+
+static void test_too_many_redirects(void **state) {
+  fixture *f = *state;
+  fetch_config cfg = local_cfg();
+  char url[128];
+  url_of(url, sizeof url, f->a.port, "/loop");
+  int before = atomic_load(&f->a.hits);
+  got g;
+  fetch_to_end(f->loop, &cfg, url, &g);
+  assert_int_equal(g.res.status, FETCH_HTTP_ERROR);
+  assert_int_equal(g.res.http_status, 302);
+  assert_non_null(strstr(g.res.message, "redirects"));
+  assert_int_equal(atomic_load(&f->a.hits), before + 1 + 3);
+  got_free(&g);
+}
+
+static void test_too_large_with_length(void **state) {
+  fixture *f = *state;
+  fetch_config cfg = local_cfg();
+  char url[128];
+  url_of(url, sizeof url, f->a.port, "/big.png");
+  got g;
+  fetch_to_end(f->loop, &cfg, url, &g);
+  assert_int_equal(g.res.status, FETCH_TOO_LARGE);
+  assert_null(g.res.data);
+  got_free(&g);
+
+  cfg.max_bytes = BIG_SIZE; /* exactly the size: fits */
+  fetch_to_end(f->loop, &cfg, url, &g);
+  assert_int_equal(g.res.status, FETCH_OK);
+  assert_int_equal(g.res.len, BIG_SIZE);
+  got_free(&g);
+}
+
+static void test_too_large_chunked(void **state) {
+  fixture *f = *state;
+  fetch_config cfg = local_cfg();
+  char url[128];
+  url_of(url, sizeof url, f->chunked.port, "/img.png");
+  got g;
+  fetch_to_end(f->loop, &cfg, url, &g);
+  assert_int_equal(g.res.status, FETCH_TOO_LARGE);
+  assert_null(g.res.data);
+  got_free(&g);
+
+  cfg.max_bytes = BIG_SIZE;
+  fetch_to_end(f->loop, &cfg, url, &g);
+  assert_int_equal(g.res.status, FETCH_OK);
+  assert_int_equal(g.res.len, BIG_SIZE);
+  assert_memory_equal(g.res.data, f->big, BIG_SIZE);
+  got_free(&g);
+}
+
+static void test_not_image(void **state) {
+  fixture *f = *state;
+  fetch_config cfg = local_cfg();
+  char url[128];
+  url_of(url, sizeof url, f->a.port, "/text");
+  got g;
+  fetch_to_end(f->loop, &cfg, url, &g);
+  assert_int_equal(g.res.status, FETCH_NOT_IMAGE); /* whatever Content-Type said */
+  assert_int_equal(g.res.http_status, 200);
+  assert_null(g.res.data);
+  got_free(&g);
+}
+
+static void test_http_error(void **state) {
+  fixture *f = *state;
+  fetch_config cfg = local_cfg();
+  char url[128];
+  url_of(url, sizeof url, f->a.port, "/missing");
+  got g;
+  fetch_to_end(f->loop, &cfg, url, &g);
+  assert_int_equal(g.res.status, FETCH_HTTP_ERROR);
+  assert_int_equal(g.res.http_status, 404);
+  assert_non_null(strstr(g.res.message, "404"));
+  assert_null(g.res.data);
+  got_free(&g);
+}
+
+static void test_timeout(void **state) {
+  fixture *f = *state;
+  fetch_config cfg = local_cfg();
+  cfg.timeout_ms = 300;
+  char url[128];
+  url_of(url, sizeof url, f->silent.port, "/img.png");
+  got g;
+  fetch_to_end(f->loop, &cfg, url, &g);
+  assert_int_equal(g.res.status, FETCH_NETWORK_ERROR);
+  assert_true(g.res.message[0] != '\0');
+  assert_null(g.res.data);
+  got_free(&g);
+}
+
+static void test_cancelled_on_destroy(void **state) {
+  fixture *f = *state;
+  curlloop_config lc = {0};
+  curlloop *loop = curlloop_create(&lc);
+  assert_non_null(loop);
+  fetch_config cfg = local_cfg();
+  cfg.timeout_ms = 60000;
+  char url[128];
+  url_of(url, sizeof url, f->silent.port, "/img.png");
+  pthread_mutex_lock(&f->silent.mu);
+  int before = f->silent.accepted;
+  pthread_mutex_unlock(&f->silent.mu);
+  got g;
+  got_init(&g);
+  fetch_result r;
+  assert_int_equal(fetch_start(loop, &cfg, url, on_fetched, &g, &r), 0);
+  assert_true(raw_wait_accepted(&f->silent, before + 1));
+  curlloop_destroy(loop);
+  assert_int_equal(g.calls, 1);
+  assert_int_equal(g.res.status, FETCH_CANCELLED);
+  assert_null(g.res.data);
+  got_free(&g);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_classifier_ipv4),
+      cmocka_unit_test(test_classifier_ipv6),
+      cmocka_unit_test(test_classifier_other_families),
+      cmocka_unit_test(test_png_ok),
+      cmocka_unit_test(test_private_refused),
+      cmocka_unit_test(test_redirect_rechecked),
+      cmocka_unit_test(test_redirect_to_private_refused),
+      cmocka_unit_test(test_pooled_connection_not_reused),
+      cmocka_unit_test(test_scheme_refused_before_connecting),
+      cmocka_unit_test(test_redirect_to_ftp_refused),
+      cmocka_unit_test(test_too_many_redirects),
+      cmocka_unit_test(test_too_large_with_length),
+      cmocka_unit_test(test_too_large_chunked),
+      cmocka_unit_test(test_not_image),
+      cmocka_unit_test(test_http_error),
+      cmocka_unit_test(test_timeout),
+      cmocka_unit_test(test_cancelled_on_destroy),
+  };
+  return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
