@@ -18,6 +18,7 @@
 #include "blob/blob.h"
 #include "config.h"
 #include "core/accounts.h"
+#include "core/pricing.h"
 #include "core/core.h"
 #include "core/engine.h"
 #include "http/server.h"
@@ -71,6 +72,14 @@ static const char usage_admin[] =
     "                                 stdout (shown once: only its hash is kept)\n"
     "  key list EMAIL                 list the account's keys (id, prefix, state)\n"
     "  key revoke KEY|ID              revoke a key, given in full or by id\n"
+    "  topup EMAIL USD [--reason R]   add prepaid credit, e.g. topup a@b.c 10.50\n"
+    "  refund EMAIL USD [--reason R]  pay unused credit back (takes it off the balance)\n"
+    "  ledger EMAIL [--csv]           the account's ledger, oldest first, and its balance\n"
+    "  ledger-verify                  check that balances equal their ledgers (exit 1 if not)\n"
+    "  limits EMAIL [--concurrency N] [--qps N]\n"
+    "                                 show or set tasks in flight / requests per second\n"
+    "                                 per key (0 = unlimited)\n"
+    "  disable EMAIL | enable EMAIL   refuse (403) or allow the account's requests\n"
     "\n"
     "The admin commands work on the same data folder as 'imgate serve', also\n"
     "while a server is running.\n";
@@ -80,6 +89,9 @@ typedef struct cli_opts {
   const char *data;
   const char *config;
   const char *name;
+  const char *reason;
+  const char *concurrency, *qps;
+  bool csv;
   bool help;
 } cli_opts;
 
@@ -90,6 +102,8 @@ static int parse_opts(int argc, char **argv, cli_opts *o, char **args, int *n_ar
   static const struct option longopts[] = {
       {"listen", required_argument, NULL, 'l'}, {"data", required_argument, NULL, 'd'},
       {"config", required_argument, NULL, 'c'}, {"name", required_argument, NULL, 'n'},
+      {"reason", required_argument, NULL, 'r'}, {"concurrency", required_argument, NULL, 'C'},
+      {"qps", required_argument, NULL, 'Q'},    {"csv", no_argument, NULL, 'v'},
       {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
   memset(o, 0, sizeof *o);
   *n_args = 0;
@@ -103,6 +117,10 @@ static int parse_opts(int argc, char **argv, cli_opts *o, char **args, int *n_ar
     case 'd': o->data = optarg; break;
     case 'c': o->config = optarg; break;
     case 'n': o->name = optarg; break;
+    case 'r': o->reason = optarg; break;
+    case 'C': o->concurrency = optarg; break;
+    case 'Q': o->qps = optarg; break;
+    case 'v': o->csv = true; break;
     case 'h': o->help = true; break;
     case 1:
       if (*n_args >= max_args) {
@@ -199,15 +217,170 @@ static int admin_account_list(store *st) {
     fprintf(stderr, "imgate: cannot list accounts\n");
     return 1;
   }
-  printf("%-6s %-9s %-24s %s\n", "id", "state", "created", "email");
+  printf("%-6s %-9s %-24s %14s %s\n", "id", "state", "created", "balance_usd", "email");
   for (size_t i = 0; i < n; i++) {
-    char created[32];
+    char created[32], balance[32];
     time_format_iso(accts[i].created_ms, created);
-    printf("%-6lld %-9s %-24s %s\n", (long long)accts[i].id,
-           accts[i].disabled ? "disabled" : "active", created, accts[i].email);
+    pricing_format_usd(accts[i].balance_micros, balance, sizeof balance);
+    printf("%-6lld %-9s %-24s %14s %s\n", (long long)accts[i].id,
+           accts[i].disabled ? "disabled" : "active", created, balance, accts[i].email);
   }
   free(accts);
   return 0;
+}
+
+/* A new account starts with the configured default limits. */
+static int apply_default_limits(store *st, const imgate_config *cfg, int64_t account_id) {
+  if (cfg->default_max_concurrency == 0 && cfg->default_qps_per_key == 0) return 0;
+  return st->ops->account_set_limits(st, account_id, cfg->default_max_concurrency,
+                                     cfg->default_qps_per_key) == STORE_OK
+             ? 0
+             : -1;
+}
+
+static bool admin_account(store *st, const char *email, store_account *out) {
+  char norm[256];
+  if (accounts_normalize_email(email, norm, sizeof norm) &&
+      st->ops->account_get_by_email(st, norm, out) == STORE_OK)
+    return true;
+  fprintf(stderr, "imgate: no account for %s\n", email);
+  return false;
+}
+
+static int admin_money(store *st, const cli_opts *o, bool topup, const char *email,
+                       const char *usd) {
+  store_account a;
+  int64_t micros, balance;
+  if (pricing_parse_usd(usd, &micros) < 0 || micros <= 0) {
+    fprintf(stderr, "imgate: \"%s\" is not a positive amount of USD (at most 6 decimals)\n",
+            usd);
+    return 2;
+  }
+  if (!admin_account(st, email, &a)) return 1;
+  int rc = st->ops->ledger_post(st, a.id, topup ? LEDGER_TOPUP : LEDGER_REFUND,
+                                topup ? micros : -micros,
+                                o->reason ? o->reason : (topup ? "top-up" : "refund"),
+                                time_now_ms(), &balance);
+  if (rc == STORE_NO_CREDIT) {
+    fprintf(stderr, "imgate: the available balance is smaller than %s USD\n", usd);
+    return 1;
+  }
+  if (rc != STORE_OK) {
+    fprintf(stderr, "imgate: the ledger could not be written\n");
+    return 1;
+  }
+  char b[32];
+  pricing_format_usd(balance, b, sizeof b);
+  printf("%s\n", b);
+  return 0;
+}
+
+static int admin_ledger(store *st, const cli_opts *o, const char *email) {
+  store_account a;
+  if (!admin_account(st, email, &a)) return 1;
+  ledger_entry *e = NULL;
+  size_t n = 0;
+  if (st->ops->ledger_list(st, a.id, &e, &n) != STORE_OK) {
+    fprintf(stderr, "imgate: cannot read the ledger\n");
+    return 1;
+  }
+  if (o->csv) printf("id,time,kind,available_usd,held_usd,task,reason\n");
+  else printf("%-7s %-24s %-10s %14s %14s %-36s %s\n", "id", "time", "kind", "available", "held",
+              "task", "reason");
+  for (size_t i = 0; i < n; i++) {
+    char when[32], av[32], he[32];
+    time_format_iso(e[i].created_ms, when);
+    pricing_format_usd(e[i].available_micros, av, sizeof av);
+    pricing_format_usd(e[i].held_micros, he, sizeof he);
+    if (o->csv) {
+      /* Reasons are free text: quote them the CSV way. */
+      printf("%lld,%s,%s,%s,%s,%s,\"", (long long)e[i].id, when, ledger_kind_name(e[i].kind), av,
+             he, e[i].task_id);
+      for (const char *p = e[i].reason; *p; p++) {
+        if (*p == '"') putchar('"');
+        putchar(*p);
+      }
+      printf("\"\n");
+    } else {
+      printf("%-7lld %-24s %-10s %14s %14s %-36s %s\n", (long long)e[i].id, when,
+             ledger_kind_name(e[i].kind), av, he, e[i].task_id[0] ? e[i].task_id : "-",
+             e[i].reason);
+    }
+  }
+  free(e);
+  if (!o->csv) {
+    char av[32], he[32];
+    pricing_format_usd(a.balance_micros, av, sizeof av);
+    pricing_format_usd(a.held_micros, he, sizeof he);
+    printf("balance %s USD available, %s USD held\n", av, he);
+  }
+  return 0;
+}
+
+static int parse_limit(const char *text, const char *what, int *out) {
+  char *end;
+  errno = 0;
+  long v = text ? strtol(text, &end, 10) : -1;
+  if (!text) {
+    *out = -1; /* leave as is */
+    return 0;
+  }
+  if (errno || *end || v < 0 || v > 1000000) {
+    fprintf(stderr, "imgate: --%s must be an integer 0..1000000\n", what);
+    return -1;
+  }
+  *out = (int)v;
+  return 0;
+}
+
+static int admin_limits(store *st, const cli_opts *o, const char *email) {
+  store_account a;
+  int conc, qps;
+  if (parse_limit(o->concurrency, "concurrency", &conc) < 0 || parse_limit(o->qps, "qps", &qps) < 0)
+    return 2;
+  if (!admin_account(st, email, &a)) return 1;
+  if ((conc >= 0 || qps >= 0) &&
+      (st->ops->account_set_limits(st, a.id, conc, qps) != STORE_OK ||
+       st->ops->account_get(st, a.id, &a) != STORE_OK)) {
+    fprintf(stderr, "imgate: the limits could not be stored\n");
+    return 1;
+  }
+  printf("concurrency %d\nqps %d\n", a.max_concurrency, a.qps_per_key);
+  return 0;
+}
+
+/* The billing and account-state commands: `admin VERB EMAIL [ARG]`.
+ * Returns -1 when argv is none of them. */
+static int run_admin_billing(store *st, const cli_opts *o, char **args, int n) {
+  const char *verb = n > 0 ? args[0] : "";
+  if (!strcmp(verb, "ledger-verify") && n == 1) {
+    if (st->ops->ledger_verify(st) != STORE_OK) {
+      fprintf(stderr, "imgate: the ledger and the balances disagree (see the log)\n");
+      return 1;
+    }
+    printf("ok\n");
+    return 0;
+  }
+  if ((!strcmp(verb, "topup") || !strcmp(verb, "refund")) && n == 3)
+    return admin_money(st, o, !strcmp(verb, "topup"), args[1], args[2]);
+  if (!strcmp(verb, "ledger") && n == 2) return admin_ledger(st, o, args[1]);
+  if (!strcmp(verb, "limits") && n == 2) return admin_limits(st, o, args[1]);
+  if ((!strcmp(verb, "disable") || !strcmp(verb, "enable")) && n == 2) {
+    store_account a;
+    if (!admin_account(st, args[1], &a)) return 1;
+    if (st->ops->account_set_disabled(st, a.id, !strcmp(verb, "disable")) != STORE_OK) return 1;
+    fprintf(stderr, "%s %sd\n", a.email, verb);
+    return 0;
+  }
+  return -1;
+}
+
+static bool is_billing_verb(const char *v) {
+  static const char *const verbs[] = {"topup", "refund", "ledger", "ledger-verify", "limits",
+                                      "disable", "enable"};
+  for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++)
+    if (!strcmp(v, verbs[i])) return true;
+  return false;
 }
 
 static int run_admin(int argc, char **argv) {
@@ -227,6 +400,14 @@ static int run_admin(int argc, char **argv) {
   if (load_config(&o, &cfg) < 0) return 1;
   const char *obj = n > 0 ? args[0] : "", *act = n > 1 ? args[1] : "";
   const char *arg = n > 2 ? args[2] : NULL;
+  if (is_billing_verb(obj)) {
+    store *st = open_store(&cfg, 1);
+    if (!st) return 1;
+    rc = run_admin_billing(st, &o, args, n);
+    st->ops->close(st);
+    if (rc < 0) fputs(usage_admin, stderr);
+    return rc < 0 ? 2 : rc;
+  }
   bool known = (strcmp(obj, "account") == 0 && strcmp(act, "create") == 0 && arg && n == 3) ||
                (strcmp(obj, "account") == 0 && strcmp(act, "list") == 0 && n == 2) ||
                (strcmp(obj, "key") == 0 &&
@@ -244,14 +425,15 @@ static int run_admin(int argc, char **argv) {
     rc = admin_account_list(st);
   } else if (strcmp(obj, "account") == 0) {
     int64_t id;
-    if (accounts_create(st, arg, &id, &err) < 0)
+    if (accounts_create(st, arg, cfg.signup_bonus_micros, &id, &err) < 0 ||
+        apply_default_limits(st, &cfg, id) < 0)
       rc = admin_fail(&err);
     else
       printf("%lld\n", (long long)id);
   } else if (strcmp(act, "create") == 0) {
     char key[ACCOUNTS_KEY_LEN + 1];
     int64_t key_id;
-    if (accounts_create_key(st, arg, o.name, key, &key_id, &err) < 0) {
+    if (accounts_create_key(st, arg, o.name, cfg.max_keys_per_account, key, &key_id, &err) < 0) {
       rc = admin_fail(&err);
     } else {
       printf("%s\n", key);
@@ -421,12 +603,14 @@ static router *build_router(const imgate_config *cfg, curlloop *loop, int thread
 }
 
 /* Creates the demo account and key on an empty database. */
-static int bootstrap_demo(store *st, char key[ACCOUNTS_KEY_LEN + 1]) {
+static int bootstrap_demo(store *st, const imgate_config *cfg, char key[ACCOUNTS_KEY_LEN + 1]) {
   int64_t n = 0, id, key_id;
   imgate_error err = {0};
   if (st->ops->account_count(st, &n) != STORE_OK || n > 0) return 0;
-  if (accounts_create(st, DEMO_EMAIL, &id, &err) < 0 ||
-      accounts_create_key(st, DEMO_EMAIL, "demo", key, &key_id, &err) < 0) {
+  if (accounts_create(st, DEMO_EMAIL, cfg->signup_bonus_micros, &id, &err) < 0 ||
+      apply_default_limits(st, cfg, id) < 0 ||
+      accounts_create_key(st, DEMO_EMAIL, "demo", cfg->max_keys_per_account, key, &key_id,
+                          &err) < 0) {
     LOG_ERROR("demo_account_failed", "error=%s", err.slug);
     return -1;
   }
@@ -588,7 +772,7 @@ static void serve_stop(serve_parts *p) {
 static int serve_start(serve_parts *p, imgate_config *cfg, const char *host, int port) {
   if (serve_claim_port(p, cfg, host, port) < 0 || serve_open_data(p, cfg) < 0) return -1;
   char demo_key[ACCOUNTS_KEY_LEN + 1] = "";
-  int demo = cfg->demo_account ? bootstrap_demo(p->st, demo_key) : 0;
+  int demo = cfg->demo_account ? bootstrap_demo(p->st, cfg, demo_key) : 0;
   if (demo < 0) return -1;
   if (load_admin_token(cfg) < 0) {
     fprintf(stderr, "imgate: cannot create %s/admin_token\n", cfg->data_dir);

@@ -30,6 +30,9 @@ void api_health_register(http_router *r, core *c);
  * written as null when empty. Also the server's hook for 404/405/413. */
 void api_reply_error(http_request *req, int status, const char *slug, const char *message,
                      const char *param);
+/* For ERR_RATE_LIMITED: Retry-After, and X-RateLimit-Limit / X-RateLimit-Active
+ * when a concurrency limit was hit. Nothing for other errors. */
+void api_rate_limit_headers(http_request *req, const imgate_error *err);
 void api_server_error_hook(http_request *req, int status, const char *slug, const char *message);
 
 /* A JSON string for text that came from elsewhere (an upstream's message, a

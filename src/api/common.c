@@ -57,6 +57,19 @@ json_t *api_json_text(const char *s) {
   return j;
 }
 
+void api_rate_limit_headers(http_request *req, const imgate_error *err) {
+  if (err->code != ERR_RATE_LIMITED) return;
+  char v[32];
+  snprintf(v, sizeof v, "%d", err->retry_after_s > 0 ? err->retry_after_s : 1);
+  http_reply_header(req, "Retry-After", v);
+  if (err->limit > 0) {
+    snprintf(v, sizeof v, "%d", err->limit);
+    http_reply_header(req, "X-RateLimit-Limit", v);
+    snprintf(v, sizeof v, "%d", err->active);
+    http_reply_header(req, "X-RateLimit-Active", v);
+  }
+}
+
 void api_server_error_hook(http_request *req, int status, const char *slug, const char *message) {
   api_reply_error(req, status, slug, message, NULL);
 }
@@ -134,6 +147,7 @@ int api_authenticate(http_request *req, core *c, store_account *out) {
   imgate_error err = {0};
   if (core_authenticate(c, http_header_get(req, "Authorization"), out, &err) < 0) {
     if (err.code == ERR_UNAUTHORIZED) http_reply_header(req, "WWW-Authenticate", "Bearer");
+    api_rate_limit_headers(req, &err);
     api_reply_error(req, err_http_status(err.code), err.slug, err.message, NULL);
     return -1;
   }

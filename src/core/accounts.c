@@ -36,19 +36,20 @@ bool accounts_key_well_formed(const char *key) {
   return true;
 }
 
-int accounts_create(store *st, const char *email, int64_t *id_out, imgate_error *err) {
+int accounts_create(store *st, const char *email, int64_t grant_micros, int64_t *id_out,
+                    imgate_error *err) {
   char norm[256];
   if (!accounts_normalize_email(email, norm, sizeof norm))
     return err_set(err, ERR_INVALID, "invalid_email", "email", "\"%s\" is not an email address",
                    email ? email : "");
-  int rc = st->ops->account_create(st, norm, time_now_ms(), id_out);
+  int rc = st->ops->account_open(st, norm, time_now_ms(), grant_micros, id_out);
   if (rc == STORE_CONFLICT)
     return err_set(err, ERR_INVALID, "account_exists", "email", "an account for %s exists", norm);
   if (rc != STORE_OK) return err_set(err, ERR_INTERNAL, "store_error", NULL, "store failure");
   return 0;
 }
 
-int accounts_create_key(store *st, const char *email, const char *name,
+int accounts_create_key(store *st, const char *email, const char *name, int max_active,
                         char key_out[ACCOUNTS_KEY_LEN + 1], int64_t *key_id_out,
                         imgate_error *err) {
   char norm[256];
@@ -57,6 +58,17 @@ int accounts_create_key(store *st, const char *email, const char *name,
       st->ops->account_get_by_email(st, norm, &acct) != STORE_OK)
     return err_set(err, ERR_NOT_FOUND, "account_not_found", "email", "no account for %s",
                    email ? email : "");
+  if (max_active > 0) {
+    store_key *keys = NULL;
+    size_t n = 0, active = 0;
+    if (st->ops->key_list(st, acct.id, &keys, &n) != STORE_OK)
+      return err_set(err, ERR_INTERNAL, "store_error", NULL, "store failure");
+    for (size_t i = 0; i < n; i++) active += keys[i].revoked_ms == 0;
+    free(keys);
+    if (active >= (size_t)max_active)
+      return err_set(err, ERR_FORBIDDEN, "too_many_keys", NULL,
+                     "%s has %zu active keys, the most allowed; revoke one first", norm, active);
+  }
   memcpy(key_out, ACCOUNTS_KEY_PREFIX, 4);
   if (!ids_random_base62(key_out + 4, ACCOUNTS_KEY_RANDOM_LEN))
     return err_set(err, ERR_INTERNAL, "random_failed", NULL, "no randomness available");

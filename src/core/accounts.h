@@ -24,10 +24,14 @@ bool accounts_normalize_email(const char *email, char *out, size_t out_size);
 bool accounts_key_well_formed(const char *key);
 
 /* Creates an account. ERR_INVALID for a bad email, ERR_INVALID "account_exists" when taken. */
-int accounts_create(store *st, const char *email, int64_t *id_out, imgate_error *err);
+/* grant_micros: the signup bonus, posted to the ledger in the same
+ * transaction as the account (0 = none). */
+int accounts_create(store *st, const char *email, int64_t grant_micros, int64_t *id_out,
+                    imgate_error *err);
 /* Creates a key for the account with this email; key_out receives the key
- * (shown once, never stored). */
-int accounts_create_key(store *st, const char *email, const char *name,
+ * (shown once, never stored). max_active > 0 refuses (403 too_many_keys) when
+ * the account already has that many active keys. */
+int accounts_create_key(store *st, const char *email, const char *name, int max_active,
                         char key_out[ACCOUNTS_KEY_LEN + 1], int64_t *key_id_out,
                         imgate_error *err);
 /* Revokes a key given as the full key or as its numeric id. */

@@ -1,5 +1,7 @@
 /* core.c - submit, look up, open results. */
 #include "core/core.h"
+#include "core/pricing.h"
+#include "util/ratelimit.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +20,7 @@ struct core {
   store *st;
   blob *bl;
   engine *eng;
+  ratelimit *rl; /* requests per second per key */
 };
 
 core *core_create(const imgate_config *cfg, store *st, blob *bl, engine *eng) {
@@ -27,16 +30,37 @@ core *core_create(const imgate_config *cfg, store *st, blob *bl, engine *eng) {
   c->st = st;
   c->bl = bl;
   c->eng = eng;
+  c->rl = ratelimit_create();
+  if (!c->rl) {
+    free(c);
+    return NULL;
+  }
   return c;
 }
 
-void core_free(core *c) { free(c); }
+void core_free(core *c) {
+  if (!c) return;
+  ratelimit_destroy(c->rl);
+  free(c);
+}
 
 const char *core_public_url(const core *c) { return c->cfg.public_url; }
 
 int core_authenticate(core *c, const char *authorization, store_account *out,
                       imgate_error *err) {
-  return accounts_authenticate(c->st, authorization, out, err);
+  if (accounts_authenticate(c->st, authorization, out, err) < 0) return -1;
+  /* Requests per second per key: a token bucket that holds across every
+   * HTTP thread (one limiter per process), burst = one second's worth. */
+  int64_t wait_ms = 0;
+  if (out->qps_per_key > 0 &&
+      !ratelimit_take(c->rl, out->key_id, out->qps_per_key, out->qps_per_key, time_mono_ms(),
+                      &wait_ms)) {
+    err_set(err, ERR_RATE_LIMITED, "rate_limited", NULL,
+            "this key is limited to %d requests per second", out->qps_per_key);
+    err->retry_after_s = (int)((wait_ms + 999) / 1000);
+    return -1;
+  }
+  return 0;
 }
 
 static bool is_blank(const char *s) {
@@ -163,6 +187,21 @@ static int validate(core *c, const core_gen_request *req, validated *v, imgate_e
   return 0;
 }
 
+/* Prices t from the catalog: unit price per image, surcharge per reference
+ * image, and the hold (quantity x unit + surcharges) taken at insert. */
+static int price_task(core *c, task *t, size_t n_refs, imgate_error *err) {
+  int64_t unit = pricing_unit(&c->cfg, t->model, t->resolution, NULL);
+  int64_t per_ref = pricing_reference(&c->cfg, t->model);
+  int64_t held = pricing_quote(&c->cfg, t->model, t->resolution, NULL, t->quantity, (int)n_refs);
+  if (unit < 0 || per_ref < 0 || held < 0)
+    return err_set(err, ERR_INTERNAL, "price_unknown", NULL, "%s at %s has no price", t->model,
+                   t->resolution);
+  t->price_unit_micros = unit;
+  t->price_refs_micros = per_ref * (int64_t)n_refs;
+  t->cost_held_micros = held;
+  return 0;
+}
+
 /* Writes decoded inputs to the blob store and describes them in t. */
 static int store_inputs(core *c, task *t, decoded_image *imgs, size_t n, imgate_error *err) {
   if (n == 0) return 0;
@@ -233,11 +272,30 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
     err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
     goto fail;
   }
+  if (price_task(c, t, req->n_images, err) < 0) goto fail;
   if (store_inputs(c, t, imgs, req->n_images, err) < 0) goto fail;
   decoded_images_free(imgs, req->n_images);
   imgs = NULL;
 
-  if (c->st->ops->task_insert(c->st, t) != STORE_OK) {
+  int rc = c->st->ops->task_insert(c->st, t);
+  if (rc == STORE_NO_CREDIT) {
+    char price[32];
+    pricing_format_usd(t->cost_held_micros, price, sizeof price);
+    err_set(err, ERR_NO_CREDIT, "insufficient_credit", NULL,
+            "this task costs $%s and the account's available balance does not cover it; "
+            "top up to continue",
+            price);
+    goto fail;
+  }
+  if (rc == STORE_LIMIT) {
+    err_set(err, ERR_RATE_LIMITED, "concurrency_limit", NULL,
+            "the account already has %d tasks queued or running, its limit",
+            acct->max_concurrency);
+    err->retry_after_s = 1;
+    err->limit = err->active = acct->max_concurrency;
+    goto fail;
+  }
+  if (rc != STORE_OK) {
     err_set(err, ERR_INTERNAL, "store_error", NULL, "the task could not be stored");
     goto fail;
   }

@@ -21,6 +21,8 @@ enum {
   STORE_NOT_FOUND = -1, /* no such row */
   STORE_CONFLICT = -2,  /* unique key taken, or a compare-and-set found another state */
   STORE_ERROR = -3,     /* the backend failed (logged by the backend) */
+  STORE_NO_CREDIT = -4, /* the account's available balance does not cover the amount */
+  STORE_LIMIT = -5,     /* the account already has its maximum of tasks in flight */
 };
 
 typedef struct store_account {
@@ -28,7 +30,44 @@ typedef struct store_account {
   char email[256];
   bool disabled;
   int64_t created_ms;
+  int64_t balance_micros;  /* available credit: the sum of the ledger's `available` column */
+  int64_t held_micros;     /* held for tasks in flight: the sum of the ledger's `held` column */
+  int max_concurrency;     /* tasks queued or running at once; 0 = unlimited */
+  int qps_per_key;         /* requests per second per key; 0 = unlimited */
+  int64_t key_id;          /* the key that authenticated (key_authenticate only), else 0 */
 } store_account;
+
+/* Ledger entry kinds. Each moves money between the account's available
+ * balance and its held amount, or in or out of the account:
+ *   grant, topup        available +x            (money in)
+ *   refund              available -x            (unused credit paid back)
+ *   adjustment          available +-x           (an operator's correction)
+ *   hold                available -x, held +x   (a task's price, at submit)
+ *   capture             held -x                 (a task's charge: the money is spent)
+ *   release             available +x, held -x   (what a task did not spend)
+ * A task has at most one hold, one capture and one release. */
+typedef enum {
+  LEDGER_GRANT = 0,
+  LEDGER_TOPUP,
+  LEDGER_HOLD,
+  LEDGER_CAPTURE,
+  LEDGER_RELEASE,
+  LEDGER_REFUND,
+  LEDGER_ADJUSTMENT,
+} ledger_kind;
+
+const char *ledger_kind_name(ledger_kind k);
+
+typedef struct ledger_entry {
+  int64_t id;
+  int64_t account_id;
+  ledger_kind kind;
+  int64_t available_micros; /* signed change of the available balance */
+  int64_t held_micros;      /* signed change of the held amount */
+  char task_id[IDS_UUID_LEN + 1]; /* "" when not about a task */
+  char reason[128];
+  int64_t created_ms;
+} ledger_entry;
 
 typedef struct store_key {
   int64_t id;
@@ -75,7 +114,31 @@ typedef struct store_ops {
   /* All keys of an account, newest first; *keys is malloc'd (free it). */
   int (*key_list)(store *s, int64_t account_id, store_key **keys, size_t *count);
 
-  /* Tasks. task_insert stores t (state queued) with its inputs, atomically. */
+  /* Creates an account and posts its signup grant (when grant_micros > 0) in
+   * one transaction. CONFLICT when the email is taken. */
+  int (*account_open)(store *s, const char *email, int64_t now_ms, int64_t grant_micros,
+                      int64_t *id_out);
+  /* Posts a grant, topup, refund or adjustment (available_micros signed;
+   * positive for grant/topup, negative for refund). NO_CREDIT when it would
+   * take the available balance below zero. *balance_out (may be NULL) is the
+   * balance after. */
+  int (*ledger_post)(store *s, int64_t account_id, ledger_kind kind, int64_t available_micros,
+                     const char *reason, int64_t now_ms, int64_t *balance_out);
+  /* An account's entries, oldest first; *entries is malloc'd (free it). */
+  int (*ledger_list)(store *s, int64_t account_id, ledger_entry **entries, size_t *count);
+  /* Compares every account's cached balance and held amount with its ledger
+   * sums and every finished task's entries with its hold. Returns OK, or
+   * CONFLICT (and logs what differs). */
+  int (*ledger_verify)(store *s);
+  /* max_concurrency / qps_per_key: 0 = unlimited, < 0 = leave as is. */
+  int (*account_set_limits)(store *s, int64_t account_id, int max_concurrency, int qps_per_key);
+  int (*account_set_disabled)(store *s, int64_t account_id, bool disabled);
+
+  /* Tasks. task_insert stores t (state queued) with its inputs, atomically;
+   * when t->cost_held_micros > 0 it also holds that much of the account's
+   * balance in the same transaction (NO_CREDIT, and nothing stored, when the
+   * balance does not cover it), and refuses with LIMIT when the account's
+   * max_concurrency tasks are already queued or running. */
   int (*task_insert)(store *s, const task *t);
   /* Loads a task with its inputs and results; *out is freed with task_free. */
   int (*task_get)(store *s, const char *task_id, task **out);
@@ -91,8 +154,11 @@ typedef struct store_ops {
   /* running -> final state, only if the task is running and its attempts
    * equal attempt (so a stale run can never finish it). Results (may be 0)
    * and the last upstream attempt (may be NULL) are inserted in the same
-   * transaction. CONFLICT when the compare fails: the task was finished
-   * already, and nothing changes. */
+   * transaction, and so is the task's billing: of what was held, the price
+   * of the images delivered (unit price each, plus the reference surcharge
+   * once any image is delivered) is captured and the rest released; a
+   * failed or moderated task releases all of it. CONFLICT when the compare
+   * fails: the task was finished already, and nothing changes. */
   int (*task_finish)(store *s, const char *task_id, int attempt, task_state final_state,
                      const char *error_code, const char *error_message,
                      const task_result *results, size_t n_results, int64_t now_ms,

@@ -71,13 +71,13 @@ static void test_issue_authenticate_revoke(void **state) {
   imgate_error err = {0};
   int64_t id, key_id;
   char key[ACCOUNTS_KEY_LEN + 1], header[80];
-  assert_int_equal(accounts_create(f->st, "Bob@Example.com", &id, &err), 0);
-  assert_int_equal(accounts_create(f->st, "bob@example.com", &id, &err), -1);
+  assert_int_equal(accounts_create(f->st, "Bob@Example.com", 0, &id, &err), 0);
+  assert_int_equal(accounts_create(f->st, "bob@example.com", 0, &id, &err), -1);
   assert_string_equal(err.slug, "account_exists");
-  assert_int_equal(accounts_create_key(f->st, "nobody@example.com", "x", key, &key_id, &err), -1);
+  assert_int_equal(accounts_create_key(f->st, "nobody@example.com", "x", 0, key, &key_id, &err), -1);
   assert_int_equal(err.code, ERR_NOT_FOUND);
 
-  assert_int_equal(accounts_create_key(f->st, "BOB@example.com", "laptop", key, &key_id, &err), 0);
+  assert_int_equal(accounts_create_key(f->st, "BOB@example.com", "laptop", 0, key, &key_id, &err), 0);
   assert_true(accounts_key_well_formed(key));
   snprintf(header, sizeof header, "Bearer %s", key);
   store_account acct;
@@ -98,7 +98,7 @@ static void test_issue_authenticate_revoke(void **state) {
 
   char two[ACCOUNTS_KEY_LEN + 1];
   int64_t key2;
-  assert_int_equal(accounts_create_key(f->st, "bob@example.com", NULL, two, &key2, &err), 0);
+  assert_int_equal(accounts_create_key(f->st, "bob@example.com", NULL, 0, two, &key2, &err), 0);
   assert_string_not_equal(key, two);
 
   /* Revoke the first by full key, the second by id. */
@@ -121,8 +121,8 @@ static void test_account_list(void **state) {
   fixture *f = *state;
   imgate_error err = {0};
   int64_t a, b;
-  assert_int_equal(accounts_create(f->st, "one@example.com", &a, &err), 0);
-  assert_int_equal(accounts_create(f->st, "two@example.com", &b, &err), 0);
+  assert_int_equal(accounts_create(f->st, "one@example.com", 0, &a, &err), 0);
+  assert_int_equal(accounts_create(f->st, "two@example.com", 0, &b, &err), 0);
   store_account *list;
   size_t n;
   assert_int_equal(f->st->ops->account_list(f->st, &list, &n), STORE_OK);

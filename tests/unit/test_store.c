@@ -49,6 +49,8 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   fx *f = *state;
+  /* Whatever a test did, the money adds up. */
+  if (f->s) assert_int_equal(f->s->ops->ledger_verify(f->s), STORE_OK);
   if (f->s) f->s->ops->close(f->s);
   static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
   for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
@@ -734,6 +736,151 @@ static void test_concurrent_start_finish(void **state) {
   free(r);
 }
 
+
+/* ---- the ledger ------------------------------------------------------------------------ */
+
+static store_account account_of(store *s, int64_t id) {
+  store_account a;
+  assert_int_equal(s->ops->account_get(s, id, &a), STORE_OK);
+  return a;
+}
+
+static void test_ledger_grants_topups_refunds(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t id, bal;
+  assert_int_equal(s->ops->account_open(s, "new@example.com", NOW, 1000000, &id), STORE_OK);
+  assert_int_equal(account_of(s, id).balance_micros, 1000000);
+  assert_int_equal(s->ops->account_open(s, "new@example.com", NOW, 1000000, &id),
+                   STORE_CONFLICT); /* and no second grant */
+  assert_int_equal(s->ops->ledger_post(s, id, LEDGER_TOPUP, 2500000, "invoice 7", NOW, &bal),
+                   STORE_OK);
+  assert_int_equal(bal, 3500000);
+  assert_int_equal(s->ops->ledger_post(s, id, LEDGER_REFUND, -4000000, "too much", NOW, &bal),
+                   STORE_NO_CREDIT);
+  assert_int_equal(s->ops->ledger_post(s, id, LEDGER_REFUND, -3500000, "all", NOW, &bal),
+                   STORE_OK);
+  assert_int_equal(bal, 0);
+  assert_int_equal(s->ops->ledger_post(s, id, LEDGER_TOPUP, -1, "negative", NOW, NULL),
+                   STORE_ERROR);
+  assert_int_equal(s->ops->ledger_post(s, id, LEDGER_HOLD, -1, "by hand", NOW, NULL), STORE_ERROR);
+  assert_int_equal(s->ops->ledger_post(s, 999999, LEDGER_TOPUP, 5, "nobody", NOW, NULL),
+                   STORE_NOT_FOUND);
+  ledger_entry *e;
+  size_t n;
+  assert_int_equal(s->ops->ledger_list(s, id, &e, &n), STORE_OK);
+  assert_int_equal(n, 3);
+  assert_int_equal(e[0].kind, LEDGER_GRANT);
+  assert_string_equal(e[0].reason, "signup bonus");
+  assert_int_equal(e[1].kind, LEDGER_TOPUP);
+  assert_string_equal(e[1].reason, "invoice 7");
+  assert_int_equal(e[2].kind, LEDGER_REFUND);
+  assert_int_equal(e[2].available_micros, -3500000);
+  free(e);
+}
+
+/* Inserts a priced task for account; returns the store's answer. */
+static int insert_priced(store *s, int64_t account, int64_t unit, int64_t refs, task **out) {
+  task *t = make_task(account, NOW);
+  t->price_unit_micros = unit;
+  t->price_refs_micros = refs;
+  t->cost_held_micros = unit * t->quantity + refs;
+  int rc = s->ops->task_insert(s, t);
+  *out = t;
+  return rc;
+}
+
+static void test_hold_capture_release(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t id;
+  assert_int_equal(s->ops->account_open(s, "buyer@example.com", NOW, 100000, &id), STORE_OK);
+  task *ok, *failed, *moderated, *poor;
+  assert_int_equal(insert_priced(s, id, 25000, 5000, &ok), STORE_OK);
+  assert_int_equal(insert_priced(s, id, 25000, 0, &failed), STORE_OK);
+  assert_int_equal(insert_priced(s, id, 25000, 0, &moderated), STORE_OK);
+  store_account a = account_of(s, id);
+  assert_int_equal(a.balance_micros, 100000 - 30000 - 25000 - 25000);
+  assert_int_equal(a.held_micros, 80000);
+  /* 20,000 left: a 25,000 task is refused and nothing of it is stored */
+  assert_int_equal(insert_priced(s, id, 25000, 0, &poor), STORE_NO_CREDIT);
+  task *missing = NULL;
+  assert_int_equal(s->ops->task_get(s, poor->id, &missing), STORE_NOT_FOUND);
+  assert_int_equal(account_of(s, id).held_micros, 80000);
+
+  int run;
+  task_result r[1] = {make_result(0, "bill-ok")};
+  assert_int_equal(s->ops->task_start(s, ok->id, "p", NOW, &run), STORE_OK);
+  assert_int_equal(s->ops->task_finish(s, ok->id, run, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW, NULL),
+                   STORE_OK);
+  assert_int_equal(s->ops->task_start(s, failed->id, "p", NOW, &run), STORE_OK);
+  assert_int_equal(s->ops->task_finish(s, failed->id, run, TASK_FAILED, "x", "y", NULL, 0, NOW,
+                                       NULL),
+                   STORE_OK);
+  assert_int_equal(s->ops->task_start(s, moderated->id, "p", NOW, &run), STORE_OK);
+  assert_int_equal(s->ops->task_finish(s, moderated->id, run, TASK_MODERATED, "m", "z", NULL, 0,
+                                       NOW, NULL),
+                   STORE_OK);
+  /* A second finish (a stale run, a replay) moves no money. */
+  assert_int_equal(s->ops->task_finish(s, ok->id, run, TASK_SUCCEEDED, NULL, NULL, NULL, 0, NOW,
+                                       NULL),
+                   STORE_CONFLICT);
+  a = account_of(s, id);
+  assert_int_equal(a.held_micros, 0);
+  assert_int_equal(a.balance_micros, 100000 - 30000); /* only the delivered image is paid */
+  task *got = get_task(s, ok->id);
+  assert_int_equal(got->cost_held_micros, 30000);
+  assert_int_equal(got->cost_charged_micros, 30000);
+  task_free(got);
+  got = get_task(s, failed->id);
+  assert_int_equal(got->cost_charged_micros, 0);
+  task_free(got);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM ledger WHERE kind = 'capture'"), 1);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM ledger WHERE kind = 'release'"), 2);
+  task_free(ok);
+  task_free(failed);
+  task_free(moderated);
+  task_free(poor);
+}
+
+static void test_concurrency_limit(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t id;
+  assert_int_equal(s->ops->account_open(s, "limited@example.com", NOW, 0, &id), STORE_OK);
+  assert_int_equal(s->ops->account_set_limits(s, id, 2, -1), STORE_OK);
+  assert_int_equal(account_of(s, id).max_concurrency, 2);
+  assert_int_equal(account_of(s, id).qps_per_key, 0);
+  task *t[3];
+  assert_int_equal(insert_priced(s, id, 0, 0, &t[0]), STORE_OK);
+  assert_int_equal(insert_priced(s, id, 0, 0, &t[1]), STORE_OK);
+  assert_int_equal(insert_priced(s, id, 0, 0, &t[2]), STORE_LIMIT);
+  int run;
+  assert_int_equal(s->ops->task_start(s, t[0]->id, "p", NOW, &run), STORE_OK);
+  assert_int_equal(s->ops->task_finish(s, t[0]->id, run, TASK_FAILED, "x", "y", NULL, 0, NOW,
+                                       NULL),
+                   STORE_OK);
+  task_free(t[2]);
+  assert_int_equal(insert_priced(s, id, 0, 0, &t[2]), STORE_OK); /* a slot came free */
+  assert_int_equal(s->ops->account_set_limits(s, id, 0, 7), STORE_OK);
+  assert_int_equal(account_of(s, id).max_concurrency, 0);
+  assert_int_equal(account_of(s, id).qps_per_key, 7);
+  assert_int_equal(s->ops->account_set_limits(s, 424242, 1, 1), STORE_NOT_FOUND);
+  assert_int_equal(s->ops->account_set_disabled(s, id, true), STORE_OK);
+  assert_true(account_of(s, id).disabled);
+  for (int i = 0; i < 3; i++) task_free(t[i]);
+}
+
+static void test_ledger_verify_detects_drift(void **state) {
+  fx *f = *state;
+  int64_t id;
+  assert_int_equal(f->s->ops->account_open(f->s, "drift@example.com", NOW, 5000, &id), STORE_OK);
+  assert_int_equal(f->s->ops->ledger_verify(f->s), STORE_OK);
+  raw_exec(f->path, "UPDATE accounts SET balance = balance + 1 WHERE email = 'drift@example.com'");
+  assert_int_equal(f->s->ops->ledger_verify(f->s), STORE_CONFLICT);
+  raw_exec(f->path, "UPDATE accounts SET balance = balance - 1 WHERE email = 'drift@example.com'");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_migrations_fresh_and_reopen, setup, teardown),
@@ -747,6 +894,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_task_insert_get, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_start, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_start_many, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_ledger_grants_topups_refunds, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_hold_capture_release, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_concurrency_limit, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_ledger_verify_detects_drift, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_finish, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_finish_stale_attempt, setup, teardown),
       cmocka_unit_test_setup_teardown(test_requeue_running, setup, teardown),
