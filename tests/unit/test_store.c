@@ -837,6 +837,7 @@ static void test_hold_capture_release(void **state) {
   task_free(got);
   assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM ledger WHERE kind = 'capture'"), 1);
   assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM ledger WHERE kind = 'release'"), 2);
+  task_result_clear(&r[0]);
   task_free(ok);
   task_free(failed);
   task_free(moderated);
