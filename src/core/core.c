@@ -96,7 +96,10 @@ typedef struct decoded_image {
   const char *url; /* points into the request */
 } decoded_image;
 
+/* imgs may be NULL: core_submit frees them once they are in the blob store,
+ * and its failure path (402, 429, store errors) calls this again. */
 static void decoded_images_free(decoded_image *imgs, size_t n) {
+  if (!imgs) return;
   for (size_t i = 0; i < n; i++) free(imgs[i].data);
   free(imgs);
 }
