@@ -291,11 +291,15 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
     goto fail;
   }
   if (rc == STORE_LIMIT) {
+    /* Counted again outside the refused transaction: a header, not a decision. */
+    int64_t active = acct->max_concurrency;
+    c->st->ops->task_count_active(c->st, acct->id, &active);
     err_set(err, ERR_RATE_LIMITED, "concurrency_limit", NULL,
-            "the account already has %d tasks queued or running, its limit",
-            acct->max_concurrency);
+            "the account has %lld tasks queued or running and its limit is %d",
+            (long long)active, acct->max_concurrency);
     err->retry_after_s = 1;
-    err->limit = err->active = acct->max_concurrency;
+    err->limit = acct->max_concurrency;
+    err->active = (int)active;
     goto fail;
   }
   if (rc != STORE_OK) {

@@ -859,6 +859,16 @@ static int sql_account_set_disabled(store *s, int64_t account_id, bool disabled)
   return rc;
 }
 
+static int sql_task_count_active(store *s, int64_t account_id, int64_t *count_out) {
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_scalar(db, "task_count_active", count_out,
+                      "SELECT COUNT(*) FROM tasks WHERE account_id = ? AND state IN ('queued', 'running')",
+                      "I", account_id);
+  sql_release(ss, db);
+  return rc;
+}
+
 /* The account's tasks queued or running against its limit (0 = none). */
 static int sql_check_concurrency(sqlite3 *db, int64_t account_id) {
   int64_t limit = 0, active = 0;
@@ -1490,6 +1500,7 @@ static const store_ops sql_ops = {
     .ledger_verify = sql_ledger_verify,
     .account_set_limits = sql_account_set_limits,
     .account_set_disabled = sql_account_set_disabled,
+    .task_count_active = sql_task_count_active,
     .task_start = sql_task_start,
     .task_start_many = sql_task_start_many,
     .task_finish = sql_task_finish,

@@ -133,6 +133,8 @@ typedef struct store_ops {
   /* max_concurrency / qps_per_key: 0 = unlimited, < 0 = leave as is. */
   int (*account_set_limits)(store *s, int64_t account_id, int max_concurrency, int qps_per_key);
   int (*account_set_disabled)(store *s, int64_t account_id, bool disabled);
+  /* The account's tasks queued or running now. */
+  int (*task_count_active)(store *s, int64_t account_id, int64_t *count_out);
 
   /* Tasks. task_insert stores t (state queued) with its inputs, atomically;
    * when t->cost_held_micros > 0 it also holds that much of the account's

@@ -339,6 +339,12 @@ class LimitTest(b.BillingTestCase):
         self.assertError(r, 429, "concurrency_limit", None)
         self.assertEqual(r.headers.get("X-RateLimit-Limit"), "3", r.headers)
         self.assertMoney(srv, key, data, EMAIL, 1000000 - 3 * PRICE_NB_1K, 3 * PRICE_NB_1K)
+        # Lowered below what is running: Active says how many really are.
+        self.limits(data, EMAIL, "--concurrency", "2")
+        r = srv.request("POST", CREATE, json_body=body, key=key)
+        self.assertError(r, 429, "concurrency_limit", None)
+        self.assertEqual((r.headers.get("X-RateLimit-Limit"), r.headers.get("X-RateLimit-Active")),
+                         ("2", "3"), r.headers)
 
     def test_concurrency_limit_holds_across_threads(self):
         limit, n_clients, per_client = 5, 8, 5
