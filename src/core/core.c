@@ -96,7 +96,10 @@ typedef struct decoded_image {
   const char *url; /* points into the request */
 } decoded_image;
 
+/* NULL imgs is fine: core_submit's failure path runs after the images went
+ * to the blob store and were freed. */
 static void decoded_images_free(decoded_image *imgs, size_t n) {
+  if (!imgs) return;
   for (size_t i = 0; i < n; i++) free(imgs[i].data);
   free(imgs);
 }
