@@ -56,6 +56,7 @@ void config_defaults(imgate_config *c) {
   c->max_keys_per_account = 5;
   c->default_max_concurrency = 0; /* async submission is unlimited (seed 000) */
   c->default_qps_per_key = 0;
+  c->idempotency_ttl_s = 86400; /* 24 h, the Stripe convention */
 }
 
 /* A table of the file's keys: where each lands and how it is typed. The
@@ -124,6 +125,8 @@ static const key_spec keys[] = {
     {"billing.max_keys_per_account", K_INT, F(max_keys_per_account), 1, 1000},
     {"billing.default_max_concurrency", K_INT, F(default_max_concurrency), 0, 1000000},
     {"billing.default_qps_per_key", K_INT, F(default_qps_per_key), 0, 1000000},
+    {"idempotency", K_OBJ, 0, 0, 0, 0},
+    {"idempotency.ttl_s", K_INT, F(idempotency_ttl_s), 1, 30 * 86400},
 };
 
 static const key_spec *find_key(const char *path) {

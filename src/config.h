@@ -109,6 +109,7 @@ typedef struct imgate_config {
   int max_keys_per_account;      /* active API keys at once */
   int default_max_concurrency;   /* tasks in flight per account; 0 = unlimited */
   int default_qps_per_key;       /* requests per second per key; 0 = unlimited */
+  int idempotency_ttl_s;         /* how long an Idempotency-Key is remembered */
 } imgate_config;
 
 /* Fills c with the built-in defaults. */

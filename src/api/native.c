@@ -2,6 +2,7 @@
  *
  *   POST /api/banana/create-async  {prompt, model, aspect_ratio, resolution,
  *                                   image_urls, webhook_url} -> {uid, status}
+ *                                  (optional header Idempotency-Key)
  *   GET  /api/banana/{uid}         -> the task
  *
  * Field names here are the dialect's own; errors name them (image_urls, not
@@ -25,6 +26,7 @@ static json_t *string_or_null(const char *s) { return s ? api_json_text(s) : jso
 /* The core names fields its own way; this dialect says image_urls. */
 static const char *native_param(const char *core_param) {
   if (strcmp(core_param, CORE_FIELD_IMAGES) == 0) return "image_urls";
+  if (strcmp(core_param, CORE_FIELD_IDEMPOTENCY_KEY) == 0) return "Idempotency-Key";
   return core_param;
 }
 
@@ -151,13 +153,19 @@ static void handle_create(http_request *req, void *ctx) {
   }
 
   task *t = NULL;
+  bool replayed = false;
   imgate_error err = {0};
-  if (core_submit(c, &acct, &gr, &t, &err) < 0) {
+  if (core_submit(c, &acct, &gr, http_header_get(req, "Idempotency-Key"), &t, &replayed,
+                  &err) < 0) {
     reply_core_error(req, &err);
     goto done;
   }
+  /* A replay answers what the first submit answered: its uid, "queued"
+   * (whatever the task's state is by now; GET tells that). */
+  if (replayed) http_reply_header(req, "Idempotent-Replayed", "true");
   http_reply_json(req, 200,
-                  json_pack("{s:s, s:s}", "uid", t->id, "status", task_state_name(t->state)));
+                  json_pack("{s:s, s:s}", "uid", t->id, "status",
+                            replayed ? task_state_name(TASK_QUEUED) : task_state_name(t->state)));
   task_free(t);
 done:
   json_decref(body);

@@ -238,10 +238,70 @@ static void remove_inputs(core *c, task *t) {
     if (t->inputs[i].blob_key) c->bl->ops->remove(c->bl, t->inputs[i].blob_key);
 }
 
-int core_submit(core *c, const store_account *acct, const core_gen_request *req, task **out,
-                imgate_error *err) {
+bool core_idempotency_key_valid(const char *key) {
+  size_t len = 0;
+  for (const char *p = key; *p; p++, len++)
+    if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e || len >= CORE_IDEMPOTENCY_KEY_MAX)
+      return false;
+  return len > 0;
+}
+
+/* A number of the canonical form: 8 bytes, big-endian. */
+static void hash_count(ids_sha256 *h, size_t count) {
+  uint8_t n[8];
+  for (int i = 0; i < 8; i++) n[i] = (uint8_t)((uint64_t)count >> (56 - 8 * i));
+  ids_sha256_update(h, n, sizeof n);
+}
+
+/* One item of the canonical form: its length, then its bytes. */
+static void hash_bytes(ids_sha256 *h, const char *s, size_t len) {
+  hash_count(h, len);
+  ids_sha256_update(h, s, len);
+}
+
+/* A field: "-" when absent, else "+" and the item. */
+static void hash_field(ids_sha256 *h, const char *s) {
+  ids_sha256_update(h, s ? "+" : "-", 1);
+  if (s) hash_bytes(h, s, strlen(s));
+}
+
+bool core_request_hash(const core_gen_request *req, char out[65]) {
+  ids_sha256 *h = ids_sha256_begin();
+  if (!h) return false;
+  /* The version names the layout: a dialect that adds core fields (quantity,
+   * quality) adds them here under a new version. */
+  static const char version[] = "imgate-request-v1";
+  hash_bytes(h, version, sizeof version - 1);
+  hash_field(h, req->model);
+  hash_field(h, req->prompt);
+  hash_field(h, req->aspect_ratio);
+  hash_field(h, req->resolution);
+  hash_field(h, req->webhook_url);
+  hash_count(h, req->n_images);
+  for (size_t i = 0; i < req->n_images; i++) hash_field(h, req->images[i]);
+  ids_sha256_end(h, out);
+  return true;
+}
+
+/* After the store answered REPLAY: the first task, as stored now. */
+static int load_replay(core *c, const char *task_id, task **out, imgate_error *err) {
+  if (c->st->ops->task_get(c->st, task_id, out) != STORE_OK)
+    return err_set(err, ERR_INTERNAL, "store_error", NULL, "the first task could not be read");
+  return 0;
+}
+
+int core_submit(core *c, const store_account *acct, const core_gen_request *req,
+                const char *idempotency_key, task **out, bool *replayed, imgate_error *err) {
+  if (replayed) *replayed = false;
+  if (idempotency_key && !core_idempotency_key_valid(idempotency_key))
+    return err_set(err, ERR_INVALID, "invalid_idempotency_key", CORE_FIELD_IDEMPOTENCY_KEY,
+                   "an Idempotency-Key must be 1 to %d printable ASCII characters",
+                   CORE_IDEMPOTENCY_KEY_MAX);
   validated v = {0};
   if (validate(c, req, &v, err) < 0) return -1;
+  char request_hash[65] = "";
+  if (idempotency_key && !core_request_hash(req, request_hash))
+    return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
 
   decoded_image *imgs = NULL;
   if (req->n_images) {
@@ -280,7 +340,29 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
   decoded_images_free(imgs, req->n_images);
   imgs = NULL;
 
-  int rc = c->st->ops->task_insert(c->st, t);
+  int rc;
+  char first_id[IDS_UUID_LEN + 1] = "";
+  if (idempotency_key) {
+    store_idem idem = {.key = idempotency_key,
+                       .request_hash = request_hash,
+                       .ttl_ms = (int64_t)c->cfg.idempotency_ttl_s * 1000};
+    rc = c->st->ops->task_insert_idempotent(c->st, t, &idem, first_id);
+  } else {
+    rc = c->st->ops->task_insert(c->st, t);
+  }
+  if (rc == STORE_REPLAY) {
+    /* The first submit made the task; this one's stored images are orphans. */
+    remove_inputs(c, t);
+    task_free(t);
+    if (load_replay(c, first_id, out, err) < 0) return -1;
+    if (replayed) *replayed = true;
+    return 0;
+  }
+  if (rc == STORE_IDEMPOTENCY_MISMATCH) {
+    err_set(err, ERR_UNPROCESSABLE, "idempotency_key_reused", CORE_FIELD_IDEMPOTENCY_KEY,
+            "this Idempotency-Key was used with a different request");
+    goto fail;
+  }
   if (rc == STORE_NO_CREDIT) {
     char price[32];
     pricing_format_usd(t->cost_held_micros, price, sizeof price);

@@ -127,6 +127,17 @@ static const char *const sql_migrations[] = {
     "ALTER TABLE tasks ADD COLUMN cost_held INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE tasks ADD COLUMN cost_charged INTEGER NOT NULL DEFAULT 0;"
     "CREATE INDEX tasks_account_state ON tasks(account_id, state);",
+    /* 4: idempotency keys of submits: which task a key made, and a hash of
+     * the request that made it. A row is written in the transaction that
+     * inserts its task, so a key never points at a missing task. */
+    "CREATE TABLE idempotency_keys("
+    "  account_id INTEGER NOT NULL REFERENCES accounts(id),"
+    "  key TEXT NOT NULL,"
+    "  request_hash TEXT NOT NULL,"
+    "  task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,"
+    "  created_ms INTEGER NOT NULL,"
+    "  PRIMARY KEY (account_id, key));"
+    "CREATE INDEX idempotency_keys_created ON idempotency_keys(created_ms);",
 };
 
 #define SQL_MIGRATION_COUNT ((int64_t)(sizeof sql_migrations / sizeof sql_migrations[0]))
@@ -882,15 +893,74 @@ static int sql_check_concurrency(sqlite3 *db, int64_t account_id) {
   return active >= limit ? STORE_LIMIT : STORE_OK;
 }
 
-static int sql_task_insert(store *s, const task *t) {
+/* Expired keys forgotten per keyed insert: bounded work per submit, and
+ * still far more than one insert adds, so the table cannot grow beyond the
+ * keys of the last ttl plus what the last few inserts left behind. */
+#define SQL_IDEM_PURGE_BATCH 100
+
+/* Inside the insert's write transaction, before anything is written: OK
+ * when the key is free (absent, or expired and now deleted), else REPLAY or
+ * IDEMPOTENCY_MISMATCH with the first task's id in first_task_id. */
+static int sql_idem_claim(sqlite3 *db, int64_t account_id, const store_idem *idem,
+                          int64_t now_ms, char first_task_id[IDS_UUID_LEN + 1]) {
+  sqlite3_stmt *st;
+  first_task_id[0] = '\0';
+  int rc = sql_prepare(db, &st, "idem_lookup",
+                       "SELECT request_hash, task_id, created_ms FROM idempotency_keys"
+                       " WHERE account_id = ? AND key = ?",
+                       "It", account_id, idem->key);
+  if (rc != STORE_OK) return rc;
+  rc = sql_step_row(db, st, "idem_lookup");
+  bool expired = false;
+  if (rc == STORE_OK) {
+    const unsigned char *hash = sqlite3_column_text(st, 0);
+    int64_t created_ms = sqlite3_column_int64(st, 2);
+    /* A key made "in the future" (the clock stepped back) is alive. */
+    expired = now_ms - created_ms >= idem->ttl_ms;
+    if (!expired) {
+      if (!hash || !sql_col_copy(st, 1, first_task_id, IDS_UUID_LEN + 1))
+        rc = sql_misuse("idem_lookup", "stored key row unreadable");
+      else
+        rc = strcmp((const char *)hash, idem->request_hash) == 0 ? STORE_REPLAY
+                                                                  : STORE_IDEMPOTENCY_MISMATCH;
+    }
+  } else if (rc == STORE_NOT_FOUND) {
+    rc = STORE_OK;
+  }
+  sqlite3_finalize(st);
+  if (rc == STORE_OK && expired)
+    rc = sql_run(db, "idem_expire", "DELETE FROM idempotency_keys WHERE account_id = ? AND key = ?",
+                 "It", account_id, idem->key);
+  return rc;
+}
+
+/* After the task is in: records the key, and forgets a batch of expired ones. */
+static int sql_idem_record(sqlite3 *db, const task *t, const store_idem *idem) {
+  int rc = sql_run(db, "idem_insert",
+                   "INSERT INTO idempotency_keys(account_id, key, request_hash, task_id,"
+                   " created_ms) VALUES (?, ?, ?, ?, ?)",
+                   "ItttI", t->account_id, idem->key, idem->request_hash, t->id, t->created_ms);
+  if (rc == STORE_OK)
+    rc = sql_run(db, "idem_purge",
+                 "DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM"
+                 " idempotency_keys WHERE created_ms <= ? ORDER BY created_ms LIMIT ?)",
+                 "Ii", t->created_ms - idem->ttl_ms, SQL_IDEM_PURGE_BATCH);
+  return rc;
+}
+
+static int sql_insert_task_tx(sql_store *ss, const task *t, const store_idem *idem,
+                             char first_task_id[IDS_UUID_LEN + 1]) {
   if (!t || !ids_is_uuid(t->id)) return sql_misuse("task_insert", "task id is not a UUID");
   if (t->state != TASK_QUEUED) return sql_misuse("task_insert", "a new task must be queued");
   if (t->cost_held_micros < 0) return sql_misuse("task_insert", "negative price");
-  sql_store *ss = (sql_store *)s;
+  if (idem && (!idem->key || !idem->request_hash || idem->ttl_ms <= 0 || !first_task_id))
+    return sql_misuse("task_insert", "incomplete idempotency key");
   sqlite3 *db = sql_acquire(ss);
   int rc = sql_write_begin(ss, db);
   if (rc == STORE_OK) {
-    rc = sql_check_concurrency(db, t->account_id);
+    /* The key first: a replay is answered whatever the limits say now. */
+    if (idem) rc = sql_idem_claim(db, t->account_id, idem, t->created_ms, first_task_id);
+    if (rc == STORE_OK) rc = sql_check_concurrency(db, t->account_id);
     if (rc == STORE_OK) rc = sql_insert_task_row(db, t);
     if (rc == STORE_OK) rc = sql_insert_inputs(db, t);
     /* The hold goes in the same transaction: no task without its hold, no
@@ -898,10 +968,22 @@ static int sql_task_insert(store *s, const task *t) {
     if (rc == STORE_OK && t->cost_held_micros > 0)
       rc = sql_ledger_append(db, t->account_id, LEDGER_HOLD, -t->cost_held_micros,
                              t->cost_held_micros, t->id, "task submitted", t->created_ms, true);
+    if (rc == STORE_OK && idem) rc = sql_idem_record(db, t, idem);
+    /* Anything but OK (a replay included) rolls back: nothing is stored. */
     rc = sql_write_end(ss, db, rc);
   }
   sql_release(ss, db);
   return rc;
+}
+
+static int sql_task_insert(store *s, const task *t) {
+  return sql_insert_task_tx((sql_store *)s, t, NULL, NULL);
+}
+
+static int sql_task_insert_idempotent(store *s, const task *t, const store_idem *idem,
+                                      char first_task_id[IDS_UUID_LEN + 1]) {
+  if (!idem) return sql_misuse("task_insert", "no idempotency key");
+  return sql_insert_task_tx((sql_store *)s, t, idem, first_task_id);
 }
 
 /* Inside a write transaction whose compare-and-set matched nothing: tells a
@@ -1493,6 +1575,7 @@ static const store_ops sql_ops = {
     .key_revoke = sql_key_revoke,
     .key_list = sql_key_list,
     .task_insert = sql_task_insert,
+    .task_insert_idempotent = sql_task_insert_idempotent,
     .task_get = sql_task_get,
     .account_open = sql_account_open,
     .ledger_post = sql_ledger_post,

@@ -23,7 +23,17 @@ enum {
   STORE_ERROR = -3,     /* the backend failed (logged by the backend) */
   STORE_NO_CREDIT = -4, /* the account's available balance does not cover the amount */
   STORE_LIMIT = -5,     /* the account already has its maximum of tasks in flight */
+  STORE_REPLAY = -6,    /* task_insert_idempotent: the key is known with the same request */
+  STORE_IDEMPOTENCY_MISMATCH = -7, /* ... the key is known with a different request */
 };
+
+/* The idempotency key of a submit (task_insert_idempotent). Keys are per
+ * account: two accounts may use the same key independently. */
+typedef struct store_idem {
+  const char *key;          /* as the client sent it; the caller checks its form */
+  const char *request_hash; /* what identifies the request (the core: 64 hex of SHA-256) */
+  int64_t ttl_ms;           /* a key this old (by the task's created_ms) is forgotten */
+} store_idem;
 
 typedef struct store_account {
   int64_t id;
@@ -142,6 +152,20 @@ typedef struct store_ops {
    * balance does not cover it), and refuses with LIMIT when the account's
    * max_concurrency tasks are already queued or running. */
   int (*task_insert)(store *s, const task *t);
+  /* task_insert under an idempotency key, in one write transaction. When
+   * the account already has the key, younger than idem->ttl_ms (now being
+   * t->created_ms): REPLAY when its request_hash equals idem's, else
+   * IDEMPOTENCY_MISMATCH; either way the first task's id is copied to
+   * first_task_id and nothing is stored or held (the key's check comes before
+   * the concurrency and credit checks, so a replay is never refused by them).
+   * Otherwise the task, its hold and the key (with the hash and the task's id)
+   * are stored together, replacing an expired entry of the same key; when the
+   * insert is refused (NO_CREDIT, LIMIT, ...) the key is not stored either.
+   * Each call also forgets up to 100 expired keys of any account, so the
+   * table holds little more than the keys of the last ttl. Concurrent calls
+   * with the same key serialize: exactly one inserts, the others replay. */
+  int (*task_insert_idempotent)(store *s, const task *t, const store_idem *idem,
+                                char first_task_id[IDS_UUID_LEN + 1]);
   /* Loads a task with its inputs and results; *out is freed with task_free. */
   int (*task_get)(store *s, const char *task_id, task **out);
   /* queued -> running, attempts+1, started_ms = now, provider recorded (NULL keeps it).
