@@ -27,6 +27,7 @@
 #include "core/catalog.h"
 #include "upstream/curlloop.h"
 #include "upstream/router.h"
+#include "util/buf.h"
 #include "util/ids.h"
 #include "util/log.h"
 #include "util/timeutil.h"
@@ -229,15 +230,6 @@ static int admin_account_list(store *st) {
   return 0;
 }
 
-/* A new account starts with the configured default limits. */
-static int apply_default_limits(store *st, const imgate_config *cfg, int64_t account_id) {
-  if (cfg->default_max_concurrency == 0 && cfg->default_qps_per_key == 0) return 0;
-  return st->ops->account_set_limits(st, account_id, cfg->default_max_concurrency,
-                                     cfg->default_qps_per_key) == STORE_OK
-             ? 0
-             : -1;
-}
-
 static bool admin_account(store *st, const char *email, store_account *out) {
   char norm[256];
   if (accounts_normalize_email(email, norm, sizeof norm) &&
@@ -251,24 +243,15 @@ static int admin_money(store *st, const cli_opts *o, bool topup, const char *ema
                        const char *usd) {
   store_account a;
   int64_t micros, balance;
+  imgate_error err = {0};
   if (pricing_parse_usd(usd, &micros) < 0 || micros <= 0) {
     fprintf(stderr, "imgate: \"%s\" is not a positive amount of USD (at most 6 decimals)\n",
             usd);
     return 2;
   }
   if (!admin_account(st, email, &a)) return 1;
-  int rc = st->ops->ledger_post(st, a.id, topup ? LEDGER_TOPUP : LEDGER_REFUND,
-                                topup ? micros : -micros,
-                                o->reason ? o->reason : (topup ? "top-up" : "refund"),
-                                time_now_ms(), &balance);
-  if (rc == STORE_NO_CREDIT) {
-    fprintf(stderr, "imgate: the available balance is smaller than %s USD\n", usd);
-    return 1;
-  }
-  if (rc != STORE_OK) {
-    fprintf(stderr, "imgate: the ledger could not be written\n");
-    return 1;
-  }
+  if (accounts_post_money(st, a.id, topup, micros, o->reason, &balance, &err) < 0)
+    return admin_fail(&err);
   char b[32];
   pricing_format_usd(balance, b, sizeof b);
   printf("%s\n", b);
@@ -284,36 +267,35 @@ static int admin_ledger(store *st, const cli_opts *o, const char *email) {
     fprintf(stderr, "imgate: cannot read the ledger\n");
     return 1;
   }
-  if (o->csv) printf("id,time,kind,available_usd,held_usd,task,reason\n");
-  else printf("%-7s %-24s %-10s %14s %14s %-36s %s\n", "id", "time", "kind", "available", "held",
-              "task", "reason");
+  if (o->csv) {
+    buf csv = BUF_INIT;
+    bool ok = accounts_ledger_csv(e, n, &csv);
+    free(e);
+    if (!ok) {
+      buf_free(&csv);
+      fprintf(stderr, "imgate: out of memory\n");
+      return 1;
+    }
+    fwrite(csv.data, 1, csv.len, stdout);
+    buf_free(&csv);
+    return 0;
+  }
+  printf("%-7s %-24s %-10s %14s %14s %-36s %s\n", "id", "time", "kind", "available", "held",
+         "task", "reason");
   for (size_t i = 0; i < n; i++) {
     char when[32], av[32], he[32];
     time_format_iso(e[i].created_ms, when);
     pricing_format_usd(e[i].available_micros, av, sizeof av);
     pricing_format_usd(e[i].held_micros, he, sizeof he);
-    if (o->csv) {
-      /* Reasons are free text: quote them the CSV way. */
-      printf("%lld,%s,%s,%s,%s,%s,\"", (long long)e[i].id, when, ledger_kind_name(e[i].kind), av,
-             he, e[i].task_id);
-      for (const char *p = e[i].reason; *p; p++) {
-        if (*p == '"') putchar('"');
-        putchar(*p);
-      }
-      printf("\"\n");
-    } else {
-      printf("%-7lld %-24s %-10s %14s %14s %-36s %s\n", (long long)e[i].id, when,
-             ledger_kind_name(e[i].kind), av, he, e[i].task_id[0] ? e[i].task_id : "-",
-             e[i].reason);
-    }
+    printf("%-7lld %-24s %-10s %14s %14s %-36s %s\n", (long long)e[i].id, when,
+           ledger_kind_name(e[i].kind), av, he, e[i].task_id[0] ? e[i].task_id : "-",
+           e[i].reason);
   }
   free(e);
-  if (!o->csv) {
-    char av[32], he[32];
-    pricing_format_usd(a.balance_micros, av, sizeof av);
-    pricing_format_usd(a.held_micros, he, sizeof he);
-    printf("balance %s USD available, %s USD held\n", av, he);
-  }
+  char av[32], he[32];
+  pricing_format_usd(a.balance_micros, av, sizeof av);
+  pricing_format_usd(a.held_micros, he, sizeof he);
+  printf("balance %s USD available, %s USD held\n", av, he);
   return 0;
 }
 
@@ -425,8 +407,7 @@ static int run_admin(int argc, char **argv) {
     rc = admin_account_list(st);
   } else if (strcmp(obj, "account") == 0) {
     int64_t id;
-    if (accounts_create(st, arg, cfg.signup_bonus_micros, &id, &err) < 0 ||
-        apply_default_limits(st, &cfg, id) < 0)
+    if (accounts_signup(st, &cfg, arg, &id, &err) < 0)
       rc = admin_fail(&err);
     else
       printf("%lld\n", (long long)id);
@@ -483,7 +464,8 @@ static void print_banner(const imgate_config *cfg, const char *host, int port, s
       printf("provider: %s (%s%s%s)\n", cfg->providers[i].name, cfg->providers[i].kind,
              cfg->providers[i].base_url[0] ? " at " : "", cfg->providers[i].base_url);
   }
-  printf("admin token: in %s/admin_token (for /admin/providers and /metrics)\n", cfg->data_dir);
+  printf("admin token: in %s/admin_token (for /admin/... and /metrics; docs/api-admin.md)\n",
+         cfg->data_dir);
   if (demo_key) {
     printf("demo account: " DEMO_EMAIL "\n");
     printf("demo key: %s\n", demo_key);
@@ -607,8 +589,7 @@ static int bootstrap_demo(store *st, const imgate_config *cfg, char key[ACCOUNTS
   int64_t n = 0, id, key_id;
   imgate_error err = {0};
   if (st->ops->account_count(st, &n) != STORE_OK || n > 0) return 0;
-  if (accounts_create(st, DEMO_EMAIL, cfg->signup_bonus_micros, &id, &err) < 0 ||
-      apply_default_limits(st, cfg, id) < 0 ||
+  if (accounts_signup(st, cfg, DEMO_EMAIL, &id, &err) < 0 ||
       accounts_create_key(st, DEMO_EMAIL, "demo", cfg->max_keys_per_account, key, &key_id,
                           &err) < 0) {
     LOG_ERROR("demo_account_failed", "error=%s", err.slug);
@@ -647,6 +628,7 @@ typedef struct serve_parts {
   core *c;
   http_router *routes;
   api_admin *admin;
+  api_admin_accounts *admin_accounts;
   http_server *srv;
   int threads;
 } serve_parts;
@@ -732,7 +714,8 @@ static int serve_start_http(serve_parts *p, const imgate_config *cfg) {
   api_native_register(p->routes, p->c);
   api_files_register(p->routes, p->c);
   p->admin = api_admin_register(p->routes, p->eng, cfg->admin_token);
-  if (!p->admin) return -1;
+  p->admin_accounts = api_admin_accounts_register(p->routes, p->st, cfg);
+  if (!p->admin || !p->admin_accounts) return -1;
   http_server_config hc = {.listener = p->listener,
                            .threads = p->threads,
                            .max_body_bytes = cfg->max_body_bytes,
@@ -761,6 +744,7 @@ static void serve_stop(serve_parts *p) {
   core_free(p->c);
   http_router_free(p->routes);
   api_admin_free(p->admin);
+  api_admin_accounts_free(p->admin_accounts);
   if (p->bl) p->bl->ops->close(p->bl);
   if (p->st) p->st->ops->close(p->st);
   if (p->lock_fd >= 0) close(p->lock_fd);

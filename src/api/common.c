@@ -4,7 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "util/ids.h"
 #include "util/jsonscan.h"
 #include "util/log.h"
 #include "util/utf8.h"
@@ -165,4 +167,15 @@ bool api_guard_key(http_request *req, void *ctx) {
     req->guard_data = kept;
   }
   return true;
+}
+
+bool api_require_admin_token(http_request *req, const char *token) {
+  const char *h = http_header_get(req, "Authorization");
+  size_t n = token ? strlen(token) : 0;
+  if (h && strncasecmp(h, "Bearer ", 7) == 0 && n > 0 && strlen(h + 7) == n &&
+      ids_equal_ct(h + 7, token, n))
+    return true;
+  http_reply_header(req, "WWW-Authenticate", "Bearer");
+  api_reply_error(req, 401, "unauthorized", "this endpoint needs the admin token", NULL);
+  return false;
 }
