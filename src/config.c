@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "core/catalog.h"
+#include "core/pricing.h"
 
 void config_defaults(imgate_config *c) {
   memset(c, 0, sizeof *c);
@@ -50,11 +51,19 @@ void config_defaults(imgate_config *c) {
   c->breaker_recovery_ms = 30000;
   c->fetch_timeout_ms = 20000;
   snprintf(c->sqlite_synchronous, sizeof c->sqlite_synchronous, "full");
+  pricing_defaults(c);
+  c->signup_bonus_micros = 1000000; /* $1.00, seed 000's signup bonus */
+  c->max_keys_per_account = 5;
+  c->default_max_concurrency = 0; /* async submission is unlimited (seed 000) */
+  c->default_qps_per_key = 0;
+  c->idempotency_ttl_s = 86400; /* 24 h, the Stripe convention */
 }
 
 /* A table of the file's keys: where each lands and how it is typed. The
  * table keeps loading, validation messages and docs in one place. */
-typedef enum { K_STR, K_INT, K_SIZE, K_BOOL, K_OBJ, K_PROVIDERS, K_ROUTES } key_kind;
+typedef enum {
+  K_STR, K_INT, K_I64, K_SIZE, K_BOOL, K_OBJ, K_PROVIDERS, K_ROUTES, K_PRICES
+} key_kind;
 
 typedef struct key_spec {
   const char *path; /* "http.threads" */
@@ -110,6 +119,14 @@ static const key_spec keys[] = {
     {"fetch.timeout_ms", K_INT, F(fetch_timeout_ms), 100, 600000},
     {"fetch.allow_http", K_BOOL, F(fetch_allow_http), 0, 0},
     {"admin_token", K_STR, F(admin_token), 0, 0},
+    {"prices", K_PRICES, 0, 0, 0, 0},
+    {"billing", K_OBJ, 0, 0, 0, 0},
+    {"billing.signup_bonus_micros", K_I64, F(signup_bonus_micros), 0, 1000000000000LL},
+    {"billing.max_keys_per_account", K_INT, F(max_keys_per_account), 1, 1000},
+    {"billing.default_max_concurrency", K_INT, F(default_max_concurrency), 0, 1000000},
+    {"billing.default_qps_per_key", K_INT, F(default_qps_per_key), 0, 1000000},
+    {"idempotency", K_OBJ, 0, 0, 0, 0},
+    {"idempotency.ttl_s", K_INT, F(idempotency_ttl_s), 1, 30 * 86400},
 };
 
 static const key_spec *find_key(const char *path) {
@@ -127,6 +144,8 @@ static int set_int_field(imgate_config *c, const key_spec *k, long long v, char 
   char *field = (char *)c + k->offset;
   if (k->kind == K_SIZE)
     *(size_t *)field = (size_t)v;
+  else if (k->kind == K_I64)
+    *(int64_t *)field = (int64_t)v;
   else
     *(int *)field = (int)v;
   return 0;
@@ -284,6 +303,63 @@ static int load_routes(imgate_config *c, json_t *obj, char *err, size_t err_size
   return 0;
 }
 
+/* One model's object under "prices": overrides only the entries it names. */
+static int load_model_prices(config_price *p, json_t *obj, char *err, size_t err_size) {
+  const char *name;
+  json_t *v;
+  json_object_foreach(obj, name, v) {
+    bool reference = strcmp(name, "reference_image") == 0;
+    int slot = reference ? -1 : pricing_slot(p->model, name);
+    if (!reference && slot < 0) {
+      snprintf(err, err_size,
+               "unknown configuration key \"prices.%s.%s\": not a %s %s offers", p->model,
+               name,
+               pricing_slot(p->model, "medium") >= 0 ? "quality (low, medium, high)"
+                                                     : "resolution",
+               p->model);
+      return -1;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+        json_integer_value(v) > PRICING_MAX_UNIT_MICROS) {
+      snprintf(err, err_size,
+               "prices.%s.%s must be an integer number of micro-dollars from 0 to %lld "
+               "(100 USD)",
+               p->model, name, PRICING_MAX_UNIT_MICROS);
+      return -1;
+    }
+    if (reference)
+      p->reference_image = json_integer_value(v);
+    else
+      p->unit[slot] = json_integer_value(v);
+  }
+  return 0;
+}
+
+static int load_prices(imgate_config *c, json_t *obj, char *err, size_t err_size) {
+  if (!json_is_object(obj)) {
+    snprintf(err, err_size, "configuration key \"prices\" must be an object of model: {prices}");
+    return -1;
+  }
+  const char *model;
+  json_t *entry;
+  json_object_foreach(obj, model, entry) {
+    /* config_defaults gave every catalog model an entry; nothing else has one. */
+    config_price *p = NULL;
+    for (int i = 0; i < c->n_prices && !p; i++)
+      if (strcmp(c->prices[i].model, model) == 0) p = &c->prices[i];
+    if (!p) {
+      snprintf(err, err_size, "prices: unknown model \"%.64s\"", model);
+      return -1;
+    }
+    if (!json_is_object(entry)) {
+      snprintf(err, err_size, "configuration key \"prices.%s\" must be an object", p->model);
+      return -1;
+    }
+    if (load_model_prices(p, entry, err, err_size) < 0) return -1;
+  }
+  return 0;
+}
+
 static int apply_json(imgate_config *c, json_t *obj, const char *prefix, char *err,
                       size_t err_size) {
   const char *name;
@@ -306,6 +382,7 @@ static int apply_json(imgate_config *c, json_t *obj, const char *prefix, char *e
       if (set_str_field(c, k, json_string_value(value), err, err_size) < 0) return -1;
       break;
     case K_INT:
+    case K_I64:
     case K_SIZE:
       if (!json_is_integer(value)) goto wrong_type;
       if (set_int_field(c, k, json_integer_value(value), err, err_size) < 0) return -1;
@@ -319,6 +396,9 @@ static int apply_json(imgate_config *c, json_t *obj, const char *prefix, char *e
       break;
     case K_ROUTES:
       if (load_routes(c, value, err, err_size) < 0) return -1;
+      break;
+    case K_PRICES:
+      if (load_prices(c, value, err, err_size) < 0) return -1;
       break;
     }
     continue;

@@ -14,6 +14,21 @@
 
 #define CONFIG_MAX_PROVIDERS 16
 #define CONFIG_MAX_ROUTES 64
+#define CONFIG_MAX_PRICED_MODELS 16
+
+/* The price slots of a model: the resolutions a Gemini model is priced by,
+ * then the qualities GPT Image is priced by. A model uses one group or the
+ * other (core/pricing.c decides which). */
+enum {
+  CONFIG_PRICE_512,
+  CONFIG_PRICE_1K,
+  CONFIG_PRICE_2K,
+  CONFIG_PRICE_4K,
+  CONFIG_PRICE_LOW,
+  CONFIG_PRICE_MEDIUM,
+  CONFIG_PRICE_HIGH,
+  CONFIG_PRICE_SLOTS
+};
 
 /* An upstream instance. A reseller is another instance of a kind. */
 typedef struct config_provider {
@@ -33,6 +48,14 @@ typedef struct config_route {
   char upstream_model[128]; /* "" = the catalog's default id for the model */
   int weight;
 } config_route;
+
+/* What one catalog model costs, in micro-dollars (1 USD = 1,000,000). Kept
+ * inline so imgate_config stays copyable by value. */
+typedef struct config_price {
+  char model[48];                    /* catalog name; "" = unused entry */
+  int64_t unit[CONFIG_PRICE_SLOTS];  /* per image; -1 = not priced (not offered) */
+  int64_t reference_image;           /* surcharge per reference image */
+} config_price;
 
 typedef struct imgate_config {
   char listen[256];     /* HOST:PORT, [v6]:PORT */
@@ -79,6 +102,14 @@ typedef struct imgate_config {
   int fetch_timeout_ms;        /* per reference-image download */
   bool fetch_allow_http;       /* plain http:// reference URLs (tests only; https otherwise) */
   char admin_token[128];       /* "" = read or create DATA/admin_token */
+
+  config_price prices[CONFIG_MAX_PRICED_MODELS]; /* one per catalog model; see core/pricing.h */
+  int n_prices;
+  int64_t signup_bonus_micros;   /* credit granted to a new account */
+  int max_keys_per_account;      /* active API keys at once */
+  int default_max_concurrency;   /* tasks in flight per account; 0 = unlimited */
+  int default_qps_per_key;       /* requests per second per key; 0 = unlimited */
+  int idempotency_ttl_s;         /* how long an Idempotency-Key is remembered */
 } imgate_config;
 
 /* Fills c with the built-in defaults. */

@@ -18,6 +18,7 @@
 #include "blob/blob.h"
 #include "config.h"
 #include "core/accounts.h"
+#include "core/pricing.h"
 #include "core/core.h"
 #include "core/engine.h"
 #include "http/server.h"
@@ -26,6 +27,7 @@
 #include "core/catalog.h"
 #include "upstream/curlloop.h"
 #include "upstream/router.h"
+#include "util/buf.h"
 #include "util/ids.h"
 #include "util/log.h"
 #include "util/timeutil.h"
@@ -71,6 +73,14 @@ static const char usage_admin[] =
     "                                 stdout (shown once: only its hash is kept)\n"
     "  key list EMAIL                 list the account's keys (id, prefix, state)\n"
     "  key revoke KEY|ID              revoke a key, given in full or by id\n"
+    "  topup EMAIL USD [--reason R]   add prepaid credit, e.g. topup a@b.c 10.50\n"
+    "  refund EMAIL USD [--reason R]  pay unused credit back (takes it off the balance)\n"
+    "  ledger EMAIL [--csv]           the account's ledger, oldest first, and its balance\n"
+    "  ledger-verify                  check that balances equal their ledgers (exit 1 if not)\n"
+    "  limits EMAIL [--concurrency N] [--qps N]\n"
+    "                                 show or set tasks in flight / requests per second\n"
+    "                                 per key (0 = unlimited)\n"
+    "  disable EMAIL | enable EMAIL   refuse (403) or allow the account's requests\n"
     "\n"
     "The admin commands work on the same data folder as 'imgate serve', also\n"
     "while a server is running.\n";
@@ -80,6 +90,9 @@ typedef struct cli_opts {
   const char *data;
   const char *config;
   const char *name;
+  const char *reason;
+  const char *concurrency, *qps;
+  bool csv;
   bool help;
 } cli_opts;
 
@@ -90,6 +103,8 @@ static int parse_opts(int argc, char **argv, cli_opts *o, char **args, int *n_ar
   static const struct option longopts[] = {
       {"listen", required_argument, NULL, 'l'}, {"data", required_argument, NULL, 'd'},
       {"config", required_argument, NULL, 'c'}, {"name", required_argument, NULL, 'n'},
+      {"reason", required_argument, NULL, 'r'}, {"concurrency", required_argument, NULL, 'C'},
+      {"qps", required_argument, NULL, 'Q'},    {"csv", no_argument, NULL, 'v'},
       {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
   memset(o, 0, sizeof *o);
   *n_args = 0;
@@ -103,6 +118,10 @@ static int parse_opts(int argc, char **argv, cli_opts *o, char **args, int *n_ar
     case 'd': o->data = optarg; break;
     case 'c': o->config = optarg; break;
     case 'n': o->name = optarg; break;
+    case 'r': o->reason = optarg; break;
+    case 'C': o->concurrency = optarg; break;
+    case 'Q': o->qps = optarg; break;
+    case 'v': o->csv = true; break;
     case 'h': o->help = true; break;
     case 1:
       if (*n_args >= max_args) {
@@ -199,15 +218,151 @@ static int admin_account_list(store *st) {
     fprintf(stderr, "imgate: cannot list accounts\n");
     return 1;
   }
-  printf("%-6s %-9s %-24s %s\n", "id", "state", "created", "email");
+  printf("%-6s %-9s %-24s %14s %s\n", "id", "state", "created", "balance_usd", "email");
   for (size_t i = 0; i < n; i++) {
-    char created[32];
+    char created[32], balance[32];
     time_format_iso(accts[i].created_ms, created);
-    printf("%-6lld %-9s %-24s %s\n", (long long)accts[i].id,
-           accts[i].disabled ? "disabled" : "active", created, accts[i].email);
+    pricing_format_usd(accts[i].balance_micros, balance, sizeof balance);
+    printf("%-6lld %-9s %-24s %14s %s\n", (long long)accts[i].id,
+           accts[i].disabled ? "disabled" : "active", created, balance, accts[i].email);
   }
   free(accts);
   return 0;
+}
+
+static bool admin_account(store *st, const char *email, store_account *out) {
+  char norm[256];
+  if (accounts_normalize_email(email, norm, sizeof norm) &&
+      st->ops->account_get_by_email(st, norm, out) == STORE_OK)
+    return true;
+  fprintf(stderr, "imgate: no account for %s\n", email);
+  return false;
+}
+
+static int admin_money(store *st, const cli_opts *o, bool topup, const char *email,
+                       const char *usd) {
+  store_account a;
+  int64_t micros, balance;
+  imgate_error err = {0};
+  if (pricing_parse_usd(usd, &micros) < 0 || micros <= 0) {
+    fprintf(stderr, "imgate: \"%s\" is not a positive amount of USD (at most 6 decimals)\n",
+            usd);
+    return 2;
+  }
+  if (!admin_account(st, email, &a)) return 1;
+  if (accounts_post_money(st, a.id, topup, micros, o->reason, &balance, &err) < 0)
+    return admin_fail(&err);
+  char b[32];
+  pricing_format_usd(balance, b, sizeof b);
+  printf("%s\n", b);
+  return 0;
+}
+
+static int admin_ledger(store *st, const cli_opts *o, const char *email) {
+  store_account a;
+  if (!admin_account(st, email, &a)) return 1;
+  ledger_entry *e = NULL;
+  size_t n = 0;
+  if (st->ops->ledger_list(st, a.id, &e, &n) != STORE_OK) {
+    fprintf(stderr, "imgate: cannot read the ledger\n");
+    return 1;
+  }
+  if (o->csv) {
+    buf csv = BUF_INIT;
+    bool ok = accounts_ledger_csv(e, n, &csv);
+    free(e);
+    if (!ok) {
+      buf_free(&csv);
+      fprintf(stderr, "imgate: out of memory\n");
+      return 1;
+    }
+    fwrite(csv.data, 1, csv.len, stdout);
+    buf_free(&csv);
+    return 0;
+  }
+  printf("%-7s %-24s %-10s %14s %14s %-36s %s\n", "id", "time", "kind", "available", "held",
+         "task", "reason");
+  for (size_t i = 0; i < n; i++) {
+    char when[32], av[32], he[32];
+    time_format_iso(e[i].created_ms, when);
+    pricing_format_usd(e[i].available_micros, av, sizeof av);
+    pricing_format_usd(e[i].held_micros, he, sizeof he);
+    printf("%-7lld %-24s %-10s %14s %14s %-36s %s\n", (long long)e[i].id, when,
+           ledger_kind_name(e[i].kind), av, he, e[i].task_id[0] ? e[i].task_id : "-",
+           e[i].reason);
+  }
+  free(e);
+  char av[32], he[32];
+  pricing_format_usd(a.balance_micros, av, sizeof av);
+  pricing_format_usd(a.held_micros, he, sizeof he);
+  printf("balance %s USD available, %s USD held\n", av, he);
+  return 0;
+}
+
+static int parse_limit(const char *text, const char *what, int *out) {
+  char *end;
+  errno = 0;
+  long v = text ? strtol(text, &end, 10) : -1;
+  if (!text) {
+    *out = -1; /* leave as is */
+    return 0;
+  }
+  if (errno || *end || v < 0 || v > 1000000) {
+    fprintf(stderr, "imgate: --%s must be an integer 0..1000000\n", what);
+    return -1;
+  }
+  *out = (int)v;
+  return 0;
+}
+
+static int admin_limits(store *st, const cli_opts *o, const char *email) {
+  store_account a;
+  int conc, qps;
+  if (parse_limit(o->concurrency, "concurrency", &conc) < 0 || parse_limit(o->qps, "qps", &qps) < 0)
+    return 2;
+  if (!admin_account(st, email, &a)) return 1;
+  if ((conc >= 0 || qps >= 0) &&
+      (st->ops->account_set_limits(st, a.id, conc, qps) != STORE_OK ||
+       st->ops->account_get(st, a.id, &a) != STORE_OK)) {
+    fprintf(stderr, "imgate: the limits could not be stored\n");
+    return 1;
+  }
+  printf("concurrency %d\nqps %d\n", a.max_concurrency, a.qps_per_key);
+  return 0;
+}
+
+/* The billing and account-state commands: `admin VERB EMAIL [ARG]`.
+ * Returns -1 when argv is none of them. */
+static int run_admin_billing(store *st, const cli_opts *o, char **args, int n) {
+  const char *verb = n > 0 ? args[0] : "";
+  if (!strcmp(verb, "ledger-verify") && n == 1) {
+    if (st->ops->ledger_verify(st) != STORE_OK) {
+      fprintf(stderr, "imgate: the ledger and the balances disagree (see the log)\n");
+      return 1;
+    }
+    printf("ok\n");
+    return 0;
+  }
+  if ((!strcmp(verb, "topup") || !strcmp(verb, "refund")) && n == 3)
+    return admin_money(st, o, !strcmp(verb, "topup"), args[1], args[2]);
+  if (!strcmp(verb, "ledger") && n == 2) return admin_ledger(st, o, args[1]);
+  if (!strcmp(verb, "limits") && n == 2) return admin_limits(st, o, args[1]);
+  if ((!strcmp(verb, "disable") || !strcmp(verb, "enable")) && n == 2) {
+    store_account a;
+    if (!admin_account(st, args[1], &a)) return 1;
+    if (st->ops->account_set_disabled(st, a.id, !strcmp(verb, "disable")) != STORE_OK) return 1;
+    fprintf(stderr, "%s %sd\n", a.email, verb);
+    return 0;
+  }
+  return -1;
+}
+
+static bool is_billing_verb(const char *v) {
+  static const char *const verbs[] = {"topup", "refund", "ledger", "ledger-verify", "limits",
+                                      "disable", "enable"};
+  for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++)
+    if (!strcmp(v, verbs[i])) return true;
+  return false;
 }
 
 static int run_admin(int argc, char **argv) {
@@ -227,6 +382,14 @@ static int run_admin(int argc, char **argv) {
   if (load_config(&o, &cfg) < 0) return 1;
   const char *obj = n > 0 ? args[0] : "", *act = n > 1 ? args[1] : "";
   const char *arg = n > 2 ? args[2] : NULL;
+  if (is_billing_verb(obj)) {
+    store *st = open_store(&cfg, 1);
+    if (!st) return 1;
+    rc = run_admin_billing(st, &o, args, n);
+    st->ops->close(st);
+    if (rc < 0) fputs(usage_admin, stderr);
+    return rc < 0 ? 2 : rc;
+  }
   bool known = (strcmp(obj, "account") == 0 && strcmp(act, "create") == 0 && arg && n == 3) ||
                (strcmp(obj, "account") == 0 && strcmp(act, "list") == 0 && n == 2) ||
                (strcmp(obj, "key") == 0 &&
@@ -244,14 +407,14 @@ static int run_admin(int argc, char **argv) {
     rc = admin_account_list(st);
   } else if (strcmp(obj, "account") == 0) {
     int64_t id;
-    if (accounts_create(st, arg, &id, &err) < 0)
+    if (accounts_signup(st, &cfg, arg, &id, &err) < 0)
       rc = admin_fail(&err);
     else
       printf("%lld\n", (long long)id);
   } else if (strcmp(act, "create") == 0) {
     char key[ACCOUNTS_KEY_LEN + 1];
     int64_t key_id;
-    if (accounts_create_key(st, arg, o.name, key, &key_id, &err) < 0) {
+    if (accounts_create_key(st, arg, o.name, cfg.max_keys_per_account, key, &key_id, &err) < 0) {
       rc = admin_fail(&err);
     } else {
       printf("%s\n", key);
@@ -301,7 +464,8 @@ static void print_banner(const imgate_config *cfg, const char *host, int port, s
       printf("provider: %s (%s%s%s)\n", cfg->providers[i].name, cfg->providers[i].kind,
              cfg->providers[i].base_url[0] ? " at " : "", cfg->providers[i].base_url);
   }
-  printf("admin token: in %s/admin_token (for /admin/providers and /metrics)\n", cfg->data_dir);
+  printf("admin token: in %s/admin_token (for /admin/... and /metrics; docs/api-admin.md)\n",
+         cfg->data_dir);
   if (demo_key) {
     printf("demo account: " DEMO_EMAIL "\n");
     printf("demo key: %s\n", demo_key);
@@ -421,12 +585,13 @@ static router *build_router(const imgate_config *cfg, curlloop *loop, int thread
 }
 
 /* Creates the demo account and key on an empty database. */
-static int bootstrap_demo(store *st, char key[ACCOUNTS_KEY_LEN + 1]) {
+static int bootstrap_demo(store *st, const imgate_config *cfg, char key[ACCOUNTS_KEY_LEN + 1]) {
   int64_t n = 0, id, key_id;
   imgate_error err = {0};
   if (st->ops->account_count(st, &n) != STORE_OK || n > 0) return 0;
-  if (accounts_create(st, DEMO_EMAIL, &id, &err) < 0 ||
-      accounts_create_key(st, DEMO_EMAIL, "demo", key, &key_id, &err) < 0) {
+  if (accounts_signup(st, cfg, DEMO_EMAIL, &id, &err) < 0 ||
+      accounts_create_key(st, DEMO_EMAIL, "demo", cfg->max_keys_per_account, key, &key_id,
+                          &err) < 0) {
     LOG_ERROR("demo_account_failed", "error=%s", err.slug);
     return -1;
   }
@@ -463,6 +628,7 @@ typedef struct serve_parts {
   core *c;
   http_router *routes;
   api_admin *admin;
+  api_admin_accounts *admin_accounts;
   http_server *srv;
   int threads;
 } serve_parts;
@@ -548,7 +714,8 @@ static int serve_start_http(serve_parts *p, const imgate_config *cfg) {
   api_native_register(p->routes, p->c);
   api_files_register(p->routes, p->c);
   p->admin = api_admin_register(p->routes, p->eng, cfg->admin_token);
-  if (!p->admin) return -1;
+  p->admin_accounts = api_admin_accounts_register(p->routes, p->st, cfg);
+  if (!p->admin || !p->admin_accounts) return -1;
   http_server_config hc = {.listener = p->listener,
                            .threads = p->threads,
                            .max_body_bytes = cfg->max_body_bytes,
@@ -577,6 +744,7 @@ static void serve_stop(serve_parts *p) {
   core_free(p->c);
   http_router_free(p->routes);
   api_admin_free(p->admin);
+  api_admin_accounts_free(p->admin_accounts);
   if (p->bl) p->bl->ops->close(p->bl);
   if (p->st) p->st->ops->close(p->st);
   if (p->lock_fd >= 0) close(p->lock_fd);
@@ -588,7 +756,7 @@ static void serve_stop(serve_parts *p) {
 static int serve_start(serve_parts *p, imgate_config *cfg, const char *host, int port) {
   if (serve_claim_port(p, cfg, host, port) < 0 || serve_open_data(p, cfg) < 0) return -1;
   char demo_key[ACCOUNTS_KEY_LEN + 1] = "";
-  int demo = cfg->demo_account ? bootstrap_demo(p->st, demo_key) : 0;
+  int demo = cfg->demo_account ? bootstrap_demo(p->st, cfg, demo_key) : 0;
   if (demo < 0) return -1;
   if (load_admin_token(cfg) < 0) {
     fprintf(stderr, "imgate: cannot create %s/admin_token\n", cfg->data_dir);

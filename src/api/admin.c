@@ -9,11 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "api/api.h"
 #include "util/buf.h"
-#include "util/ids.h"
 #include "util/timeutil.h"
 
 struct api_admin {
@@ -21,20 +19,10 @@ struct api_admin {
   char token[129];
 };
 
-static bool admin_authorized(const api_admin *a, http_request *req) {
-  const char *h = http_header_get(req, "Authorization");
-  if (!h || strncasecmp(h, "Bearer ", 7) != 0) return false;
-  const char *given = h + 7;
-  size_t n = strlen(a->token);
-  return n > 0 && strlen(given) == n && ids_equal_ct(given, a->token, n);
-}
-
 /* The routes' guard: the admin token is checked before anything else. */
 static bool require_admin(http_request *req, void *ctx) {
-  if (admin_authorized(ctx, req)) return true;
-  http_reply_header(req, "WWW-Authenticate", "Bearer");
-  api_reply_error(req, 401, "unauthorized", "this endpoint needs the admin token", NULL);
-  return false;
+  const api_admin *a = ctx;
+  return api_require_admin_token(req, a->token);
 }
 
 static void handle_providers(http_request *req, void *ctx) {

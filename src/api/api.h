@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 
+#include "config.h"
 #include "core/core.h"
 #include "core/error.h"
 #include "http/server.h"
@@ -23,6 +24,17 @@ void api_files_register(http_router *r, core *c);
 typedef struct api_admin api_admin;
 api_admin *api_admin_register(http_router *r, engine *eng, const char *token);
 void api_admin_free(api_admin *a);
+/* Operators: accounts, keys and billing under /admin/accounts, /admin/keys
+ * and /admin/ledger, with the admin token (docs/api-admin.md): the HTTP
+ * face of `imgate admin`. Unlike a dialect it works on the store directly
+ * (through core/accounts.h where the CLI does the same). The config is
+ * copied (signup bonus, key limit, default limits, admin token); the
+ * returned context lives until api_admin_accounts_free, after the server
+ * stopped. */
+typedef struct api_admin_accounts api_admin_accounts;
+api_admin_accounts *api_admin_accounts_register(http_router *r, store *st,
+                                                const imgate_config *cfg);
+void api_admin_accounts_free(api_admin_accounts *a);
 /* Liveness: GET /healthz. */
 void api_health_register(http_router *r, core *c);
 
@@ -30,6 +42,9 @@ void api_health_register(http_router *r, core *c);
  * written as null when empty. Also the server's hook for 404/405/413. */
 void api_reply_error(http_request *req, int status, const char *slug, const char *message,
                      const char *param);
+/* For ERR_RATE_LIMITED: Retry-After, and X-RateLimit-Limit / X-RateLimit-Active
+ * when a concurrency limit was hit. Nothing for other errors. */
+void api_rate_limit_headers(http_request *req, const imgate_error *err);
 void api_server_error_hook(http_request *req, int status, const char *slug, const char *message);
 
 /* A JSON string for text that came from elsewhere (an upstream's message, a
@@ -53,6 +68,12 @@ json_t *api_parse_json_object(http_request *req);
  * the route's guard (api_guard_key) has already done it, its account is
  * used without a second lookup. */
 int api_authenticate(http_request *req, core *c, store_account *out);
+
+/* The admin token check of the /admin routes: true when the request carries
+ * "Authorization: Bearer TOKEN" (compared in constant time); else replies
+ * 401 unauthorized with WWW-Authenticate and returns false. An empty token
+ * never matches. */
+bool api_require_admin_token(http_request *req, const char *token);
 
 /* Route guard for routes that need an account key (ctx: the core): the key
  * is checked when the headers are in, so a client without a valid key gets

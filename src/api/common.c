@@ -4,7 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "util/ids.h"
 #include "util/jsonscan.h"
 #include "util/log.h"
 #include "util/utf8.h"
@@ -55,6 +57,19 @@ json_t *api_json_text(const char *s) {
   j = json_string(copy);
   free(copy);
   return j;
+}
+
+void api_rate_limit_headers(http_request *req, const imgate_error *err) {
+  if (err->code != ERR_RATE_LIMITED) return;
+  char v[32];
+  snprintf(v, sizeof v, "%d", err->retry_after_s > 0 ? err->retry_after_s : 1);
+  http_reply_header(req, "Retry-After", v);
+  if (err->limit > 0) {
+    snprintf(v, sizeof v, "%d", err->limit);
+    http_reply_header(req, "X-RateLimit-Limit", v);
+    snprintf(v, sizeof v, "%d", err->active);
+    http_reply_header(req, "X-RateLimit-Active", v);
+  }
 }
 
 void api_server_error_hook(http_request *req, int status, const char *slug, const char *message) {
@@ -134,6 +149,7 @@ int api_authenticate(http_request *req, core *c, store_account *out) {
   imgate_error err = {0};
   if (core_authenticate(c, http_header_get(req, "Authorization"), out, &err) < 0) {
     if (err.code == ERR_UNAUTHORIZED) http_reply_header(req, "WWW-Authenticate", "Bearer");
+    api_rate_limit_headers(req, &err);
     api_reply_error(req, err_http_status(err.code), err.slug, err.message, NULL);
     return -1;
   }
@@ -151,4 +167,15 @@ bool api_guard_key(http_request *req, void *ctx) {
     req->guard_data = kept;
   }
   return true;
+}
+
+bool api_require_admin_token(http_request *req, const char *token) {
+  const char *h = http_header_get(req, "Authorization");
+  size_t n = token ? strlen(token) : 0;
+  if (h && strncasecmp(h, "Bearer ", 7) == 0 && n > 0 && strlen(h + 7) == n &&
+      ids_equal_ct(h + 7, token, n))
+    return true;
+  http_reply_header(req, "WWW-Authenticate", "Bearer");
+  api_reply_error(req, 401, "unauthorized", "this endpoint needs the admin token", NULL);
+  return false;
 }

@@ -2,6 +2,7 @@
  *
  *   POST /api/banana/create-async  {prompt, model, aspect_ratio, resolution,
  *                                   image_urls, webhook_url} -> {uid, status}
+ *                                  (optional header Idempotency-Key)
  *   GET  /api/banana/{uid}         -> the task
  *
  * Field names here are the dialect's own; errors name them (image_urls, not
@@ -10,6 +11,7 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "core/pricing.h"
 #include "util/timeutil.h"
 
 static json_t *iso_or_null(int64_t ms) {
@@ -24,10 +26,12 @@ static json_t *string_or_null(const char *s) { return s ? api_json_text(s) : jso
 /* The core names fields its own way; this dialect says image_urls. */
 static const char *native_param(const char *core_param) {
   if (strcmp(core_param, CORE_FIELD_IMAGES) == 0) return "image_urls";
+  if (strcmp(core_param, CORE_FIELD_IDEMPOTENCY_KEY) == 0) return "Idempotency-Key";
   return core_param;
 }
 
 static void reply_core_error(http_request *req, const imgate_error *err) {
+  api_rate_limit_headers(req, err);
   api_reply_error(req, err_http_status(err->code), err->slug, err->message,
                   native_param(err->param));
 }
@@ -46,6 +50,21 @@ static int optional_string(http_request *req, json_t *body, const char *field, c
   }
   *out = json_string_value(v);
   return 0;
+}
+
+/* Money in this dialect: exact decimal USD strings, plus integer micro-dollars. */
+static json_t *money(int64_t micros) {
+  char usd[32];
+  pricing_format_usd(micros, usd, sizeof usd);
+  return json_string(usd);
+}
+
+static json_t *render_cost(const task *t) {
+  bool final = task_state_is_final(t->state);
+  return json_pack("{s:o, s:o, s:I, s:I}", "held_usd", money(final ? 0 : t->cost_held_micros),
+                   "charged_usd", money(t->cost_charged_micros), "price_micros",
+                   (json_int_t)t->cost_held_micros, "charged_micros",
+                   (json_int_t)t->cost_charged_micros);
 }
 
 static json_t *render_task(http_request *req, core *c, const task *t) {
@@ -80,13 +99,14 @@ static json_t *render_task(http_request *req, core *c, const task *t) {
   if (t->error_code)
     error = json_pack("{s:o, s:o}", "code", api_json_text(t->error_code), "message",
                       api_json_text(t->error_message ? t->error_message : ""));
-  return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:i, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "uid",
+  return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:i, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
+                   "uid",
                    t->id, "status", task_state_name(t->state), "model", t->model, "aspect_ratio",
                    t->aspect_ratio, "resolution", t->resolution, "provider",
                    string_or_null(t->provider), "attempts", t->attempts, "created_at",
                    iso_or_null(t->created_ms), "started_at", iso_or_null(t->started_ms),
                    "finished_at", iso_or_null(t->finished_ms), "images", images, "result_urls",
-                   urls, "error", error, "upstream_attempts", attempts);
+                   urls, "error", error, "upstream_attempts", attempts, "cost", render_cost(t));
 }
 
 static void handle_create(http_request *req, void *ctx) {
@@ -133,13 +153,19 @@ static void handle_create(http_request *req, void *ctx) {
   }
 
   task *t = NULL;
+  bool replayed = false;
   imgate_error err = {0};
-  if (core_submit(c, &acct, &gr, &t, &err) < 0) {
+  if (core_submit(c, &acct, &gr, http_header_get(req, "Idempotency-Key"), &t, &replayed,
+                  &err) < 0) {
     reply_core_error(req, &err);
     goto done;
   }
+  /* A replay answers what the first submit answered: its uid, "queued"
+   * (whatever the task's state is by now; GET tells that). */
+  if (replayed) http_reply_header(req, "Idempotent-Replayed", "true");
   http_reply_json(req, 200,
-                  json_pack("{s:s, s:s}", "uid", t->id, "status", task_state_name(t->state)));
+                  json_pack("{s:s, s:s}", "uid", t->id, "status",
+                            replayed ? task_state_name(TASK_QUEUED) : task_state_name(t->state)));
   task_free(t);
 done:
   json_decref(body);
@@ -159,7 +185,20 @@ static void handle_get(http_request *req, void *ctx) {
   task_free(t);
 }
 
+/* The balance of the key's account, as the guard read it for this request. */
+static void handle_credits(http_request *req, void *ctx) {
+  core *c = ctx;
+  store_account acct;
+  if (api_authenticate(req, c, &acct) < 0) return;
+  json_t *doc = json_pack("{s:o, s:o, s:I, s:I}", "balance_usd", money(acct.balance_micros),
+                          "held_usd", money(acct.held_micros), "balance_micros",
+                          (json_int_t)acct.balance_micros, "held_micros",
+                          (json_int_t)acct.held_micros);
+  http_reply_json(req, 200, doc);
+}
+
 void api_native_register(http_router *r, core *c) {
   http_router_add_guarded(r, "POST", "/api/banana/create-async", api_guard_key, handle_create, c);
+  http_router_add_guarded(r, "GET", "/api/banana/credits", api_guard_key, handle_credits, c);
   http_router_add_guarded(r, "GET", "/api/banana/{uid}", api_guard_key, handle_get, c);
 }

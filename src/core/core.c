@@ -1,5 +1,7 @@
 /* core.c - submit, look up, open results. */
 #include "core/core.h"
+#include "core/pricing.h"
+#include "util/ratelimit.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +20,7 @@ struct core {
   store *st;
   blob *bl;
   engine *eng;
+  ratelimit *rl; /* requests per second per key */
 };
 
 core *core_create(const imgate_config *cfg, store *st, blob *bl, engine *eng) {
@@ -27,16 +30,37 @@ core *core_create(const imgate_config *cfg, store *st, blob *bl, engine *eng) {
   c->st = st;
   c->bl = bl;
   c->eng = eng;
+  c->rl = ratelimit_create();
+  if (!c->rl) {
+    free(c);
+    return NULL;
+  }
   return c;
 }
 
-void core_free(core *c) { free(c); }
+void core_free(core *c) {
+  if (!c) return;
+  ratelimit_destroy(c->rl);
+  free(c);
+}
 
 const char *core_public_url(const core *c) { return c->cfg.public_url; }
 
 int core_authenticate(core *c, const char *authorization, store_account *out,
                       imgate_error *err) {
-  return accounts_authenticate(c->st, authorization, out, err);
+  if (accounts_authenticate(c->st, authorization, out, err) < 0) return -1;
+  /* Requests per second per key: a token bucket that holds across every
+   * HTTP thread (one limiter per process), burst = one second's worth. */
+  int64_t wait_ms = 0;
+  if (out->qps_per_key > 0 &&
+      !ratelimit_take(c->rl, out->key_id, out->qps_per_key, out->qps_per_key, time_mono_ms(),
+                      &wait_ms)) {
+    err_set(err, ERR_RATE_LIMITED, "rate_limited", NULL,
+            "this key is limited to %d requests per second", out->qps_per_key);
+    err->retry_after_s = (int)((wait_ms + 999) / 1000);
+    return -1;
+  }
+  return 0;
 }
 
 static bool is_blank(const char *s) {
@@ -72,7 +96,10 @@ typedef struct decoded_image {
   const char *url; /* points into the request */
 } decoded_image;
 
+/* imgs may be NULL: core_submit frees them once they are in the blob store,
+ * and its failure path (402, 429, store errors) calls this again. */
 static void decoded_images_free(decoded_image *imgs, size_t n) {
+  if (!imgs) return;
   for (size_t i = 0; i < n; i++) free(imgs[i].data);
   free(imgs);
 }
@@ -163,6 +190,21 @@ static int validate(core *c, const core_gen_request *req, validated *v, imgate_e
   return 0;
 }
 
+/* Prices t from the catalog: unit price per image, surcharge per reference
+ * image, and the hold (quantity x unit + surcharges) taken at insert. */
+static int price_task(core *c, task *t, size_t n_refs, imgate_error *err) {
+  int64_t unit = pricing_unit(&c->cfg, t->model, t->resolution, NULL);
+  int64_t per_ref = pricing_reference(&c->cfg, t->model);
+  int64_t held = pricing_quote(&c->cfg, t->model, t->resolution, NULL, t->quantity, (int)n_refs);
+  if (unit < 0 || per_ref < 0 || held < 0)
+    return err_set(err, ERR_INTERNAL, "price_unknown", NULL, "%s at %s has no price", t->model,
+                   t->resolution);
+  t->price_unit_micros = unit;
+  t->price_refs_micros = per_ref * (int64_t)n_refs;
+  t->cost_held_micros = held;
+  return 0;
+}
+
 /* Writes decoded inputs to the blob store and describes them in t. */
 static int store_inputs(core *c, task *t, decoded_image *imgs, size_t n, imgate_error *err) {
   if (n == 0) return 0;
@@ -196,10 +238,70 @@ static void remove_inputs(core *c, task *t) {
     if (t->inputs[i].blob_key) c->bl->ops->remove(c->bl, t->inputs[i].blob_key);
 }
 
-int core_submit(core *c, const store_account *acct, const core_gen_request *req, task **out,
-                imgate_error *err) {
+bool core_idempotency_key_valid(const char *key) {
+  size_t len = 0;
+  for (const char *p = key; *p; p++, len++)
+    if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e || len >= CORE_IDEMPOTENCY_KEY_MAX)
+      return false;
+  return len > 0;
+}
+
+/* A number of the canonical form: 8 bytes, big-endian. */
+static void hash_count(ids_sha256 *h, size_t count) {
+  uint8_t n[8];
+  for (int i = 0; i < 8; i++) n[i] = (uint8_t)((uint64_t)count >> (56 - 8 * i));
+  ids_sha256_update(h, n, sizeof n);
+}
+
+/* One item of the canonical form: its length, then its bytes. */
+static void hash_bytes(ids_sha256 *h, const char *s, size_t len) {
+  hash_count(h, len);
+  ids_sha256_update(h, s, len);
+}
+
+/* A field: "-" when absent, else "+" and the item. */
+static void hash_field(ids_sha256 *h, const char *s) {
+  ids_sha256_update(h, s ? "+" : "-", 1);
+  if (s) hash_bytes(h, s, strlen(s));
+}
+
+bool core_request_hash(const core_gen_request *req, char out[65]) {
+  ids_sha256 *h = ids_sha256_begin();
+  if (!h) return false;
+  /* The version names the layout: a dialect that adds core fields (quantity,
+   * quality) adds them here under a new version. */
+  static const char version[] = "imgate-request-v1";
+  hash_bytes(h, version, sizeof version - 1);
+  hash_field(h, req->model);
+  hash_field(h, req->prompt);
+  hash_field(h, req->aspect_ratio);
+  hash_field(h, req->resolution);
+  hash_field(h, req->webhook_url);
+  hash_count(h, req->n_images);
+  for (size_t i = 0; i < req->n_images; i++) hash_field(h, req->images[i]);
+  ids_sha256_end(h, out);
+  return true;
+}
+
+/* After the store answered REPLAY: the first task, as stored now. */
+static int load_replay(core *c, const char *task_id, task **out, imgate_error *err) {
+  if (c->st->ops->task_get(c->st, task_id, out) != STORE_OK)
+    return err_set(err, ERR_INTERNAL, "store_error", NULL, "the first task could not be read");
+  return 0;
+}
+
+int core_submit(core *c, const store_account *acct, const core_gen_request *req,
+                const char *idempotency_key, task **out, bool *replayed, imgate_error *err) {
+  if (replayed) *replayed = false;
+  if (idempotency_key && !core_idempotency_key_valid(idempotency_key))
+    return err_set(err, ERR_INVALID, "invalid_idempotency_key", CORE_FIELD_IDEMPOTENCY_KEY,
+                   "an Idempotency-Key must be 1 to %d printable ASCII characters",
+                   CORE_IDEMPOTENCY_KEY_MAX);
   validated v = {0};
   if (validate(c, req, &v, err) < 0) return -1;
+  char request_hash[65] = "";
+  if (idempotency_key && !core_request_hash(req, request_hash))
+    return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
 
   decoded_image *imgs = NULL;
   if (req->n_images) {
@@ -233,11 +335,56 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
     err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
     goto fail;
   }
+  if (price_task(c, t, req->n_images, err) < 0) goto fail;
   if (store_inputs(c, t, imgs, req->n_images, err) < 0) goto fail;
   decoded_images_free(imgs, req->n_images);
   imgs = NULL;
 
-  if (c->st->ops->task_insert(c->st, t) != STORE_OK) {
+  int rc;
+  char first_id[IDS_UUID_LEN + 1] = "";
+  if (idempotency_key) {
+    store_idem idem = {.key = idempotency_key,
+                       .request_hash = request_hash,
+                       .ttl_ms = (int64_t)c->cfg.idempotency_ttl_s * 1000};
+    rc = c->st->ops->task_insert_idempotent(c->st, t, &idem, first_id);
+  } else {
+    rc = c->st->ops->task_insert(c->st, t);
+  }
+  if (rc == STORE_REPLAY) {
+    /* The first submit made the task; this one's stored images are orphans. */
+    remove_inputs(c, t);
+    task_free(t);
+    if (load_replay(c, first_id, out, err) < 0) return -1;
+    if (replayed) *replayed = true;
+    return 0;
+  }
+  if (rc == STORE_IDEMPOTENCY_MISMATCH) {
+    err_set(err, ERR_UNPROCESSABLE, "idempotency_key_reused", CORE_FIELD_IDEMPOTENCY_KEY,
+            "this Idempotency-Key was used with a different request");
+    goto fail;
+  }
+  if (rc == STORE_NO_CREDIT) {
+    char price[32];
+    pricing_format_usd(t->cost_held_micros, price, sizeof price);
+    err_set(err, ERR_NO_CREDIT, "insufficient_credit", NULL,
+            "this task costs $%s and the account's available balance does not cover it; "
+            "top up to continue",
+            price);
+    goto fail;
+  }
+  if (rc == STORE_LIMIT) {
+    /* Counted again outside the refused transaction: a header, not a decision. */
+    int64_t active = acct->max_concurrency;
+    c->st->ops->task_count_active(c->st, acct->id, &active);
+    err_set(err, ERR_RATE_LIMITED, "concurrency_limit", NULL,
+            "the account has %lld tasks queued or running and its limit is %d",
+            (long long)active, acct->max_concurrency);
+    err->retry_after_s = 1;
+    err->limit = acct->max_concurrency;
+    err->active = (int)active;
+    goto fail;
+  }
+  if (rc != STORE_OK) {
     err_set(err, ERR_INTERNAL, "store_error", NULL, "the task could not be stored");
     goto fail;
   }

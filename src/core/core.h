@@ -8,6 +8,7 @@
 #ifndef IMGATE_CORE_H
 #define IMGATE_CORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,6 +25,10 @@
 #define CORE_FIELD_RESOLUTION "resolution"
 #define CORE_FIELD_IMAGES "images"
 #define CORE_FIELD_WEBHOOK "webhook_url"
+#define CORE_FIELD_IDEMPOTENCY_KEY "idempotency_key" /* the Idempotency-Key header */
+
+/* Longest Idempotency-Key accepted (the Stripe convention). */
+#define CORE_IDEMPOTENCY_KEY_MAX 255
 
 typedef struct core core;
 
@@ -44,9 +49,35 @@ void core_free(core *c);
 int core_authenticate(core *c, const char *authorization, store_account *out, imgate_error *err);
 
 /* Validates, stores reference images, inserts the task (queued) and schedules
- * it. *out is the stored task (task_free it). */
-int core_submit(core *c, const store_account *acct, const core_gen_request *req, task **out,
-                imgate_error *err);
+ * it. *out is the stored task (task_free it).
+ *
+ * idempotency_key (NULL = none): 1..CORE_IDEMPOTENCY_KEY_MAX printable ASCII
+ * characters (0x20..0x7e), else ERR_INVALID "invalid_idempotency_key". The
+ * account remembers a key for idempotency.ttl_s from the submit that stored
+ * its task, with the SHA-256 of the request (core_request_hash). Submitting
+ * the key again within that time with the same request creates nothing and
+ * holds nothing: *out is the first task as stored now, and *replayed (may be
+ * NULL) is set, for the dialect to answer as it answered the first time.
+ * With a different request it is ERR_UNPROCESSABLE "idempotency_key_reused".
+ * Only a submit that stores its task consumes the key: one refused for any
+ * reason (validation, 402, 429, a store failure) leaves it free, so the
+ * client may retry under the same key. */
+int core_submit(core *c, const store_account *acct, const core_gen_request *req,
+                const char *idempotency_key, task **out, bool *replayed, imgate_error *err);
+
+/* What identifies a request for its idempotency key: SHA-256, as 64 hex, of
+ * a canonical form of the core fields exactly as the dialect passed them
+ * (before defaults apply: an absent field and its default are different
+ * requests, so a changed default never turns a replay into another task).
+ * In order: model, prompt, aspect_ratio, resolution, webhook_url, each as
+ * absent or as its length and bytes; then the number of reference images
+ * and each reference as its length and bytes (URL, data URI or base64 as
+ * given, in order). Nothing else counts: JSON layout, member order and
+ * fields the dialect ignores do not. Returns false when memory runs out. */
+bool core_request_hash(const core_gen_request *req, char out[65]);
+
+/* True when key is an acceptable Idempotency-Key (see core_submit). */
+bool core_idempotency_key_valid(const char *key);
 
 /* A task of this account (another account's task is ERR_NOT_FOUND too). */
 int core_get_task(core *c, const store_account *acct, const char *task_id, task **out,

@@ -49,6 +49,9 @@ int err_http_status(err_code code) {
   case ERR_FORBIDDEN: return 403;
   case ERR_NOT_FOUND: return 404;
   case ERR_TOO_LARGE: return 413;
+  case ERR_NO_CREDIT: return 402;
+  case ERR_UNPROCESSABLE: return 422;
+  case ERR_RATE_LIMITED: return 429;
   case ERR_UNAVAILABLE: return 503;
   case ERR_INTERNAL: return 500;
   }

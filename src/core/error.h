@@ -13,6 +13,9 @@ typedef enum {
   ERR_FORBIDDEN,    /* credentials fine, action not allowed -> 403 */
   ERR_NOT_FOUND,    /* no such thing for this account -> 404 */
   ERR_TOO_LARGE,    /* body or an input over its limit -> 413 */
+  ERR_NO_CREDIT,    /* the balance does not cover the price -> 402 */
+  ERR_UNPROCESSABLE, /* well-formed, but conflicts with an earlier request -> 422 */
+  ERR_RATE_LIMITED, /* an account or key limit -> 429 (retry_after_s, limit, active) */
   ERR_UNAVAILABLE,  /* shutting down or overloaded -> 503 */
   ERR_INTERNAL,     /* our fault -> 500 */
 } err_code;
@@ -22,6 +25,10 @@ typedef struct imgate_error {
   char slug[48];     /* stable machine-readable code, e.g. "invalid_aspect_ratio" */
   char message[256]; /* for people */
   char param[64];    /* request field at fault, "" when none */
+  /* ERR_RATE_LIMITED only: when to try again, and the limit that was hit
+   * with how much of it is in use (for Retry-After, X-RateLimit-*). */
+  int retry_after_s;
+  int limit, active;
 } imgate_error;
 
 /* Fills e (any of slug/param may be NULL); returns -1 so callers can `return err_set(...)`. */

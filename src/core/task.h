@@ -87,6 +87,10 @@ typedef struct task {
   size_t n_inputs;
   task_result *results;
   size_t n_results;
+  int64_t price_unit_micros;  /* price of one delivered image */
+  int64_t price_refs_micros;  /* reference-image surcharge, charged once if any image is delivered */
+  int64_t cost_held_micros;   /* held at submit: quantity x unit + surcharge */
+  int64_t cost_charged_micros;/* captured at the end (0 until then, and for failed tasks) */
   task_attempt *upstream_attempts; /* oldest first */
   size_t n_upstream_attempts;
 } task;

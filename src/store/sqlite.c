@@ -103,6 +103,41 @@ static const char *const sql_migrations[] = {
     "  error_class TEXT NOT NULL,"
     "  error_code TEXT);"
     "CREATE INDEX task_attempts_task ON task_attempts(task_id, seq);",
+    /* 3: prepaid credit. The ledger is the truth; accounts.balance and
+     * accounts.held cache its sums and change only in the same transaction
+     * as the entry that moves them. */
+    "CREATE TABLE ledger("
+    "  id INTEGER PRIMARY KEY,"
+    "  account_id INTEGER NOT NULL REFERENCES accounts(id),"
+    "  kind TEXT NOT NULL CHECK (kind IN"
+    "    ('grant', 'topup', 'hold', 'capture', 'release', 'refund', 'adjustment')),"
+    "  available INTEGER NOT NULL,"
+    "  held INTEGER NOT NULL,"
+    "  task_id TEXT REFERENCES tasks(id),"
+    "  reason TEXT NOT NULL,"
+    "  created_ms INTEGER NOT NULL);"
+    "CREATE INDEX ledger_account ON ledger(account_id, id);"
+    "CREATE UNIQUE INDEX ledger_task_once ON ledger(task_id, kind) WHERE task_id IS NOT NULL;"
+    "ALTER TABLE accounts ADD COLUMN balance INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE accounts ADD COLUMN held INTEGER NOT NULL DEFAULT 0 CHECK (held >= 0);"
+    "ALTER TABLE accounts ADD COLUMN max_concurrency INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE accounts ADD COLUMN qps_per_key INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE tasks ADD COLUMN price_unit INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE tasks ADD COLUMN price_refs INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE tasks ADD COLUMN cost_held INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE tasks ADD COLUMN cost_charged INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX tasks_account_state ON tasks(account_id, state);",
+    /* 4: idempotency keys of submits: which task a key made, and a hash of
+     * the request that made it. A row is written in the transaction that
+     * inserts its task, so a key never points at a missing task. */
+    "CREATE TABLE idempotency_keys("
+    "  account_id INTEGER NOT NULL REFERENCES accounts(id),"
+    "  key TEXT NOT NULL,"
+    "  request_hash TEXT NOT NULL,"
+    "  task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,"
+    "  created_ms INTEGER NOT NULL,"
+    "  PRIMARY KEY (account_id, key));"
+    "CREATE INDEX idempotency_keys_created ON idempotency_keys(created_ms);",
 };
 
 #define SQL_MIGRATION_COUNT ((int64_t)(sizeof sql_migrations / sizeof sql_migrations[0]))
@@ -364,6 +399,10 @@ static int sql_read_account(sqlite3_stmt *st, int col, store_account *out) {
     return sql_misuse("read_account", "stored email too long");
   out->disabled = sqlite3_column_int(st, col + 2) != 0;
   out->created_ms = sqlite3_column_int64(st, col + 3);
+  out->balance_micros = sqlite3_column_int64(st, col + 4);
+  out->held_micros = sqlite3_column_int64(st, col + 5);
+  out->max_concurrency = sqlite3_column_int(st, col + 6);
+  out->qps_per_key = sqlite3_column_int(st, col + 7);
   return STORE_OK;
 }
 
@@ -382,7 +421,8 @@ static int sql_account_create(store *s, const char *email, int64_t now_ms, int64
   return rc;
 }
 
-#define SQL_ACCOUNT_SELECT "SELECT id, email, disabled, created_ms FROM accounts"
+#define SQL_ACCOUNT_COLUMNS "id, email, disabled, created_ms, balance, held, max_concurrency, qps_per_key"
+#define SQL_ACCOUNT_SELECT "SELECT " SQL_ACCOUNT_COLUMNS " FROM accounts"
 
 /* Steps a prepared account query (rc is how preparing went), reads its row
  * and finalizes the statement. */
@@ -496,7 +536,8 @@ static int sql_key_authenticate(store *s, const char *hash_hex, int64_t now_ms,
   sqlite3_stmt *st;
   int64_t key_id = 0, last_used = 0;
   int rc = sql_prepare(db, &st, "key_authenticate",
-                       "SELECT k.id, k.last_used_ms, a.id, a.email, a.disabled, a.created_ms "
+                       "SELECT k.id, k.last_used_ms, a.id, a.email, a.disabled, a.created_ms,"
+                       " a.balance, a.held, a.max_concurrency, a.qps_per_key "
                        "FROM api_keys k JOIN accounts a ON a.id = k.account_id "
                        "WHERE k.hash = ? AND k.revoked_ms = 0",
                        "t", hash_hex);
@@ -514,6 +555,7 @@ static int sql_key_authenticate(store *s, const char *hash_hex, int64_t now_ms,
   if (rc == STORE_OK) {
     sql_key_touch(ss, db, key_id, last_used, now_ms);
     if (key_id_out) *key_id_out = key_id;
+    out->key_id = key_id;
   }
   sql_release(ss, db);
   return rc;
@@ -584,11 +626,13 @@ static int sql_insert_task_row(sqlite3 *db, const task *t) {
   return sql_run(db, "task_insert",
                  "INSERT INTO tasks(id, account_id, state, model, prompt, aspect_ratio, resolution,"
                  " webhook_url, provider, quantity, attempts, created_ms, started_ms, finished_ms,"
-                 " error_code, error_message) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                 "tItttttttiiIIItt", t->id, t->account_id,
+                 " error_code, error_message, price_unit, price_refs, cost_held)"
+                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                 "tItttttttiiIIIttIII", t->id, t->account_id,
                  task_state_name(t->state), t->model, t->prompt, t->aspect_ratio, t->resolution,
                  t->webhook_url, t->provider, t->quantity, t->attempts, t->created_ms,
-                 t->started_ms, t->finished_ms, t->error_code, t->error_message);
+                 t->started_ms, t->finished_ms, t->error_code, t->error_message,
+                 t->price_unit_micros, t->price_refs_micros, t->cost_held_micros);
 }
 
 static int sql_insert_inputs(sqlite3 *db, const task *t) {
@@ -603,19 +647,343 @@ static int sql_insert_inputs(sqlite3 *db, const task *t) {
   return rc;
 }
 
-static int sql_task_insert(store *s, const task *t) {
-  if (!t || !ids_is_uuid(t->id)) return sql_misuse("task_insert", "task id is not a UUID");
-  if (t->state != TASK_QUEUED) return sql_misuse("task_insert", "a new task must be queued");
+/* ---- the ledger ------------------------------------------------------------------------ */
+
+static const char *const ledger_kind_names[] = {
+    [LEDGER_GRANT] = "grant",     [LEDGER_TOPUP] = "topup",   [LEDGER_HOLD] = "hold",
+    [LEDGER_CAPTURE] = "capture", [LEDGER_RELEASE] = "release", [LEDGER_REFUND] = "refund",
+    [LEDGER_ADJUSTMENT] = "adjustment",
+};
+
+const char *ledger_kind_name(ledger_kind k) {
+  if ((unsigned)k >= sizeof ledger_kind_names / sizeof ledger_kind_names[0]) return "?";
+  return ledger_kind_names[k];
+}
+
+static bool ledger_kind_parse(const char *name, ledger_kind *out) {
+  for (size_t i = 0; name && i < sizeof ledger_kind_names / sizeof ledger_kind_names[0]; i++)
+    if (strcmp(name, ledger_kind_names[i]) == 0) {
+      *out = (ledger_kind)i;
+      return true;
+    }
+  return false;
+}
+
+/* One integer from a query that returns one row (in the caller's transaction). */
+static int sql_scalar(sqlite3 *db, const char *what, int64_t *out, const char *sql,
+                      const char *types, ...) {
+  sqlite3_stmt *st;
+  va_list ap;
+  va_start(ap, types);
+  int rc = sql_prepare_va(db, &st, what, sql, types, ap);
+  va_end(ap);
+  if (rc != STORE_OK) return rc;
+  rc = sql_step_row(db, st, what);
+  if (rc == STORE_OK) *out = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* Appends one entry and moves the account's cached sums with it, inside the
+ * caller's write transaction. When floor_check, refuses (NO_CREDIT) an entry
+ * that would take the available balance below zero. */
+static int sql_ledger_append(sqlite3 *db, int64_t account_id, ledger_kind kind,
+                             int64_t available, int64_t held, const char *task_id,
+                             const char *reason, int64_t now_ms, bool floor_check) {
+  int rc = sql_run(db, "ledger_balance",
+                   "UPDATE accounts SET balance = balance + ?1, held = held + ?2"
+                   " WHERE id = ?3 AND (?4 = 0 OR balance + ?1 >= 0)",
+                   "IIIi", available, held, account_id, floor_check ? 1 : 0);
+  if (rc != STORE_OK) return rc;
+  if (sqlite3_changes(db) == 0) {
+    int64_t one;
+    rc = sql_scalar(db, "ledger_account", &one, "SELECT 1 FROM accounts WHERE id = ?", "I",
+                    account_id);
+    return rc == STORE_OK ? STORE_NO_CREDIT : rc;
+  }
+  return sql_run(db, "ledger_append",
+                 "INSERT INTO ledger(account_id, kind, available, held, task_id, reason,"
+                 " created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 "ItIIttI", account_id, ledger_kind_name(kind), available, held, task_id,
+                 reason ? reason : "", now_ms);
+}
+
+static int sql_account_open(store *s, const char *email, int64_t now_ms, int64_t grant_micros,
+                            int64_t *id_out) {
+  if (!email || strlen(email) >= sizeof ((store_account *)0)->email)
+    return sql_misuse("account_open", "email missing or too long");
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
   int rc = sql_write_begin(ss, db);
   if (rc == STORE_OK) {
-    rc = sql_insert_task_row(db, t);
+    int r = sql_run(db, "account_open",
+                    "INSERT INTO accounts(email, disabled, created_ms) VALUES (?, 0, ?)", "tI",
+                    email, now_ms);
+    int64_t id = sqlite3_last_insert_rowid(db);
+    if (r == STORE_OK && grant_micros > 0)
+      r = sql_ledger_append(db, id, LEDGER_GRANT, grant_micros, 0, NULL, "signup bonus", now_ms,
+                            false);
+    if (r == STORE_OK && id_out) *id_out = id;
+    rc = sql_write_end(ss, db, r);
+  }
+  sql_release(ss, db);
+  return rc;
+}
+
+static int sql_ledger_post(store *s, int64_t account_id, ledger_kind kind,
+                           int64_t available_micros, const char *reason, int64_t now_ms,
+                           int64_t *balance_out) {
+  if (kind == LEDGER_HOLD || kind == LEDGER_CAPTURE || kind == LEDGER_RELEASE)
+    return sql_misuse("ledger_post", "holds, captures and releases belong to tasks");
+  if ((kind == LEDGER_GRANT || kind == LEDGER_TOPUP) && available_micros <= 0)
+    return sql_misuse("ledger_post", "a grant or topup must be positive");
+  if (kind == LEDGER_REFUND && available_micros >= 0)
+    return sql_misuse("ledger_post", "a refund must be negative");
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_write_begin(ss, db);
+  if (rc == STORE_OK) {
+    int r = sql_ledger_append(db, account_id, kind, available_micros, 0, NULL, reason, now_ms,
+                              available_micros < 0);
+    if (r == STORE_OK && balance_out)
+      r = sql_scalar(db, "ledger_post", balance_out, "SELECT balance FROM accounts WHERE id = ?",
+                     "I", account_id);
+    rc = sql_write_end(ss, db, r);
+  }
+  sql_release(ss, db);
+  return rc;
+}
+
+static int sql_row_ledger(sqlite3_stmt *st, void *elem) {
+  ledger_entry *e = elem;
+  e->id = sqlite3_column_int64(st, 0);
+  e->account_id = sqlite3_column_int64(st, 1);
+  if (!ledger_kind_parse((const char *)sqlite3_column_text(st, 2), &e->kind))
+    return sql_misuse("ledger_list", "stored kind unknown");
+  e->available_micros = sqlite3_column_int64(st, 3);
+  e->held_micros = sqlite3_column_int64(st, 4);
+  if (!sql_col_copy(st, 5, e->task_id, sizeof e->task_id)) e->task_id[0] = '\0';
+  if (!sql_col_copy(st, 6, e->reason, sizeof e->reason)) {
+    memcpy(e->reason, sqlite3_column_text(st, 6), sizeof e->reason - 1);
+    e->reason[sizeof e->reason - 1] = '\0';
+  }
+  e->created_ms = sqlite3_column_int64(st, 7);
+  return STORE_OK;
+}
+
+static int sql_ledger_list(store *s, int64_t account_id, ledger_entry **entries, size_t *count) {
+  *entries = NULL;
+  *count = 0;
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, "ledger_list",
+                       "SELECT id, account_id, kind, available, held, COALESCE(task_id, ''),"
+                       " reason, created_ms FROM ledger WHERE account_id = ? ORDER BY id",
+                       "I", account_id);
+  if (rc == STORE_OK) {
+    rc = sql_collect(db, st, "ledger_list", sql_row_ledger, sizeof **entries, (void **)entries,
+                     count);
+    sqlite3_finalize(st);
+  }
+  sql_release(ss, db);
+  if (rc != STORE_OK) {
+    free(*entries);
+    *entries = NULL;
+    *count = 0;
+  }
+  return rc;
+}
+
+/* Counts rows of a query that lists what is wrong, logging the first few. */
+static int sql_count_violations(sqlite3 *db, const char *what, const char *sql, int64_t *n) {
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, what, sql, "");
+  if (rc != STORE_OK) return rc;
+  int step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    if (++*n <= 5) {
+      char q[200];
+      LOG_ERROR("ledger_invariant_broken", "check=%s row=%s", what,
+                log_quote((const char *)sqlite3_column_text(st, 0), q, sizeof q));
+    }
+  }
+  sqlite3_finalize(st);
+  return step == SQLITE_DONE ? STORE_OK : sql_map(db, step, what);
+}
+
+static int sql_ledger_verify(store *s) {
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_begin_read(db);
+  int64_t bad = 0;
+  if (rc == STORE_OK)
+    rc = sql_count_violations(db, "account_sums",
+                              "SELECT a.email FROM accounts a LEFT JOIN (SELECT account_id,"
+                              " SUM(available) av, SUM(held) he FROM ledger GROUP BY account_id) l"
+                              " ON l.account_id = a.id WHERE a.balance != COALESCE(l.av, 0)"
+                              " OR a.held != COALESCE(l.he, 0) OR a.held < 0",
+                              &bad);
+  /* A finished task holds nothing; a task in flight holds exactly its price. */
+  if (rc == STORE_OK)
+    rc = sql_count_violations(db, "task_holds",
+                              "SELECT t.id FROM tasks t LEFT JOIN (SELECT task_id, SUM(held) he,"
+                              " -SUM(CASE WHEN kind = 'capture' THEN held ELSE 0 END) cap"
+                              " FROM ledger WHERE task_id IS NOT NULL GROUP BY task_id) l"
+                              " ON l.task_id = t.id WHERE COALESCE(l.he, 0) != CASE WHEN t.state"
+                              " IN ('queued', 'running') THEN t.cost_held ELSE 0 END"
+                              " OR COALESCE(l.cap, 0) != t.cost_charged"
+                              " OR t.cost_charged > t.cost_held",
+                              &bad);
+  if (rc == STORE_OK) rc = sql_end(db, STORE_OK);
+  else sql_rollback(db);
+  sql_release(ss, db);
+  if (rc != STORE_OK) return rc;
+  return bad ? STORE_CONFLICT : STORE_OK;
+}
+
+static int sql_account_set_limits(store *s, int64_t account_id, int max_concurrency,
+                                  int qps_per_key) {
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  sql_write_lock(ss);
+  int rc = sql_run(db, "account_set_limits",
+                   "UPDATE accounts SET max_concurrency = CASE WHEN ?1 < 0 THEN max_concurrency"
+                   " ELSE ?1 END, qps_per_key = CASE WHEN ?2 < 0 THEN qps_per_key ELSE ?2 END"
+                   " WHERE id = ?3",
+                   "iiI", max_concurrency, qps_per_key, account_id);
+  if (rc == STORE_OK && sqlite3_changes(db) == 0) rc = STORE_NOT_FOUND;
+  sql_write_unlock(ss);
+  sql_release(ss, db);
+  return rc;
+}
+
+static int sql_account_set_disabled(store *s, int64_t account_id, bool disabled) {
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  sql_write_lock(ss);
+  int rc = sql_run(db, "account_set_disabled", "UPDATE accounts SET disabled = ? WHERE id = ?",
+                   "iI", disabled ? 1 : 0, account_id);
+  if (rc == STORE_OK && sqlite3_changes(db) == 0) rc = STORE_NOT_FOUND;
+  sql_write_unlock(ss);
+  sql_release(ss, db);
+  return rc;
+}
+
+static int sql_task_count_active(store *s, int64_t account_id, int64_t *count_out) {
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_scalar(db, "task_count_active", count_out,
+                      "SELECT COUNT(*) FROM tasks WHERE account_id = ? AND state IN ('queued', 'running')",
+                      "I", account_id);
+  sql_release(ss, db);
+  return rc;
+}
+
+/* The account's tasks queued or running against its limit (0 = none). */
+static int sql_check_concurrency(sqlite3 *db, int64_t account_id) {
+  int64_t limit = 0, active = 0;
+  int rc = sql_scalar(db, "task_limit", &limit,
+                      "SELECT max_concurrency FROM accounts WHERE id = ?", "I", account_id);
+  if (rc != STORE_OK || limit <= 0) return rc == STORE_NOT_FOUND ? STORE_OK : rc;
+  rc = sql_scalar(db, "task_active", &active,
+                  "SELECT COUNT(*) FROM tasks WHERE account_id = ? AND state IN ('queued', 'running')",
+                  "I", account_id);
+  if (rc != STORE_OK) return rc;
+  return active >= limit ? STORE_LIMIT : STORE_OK;
+}
+
+/* Expired keys forgotten per keyed insert: bounded work per submit, and
+ * still far more than one insert adds, so the table cannot grow beyond the
+ * keys of the last ttl plus what the last few inserts left behind. */
+#define SQL_IDEM_PURGE_BATCH 100
+
+/* Inside the insert's write transaction, before anything is written: OK
+ * when the key is free (absent, or expired and now deleted), else REPLAY or
+ * IDEMPOTENCY_MISMATCH with the first task's id in first_task_id. */
+static int sql_idem_claim(sqlite3 *db, int64_t account_id, const store_idem *idem,
+                          int64_t now_ms, char first_task_id[IDS_UUID_LEN + 1]) {
+  sqlite3_stmt *st;
+  first_task_id[0] = '\0';
+  int rc = sql_prepare(db, &st, "idem_lookup",
+                       "SELECT request_hash, task_id, created_ms FROM idempotency_keys"
+                       " WHERE account_id = ? AND key = ?",
+                       "It", account_id, idem->key);
+  if (rc != STORE_OK) return rc;
+  rc = sql_step_row(db, st, "idem_lookup");
+  bool expired = false;
+  if (rc == STORE_OK) {
+    const unsigned char *hash = sqlite3_column_text(st, 0);
+    int64_t created_ms = sqlite3_column_int64(st, 2);
+    /* A key made "in the future" (the clock stepped back) is alive. */
+    expired = now_ms - created_ms >= idem->ttl_ms;
+    if (!expired) {
+      if (!hash || !sql_col_copy(st, 1, first_task_id, IDS_UUID_LEN + 1))
+        rc = sql_misuse("idem_lookup", "stored key row unreadable");
+      else
+        rc = strcmp((const char *)hash, idem->request_hash) == 0 ? STORE_REPLAY
+                                                                  : STORE_IDEMPOTENCY_MISMATCH;
+    }
+  } else if (rc == STORE_NOT_FOUND) {
+    rc = STORE_OK;
+  }
+  sqlite3_finalize(st);
+  if (rc == STORE_OK && expired)
+    rc = sql_run(db, "idem_expire", "DELETE FROM idempotency_keys WHERE account_id = ? AND key = ?",
+                 "It", account_id, idem->key);
+  return rc;
+}
+
+/* After the task is in: records the key, and forgets a batch of expired ones. */
+static int sql_idem_record(sqlite3 *db, const task *t, const store_idem *idem) {
+  int rc = sql_run(db, "idem_insert",
+                   "INSERT INTO idempotency_keys(account_id, key, request_hash, task_id,"
+                   " created_ms) VALUES (?, ?, ?, ?, ?)",
+                   "ItttI", t->account_id, idem->key, idem->request_hash, t->id, t->created_ms);
+  if (rc == STORE_OK)
+    rc = sql_run(db, "idem_purge",
+                 "DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM"
+                 " idempotency_keys WHERE created_ms <= ? ORDER BY created_ms LIMIT ?)",
+                 "Ii", t->created_ms - idem->ttl_ms, SQL_IDEM_PURGE_BATCH);
+  return rc;
+}
+
+static int sql_insert_task_tx(sql_store *ss, const task *t, const store_idem *idem,
+                             char first_task_id[IDS_UUID_LEN + 1]) {
+  if (!t || !ids_is_uuid(t->id)) return sql_misuse("task_insert", "task id is not a UUID");
+  if (t->state != TASK_QUEUED) return sql_misuse("task_insert", "a new task must be queued");
+  if (t->cost_held_micros < 0) return sql_misuse("task_insert", "negative price");
+  if (idem && (!idem->key || !idem->request_hash || idem->ttl_ms <= 0 || !first_task_id))
+    return sql_misuse("task_insert", "incomplete idempotency key");
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_write_begin(ss, db);
+  if (rc == STORE_OK) {
+    /* The key first: a replay is answered whatever the limits say now. */
+    if (idem) rc = sql_idem_claim(db, t->account_id, idem, t->created_ms, first_task_id);
+    if (rc == STORE_OK) rc = sql_check_concurrency(db, t->account_id);
+    if (rc == STORE_OK) rc = sql_insert_task_row(db, t);
     if (rc == STORE_OK) rc = sql_insert_inputs(db, t);
+    /* The hold goes in the same transaction: no task without its hold, no
+     * hold without its task. */
+    if (rc == STORE_OK && t->cost_held_micros > 0)
+      rc = sql_ledger_append(db, t->account_id, LEDGER_HOLD, -t->cost_held_micros,
+                             t->cost_held_micros, t->id, "task submitted", t->created_ms, true);
+    if (rc == STORE_OK && idem) rc = sql_idem_record(db, t, idem);
+    /* Anything but OK (a replay included) rolls back: nothing is stored. */
     rc = sql_write_end(ss, db, rc);
   }
   sql_release(ss, db);
   return rc;
+}
+
+static int sql_task_insert(store *s, const task *t) {
+  return sql_insert_task_tx((sql_store *)s, t, NULL, NULL);
+}
+
+static int sql_task_insert_idempotent(store *s, const task *t, const store_idem *idem,
+                                      char first_task_id[IDS_UUID_LEN + 1]) {
+  if (!idem) return sql_misuse("task_insert", "no idempotency key");
+  return sql_insert_task_tx((sql_store *)s, t, idem, first_task_id);
 }
 
 /* Inside a write transaction whose compare-and-set matched nothing: tells a
@@ -699,6 +1067,48 @@ static int sql_insert_results(sqlite3 *db, const char *task_id, const task_resul
   return rc;
 }
 
+/* Captures the price of what a finishing task delivered and releases the
+ * rest of its hold, inside its finishing transaction: the compare-and-set
+ * that lets exactly one run finish the task also lets exactly one run bill
+ * it (and ledger_task_once would refuse a second capture anyway). */
+static int sql_settle_locked(sqlite3 *db, const char *task_id, task_state final_state,
+                             size_t delivered, int64_t now_ms) {
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, "task_settle",
+                       "SELECT account_id, price_unit, price_refs, cost_held FROM tasks"
+                       " WHERE id = ?",
+                       "t", task_id);
+  if (rc != STORE_OK) return rc;
+  rc = sql_step_row(db, st, "task_settle");
+  int64_t account = 0, unit = 0, refs = 0, held = 0;
+  if (rc == STORE_OK) {
+    account = sqlite3_column_int64(st, 0);
+    unit = sqlite3_column_int64(st, 1);
+    refs = sqlite3_column_int64(st, 2);
+    held = sqlite3_column_int64(st, 3);
+  }
+  sqlite3_finalize(st);
+  if (rc != STORE_OK || held <= 0) return rc;
+  int64_t charge = 0;
+  if (final_state == TASK_SUCCEEDED && delivered > 0) {
+    charge = refs;
+    for (size_t i = 0; i < delivered && charge < held; i++) charge += unit;
+    if (charge > held) charge = held; /* never more than the client agreed to */
+  }
+  if (charge > 0)
+    rc = sql_ledger_append(db, account, LEDGER_CAPTURE, 0, -charge, task_id, "images delivered",
+                           now_ms, false);
+  if (rc == STORE_OK && held - charge > 0)
+    rc = sql_ledger_append(db, account, LEDGER_RELEASE, held - charge, -(held - charge), task_id,
+                           final_state == TASK_SUCCEEDED ? "images not delivered"
+                                                         : task_state_name(final_state),
+                           now_ms, false);
+  if (rc == STORE_OK)
+    rc = sql_run(db, "task_settle", "UPDATE tasks SET cost_charged = ? WHERE id = ?", "It",
+                 charge, task_id);
+  return rc;
+}
+
 static int sql_finish_locked(sqlite3 *db, const char *task_id, int attempt,
                              task_state final_state, const char *error_code,
                              const char *error_message, const task_result *results,
@@ -710,7 +1120,9 @@ static int sql_finish_locked(sqlite3 *db, const char *task_id, int attempt,
                    task_id, task_state_name(TASK_RUNNING), attempt);
   if (rc != STORE_OK) return rc;
   if (sqlite3_changes(db) == 0) return sql_cas_miss(db, task_id, "task_finish");
-  return sql_insert_results(db, task_id, results, n_results);
+  rc = sql_insert_results(db, task_id, results, n_results);
+  if (rc == STORE_OK) rc = sql_settle_locked(db, task_id, final_state, n_results, now_ms);
+  return rc;
 }
 
 /* Inserts an attempt row and names its provider on the task (in the caller's
@@ -791,6 +1203,10 @@ static int sql_read_task(sqlite3_stmt *st, task *t) {
   t->created_ms = sqlite3_column_int64(st, 11);
   t->started_ms = sqlite3_column_int64(st, 12);
   t->finished_ms = sqlite3_column_int64(st, 13);
+  t->price_unit_micros = sqlite3_column_int64(st, 16);
+  t->price_refs_micros = sqlite3_column_int64(st, 17);
+  t->cost_held_micros = sqlite3_column_int64(st, 18);
+  t->cost_charged_micros = sqlite3_column_int64(st, 19);
   return STORE_OK;
 }
 
@@ -799,7 +1215,8 @@ static int sql_load_task_row(sqlite3 *db, const char *task_id, task *t) {
   int rc = sql_prepare(db, &st, "task_get",
                        "SELECT id, account_id, state, model, prompt, aspect_ratio, resolution,"
                        " webhook_url, provider, quantity, attempts, created_ms, started_ms,"
-                       " finished_ms, error_code, error_message FROM tasks WHERE id = ?",
+                       " finished_ms, error_code, error_message, price_unit, price_refs,"
+                       " cost_held, cost_charged FROM tasks WHERE id = ?",
                        "t", task_id);
   if (rc != STORE_OK) return rc;
   rc = sql_step_row(db, st, "task_get");
@@ -1158,7 +1575,15 @@ static const store_ops sql_ops = {
     .key_revoke = sql_key_revoke,
     .key_list = sql_key_list,
     .task_insert = sql_task_insert,
+    .task_insert_idempotent = sql_task_insert_idempotent,
     .task_get = sql_task_get,
+    .account_open = sql_account_open,
+    .ledger_post = sql_ledger_post,
+    .ledger_list = sql_ledger_list,
+    .ledger_verify = sql_ledger_verify,
+    .account_set_limits = sql_account_set_limits,
+    .account_set_disabled = sql_account_set_disabled,
+    .task_count_active = sql_task_count_active,
     .task_start = sql_task_start,
     .task_start_many = sql_task_start_many,
     .task_finish = sql_task_finish,

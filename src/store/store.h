@@ -21,14 +21,63 @@ enum {
   STORE_NOT_FOUND = -1, /* no such row */
   STORE_CONFLICT = -2,  /* unique key taken, or a compare-and-set found another state */
   STORE_ERROR = -3,     /* the backend failed (logged by the backend) */
+  STORE_NO_CREDIT = -4, /* the account's available balance does not cover the amount */
+  STORE_LIMIT = -5,     /* the account already has its maximum of tasks in flight */
+  STORE_REPLAY = -6,    /* task_insert_idempotent: the key is known with the same request */
+  STORE_IDEMPOTENCY_MISMATCH = -7, /* ... the key is known with a different request */
 };
+
+/* The idempotency key of a submit (task_insert_idempotent). Keys are per
+ * account: two accounts may use the same key independently. */
+typedef struct store_idem {
+  const char *key;          /* as the client sent it; the caller checks its form */
+  const char *request_hash; /* what identifies the request (the core: 64 hex of SHA-256) */
+  int64_t ttl_ms;           /* a key this old (by the task's created_ms) is forgotten */
+} store_idem;
 
 typedef struct store_account {
   int64_t id;
   char email[256];
   bool disabled;
   int64_t created_ms;
+  int64_t balance_micros;  /* available credit: the sum of the ledger's `available` column */
+  int64_t held_micros;     /* held for tasks in flight: the sum of the ledger's `held` column */
+  int max_concurrency;     /* tasks queued or running at once; 0 = unlimited */
+  int qps_per_key;         /* requests per second per key; 0 = unlimited */
+  int64_t key_id;          /* the key that authenticated (key_authenticate only), else 0 */
 } store_account;
+
+/* Ledger entry kinds. Each moves money between the account's available
+ * balance and its held amount, or in or out of the account:
+ *   grant, topup        available +x            (money in)
+ *   refund              available -x            (unused credit paid back)
+ *   adjustment          available +-x           (an operator's correction)
+ *   hold                available -x, held +x   (a task's price, at submit)
+ *   capture             held -x                 (a task's charge: the money is spent)
+ *   release             available +x, held -x   (what a task did not spend)
+ * A task has at most one hold, one capture and one release. */
+typedef enum {
+  LEDGER_GRANT = 0,
+  LEDGER_TOPUP,
+  LEDGER_HOLD,
+  LEDGER_CAPTURE,
+  LEDGER_RELEASE,
+  LEDGER_REFUND,
+  LEDGER_ADJUSTMENT,
+} ledger_kind;
+
+const char *ledger_kind_name(ledger_kind k);
+
+typedef struct ledger_entry {
+  int64_t id;
+  int64_t account_id;
+  ledger_kind kind;
+  int64_t available_micros; /* signed change of the available balance */
+  int64_t held_micros;      /* signed change of the held amount */
+  char task_id[IDS_UUID_LEN + 1]; /* "" when not about a task */
+  char reason[128];
+  int64_t created_ms;
+} ledger_entry;
 
 typedef struct store_key {
   int64_t id;
@@ -75,8 +124,48 @@ typedef struct store_ops {
   /* All keys of an account, newest first; *keys is malloc'd (free it). */
   int (*key_list)(store *s, int64_t account_id, store_key **keys, size_t *count);
 
-  /* Tasks. task_insert stores t (state queued) with its inputs, atomically. */
+  /* Creates an account and posts its signup grant (when grant_micros > 0) in
+   * one transaction. CONFLICT when the email is taken. */
+  int (*account_open)(store *s, const char *email, int64_t now_ms, int64_t grant_micros,
+                      int64_t *id_out);
+  /* Posts a grant, topup, refund or adjustment (available_micros signed;
+   * positive for grant/topup, negative for refund). NO_CREDIT when it would
+   * take the available balance below zero. *balance_out (may be NULL) is the
+   * balance after. */
+  int (*ledger_post)(store *s, int64_t account_id, ledger_kind kind, int64_t available_micros,
+                     const char *reason, int64_t now_ms, int64_t *balance_out);
+  /* An account's entries, oldest first; *entries is malloc'd (free it). */
+  int (*ledger_list)(store *s, int64_t account_id, ledger_entry **entries, size_t *count);
+  /* Compares every account's cached balance and held amount with its ledger
+   * sums and every finished task's entries with its hold. Returns OK, or
+   * CONFLICT (and logs what differs). */
+  int (*ledger_verify)(store *s);
+  /* max_concurrency / qps_per_key: 0 = unlimited, < 0 = leave as is. */
+  int (*account_set_limits)(store *s, int64_t account_id, int max_concurrency, int qps_per_key);
+  int (*account_set_disabled)(store *s, int64_t account_id, bool disabled);
+  /* The account's tasks queued or running now. */
+  int (*task_count_active)(store *s, int64_t account_id, int64_t *count_out);
+
+  /* Tasks. task_insert stores t (state queued) with its inputs, atomically;
+   * when t->cost_held_micros > 0 it also holds that much of the account's
+   * balance in the same transaction (NO_CREDIT, and nothing stored, when the
+   * balance does not cover it), and refuses with LIMIT when the account's
+   * max_concurrency tasks are already queued or running. */
   int (*task_insert)(store *s, const task *t);
+  /* task_insert under an idempotency key, in one write transaction. When
+   * the account already has the key, younger than idem->ttl_ms (now being
+   * t->created_ms): REPLAY when its request_hash equals idem's, else
+   * IDEMPOTENCY_MISMATCH; either way the first task's id is copied to
+   * first_task_id and nothing is stored or held (the key's check comes before
+   * the concurrency and credit checks, so a replay is never refused by them).
+   * Otherwise the task, its hold and the key (with the hash and the task's id)
+   * are stored together, replacing an expired entry of the same key; when the
+   * insert is refused (NO_CREDIT, LIMIT, ...) the key is not stored either.
+   * Each call also forgets up to 100 expired keys of any account, so the
+   * table holds little more than the keys of the last ttl. Concurrent calls
+   * with the same key serialize: exactly one inserts, the others replay. */
+  int (*task_insert_idempotent)(store *s, const task *t, const store_idem *idem,
+                                char first_task_id[IDS_UUID_LEN + 1]);
   /* Loads a task with its inputs and results; *out is freed with task_free. */
   int (*task_get)(store *s, const char *task_id, task **out);
   /* queued -> running, attempts+1, started_ms = now, provider recorded (NULL keeps it).
@@ -91,8 +180,11 @@ typedef struct store_ops {
   /* running -> final state, only if the task is running and its attempts
    * equal attempt (so a stale run can never finish it). Results (may be 0)
    * and the last upstream attempt (may be NULL) are inserted in the same
-   * transaction. CONFLICT when the compare fails: the task was finished
-   * already, and nothing changes. */
+   * transaction, and so is the task's billing: of what was held, the price
+   * of the images delivered (unit price each, plus the reference surcharge
+   * once any image is delivered) is captured and the rest released; a
+   * failed or moderated task releases all of it. CONFLICT when the compare
+   * fails: the task was finished already, and nothing changes. */
   int (*task_finish)(store *s, const char *task_id, int attempt, task_state final_state,
                      const char *error_code, const char *error_message,
                      const task_result *results, size_t n_results, int64_t now_ms,

@@ -86,16 +86,44 @@ bool ids_random_base62(char *out, size_t n) {
   return true;
 }
 
-void ids_sha256_hex(const void *data, size_t len, char out[65]) {
+static void sha256_to_hex(const unsigned char md[32], char out[65]) {
   static const char hex[] = "0123456789abcdef";
-  unsigned char md[32];
-  unsigned int md_len = 0;
-  EVP_Digest(data, len, md, &md_len, EVP_sha256(), NULL);
   for (int i = 0; i < 32; i++) {
     out[2 * i] = hex[md[i] >> 4];
     out[2 * i + 1] = hex[md[i] & 15];
   }
   out[64] = '\0';
 }
+
+void ids_sha256_hex(const void *data, size_t len, char out[65]) {
+  unsigned char md[32];
+  unsigned int md_len = 0;
+  EVP_Digest(data, len, md, &md_len, EVP_sha256(), NULL);
+  sha256_to_hex(md, out);
+}
+
+/* The opaque type is OpenSSL's digest context itself. */
+ids_sha256 *ids_sha256_begin(void) {
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  if (ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+    EVP_MD_CTX_free(ctx);
+    ctx = NULL;
+  }
+  return (ids_sha256 *)ctx;
+}
+
+void ids_sha256_update(ids_sha256 *h, const void *data, size_t len) {
+  if (len) EVP_DigestUpdate((EVP_MD_CTX *)h, data, len);
+}
+
+void ids_sha256_end(ids_sha256 *h, char out[65]) {
+  unsigned char md[32];
+  unsigned int md_len = 0;
+  EVP_DigestFinal_ex((EVP_MD_CTX *)h, md, &md_len);
+  EVP_MD_CTX_free((EVP_MD_CTX *)h);
+  sha256_to_hex(md, out);
+}
+
+void ids_sha256_abort(ids_sha256 *h) { EVP_MD_CTX_free((EVP_MD_CTX *)h); }
 
 bool ids_equal_ct(const void *a, const void *b, size_t len) { return CRYPTO_memcmp(a, b, len) == 0; }

@@ -22,6 +22,14 @@ bool ids_random_base62(char *out, size_t n);
 
 /* SHA-256 of data as 64 lower-case hex + NUL. */
 void ids_sha256_hex(const void *data, size_t len, char out[65]);
+/* SHA-256 of data given in pieces: begin (NULL when memory runs out),
+ * update any number of times, then end, which writes 64 lower-case hex + NUL
+ * and frees the state. ids_sha256_abort frees it without a digest. */
+typedef struct ids_sha256 ids_sha256;
+ids_sha256 *ids_sha256_begin(void);
+void ids_sha256_update(ids_sha256 *h, const void *data, size_t len);
+void ids_sha256_end(ids_sha256 *h, char out[65]);
+void ids_sha256_abort(ids_sha256 *h);
 /* Constant-time comparison of two equal-length byte strings. */
 bool ids_equal_ct(const void *a, const void *b, size_t len);
 

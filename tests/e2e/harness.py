@@ -43,7 +43,10 @@ TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
 LISTEN_RE = re.compile(r"imgate listening on (http://[^\s]+)")
 
 # Config every test server starts from; tests merge their own on top.
-BASE_CONFIG = {"log_level": "info", "sim": {"delay_ms": 50}}
+# Accounts start rich, so tests about other things never run out of credit;
+# the billing tests set their own bonus.
+BASE_CONFIG = {"log_level": "info", "sim": {"delay_ms": 50},
+               "billing": {"signup_bonus_micros": 1000000000000}}
 
 
 def imgate_bin():
@@ -117,8 +120,10 @@ def run_cli(*args, env=None, timeout=DEADLINE):
     return CliResult(argv, proc)
 
 
-def admin_account_create(data_dir, email):
-    r = run_cli("admin", "account", "create", email, "--data", data_dir)
+def admin_account_create(data_dir, email, config_path=None):
+    """The account gets the signup bonus of config_path (the default one without)."""
+    extra = ["--config", config_path] if config_path else []
+    r = run_cli("admin", "account", "create", email, "--data", data_dir, *extra)
     if r.code != 0:
         raise AssertionError("account create failed: %r" % r)
     return r.stdout.strip()
@@ -185,7 +190,7 @@ class Server:
         self.keys = {}
         try:
             for email in accounts:
-                admin_account_create(self.data_dir, email)
+                admin_account_create(self.data_dir, email, self.config_path)
                 self.keys[email] = admin_key_create(self.data_dir, email)
         except BaseException:
             shutil.rmtree(self.work_dir, ignore_errors=True)

@@ -178,12 +178,57 @@ static void test_http_limits(void **state) {
   assert_non_null(strstr(err, "http.max_buffered_body_bytes"));
 }
 
+static void test_billing_keys(void **state) {
+  (void)state;
+  imgate_config c;
+  char err[256];
+  config_defaults(&c);
+  assert_int_equal(c.signup_bonus_micros, 1000000); /* $1.00 */
+  assert_int_equal(c.max_keys_per_account, 5);
+  assert_int_equal(c.default_max_concurrency, 0);    /* unlimited */
+  assert_int_equal(c.default_qps_per_key, 0);        /* unlimited */
+  assert_int_equal(load_text(&c,
+                             "{\"billing\":{\"signup_bonus_micros\":1000000000000,"
+                             "\"max_keys_per_account\":1000,\"default_max_concurrency\":1,"
+                             "\"default_qps_per_key\":100}}",
+                             err, sizeof err),
+                   0);
+  assert_true(c.signup_bonus_micros == 1000000000000LL); /* beyond int: stored as int64 */
+  assert_int_equal(c.max_keys_per_account, 1000);
+  assert_int_equal(c.default_max_concurrency, 1);
+  assert_int_equal(c.default_qps_per_key, 100);
+  assert_int_equal(load_text(&c, "{\"billing\":{\"signup_bonus_micros\":0}}", err, sizeof err),
+                   0);
+  assert_int_equal(c.signup_bonus_micros, 0);
+  assert_int_equal(config_validate(&c, err, sizeof err), 0);
+
+  static const char *const refused[][2] = {
+      {"{\"billing\":{\"signup_bonus_micros\":-1}}", "billing.signup_bonus_micros"},
+      {"{\"billing\":{\"signup_bonus_micros\":1000000000001}}", "billing.signup_bonus_micros"},
+      {"{\"billing\":{\"signup_bonus_micros\":1.5}}", "billing.signup_bonus_micros"},
+      {"{\"billing\":{\"max_keys_per_account\":0}}", "billing.max_keys_per_account"},
+      {"{\"billing\":{\"max_keys_per_account\":1001}}", "billing.max_keys_per_account"},
+      {"{\"billing\":{\"default_max_concurrency\":-1}}", "billing.default_max_concurrency"},
+      {"{\"billing\":{\"default_max_concurrency\":1000001}}",
+       "billing.default_max_concurrency"},
+      {"{\"billing\":{\"default_qps_per_key\":\"10\"}}", "billing.default_qps_per_key"},
+      {"{\"billing\":{\"default_qps_per_key\":1000001}}", "billing.default_qps_per_key"},
+      {"{\"billing\":{\"bonus\":1}}", "billing.bonus"},
+      {"{\"billing\":5}", "\"billing\" must be an object"},
+  };
+  for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+    config_defaults(&c);
+    assert_int_equal(load_text(&c, refused[i][0], err, sizeof err), -1);
+    if (!strstr(err, refused[i][1])) fail_msg("%s: error \"%s\"", refused[i][0], err);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defaults),       cmocka_unit_test(test_file_merges),
       cmocka_unit_test(test_file_errors_name_the_key), cmocka_unit_test(test_env_overrides),
       cmocka_unit_test(test_split_listen),   cmocka_unit_test(test_validate),
-      cmocka_unit_test(test_http_limits),
+      cmocka_unit_test(test_http_limits),    cmocka_unit_test(test_billing_keys),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -78,6 +78,7 @@ static void test_http_status(void **state) {
   assert_int_equal(err_http_status(ERR_FORBIDDEN), 403);
   assert_int_equal(err_http_status(ERR_NOT_FOUND), 404);
   assert_int_equal(err_http_status(ERR_TOO_LARGE), 413);
+  assert_int_equal(err_http_status(ERR_UNPROCESSABLE), 422);
   assert_int_equal(err_http_status(ERR_UNAVAILABLE), 503);
   assert_int_equal(err_http_status(ERR_INTERNAL), 500);
   assert_int_equal(err_http_status((err_code)42), 500);

@@ -49,6 +49,8 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   fx *f = *state;
+  /* Whatever a test did, the money adds up. */
+  if (f->s) assert_int_equal(f->s->ops->ledger_verify(f->s), STORE_OK);
   if (f->s) f->s->ops->close(f->s);
   static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
   for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
@@ -734,6 +736,369 @@ static void test_concurrent_start_finish(void **state) {
   free(r);
 }
 
+
+/* ---- the ledger ------------------------------------------------------------------------ */
+
+static store_account account_of(store *s, int64_t id) {
+  store_account a;
+  assert_int_equal(s->ops->account_get(s, id, &a), STORE_OK);
+  return a;
+}
+
+static void test_ledger_grants_topups_refunds(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t id, bal;
+  assert_int_equal(s->ops->account_open(s, "new@example.com", NOW, 1000000, &id), STORE_OK);
+  assert_int_equal(account_of(s, id).balance_micros, 1000000);
+  assert_int_equal(s->ops->account_open(s, "new@example.com", NOW, 1000000, &id),
+                   STORE_CONFLICT); /* and no second grant */
+  assert_int_equal(s->ops->ledger_post(s, id, LEDGER_TOPUP, 2500000, "invoice 7", NOW, &bal),
+                   STORE_OK);
+  assert_int_equal(bal, 3500000);
+  assert_int_equal(s->ops->ledger_post(s, id, LEDGER_REFUND, -4000000, "too much", NOW, &bal),
+                   STORE_NO_CREDIT);
+  assert_int_equal(s->ops->ledger_post(s, id, LEDGER_REFUND, -3500000, "all", NOW, &bal),
+                   STORE_OK);
+  assert_int_equal(bal, 0);
+  assert_int_equal(s->ops->ledger_post(s, id, LEDGER_TOPUP, -1, "negative", NOW, NULL),
+                   STORE_ERROR);
+  assert_int_equal(s->ops->ledger_post(s, id, LEDGER_HOLD, -1, "by hand", NOW, NULL), STORE_ERROR);
+  assert_int_equal(s->ops->ledger_post(s, 999999, LEDGER_TOPUP, 5, "nobody", NOW, NULL),
+                   STORE_NOT_FOUND);
+  ledger_entry *e;
+  size_t n;
+  assert_int_equal(s->ops->ledger_list(s, id, &e, &n), STORE_OK);
+  assert_int_equal(n, 3);
+  assert_int_equal(e[0].kind, LEDGER_GRANT);
+  assert_string_equal(e[0].reason, "signup bonus");
+  assert_int_equal(e[1].kind, LEDGER_TOPUP);
+  assert_string_equal(e[1].reason, "invoice 7");
+  assert_int_equal(e[2].kind, LEDGER_REFUND);
+  assert_int_equal(e[2].available_micros, -3500000);
+  free(e);
+}
+
+/* Inserts a priced task for account; returns the store's answer. */
+static int insert_priced(store *s, int64_t account, int64_t unit, int64_t refs, task **out) {
+  task *t = make_task(account, NOW);
+  t->price_unit_micros = unit;
+  t->price_refs_micros = refs;
+  t->cost_held_micros = unit * t->quantity + refs;
+  int rc = s->ops->task_insert(s, t);
+  *out = t;
+  return rc;
+}
+
+static void test_hold_capture_release(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t id;
+  assert_int_equal(s->ops->account_open(s, "buyer@example.com", NOW, 100000, &id), STORE_OK);
+  task *ok, *failed, *moderated, *poor;
+  assert_int_equal(insert_priced(s, id, 25000, 5000, &ok), STORE_OK);
+  assert_int_equal(insert_priced(s, id, 25000, 0, &failed), STORE_OK);
+  assert_int_equal(insert_priced(s, id, 25000, 0, &moderated), STORE_OK);
+  store_account a = account_of(s, id);
+  assert_int_equal(a.balance_micros, 100000 - 30000 - 25000 - 25000);
+  assert_int_equal(a.held_micros, 80000);
+  /* 20,000 left: a 25,000 task is refused and nothing of it is stored */
+  assert_int_equal(insert_priced(s, id, 25000, 0, &poor), STORE_NO_CREDIT);
+  task *missing = NULL;
+  assert_int_equal(s->ops->task_get(s, poor->id, &missing), STORE_NOT_FOUND);
+  assert_int_equal(account_of(s, id).held_micros, 80000);
+
+  int run;
+  task_result r[1] = {make_result(0, "bill-ok")};
+  assert_int_equal(s->ops->task_start(s, ok->id, "p", NOW, &run), STORE_OK);
+  assert_int_equal(s->ops->task_finish(s, ok->id, run, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW, NULL),
+                   STORE_OK);
+  task_result_clear(&r[0]);
+  assert_int_equal(s->ops->task_start(s, failed->id, "p", NOW, &run), STORE_OK);
+  assert_int_equal(s->ops->task_finish(s, failed->id, run, TASK_FAILED, "x", "y", NULL, 0, NOW,
+                                       NULL),
+                   STORE_OK);
+  assert_int_equal(s->ops->task_start(s, moderated->id, "p", NOW, &run), STORE_OK);
+  assert_int_equal(s->ops->task_finish(s, moderated->id, run, TASK_MODERATED, "m", "z", NULL, 0,
+                                       NOW, NULL),
+                   STORE_OK);
+  /* A second finish (a stale run, a replay) moves no money. */
+  assert_int_equal(s->ops->task_finish(s, ok->id, run, TASK_SUCCEEDED, NULL, NULL, NULL, 0, NOW,
+                                       NULL),
+                   STORE_CONFLICT);
+  a = account_of(s, id);
+  assert_int_equal(a.held_micros, 0);
+  assert_int_equal(a.balance_micros, 100000 - 30000); /* only the delivered image is paid */
+  task *got = get_task(s, ok->id);
+  assert_int_equal(got->cost_held_micros, 30000);
+  assert_int_equal(got->cost_charged_micros, 30000);
+  task_free(got);
+  got = get_task(s, failed->id);
+  assert_int_equal(got->cost_charged_micros, 0);
+  task_free(got);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM ledger WHERE kind = 'capture'"), 1);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM ledger WHERE kind = 'release'"), 2);
+  task_free(ok);
+  task_free(failed);
+  task_free(moderated);
+  task_free(poor);
+}
+
+static void test_concurrency_limit(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t id;
+  assert_int_equal(s->ops->account_open(s, "limited@example.com", NOW, 0, &id), STORE_OK);
+  assert_int_equal(s->ops->account_set_limits(s, id, 2, -1), STORE_OK);
+  assert_int_equal(account_of(s, id).max_concurrency, 2);
+  assert_int_equal(account_of(s, id).qps_per_key, 0);
+  task *t[3];
+  assert_int_equal(insert_priced(s, id, 0, 0, &t[0]), STORE_OK);
+  assert_int_equal(insert_priced(s, id, 0, 0, &t[1]), STORE_OK);
+  assert_int_equal(insert_priced(s, id, 0, 0, &t[2]), STORE_LIMIT);
+  int run;
+  assert_int_equal(s->ops->task_start(s, t[0]->id, "p", NOW, &run), STORE_OK);
+  assert_int_equal(s->ops->task_finish(s, t[0]->id, run, TASK_FAILED, "x", "y", NULL, 0, NOW,
+                                       NULL),
+                   STORE_OK);
+  task_free(t[2]);
+  assert_int_equal(insert_priced(s, id, 0, 0, &t[2]), STORE_OK); /* a slot came free */
+  assert_int_equal(s->ops->account_set_limits(s, id, 0, 7), STORE_OK);
+  assert_int_equal(account_of(s, id).max_concurrency, 0);
+  assert_int_equal(account_of(s, id).qps_per_key, 7);
+  assert_int_equal(s->ops->account_set_limits(s, 424242, 1, 1), STORE_NOT_FOUND);
+  assert_int_equal(s->ops->account_set_disabled(s, id, true), STORE_OK);
+  assert_true(account_of(s, id).disabled);
+  for (int i = 0; i < 3; i++) task_free(t[i]);
+}
+
+static void test_ledger_verify_detects_drift(void **state) {
+  fx *f = *state;
+  int64_t id;
+  assert_int_equal(f->s->ops->account_open(f->s, "drift@example.com", NOW, 5000, &id), STORE_OK);
+  assert_int_equal(f->s->ops->ledger_verify(f->s), STORE_OK);
+  raw_exec(f->path, "UPDATE accounts SET balance = balance + 1 WHERE email = 'drift@example.com'");
+  assert_int_equal(f->s->ops->ledger_verify(f->s), STORE_CONFLICT);
+  raw_exec(f->path, "UPDATE accounts SET balance = balance - 1 WHERE email = 'drift@example.com'");
+}
+
+/* ---- idempotency keys ------------------------------------------------------------------ */
+
+#define IDEM_TTL 1000
+
+/* Inserts a task priced 25,000 for account at created_ms under key/hash;
+ * returns the store's answer, the task in *out (task_free it) and the first
+ * task's id in first (when the key was known). */
+static int insert_keyed(store *s, int64_t account, int64_t created_ms, const char *key,
+                        const char *hash, task **out, char first[IDS_UUID_LEN + 1]) {
+  task *t = make_task(account, created_ms);
+  t->price_unit_micros = 25000;
+  t->cost_held_micros = 25000;
+  store_idem idem = {.key = key, .request_hash = hash, .ttl_ms = IDEM_TTL};
+  int rc = s->ops->task_insert_idempotent(s, t, &idem, first);
+  *out = t;
+  return rc;
+}
+
+static int64_t holds_of(const char *path, const char *task_id) {
+  char sql[256];
+  snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM ledger WHERE kind = 'hold' AND task_id = '%s'",
+           task_id);
+  return raw_int(path, sql);
+}
+
+static int64_t key_rows_of(const char *path, const char *task_id) {
+  char sql[256];
+  snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM idempotency_keys WHERE task_id = '%s'", task_id);
+  return raw_int(path, sql);
+}
+
+static void test_idem_replay_and_mismatch(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t id, other;
+  assert_int_equal(s->ops->account_open(s, "idem@example.com", NOW, 100000, &id), STORE_OK);
+  assert_int_equal(s->ops->account_open(s, "idem2@example.com", NOW, 100000, &other), STORE_OK);
+  char first[IDS_UUID_LEN + 1];
+  task *a, *b, *c, *d, *e;
+  assert_int_equal(insert_keyed(s, id, NOW, "order-1", "h1", &a, first), STORE_OK);
+  /* The same key and request: the first task, nothing new stored or held. */
+  assert_int_equal(insert_keyed(s, id, NOW + 10, "order-1", "h1", &b, first), STORE_REPLAY);
+  assert_string_equal(first, a->id);
+  task *missing = NULL;
+  assert_int_equal(s->ops->task_get(s, b->id, &missing), STORE_NOT_FOUND);
+  store_account acct = account_of(s, id);
+  assert_int_equal(acct.balance_micros, 75000);
+  assert_int_equal(acct.held_micros, 25000);
+  assert_int_equal(holds_of(f->path, a->id), 1);
+  /* The same key, another request: refused, and still nothing stored. */
+  memset(first, 0, sizeof first);
+  assert_int_equal(insert_keyed(s, id, NOW + 20, "order-1", "h2", &c, first),
+                   STORE_IDEMPOTENCY_MISMATCH);
+  assert_string_equal(first, a->id);
+  assert_int_equal(s->ops->task_get(s, c->id, &missing), STORE_NOT_FOUND);
+  assert_int_equal(account_of(s, id).held_micros, 25000);
+  /* Keys are per account; another key is another task. */
+  assert_int_equal(insert_keyed(s, other, NOW, "order-1", "h1", &d, first), STORE_OK);
+  assert_int_equal(insert_keyed(s, id, NOW, "order-2", "h1", &e, first), STORE_OK);
+  assert_int_equal(account_of(s, other).held_micros, 25000);
+  assert_int_equal(account_of(s, id).held_micros, 50000);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM idempotency_keys"), 3);
+  /* A key row points at its task; the replay left no row of its own. */
+  assert_int_equal(key_rows_of(f->path, a->id), 1);
+  /* An incomplete key is the caller's bug. */
+  store_idem bad = {.key = NULL, .request_hash = "h", .ttl_ms = IDEM_TTL};
+  assert_int_equal(s->ops->task_insert_idempotent(s, b, &bad, first), STORE_ERROR);
+  task_free(a);
+  task_free(b);
+  task_free(c);
+  task_free(d);
+  task_free(e);
+}
+
+/* A replay is answered before the limits are looked at; a refused insert
+ * does not consume its key. */
+static void test_idem_limits_and_refusals(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t id;
+  char first[IDS_UUID_LEN + 1];
+  assert_int_equal(s->ops->account_open(s, "tight@example.com", NOW, 25000, &id), STORE_OK);
+  assert_int_equal(s->ops->account_set_limits(s, id, 1, -1), STORE_OK);
+  task *a, *b, *c, *d, *e;
+  assert_int_equal(insert_keyed(s, id, NOW, "k", "h", &a, first), STORE_OK);
+  /* The balance is 0 and the one slot taken: a replay still answers. */
+  assert_int_equal(insert_keyed(s, id, NOW, "k", "h", &b, first), STORE_REPLAY);
+  assert_string_equal(first, a->id);
+  /* A new key meets the limit; its key is not kept. */
+  assert_int_equal(insert_keyed(s, id, NOW, "k2", "h", &c, first), STORE_LIMIT);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM idempotency_keys WHERE key = 'k2'"), 0);
+  int run;
+  assert_int_equal(s->ops->task_start(s, a->id, "p", NOW, &run), STORE_OK);
+  assert_int_equal(s->ops->task_finish(s, a->id, run, TASK_FAILED, "x", "y", NULL, 0, NOW, NULL),
+                   STORE_OK);
+  assert_int_equal(s->ops->ledger_post(s, id, LEDGER_REFUND, -25000, "empty it", NOW, NULL),
+                   STORE_OK);
+  /* Now the slot is free but the balance is 0: NO_CREDIT, key not kept. */
+  assert_int_equal(insert_keyed(s, id, NOW, "k2", "h", &d, first), STORE_NO_CREDIT);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM idempotency_keys WHERE key = 'k2'"), 0);
+  /* After a top-up the same key goes through. */
+  assert_int_equal(s->ops->ledger_post(s, id, LEDGER_TOPUP, 25000, "more", NOW, NULL), STORE_OK);
+  assert_int_equal(insert_keyed(s, id, NOW, "k2", "h", &e, first), STORE_OK);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM idempotency_keys WHERE key = 'k2'"), 1);
+  task_free(a);
+  task_free(b);
+  task_free(c);
+  task_free(d);
+  task_free(e);
+}
+
+static void test_idem_expiry_and_purge(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  char first[IDS_UUID_LEN + 1];
+  task *a, *b, *c;
+  int64_t id;
+  assert_int_equal(s->ops->account_open(s, "rich@example.com", NOW, 1000000000, &id), STORE_OK);
+  assert_int_equal(insert_keyed(s, id, NOW, "k", "h1", &a, first), STORE_OK);
+  /* Alive until ttl has passed... */
+  assert_int_equal(insert_keyed(s, id, NOW + IDEM_TTL - 1, "k", "h1", &b, first),
+                   STORE_REPLAY);
+  assert_string_equal(first, a->id);
+  task_free(b);
+  /* ...then forgotten: the key is free again, for any request. */
+  assert_int_equal(insert_keyed(s, id, NOW + IDEM_TTL, "k", "h2", &b, first), STORE_OK);
+  assert_int_equal(key_rows_of(f->path, b->id), 1);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM idempotency_keys"), 1);
+  /* and the new entry counts from its own submit */
+  assert_int_equal(insert_keyed(s, id, NOW + IDEM_TTL + 5, "k", "h2", &c, first),
+                   STORE_REPLAY);
+  assert_string_equal(first, b->id);
+  task_free(a);
+  task_free(b);
+  task_free(c);
+
+  /* 150 keys, then every keyed insert after their ttl forgets up to 100. */
+  const int64_t t0 = NOW + 10 * IDEM_TTL;
+  for (int i = 0; i < 150; i++) {
+    char key[32];
+    snprintf(key, sizeof key, "bulk-%d", i);
+    assert_int_equal(insert_keyed(s, id, t0 + i, key, "h", &a, first), STORE_OK);
+    task_free(a);
+  }
+  /* (their own inserts already forgot "k", expired by then) */
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM idempotency_keys"), 150);
+  const int64_t later = t0 + 150 + IDEM_TTL;
+  assert_int_equal(insert_keyed(s, id, later, "fresh-1", "h", &a, first), STORE_OK);
+  task_free(a);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM idempotency_keys"), 150 - 100 + 1);
+  /* the oldest went first */
+  assert_int_equal(raw_int(f->path, "SELECT MIN(created_ms) FROM idempotency_keys"), t0 + 100);
+  assert_int_equal(insert_keyed(s, id, later, "fresh-2", "h", &a, first), STORE_OK);
+  task_free(a);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM idempotency_keys"), 2);
+}
+
+#define IDEM_THREADS 16
+
+typedef struct idem_race {
+  store *s;
+  int64_t account;
+  pthread_barrier_t go;
+  atomic_int inserted, replayed, other;
+  char inserted_id[IDS_UUID_LEN + 1];
+  char first[IDEM_THREADS][IDS_UUID_LEN + 1];
+} idem_race;
+
+typedef struct idem_racer {
+  idem_race *r;
+  int n;
+} idem_racer;
+
+static void *idem_race_thread(void *arg) {
+  idem_racer *me = arg;
+  idem_race *r = me->r;
+  task *t = make_task(r->account, NOW);
+  store_idem idem = {.key = "same-key", .request_hash = "same-hash", .ttl_ms = IDEM_TTL};
+  pthread_barrier_wait(&r->go);
+  int rc = r->s->ops->task_insert_idempotent(r->s, t, &idem, r->first[me->n]);
+  if (rc == STORE_OK) {
+    memcpy(r->inserted_id, t->id, sizeof r->inserted_id);
+    atomic_fetch_add(&r->inserted, 1);
+  } else if (rc == STORE_REPLAY) {
+    atomic_fetch_add(&r->replayed, 1);
+  } else {
+    atomic_fetch_add(&r->other, 1);
+  }
+  task_free(t);
+  return NULL;
+}
+
+static void test_idem_concurrent_duplicates(void **state) {
+  fx *f = *state;
+  idem_race *r = calloc(1, sizeof *r);
+  assert_non_null(r);
+  r->s = f->s;
+  r->account = f->account;
+  assert_int_equal(pthread_barrier_init(&r->go, NULL, IDEM_THREADS), 0);
+  pthread_t th[IDEM_THREADS];
+  idem_racer who[IDEM_THREADS];
+  for (int n = 0; n < IDEM_THREADS; n++) {
+    who[n] = (idem_racer){r, n};
+    assert_int_equal(pthread_create(&th[n], NULL, idem_race_thread, &who[n]), 0);
+  }
+  for (int n = 0; n < IDEM_THREADS; n++) pthread_join(th[n], NULL);
+  pthread_barrier_destroy(&r->go);
+  assert_int_equal(atomic_load(&r->inserted), 1);
+  assert_int_equal(atomic_load(&r->replayed), IDEM_THREADS - 1);
+  assert_int_equal(atomic_load(&r->other), 0);
+  for (int n = 0; n < IDEM_THREADS; n++)
+    if (r->first[n][0]) assert_string_equal(r->first[n], r->inserted_id);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM tasks"), 1);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM idempotency_keys"), 1);
+  free(r);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_migrations_fresh_and_reopen, setup, teardown),
@@ -747,6 +1112,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_task_insert_get, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_start, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_start_many, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_ledger_grants_topups_refunds, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_hold_capture_release, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_concurrency_limit, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_ledger_verify_detects_drift, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_finish, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_finish_stale_attempt, setup, teardown),
       cmocka_unit_test_setup_teardown(test_requeue_running, setup, teardown),
@@ -754,6 +1123,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_result_by_token, setup, teardown),
       cmocka_unit_test_setup_teardown(test_finish_is_atomic, setup, teardown),
       cmocka_unit_test_setup_teardown(test_concurrent_start_finish, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_idem_replay_and_mismatch, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_idem_limits_and_refusals, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_idem_expiry_and_purge, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_idem_concurrent_duplicates, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

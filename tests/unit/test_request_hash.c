@@ -1,0 +1,101 @@
+/* test_request_hash.c - what identifies a submit for its Idempotency-Key
+ * (core_request_hash) and which keys are accepted (core_idempotency_key_valid). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <string.h>
+
+#include "core/core.h"
+
+static void hash_of(const core_gen_request *req, char out[65]) {
+  assert_true(core_request_hash(req, out));
+  assert_int_equal(strlen(out), 64);
+}
+
+static void test_same_request_same_hash(void **state) {
+  const char *imgs[] = {"https://example.com/a.png", "data:image/png;base64,AAAA"};
+  core_gen_request a = {.model = "nano-banana-2", .prompt = "a cat", .aspect_ratio = "16:9",
+                        .resolution = "2K", .webhook_url = "https://example.com/h",
+                        .images = imgs, .n_images = 2};
+  core_gen_request b = a;
+  char ha[65], hb[65];
+  hash_of(&a, ha);
+  hash_of(&b, hb);
+  assert_string_equal(ha, hb);
+  /* Every field counts. */
+  const char **fields[] = {&b.model, &b.prompt, &b.aspect_ratio, &b.resolution,
+                                 &b.webhook_url};
+  for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+    b = a;
+    *fields[i] = "other";
+    hash_of(&b, hb);
+    assert_string_not_equal(ha, hb);
+  }
+}
+
+static void test_absent_empty_and_boundaries(void **state) {
+  core_gen_request a = {.prompt = "x"};
+  core_gen_request b = {.prompt = "x", .model = ""};
+  char ha[65], hb[65];
+  hash_of(&a, ha);
+  hash_of(&b, hb);
+  assert_string_not_equal(ha, hb); /* absent is not empty */
+  /* Fields are length-delimited: text cannot move from one to the next. */
+  core_gen_request c = {.prompt = "ab", .aspect_ratio = "c"};
+  core_gen_request d = {.prompt = "a", .aspect_ratio = "bc"};
+  hash_of(&c, ha);
+  hash_of(&d, hb);
+  assert_string_not_equal(ha, hb);
+  /* A default spelled out is another request (hashed as sent). */
+  core_gen_request e = {.prompt = "x", .model = "nano-banana"};
+  hash_of(&e, hb);
+  hash_of(&a, ha);
+  assert_string_not_equal(ha, hb);
+}
+
+static void test_images_in_order(void **state) {
+  const char *ab[] = {"https://example.com/a", "https://example.com/b"};
+  const char *ba[] = {"https://example.com/b", "https://example.com/a"};
+  const char *one[] = {"https://example.com/a"};
+  core_gen_request x = {.prompt = "p", .images = ab, .n_images = 2};
+  core_gen_request y = {.prompt = "p", .images = ba, .n_images = 2};
+  core_gen_request z = {.prompt = "p", .images = one, .n_images = 1};
+  core_gen_request none = {.prompt = "p"};
+  char hx[65], hy[65], hz[65], hn[65];
+  hash_of(&x, hx);
+  hash_of(&y, hy);
+  hash_of(&z, hz);
+  hash_of(&none, hn);
+  assert_string_not_equal(hx, hy);
+  assert_string_not_equal(hx, hz);
+  assert_string_not_equal(hz, hn);
+}
+
+static void test_key_form(void **state) {
+  char k[300];
+  assert_false(core_idempotency_key_valid(""));
+  assert_true(core_idempotency_key_valid("a"));
+  assert_true(core_idempotency_key_valid("order 42/retry:1 ~!"));
+  memset(k, 'k', sizeof k);
+  k[CORE_IDEMPOTENCY_KEY_MAX] = '\0';
+  assert_true(core_idempotency_key_valid(k));
+  k[CORE_IDEMPOTENCY_KEY_MAX] = 'k';
+  k[CORE_IDEMPOTENCY_KEY_MAX + 1] = '\0';
+  assert_false(core_idempotency_key_valid(k));
+  assert_false(core_idempotency_key_valid("tab\there"));
+  assert_false(core_idempotency_key_valid("del\x7f"));
+  assert_false(core_idempotency_key_valid("caf\xc3\xa9"));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_same_request_same_hash),
+      cmocka_unit_test(test_absent_empty_and_boundaries),
+      cmocka_unit_test(test_images_in_order),
+      cmocka_unit_test(test_key_form),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
