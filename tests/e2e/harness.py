@@ -184,6 +184,7 @@ class Server:
         self.data_dir = data_dir or os.path.join(self.work_dir, "data")
         os.makedirs(self.data_dir, exist_ok=True)
         self.config = deep_merge(BASE_CONFIG, config)
+        self.verify_ledger = True  # a test that damages the database on purpose turns it off
         self.config_path = os.path.join(self.work_dir, "config.json")
         with open(self.config_path, "w", encoding="utf-8") as f:
             json.dump(self.config, f)
@@ -294,6 +295,11 @@ class Server:
         if check and code != 0:
             raise AssertionError("imgate exited with %d after %s (want 0)\n%s" % (
                 code, signal.Signals(sig).name, self.stderr_tail()))
+        if check and self.verify_ledger:
+            # Whatever the test did, the money adds up (docs/billing.md, Invariants).
+            r = run_cli("admin", "ledger-verify", "--data", self.data_dir)
+            if r.code != 0 or r.stdout.strip() != "ok":
+                raise AssertionError("ledger-verify failed after the server stopped: %r" % r)
         return code
 
     def kill9(self):

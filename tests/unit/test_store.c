@@ -844,6 +844,38 @@ static void test_hold_capture_release(void **state) {
   task_free(poor);
 }
 
+/* A task of two images that delivers one pays for one (and the reference
+ * surcharge), and gets the rest back. */
+static void test_partial_capture(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t id;
+  assert_int_equal(s->ops->account_open(s, "pair@example.com", NOW, 100000, &id), STORE_OK);
+  task *t = make_task(id, NOW);
+  t->quantity = 2;
+  t->price_unit_micros = 25000;
+  t->price_refs_micros = 2000;
+  t->cost_held_micros = 2 * 25000 + 2000;
+  assert_int_equal(s->ops->task_insert(s, t), STORE_OK);
+  assert_int_equal(account_of(s, id).held_micros, 52000);
+  int run;
+  task_result r[1] = {make_result(0, "half")};
+  assert_int_equal(s->ops->task_start(s, t->id, "p", NOW, &run), STORE_OK);
+  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW, NULL),
+                   STORE_OK);
+  task_result_clear(&r[0]);
+  store_account a = account_of(s, id);
+  assert_int_equal(a.held_micros, 0);
+  assert_int_equal(a.balance_micros, 100000 - 27000);
+  task *got = get_task(s, t->id);
+  assert_int_equal(got->cost_charged_micros, 27000);
+  task_free(got);
+  assert_int_equal(raw_int(f->path, "SELECT -SUM(held) FROM ledger WHERE kind = 'capture'"), 27000);
+  assert_int_equal(raw_int(f->path, "SELECT SUM(available) FROM ledger WHERE kind = 'release'"),
+                   25000);
+  task_free(t);
+}
+
 static void test_concurrency_limit(void **state) {
   fx *f = *state;
   store *s = f->s;
@@ -1115,6 +1147,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_ledger_grants_topups_refunds, setup, teardown),
       cmocka_unit_test_setup_teardown(test_hold_capture_release, setup, teardown),
       cmocka_unit_test_setup_teardown(test_concurrency_limit, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_partial_capture, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ledger_verify_detects_drift, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_finish, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_finish_stale_attempt, setup, teardown),
