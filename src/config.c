@@ -19,6 +19,7 @@ void config_defaults(imgate_config *c) {
   snprintf(c->log_level, sizeof c->log_level, "info");
   c->demo_account = true;
   c->retention_hours = 168;
+  c->retention_sweep_interval_ms = 60000;
   c->http_threads = 0;
   /* Bounds the whole request, inline images included: about 24 MiB of image
    * data after base64's 4/3, so three images at the 7 MiB maximum but not
@@ -82,6 +83,7 @@ static const key_spec keys[] = {
     {"log_level", K_STR, F(log_level), 0, 0},
     {"demo_account", K_BOOL, F(demo_account), 0, 0},
     {"retention_hours", K_INT, F(retention_hours), 1, 24 * 365},
+    {"retention_sweep_interval_ms", K_INT, F(retention_sweep_interval_ms), 50, 86400000},
     {"http", K_OBJ, 0, 0, 0, 0},
     {"http.threads", K_INT, F(http_threads), 0, 1024},
     {"http.max_body_bytes", K_SIZE, F(max_body_bytes), 1024, 1LL << 30},

@@ -21,6 +21,7 @@
 #include "core/pricing.h"
 #include "core/core.h"
 #include "core/engine.h"
+#include "core/retention.h"
 #include "http/server.h"
 #include "store/store.h"
 #include "upstream/provider.h"
@@ -625,6 +626,7 @@ typedef struct serve_parts {
   store *st;
   blob *bl;
   engine *eng;
+  retention *ret;
   core *c;
   http_router *routes;
   api_admin *admin;
@@ -701,6 +703,11 @@ static int serve_start_engine(serve_parts *p, const imgate_config *cfg) {
     fprintf(stderr, "imgate: cannot start the task engine\n");
     return -1;
   }
+  p->ret = retention_start(p->st, p->bl, cfg->retention_sweep_interval_ms);
+  if (!p->ret) {
+    fprintf(stderr, "imgate: cannot start the retention sweeper\n");
+    return -1;
+  }
   return 0;
 }
 
@@ -740,6 +747,7 @@ static int serve_start_http(serve_parts *p, const imgate_config *cfg) {
 static void serve_stop(serve_parts *p) {
   if (p->srv) http_server_stop(p->srv);
   http_listener_close(p->listener);
+  retention_stop(p->ret);
   engine_destroy(p->eng);
   core_free(p->c);
   http_router_free(p->routes);

@@ -78,9 +78,10 @@ static json_t *render_task(http_request *req, core *c, const task *t) {
     char url[800];
     snprintf(url, sizeof url, "%s/files/%s%s", base, r->token, ext ? ext : "");
     json_array_append_new(urls, json_string(url));
-    json_array_append_new(images, json_pack("{s:s, s:s, s:i, s:i, s:I}", "url", url,
+    json_array_append_new(images, json_pack("{s:s, s:s, s:i, s:i, s:I, s:o}", "url", url,
                                             "content_type", r->mime, "width", r->width,
-                                            "height", r->height, "bytes", (json_int_t)r->bytes));
+                                            "height", r->height, "bytes", (json_int_t)r->bytes,
+                                            "expires_at", iso_or_null(r->expires_ms)));
   }
   json_t *attempts = json_array();
   for (size_t i = 0; i < t->n_upstream_attempts; i++) {

@@ -7,7 +7,6 @@
 
 /* Long enough for any key imgate builds, short enough to stay far below
  * PATH_MAX once a backend prefixes its root. */
-#define BLOB_KEY_MAX 512
 
 static bool blob_key_char(char c) {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||

@@ -38,6 +38,9 @@ struct blob {
 /* A store rooted at dir (created if missing). NULL with err on failure. */
 blob *blob_fs_open(const char *dir, char *err, size_t err_size);
 
+/* Longest key any backend accepts. */
+#define BLOB_KEY_MAX 512
+
 /* True when key is acceptable to every backend. */
 int blob_key_valid(const char *key);
 /* Closes the fd or frees the data of o. */

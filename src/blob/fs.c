@@ -252,13 +252,30 @@ static int fs_read(blob *b, const char *key, size_t max_len, uint8_t **data, siz
   return BLOB_OK;
 }
 
+/* Removes the folders of key that its removal left empty ("results/<task>"),
+ * so a data folder does not fill with one empty folder per task. The top
+ * level ("results") stays. A folder another writer fills meanwhile is not
+ * empty, and rmdir refuses it; a put racing with this recreates its folder. */
+static void remove_empty_parents(blob_fs *fs, const char *key) {
+  char dir[BLOB_KEY_MAX + 1];
+  snprintf(dir, sizeof dir, "%s", key);
+  for (char *slash = strrchr(dir, '/'); slash; slash = strrchr(dir, '/')) {
+    *slash = '\0';
+    if (!strchr(dir, '/')) break; /* keep the top level */
+    if (unlinkat(fs->root_fd, dir, AT_REMOVEDIR) != 0) break;
+  }
+}
+
 static int fs_remove(blob *b, const char *key) {
   if (!blob_key_valid(key)) return BLOB_INVALID_KEY;
   blob_fs *fs = (blob_fs *)b;
   /* No folder sync here: a removal a crash forgets leaves an orphan, not a corrupt object. */
-  if (unlinkat(fs->root_fd, key, 0) == 0) return BLOB_OK;
-  if (errno == ENOENT || errno == ENOTDIR || errno == EISDIR) return BLOB_NOT_FOUND;
-  return fs_fail("remove", key, errno);
+  if (unlinkat(fs->root_fd, key, 0) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR || errno == EISDIR) return BLOB_NOT_FOUND;
+    return fs_fail("remove", key, errno);
+  }
+  remove_empty_parents(fs, key);
+  return BLOB_OK;
 }
 
 static void fs_close(blob *b) {

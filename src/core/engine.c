@@ -229,7 +229,9 @@ static void job_release(engine *e, job *j) {
  * a finished image. */
 static const int finish_retry_ms[] = {50, 200, 1000, 3000};
 
-static void finish_task(engine *e, const char *task_id, int run, task_state state,
+/* Returns true when the task is final in the store (this run finished it, or
+ * another had); false when the write failed and the task stays running. */
+static bool finish_task(engine *e, const char *task_id, int run, task_state state,
                         const char *code, const char *message, const task_result *results,
                         size_t n_results, int64_t dur_ms, const task_attempt *attempt) {
   int rc = e->st->ops->task_finish(e->st, task_id, run, state, code, message, results, n_results,
@@ -251,7 +253,7 @@ static void finish_task(engine *e, const char *task_id, int run, task_state stat
              task_id, task_state_name(state), run, n_results, (long long)dur_ms,
              code ? code : "-");
     if (e->cfg.on_finished) e->cfg.on_finished(e->cfg.on_finished_ctx, task_id, state);
-    return;
+    return true;
   }
   if (rc == STORE_CONFLICT) {
     LOG_WARN("task_finish_conflict", "task=%s attempt=%d", task_id, run);
@@ -261,14 +263,31 @@ static void finish_task(engine *e, const char *task_id, int run, task_state stat
               log_quote(message, qmsg, sizeof qmsg));
   }
   for (size_t i = 0; i < n_results; i++) e->bl->ops->remove(e->bl, results[i].blob_key);
+  return rc == STORE_CONFLICT;
+}
+
+/* Where a downloaded URL input is kept for the task's attempts and re-runs. */
+static void downloaded_input_key(const task *t, size_t index, char *key, size_t size) {
+  snprintf(key, size, "inputs/%s/%zu.url", t->id, index);
+}
+
+/* A final task needs its reference images no more: no run will read them.
+ * Best effort: what a crash leaves behind is an orphan, never a dangling row. */
+static void remove_inputs(engine *e, const task *t) {
+  for (size_t i = 0; t && i < t->n_inputs; i++) {
+    char key[128];
+    if (!t->inputs[i].blob_key) downloaded_input_key(t, i, key, sizeof key);
+    e->bl->ops->remove(e->bl, t->inputs[i].blob_key ? t->inputs[i].blob_key : key);
+  }
 }
 
 /* Finishes the job's task without images and frees the job. attempt is the
  * last upstream attempt, recorded in the same transaction (NULL: none ended). */
 static void finish_job(engine *e, job *j, task_state state, const char *code,
                        const char *message, const task_attempt *attempt) {
-  finish_task(e, j->task_id, j->run, state, code, message, NULL, 0,
-              time_mono_ms() - j->run_started_mono, attempt);
+  if (finish_task(e, j->task_id, j->run, state, code, message, NULL, 0,
+                  time_mono_ms() - j->run_started_mono, attempt))
+    remove_inputs(e, j->t);
   job_release(e, j);
 }
 
@@ -321,14 +340,16 @@ static void finish_with_images(engine *e, job *j, const provider_outcome *o,
   int64_t dur = time_mono_ms() - j->run_started_mono;
   task_result *results = calloc(o->n_images, sizeof *results);
   int n = results ? store_images(e, j, o, results) : -1;
+  bool final;
   if (n < 0) {
-    finish_task(e, j->task_id, j->run, TASK_FAILED, "storage_error",
-                "the result image could not be stored", NULL, 0, dur, attempt);
+    final = finish_task(e, j->task_id, j->run, TASK_FAILED, "storage_error",
+                        "the result image could not be stored", NULL, 0, dur, attempt);
   } else {
-    finish_task(e, j->task_id, j->run, TASK_SUCCEEDED, NULL, NULL, results, (size_t)n, dur,
-                attempt);
+    final = finish_task(e, j->task_id, j->run, TASK_SUCCEEDED, NULL, NULL, results, (size_t)n,
+                        dur, attempt);
     for (int i = 0; i < n; i++) task_result_clear(&results[i]);
   }
+  if (final) remove_inputs(e, j->t);
   free(results);
   job_release(e, j);
 }
@@ -487,10 +508,6 @@ static void loaded_inputs_free(loaded_inputs *li) {
   free(li->inputs);
 }
 
-/* Where a downloaded URL input is kept for the task's attempts and re-runs. */
-static void downloaded_input_key(const task *t, size_t index, char *key, size_t size) {
-  snprintf(key, size, "inputs/%s/%zu.url", t->id, index);
-}
 
 enum { INPUTS_LOADED = 0, INPUTS_FAILED = -1, INPUTS_NOT_DOWNLOADED = 1 };
 

@@ -138,6 +138,10 @@ static const char *const sql_migrations[] = {
     "  created_ms INTEGER NOT NULL,"
     "  PRIMARY KEY (account_id, key));"
     "CREATE INDEX idempotency_keys_created ON idempotency_keys(created_ms);",
+    /* 5: retention. A result whose time is up has its image deleted; the row
+     * stays (the task's history), marked purged. */
+    "ALTER TABLE task_results ADD COLUMN purged_ms INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX task_results_due ON task_results(expires_ms) WHERE purged_ms = 0;",
 };
 
 #define SQL_MIGRATION_COUNT ((int64_t)(sizeof sql_migrations / sizeof sql_migrations[0]))
@@ -1386,6 +1390,57 @@ static int sql_result_by_token(store *s, const char *token, task_result *out) {
   return rc;
 }
 
+/* ---- retention ------------------------------------------------------------------------- */
+
+static int sql_row_expired(sqlite3_stmt *st, void *elem) {
+  store_expired *e = elem;
+  if (!sql_col_copy(st, 0, e->task_id, sizeof e->task_id) ||
+      !sql_col_copy(st, 2, e->blob_key, sizeof e->blob_key))
+    return sql_misuse("results_expired", "stored id or blob key too long");
+  e->index = sqlite3_column_int(st, 1);
+  return STORE_OK;
+}
+
+static int sql_results_expired(store *s, int64_t now_ms, size_t limit, store_expired **items,
+                               size_t *count) {
+  *items = NULL;
+  *count = 0;
+  if (limit == 0) return STORE_OK;
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, "results_expired",
+                       "SELECT task_id, idx, blob_key FROM task_results"
+                       " WHERE purged_ms = 0 AND expires_ms <= ? ORDER BY expires_ms LIMIT ?",
+                       "II", now_ms, (int64_t)(limit > INT32_MAX ? INT32_MAX : limit));
+  if (rc == STORE_OK) {
+    rc = sql_collect(db, st, "results_expired", sql_row_expired, sizeof **items, (void **)items,
+                     count);
+    sqlite3_finalize(st);
+  }
+  sql_release(ss, db);
+  if (rc != STORE_OK) {
+    free(*items);
+    *items = NULL;
+    *count = 0;
+  }
+  return rc;
+}
+
+static int sql_result_mark_purged(store *s, const char *task_id, int index, int64_t now_ms) {
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  sql_write_lock(ss);
+  int rc = sql_run(db, "result_mark_purged",
+                   "UPDATE task_results SET purged_ms = ? WHERE task_id = ? AND idx = ?"
+                   " AND purged_ms = 0",
+                   "Iti", now_ms > 0 ? now_ms : 1, task_id, index);
+  if (rc == STORE_OK && sqlite3_changes(db) == 0) rc = STORE_NOT_FOUND;
+  sql_write_unlock(ss);
+  sql_release(ss, db);
+  return rc;
+}
+
 /* ---- opening and closing --------------------------------------------------------------- */
 
 static void sql_free(sql_store *ss) {
@@ -1584,6 +1639,8 @@ static const store_ops sql_ops = {
     .account_set_limits = sql_account_set_limits,
     .account_set_disabled = sql_account_set_disabled,
     .task_count_active = sql_task_count_active,
+    .results_expired = sql_results_expired,
+    .result_mark_purged = sql_result_mark_purged,
     .task_start = sql_task_start,
     .task_start_many = sql_task_start_many,
     .task_finish = sql_task_finish,

@@ -91,6 +91,13 @@ typedef struct store_key {
 
 typedef struct store store;
 
+/* A result image whose retention is over. */
+typedef struct store_expired {
+  char task_id[IDS_UUID_LEN + 1];
+  int index;
+  char blob_key[160];
+} store_expired;
+
 /* One task of a task_start_many call. */
 typedef struct store_start {
   const char *task_id;
@@ -196,6 +203,13 @@ typedef struct store_ops {
   int (*task_list_queued)(store *s, size_t limit, char (**ids)[IDS_UUID_LEN + 1], size_t *count);
   /* Records one finished upstream attempt of a task. */
   int (*task_attempt_add)(store *s, const char *task_id, const task_attempt *a);
+  /* Results whose expires_ms <= now and whose image is not deleted yet,
+   * soonest first, at most limit; *items is malloc'd (free it). */
+  int (*results_expired)(store *s, int64_t now_ms, size_t limit, store_expired **items,
+                         size_t *count);
+  /* Records that a result's image was deleted. NOT_FOUND when unknown or
+   * recorded already. */
+  int (*result_mark_purged)(store *s, const char *task_id, int index, int64_t now_ms);
   /* The result behind a public URL token; *out fields are malloc'd (task_result_clear). */
   int (*result_by_token)(store *s, const char *token, task_result *out);
 } store_ops;

@@ -43,6 +43,7 @@ struct router_route {
   int64_t cool_until;   /* mono ms, after a 429 with a pause */
   int64_t last_failure; /* mono ms of the last failure that counted; 0 = none */
   bool probe_in_flight; /* half-open: the one probe is out */
+  int64_t opened_at;     /* mono ms the breaker last opened */
 
   uint64_t attempts;
   uint64_t successes;
@@ -260,6 +261,7 @@ static void push_history(router_route *rt, bool ok) {
 
 static void open_breaker(router *r, router_route *rt, int64_t now) {
   rt->state = BREAKER_OPEN;
+  rt->opened_at = now;
   rt->open_until = now + r->cfg.breaker_open_ms;
   rt->probe_in_flight = false;
   rt->breaker_opened++;
@@ -270,7 +272,13 @@ void router_report(router *r, router_route *rt, const provider_outcome *o, int64
   pthread_mutex_lock(&r->lock);
   rt->in_flight--;
   rt->prov->in_flight--;
-  bool was_probe = rt->state == BREAKER_HALF_OPEN && rt->probe_in_flight;
+  /* A call started before the breaker opened can report while it is
+   * half-open: that late answer is not the probe, and must neither close
+   * nor reopen the breaker, nor free the probe's slot. No call but the probe
+   * can start on a route after its breaker opened. */
+  int64_t call_started = now_mono_ms - (latency_ms > 0 ? latency_ms : 0);
+  bool was_probe = rt->state == BREAKER_HALF_OPEN && rt->probe_in_flight &&
+                   call_started >= rt->opened_at;
   if (was_probe) rt->probe_in_flight = false;
   provider_error_class cls = o->status == PROVIDER_OK ? PROVIDER_ERR_NONE : o->error_class;
   if ((unsigned)cls < ROUTER_CLASSES) rt->errors[cls]++;
@@ -283,7 +291,7 @@ void router_report(router *r, router_route *rt, const provider_outcome *o, int64
                                            : 0.8 * rt->latency_ms + 0.2 * (double)latency_ms;
     }
     rt->consecutive_failures = 0;
-    if (rt->state == BREAKER_HALF_OPEN) rt->state = BREAKER_CLOSED;
+    if (was_probe) rt->state = BREAKER_CLOSED;
   } else {
     push_history(rt, false);
     rt->consecutive_failures++;

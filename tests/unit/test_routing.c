@@ -109,6 +109,11 @@ static void test_failing_route_loses_traffic_and_breaker_cycle(void **state) {
 
   /* Force a until its breaker opens: avoiding b lands the pick on a. */
   router_route *b = route_other_than(r, "a", now);
+  /* One call to a stays out across the opening; it answers late, below. */
+  router_route *stale = router_pick(r, "m", &b, 1, now, NULL);
+  assert_string_equal(name_of(stale), "a");
+  int64_t stale_started = now;
+  now += 10;
   for (int i = 0; i < 5 && strcmp(state_of(r, 0, now), "open") != 0; i++) {
     router_route *rt = router_pick(r, "m", &b, 1, now, NULL);
     assert_string_equal(name_of(rt), "a");
@@ -131,6 +136,12 @@ static void test_failing_route_loses_traffic_and_breaker_cycle(void **state) {
     assert_string_equal(name_of(rt), "b");
     router_report(r, rt, &ok, 5, now);
   }
+  /* A late answer from a call started before the breaker opened (its
+   * latency reaches back past the probe) is not the probe: it neither closes
+   * the breaker nor lets a second probe out. */
+  router_report(r, stale, &ok, now - stale_started, now);
+  assert_string_equal(state_of(r, 0, now), "half_open");
+  assert_string_equal(name_of(router_pick(r, "m", &b, 1, now, NULL)), "b");
   router_report(r, probe, &bad, 5, now); /* failed probe: open again */
   assert_string_equal(state_of(r, 0, now), "open");
 

@@ -1,0 +1,105 @@
+/* retention.c - the sweeper. See retention.h. */
+#include "core/retention.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "util/log.h"
+#include "util/timeutil.h"
+
+#define RETENTION_BATCH 256
+
+size_t retention_sweep(store *st, blob *bl, int64_t now_ms) {
+  size_t purged = 0, failed = 0;
+  for (;;) {
+    store_expired *items = NULL;
+    size_t n = 0;
+    if (st->ops->results_expired(st, now_ms, RETENTION_BATCH, &items, &n) != STORE_OK) break;
+    size_t failed_here = 0;
+    for (size_t i = 0; i < n; i++) {
+      int rc = bl->ops->remove(bl, items[i].blob_key);
+      /* Gone already (a crash after the delete, before the mark) is done too. */
+      if (rc != BLOB_OK && rc != BLOB_NOT_FOUND) {
+        failed_here++;
+        continue;
+      }
+      if (st->ops->result_mark_purged(st, items[i].task_id, items[i].index, now_ms) == STORE_OK)
+        purged++;
+    }
+    free(items);
+    failed += failed_here;
+    /* A short batch was the last; a batch with failures would come back
+     * with the same items, so they wait for the next pass. */
+    if (n < RETENTION_BATCH || failed_here > 0) break;
+  }
+  if (purged || failed) LOG_INFO("retention_swept", "purged=%zu failed=%zu", purged, failed);
+  return purged;
+}
+
+struct retention {
+  store *st;
+  blob *bl;
+  int interval_ms;
+  pthread_t thread;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  bool stop;
+};
+
+/* One pass at start (catching up on what expired while imgate was down),
+ * then one per interval until stopped. */
+static void *retention_main(void *arg) {
+  retention *r = arg;
+  pthread_mutex_lock(&r->lock);
+  for (;;) {
+    pthread_mutex_unlock(&r->lock);
+    retention_sweep(r->st, r->bl, time_now_ms());
+    pthread_mutex_lock(&r->lock);
+    if (r->stop) break;
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    int64_t ns = until.tv_nsec + (int64_t)(r->interval_ms % 1000) * 1000000;
+    until.tv_sec += r->interval_ms / 1000 + ns / 1000000000;
+    until.tv_nsec = ns % 1000000000;
+    while (!r->stop && pthread_cond_timedwait(&r->cond, &r->lock, &until) == 0) {
+    }
+    if (r->stop) break;
+  }
+  pthread_mutex_unlock(&r->lock);
+  return NULL;
+}
+
+retention *retention_start(store *st, blob *bl, int interval_ms) {
+  retention *r = calloc(1, sizeof *r);
+  if (!r) return NULL;
+  r->st = st;
+  r->bl = bl;
+  r->interval_ms = interval_ms > 0 ? interval_ms : 60000;
+  pthread_condattr_t attr;
+  pthread_condattr_init(&attr);
+  pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+  pthread_cond_init(&r->cond, &attr);
+  pthread_condattr_destroy(&attr);
+  pthread_mutex_init(&r->lock, NULL);
+  if (pthread_create(&r->thread, NULL, retention_main, r) != 0) {
+    pthread_cond_destroy(&r->cond);
+    pthread_mutex_destroy(&r->lock);
+    free(r);
+    return NULL;
+  }
+  return r;
+}
+
+void retention_stop(retention *r) {
+  if (!r) return;
+  pthread_mutex_lock(&r->lock);
+  r->stop = true;
+  pthread_cond_broadcast(&r->cond);
+  pthread_mutex_unlock(&r->lock);
+  pthread_join(r->thread, NULL);
+  pthread_cond_destroy(&r->cond);
+  pthread_mutex_destroy(&r->lock);
+  free(r);
+}
