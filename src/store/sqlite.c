@@ -156,6 +156,7 @@ typedef struct sql_store {
    * keeps a burst of writes from turning into a burst of sleeps. busy_timeout
    * still covers writers in other processes (the admin CLI). */
   pthread_mutex_t write_mu;
+  size_t n_waiting; /* threads in sql_acquire waiting for a connection (under mu) */
   sqlite3 **conns; /* every connection, for close */
   sqlite3 **idle;  /* stack of connections nobody holds */
   size_t n_conns, n_idle;
@@ -337,6 +338,7 @@ static int sql_collect(sqlite3 *db, sqlite3_stmt *st, const char *what, sql_row_
   return step == SQLITE_DONE ? STORE_OK : sql_map(db, step, what);
 }
 
+
 /* ---- transactions ---------------------------------------------------------------------- */
 
 static int sql_begin_write(sqlite3 *db) { return sql_run(db, "begin", "BEGIN IMMEDIATE", ""); }
@@ -376,7 +378,11 @@ static int sql_write_end(sql_store *ss, sqlite3 *db, int rc) {
 
 static sqlite3 *sql_acquire(sql_store *ss) {
   pthread_mutex_lock(&ss->mu);
-  while (ss->n_idle == 0) pthread_cond_wait(&ss->cv, &ss->mu);
+  while (ss->n_idle == 0) {
+    ss->n_waiting++;
+    pthread_cond_wait(&ss->cv, &ss->mu);
+    ss->n_waiting--;
+  }
   sqlite3 *db = ss->idle[--ss->n_idle];
   pthread_mutex_unlock(&ss->mu);
   return db;
@@ -390,8 +396,35 @@ static void sql_release(sql_store *ss, sqlite3 *db) {
   }
   pthread_mutex_lock(&ss->mu);
   ss->idle[ss->n_idle++] = db;
-  pthread_cond_signal(&ss->cv);
+  /* A signal nobody waits for still costs a futex call on every release. */
+  if (ss->n_waiting) pthread_cond_signal(&ss->cv);
   pthread_mutex_unlock(&ss->mu);
+}
+
+/* One list query on a pooled connection: prepare with the arguments, collect
+ * every row with read, give the connection back. On error *arr is freed and
+ * *count is 0, so callers only ever see a whole list or none. */
+static int sql_list(sql_store *ss, const char *what, sql_row_reader read, size_t elem_size,
+                    void **arr, size_t *count, const char *sql, const char *types, ...) {
+  *arr = NULL;
+  *count = 0;
+  sqlite3 *db = sql_acquire(ss);
+  sqlite3_stmt *st;
+  va_list ap;
+  va_start(ap, types);
+  int rc = sql_prepare_va(db, &st, what, sql, types, ap);
+  va_end(ap);
+  if (rc == STORE_OK) {
+    rc = sql_collect(db, st, what, read, elem_size, arr, count);
+    sqlite3_finalize(st);
+  }
+  sql_release(ss, db);
+  if (rc != STORE_OK) {
+    free(*arr);
+    *arr = NULL;
+    *count = 0;
+  }
+  return rc;
 }
 
 /* ---- accounts -------------------------------------------------------------------------- */
@@ -478,24 +511,8 @@ static int sql_account_count(store *s, int64_t *count_out) {
 static int sql_row_account(sqlite3_stmt *st, void *elem) { return sql_read_account(st, 0, elem); }
 
 static int sql_account_list(store *s, store_account **accounts, size_t *count) {
-  *accounts = NULL;
-  *count = 0;
-  sql_store *ss = (sql_store *)s;
-  sqlite3 *db = sql_acquire(ss);
-  sqlite3_stmt *st;
-  int rc = sql_prepare(db, &st, "account_list", SQL_ACCOUNT_SELECT " ORDER BY id", "");
-  if (rc == STORE_OK) {
-    rc = sql_collect(db, st, "account_list", sql_row_account, sizeof **accounts,
-                     (void **)accounts, count);
-    sqlite3_finalize(st);
-  }
-  sql_release(ss, db);
-  if (rc != STORE_OK) {
-    free(*accounts);
-    *accounts = NULL;
-    *count = 0;
-  }
-  return rc;
+  return sql_list((sql_store *)s, "account_list", sql_row_account, sizeof **accounts,
+                  (void **)accounts, count, SQL_ACCOUNT_SELECT " ORDER BY id", "");
 }
 
 /* ---- API keys -------------------------------------------------------------------------- */
@@ -602,26 +619,10 @@ static int sql_row_key(sqlite3_stmt *st, void *elem) {
 }
 
 static int sql_key_list(store *s, int64_t account_id, store_key **keys, size_t *count) {
-  *keys = NULL;
-  *count = 0;
-  sql_store *ss = (sql_store *)s;
-  sqlite3 *db = sql_acquire(ss);
-  sqlite3_stmt *st;
-  int rc = sql_prepare(db, &st, "key_list",
-                       "SELECT id, account_id, prefix, name, created_ms, last_used_ms, revoked_ms "
-                       "FROM api_keys WHERE account_id = ? ORDER BY created_ms DESC, id DESC",
-                       "I", account_id);
-  if (rc == STORE_OK) {
-    rc = sql_collect(db, st, "key_list", sql_row_key, sizeof **keys, (void **)keys, count);
-    sqlite3_finalize(st);
-  }
-  sql_release(ss, db);
-  if (rc != STORE_OK) {
-    free(*keys);
-    *keys = NULL;
-    *count = 0;
-  }
-  return rc;
+  return sql_list((sql_store *)s, "key_list", sql_row_key, sizeof **keys, (void **)keys, count,
+                  "SELECT id, account_id, prefix, name, created_ms, last_used_ms, revoked_ms "
+                  "FROM api_keys WHERE account_id = ? ORDER BY created_ms DESC, id DESC",
+                  "I", account_id);
 }
 
 /* ---- tasks: writing -------------------------------------------------------------------- */
@@ -776,27 +777,11 @@ static int sql_row_ledger(sqlite3_stmt *st, void *elem) {
 }
 
 static int sql_ledger_list(store *s, int64_t account_id, ledger_entry **entries, size_t *count) {
-  *entries = NULL;
-  *count = 0;
-  sql_store *ss = (sql_store *)s;
-  sqlite3 *db = sql_acquire(ss);
-  sqlite3_stmt *st;
-  int rc = sql_prepare(db, &st, "ledger_list",
-                       "SELECT id, account_id, kind, available, held, COALESCE(task_id, ''),"
-                       " reason, created_ms FROM ledger WHERE account_id = ? ORDER BY id",
-                       "I", account_id);
-  if (rc == STORE_OK) {
-    rc = sql_collect(db, st, "ledger_list", sql_row_ledger, sizeof **entries, (void **)entries,
-                     count);
-    sqlite3_finalize(st);
-  }
-  sql_release(ss, db);
-  if (rc != STORE_OK) {
-    free(*entries);
-    *entries = NULL;
-    *count = 0;
-  }
-  return rc;
+  return sql_list((sql_store *)s, "ledger_list", sql_row_ledger, sizeof **entries,
+                  (void **)entries, count,
+                  "SELECT id, account_id, kind, available, held, COALESCE(task_id, ''),"
+                  " reason, created_ms FROM ledger WHERE account_id = ? ORDER BY id",
+                  "I", account_id);
 }
 
 /* Counts rows of a query that lists what is wrong, logging the first few. */
@@ -1352,24 +1337,10 @@ static int sql_task_list_queued(store *s, size_t limit, char (**ids)[IDS_UUID_LE
   *count = 0;
   if (limit == 0) return STORE_OK;
   int64_t lim = limit > (size_t)INT64_MAX ? INT64_MAX : (int64_t)limit;
-  sql_store *ss = (sql_store *)s;
-  sqlite3 *db = sql_acquire(ss);
-  sqlite3_stmt *st;
-  int rc = sql_prepare(db, &st, "task_list_queued",
-                       "SELECT id FROM tasks WHERE state = ? ORDER BY created_ms, id LIMIT ?",
-                       "tI", task_state_name(TASK_QUEUED), lim);
-  if (rc == STORE_OK) {
-    rc = sql_collect(db, st, "task_list_queued", sql_row_task_id, sizeof **ids, (void **)ids,
-                     count);
-    sqlite3_finalize(st);
-  }
-  sql_release(ss, db);
-  if (rc != STORE_OK) {
-    free(*ids);
-    *ids = NULL;
-    *count = 0;
-  }
-  return rc;
+  return sql_list((sql_store *)s, "task_list_queued", sql_row_task_id, sizeof **ids,
+                  (void **)ids, count,
+                  "SELECT id FROM tasks WHERE state = ? ORDER BY created_ms, id LIMIT ?", "tI",
+                  task_state_name(TASK_QUEUED), lim);
 }
 
 static int sql_result_by_token(store *s, const char *token, task_result *out) {
@@ -1406,25 +1377,11 @@ static int sql_results_expired(store *s, int64_t now_ms, size_t limit, store_exp
   *items = NULL;
   *count = 0;
   if (limit == 0) return STORE_OK;
-  sql_store *ss = (sql_store *)s;
-  sqlite3 *db = sql_acquire(ss);
-  sqlite3_stmt *st;
-  int rc = sql_prepare(db, &st, "results_expired",
-                       "SELECT task_id, idx, blob_key FROM task_results"
-                       " WHERE purged_ms = 0 AND expires_ms <= ? ORDER BY expires_ms LIMIT ?",
-                       "II", now_ms, (int64_t)(limit > INT32_MAX ? INT32_MAX : limit));
-  if (rc == STORE_OK) {
-    rc = sql_collect(db, st, "results_expired", sql_row_expired, sizeof **items, (void **)items,
-                     count);
-    sqlite3_finalize(st);
-  }
-  sql_release(ss, db);
-  if (rc != STORE_OK) {
-    free(*items);
-    *items = NULL;
-    *count = 0;
-  }
-  return rc;
+  return sql_list((sql_store *)s, "results_expired", sql_row_expired, sizeof **items,
+                  (void **)items, count,
+                  "SELECT task_id, idx, blob_key FROM task_results"
+                  " WHERE purged_ms = 0 AND expires_ms <= ? ORDER BY expires_ms LIMIT ?",
+                  "II", now_ms, (int64_t)(limit > INT32_MAX ? INT32_MAX : limit));
 }
 
 static int sql_result_mark_purged(store *s, const char *task_id, int index, int64_t now_ms) {
@@ -1681,6 +1638,17 @@ int store_sqlite_pool_size(int threads) {
   return threads + engine_threads;
 }
 
+/* Process-wide SQLite settings, before SQLite initialises itself. Memory
+ * statistics are off: keeping them takes a global mutex on every allocation
+ * of every connection, which the request threads then queue on (it showed as
+ * the top lock in a profile of the poll path). Nothing here reads them. */
+static pthread_once_t sql_global_once = PTHREAD_ONCE_INIT;
+
+static void sql_global_init(void) {
+  if (sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) != SQLITE_OK)
+    LOG_WARN("sqlite_memstatus_left_on", NULL); /* initialised already by someone else */
+}
+
 store *store_sqlite_open(const char *path, int pool_size, char *err, size_t err_size) {
   if (!path || !*path) {
     sql_set_err(err, err_size, "no database path");
@@ -1694,6 +1662,7 @@ store *store_sqlite_open(const char *path, int pool_size, char *err, size_t err_
     sql_set_err(err, err_size, "SQLite was built without thread support");
     return NULL;
   }
+  pthread_once(&sql_global_once, sql_global_init);
   sql_store *ss = sql_alloc(pool_size);
   if (!ss) {
     sql_set_err(err, err_size, "out of memory");
