@@ -77,7 +77,7 @@ struct engine {
   job **timers;                 /* min-heap on due_mono: retries waiting for their time */
   size_t n_timers, cap_timers;
   job *done_head, *done_tail;
-  uint64_t finished;
+  uint64_t finished;             /* tasks whose final state this process committed */
   unsigned rng;
   bool stopping;                /* no more dispatching */
   bool completers_exit;         /* completers leave once the completion queue is empty */
@@ -216,7 +216,6 @@ static void job_release(engine *e, job *j) {
   pthread_mutex_lock(&e->lock);
   unlink_running(e, j);
   e->in_flight--;
-  e->finished++;
   pthread_cond_signal(&e->dispatch_cond);
   pthread_cond_broadcast(&e->drain_cond);
   pthread_mutex_unlock(&e->lock);
@@ -252,6 +251,9 @@ static bool finish_task(engine *e, const char *task_id, int run, task_state stat
     LOG_INFO("task_finished", "task=%s state=%s attempt=%d images=%zu dur_ms=%lld code=%s",
              task_id, task_state_name(state), run, n_results, (long long)dur_ms,
              code ? code : "-");
+    pthread_mutex_lock(&e->lock);
+    e->finished++;
+    pthread_mutex_unlock(&e->lock);
     if (e->cfg.on_finished) e->cfg.on_finished(e->cfg.on_finished_ctx, task_id, state);
     return true;
   }
