@@ -824,6 +824,34 @@ static int sql_ledger_verify(store *s) {
                               " OR COALESCE(l.cap, 0) != t.cost_charged"
                               " OR t.cost_charged > t.cost_held",
                               &bad);
+  /* Conservation per task: what left the available balance is the hold,
+   * less what came back; once final that is exactly the charge. A priced
+   * task has its hold row, and every row of a task is its account's. */
+  if (rc == STORE_OK)
+    rc = sql_count_violations(db, "task_conservation",
+                              "SELECT t.id FROM tasks t LEFT JOIN (SELECT task_id, SUM(available) av,"
+                              " SUM(kind = 'hold') holds, SUM(account_id) acc, COUNT(*) n"
+                              " FROM ledger WHERE task_id IS NOT NULL GROUP BY task_id) l"
+                              " ON l.task_id = t.id WHERE COALESCE(l.av, 0) != CASE WHEN t.state"
+                              " IN ('queued', 'running') THEN -t.cost_held ELSE -t.cost_charged END"
+                              " OR (t.cost_held > 0 AND COALESCE(l.holds, 0) != 1)"
+                              " OR COALESCE(l.acc, 0) != t.account_id * COALESCE(l.n, 0)",
+                              &bad);
+  /* Each kind moves money its own way (docs/billing.md), and no balance is
+   * below zero. */
+  if (rc == STORE_OK)
+    rc = sql_count_violations(db, "entry_signs",
+                              "SELECT id FROM ledger WHERE NOT CASE kind"
+                              " WHEN 'grant' THEN available > 0 AND held = 0"
+                              " WHEN 'topup' THEN available > 0 AND held = 0"
+                              " WHEN 'refund' THEN available < 0 AND held = 0"
+                              " WHEN 'adjustment' THEN held = 0"
+                              " WHEN 'hold' THEN available < 0 AND held = -available"
+                              " WHEN 'capture' THEN available = 0 AND held < 0"
+                              " WHEN 'release' THEN available > 0 AND held = -available"
+                              " ELSE 0 END"
+                              " UNION ALL SELECT email FROM accounts WHERE balance < 0",
+                              &bad);
   if (rc == STORE_OK) rc = sql_end(db, STORE_OK);
   else sql_rollback(db);
   sql_release(ss, db);

@@ -912,6 +912,49 @@ static void test_ledger_verify_detects_drift(void **state) {
   raw_exec(f->path, "UPDATE accounts SET balance = balance + 1 WHERE email = 'drift@example.com'");
   assert_int_equal(f->s->ops->ledger_verify(f->s), STORE_CONFLICT);
   raw_exec(f->path, "UPDATE accounts SET balance = balance - 1 WHERE email = 'drift@example.com'");
+  assert_int_equal(f->s->ops->ledger_verify(f->s), STORE_OK);
+}
+
+/* Rows that keep the cached sums right but move money the wrong way are
+ * caught too: a release that credits more than it frees, a task that lost
+ * its hold, a row filed under another account. */
+static void test_ledger_verify_detects_forged_rows(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t id, other;
+  assert_int_equal(s->ops->account_open(s, "forge@example.com", NOW, 100000, &id), STORE_OK);
+  assert_int_equal(s->ops->account_open(s, "other@example.com", NOW, 100000, &other), STORE_OK);
+  task *t;
+  assert_int_equal(insert_priced(s, id, 25000, 0, &t), STORE_OK);
+  int run;
+  assert_int_equal(s->ops->task_start(s, t->id, "p", NOW, &run), STORE_OK);
+  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_FAILED, "x", "y", NULL, 0, NOW, NULL),
+                   STORE_OK);
+  assert_int_equal(s->ops->ledger_verify(s), STORE_OK);
+  char sql[512];
+  /* A release of +2x for a hold of x, with the cached balance moved to match. */
+  snprintf(sql, sizeof sql,
+           "UPDATE ledger SET available = available * 2 WHERE kind = 'release' AND task_id = '%s';"
+           "UPDATE accounts SET balance = balance + 25000 WHERE id = %lld",
+           t->id, (long long)id);
+  raw_exec(f->path, sql);
+  assert_int_equal(s->ops->ledger_verify(s), STORE_CONFLICT);
+  snprintf(sql, sizeof sql,
+           "UPDATE ledger SET available = available / 2 WHERE kind = 'release' AND task_id = '%s';"
+           "UPDATE accounts SET balance = balance - 25000 WHERE id = %lld",
+           t->id, (long long)id);
+  raw_exec(f->path, sql);
+  assert_int_equal(s->ops->ledger_verify(s), STORE_OK);
+  /* The rows filed under another account: their sums are zero, no cached sum moves. */
+  snprintf(sql, sizeof sql,
+           "UPDATE ledger SET account_id = %lld WHERE task_id = '%s'", (long long)other, t->id);
+  raw_exec(f->path, sql);
+  assert_int_equal(s->ops->ledger_verify(s), STORE_CONFLICT);
+  snprintf(sql, sizeof sql, "UPDATE ledger SET account_id = %lld WHERE task_id = '%s'",
+           (long long)id, t->id);
+  raw_exec(f->path, sql);
+  assert_int_equal(s->ops->ledger_verify(s), STORE_OK);
+  task_free(t);
 }
 
 /* ---- idempotency keys ------------------------------------------------------------------ */
@@ -1149,6 +1192,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_concurrency_limit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_partial_capture, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ledger_verify_detects_drift, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_ledger_verify_detects_forged_rows, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_finish, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_finish_stale_attempt, setup, teardown),
       cmocka_unit_test_setup_teardown(test_requeue_running, setup, teardown),
