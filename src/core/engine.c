@@ -804,6 +804,39 @@ static void sweep_stranded(engine *e, size_t room) {
   free(ids);
 }
 
+/* Whether a job of this process runs task_id (under e->lock). */
+static bool owned_locked(engine *e, const char *task_id) {
+  for (job *j = e->running; j; j = j->next)
+    if (strcmp(j->task_id, task_id) == 0) return true;
+  return false;
+}
+
+/* Running in the store but run by no job here: a run whose final write kept
+ * failing (finish_task gave up). Put back to queued (compare-and-set on its
+ * attempts) and run again, as a restart would, instead of leaving its hold
+ * and its concurrency slot taken until then. The dispatcher is the only
+ * thread that starts jobs, and it runs this, so a task between its start
+ * and its job is never mistaken for a lost one. Called without e->lock. */
+static void sweep_lost_runs(engine *e) {
+  pthread_mutex_lock(&e->lock);
+  size_t jobs = 0;
+  for (job *j = e->running; j; j = j->next) jobs++;
+  pthread_mutex_unlock(&e->lock);
+  store_start *runs = NULL;
+  size_t n = 0;
+  if (e->st->ops->task_list_running(e->st, jobs + 1024, &runs, &n) != STORE_OK) return;
+  for (size_t i = 0; n > jobs && i < n; i++) {
+    pthread_mutex_lock(&e->lock);
+    bool mine = owned_locked(e, runs[i].task_id);
+    pthread_mutex_unlock(&e->lock);
+    if (mine || e->st->ops->task_requeue(e->st, runs[i].task_id, runs[i].attempt) != STORE_OK)
+      continue;
+    LOG_WARN("lost_run_requeued", "task=%s attempt=%d", runs[i].task_id, runs[i].attempt);
+    engine_enqueue(e, runs[i].task_id);
+  }
+  free(runs);
+}
+
 static void *dispatcher_main(void *arg) {
   engine *e = arg;
   pthread_mutex_lock(&e->lock);
@@ -815,12 +848,11 @@ static void *dispatcher_main(void *arg) {
       size_t room = e->in_flight < (size_t)e->cfg.max_in_flight
                         ? (size_t)e->cfg.max_in_flight - e->in_flight
                         : 0;
-      if (room) {
-        pthread_mutex_unlock(&e->lock);
-        sweep_stranded(e, room);
-        pthread_mutex_lock(&e->lock);
-        continue;
-      }
+      pthread_mutex_unlock(&e->lock);
+      if (room) sweep_stranded(e, room);
+      sweep_lost_runs(e); /* after: what it requeues it also enqueues itself */
+      pthread_mutex_lock(&e->lock);
+      continue;
     }
     if (e->n_timers && e->timers[0]->due_mono <= now) {
       job *j = heap_pop(e);

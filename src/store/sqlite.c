@@ -1371,6 +1371,70 @@ static int sql_task_list_queued(store *s, size_t limit, char (**ids)[IDS_UUID_LE
                   task_state_name(TASK_QUEUED), lim);
 }
 
+/* store_start carries the id as a pointer; the listing keeps the ids in the
+ * same allocation, after the items. Rows are read into this first. */
+typedef struct sql_running_row {
+  char id[IDS_UUID_LEN + 1];
+  int attempts;
+} sql_running_row;
+
+static int sql_row_running(sqlite3_stmt *st, void *elem) {
+  sql_running_row *r = elem;
+  if (!sql_col_copy(st, 0, r->id, sizeof r->id))
+    return sql_misuse("task_list_running", "stored task id too long");
+  r->attempts = sqlite3_column_int(st, 1);
+  return STORE_OK;
+}
+
+static int sql_task_list_running(store *s, size_t limit, store_start **items, size_t *count) {
+  *items = NULL;
+  *count = 0;
+  if (limit == 0) return STORE_OK;
+  sql_running_row *rows = NULL;
+  size_t n = 0;
+  int rc = sql_list((sql_store *)s, "task_list_running", sql_row_running, sizeof *rows,
+                    (void **)&rows, &n,
+                    "SELECT id, attempts FROM tasks WHERE state = 'running'"
+                    " ORDER BY started_ms, id LIMIT ?",
+                    "I", (int64_t)(limit > INT32_MAX ? INT32_MAX : limit));
+  if (rc != STORE_OK || n == 0) {
+    free(rows);
+    return rc;
+  }
+  /* One block: the items, then the ids they point at. */
+  char *block = malloc(n * (sizeof **items + IDS_UUID_LEN + 1));
+  if (!block) {
+    free(rows);
+    return sql_oom("task_list_running");
+  }
+  store_start *out = (store_start *)block;
+  char *ids = block + n * sizeof *out;
+  for (size_t i = 0; i < n; i++) {
+    char *id = ids + i * (IDS_UUID_LEN + 1);
+    memcpy(id, rows[i].id, IDS_UUID_LEN + 1);
+    out[i] = (store_start){.task_id = id, .rc = STORE_OK, .attempt = rows[i].attempts};
+  }
+  free(rows);
+  *items = out;
+  *count = n;
+  return STORE_OK;
+}
+
+static int sql_task_requeue(store *s, const char *task_id, int attempt) {
+  if (!task_id) return STORE_NOT_FOUND;
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  sql_write_lock(ss);
+  int rc = sql_run(db, "task_requeue",
+                   "UPDATE tasks SET state = 'queued' WHERE id = ? AND state = 'running'"
+                   " AND attempts = ?",
+                   "ti", task_id, attempt);
+  if (rc == STORE_OK && sqlite3_changes(db) == 0) rc = STORE_CONFLICT;
+  sql_write_unlock(ss);
+  sql_release(ss, db);
+  return rc;
+}
+
 static int sql_result_by_token(store *s, const char *token, task_result *out) {
   memset(out, 0, sizeof *out);
   if (!token) return STORE_NOT_FOUND;
@@ -1624,6 +1688,8 @@ static const store_ops sql_ops = {
     .account_set_limits = sql_account_set_limits,
     .account_set_disabled = sql_account_set_disabled,
     .task_count_active = sql_task_count_active,
+    .task_list_running = sql_task_list_running,
+    .task_requeue = sql_task_requeue,
     .results_expired = sql_results_expired,
     .result_mark_purged = sql_result_mark_purged,
     .task_start = sql_task_start,

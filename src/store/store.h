@@ -201,6 +201,12 @@ typedef struct store_ops {
   /* Ids of queued tasks, oldest first, at most limit; *ids is one malloc'd
    * array of count fixed-size strings (free it). */
   int (*task_list_queued)(store *s, size_t limit, char (**ids)[IDS_UUID_LEN + 1], size_t *count);
+  /* Running tasks with their attempts counter, oldest start first, at most
+   * limit; *items is malloc'd (free it). */
+  int (*task_list_running)(store *s, size_t limit, store_start **items, size_t *count);
+  /* running -> queued, only if the task is running with these attempts (a
+   * run this process lost: its final write failed). CONFLICT otherwise. */
+  int (*task_requeue)(store *s, const char *task_id, int attempt);
   /* Records one finished upstream attempt of a task. */
   int (*task_attempt_add)(store *s, const char *task_id, const task_attempt *a);
   /* Results whose expires_ms <= now and whose image is not deleted yet,

@@ -355,6 +355,14 @@ static int flaky_requeue(store *s, int64_t *n) {
   store *r = ((flaky_store *)s)->real;
   return r->ops->task_requeue_running(r, n);
 }
+static int flaky_list_running(store *s, size_t limit, store_start **items, size_t *n) {
+  store *r = ((flaky_store *)s)->real;
+  return r->ops->task_list_running(r, limit, items, n);
+}
+static int flaky_requeue_one(store *s, const char *id, int attempt) {
+  store *r = ((flaky_store *)s)->real;
+  return r->ops->task_requeue(r, id, attempt);
+}
 static int flaky_attempt_add(store *s, const char *id, const task_attempt *a) {
   store *r = ((flaky_store *)s)->real;
   return r->ops->task_attempt_add(r, id, a);
@@ -368,6 +376,8 @@ static void flaky_init(flaky_store *fs, store *real) {
   fs->ops.task_list_queued = flaky_list_queued;
   fs->ops.task_requeue_running = flaky_requeue;
   fs->ops.task_attempt_add = flaky_attempt_add;
+  fs->ops.task_list_running = flaky_list_running;
+  fs->ops.task_requeue = flaky_requeue_one;
   fs->base.ops = &fs->ops;
   fs->real = real;
   fs->fail_finish = fs->fail_start_many = 0;
@@ -723,11 +733,43 @@ static void test_stranded_queued_task_is_swept(void **state) {
   engine_destroy(e);
 }
 
+/* A run whose final write fails every time is not left running until the
+ * next restart: the idle dispatcher finds it (running in the store, no job
+ * here), puts it back to queued and runs it again. */
+static void test_lost_run_is_requeued(void **state) {
+  fixture *f = *state;
+  flaky_store fs;
+  flaky_init(&fs, f->st);
+  fs.fail_finish = 5; /* the first write and its four retries */
+  scripted s;
+  scripted_init(&s);
+  engine_config ec = base_config(f, 4, 1000);
+  ec.sweep_interval_ms = 50;
+  engine *e = engine_create(&fs.base, f->bl, router_of((scripted *[]){&s}, 1), NULL, &ec);
+  assert_int_equal(engine_start(e), 0);
+  char id[IDS_UUID_LEN + 1];
+  insert_task(f, id, false);
+  engine_enqueue(e, id);
+  assert_true(wait_started(&s, 1));
+  complete(take_one(&s), PROVIDER_OK);
+  assert_true(wait_started(&s, 2)); /* lost, found, started again */
+  assert_int_equal(fs.fail_finish, 0);
+  complete(take_one(&s), PROVIDER_OK);
+  assert_true(wait_finished(&f->fin, 1));
+  task *t = load(f, id);
+  assert_int_equal(t->state, TASK_SUCCEEDED);
+  assert_int_equal(t->attempts, 2);
+  task_free(t);
+  engine_destroy(e);
+  assert_int_equal(f->fin.count, 1);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_runs_tasks_to_success, setup, teardown),
       cmocka_unit_test_setup_teardown(test_finish_survives_brief_store_failure, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stranded_queued_task_is_swept, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_lost_run_is_requeued, setup, teardown),
       cmocka_unit_test_setup_teardown(test_respects_max_in_flight, setup, teardown),
       cmocka_unit_test_setup_teardown(test_failed_and_moderated, setup, teardown),
       cmocka_unit_test_setup_teardown(test_duplicate_enqueue_runs_once, setup, teardown),

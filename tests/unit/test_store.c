@@ -846,6 +846,33 @@ static void test_hold_capture_release(void **state) {
 
 /* A task of two images that delivers one pays for one (and the reference
  * surcharge), and gets the rest back. */
+static void test_list_running_and_requeue(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  task *t = make_task(f->account, NOW);
+  assert_int_equal(s->ops->task_insert(s, t), STORE_OK);
+  store_start *runs = NULL;
+  size_t n = 99;
+  assert_int_equal(s->ops->task_list_running(s, 10, &runs, &n), STORE_OK);
+  assert_int_equal(n, 0);
+  int run;
+  assert_int_equal(s->ops->task_start(s, t->id, "p", NOW, &run), STORE_OK);
+  assert_int_equal(s->ops->task_list_running(s, 10, &runs, &n), STORE_OK);
+  assert_int_equal(n, 1);
+  assert_string_equal(runs[0].task_id, t->id);
+  assert_int_equal(runs[0].attempt, run);
+  free(runs);
+  assert_int_equal(s->ops->task_requeue(s, t->id, run + 1), STORE_CONFLICT); /* another run */
+  assert_int_equal(s->ops->task_requeue(s, t->id, run), STORE_OK);
+  assert_int_equal(s->ops->task_requeue(s, t->id, run), STORE_CONFLICT); /* queued now */
+  task *got = get_task(s, t->id);
+  assert_int_equal(got->state, TASK_QUEUED);
+  task_free(got);
+  assert_int_equal(s->ops->task_list_running(s, 10, &runs, &n), STORE_OK);
+  assert_int_equal(n, 0);
+  task_free(t);
+}
+
 static void test_partial_capture(void **state) {
   fx *f = *state;
   store *s = f->s;
@@ -1191,6 +1218,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_hold_capture_release, setup, teardown),
       cmocka_unit_test_setup_teardown(test_concurrency_limit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_partial_capture, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_list_running_and_requeue, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ledger_verify_detects_drift, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ledger_verify_detects_forged_rows, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_finish, setup, teardown),
