@@ -13,20 +13,15 @@
 
 #include "util/base64.h"
 #include "util/log.h"
+#include "util/utf8.h"
 
 /* ---- messages ---- */
 
 char *adapter_clean_text(char *dst, size_t dst_size, const char *src, size_t max_bytes) {
   if (!dst || dst_size == 0) return dst;
   if (!src) src = "";
-  size_t limit = dst_size - 1 < max_bytes ? dst_size - 1 : max_bytes;
-  size_t n = strnlen(src, limit + 1);
-  if (n > limit) {
-    /* Cut before the lead byte of a sequence the limit would split, so the
-     * result stays valid UTF-8 (jansson refuses strings that are not). */
-    n = limit;
-    while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80) n--;
-  }
+  /* Cut on a character boundary: jansson refuses strings that are not UTF-8. */
+  size_t n = utf8_cut(src, dst_size - 1 < max_bytes ? dst_size - 1 : max_bytes);
   for (size_t i = 0; i < n; i++) {
     unsigned char c = (unsigned char)src[i];
     dst[i] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
@@ -177,6 +172,24 @@ int64_t adapter_retry_after_ms(const char *retry_after, const char *retry_after_
   int64_t secs = (int64_t)(at - now);
   if (secs > ADAPTER_MAX_RETRY_AFTER_MS / 1000) return ADAPTER_MAX_RETRY_AFTER_MS;
   return secs * 1000;
+}
+
+/* ---- classes ---- */
+
+adapter_class adapter_status_class(int status) {
+  if (status == 401 || status == 403)
+    return (adapter_class){PROVIDER_ERR_AUTH, true, "upstream_auth"};
+  if (status == 402) return (adapter_class){PROVIDER_ERR_CREDIT, true, "upstream_credit"};
+  if (status == 404)
+    return (adapter_class){PROVIDER_ERR_AUTH, true, "upstream_model_not_found"};
+  if (status == 408) return (adapter_class){PROVIDER_ERR_TIMEOUT, true, "upstream_timeout"};
+  if (status == 429)
+    return (adapter_class){PROVIDER_ERR_RATE_LIMITED, true, "upstream_rate_limited"};
+  if (status == 409 || (status >= 500 && status <= 599))
+    return (adapter_class){PROVIDER_ERR_SERVER, true, "upstream_unavailable"};
+  if (status >= 400 && status <= 499)
+    return (adapter_class){PROVIDER_ERR_BAD_REQUEST, false, "upstream_bad_request"};
+  return (adapter_class){PROVIDER_ERR_BAD_RESPONSE, true, "upstream_bad_response"};
 }
 
 /* ---- transport ---- */
@@ -390,6 +403,29 @@ void adapter_instance_free(adapter_instance *ai) {
   ai->base_url = ai->api_key = NULL;
 }
 
+provider *adapter_provider_create(const provider_instance_config *cfg, const provider_ops *ops,
+                                  const char *version_suffix, curlloop *loop) {
+  adapter_provider *ap = calloc(1, sizeof *ap);
+  if (!ap) return NULL;
+  ap->base.ops = ops;
+  if (!adapter_instance_init(&ap->inst, &ap->base, cfg, ops->kind, version_suffix, loop)) {
+    free(ap);
+    return NULL;
+  }
+  return &ap->base;
+}
+
+void adapter_provider_destroy(provider *p) {
+  adapter_provider *ap = (adapter_provider *)p;
+  if (!ap) return;
+  adapter_instance_free(&ap->inst);
+  free(ap);
+}
+
+void adapter_provider_drain(provider *p, const provider_ops *ops) {
+  if (p && p->ops == ops) adapter_pool_drain(((adapter_provider *)p)->inst.pool);
+}
+
 CURL *adapter_easy_new(const adapter_instance *ai, const char *url, long timeout_ms) {
   CURL *easy = curl_easy_init();
   if (!easy) return NULL;
@@ -412,10 +448,13 @@ CURL *adapter_easy_new(const adapter_instance *ai, const char *url, long timeout
 }
 
 bool adapter_add_header(struct curl_slist **list, const char *name, const char *value) {
-  size_t n = strlen(name) + strlen(value) + 3;
+  size_t n = strlen(name) + (value ? strlen(value) : 0) + 3;
   char *line = malloc(n);
   if (!line) return false;
-  snprintf(line, n, "%s: %s", name, value);
+  if (value)
+    snprintf(line, n, "%s: %s", name, value);
+  else
+    snprintf(line, n, "%s:", name);
   struct curl_slist *l = curl_slist_append(*list, line);
   free(line);
   if (!l) return false;

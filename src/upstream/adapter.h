@@ -60,6 +60,23 @@ int64_t adapter_duration_ms(const char *s);
  * clamped to ADAPTER_MAX_RETRY_AFTER_MS. */
 int64_t adapter_retry_after_ms(const char *retry_after, const char *retry_after_ms, time_t now);
 
+/* How a failed call is classed. */
+typedef struct adapter_class {
+  provider_error_class cls;
+  bool retryable;
+  const char *code; /* error_code */
+} adapter_class;
+
+/* The class an HTTP status alone gives, before an adapter's own reading of
+ * the error body: 400 and other 4xx: BAD_REQUEST, "upstream_bad_request",
+ * not retryable; 401, 403: AUTH, "upstream_auth"; 402: CREDIT,
+ * "upstream_credit"; 404: AUTH, "upstream_model_not_found" (a route that
+ * cannot serve a vetted model is misconfigured); 408: TIMEOUT,
+ * "upstream_timeout"; 429: RATE_LIMITED, "upstream_rate_limited"; 409 and
+ * 5xx: SERVER, "upstream_unavailable"; anything else: BAD_RESPONSE,
+ * "upstream_bad_response". All retryable but BAD_REQUEST. */
+adapter_class adapter_status_class(int status);
+
 /* Whether a finished transfer brought a complete HTTP answer to parse. */
 bool adapter_transport_ok(const curlloop_result *res);
 /* The outcome of a transfer that did not (timeout, network, over-size answer).
@@ -125,6 +142,26 @@ bool adapter_instance_init(adapter_instance *ai, provider *base,
  * done()) and frees the settings. */
 void adapter_instance_free(adapter_instance *ai);
 
+/* An adapter's provider: the provider and its instance. */
+typedef struct adapter_provider {
+  provider base; /* first, so a provider * is an adapter_provider * */
+  adapter_instance inst;
+} adapter_provider;
+
+/* A provider with ops (ops->kind is the adapter's kind) over an instance made
+ * by adapter_instance_init; NULL when that refuses or memory runs out. */
+provider *adapter_provider_create(const provider_instance_config *cfg, const provider_ops *ops,
+                                  const char *version_suffix, curlloop *loop);
+/* The ops->destroy of every adapter. Calls in flight point at the instance's
+ * parsing pool, and the curl loop ends them (cancelled) when it is destroyed:
+ * so the loop must be destroyed before the providers that use it. The pool's
+ * threads are joined (an answer being parsed is delivered), answers still
+ * queued are dropped without done(), and p is freed. */
+void adapter_provider_destroy(provider *p);
+/* Blocks until every answer p has received has been parsed and delivered,
+ * when p is a provider with ops; any other provider is ignored. */
+void adapter_provider_drain(provider *p, const provider_ops *ops);
+
 /* A POST easy handle for url with the instance's timeouts (timeout_ms > 0
  * shortens the instance's whole-call budget, never lengthens it: the call
  * ends at the earlier of the two), no redirects, http(s) only.
@@ -132,7 +169,9 @@ void adapter_instance_free(adapter_instance *ai);
 CURL *adapter_easy_new(const adapter_instance *ai, const char *url, long timeout_ms);
 
 /* "Name: value" as a curl header list entry appended to *list; false when
- * memory runs out (the list is left as it was). */
+ * memory runs out (the list is left as it was). A NULL value appends "Name:",
+ * which stops curl from sending a header of its own by that name ("Expect":
+ * a large body would otherwise wait for "100 Continue" first). */
 bool adapter_add_header(struct curl_slist **list, const char *name, const char *value);
 
 #endif

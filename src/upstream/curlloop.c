@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "util/log.h"
+#include "util/timeutil.h"
 
 #define CURLLOOP_DEFAULT_CONNECT_MS 10000L
 /* Upper bound of one wait; libcurl shortens it to its own next timer. */
@@ -114,17 +115,20 @@ static size_t on_header(char *line, size_t size, size_t n, void *ud) {
   while (v < end && is_space(*v)) v++;
   while (end > v && is_space(end[-1])) end--;
   size_t vlen = (size_t)(end - v);
+#define WANTED(name, field) \
+  {name, sizeof name - 1, offsetof(curlloop_result, field), sizeof t->res.field}
   static const struct {
     const char *name;
-    size_t offset, size;
+    size_t name_len, offset, size;
   } wanted[] = {
-      {"content-type", offsetof(curlloop_result, content_type), sizeof t->res.content_type},
-      {"retry-after", offsetof(curlloop_result, retry_after), sizeof t->res.retry_after},
-      {"retry-after-ms", offsetof(curlloop_result, retry_after_ms), sizeof t->res.retry_after_ms},
-      {"x-request-id", offsetof(curlloop_result, request_id), sizeof t->res.request_id},
+      WANTED("content-type", content_type),
+      WANTED("retry-after", retry_after),
+      WANTED("retry-after-ms", retry_after_ms),
+      WANTED("x-request-id", request_id),
   };
+#undef WANTED
   for (size_t i = 0; i < sizeof wanted / sizeof wanted[0]; i++) {
-    if (strlen(wanted[i].name) == name_len && strncasecmp(line, wanted[i].name, name_len) == 0) {
+    if (wanted[i].name_len == name_len && strncasecmp(line, wanted[i].name, name_len) == 0) {
       copy_value((char *)&t->res + wanted[i].offset, wanted[i].size, v, vlen);
       break;
     }
@@ -242,9 +246,8 @@ static void finish_cancelled(curlloop *l, transfer *t) {
 /* --- the loop thread --- */
 
 static void start_transfer(curlloop *l, transfer *t) {
-  CURLMcode mc = CURLM_OK;
   if (l->share) curl_easy_setopt(t->easy, CURLOPT_SHARE, l->share);
-  mc = curl_multi_add_handle(l->multi, t->easy);
+  CURLMcode mc = curl_multi_add_handle(l->multi, t->easy);
   if (mc != CURLM_OK) {
     snprintf(t->res.error, sizeof t->res.error, "cannot start the transfer: %s",
              curl_multi_strerror(mc));
@@ -290,12 +293,6 @@ static void reap_done(curlloop *l) {
   }
 }
 
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* libcurl: start, change or stop watching socket s. */
 static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
   (void)easy, (void)socketp;
@@ -317,13 +314,13 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
 static int on_timer(CURLM *multi, long timeout_ms, void *userp) {
   (void)multi;
   curlloop *l = userp;
-  l->timer_due_ms = timeout_ms < 0 ? -1 : mono_ms() + timeout_ms;
+  l->timer_due_ms = timeout_ms < 0 ? -1 : time_mono_ms() + timeout_ms;
   return 0;
 }
 
 static int wait_ms(const curlloop *l) {
   if (l->timer_due_ms < 0) return CURLLOOP_POLL_MS;
-  int64_t left = l->timer_due_ms - mono_ms();
+  int64_t left = l->timer_due_ms - time_mono_ms();
   if (left <= 0) return 0;
   return left < CURLLOOP_POLL_MS ? (int)left : CURLLOOP_POLL_MS;
 }
@@ -348,7 +345,7 @@ static void *loop_main(void *arg) {
       CURLMcode mc = curl_multi_socket_action(l->multi, evs[i].data.fd, flags, &running);
       if (mc != CURLM_OK) LOG_ERROR("curlloop_socket_action_failed", "err=%d", (int)mc);
     }
-    if (l->timer_due_ms >= 0 && l->timer_due_ms <= mono_ms()) {
+    if (l->timer_due_ms >= 0 && l->timer_due_ms <= time_mono_ms()) {
       l->timer_due_ms = -1; /* libcurl sets the next one from inside the call */
       CURLMcode mc = curl_multi_socket_action(l->multi, CURL_SOCKET_TIMEOUT, 0, &running);
       if (mc != CURLM_OK) LOG_ERROR("curlloop_timeout_action_failed", "err=%d", (int)mc);
@@ -431,7 +428,6 @@ curlloop *curlloop_create(const curlloop_config *cfg) {
   struct epoll_event wake_ev = {.events = EPOLLIN, .data.fd = l->wakefd};
   if (l->epfd < 0 || l->wakefd < 0 ||
       epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wakefd, &wake_ev) != 0) {
-    l->multi = NULL;
     free_loop(l);
     return NULL;
   }

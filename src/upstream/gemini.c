@@ -340,48 +340,29 @@ static void gemini_read_error(json_t *root, gemini_error *e) {
   if (e->message && strstr(e->message, "API key not valid")) e->key_invalid = true;
 }
 
-typedef struct gemini_class {
-  provider_error_class cls;
-  bool retryable;
-  const char *code;
-} gemini_class;
-
-static gemini_class gemini_classify(int status, const gemini_error *e) {
-  const gemini_class bad_request = {PROVIDER_ERR_BAD_REQUEST, false, "upstream_bad_request"};
-  const gemini_class auth = {PROVIDER_ERR_AUTH, true, "upstream_auth"};
-  if (status == 400) {
-    if (e->key_invalid || (e->status && strcmp(e->status, "FAILED_PRECONDITION") == 0))
-      return auth;
-    return bad_request;
-  }
-  if (status == 401 || status == 403) return auth;
-  if (status == 402) return (gemini_class){PROVIDER_ERR_CREDIT, true, "upstream_credit"};
-  if (status == 404)
-    return (gemini_class){PROVIDER_ERR_AUTH, true, "upstream_model_not_found"};
-  if (status == 408) return (gemini_class){PROVIDER_ERR_TIMEOUT, true, "upstream_timeout"};
-  if (status == 429)
-    return (gemini_class){PROVIDER_ERR_RATE_LIMITED, true, "upstream_rate_limited"};
-  if (status == 409 || (status >= 500 && status <= 599))
-    return (gemini_class){PROVIDER_ERR_SERVER, true, "upstream_unavailable"};
-  if (status >= 400 && status <= 499) return bad_request;
-  return (gemini_class){PROVIDER_ERR_BAD_RESPONSE, true, "upstream_bad_response"};
+static adapter_class gemini_classify(int status, const gemini_error *e) {
+  /* Google says 400 for a key it refuses, and FAILED_PRECONDITION for
+   * conditions of the key's project (region, billing): another route may
+   * serve the same request. */
+  if (status == 400 &&
+      (e->key_invalid || (e->status && strcmp(e->status, "FAILED_PRECONDITION") == 0)))
+    return (adapter_class){PROVIDER_ERR_AUTH, true, "upstream_auth"};
+  return adapter_status_class(status);
 }
 
 /* class_status decides the class (an error inside a 200 carries its own
  * code); http_status is what goes on record. */
-static provider_outcome *gemini_error_outcome(int http_status, int class_status, json_t *root,
-                                              const char *retry_after) {
-  gemini_error e;
-  gemini_read_error(root, &e);
-  gemini_class c = gemini_classify(class_status, &e);
+static provider_outcome *gemini_error_outcome(int http_status, int class_status,
+                                              const gemini_error *e, const char *retry_after) {
+  adapter_class c = gemini_classify(class_status, e);
   char detail[ADAPTER_UPSTREAM_TEXT_MAX + 8];
-  gemini_detail(e.message, detail, sizeof detail);
+  gemini_detail(e->message, detail, sizeof detail);
   provider_outcome *o =
       adapter_error(http_status, c.cls, c.retryable, c.code, "gemini: HTTP %d%s%.40s%s",
-                    class_status, e.status ? " " : "", e.status ? e.status : "",
+                    class_status, e->status ? " " : "", e->status ? e->status : "",
                     detail[0] ? detail : " (no error details)");
-  if (o) o->retry_after_ms = e.retry_ms ? e.retry_ms
-                                        : adapter_retry_after_ms(retry_after, NULL, time(NULL));
+  if (o) o->retry_after_ms = e->retry_ms ? e->retry_ms
+                                         : adapter_retry_after_ms(retry_after, NULL, time(NULL));
   return o;
 }
 
@@ -391,16 +372,17 @@ provider_outcome *gemini_parse_response(long http_status, const char *body, size
   json_error_t jerr;
   json_t *root = body && len ? json_loadb(body, len, 0, &jerr) : NULL;
   provider_outcome *o;
+  gemini_error e;
   if (status < 200 || status > 299) {
-    o = gemini_error_outcome(status, status, root, retry_after_header);
+    gemini_read_error(root, &e);
+    o = gemini_error_outcome(status, status, &e, retry_after_header);
   } else if (!json_is_object(root)) {
     o = adapter_error(status, PROVIDER_ERR_BAD_RESPONSE, true, "upstream_bad_response",
                       root ? "gemini: the answer is not a JSON object"
                            : "gemini: the answer is not valid JSON (empty or truncated?)");
   } else if (json_is_object(json_object_get(root, "error"))) {
-    gemini_error e;
     gemini_read_error(root, &e);
-    o = gemini_error_outcome(status, e.code >= 400 ? e.code : status, root, retry_after_header);
+    o = gemini_error_outcome(status, e.code >= 400 ? e.code : status, &e, retry_after_header);
   } else {
     o = gemini_parse_success(root, status);
   }
@@ -409,11 +391,6 @@ provider_outcome *gemini_parse_response(long http_status, const char *body, size
 }
 
 /* ================= provider ================= */
-
-typedef struct gemini_provider {
-  provider base; /* first, so a provider * is a gemini_provider * */
-  adapter_instance inst;
-} gemini_provider;
 
 typedef struct gemini_job gemini_job;
 
@@ -463,17 +440,12 @@ static void gemini_job_free(gemini_job *job) {
 }
 
 static bool gemini_job_headers(gemini_job *job, const adapter_instance *inst) {
-  if (!adapter_add_header(&job->headers, "x-goog-api-key", inst->api_key) ||
-      !adapter_add_header(&job->headers, "Content-Type", "application/json"))
-    return false;
-  /* A large body would otherwise wait for "100 Continue" first. */
-  struct curl_slist *l = curl_slist_append(job->headers, "Expect:");
-  if (!l) return false;
-  job->headers = l;
-  return true;
+  return adapter_add_header(&job->headers, "x-goog-api-key", inst->api_key) &&
+         adapter_add_header(&job->headers, "Content-Type", "application/json") &&
+         adapter_add_header(&job->headers, "Expect", NULL);
 }
 
-static gemini_job *gemini_job_new(const gemini_provider *gp, const provider_request *req,
+static gemini_job *gemini_job_new(const adapter_provider *gp, const provider_request *req,
                                   provider_done_fn done, void *ctx) {
   gemini_job *job = calloc(1, sizeof *job);
   if (!job) return NULL;
@@ -597,7 +569,7 @@ static void gemini_on_done(void *ctx, CURL *easy, curlloop_result *res) {
   adapter_pool_submit(call->job->pool, &call->work);
 }
 
-static CURL *gemini_easy(const gemini_provider *gp, const gemini_job *job, const char *url,
+static CURL *gemini_easy(const adapter_provider *gp, const gemini_job *job, const char *url,
                          long timeout_ms) {
   CURL *easy = adapter_easy_new(&gp->inst, url, timeout_ms);
   if (!easy) return NULL;
@@ -613,7 +585,7 @@ static CURL *gemini_easy(const gemini_provider *gp, const gemini_job *job, const
 
 static int gemini_start(provider *p, const provider_request *req, provider_done_fn done,
                         void *ctx) {
-  gemini_provider *gp = (gemini_provider *)p;
+  adapter_provider *gp = (adapter_provider *)p;
   if (!gp || !req || !done || req->quantity < 1 || req->quantity > ADAPTER_MAX_QUANTITY)
     return -1;
   char *url = gemini_request_url(gp->inst.base_url, req->upstream_model);
@@ -640,32 +612,11 @@ static int gemini_start(provider *p, const provider_request *req, provider_done_
   return 0;
 }
 
-/* Transfers in flight point at their job and at the provider's parsing
- * pool; the curl loop ends them (cancelled) when it is destroyed. So the loop
- * must be destroyed before the providers that use it. Here the pool's threads
- * are joined (an answer being parsed is delivered) and answers still queued
- * are dropped without done(). */
-static void gemini_destroy(provider *p) {
-  gemini_provider *gp = (gemini_provider *)p;
-  if (!gp) return;
-  adapter_instance_free(&gp->inst);
-  free(gp);
-}
-
 static const provider_ops gemini_ops = {
-    .kind = "gemini", .start = gemini_start, .destroy = gemini_destroy};
+    .kind = "gemini", .start = gemini_start, .destroy = adapter_provider_destroy};
 
-void gemini_provider_drain(provider *p) {
-  if (p && p->ops == &gemini_ops) adapter_pool_drain(((gemini_provider *)p)->inst.pool);
-}
+void gemini_provider_drain(provider *p) { adapter_provider_drain(p, &gemini_ops); }
 
 provider *gemini_provider_create(const provider_instance_config *cfg, struct curlloop *loop) {
-  gemini_provider *gp = calloc(1, sizeof *gp);
-  if (!gp) return NULL;
-  gp->base.ops = &gemini_ops;
-  if (!adapter_instance_init(&gp->inst, &gp->base, cfg, "gemini", "/v1beta", loop)) {
-    free(gp);
-    return NULL;
-  }
-  return &gp->base;
+  return adapter_provider_create(cfg, &gemini_ops, "/v1beta", loop);
 }

@@ -152,34 +152,17 @@ static bool openai_is_moderation(const char *type, const char *code) {
 
 static bool openai_eq(const char *a, const char *b) { return a && strcmp(a, b) == 0; }
 
-typedef struct openai_class {
-  provider_error_class cls;
-  bool retryable;
-  const char *code;
-} openai_class;
-
-static openai_class openai_classify(int status, const char *type, const char *code) {
-  const openai_class credit = {PROVIDER_ERR_CREDIT, true, "upstream_credit"};
-  const openai_class bad_request = {PROVIDER_ERR_BAD_REQUEST, false, "upstream_bad_request"};
+static adapter_class openai_classify(int status, const char *type, const char *code) {
+  const adapter_class credit = {PROVIDER_ERR_CREDIT, true, "upstream_credit"};
   bool client_side = (status >= 400 && status <= 499) || (status >= 200 && status <= 299);
   if (client_side && openai_is_moderation(type, code))
-    return (openai_class){PROVIDER_ERR_MODERATED, false, "content_moderated"};
-  if (status == 400) return openai_eq(code, "billing_hard_limit_reached") ? credit : bad_request;
-  if (status == 401 || status == 403)
-    return (openai_class){PROVIDER_ERR_AUTH, true, "upstream_auth"};
-  if (status == 402) return credit;
-  if (status == 404)
-    return (openai_class){PROVIDER_ERR_AUTH, true, "upstream_model_not_found"};
-  if (status == 408) return (openai_class){PROVIDER_ERR_TIMEOUT, true, "upstream_timeout"};
-  if (status == 429) {
-    if (openai_eq(code, "insufficient_quota") || openai_eq(type, "insufficient_quota"))
-      return credit;
-    return (openai_class){PROVIDER_ERR_RATE_LIMITED, true, "upstream_rate_limited"};
-  }
-  if (status == 409 || (status >= 500 && status <= 599))
-    return (openai_class){PROVIDER_ERR_SERVER, true, "upstream_unavailable"};
-  if (status >= 400 && status <= 499) return bad_request;
-  return (openai_class){PROVIDER_ERR_BAD_RESPONSE, true, "upstream_bad_response"};
+    return (adapter_class){PROVIDER_ERR_MODERATED, false, "content_moderated"};
+  if (status == 400 && openai_eq(code, "billing_hard_limit_reached")) return credit;
+  /* OpenAI reports an account whose credit is gone as a 429. */
+  if (status == 429 &&
+      (openai_eq(code, "insufficient_quota") || openai_eq(type, "insufficient_quota")))
+    return credit;
+  return adapter_status_class(status);
 }
 
 static provider_outcome *openai_error_outcome(int status, json_t *root, const char *retry_after,
@@ -188,7 +171,7 @@ static provider_outcome *openai_error_outcome(int status, json_t *root, const ch
   const char *message = json_string_value(json_object_get(err, "message"));
   const char *type = json_string_value(json_object_get(err, "type"));
   const char *code = json_string_value(json_object_get(err, "code"));
-  openai_class c = openai_classify(status, type, code);
+  adapter_class c = openai_classify(status, type, code);
 
   char label[96] = "";
   if (type || code)
@@ -222,11 +205,6 @@ provider_outcome *openai_parse_response(long http_status, const char *body, size
 }
 
 /* ================= provider ================= */
-
-typedef struct openai_provider {
-  provider base; /* first, so a provider * is an openai_provider * */
-  adapter_instance inst;
-} openai_provider;
 
 /* Everything one call keeps alive until its answer is delivered. */
 typedef struct openai_call {
@@ -331,17 +309,13 @@ static bool openai_set_headers(CURL *easy, openai_call *call, const adapter_inst
   snprintf(bearer, n, "Bearer %s", inst->api_key);
   bool ok = adapter_add_header(&call->headers, "Authorization", bearer);
   free(bearer);
-  if (!ok) return false;
-  /* A large body would otherwise wait for "100 Continue" first. */
-  struct curl_slist *l = curl_slist_append(call->headers, "Expect:");
-  if (!l) return false;
-  call->headers = l;
-  return curl_easy_setopt(easy, CURLOPT_HTTPHEADER, call->headers) == CURLE_OK;
+  return ok && adapter_add_header(&call->headers, "Expect", NULL) &&
+         curl_easy_setopt(easy, CURLOPT_HTTPHEADER, call->headers) == CURLE_OK;
 }
 
 static int openai_start(provider *p, const provider_request *req, provider_done_fn done,
                         void *ctx) {
-  openai_provider *op = (openai_provider *)p;
+  adapter_provider *op = (adapter_provider *)p;
   if (!op || !req || !done || req->quantity < 1 || req->quantity > ADAPTER_MAX_QUANTITY)
     return -1;
   bool edits = req->n_inputs > 0 && req->inputs;
@@ -372,30 +346,11 @@ static int openai_start(provider *p, const provider_request *req, provider_done_
   return 0;
 }
 
-/* As for gemini: calls in flight point at the parsing pool and the curl loop
- * ends them when it is destroyed, so the loop must be destroyed first. The
- * pool's threads are joined; answers still queued are dropped without done(). */
-static void openai_destroy(provider *p) {
-  openai_provider *op = (openai_provider *)p;
-  if (!op) return;
-  adapter_instance_free(&op->inst);
-  free(op);
-}
-
 static const provider_ops openai_ops = {
-    .kind = "openai", .start = openai_start, .destroy = openai_destroy};
+    .kind = "openai", .start = openai_start, .destroy = adapter_provider_destroy};
 
-void openai_provider_drain(provider *p) {
-  if (p && p->ops == &openai_ops) adapter_pool_drain(((openai_provider *)p)->inst.pool);
-}
+void openai_provider_drain(provider *p) { adapter_provider_drain(p, &openai_ops); }
 
 provider *openai_provider_create(const provider_instance_config *cfg, struct curlloop *loop) {
-  openai_provider *op = calloc(1, sizeof *op);
-  if (!op) return NULL;
-  op->base.ops = &openai_ops;
-  if (!adapter_instance_init(&op->inst, &op->base, cfg, "openai", "/v1", loop)) {
-    free(op);
-    return NULL;
-  }
-  return &op->base;
+  return adapter_provider_create(cfg, &openai_ops, "/v1", loop);
 }

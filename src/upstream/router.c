@@ -124,14 +124,6 @@ bool router_has_provider(router *r, const char *name) {
   return found;
 }
 
-bool router_serves(router *r, const char *model) {
-  pthread_mutex_lock(&r->lock);
-  bool found = false;
-  for (int i = 0; i < r->n_routes && !found; i++) found = strcmp(r->routes[i]->model, model) == 0;
-  pthread_mutex_unlock(&r->lock);
-  return found;
-}
-
 bool router_has_untried(router *r, const char *model, router_route *const *tried, size_t n_tried) {
   pthread_mutex_lock(&r->lock);
   bool found = false;
@@ -144,6 +136,8 @@ bool router_has_untried(router *r, const char *model, router_route *const *tried
   pthread_mutex_unlock(&r->lock);
   return found;
 }
+
+bool router_serves(router *r, const char *model) { return router_has_untried(r, model, NULL, 0); }
 
 static double success_rate(const router_route *rt) {
   if (rt->history_len == 0) return 1.0;

@@ -24,11 +24,25 @@
 
 #include <curl/curl.h>
 
+#include "peer_testutil.h"
 #include "upstream/curlloop.h"
 #include "upstream/provider.h"
 #include "upstream/simpng.h"
 #include "util/base64.h"
 #include "util/buf.h"
+
+/* ---- the group's setup and teardown: libcurl for the process ---- */
+
+static int tu_setup_curl(void **state) {
+  (void)state;
+  return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
+}
+
+static int tu_teardown_curl(void **state) {
+  (void)state;
+  curl_global_cleanup();
+  return 0;
+}
 
 /* ---- images ---- */
 
@@ -151,12 +165,19 @@ int curlloop_submit(curlloop *l, CURL *easy, size_t max_response_bytes, curlloop
   return 0;
 }
 
-/* Ends queued submission i with an HTTP answer. */
-static void fake_answer(int i, long status, const char *body, const char *retry_after,
-                        const char *retry_after_ms) {
+/* Ends queued submission i with what res says. */
+static void fake_deliver(int i, curlloop_result *res) {
   assert_true(i < fake.n_subs);
   fake_sub *s = &fake.subs[i];
   assert_non_null(s->easy);
+  CURL *easy = s->easy;
+  s->easy = NULL;
+  s->done(s->ctx, easy, res);
+}
+
+/* Ends queued submission i with an HTTP answer. */
+static void fake_answer(int i, long status, const char *body, const char *retry_after,
+                        const char *retry_after_ms) {
   curlloop_result res;
   memset(&res, 0, sizeof res);
   res.code = CURLE_OK;
@@ -164,18 +185,13 @@ static void fake_answer(int i, long status, const char *body, const char *retry_
   if (body) assert_true(buf_append_str(&res.body, body));
   if (retry_after) snprintf(res.retry_after, sizeof res.retry_after, "%s", retry_after);
   if (retry_after_ms) snprintf(res.retry_after_ms, sizeof res.retry_after_ms, "%s", retry_after_ms);
-  CURL *easy = s->easy;
-  s->easy = NULL;
-  s->done(s->ctx, easy, &res);
+  fake_deliver(i, &res);
   buf_free(&res.body);
 }
 
 /* Ends queued submission i without an answer: a curl error, an over-size
  * answer, or the loop shutting down. */
 static void fake_end(int i, CURLcode code, bool truncated, bool cancelled) {
-  assert_true(i < fake.n_subs);
-  fake_sub *s = &fake.subs[i];
-  assert_non_null(s->easy);
   curlloop_result res;
   memset(&res, 0, sizeof res);
   res.code = code;
@@ -183,9 +199,7 @@ static void fake_end(int i, CURLcode code, bool truncated, bool cancelled) {
   res.cancelled = cancelled;
   if (truncated) res.http_status = 200;
   if (code != CURLE_OK) snprintf(res.error, sizeof res.error, "fake: %s", curl_easy_strerror(code));
-  CURL *easy = s->easy;
-  s->easy = NULL;
-  s->done(s->ctx, easy, &res);
+  fake_deliver(i, &res);
 }
 
 /* ---- what done() received ---- */
@@ -272,14 +286,8 @@ static void *capsrv_main(void *arg) {
 
 /* Starts serving `expected` connections; answers are taken over. */
 static void capsrv_start(capsrv *s, int expected) {
-  s->fd = socket(AF_INET, SOCK_STREAM, 0);
+  s->fd = listen_local(&s->port);
   assert_true(s->fd >= 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  assert_int_equal(bind(s->fd, (struct sockaddr *)&a, sizeof a), 0);
-  assert_int_equal(listen(s->fd, 8), 0);
-  socklen_t alen = sizeof a;
-  assert_int_equal(getsockname(s->fd, (struct sockaddr *)&a, &alen), 0);
-  s->port = ntohs(a.sin_port);
   s->expected = expected;
   assert_int_equal(pthread_create(&s->thread, NULL, capsrv_main, s), 0);
 }

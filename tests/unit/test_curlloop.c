@@ -7,132 +7,24 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <curl/curl.h>
 
 #include "http/server.h"
+#include "peer_testutil.h"
 #include "upstream/curlloop.h"
 #include "util/log.h"
 #include "util/timeutil.h"
 
 #define BIG_SIZE (64 * 1024)
-#define WAIT_LIMIT_MS 30000
 #define MANY_THREADS 4
 #define MANY_PER_THREAD 125
 #define STUCK 20
-
-/* --- a raw peer that accepts connections and never answers --- */
-
-typedef struct silent_peer {
-  int lfd;
-  int port;
-  int stop_pipe[2];
-  pthread_t thread;
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int accepted;
-  int held[256];
-  int n_held;
-} silent_peer;
-
-static void *silent_main(void *arg) {
-  silent_peer *p = arg;
-  for (;;) {
-    struct pollfd fds[2] = {{p->lfd, POLLIN, 0}, {p->stop_pipe[0], POLLIN, 0}};
-    if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
-    if (fds[1].revents) break;
-    if (!(fds[0].revents & POLLIN)) continue;
-    int fd = accept4(p->lfd, NULL, NULL, SOCK_CLOEXEC);
-    if (fd < 0) continue;
-    pthread_mutex_lock(&p->mu);
-    if (p->n_held < (int)(sizeof p->held / sizeof p->held[0])) p->held[p->n_held++] = fd;
-    else close(fd);
-    p->accepted++;
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-  }
-  return NULL;
-}
-
-static int listen_local(int *port) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 512) != 0 ||
-      getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
-    close(fd);
-    return -1;
-  }
-  *port = ntohs(a.sin_port);
-  return fd;
-}
-
-static bool silent_start(silent_peer *p) {
-  memset(p, 0, sizeof *p);
-  p->lfd = listen_local(&p->port);
-  if (p->lfd < 0 || pipe2(p->stop_pipe, O_CLOEXEC) != 0) return false;
-  pthread_mutex_init(&p->mu, NULL);
-  pthread_cond_init(&p->cv, NULL);
-  return pthread_create(&p->thread, NULL, silent_main, p) == 0;
-}
-
-static void silent_stop(silent_peer *p) {
-  if (write(p->stop_pipe[1], "x", 1) != 1) return;
-  pthread_join(p->thread, NULL);
-  for (int i = 0; i < p->n_held; i++) close(p->held[i]);
-  close(p->lfd);
-  close(p->stop_pipe[0]);
-  close(p->stop_pipe[1]);
-  pthread_mutex_destroy(&p->mu);
-  pthread_cond_destroy(&p->cv);
-}
-
-static struct timespec deadline_in(int ms) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += ms / 1000;
-  ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
-  return ts;
-}
-
-/* Waits until the peer has accepted n connections in total. */
-static bool silent_wait_accepted(silent_peer *p, int n) {
-  struct timespec until = deadline_in(WAIT_LIMIT_MS);
-  pthread_mutex_lock(&p->mu);
-  int rc = 0;
-  while (p->accepted < n && rc == 0) rc = pthread_cond_timedwait(&p->cv, &p->mu, &until);
-  bool ok = p->accepted >= n;
-  pthread_mutex_unlock(&p->mu);
-  return ok;
-}
-
-/* A port nothing listens on: bound, read, released. */
-static int closed_port(void) {
-  int port = 0;
-  int fd = listen_local(&port);
-  if (fd < 0) return -1;
-  close(fd);
-  return port;
-}
 
 /* --- the HTTP peer --- */
 
@@ -162,7 +54,7 @@ typedef struct fixture {
   http_router *router;
   http_server *server;
   int port;
-  silent_peer silent;
+  raw_peer silent;
   int closed;
 } fixture;
 
@@ -185,7 +77,7 @@ static int group_setup(void **state) {
   f->server = http_server_start(&cfg, f->router, err, sizeof err);
   if (!f->server) return -1;
   f->port = http_server_port(f->server);
-  if (!silent_start(&f->silent)) return -1;
+  if (!raw_start(&f->silent, NULL, 0)) return -1;
   f->closed = closed_port();
   if (f->closed < 0) return -1;
   *state = f;
@@ -194,7 +86,7 @@ static int group_setup(void **state) {
 
 static int group_teardown(void **state) {
   fixture *f = *state;
-  silent_stop(&f->silent);
+  raw_stop(&f->silent);
   http_server_stop(f->server);
   http_router_free(f->router);
   free(f);
@@ -237,15 +129,7 @@ static void waiter_free(waiter *w) {
   pthread_cond_destroy(&w->cv);
 }
 
-static bool waiter_wait(waiter *w, int n) {
-  struct timespec until = deadline_in(WAIT_LIMIT_MS);
-  pthread_mutex_lock(&w->mu);
-  int rc = 0;
-  while (w->done < n && rc == 0) rc = pthread_cond_timedwait(&w->cv, &w->mu, &until);
-  bool ok = w->done >= n;
-  pthread_mutex_unlock(&w->mu);
-  return ok;
-}
+static bool waiter_wait(waiter *w, int n) { return wait_count(&w->mu, &w->cv, &w->done, n); }
 
 static void record(outcome *o, CURL *easy, curlloop_result *res) {
   o->code = res->code;
@@ -543,9 +427,7 @@ static void test_destroy_cancels_stuck(void **state) {
   waiter_init(&w);
   outcome slots[STUCK];
   memset(slots, 0, sizeof slots);
-  pthread_mutex_lock(&f->silent.mu);
-  int before = f->silent.accepted;
-  pthread_mutex_unlock(&f->silent.mu);
+  int before = raw_accepted(&f->silent);
   for (int i = 0; i < STUCK; i++) {
     slots[i].w = &w;
     slots[i].resubmit_to = l; /* a callback during destroy must be refused */
@@ -554,7 +436,7 @@ static void test_destroy_cancels_stuck(void **state) {
     assert_int_equal(curlloop_submit(l, easy_to(f->silent.port, "/", 0), 100, on_done, &slots[i]),
                      0);
   }
-  assert_true(silent_wait_accepted(&f->silent, before + STUCK));
+  assert_true(raw_wait_accepted(&f->silent, before + STUCK));
   assert_int_equal(curlloop_in_flight(l), STUCK);
   pthread_mutex_lock(&w.mu);
   assert_int_equal(w.done, 0);

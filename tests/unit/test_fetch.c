@@ -9,10 +9,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -20,135 +17,15 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "http/server.h"
+#include "peer_testutil.h"
 #include "upstream/fetch.h"
 #include "util/buf.h"
 #include "util/log.h"
 
-#define WAIT_LIMIT_MS 30000
 #define BIG_SIZE 10000
 #define CAP 4096
-
-/* --- raw peers: a canned answer to every connection, or silence --- */
-
-typedef struct raw_peer {
-  int lfd;
-  int port;
-  int stop_pipe[2];
-  pthread_t thread;
-  const char *reply; /* NULL: accept and never answer */
-  size_t reply_len;
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int accepted;
-  int held[64];
-  int n_held;
-} raw_peer;
-
-/* Reads the request head (bounded, with a time limit) so the client sees a
- * normal exchange rather than a reset. */
-static void read_head(int fd) {
-  char head[4096];
-  size_t have = 0;
-  while (have < sizeof head - 1) {
-    struct pollfd p = {fd, POLLIN, 0};
-    if (poll(&p, 1, 5000) <= 0) return;
-    ssize_t n = read(fd, head + have, sizeof head - 1 - have);
-    if (n <= 0) return;
-    have += (size_t)n;
-    head[have] = '\0';
-    if (strstr(head, "\r\n\r\n")) return;
-  }
-}
-
-static void answer(raw_peer *p, int fd) {
-  read_head(fd);
-  size_t off = 0;
-  while (off < p->reply_len) {
-    ssize_t n = send(fd, p->reply + off, p->reply_len - off, MSG_NOSIGNAL);
-    if (n <= 0) break;
-    off += (size_t)n;
-  }
-  shutdown(fd, SHUT_WR);
-  close(fd);
-}
-
-static void *raw_main(void *arg) {
-  raw_peer *p = arg;
-  for (;;) {
-    struct pollfd fds[2] = {{p->lfd, POLLIN, 0}, {p->stop_pipe[0], POLLIN, 0}};
-    if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
-    if (fds[1].revents) break;
-    if (!(fds[0].revents & POLLIN)) continue;
-    int fd = accept4(p->lfd, NULL, NULL, SOCK_CLOEXEC);
-    if (fd < 0) continue;
-    if (p->reply) answer(p, fd);
-    pthread_mutex_lock(&p->mu);
-    if (!p->reply && p->n_held < (int)(sizeof p->held / sizeof p->held[0]))
-      p->held[p->n_held++] = fd;
-    else if (!p->reply)
-      close(fd);
-    p->accepted++;
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-  }
-  return NULL;
-}
-
-static bool raw_start(raw_peer *p, const char *reply, size_t reply_len) {
-  memset(p, 0, sizeof *p);
-  p->reply = reply;
-  p->reply_len = reply_len;
-  p->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (p->lfd < 0) return false;
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  if (bind(p->lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(p->lfd, 64) != 0 ||
-      getsockname(p->lfd, (struct sockaddr *)&a, &len) != 0 ||
-      pipe2(p->stop_pipe, O_CLOEXEC) != 0)
-    return false;
-  p->port = ntohs(a.sin_port);
-  pthread_mutex_init(&p->mu, NULL);
-  pthread_cond_init(&p->cv, NULL);
-  return pthread_create(&p->thread, NULL, raw_main, p) == 0;
-}
-
-static void raw_stop(raw_peer *p) {
-  if (write(p->stop_pipe[1], "x", 1) != 1) return;
-  pthread_join(p->thread, NULL);
-  for (int i = 0; i < p->n_held; i++) close(p->held[i]);
-  close(p->lfd);
-  close(p->stop_pipe[0]);
-  close(p->stop_pipe[1]);
-  pthread_mutex_destroy(&p->mu);
-  pthread_cond_destroy(&p->cv);
-}
-
-static struct timespec deadline_in(int ms) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += ms / 1000;
-  ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
-  return ts;
-}
-
-static bool raw_wait_accepted(raw_peer *p, int n) {
-  struct timespec until = deadline_in(WAIT_LIMIT_MS);
-  pthread_mutex_lock(&p->mu);
-  int rc = 0;
-  while (p->accepted < n && rc == 0) rc = pthread_cond_timedwait(&p->cv, &p->mu, &until);
-  bool ok = p->accepted >= n;
-  pthread_mutex_unlock(&p->mu);
-  return ok;
-}
 
 /* --- the HTTP peers --- */
 
@@ -356,15 +233,7 @@ static void got_init(got *g) {
   pthread_cond_init(&g->cv, NULL);
 }
 
-static bool got_wait(got *g) {
-  struct timespec until = deadline_in(WAIT_LIMIT_MS);
-  pthread_mutex_lock(&g->mu);
-  int rc = 0;
-  while (g->calls == 0 && rc == 0) rc = pthread_cond_timedwait(&g->cv, &g->mu, &until);
-  bool ok = g->calls > 0;
-  pthread_mutex_unlock(&g->mu);
-  return ok;
-}
+static bool got_wait(got *g) { return wait_count(&g->mu, &g->cv, &g->calls, 1); }
 
 static void got_free(got *g) {
   free(g->res.data);
@@ -393,6 +262,14 @@ static void fetch_to_end(curlloop *loop, const fetch_config *cfg, const char *ur
 
 static void url_of(char *out, size_t size, int port, const char *path) {
   snprintf(out, size, "http://127.0.0.1:%d%s", port, path);
+}
+
+/* fetch_to_end for http://127.0.0.1:port/path. */
+static void fetch_path(curlloop *loop, const fetch_config *cfg, int port, const char *path,
+                       got *g) {
+  char url[128];
+  url_of(url, sizeof url, port, path);
+  fetch_to_end(loop, cfg, url, g);
 }
 
 /* --- the classifier --- */
@@ -500,10 +377,8 @@ static void test_classifier_other_families(void **state) {
 static void test_png_ok(void **state) {
   fixture *f = *state;
   fetch_config cfg = local_cfg();
-  char url[128];
-  url_of(url, sizeof url, f->a.port, "/img.png");
   got g;
-  fetch_to_end(f->loop, &cfg, url, &g);
+  fetch_path(f->loop, &cfg, f->a.port, "/img.png", &g);
   assert_int_equal(g.res.status, FETCH_OK);
   assert_int_equal(g.res.http_status, 200);
   assert_string_equal(g.res.mime, "image/png");
@@ -725,10 +600,8 @@ static void test_scheme_refused_before_connecting(void **state) {
 static void test_redirect_to_ftp_refused(void **state) {
   fixture *f = *state;
   fetch_config cfg = local_cfg();
-  char url[128];
-  url_of(url, sizeof url, f->a.port, "/to-ftp");
   got g;
-  fetch_to_end(f->loop, &cfg, url, &g);
+  fetch_path(f->loop, &cfg, f->a.port, "/to-ftp", &g);
   assert_int_equal(g.res.status, FETCH_REFUSED_SCHEME);
   assert_non_null(strstr(g.res.message, "ftp"));
   got_free(&g);
@@ -737,11 +610,9 @@ static void test_redirect_to_ftp_refused(void **state) {
 static void test_too_many_redirects(void **state) {
   fixture *f = *state;
   fetch_config cfg = local_cfg();
-  char url[128];
-  url_of(url, sizeof url, f->a.port, "/loop");
   int before = atomic_load(&f->a.hits);
   got g;
-  fetch_to_end(f->loop, &cfg, url, &g);
+  fetch_path(f->loop, &cfg, f->a.port, "/loop", &g);
   assert_int_equal(g.res.status, FETCH_HTTP_ERROR);
   assert_int_equal(g.res.http_status, 302);
   assert_non_null(strstr(g.res.message, "redirects"));
@@ -789,10 +660,8 @@ static void test_too_large_chunked(void **state) {
 static void test_not_image(void **state) {
   fixture *f = *state;
   fetch_config cfg = local_cfg();
-  char url[128];
-  url_of(url, sizeof url, f->a.port, "/text");
   got g;
-  fetch_to_end(f->loop, &cfg, url, &g);
+  fetch_path(f->loop, &cfg, f->a.port, "/text", &g);
   assert_int_equal(g.res.status, FETCH_NOT_IMAGE); /* whatever Content-Type said */
   assert_int_equal(g.res.http_status, 200);
   assert_null(g.res.data);
@@ -802,10 +671,8 @@ static void test_not_image(void **state) {
 static void test_http_error(void **state) {
   fixture *f = *state;
   fetch_config cfg = local_cfg();
-  char url[128];
-  url_of(url, sizeof url, f->a.port, "/missing");
   got g;
-  fetch_to_end(f->loop, &cfg, url, &g);
+  fetch_path(f->loop, &cfg, f->a.port, "/missing", &g);
   assert_int_equal(g.res.status, FETCH_HTTP_ERROR);
   assert_int_equal(g.res.http_status, 404);
   assert_non_null(strstr(g.res.message, "404"));
@@ -817,10 +684,8 @@ static void test_timeout(void **state) {
   fixture *f = *state;
   fetch_config cfg = local_cfg();
   cfg.timeout_ms = 300;
-  char url[128];
-  url_of(url, sizeof url, f->silent.port, "/img.png");
   got g;
-  fetch_to_end(f->loop, &cfg, url, &g);
+  fetch_path(f->loop, &cfg, f->silent.port, "/img.png", &g);
   assert_int_equal(g.res.status, FETCH_NETWORK_ERROR);
   assert_true(g.res.message[0] != '\0');
   assert_null(g.res.data);
@@ -836,9 +701,7 @@ static void test_cancelled_on_destroy(void **state) {
   cfg.timeout_ms = 60000;
   char url[128];
   url_of(url, sizeof url, f->silent.port, "/img.png");
-  pthread_mutex_lock(&f->silent.mu);
-  int before = f->silent.accepted;
-  pthread_mutex_unlock(&f->silent.mu);
+  int before = raw_accepted(&f->silent);
   got g;
   got_init(&g);
   fetch_result r;

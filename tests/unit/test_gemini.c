@@ -998,13 +998,9 @@ static void test_wire_connection_refused(void **state) {
   (void)state;
   fake_reset(FAKE_PERFORM);
   /* A port that was just free: nothing listens there. */
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-  socklen_t alen = sizeof a;
-  assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &alen), 0);
-  close(fd);
-  char *base = tu_printf("http://127.0.0.1:%d", ntohs(a.sin_port));
+  int port = closed_port();
+  assert_true(port > 0);
+  char *base = tu_printf("http://127.0.0.1:%d", port);
   provider *p = make_provider(base);
   provider_request req = base_request();
   tu_done d = {0};
@@ -1016,17 +1012,6 @@ static void test_wire_connection_refused(void **state) {
   provider_outcome_free(d.outcome);
   free(base);
   p->ops->destroy(p);
-}
-
-static int setup_curl(void **state) {
-  (void)state;
-  return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
-}
-
-static int teardown_curl(void **state) {
-  (void)state;
-  curl_global_cleanup();
-  return 0;
 }
 
 int main(void) {
@@ -1059,5 +1044,5 @@ int main(void) {
       cmocka_unit_test(test_wire_parallel_and_headers),
       cmocka_unit_test(test_wire_connection_refused),
   };
-  return cmocka_run_group_tests(tests, setup_curl, teardown_curl);
+  return cmocka_run_group_tests(tests, tu_setup_curl, tu_teardown_curl);
 }

@@ -427,27 +427,25 @@ static void test_glue_outcomes(void **state) {
   provider_outcome_free(d.outcome);
 
   /* Transport failures. */
-  fake_reset(FAKE_QUEUE);
-  d = (tu_done){0};
-  assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
-  fake_end(0, CURLE_OPERATION_TIMEDOUT, false, false);
-  openai_provider_drain(p);
-  assert_failure(d.outcome, PROVIDER_ERR_TIMEOUT, true, "upstream_timeout");
-  provider_outcome_free(d.outcome);
-  fake_reset(FAKE_QUEUE);
-  d = (tu_done){0};
-  assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
-  fake_end(0, CURLE_RECV_ERROR, false, false);
-  openai_provider_drain(p);
-  assert_failure(d.outcome, PROVIDER_ERR_NETWORK, true, "upstream_unavailable");
-  provider_outcome_free(d.outcome);
-  fake_reset(FAKE_QUEUE);
-  d = (tu_done){0};
-  assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
-  fake_end(0, CURLE_WRITE_ERROR, true, false);
-  openai_provider_drain(p);
-  assert_failure(d.outcome, PROVIDER_ERR_BAD_RESPONSE, true, "upstream_bad_response");
-  provider_outcome_free(d.outcome);
+  const struct {
+    CURLcode code;
+    bool truncated;
+    provider_error_class cls;
+    const char *error_code;
+  } transport[] = {
+      {CURLE_OPERATION_TIMEDOUT, false, PROVIDER_ERR_TIMEOUT, "upstream_timeout"},
+      {CURLE_RECV_ERROR, false, PROVIDER_ERR_NETWORK, "upstream_unavailable"},
+      {CURLE_WRITE_ERROR, true, PROVIDER_ERR_BAD_RESPONSE, "upstream_bad_response"},
+  };
+  for (size_t i = 0; i < sizeof transport / sizeof transport[0]; i++) {
+    fake_reset(FAKE_QUEUE);
+    d = (tu_done){0};
+    assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
+    fake_end(0, transport[i].code, transport[i].truncated, false);
+    openai_provider_drain(p);
+    assert_failure(d.outcome, transport[i].cls, true, transport[i].error_code);
+    provider_outcome_free(d.outcome);
+  }
   p->ops->destroy(p);
 }
 
@@ -594,17 +592,6 @@ static void test_wire_edits_multipart(void **state) {
   p->ops->destroy(p);
 }
 
-static int setup_curl(void **state) {
-  (void)state;
-  return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
-}
-
-static int teardown_curl(void **state) {
-  (void)state;
-  curl_global_cleanup();
-  return 0;
-}
-
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_size_mapping),
@@ -622,5 +609,5 @@ int main(void) {
       cmocka_unit_test(test_wire_generations),
       cmocka_unit_test(test_wire_edits_multipart),
   };
-  return cmocka_run_group_tests(tests, setup_curl, teardown_curl);
+  return cmocka_run_group_tests(tests, tu_setup_curl, tu_teardown_curl);
 }
