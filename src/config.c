@@ -346,9 +346,7 @@ static int load_prices(imgate_config *c, json_t *obj, char *err, size_t err_size
   json_t *entry;
   json_object_foreach(obj, model, entry) {
     /* config_defaults gave every catalog model an entry; nothing else has one. */
-    config_price *p = NULL;
-    for (int i = 0; i < c->n_prices && !p; i++)
-      if (strcmp(c->prices[i].model, model) == 0) p = &c->prices[i];
+    config_price *p = (config_price *)pricing_find(c, model);
     if (!p) {
       snprintf(err, err_size, "prices: unknown model \"%.64s\"", model);
       return -1;

@@ -63,8 +63,8 @@ typedef struct imgate_config {
   char public_url[512]; /* base of image URLs; "" = from the request's Host header */
   char log_level[16];
   bool demo_account;    /* create a demo account on an empty database */
-  int retention_hours;
-  int retention_sweep_interval_ms; /* how often expired result images are deleted */  /* how long result images stay downloadable */
+  int retention_hours;  /* how long result images stay downloadable */
+  int retention_sweep_interval_ms; /* how often expired result images are deleted */
 
   int http_threads;            /* 0 = number of cores */
   size_t max_body_bytes;

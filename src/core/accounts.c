@@ -125,12 +125,8 @@ bool accounts_ledger_csv(const ledger_entry *e, size_t n, buf *out) {
 int accounts_create_key(store *st, const char *email, const char *name, int max_active,
                         char key_out[ACCOUNTS_KEY_LEN + 1], int64_t *key_id_out,
                         imgate_error *err) {
-  char norm[256];
   store_account acct;
-  if (!accounts_normalize_email(email, norm, sizeof norm) ||
-      st->ops->account_get_by_email(st, norm, &acct) != STORE_OK)
-    return err_set(err, ERR_NOT_FOUND, "account_not_found", "email", "no account for %s",
-                   email ? email : "");
+  if (accounts_find(st, email, &acct, err) < 0) return -1;
   if (max_active > 0) {
     store_key *keys = NULL;
     size_t n = 0, active = 0;
@@ -140,7 +136,8 @@ int accounts_create_key(store *st, const char *email, const char *name, int max_
     free(keys);
     if (active >= (size_t)max_active)
       return err_set(err, ERR_FORBIDDEN, "too_many_keys", NULL,
-                     "%s has %zu active keys, the most allowed; revoke one first", norm, active);
+                     "%s has %zu active keys, the most allowed; revoke one first", acct.email,
+                     active);
   }
   memcpy(key_out, ACCOUNTS_KEY_PREFIX, 4);
   if (!ids_random_base62(key_out + 4, ACCOUNTS_KEY_RANDOM_LEN))

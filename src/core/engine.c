@@ -54,7 +54,7 @@ typedef struct job {
   int64_t due_mono;           /* when a scheduled retry may go */
   provider_outcome *outcome;  /* set by the provider's callback */
   downloads *dl;              /* set while reference images download */
-  bool downloaded;            /* this run downloaded its URL inputs already */
+  bool inputs_ready;          /* this run found or downloaded its URL inputs */
   struct job *prev, *next;    /* running list */
   struct job *done_next;      /* completion queue */
 } job;
@@ -233,18 +233,18 @@ static const int finish_retry_ms[] = {50, 200, 1000, 3000};
 static bool finish_task(engine *e, const char *task_id, int run, task_state state,
                         const char *code, const char *message, const task_result *results,
                         size_t n_results, int64_t dur_ms, const task_attempt *attempt) {
-  int rc = e->st->ops->task_finish(e->st, task_id, run, state, code, message, results, n_results,
-                                   time_now_ms(), attempt);
-  for (size_t i = 0; rc != STORE_OK && rc != STORE_CONFLICT && rc != STORE_NOT_FOUND &&
-                     i < sizeof finish_retry_ms / sizeof finish_retry_ms[0];
-       i++) {
+  int rc;
+  for (size_t i = 0;; i++) {
+    rc = e->st->ops->task_finish(e->st, task_id, run, state, code, message, results, n_results,
+                                 time_now_ms(), attempt);
+    if (rc == STORE_OK || rc == STORE_CONFLICT || rc == STORE_NOT_FOUND ||
+        i == sizeof finish_retry_ms / sizeof finish_retry_ms[0])
+      break;
     LOG_WARN("task_finish_retry", "task=%s attempt=%d after_ms=%d", task_id, run,
              finish_retry_ms[i]);
     struct timespec pause = {.tv_sec = finish_retry_ms[i] / 1000,
                              .tv_nsec = (long)(finish_retry_ms[i] % 1000) * 1000000};
     nanosleep(&pause, NULL); /* a completer thread; nothing else waits on it */
-    rc = e->st->ops->task_finish(e->st, task_id, run, state, code, message, results, n_results,
-                                 time_now_ms(), attempt);
   }
   char qmsg[300];
   if (rc == STORE_OK) {
@@ -268,9 +268,13 @@ static bool finish_task(engine *e, const char *task_id, int run, task_state stat
   return rc == STORE_CONFLICT;
 }
 
-/* Where a downloaded URL input is kept for the task's attempts and re-runs. */
-static void downloaded_input_key(const task *t, size_t index, char *key, size_t size) {
-  snprintf(key, size, "inputs/%s/%zu.url", t->id, index);
+/* Where input i of t is in the blob store: the key it was stored under, or
+ * for a URL input the key its download is kept under for the task's
+ * attempts and re-runs (written into key). */
+static const char *input_key(const task *t, size_t i, char *key, size_t size) {
+  if (t->inputs[i].blob_key) return t->inputs[i].blob_key;
+  snprintf(key, size, "inputs/%s/%zu.url", t->id, i);
+  return key;
 }
 
 /* A final task needs its reference images no more: no run will read them.
@@ -278,8 +282,7 @@ static void downloaded_input_key(const task *t, size_t index, char *key, size_t 
 static void remove_inputs(engine *e, const task *t) {
   for (size_t i = 0; t && i < t->n_inputs; i++) {
     char key[128];
-    if (!t->inputs[i].blob_key) downloaded_input_key(t, i, key, sizeof key);
-    e->bl->ops->remove(e->bl, t->inputs[i].blob_key ? t->inputs[i].blob_key : key);
+    e->bl->ops->remove(e->bl, input_key(t, i, key, sizeof key));
   }
 }
 
@@ -510,33 +513,41 @@ static void loaded_inputs_free(loaded_inputs *li) {
   free(li->inputs);
 }
 
-
-enum { INPUTS_LOADED = 0, INPUTS_FAILED = -1, INPUTS_NOT_DOWNLOADED = 1 };
-
 /* Reads the reference images back for one attempt. Keeping them in memory
- * between attempts would cost up to 70 MB per waiting task; a re-read is
- * cheap. INPUTS_NOT_DOWNLOADED: a URL input is not in the blob store yet. */
+ * between attempts would cost up to 70 MB per waiting task; a re-read is cheap. */
 static int load_inputs(engine *e, const task *t, loaded_inputs *li) {
   memset(li, 0, sizeof *li);
-  if (t->n_inputs == 0) return INPUTS_LOADED;
+  if (t->n_inputs == 0) return 0;
   li->inputs = calloc(t->n_inputs, sizeof *li->inputs);
   li->data = calloc(t->n_inputs, sizeof *li->data);
-  if (!li->inputs || !li->data) return INPUTS_FAILED;
+  if (!li->inputs || !li->data) return -1;
   for (size_t i = 0; i < t->n_inputs; i++) {
     const task_input *in = &t->inputs[i];
     char key[128];
-    if (!in->blob_key) downloaded_input_key(t, i, key, sizeof key);
     size_t len;
-    int rc = e->bl->ops->read(e->bl, in->blob_key ? in->blob_key : key, e->cfg.max_input_bytes,
-                              &li->data[i], &len);
-    if (rc == BLOB_NOT_FOUND && !in->blob_key) return INPUTS_NOT_DOWNLOADED;
-    if (rc != BLOB_OK) return INPUTS_FAILED;
+    if (e->bl->ops->read(e->bl, input_key(t, i, key, sizeof key), e->cfg.max_input_bytes,
+                         &li->data[i], &len) != BLOB_OK)
+      return -1;
     li->n = i + 1;
     li->inputs[i].data = li->data[i];
     li->inputs[i].len = len;
     li->inputs[i].mime = in->mime ? in->mime : imagefmt_mime(imagefmt_detect(li->data[i], len));
   }
-  return INPUTS_LOADED;
+  return 0;
+}
+
+/* Whether a URL input of t is missing from the blob store: not downloaded by
+ * this run, nor by an earlier run of the task. Opens, does not read. */
+static bool url_inputs_missing(engine *e, const task *t) {
+  for (size_t i = 0; i < t->n_inputs; i++) {
+    if (t->inputs[i].blob_key) continue;
+    char key[128];
+    blob_object o;
+    int rc = e->bl->ops->open(e->bl, input_key(t, i, key, sizeof key), &o);
+    if (rc == BLOB_NOT_FOUND) return true;
+    if (rc == BLOB_OK) blob_object_release(&o);
+  }
+  return false;
 }
 
 /* ---- reference images by URL ---------------------------------------------- */
@@ -575,7 +586,7 @@ static void start_downloads(engine *e, job *j) {
   d->started_mono = time_mono_ms();
   d->pending = 1; /* held until every download has started */
   j->dl = d;
-  j->downloaded = true;
+  j->inputs_ready = true;
   for (size_t i = 0; i < t->n_inputs; i++) {
     if (!t->inputs[i].url) continue;
     d->slots[i] = (download_slot){.j = j, .index = i};
@@ -611,7 +622,9 @@ static void handle_downloads(engine *e, job *j) {
   j->dl = NULL;
   const task *t = j->t;
   size_t n_url = 0, bytes = 0;
-  for (size_t i = 0; i < t->n_inputs; i++) {
+  const char *code = NULL; /* set: the task fails with it and message */
+  char message[320];
+  for (size_t i = 0; i < t->n_inputs && !code; i++) {
     if (!t->inputs[i].url) continue;
     fetch_result *r = &d->res[i];
     if (r->status == FETCH_CANCELLED) {
@@ -623,31 +636,30 @@ static void handle_downloads(engine *e, job *j) {
         return;
       }
     }
+    char key[128];
     if (r->status != FETCH_OK) {
-      char message[320];
       snprintf(message, sizeof message, "image %zu: %s", i, r->message);
       utf8_sanitize(message);
-      const char *code = download_error_code(r->status);
+      code = download_error_code(r->status);
       LOG_INFO("input_download_failed", "task=%s index=%zu code=%s http_status=%ld", j->task_id,
                i, code, r->http_status);
-      downloads_free(d, t->n_inputs); /* r points into d */
-      finish_job(e, j, TASK_FAILED, code, message, NULL);
-      return;
+    } else if (e->bl->ops->put(e->bl, input_key(t, i, key, sizeof key), r->data, r->len,
+                               r->mime) != BLOB_OK) {
+      code = "storage_error";
+      snprintf(message, sizeof message, "a reference image could not be stored");
+    } else {
+      n_url++;
+      bytes += r->len;
     }
-    char key[128];
-    downloaded_input_key(t, i, key, sizeof key);
-    if (e->bl->ops->put(e->bl, key, r->data, r->len, r->mime) != BLOB_OK) {
-      downloads_free(d, t->n_inputs);
-      finish_job(e, j, TASK_FAILED, "storage_error", "a reference image could not be stored",
-                 NULL);
-      return;
-    }
-    n_url++;
-    bytes += r->len;
+  }
+  int64_t dur_ms = time_mono_ms() - d->started_mono;
+  downloads_free(d, t->n_inputs);
+  if (code) {
+    finish_job(e, j, TASK_FAILED, code, message, NULL);
+    return;
   }
   LOG_INFO("inputs_downloaded", "task=%s images=%zu bytes=%zu dur_ms=%lld", j->task_id, n_url,
-           bytes, (long long)(time_mono_ms() - d->started_mono));
-  downloads_free(d, t->n_inputs);
+           bytes, (long long)dur_ms);
   schedule(e, j, time_mono_ms());
 }
 
@@ -678,20 +690,19 @@ static void fail_attempt(engine *e, job *j, const char *code, const char *messag
 /* Starts the job's next upstream attempt (dispatcher thread), on route when
  * one was picked already, else on a fresh pick. */
 static void run_attempt(engine *e, job *j, router_route *route) {
-  loaded_inputs li;
-  int loaded = load_inputs(e, j->t, &li);
-  if (loaded == INPUTS_NOT_DOWNLOADED && !j->downloaded) {
-    loaded_inputs_free(&li);
-    if (route) router_release(e->rt, route);
-    start_downloads(e, j);
-    return;
+  if (!j->inputs_ready) {
+    if (url_inputs_missing(e, j->t)) {
+      if (route) router_release(e->rt, route);
+      start_downloads(e, j);
+      return;
+    }
+    j->inputs_ready = true;
   }
   int64_t now = time_mono_ms();
   int64_t left = e->cfg.deadline_ms - (now - j->run_started_mono);
   int64_t wait = 0;
   if (!route && left > 0) route = router_pick(e->rt, j->t->model, j->tried, j->n_tried, now, &wait);
   if (!route) {
-    loaded_inputs_free(&li);
     if (left > 0 && wait < left) {
       schedule(e, j, now + wait); /* every route is resting or full: not an attempt */
       return;
@@ -710,7 +721,8 @@ static void run_attempt(engine *e, job *j, router_route *route) {
   j->attempt_started_ms = time_now_ms();
 
   provider *p = router_route_provider(route);
-  if (loaded != INPUTS_LOADED) {
+  loaded_inputs li;
+  if (load_inputs(e, j->t, &li) < 0) {
     loaded_inputs_free(&li);
     fail_attempt(e, j, "input_unavailable", "a reference image could not be read back", false);
     return;
@@ -770,6 +782,7 @@ static size_t start_tasks(engine *e, queued_id **ids, size_t n) {
     if (rc != STORE_OK || items[i].rc != STORE_OK) {
       if (routes[i]) router_release(e->rt, routes[i]);
       job_free(j);
+      jobs[i] = NULL;
       continue;
     }
     j->e = e;
@@ -786,8 +799,19 @@ static size_t start_tasks(engine *e, queued_id **ids, size_t n) {
   /* Only now the attempts: a fast failure must not finish a task whose
    * siblings are still being linked. */
   for (size_t i = 0; i < m; i++)
-    if (rc == STORE_OK && items[i].rc == STORE_OK) run_attempt(e, jobs[i], routes[i]);
+    if (jobs[i]) run_attempt(e, jobs[i], routes[i]);
   return started;
+}
+
+/* Enqueues up to limit of the tasks queued in the store, oldest first.
+ * Returns how many, or -1 when the store fails. */
+static long long enqueue_stored(engine *e, size_t limit) {
+  char(*ids)[IDS_UUID_LEN + 1] = NULL;
+  size_t n = 0;
+  if (e->st->ops->task_list_queued(e->st, limit, &ids, &n) != STORE_OK) return -1;
+  for (size_t i = 0; i < n; i++) engine_enqueue(e, ids[i]);
+  free(ids);
+  return (long long)n;
 }
 
 /* Queued in the store but in no memory queue: a task whose start failed on a
@@ -796,12 +820,8 @@ static size_t start_tasks(engine *e, queued_id **ids, size_t n) {
  * submitted this instant (then its second copy fails the start's
  * compare-and-set and is dropped). Called without e->lock. */
 static void sweep_stranded(engine *e, size_t room) {
-  char(*ids)[IDS_UUID_LEN + 1] = NULL;
-  size_t n = 0;
-  if (e->st->ops->task_list_queued(e->st, room, &ids, &n) != STORE_OK) return;
-  for (size_t i = 0; i < n; i++) engine_enqueue(e, ids[i]);
-  if (n) LOG_INFO("engine_swept", "queued=%zu", n);
-  free(ids);
+  long long n = enqueue_stored(e, room);
+  if (n > 0) LOG_INFO("engine_swept", "queued=%lld", n);
 }
 
 /* Whether a job of this process runs task_id (under e->lock). */
@@ -819,8 +839,8 @@ static bool owned_locked(engine *e, const char *task_id) {
  * and its job is never mistaken for a lost one. Called without e->lock. */
 static void sweep_lost_runs(engine *e) {
   pthread_mutex_lock(&e->lock);
-  size_t jobs = 0;
-  for (job *j = e->running; j; j = j->next) jobs++;
+  /* On the dispatcher's thread every slot in use is a job on the running list. */
+  size_t jobs = e->in_flight;
   pthread_mutex_unlock(&e->lock);
   store_start *runs = NULL;
   size_t n = 0;
@@ -898,12 +918,9 @@ static void *dispatcher_main(void *arg) {
 static int recover(engine *e) {
   int64_t requeued = 0;
   if (e->st->ops->task_requeue_running(e->st, &requeued) != STORE_OK) return -1;
-  char(*ids)[IDS_UUID_LEN + 1] = NULL;
-  size_t n = 0;
-  if (e->st->ops->task_list_queued(e->st, (size_t)-1, &ids, &n) != STORE_OK) return -1;
-  for (size_t i = 0; i < n; i++) engine_enqueue(e, ids[i]);
-  free(ids);
-  LOG_INFO("engine_recovered", "requeued_running=%lld queued=%zu", (long long)requeued, n);
+  long long n = enqueue_stored(e, (size_t)-1);
+  if (n < 0) return -1;
+  LOG_INFO("engine_recovered", "requeued_running=%lld queued=%lld", (long long)requeued, n);
   return 0;
 }
 

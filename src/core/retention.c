@@ -25,8 +25,15 @@ size_t retention_sweep(store *st, blob *bl, int64_t now_ms) {
         failed_here++;
         continue;
       }
-      if (st->ops->result_mark_purged(st, items[i].task_id, items[i].index, now_ms) == STORE_OK)
+      /* NOT_FOUND: marked meanwhile by another pass, which counted it. A
+       * mark that fails leaves the row due: it is a failure like the
+       * removal's, or the next batch would be this one again, for as long
+       * as the store keeps failing. */
+      rc = st->ops->result_mark_purged(st, items[i].task_id, items[i].index, now_ms);
+      if (rc == STORE_OK)
         purged++;
+      else if (rc != STORE_NOT_FOUND)
+        failed_here++;
     }
     free(items);
     failed += failed_here;
@@ -58,11 +65,8 @@ static void *retention_main(void *arg) {
     retention_sweep(r->st, r->bl, time_now_ms());
     pthread_mutex_lock(&r->lock);
     if (r->stop) break;
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    int64_t ns = until.tv_nsec + (int64_t)(r->interval_ms % 1000) * 1000000;
-    until.tv_sec += r->interval_ms / 1000 + ns / 1000000000;
-    until.tv_nsec = ns % 1000000000;
+    int64_t due = time_mono_ms() + r->interval_ms;
+    struct timespec until = {.tv_sec = due / 1000, .tv_nsec = (long)(due % 1000) * 1000000};
     while (!r->stop && pthread_cond_timedwait(&r->cond, &r->lock, &until) == 0) {
     }
     if (r->stop) break;

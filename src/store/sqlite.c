@@ -268,17 +268,23 @@ static int sql_step_row(sqlite3 *db, sqlite3_stmt *st, const char *what) {
   return sql_map(db, rc, what);
 }
 
-/* Runs one statement that returns no rows. */
-static int sql_run(sqlite3 *db, const char *what, const char *sql, const char *types, ...) {
+static int sql_run_va(sqlite3 *db, const char *what, const char *sql, const char *types,
+                      va_list ap) {
   sqlite3_stmt *st;
-  va_list ap;
-  va_start(ap, types);
   int rc = sql_prepare_va(db, &st, what, sql, types, ap);
-  va_end(ap);
   if (rc != STORE_OK) return rc;
   int step = sqlite3_step(st);
   rc = (step == SQLITE_DONE || step == SQLITE_ROW) ? STORE_OK : sql_map(db, step, what);
   sqlite3_finalize(st);
+  return rc;
+}
+
+/* Runs one statement that returns no rows. */
+static int sql_run(sqlite3 *db, const char *what, const char *sql, const char *types, ...) {
+  va_list ap;
+  va_start(ap, types);
+  int rc = sql_run_va(db, what, sql, types, ap);
+  va_end(ap);
   return rc;
 }
 
@@ -427,6 +433,30 @@ static int sql_list(sql_store *ss, const char *what, sql_row_reader read, size_t
   return rc;
 }
 
+/* One writing statement on its own, outside any transaction: a pooled
+ * connection, and the write mutex around the statement. When it changes no
+ * row the answer is none_rc (STORE_OK when that is fine). changes_out and
+ * rowid_out (each may be NULL) receive the rows changed and the rowid an
+ * INSERT made. */
+static int sql_write_one(sql_store *ss, const char *what, int none_rc, int64_t *changes_out,
+                         int64_t *rowid_out, const char *sql, const char *types, ...) {
+  sqlite3 *db = sql_acquire(ss);
+  sql_write_lock(ss);
+  va_list ap;
+  va_start(ap, types);
+  int rc = sql_run_va(db, what, sql, types, ap);
+  va_end(ap);
+  if (rc == STORE_OK) {
+    int changes = sqlite3_changes(db);
+    if (changes_out) *changes_out = changes;
+    if (rowid_out) *rowid_out = sqlite3_last_insert_rowid(db);
+    if (changes == 0) rc = none_rc;
+  }
+  sql_write_unlock(ss);
+  sql_release(ss, db);
+  return rc;
+}
+
 /* ---- accounts -------------------------------------------------------------------------- */
 
 static int sql_read_account(sqlite3_stmt *st, int col, store_account *out) {
@@ -446,16 +476,9 @@ static int sql_read_account(sqlite3_stmt *st, int col, store_account *out) {
 static int sql_account_create(store *s, const char *email, int64_t now_ms, int64_t *id_out) {
   if (!email || strlen(email) >= sizeof ((store_account *)0)->email)
     return sql_misuse("account_create", "email missing or too long");
-  sql_store *ss = (sql_store *)s;
-  sqlite3 *db = sql_acquire(ss);
-  sql_write_lock(ss);
-  int rc = sql_run(db, "account_create",
-                   "INSERT INTO accounts(email, disabled, created_ms) VALUES (?, 0, ?)", "tI",
-                   email, now_ms);
-  if (rc == STORE_OK && id_out) *id_out = sqlite3_last_insert_rowid(db);
-  sql_write_unlock(ss);
-  sql_release(ss, db);
-  return rc;
+  return sql_write_one((sql_store *)s, "account_create", STORE_OK, NULL, id_out,
+                       "INSERT INTO accounts(email, disabled, created_ms) VALUES (?, 0, ?)", "tI",
+                       email, now_ms);
 }
 
 #define SQL_ACCOUNT_COLUMNS "id, email, disabled, created_ms, balance, held, max_concurrency, qps_per_key"
@@ -523,17 +546,10 @@ static int sql_key_create(store *s, int64_t account_id, const char *hash_hex, co
   if (!hash_hex || !prefix || strlen(prefix) >= sizeof ((store_key *)0)->prefix ||
       strlen(name) >= sizeof ((store_key *)0)->name)
     return sql_misuse("key_create", "hash or prefix missing, or prefix or name too long");
-  sql_store *ss = (sql_store *)s;
-  sqlite3 *db = sql_acquire(ss);
-  sql_write_lock(ss);
-  int rc = sql_run(db, "key_create",
-                   "INSERT INTO api_keys(account_id, hash, prefix, name, created_ms) "
-                   "VALUES (?, ?, ?, ?, ?)",
-                   "ItttI", account_id, hash_hex, prefix, name, now_ms);
-  if (rc == STORE_OK && key_id_out) *key_id_out = sqlite3_last_insert_rowid(db);
-  sql_write_unlock(ss);
-  sql_release(ss, db);
-  return rc;
+  return sql_write_one((sql_store *)s, "key_create", STORE_OK, NULL, key_id_out,
+                       "INSERT INTO api_keys(account_id, hash, prefix, name, created_ms) "
+                       "VALUES (?, ?, ?, ?, ?)",
+                       "ItttI", account_id, hash_hex, prefix, name, now_ms);
 }
 
 /* Stamps last_used_ms unless it was stamped within the last minute. Failing
@@ -586,23 +602,14 @@ static int sql_key_revoke(store *s, int64_t key_id, const char *hash_hex, int64_
   /* Without either selector the UPDATE below would match every key. */
   if (key_id <= 0 && !hash_hex) return STORE_NOT_FOUND;
   int64_t stamp = now_ms > 0 ? now_ms : 1; /* 0 would mean "active" */
-  sql_store *ss = (sql_store *)s;
-  sqlite3 *db = sql_acquire(ss);
-  sql_write_lock(ss);
-  int rc;
-  if (key_id > 0)
-    rc = sql_run(db, "key_revoke",
-                 "UPDATE api_keys SET revoked_ms = ?1"
-                 " WHERE id = ?2 AND revoked_ms = 0 AND (?3 IS NULL OR hash = ?3)",
-                 "IIt", stamp, key_id, hash_hex);
-  else
-    rc = sql_run(db, "key_revoke",
-                 "UPDATE api_keys SET revoked_ms = ? WHERE hash = ? AND revoked_ms = 0", "It",
-                 stamp, hash_hex);
-  if (rc == STORE_OK && sqlite3_changes(db) == 0) rc = STORE_NOT_FOUND;
-  sql_write_unlock(ss);
-  sql_release(ss, db);
-  return rc;
+  /* Two statements, so that each finds its key by an index; both take the
+   * same arguments (?2 goes unused by the second). */
+  const char *sql = key_id > 0 ? "UPDATE api_keys SET revoked_ms = ?1"
+                                 " WHERE id = ?2 AND revoked_ms = 0 AND (?3 IS NULL OR hash = ?3)"
+                               : "UPDATE api_keys SET revoked_ms = ?1"
+                                 " WHERE hash = ?3 AND revoked_ms = 0";
+  return sql_write_one((sql_store *)s, "key_revoke", STORE_NOT_FOUND, NULL, NULL, sql, "IIt",
+                       stamp, key_id, hash_hex);
 }
 
 static int sql_row_key(sqlite3_stmt *st, void *elem) {
@@ -852,8 +859,7 @@ static int sql_ledger_verify(store *s) {
                               " ELSE 0 END"
                               " UNION ALL SELECT email FROM accounts WHERE balance < 0",
                               &bad);
-  if (rc == STORE_OK) rc = sql_end(db, STORE_OK);
-  else sql_rollback(db);
+  rc = sql_end(db, rc);
   sql_release(ss, db);
   if (rc != STORE_OK) return rc;
   return bad ? STORE_CONFLICT : STORE_OK;
@@ -861,38 +867,27 @@ static int sql_ledger_verify(store *s) {
 
 static int sql_account_set_limits(store *s, int64_t account_id, int max_concurrency,
                                   int qps_per_key) {
-  sql_store *ss = (sql_store *)s;
-  sqlite3 *db = sql_acquire(ss);
-  sql_write_lock(ss);
-  int rc = sql_run(db, "account_set_limits",
-                   "UPDATE accounts SET max_concurrency = CASE WHEN ?1 < 0 THEN max_concurrency"
-                   " ELSE ?1 END, qps_per_key = CASE WHEN ?2 < 0 THEN qps_per_key ELSE ?2 END"
-                   " WHERE id = ?3",
-                   "iiI", max_concurrency, qps_per_key, account_id);
-  if (rc == STORE_OK && sqlite3_changes(db) == 0) rc = STORE_NOT_FOUND;
-  sql_write_unlock(ss);
-  sql_release(ss, db);
-  return rc;
+  return sql_write_one(
+      (sql_store *)s, "account_set_limits", STORE_NOT_FOUND, NULL, NULL,
+      "UPDATE accounts SET max_concurrency = CASE WHEN ?1 < 0 THEN max_concurrency"
+      " ELSE ?1 END, qps_per_key = CASE WHEN ?2 < 0 THEN qps_per_key ELSE ?2 END WHERE id = ?3",
+      "iiI", max_concurrency, qps_per_key, account_id);
 }
 
 static int sql_account_set_disabled(store *s, int64_t account_id, bool disabled) {
-  sql_store *ss = (sql_store *)s;
-  sqlite3 *db = sql_acquire(ss);
-  sql_write_lock(ss);
-  int rc = sql_run(db, "account_set_disabled", "UPDATE accounts SET disabled = ? WHERE id = ?",
-                   "iI", disabled ? 1 : 0, account_id);
-  if (rc == STORE_OK && sqlite3_changes(db) == 0) rc = STORE_NOT_FOUND;
-  sql_write_unlock(ss);
-  sql_release(ss, db);
-  return rc;
+  return sql_write_one((sql_store *)s, "account_set_disabled", STORE_NOT_FOUND, NULL, NULL,
+                       "UPDATE accounts SET disabled = ? WHERE id = ?", "iI", disabled ? 1 : 0,
+                       account_id);
 }
+
+/* An account's tasks queued or running: what its max_concurrency limits. */
+#define SQL_COUNT_ACTIVE \
+  "SELECT COUNT(*) FROM tasks WHERE account_id = ? AND state IN ('queued', 'running')"
 
 static int sql_task_count_active(store *s, int64_t account_id, int64_t *count_out) {
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
-  int rc = sql_scalar(db, "task_count_active", count_out,
-                      "SELECT COUNT(*) FROM tasks WHERE account_id = ? AND state IN ('queued', 'running')",
-                      "I", account_id);
+  int rc = sql_scalar(db, "task_count_active", count_out, SQL_COUNT_ACTIVE, "I", account_id);
   sql_release(ss, db);
   return rc;
 }
@@ -903,9 +898,7 @@ static int sql_check_concurrency(sqlite3 *db, int64_t account_id) {
   int rc = sql_scalar(db, "task_limit", &limit,
                       "SELECT max_concurrency FROM accounts WHERE id = ?", "I", account_id);
   if (rc != STORE_OK || limit <= 0) return rc == STORE_NOT_FOUND ? STORE_OK : rc;
-  rc = sql_scalar(db, "task_active", &active,
-                  "SELECT COUNT(*) FROM tasks WHERE account_id = ? AND state IN ('queued', 'running')",
-                  "I", account_id);
+  rc = sql_scalar(db, "task_active", &active, SQL_COUNT_ACTIVE, "I", account_id);
   if (rc != STORE_OK) return rc;
   return active >= limit ? STORE_LIMIT : STORE_OK;
 }
@@ -1006,11 +999,8 @@ static int sql_task_insert_idempotent(store *s, const task *t, const store_idem 
 /* Inside a write transaction whose compare-and-set matched nothing: tells a
  * task that does not exist from one in another state. */
 static int sql_cas_miss(sqlite3 *db, const char *task_id, const char *what) {
-  sqlite3_stmt *st;
-  int rc = sql_prepare(db, &st, what, "SELECT 1 FROM tasks WHERE id = ?", "t", task_id);
-  if (rc != STORE_OK) return rc;
-  rc = sql_step_row(db, st, what);
-  sqlite3_finalize(st);
+  int64_t one;
+  int rc = sql_scalar(db, what, &one, "SELECT 1 FROM tasks WHERE id = ?", "t", task_id);
   return rc == STORE_OK ? STORE_CONFLICT : rc;
 }
 
@@ -1023,12 +1013,10 @@ static int sql_start_locked(sqlite3 *db, const char *task_id, const char *provid
                    task_state_name(TASK_QUEUED));
   if (rc != STORE_OK) return rc;
   if (sqlite3_changes(db) == 0) return sql_cas_miss(db, task_id, "task_start");
-  sqlite3_stmt *st;
-  rc = sql_prepare(db, &st, "task_start", "SELECT attempts FROM tasks WHERE id = ?", "t", task_id);
-  if (rc != STORE_OK) return rc;
-  rc = sql_step_row(db, st, "task_start");
-  if (rc == STORE_OK && attempt_out) *attempt_out = sqlite3_column_int(st, 0);
-  sqlite3_finalize(st);
+  int64_t attempts = 0;
+  rc = sql_scalar(db, "task_start", &attempts, "SELECT attempts FROM tasks WHERE id = ?", "t",
+                  task_id);
+  if (rc == STORE_OK && attempt_out) *attempt_out = (int)attempts;
   return rc;
 }
 
@@ -1190,15 +1178,9 @@ static int sql_task_finish(store *s, const char *task_id, int attempt, task_stat
 }
 
 static int sql_task_requeue_running(store *s, int64_t *count_out) {
-  sql_store *ss = (sql_store *)s;
-  sqlite3 *db = sql_acquire(ss);
-  sql_write_lock(ss);
-  int rc = sql_run(db, "task_requeue_running", "UPDATE tasks SET state = ? WHERE state = ?", "tt",
-                   task_state_name(TASK_QUEUED), task_state_name(TASK_RUNNING));
-  if (rc == STORE_OK && count_out) *count_out = sqlite3_changes(db);
-  sql_write_unlock(ss);
-  sql_release(ss, db);
-  return rc;
+  return sql_write_one((sql_store *)s, "task_requeue_running", STORE_OK, count_out, NULL,
+                       "UPDATE tasks SET state = ? WHERE state = ?", "tt",
+                       task_state_name(TASK_QUEUED), task_state_name(TASK_RUNNING));
 }
 
 /* ---- tasks: reading -------------------------------------------------------------------- */
@@ -1422,17 +1404,10 @@ static int sql_task_list_running(store *s, size_t limit, store_start **items, si
 
 static int sql_task_requeue(store *s, const char *task_id, int attempt) {
   if (!task_id) return STORE_NOT_FOUND;
-  sql_store *ss = (sql_store *)s;
-  sqlite3 *db = sql_acquire(ss);
-  sql_write_lock(ss);
-  int rc = sql_run(db, "task_requeue",
-                   "UPDATE tasks SET state = 'queued' WHERE id = ? AND state = 'running'"
-                   " AND attempts = ?",
-                   "ti", task_id, attempt);
-  if (rc == STORE_OK && sqlite3_changes(db) == 0) rc = STORE_CONFLICT;
-  sql_write_unlock(ss);
-  sql_release(ss, db);
-  return rc;
+  return sql_write_one((sql_store *)s, "task_requeue", STORE_CONFLICT, NULL, NULL,
+                       "UPDATE tasks SET state = 'queued' WHERE id = ? AND state = 'running'"
+                       " AND attempts = ?",
+                       "ti", task_id, attempt);
 }
 
 static int sql_result_by_token(store *s, const char *token, task_result *out) {
@@ -1477,17 +1452,10 @@ static int sql_results_expired(store *s, int64_t now_ms, size_t limit, store_exp
 }
 
 static int sql_result_mark_purged(store *s, const char *task_id, int index, int64_t now_ms) {
-  sql_store *ss = (sql_store *)s;
-  sqlite3 *db = sql_acquire(ss);
-  sql_write_lock(ss);
-  int rc = sql_run(db, "result_mark_purged",
-                   "UPDATE task_results SET purged_ms = ? WHERE task_id = ? AND idx = ?"
-                   " AND purged_ms = 0",
-                   "Iti", now_ms > 0 ? now_ms : 1, task_id, index);
-  if (rc == STORE_OK && sqlite3_changes(db) == 0) rc = STORE_NOT_FOUND;
-  sql_write_unlock(ss);
-  sql_release(ss, db);
-  return rc;
+  return sql_write_one((sql_store *)s, "result_mark_purged", STORE_NOT_FOUND, NULL, NULL,
+                       "UPDATE task_results SET purged_ms = ? WHERE task_id = ? AND idx = ?"
+                       " AND purged_ms = 0",
+                       "Iti", now_ms > 0 ? now_ms : 1, task_id, index);
 }
 
 /* ---- opening and closing --------------------------------------------------------------- */

@@ -383,6 +383,20 @@ static void flaky_init(flaky_store *fs, store *real) {
   fs->fail_finish = fs->fail_start_many = 0;
 }
 
+/* An engine on fs (flaky_init'ed and primed by the caller) with one scripted
+ * route s; one task inserted into id and enqueued. sweep_ms 0: the default. */
+static engine *flaky_engine_with_task(fixture *f, flaky_store *fs, scripted *s, int sweep_ms,
+                                      char id[IDS_UUID_LEN + 1]) {
+  scripted_init(s);
+  engine_config ec = base_config(f, 4, 1000);
+  ec.sweep_interval_ms = sweep_ms;
+  engine *e = engine_create(&fs->base, f->bl, router_of((scripted *[]){s}, 1), NULL, &ec);
+  assert_int_equal(engine_start(e), 0);
+  insert_task(f, id, false);
+  engine_enqueue(e, id);
+  return e;
+}
+
 /* ---- tests -------------------------------------------------------------- */
 
 static void test_runs_tasks_to_success(void **state) {
@@ -682,13 +696,8 @@ static void test_finish_survives_brief_store_failure(void **state) {
   flaky_init(&fs, f->st);
   fs.fail_finish = 2;
   scripted s;
-  scripted_init(&s);
-  engine_config ec = base_config(f, 4, 1000);
-  engine *e = engine_create(&fs.base, f->bl, router_of((scripted *[]){&s}, 1), NULL, &ec);
-  assert_int_equal(engine_start(e), 0);
   char id[IDS_UUID_LEN + 1];
-  insert_task(f, id, false);
-  engine_enqueue(e, id);
+  engine *e = flaky_engine_with_task(f, &fs, &s, 0, id);
   assert_true(wait_started(&s, 1));
   complete(take_one(&s), PROVIDER_OK);
   assert_true(wait_finished(&f->fin, 1));
@@ -714,14 +723,8 @@ static void test_stranded_queued_task_is_swept(void **state) {
   flaky_init(&fs, f->st);
   fs.fail_start_many = 1;
   scripted s;
-  scripted_init(&s);
-  engine_config ec = base_config(f, 4, 1000);
-  ec.sweep_interval_ms = 50;
-  engine *e = engine_create(&fs.base, f->bl, router_of((scripted *[]){&s}, 1), NULL, &ec);
-  assert_int_equal(engine_start(e), 0);
   char id[IDS_UUID_LEN + 1];
-  insert_task(f, id, false);
-  engine_enqueue(e, id);
+  engine *e = flaky_engine_with_task(f, &fs, &s, 50, id);
   assert_true(wait_started(&s, 1));
   assert_int_equal(fs.fail_start_many, 0); /* the first start really failed */
   complete(take_one(&s), PROVIDER_OK);
@@ -742,14 +745,8 @@ static void test_lost_run_is_requeued(void **state) {
   flaky_init(&fs, f->st);
   fs.fail_finish = 5; /* the first write and its four retries */
   scripted s;
-  scripted_init(&s);
-  engine_config ec = base_config(f, 4, 1000);
-  ec.sweep_interval_ms = 50;
-  engine *e = engine_create(&fs.base, f->bl, router_of((scripted *[]){&s}, 1), NULL, &ec);
-  assert_int_equal(engine_start(e), 0);
   char id[IDS_UUID_LEN + 1];
-  insert_task(f, id, false);
-  engine_enqueue(e, id);
+  engine *e = flaky_engine_with_task(f, &fs, &s, 50, id);
   assert_true(wait_started(&s, 1));
   complete(take_one(&s), PROVIDER_OK);
   assert_true(wait_started(&s, 2)); /* lost, found, started again */
