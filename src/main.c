@@ -190,14 +190,17 @@ static int admin_fail(const imgate_error *err) {
   return 1;
 }
 
+/* The account with this email; says why on stderr when there is none. */
+static bool admin_account(store *st, const char *email, store_account *out) {
+  imgate_error err = {0};
+  if (accounts_find(st, email, out, &err) == 0) return true;
+  admin_fail(&err);
+  return false;
+}
+
 static int admin_key_list(store *st, const char *email) {
-  char norm[256];
   store_account acct;
-  if (!accounts_normalize_email(email, norm, sizeof norm) ||
-      st->ops->account_get_by_email(st, norm, &acct) != STORE_OK) {
-    fprintf(stderr, "imgate: no account for %s\n", email);
-    return 1;
-  }
+  if (!admin_account(st, email, &acct)) return 1;
   store_key *keys = NULL;
   size_t n = 0;
   if (st->ops->key_list(st, acct.id, &keys, &n) != STORE_OK) {
@@ -229,15 +232,6 @@ static int admin_account_list(store *st) {
   }
   free(accts);
   return 0;
-}
-
-static bool admin_account(store *st, const char *email, store_account *out) {
-  char norm[256];
-  if (accounts_normalize_email(email, norm, sizeof norm) &&
-      st->ops->account_get_by_email(st, norm, out) == STORE_OK)
-    return true;
-  fprintf(stderr, "imgate: no account for %s\n", email);
-  return false;
 }
 
 static int admin_money(store *st, const cli_opts *o, bool topup, const char *email,
@@ -301,15 +295,13 @@ static int admin_ledger(store *st, const cli_opts *o, const char *email) {
 }
 
 static int parse_limit(const char *text, const char *what, int *out) {
+  *out = -1; /* absent: leave as is */
+  if (!text) return 0;
   char *end;
   errno = 0;
-  long v = text ? strtol(text, &end, 10) : -1;
-  if (!text) {
-    *out = -1; /* leave as is */
-    return 0;
-  }
-  if (errno || *end || v < 0 || v > 1000000) {
-    fprintf(stderr, "imgate: --%s must be an integer 0..1000000\n", what);
+  long v = strtol(text, &end, 10);
+  if (errno || *end || v < 0 || v > API_LIMIT_MAX) {
+    fprintf(stderr, "imgate: --%s must be an integer 0..%d\n", what, API_LIMIT_MAX);
     return -1;
   }
   *out = (int)v;
@@ -351,7 +343,10 @@ static int run_admin_billing(store *st, const cli_opts *o, char **args, int n) {
   if ((!strcmp(verb, "disable") || !strcmp(verb, "enable")) && n == 2) {
     store_account a;
     if (!admin_account(st, args[1], &a)) return 1;
-    if (st->ops->account_set_disabled(st, a.id, !strcmp(verb, "disable")) != STORE_OK) return 1;
+    if (st->ops->account_set_disabled(st, a.id, !strcmp(verb, "disable")) != STORE_OK) {
+      fprintf(stderr, "imgate: the account's state could not be stored\n");
+      return 1;
+    }
     fprintf(stderr, "%s %sd\n", a.email, verb);
     return 0;
   }

@@ -27,15 +27,10 @@
 #include "core/accounts.h"
 #include "core/pricing.h"
 #include "util/buf.h"
-#include "util/timeutil.h"
-
-/* The CLI's bounds for a limit (imgate admin limits). */
-#define LIMIT_MAX 1000000
 
 struct api_admin_accounts {
   store *st;
-  imgate_config cfg; /* a copy: signup bonus, key limit, default limits */
-  char token[sizeof ((imgate_config *)0)->admin_token];
+  imgate_config cfg; /* a copy: signup bonus, key limit, default limits, admin token */
 };
 
 /* ---- replies ------------------------------------------------------------ */
@@ -58,44 +53,59 @@ static void reply_store_error(http_request *req) {
   api_reply_error(req, 500, "store_error", "store failure", NULL);
 }
 
-static json_t *usd(int64_t micros) {
-  char text[PRICING_USD_BUFSIZE];
-  pricing_format_usd(micros, text, sizeof text);
-  return json_string(text);
-}
-
-/* An ISO-8601 UTC time, or null for 0 ("never"). */
-static json_t *when(int64_t ms) {
-  if (ms <= 0) return json_null();
-  char text[32];
-  time_format_iso(ms, text);
-  return json_string(text);
-}
-
-static json_t *account_json(const store_account *a) {
+/* The renderers take const void * to serve render_list too. */
+static json_t *account_json(const void *item) {
+  const store_account *a = item;
   return json_pack("{s:I, s:o, s:b, s:o, s:o, s:o, s:I, s:I, s:i, s:i}", "id", (json_int_t)a->id,
                    "email", api_json_text(a->email), "disabled", a->disabled, "created_at",
-                   when(a->created_ms), "balance_usd", usd(a->balance_micros), "held_usd",
-                   usd(a->held_micros), "balance_micros", (json_int_t)a->balance_micros,
-                   "held_micros", (json_int_t)a->held_micros, "max_concurrency",
-                   a->max_concurrency, "qps_per_key", a->qps_per_key);
+                   api_json_time(a->created_ms), "balance_usd",
+                   api_json_usd(a->balance_micros), "held_usd", api_json_usd(a->held_micros),
+                   "balance_micros", (json_int_t)a->balance_micros, "held_micros",
+                   (json_int_t)a->held_micros, "max_concurrency", a->max_concurrency,
+                   "qps_per_key", a->qps_per_key);
 }
 
-static json_t *key_json(const store_key *k) {
+static json_t *key_json(const void *item) {
+  const store_key *k = item;
   return json_pack("{s:I, s:o, s:o, s:b, s:o, s:o, s:o}", "id", (json_int_t)k->id, "prefix",
                    api_json_text(k->prefix), "name", api_json_text(k->name), "active",
-                   k->revoked_ms == 0, "created_at", when(k->created_ms), "last_used_at",
-                   when(k->last_used_ms), "revoked_at", when(k->revoked_ms));
+                   k->revoked_ms == 0, "created_at", api_json_time(k->created_ms),
+                   "last_used_at", api_json_time(k->last_used_ms), "revoked_at",
+                   api_json_time(k->revoked_ms));
 }
 
-static json_t *entry_json(const ledger_entry *e) {
+static json_t *entry_json(const void *item) {
+  const ledger_entry *e = item;
   return json_pack("{s:I, s:o, s:s, s:o, s:o, s:I, s:I, s:o, s:o}", "id", (json_int_t)e->id,
-                   "created_at", when(e->created_ms), "kind", ledger_kind_name(e->kind),
-                   "available_usd", usd(e->available_micros), "held_usd", usd(e->held_micros),
+                   "created_at", api_json_time(e->created_ms), "kind", ledger_kind_name(e->kind),
+                   "available_usd", api_json_usd(e->available_micros), "held_usd",
+                   api_json_usd(e->held_micros),
                    "available_micros", (json_int_t)e->available_micros, "held_micros",
                    (json_int_t)e->held_micros, "task_id",
                    e->task_id[0] ? json_string(e->task_id) : json_null(), "reason",
                    api_json_text(e->reason));
+}
+
+/* n items of size bytes each, rendered into a JSON array; NULL when memory
+ * runs out. */
+static json_t *render_list(const void *items, size_t n, size_t size,
+                           json_t *(*render)(const void *)) {
+  json_t *list = json_array();
+  for (size_t i = 0; list && i < n; i++)
+    if (json_array_append_new(list, render((const char *)items + i * size)) < 0) {
+      json_decref(list);
+      list = NULL;
+    }
+  return list;
+}
+
+/* {"<name>": list}, or 500 when the list could not be built. */
+static void reply_list(http_request *req, const char *name, json_t *list) {
+  if (!list) {
+    reply_oom(req);
+    return;
+  }
+  http_reply_json(req, 200, json_pack("{s:o}", name, list));
 }
 
 /* ---- request parts ------------------------------------------------------ */
@@ -192,14 +202,16 @@ static bool parse_amount(http_request *req, json_t *body, int64_t *micros) {
   return true;
 }
 
-/* A limit: absent (-1: leave as is) or an integer 0..LIMIT_MAX. */
+/* A limit: absent (-1: leave as is) or an integer 0..API_LIMIT_MAX. */
 static bool parse_limit(http_request *req, json_t *body, const char *field, int *out) {
   json_t *v = json_object_get(body, field);
   *out = -1;
   if (!v) return true;
-  if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > LIMIT_MAX) {
+  if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+      json_integer_value(v) > API_LIMIT_MAX) {
     char msg[128];
-    snprintf(msg, sizeof msg, "%s must be an integer 0..%d (0 = unlimited)", field, LIMIT_MAX);
+    snprintf(msg, sizeof msg, "%s must be an integer 0..%d (0 = unlimited)", field,
+             API_LIMIT_MAX);
     api_reply_error(req, 400, json_is_integer(v) ? "invalid_value" : "invalid_type", msg, field);
     return false;
   }
@@ -245,18 +257,9 @@ static void handle_list_accounts(http_request *req, void *ctx) {
     reply_store_error(req);
     return;
   }
-  json_t *list = json_array();
-  for (size_t i = 0; list && i < n; i++)
-    if (json_array_append_new(list, account_json(&accts[i])) < 0) {
-      json_decref(list);
-      list = NULL;
-    }
+  json_t *list = render_list(accts, n, sizeof *accts, account_json);
   free(accts);
-  if (!list) {
-    reply_oom(req);
-    return;
-  }
-  http_reply_json(req, 200, json_pack("{s:o}", "accounts", list));
+  reply_list(req, "accounts", list);
 }
 
 static void handle_get_account(http_request *req, void *ctx) {
@@ -286,8 +289,9 @@ static void handle_money(http_request *req, api_admin_accounts *a, bool topup) {
     goto out;
   }
   http_reply_json(req, 200,
-                  json_pack("{s:o, s:I, s:o, s:I}", "balance_usd", usd(balance), "balance_micros",
-                            (json_int_t)balance, topup ? "topup_usd" : "refund_usd", usd(micros),
+                  json_pack("{s:o, s:I, s:o, s:I}", "balance_usd", api_json_usd(balance),
+                            "balance_micros", (json_int_t)balance,
+                            topup ? "topup_usd" : "refund_usd", api_json_usd(micros),
                             topup ? "topup_micros" : "refund_micros", (json_int_t)micros));
 out:
   json_decref(body);
@@ -326,15 +330,11 @@ static void handle_ledger(http_request *req, void *ctx) {
    * truth; the account's cached balance, read a moment earlier, may be
    * older than a concurrent entry). */
   int64_t available = 0, held = 0;
-  json_t *list = json_array();
-  for (size_t i = 0; list && i < n; i++) {
+  for (size_t i = 0; i < n; i++) {
     available += e[i].available_micros;
     held += e[i].held_micros;
-    if (json_array_append_new(list, entry_json(&e[i])) < 0) {
-      json_decref(list);
-      list = NULL;
-    }
   }
+  json_t *list = render_list(e, n, sizeof *e, entry_json);
   free(e);
   if (!list) {
     reply_oom(req);
@@ -343,7 +343,8 @@ static void handle_ledger(http_request *req, void *ctx) {
   http_reply_json(req, 200,
                   json_pack("{s:I, s:o, s:o, s:o, s:I, s:I, s:o}", "account_id",
                             (json_int_t)acct.id, "email", api_json_text(acct.email),
-                            "balance_usd", usd(available), "held_usd", usd(held),
+                            "balance_usd", api_json_usd(available), "held_usd",
+                            api_json_usd(held),
                             "balance_micros", (json_int_t)available, "held_micros",
                             (json_int_t)held, "entries", list));
 }
@@ -433,18 +434,9 @@ static void handle_list_keys(http_request *req, void *ctx) {
     reply_store_error(req);
     return;
   }
-  json_t *list = json_array();
-  for (size_t i = 0; list && i < n; i++)
-    if (json_array_append_new(list, key_json(&keys[i])) < 0) {
-      json_decref(list);
-      list = NULL;
-    }
+  json_t *list = render_list(keys, n, sizeof *keys, key_json);
   free(keys);
-  if (!list) {
-    reply_oom(req);
-    return;
-  }
-  http_reply_json(req, 200, json_pack("{s:o}", "keys", list));
+  reply_list(req, "keys", list);
 }
 
 static void handle_revoke_key(http_request *req, void *ctx) {
@@ -485,7 +477,7 @@ static void handle_verify(http_request *req, void *ctx) {
 
 static bool require_admin(http_request *req, void *ctx) {
   const api_admin_accounts *a = ctx;
-  return api_require_admin_token(req, a->token);
+  return api_require_admin_token(req, a->cfg.admin_token);
 }
 
 api_admin_accounts *api_admin_accounts_register(http_router *r, store *st,
@@ -494,7 +486,6 @@ api_admin_accounts *api_admin_accounts_register(http_router *r, store *st,
   if (!a) return NULL;
   a->st = st;
   a->cfg = *cfg;
-  snprintf(a->token, sizeof a->token, "%s", cfg->admin_token);
   static const struct {
     const char *method, *pattern;
     http_handler_fn fn;

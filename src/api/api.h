@@ -7,6 +7,7 @@
 #define IMGATE_API_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <jansson.h>
 
@@ -51,6 +52,15 @@ void api_server_error_hook(http_request *req, int status, const char *slug, cons
  * stored task): bytes that are not well-formed UTF-8 become '?', so one bad
  * message cannot make a whole reply fail. NULL only when memory runs out. */
 json_t *api_json_text(const char *s);
+
+/* Money as every reply spells it: exact decimal USD text ("10.500000"). */
+json_t *api_json_usd(int64_t micros);
+/* A time as RFC 3339 UTC text, or null for 0 ("not yet", "never"). */
+json_t *api_json_time(int64_t unix_ms);
+
+/* The most a limit (max_concurrency, qps_per_key) may be set to, over HTTP
+ * and with `imgate admin limits` alike; 0 means unlimited. */
+#define API_LIMIT_MAX 1000000
 
 /* Base of public URLs for this request: the configured public_url, else
  * http://<Host header>. Written into out without a trailing slash. */

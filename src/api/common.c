@@ -6,9 +6,11 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/pricing.h"
 #include "util/ids.h"
 #include "util/jsonscan.h"
 #include "util/log.h"
+#include "util/timeutil.h"
 #include "util/utf8.h"
 
 /* A slug safe to paste into JSON as is: lower-case letters, digits, '_'. */
@@ -57,6 +59,19 @@ json_t *api_json_text(const char *s) {
   j = json_string(copy);
   free(copy);
   return j;
+}
+
+json_t *api_json_usd(int64_t micros) {
+  char text[PRICING_USD_BUFSIZE];
+  pricing_format_usd(micros, text, sizeof text);
+  return json_string(text);
+}
+
+json_t *api_json_time(int64_t unix_ms) {
+  if (unix_ms <= 0) return json_null();
+  char text[32];
+  time_format_iso(unix_ms, text);
+  return json_string(text);
 }
 
 void api_rate_limit_headers(http_request *req, const imgate_error *err) {

@@ -3,6 +3,7 @@
  *   POST /api/banana/create-async  {prompt, model, aspect_ratio, resolution,
  *                                   image_urls, webhook_url} -> {uid, status}
  *                                  (optional header Idempotency-Key)
+ *   GET  /api/banana/credits       -> the key's account balance
  *   GET  /api/banana/{uid}         -> the task
  *
  * Field names here are the dialect's own; errors name them (image_urls, not
@@ -11,15 +12,6 @@
 #include <string.h>
 
 #include "api/api.h"
-#include "core/pricing.h"
-#include "util/timeutil.h"
-
-static json_t *iso_or_null(int64_t ms) {
-  if (ms <= 0) return json_null();
-  char ts[32];
-  time_format_iso(ms, ts);
-  return json_string(ts);
-}
 
 static json_t *string_or_null(const char *s) { return s ? api_json_text(s) : json_null(); }
 
@@ -53,16 +45,11 @@ static int optional_string(http_request *req, json_t *body, const char *field, c
 }
 
 /* Money in this dialect: exact decimal USD strings, plus integer micro-dollars. */
-static json_t *money(int64_t micros) {
-  char usd[32];
-  pricing_format_usd(micros, usd, sizeof usd);
-  return json_string(usd);
-}
-
 static json_t *render_cost(const task *t) {
   bool final = task_state_is_final(t->state);
-  return json_pack("{s:o, s:o, s:I, s:I}", "held_usd", money(final ? 0 : t->cost_held_micros),
-                   "charged_usd", money(t->cost_charged_micros), "price_micros",
+  return json_pack("{s:o, s:o, s:I, s:I}", "held_usd",
+                   api_json_usd(final ? 0 : t->cost_held_micros), "charged_usd",
+                   api_json_usd(t->cost_charged_micros), "price_micros",
                    (json_int_t)t->cost_held_micros, "charged_micros",
                    (json_int_t)t->cost_charged_micros);
 }
@@ -81,7 +68,7 @@ static json_t *render_task(http_request *req, core *c, const task *t) {
     json_array_append_new(images, json_pack("{s:s, s:s, s:i, s:i, s:I, s:o}", "url", url,
                                             "content_type", r->mime, "width", r->width,
                                             "height", r->height, "bytes", (json_int_t)r->bytes,
-                                            "expires_at", iso_or_null(r->expires_ms)));
+                                            "expires_at", api_json_time(r->expires_ms)));
   }
   json_t *attempts = json_array();
   for (size_t i = 0; i < t->n_upstream_attempts; i++) {
@@ -89,8 +76,8 @@ static json_t *render_task(http_request *req, core *c, const task *t) {
     json_array_append_new(
         attempts, json_pack("{s:i, s:s, s:s, s:o, s:o, s:I, s:o, s:s, s:o}", "run", a->run,
                             "provider", a->provider, "upstream_model", a->upstream_model,
-                            "started_at", iso_or_null(a->started_ms), "ended_at",
-                            iso_or_null(a->ended_ms), "duration_ms",
+                            "started_at", api_json_time(a->started_ms), "ended_at",
+                            api_json_time(a->ended_ms), "duration_ms",
                             (json_int_t)(a->ended_ms - a->started_ms), "http_status",
                             a->http_status ? json_integer(a->http_status) : json_null(),
                             "error_class", a->error_class, "error_code",
@@ -105,8 +92,8 @@ static json_t *render_task(http_request *req, core *c, const task *t) {
                    t->id, "status", task_state_name(t->state), "model", t->model, "aspect_ratio",
                    t->aspect_ratio, "resolution", t->resolution, "provider",
                    string_or_null(t->provider), "attempts", t->attempts, "created_at",
-                   iso_or_null(t->created_ms), "started_at", iso_or_null(t->started_ms),
-                   "finished_at", iso_or_null(t->finished_ms), "images", images, "result_urls",
+                   api_json_time(t->created_ms), "started_at", api_json_time(t->started_ms),
+                   "finished_at", api_json_time(t->finished_ms), "images", images, "result_urls",
                    urls, "error", error, "upstream_attempts", attempts, "cost", render_cost(t));
 }
 
@@ -191,8 +178,9 @@ static void handle_credits(http_request *req, void *ctx) {
   core *c = ctx;
   store_account acct;
   if (api_authenticate(req, c, &acct) < 0) return;
-  json_t *doc = json_pack("{s:o, s:o, s:I, s:I}", "balance_usd", money(acct.balance_micros),
-                          "held_usd", money(acct.held_micros), "balance_micros",
+  json_t *doc = json_pack("{s:o, s:o, s:I, s:I}", "balance_usd",
+                          api_json_usd(acct.balance_micros), "held_usd",
+                          api_json_usd(acct.held_micros), "balance_micros",
                           (json_int_t)acct.balance_micros, "held_micros",
                           (json_int_t)acct.held_micros);
   http_reply_json(req, 200, doc);

@@ -403,7 +403,8 @@ static struct MHD_Response *response_create(http_request *req, size_t *bytes) {
   return resp;
 }
 
-static void response_add_headers(http_request *req, struct MHD_Response *resp) {
+static void response_add_headers(http_conn *c, struct MHD_Response *resp) {
+  http_request *req = &c->req;
   for (int i = 0; i < req->n_resp_headers; i++) {
     const http_header *h = &req->resp_headers[i];
     /* The server's request id is the one that reached the access log. */
@@ -416,7 +417,6 @@ static void response_add_headers(http_request *req, struct MHD_Response *resp) {
              REQUEST_ID_HEADER);
   /* While stopping, a kept-alive connection would only bring more requests
    * to wait for: the client is told to reconnect (to another instance). */
-  http_conn *c = (http_conn *)req;
   if (atomic_load(&c->server->stopping) &&
       MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close") != MHD_YES)
     LOG_WARN("http_response_header_refused", "req=%s header=Connection", req->request_id);
@@ -434,7 +434,7 @@ static enum MHD_Result conn_send(http_conn *c) {
     LOG_ERROR("http_cannot_create_response", "req=%s", req->request_id);
     return MHD_NO; /* libmicrohttpd closes the connection */
   }
-  response_add_headers(req, resp);
+  response_add_headers(c, resp);
   enum MHD_Result rc = MHD_queue_response(c->mhd, (unsigned)req->status, resp);
   MHD_destroy_response(resp);
   if (rc != MHD_YES) LOG_ERROR("http_cannot_queue_response", "req=%s", req->request_id);
@@ -940,14 +940,10 @@ int http_server_port(http_server *s) { return s ? s->port : 0; }
 /* Waits until no request is in progress, or timeout_ms has passed; returns
  * how many are still in progress. */
 static int drain_wait(http_server *s, int timeout_ms) {
-  struct timespec deadline;
-  clock_gettime(CLOCK_MONOTONIC, &deadline);
-  deadline.tv_sec += timeout_ms / 1000;
-  deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-  if (deadline.tv_nsec >= 1000000000L) {
-    deadline.tv_sec++;
-    deadline.tv_nsec -= 1000000000L;
-  }
+  /* time_mono_ms() is CLOCK_MONOTONIC, the condition variable's clock. */
+  int64_t due = time_mono_ms() + timeout_ms;
+  struct timespec deadline = {.tv_sec = (time_t)(due / 1000),
+                              .tv_nsec = (long)(due % 1000) * 1000000L};
   pthread_mutex_lock(&s->drain_lock);
   int rc = 0;
   while (s->active > 0 && rc != ETIMEDOUT)

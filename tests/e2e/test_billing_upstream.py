@@ -32,10 +32,7 @@ FAST_MS = 20
 class BillingUpstreamTest(b.BillingTestCase):
 
     def fake(self):
-        f = u.FakeUpstream()
-        f.start()
-        self.addCleanup(f.stop)
-        return f
+        return u.start_fake(self.addCleanup)
 
     def config(self, providers, routes, **extra):
         return b.billing_config(BONUS, providers=providers, routes=routes,
@@ -82,8 +79,7 @@ class BillingUpstreamTest(b.BillingTestCase):
         self.assertEqual(b.kinds(rows), {"grant": 1, "hold": 1, "release": 1}, rows)
 
     def test_kill9_mid_task_captures_once_per_task(self):
-        f = u.FakeUpstream("--gemini-key", u.GEMINI_KEY).start()
-        self.addCleanup(f.stop)
+        f = u.start_fake(self.addCleanup, "--gemini-key", u.GEMINI_KEY)
         f.script([{"delay_ms": SLOW_MS}], api="gemini", then="repeat_last")
         data = self.new_data_dir()
         cfg = self.config([u.gemini_provider("g", f.gemini_base_url,

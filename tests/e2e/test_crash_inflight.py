@@ -22,14 +22,11 @@ import os
 import re
 import shutil
 import sqlite3
-import sys
 import tempfile
 import unittest
 
 import harness as h
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fakes"))
-from fakeclient import FakeUpstream  # noqa: E402
+from upstream_util import start_fake
 
 EMAIL = "crash@example.com"
 FAKE_KEY = "fake-gemini-key-crash"
@@ -94,8 +91,7 @@ class CrashInFlightTest(h.ServerTestCase):
     def test_kill9_with_200_in_flight(self):
         data = tempfile.mkdtemp(prefix="imgate-e2e-crash-")
         self.addCleanup(shutil.rmtree, data, True)
-        fake = FakeUpstream("--gemini-key", FAKE_KEY).start()
-        self.addCleanup(fake.stop)
+        fake = start_fake(self.addCleanup, "--gemini-key", FAKE_KEY)
         fake.script([{"delay_ms": SLOW_MS}], api="gemini", then="repeat_last")
 
         # ---- run 1: 200 calls in flight, then SIGKILL

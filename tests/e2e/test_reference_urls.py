@@ -37,16 +37,13 @@ import http.server
 import os
 import re
 import socket
-import sys
 import threading
 import time
 import unittest
 import uuid
 
 import harness as h
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fakes"))
-from fakeclient import FakeUpstream  # noqa: E402
+from upstream_util import start_fake
 
 EMAIL = "urls@example.com"
 FAKE_KEY = "fake-gemini-key-urls"
@@ -217,8 +214,7 @@ class UrlTestBase(h.ServerTestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.fake = FakeUpstream("--gemini-key", FAKE_KEY).start()
-        cls.addClassCleanup(cls.fake.stop)
+        cls.fake = start_fake(cls.addClassCleanup, "--gemini-key", FAKE_KEY)
         cls.ref = RefServer()
         cls.addClassCleanup(cls.ref.stop)
         cls.srv = cls.start_class_server(accounts=[EMAIL],

@@ -40,9 +40,8 @@ class AdapterCase(h.ServerTestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.fake = u.FakeUpstream("--gemini-key", u.GEMINI_KEY, "--openai-key", u.OPENAI_KEY)
-        cls.fake.start()
-        cls.addClassCleanup(cls.fake.stop)
+        cls.fake = u.start_fake(cls.addClassCleanup, "--gemini-key", u.GEMINI_KEY,
+                                "--openai-key", u.OPENAI_KEY)
         config = {
             "providers": [
                 u.gemini_provider("g", cls.fake.gemini_base_url, timeout_ms=TIMEOUT_MS),

@@ -76,9 +76,7 @@ class AdminEndpointsTest(h.ServerTestCase):
         self.assertAdminWorks(srv, token)
 
     def test_numbers_move_with_traffic(self):
-        fake = u.FakeUpstream()
-        fake.start()
-        self.addCleanup(fake.stop)
+        fake = u.start_fake(self.addCleanup)
         srv = self.start_server(accounts=[EMAIL], config={
             "providers": [u.gemini_provider("g", fake.gemini_base_url, max_concurrency=4),
                           u.gemini_provider("h", fake.gemini_base_url)],
@@ -200,9 +198,8 @@ ENV_OPENAI_KEY = "sk-from-env-0002"
 class EnvShortcutsTest(h.ServerTestCase):
 
     def setUp(self):
-        self.fake = u.FakeUpstream("--gemini-key", ENV_GEMINI_KEY, "--openai-key", ENV_OPENAI_KEY)
-        self.fake.start()
-        self.addCleanup(self.fake.stop)
+        self.fake = u.start_fake(self.addCleanup, "--gemini-key", ENV_GEMINI_KEY,
+                                 "--openai-key", ENV_OPENAI_KEY)
 
     def serve(self, env):
         srv = self.start_server(accounts=[EMAIL], env=env,

@@ -28,10 +28,7 @@ class RoutingTest(h.ServerTestCase):
     # -- set-up helpers
 
     def fake(self):
-        f = u.FakeUpstream()
-        f.start()
-        self.addCleanup(f.stop)
-        return f
+        return u.start_fake(self.addCleanup)
 
     def server(self, providers, routes, retry=None, breaker=None, **extra):
         config = {"providers": providers, "routes": routes,

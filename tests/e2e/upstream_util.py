@@ -2,8 +2,9 @@
 
 Puts tests/fakes on the path (FakeUpstream, and the fake's own image encoders so a
 test can compute the exact bytes the fake sends), and adds helpers: provider and
-route configuration, picking one task's requests out of a fake's recording, a
-closed port, a Prometheus text parser, and an admin-authenticated GET.
+route configuration, starting a fake for a test, picking one task's requests out
+of a fake's recording, a closed port, a Prometheus text parser, and an
+admin-authenticated GET.
 """
 
 import os
@@ -26,6 +27,14 @@ OPENAI_KEY = "sk-e2e-test-key"
 
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 EXT = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+
+
+def start_fake(add_cleanup, *args):
+    """A FakeUpstream started with args (its options, e.g. "--gemini-key", KEY);
+    add_cleanup (a test's addCleanup, or addClassCleanup) is handed its stop."""
+    fake = FakeUpstream(*args).start()
+    add_cleanup(fake.stop)
+    return fake
 
 
 def fake_image(fmt, prompt, width=8, height=8):
