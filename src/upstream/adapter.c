@@ -427,7 +427,7 @@ void adapter_provider_drain(provider *p, const provider_ops *ops) {
 }
 
 CURL *adapter_easy_new(const adapter_instance *ai, const char *url, long timeout_ms) {
-  CURL *easy = curl_easy_init();
+  CURL *easy = curlloop_easy_new(ai->loop);
   if (!easy) return NULL;
   /* The caller's budget (what is left of the task's deadline) narrows the
    * instance's own timeout; it never lengthens it. */

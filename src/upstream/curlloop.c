@@ -153,8 +153,19 @@ static bool prepare_easy(curlloop *l, transfer *t) {
          curl_easy_setopt(e, CURLOPT_PRIVATE, t) == CURLE_OK &&
          curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->res.error) == CURLE_OK &&
          curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
-         curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "") == CURLE_OK &&
-         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, l->connect_timeout_ms) == CURLE_OK;
+         curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "") == CURLE_OK;
+}
+
+/* The connect timeout is a default set at creation, not at submit: set at
+ * submit it overwrote what the owner had chosen (a provider's own
+ * connect_timeout_ms was silently ignored). */
+CURL *curlloop_easy_new(curlloop *l) {
+  CURL *e = curl_easy_init();
+  if (e && l && curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, l->connect_timeout_ms) != CURLE_OK) {
+    curl_easy_cleanup(e);
+    return NULL;
+  }
+  return e;
 }
 
 /* Undoes what would dangle once t is freed (the caller may keep easy). */

@@ -35,7 +35,8 @@ typedef struct curlloop curlloop;
 typedef struct curlloop_config {
   long max_total_connections; /* CURLMOPT_MAX_TOTAL_CONNECTIONS; 0 = unlimited */
   long max_host_connections;  /* CURLMOPT_MAX_HOST_CONNECTIONS; 0 = unlimited */
-  long connect_timeout_ms;    /* CURLOPT_CONNECTTIMEOUT_MS of every transfer; 0 = 10000 */
+  long connect_timeout_ms;    /* default CURLOPT_CONNECTTIMEOUT_MS of curlloop_easy_new's
+                               * handles (owners may set their own); 0 = 10000 */
 } curlloop_config;
 
 /* What came back. Owned by the loop; valid only during the callback (take
@@ -65,6 +66,11 @@ typedef void (*curlloop_done_fn)(void *ctx, CURL *easy, curlloop_result *res);
 /* Starts the loop thread (and initialises libcurl for the process, once:
  * create the loop before other threads use curl). NULL on failure. */
 curlloop *curlloop_create(const curlloop_config *cfg);
+
+/* A fresh easy handle carrying the loop's defaults (its connect timeout).
+ * Options the owner sets afterwards win: the loop never overrides them.
+ * NULL when curl cannot make one. Thread-safe. */
+CURL *curlloop_easy_new(curlloop *l);
 
 /* Hands a prepared easy handle to the loop. A body larger than
  * max_response_bytes stops the transfer (0: no body accepted). Returns 0, or

@@ -301,7 +301,7 @@ int fetch_start(curlloop *loop, const fetch_config *cfg, const char *url, fetch_
   char *norm = checked_url(cfg, url, r);
   if (!norm) return -1;
   fetch_job *job = calloc(1, sizeof *job);
-  CURL *easy = job ? curl_easy_init() : NULL;
+  CURL *easy = job ? curlloop_easy_new(loop) : NULL;
   int rc = -1;
   if (!easy) {
     result_set(r, FETCH_NETWORK_ERROR, "out of memory");

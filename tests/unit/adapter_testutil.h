@@ -1,7 +1,7 @@
 /* adapter_testutil.h - test doubles for the provider adapter tests (test_gemini.c,
  * test_openai.c): a stand-in for the curl loop and a one-shot local HTTP server.
  *
- * The stand-in defines curlloop_submit() itself, so the adapters' glue links
+ * The stand-in defines curlloop_submit() and curlloop_easy_new() itself, so the adapters' glue links
  * and runs without the real loop. In FAKE_QUEUE mode it keeps each submitted
  * handle for the test to end by hand (an answer, a transport error, or a
  * cancellation); in FAKE_PERFORM mode it runs the transfer at once with
@@ -153,6 +153,12 @@ static void fake_perform(CURL *easy, size_t max_bytes, curlloop_done_fn done, vo
   curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, NULL);
   done(ctx, easy, &c.res);
   buf_free(&c.res.body);
+}
+
+/* The stand-in loop has no defaults of its own to give a handle. */
+CURL *curlloop_easy_new(curlloop *l) {
+  (void)l;
+  return curl_easy_init();
 }
 
 int curlloop_submit(curlloop *l, CURL *easy, size_t max_response_bytes, curlloop_done_fn done,
