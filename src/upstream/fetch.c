@@ -8,6 +8,7 @@
 #include "upstream/fetch.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -50,6 +51,7 @@ static const v4_range v4_refused[] = {
     {V4(172, 16, 0, 0), 12},     /* RFC 1918 */
     {V4(192, 0, 0, 0), 24},      /* IETF protocol assignments */
     {V4(192, 0, 2, 0), 24},      /* TEST-NET-1 */
+    {V4(192, 88, 99, 0), 24},    /* 6to4 relay anycast (deprecated): a tunnel into IPv6 */
     {V4(192, 168, 0, 0), 16},    /* RFC 1918 */
     {V4(198, 18, 0, 0), 15},     /* benchmarking */
     {V4(198, 51, 100, 0), 24},   /* TEST-NET-2 */
@@ -68,24 +70,50 @@ static bool v4_is_private(uint32_t a) {
 
 static uint32_t v4_at(const uint8_t *p) { return V4(p[0], p[1], p[2], p[3]); }
 
-static bool all_zero(const uint8_t *p, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    if (p[i]) return false;
-  return true;
+/* IPv6 prefixes by their leading bytes (the bytes past prefix/8 are zero). */
+typedef struct v6_range {
+  uint8_t net[6];
+  int prefix; /* at most 48 */
+} v6_range;
+
+static bool v6_in(const uint8_t b[16], const v6_range *r) {
+  assert(r->prefix > 0 && r->prefix <= 8 * (int)sizeof r->net);
+  int whole = r->prefix / 8, rest = r->prefix % 8;
+  if (memcmp(b, r->net, (size_t)whole) != 0) return false;
+  if (rest == 0) return true;
+  uint8_t mask = (uint8_t)(0xff << (8 - rest));
+  return (b[whole] & mask) == r->net[whole];
 }
+
+/* Inside 2000::/3 (the only block IANA has handed out for global unicast),
+ * special-purpose prefixes no image host lives in. */
+static const v6_range v6_refused[] = {
+    {{0x20, 0x01, 0x00, 0x00}, 23}, /* IETF protocol assignments: Teredo 2001::/32,
+                                       benchmarking, ORCHID, AMT, anycast */
+    {{0x20, 0x01, 0x0d, 0xb8}, 32}, /* documentation */
+    {{0x20, 0x02}, 16},             /* 6to4: a tunnel to any IPv4 address, 127.0.0.1 too */
+    {{0x3f, 0xff, 0x00}, 20},       /* documentation (RFC 9637) */
+};
 
 static bool v6_is_private(const uint8_t b[16]) {
   static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  static const uint8_t compatible[12] = {0};
   static const uint8_t nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
-  /* Forms that carry an IPv4 address are judged by it. ::/96 (compatible)
-   * also covers :: and ::1, which land in 0.0.0.0/8. */
-  if (memcmp(b, mapped, 12) == 0 || memcmp(b, nat64, 12) == 0 || all_zero(b, 12))
+  /* Forms that carry an IPv4 address in their last 32 bits are judged by it:
+   * mapped ::ffff:0:0/96, compatible ::/96 (deprecated; it also covers :: and
+   * ::1, which land in 0.0.0.0/8) and the well-known NAT64 prefix
+   * 64:ff9b::/96, where a DNS64 resolver puts every public IPv4 host, so it
+   * must stay usable. */
+  if (memcmp(b, mapped, 12) == 0 || memcmp(b, compatible, 12) == 0 ||
+      memcmp(b, nat64, 12) == 0)
     return v4_is_private(v4_at(b + 12));
-  if ((b[0] & 0xfe) == 0xfc) return true;                    /* fc00::/7 unique local */
-  if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) return true;   /* fe80::/10 link-local */
-  if (b[0] == 0xfe && (b[1] & 0xc0) == 0xc0) return true;   /* fec0::/10 old site-local */
-  if (b[0] == 0xff) return true;                            /* ff00::/8 multicast */
-  if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8) return true; /* doc */
+  /* Everything outside 2000::/3 is refused: loopback and unspecified (above),
+   * ULA fc00::/7, link-local fe80::/10, old site-local fec0::/10, multicast
+   * ff00::/8, discard-only 100::/64, local-use NAT64 64:ff9b:1::/48, SRv6
+   * 5f00::/16, and whatever IANA reserves there next. */
+  if ((b[0] & 0xe0) != 0x20) return true;
+  for (size_t i = 0; i < sizeof v6_refused / sizeof v6_refused[0]; i++)
+    if (v6_in(b, &v6_refused[i])) return true;
   return false;
 }
 
@@ -231,7 +259,14 @@ static bool submit_hop(fetch_job *job, CURL *easy, const char *url, fetch_result
   return true;
 }
 
-/* A 3xx with a Location: true when the next hop is under way (then job and
+/* Only these ask the client to fetch another URL. 300 offers choices, 304
+ * answers a conditional request this client never makes, 305/306 are dead:
+ * for a download they are plain failures, even with a Location. */
+static bool is_redirect(long status) {
+  return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
+}
+
+/* A redirect status: true when the next hop is under way (then job and
  * easy belong to it); false with r filled otherwise. */
 static bool follow(fetch_job *job, CURL *easy, long status, fetch_result *r) {
   char *next = NULL;
@@ -279,7 +314,7 @@ static void on_hop_done(void *ctx, CURL *easy, curlloop_result *res) {
     result_set(&r, FETCH_TOO_LARGE, "the image is larger than %zu bytes", job->cfg.max_bytes);
   } else if (res->code != CURLE_OK) {
     result_set(&r, FETCH_NETWORK_ERROR, "%s", res->error);
-  } else if (res->http_status >= 300 && res->http_status < 400) {
+  } else if (is_redirect(res->http_status)) {
     if (follow(job, easy, res->http_status, &r)) return;
   } else if (res->http_status < 200 || res->http_status >= 300) {
     result_set(&r, FETCH_HTTP_ERROR, "the server answered %ld", res->http_status);

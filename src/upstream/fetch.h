@@ -5,11 +5,22 @@
  * request forgery checks the address libcurl actually connects to (through
  * CURLOPT_OPENSOCKETFUNCTION), for the first request and for every redirect,
  * so there is no window between a DNS check and the connection (no DNS
- * rebinding). Refused unless allow_private: loopback, private (RFC 1918, ULA,
- * old site-local fec0::/10), link-local (incl. 169.254.169.254 metadata),
- * CGNAT 100.64/10, multicast, broadcast, unspecified, the documentation and
- * benchmark ranges, and those same IPv4 ranges inside IPv6 (mapped ::ffff:,
- * compatible ::, NAT64 64:ff9b::/96). Only https is fetched unless allow_http. */
+ * rebinding). Refused unless allow_private:
+ * - IPv4: "this network" 0/8, loopback, private (RFC 1918), link-local (incl.
+ *   169.254.169.254 metadata), CGNAT 100.64/10, IETF assignments 192.0.0/24,
+ *   the 6to4 relay anycast 192.88.99/24, documentation, benchmarking
+ *   198.18/15, multicast, reserved 240/4 and broadcast.
+ * - IPv6: everything outside 2000::/3, the only block IANA hands out for
+ *   global unicast (so loopback, unspecified, ULA, link-local, site-local,
+ *   multicast, discard-only 100::/64, local-use NAT64 64:ff9b:1::/48, SRv6
+ *   5f00::/16 and future reservations), and inside it the IETF assignments
+ *   2001::/23 (Teredo among them), 6to4 2002::/16 and the documentation
+ *   prefixes 2001:db8::/32 and 3fff::/20. Teredo and 6to4 are refused whole:
+ *   they tunnel to an IPv4 address (any, 127.0.0.1 too) and no image host
+ *   needs them.
+ * - IPv4 inside IPv6 (mapped ::ffff:0:0/96, compatible ::/96, NAT64
+ *   64:ff9b::/96) is judged as the IPv4 address it carries.
+ * Only https is fetched unless allow_http. */
 #ifndef IMGATE_FETCH_H
 #define IMGATE_FETCH_H
 

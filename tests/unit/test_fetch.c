@@ -72,11 +72,30 @@ static void target_url(const private_target *t, int b_port, char *out, size_t si
     snprintf(out, size, "http://%s%s", t->host, t->path);
 }
 
+/* A 3xx answer with a Location to B: only 301, 302, 303, 307 and 308 are
+ * redirects; the others are failures whatever their Location says. */
+typedef struct status_case {
+  int status;
+  bool is_redirect;
+} status_case;
+
+static const status_case status_cases[] = {
+    {300, false}, {301, true}, {302, true},  {303, true},  {304, false},
+    {305, false}, {306, false}, {307, true}, {308, true},  {399, false},
+};
+#define N_STATUS_CASES (sizeof status_cases / sizeof status_cases[0])
+
+typedef struct status_to_b {
+  struct fixture *f;
+  int status;
+} status_to_b;
+
 typedef struct fixture {
   http_router *router_a, *router_b;
   peer a, b;
   raw_peer chunked, silent;
   redirect_to to_private[N_PRIVATE_TARGETS];
+  status_to_b with_status[N_STATUS_CASES];
   redirect_to to_a_itself;
   buf chunked_reply;
   char big[BIG_SIZE];
@@ -111,6 +130,15 @@ static void h_to_b(http_request *req, void *ctx) {
   snprintf(loc, sizeof loc, "http://127.0.0.1:%d/img.png", f->b.port);
   http_reply_header(req, "Location", loc);
   http_reply_empty(req, 302);
+}
+
+static void h_status_to_b(http_request *req, void *ctx) {
+  status_to_b *w = ctx;
+  atomic_fetch_add(&w->f->a.hits, 1);
+  char loc[128];
+  snprintf(loc, sizeof loc, "http://127.0.0.1:%d/img.png", w->f->b.port);
+  http_reply_header(req, "Location", loc);
+  http_reply_empty(req, w->status);
 }
 
 static void h_loop(http_request *req, void *ctx) {
@@ -180,6 +208,12 @@ static int group_setup(void **state) {
     snprintf(path, sizeof path, "/to-private-%zu", i);
     f->to_private[i] = (redirect_to){f, &private_targets[i]};
     if (!http_router_add(f->router_a, "GET", path, h_redirect_to, &f->to_private[i])) return -1;
+  }
+  for (size_t i = 0; i < N_STATUS_CASES; i++) {
+    char path[32];
+    snprintf(path, sizeof path, "/status-%d", status_cases[i].status);
+    f->with_status[i] = (status_to_b){f, status_cases[i].status};
+    if (!http_router_add(f->router_a, "GET", path, h_status_to_b, &f->with_status[i])) return -1;
   }
   f->to_a_itself = (redirect_to){f, NULL};
   if (!http_router_add(f->router_a, "GET", "/to-a", h_redirect_to, &f->to_a_itself)) return -1;
@@ -299,6 +333,12 @@ static const addr_case v4_cases[] = {
     {"224.0.0.0", true},        {"239.255.255.255", true}, {"240.0.0.0", true},
     {"255.255.255.254", true},  {"255.255.255.255", true}, {"8.8.8.8", false},
     {"1.1.1.1", false},         {"93.184.216.34", false},
+    /* 6to4 relay anycast, deprecated: a way into any IPv6 host */
+    {"192.88.98.255", false},   {"192.88.99.0", true},     {"192.88.99.1", true},
+    {"192.88.99.255", true},    {"192.88.100.0", false},
+    /* globally reachable special-purpose blocks, deliberately allowed:
+     * AS112 DNS sinks and AMT relays reach nothing internal */
+    {"192.31.196.1", false},    {"192.52.193.1", false},   {"192.175.48.1", false},
 };
 
 static const addr_case v6_cases[] = {
@@ -307,11 +347,17 @@ static const addr_case v6_cases[] = {
     {"::2", true}, /* compatible form of 0.0.0.2 */
     {"2606:4700::1111", false},
     {"2001:4860:4860::8888", false},
-    {"fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", false},
+    {"2a00:1450:4001::200e", false},
+    /* Only 2000::/3 is global unicast: both its edges, and what lies outside */
+    {"1fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true},
+    {"2000::", false},
+    {"3fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", false},
+    {"4000::", true},
+    {"8000::1", true},
+    {"fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true},
     {"fc00::", true},
     {"fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true},
-    {"fe00::", false},
-    {"fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff", false},
+    {"fe00::", true},
     {"fe80::", true},
     {"fe80::1%0", true},
     {"febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true},
@@ -319,24 +365,63 @@ static const addr_case v6_cases[] = {
     {"ff00::", true},
     {"ff02::1", true},
     {"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true},
+    {"100::", true},                 /* discard-only 100::/64 */
+    {"100::1", true},
+    {"100:0:0:1::1", true},          /* dummy prefix next to it */
+    {"5f00::1", true},               /* SRv6 SIDs */
+    {"::ffff:0:8.8.8.8", true},      /* SIIT's old ::ffff:0:0:0/96, not a mapped form */
+    /* documentation 2001:db8::/32 */
     {"2001:db7:ffff:ffff:ffff:ffff:ffff:ffff", false},
     {"2001:db8::", true},
     {"2001:db8:ffff:ffff:ffff:ffff:ffff:ffff", true},
     {"2001:db9::", false},
+    /* documentation 3fff::/20 */
+    {"3ffe:ffff:ffff:ffff:ffff:ffff:ffff:ffff", false},
+    {"3fff::", true},
+    {"3fff:fff:ffff:ffff:ffff:ffff:ffff:ffff", true},
+    {"3fff:1000::", false},
+    /* IETF protocol assignments 2001::/23, Teredo 2001::/32 among them */
+    {"2000:ffff:ffff:ffff:ffff:ffff:ffff:ffff", false},
+    {"2001::", true},
+    {"2001:0:4136:e378:8000:63bf:3fff:fdd2", true}, /* Teredo */
+    {"2001:0:ffff:ffff:ffff:ffff:ffff:ffff", true},
+    {"2001:2::1", true},             /* benchmarking */
+    {"2001:10::1", true},            /* ORCHID */
+    {"2001:1ff:ffff:ffff:ffff:ffff:ffff:ffff", true},
+    {"2001:200::", false},           /* the first regional registry block after it */
+    /* 6to4 2002::/16: it tunnels to whatever IPv4 address it embeds */
+    {"2001:ffff:ffff:ffff:ffff:ffff:ffff:ffff", false},
+    {"2002::", true},
+    {"2002:7f00:1::1", true},        /* 127.0.0.1 */
+    {"2002:a9fe:a9fe::1", true},     /* 169.254.169.254 */
+    {"2002:808:808::1", true},       /* 8.8.8.8: public, still refused (the whole prefix) */
+    {"2002:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true},
+    {"2003::", false},
+    /* IPv4 inside IPv6, judged by the IPv4 address */
     {"::ffff:127.0.0.1", true},
     {"::ffff:10.1.2.3", true},
     {"::ffff:169.254.169.254", true},
+    {"::ffff:100.64.0.1", true},
+    {"::ffff:192.88.99.1", true},
     {"::ffff:0.0.0.0", true},
     {"::ffff:8.8.8.8", false},
-    {"::fffe:8.8.8.8", false}, /* not a mapped prefix: a plain public-looking address */
+    {"::fffe:8.8.8.8", true}, /* not a mapped prefix: reserved ::/8 */
     {"::127.0.0.1", true},
     {"::192.168.1.1", true},
+    {"::169.254.169.254", true},
     {"::8.8.8.8", false},
     {"64:ff9b::10.0.0.1", true},
     {"64:ff9b::7f00:1", true},
+    {"64:ff9b::169.254.169.254", true},
+    {"64:ff9b::192.88.99.1", true},
     {"64:ff9b::8.8.8.8", false},
-    {"64:ff9b::1:8.8.8.8", false}, /* outside the /96: not NAT64 of anything */
-    {"64:ff9a:ffff:ffff:ffff:ffff:ffff:ffff", false},
+    {"64:ff9b::1:8.8.8.8", true}, /* outside the /96: not NAT64, and outside 2000::/3 */
+    {"64:ff9a:ffff:ffff:ffff:ffff:ffff:ffff", true},
+    /* local-use NAT64 64:ff9b:1::/48: refused whatever it embeds */
+    {"64:ff9b:1::", true},
+    {"64:ff9b:1::127.0.0.1", true},
+    {"64:ff9b:1::8.8.8.8", true},
+    {"64:ff9b:1:ffff:ffff:ffff:ffff:ffff", true},
 };
 
 static void test_classifier_ipv4(void **state) {
@@ -458,11 +543,23 @@ static void test_redirect_rechecked(void **state) {
  * for one: it treats A's exact address and port (127.0.0.1:A) as public and
  * leaves every other address to fetch_address_is_private, the production
  * policy. Every private target is refused in the socket callback, before a
- * socket exists (B, the loopback target, sees no request). */
+ * socket exists (B, the loopback target, sees no request). Should the
+ * classifier wrongly let a non-loopback target through, the hook still
+ * refuses it (a test never leaves the machine) and counts it as escaped,
+ * which fails the test. */
 typedef struct public_peer {
   int port;
   atomic_int asked;
+  atomic_int escaped;
 } public_peer;
+
+static bool is_loopback(const struct sockaddr *sa) {
+  if (sa->sa_family == AF_INET)
+    return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+  if (sa->sa_family == AF_INET6)
+    return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+  return false;
+}
 
 static bool only_a_is_public(const struct sockaddr *sa, void *ctx) {
   public_peer *pp = ctx;
@@ -472,13 +569,19 @@ static bool only_a_is_public(const struct sockaddr *sa, void *ctx) {
     if (ntohl(in->sin_addr.s_addr) == INADDR_LOOPBACK && ntohs(in->sin_port) == pp->port)
       return false;
   }
-  return fetch_address_is_private(sa);
+  if (fetch_address_is_private(sa)) return true;
+  if (!is_loopback(sa)) {
+    atomic_fetch_add(&pp->escaped, 1);
+    return true;
+  }
+  return false;
 }
 
 static void test_redirect_to_private_refused(void **state) {
   fixture *f = *state;
   public_peer pp = {.port = f->a.port};
   atomic_init(&pp.asked, 0);
+  atomic_init(&pp.escaped, 0);
   fetch_config cfg = local_cfg();
   cfg.allow_private = false;
   cfg.timeout_ms = 3000; /* had a private target been contacted, not for long */
@@ -504,6 +607,11 @@ static void test_redirect_to_private_refused(void **state) {
     a_before = atomic_load(&f->a.hits);
     int asked_before = atomic_load(&pp.asked);
     fetch_to_end(f->loop, &cfg, url, &g);
+    if (atomic_load(&pp.escaped) != 0) {
+      char target[160];
+      target_url(&private_targets[i], f->b.port, target, sizeof target);
+      fail_msg("redirect to %s: the classifier let a non-loopback address through", target);
+    }
     if (g.res.status != FETCH_REFUSED_ADDRESS) {
       char target[160];
       target_url(&private_targets[i], f->b.port, target, sizeof target);
@@ -605,6 +713,36 @@ static void test_redirect_to_ftp_refused(void **state) {
   assert_int_equal(g.res.status, FETCH_REFUSED_SCHEME);
   assert_non_null(strstr(g.res.message, "ftp"));
   got_free(&g);
+}
+
+static void test_only_redirect_statuses_followed(void **state) {
+  fixture *f = *state;
+  fetch_config cfg = local_cfg();
+  for (size_t i = 0; i < N_STATUS_CASES; i++) {
+    const status_case *sc = &status_cases[i];
+    char path[32];
+    snprintf(path, sizeof path, "/status-%d", sc->status);
+    int a_before = atomic_load(&f->a.hits), b_before = atomic_load(&f->b.hits);
+    got g;
+    fetch_path(f->loop, &cfg, f->a.port, path, &g);
+    assert_int_equal(atomic_load(&f->a.hits), a_before + 1);
+    if (sc->is_redirect) {
+      if (g.res.status != FETCH_OK) fail_msg("%d: status %d (%s)", sc->status,
+                                             (int)g.res.status, g.res.message);
+      assert_string_equal(g.res.mime, "image/png");
+      assert_int_equal(atomic_load(&f->b.hits), b_before + 1);
+    } else {
+      char expected[64];
+      snprintf(expected, sizeof expected, "the server answered %d", sc->status);
+      if (g.res.status != FETCH_HTTP_ERROR || strcmp(g.res.message, expected) != 0)
+        fail_msg("%d: status %d (%s), want an HTTP error", sc->status, (int)g.res.status,
+                 g.res.message);
+      assert_int_equal(g.res.http_status, sc->status);
+      assert_null(g.res.data);
+      assert_int_equal(atomic_load(&f->b.hits), b_before); /* the Location was not followed */
+    }
+    got_free(&g);
+  }
 }
 
 static void test_too_many_redirects(void **state) {
@@ -726,6 +864,7 @@ int main(void) {
       cmocka_unit_test(test_pooled_connection_not_reused),
       cmocka_unit_test(test_scheme_refused_before_connecting),
       cmocka_unit_test(test_redirect_to_ftp_refused),
+      cmocka_unit_test(test_only_redirect_statuses_followed),
       cmocka_unit_test(test_too_many_redirects),
       cmocka_unit_test(test_too_large_with_length),
       cmocka_unit_test(test_too_large_chunked),
