@@ -3,9 +3,11 @@
 #include "core/pricing.h"
 #include "util/ratelimit.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/accounts.h"
 #include "core/catalog.h"
@@ -63,24 +65,34 @@ int core_authenticate(core *c, const char *authorization, store_account *out,
   return 0;
 }
 
-static bool is_blank(const char *s) {
-  for (; *s; s++)
-    if (*s != ' ' && *s != '\t' && *s != '\r' && *s != '\n') return false;
-  return true;
+/* The scheme a string starts with, RFC 3986's `ALPHA *( ALPHA / DIGIT / "+" /
+ * "-" / "." ) ":"`: the length of the name before the colon, or 0 when s
+ * does not start that way. Base64 has no ':', so a reference with a scheme
+ * can never be inline data. */
+static size_t scheme_length(const char *s) {
+  if (!isalpha((unsigned char)s[0])) return 0;
+  size_t n = 1;
+  while (isalnum((unsigned char)s[n]) || s[n] == '+' || s[n] == '-' || s[n] == '.') n++;
+  return s[n] == ':' ? n : 0;
 }
 
-/* An http(s) URL of at most 2048 printable ASCII characters with a host.
- * Where it may lead is checked when it is used (fetch.h's address guard). */
+/* True when s starts with scheme name (lower case) and a colon, in any case:
+ * schemes are case-insensitive (RFC 3986 3.1), HTTPS://x is an https URL. */
+static bool has_scheme(const char *s, const char *name) {
+  size_t n = strlen(name);
+  return scheme_length(s) == n && strncasecmp(s, name, n) == 0;
+}
+
+/* An http(s) URL (scheme in any case) of at most 2048 printable ASCII
+ * characters with a host. Where it may lead is checked when it is used
+ * (fetch.h's address guard); libcurl's parser lower-cases the scheme then. */
 static bool valid_http_url(const char *url) {
   size_t len = strlen(url);
   if (len > 2048) return false;
-  const char *rest;
-  if (strncmp(url, "https://", 8) == 0)
-    rest = url + 8;
-  else if (strncmp(url, "http://", 7) == 0)
-    rest = url + 7;
-  else
-    return false;
+  if (!has_scheme(url, "https") && !has_scheme(url, "http")) return false;
+  const char *rest = url + scheme_length(url) + 1;
+  if (strncmp(rest, "//", 2) != 0) return false;
+  rest += 2;
   if (*rest == '\0' || *rest == '/') return false;
   for (const char *p = url; *p; p++)
     if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7f) return false;
@@ -108,10 +120,19 @@ static void decoded_images_free(decoded_image *imgs, size_t n) {
  * or checks the form of an https URL, which is downloaded when the task runs. */
 static int decode_reference(core *c, const char *ref, size_t index, decoded_image *out,
                             imgate_error *err) {
-  bool https = strncmp(ref, "https://", 8) == 0, http = strncmp(ref, "http://", 7) == 0;
-  if (http && !c->cfg.fetch_allow_http)
+  size_t scheme_len = scheme_length(ref);
+  bool https = has_scheme(ref, "https"), http = has_scheme(ref, "http");
+  bool data = has_scheme(ref, "data");
+  if (scheme_len > 0 && !https && !data && !(http && c->cfg.fetch_allow_http)) {
+    /* Named in lower case, as a scheme is written; at most 32 characters. */
+    char scheme[33];
+    size_t n = scheme_len < sizeof scheme - 1 ? scheme_len : sizeof scheme - 1;
+    for (size_t i = 0; i < n; i++) scheme[i] = (char)tolower((unsigned char)ref[i]);
+    scheme[n] = '\0';
     return err_set(err, ERR_INVALID, "invalid_image", CORE_FIELD_IMAGES,
-                   "image %zu: only https URLs, base64 or data: URIs are accepted", index);
+                   "image %zu: %s: URLs are not supported; use https, base64 or a data: URI",
+                   index, scheme);
+  }
   if (https || http) {
     if (!valid_http_url(ref))
       return err_set(err, ERR_INVALID, "invalid_image", CORE_FIELD_IMAGES,
@@ -121,10 +142,10 @@ static int decode_reference(core *c, const char *ref, size_t index, decoded_imag
     return 0;
   }
   const char *b64 = ref;
-  if (strncmp(ref, "data:", 5) == 0) {
+  if (data) {
+    /* "data:<type>;base64,<data>"; the base64 marker, like the scheme, in any case. */
     const char *comma = strchr(ref, ',');
-    const char *marker = strstr(ref, ";base64,");
-    if (!comma || !marker || marker + 7 != comma)
+    if (!comma || comma - ref < 7 || strncasecmp(comma - 7, ";base64", 7) != 0)
       return err_set(err, ERR_INVALID, "invalid_image", CORE_FIELD_IMAGES,
                      "image %zu: a data: URI must be data:<type>;base64,<data>", index);
     b64 = comma + 1;
@@ -161,7 +182,9 @@ static int validate(core *c, const core_gen_request *req, validated *v, imgate_e
                    "no upstream provider is configured for %s", v->model->name);
   if (!req->prompt)
     return err_set(err, ERR_INVALID, "missing_field", CORE_FIELD_PROMPT, "prompt is required");
-  if (is_blank(req->prompt))
+  /* Blank is what a person sees: a prompt of U+3000 or zero-width spaces says
+   * nothing, and an upstream would bill for guessing. */
+  if (utf8_is_blank(req->prompt))
     return err_set(err, ERR_INVALID, "invalid_prompt", CORE_FIELD_PROMPT,
                    "prompt must not be empty");
   if (utf8_length(req->prompt) > (size_t)c->cfg.max_prompt_chars)

@@ -1,4 +1,4 @@
-/* utf8.c - UTF-8 measuring, cutting and repair (RFC 3629, Unicode table 3-7). */
+/* utf8.c - UTF-8 measuring, cutting, decoding and repair (RFC 3629, Unicode table 3-7). */
 #include "util/utf8.h"
 
 #include <string.h>
@@ -77,4 +77,53 @@ size_t utf8_sanitize(char *s) {
     }
   }
   return replaced;
+}
+
+size_t utf8_decode(const char *s, size_t avail, uint32_t *cp) {
+  const unsigned char *p = (const unsigned char *)s;
+  if (avail == 0) return 0;
+  size_t n = sequence_length(p, avail);
+  if (n == 0) return 0;
+  /* The lead byte keeps 7, 5, 4 or 3 bits; each continuation byte adds 6. */
+  static const unsigned char lead_mask[5] = {0, 0x7F, 0x1F, 0x0F, 0x07};
+  uint32_t c = p[0] & lead_mask[n];
+  for (size_t i = 1; i < n; i++) c = c << 6 | (p[i] & 0x3F);
+  *cp = c;
+  return n;
+}
+
+bool utf8_is_invisible(uint32_t cp) {
+  if (cp <= 0x7F) return cp == ' ' || (cp >= 0x09 && cp <= 0x0D);
+  switch (cp) {
+    case 0x0085: /* next line */
+    case 0x00A0: /* no-break space */
+    case 0x00AD: /* soft hyphen */
+    case 0x1680: /* ogham space mark */
+    case 0x180E: /* Mongolian vowel separator (White_Space until Unicode 6.3) */
+    case 0x2028: /* line separator */
+    case 0x2029: /* paragraph separator */
+    case 0x202F: /* narrow no-break space */
+    case 0x205F: /* medium mathematical space */
+    case 0x3000: /* ideographic space */
+    case 0xFEFF: /* byte order mark, zero-width no-break space */
+      return true;
+    default:
+      break;
+  }
+  return (cp >= 0x2000 && cp <= 0x200A) || /* en quad .. hair space */
+         (cp >= 0x200B && cp <= 0x200F) || /* zero-width space, (non-)joiner, LRM, RLM */
+         (cp >= 0x202A && cp <= 0x202E) || /* bidi embeddings and overrides */
+         (cp >= 0x2060 && cp <= 0x2064) || /* word joiner, invisible operators */
+         (cp >= 0x2066 && cp <= 0x2069);   /* bidi isolates */
+}
+
+bool utf8_is_blank(const char *s) {
+  size_t len = strlen(s), i = 0;
+  while (i < len) {
+    uint32_t cp;
+    size_t n = utf8_decode(s + i, len - i, &cp);
+    if (n == 0 || !utf8_is_invisible(cp)) return false;
+    i += n;
+  }
+  return true;
 }

@@ -309,6 +309,19 @@ class FetchTest(UrlTestBase):
         h.wait_for(lambda: rx.search(self.srv.stderr_text()),
                    what="inputs_downloaded line for %s" % uid)
 
+    def test_upper_case_scheme_is_downloaded(self):
+        # Schemes are case-insensitive (RFC 3986): HTTP://... is accepted at
+        # submit and downloaded like http://...
+        png = h.make_png(12, 12, noise=True)
+        tag = token()
+        self.ref.put("/upper.png", png)
+        target = "/upper.png?t=" + tag
+        prompt = "upper-case scheme " + tag
+        uid = self.submit(prompt, ["HTTP://127.0.0.1:%d%s" % (self.ref.port4, target)])
+        self.assert_succeeded(uid)
+        self.assertEqual(self.inline_images(prompt), [("image/png", png)])
+        self.assertEqual(len(self.ref.hits(target)), 1)
+
     def test_urls_and_base64_keep_their_order(self):
         tag = token()
         pngs = [h.make_png(8 + i, 8, noise=True) for i in range(5)]

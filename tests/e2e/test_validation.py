@@ -64,6 +64,20 @@ class ValidationTest(h.ServerTestCase):
     def test_empty_prompt(self):
         self.rejects({"prompt": ""}, 400, "invalid_prompt", "prompt")
 
+    def test_blank_prompt(self):
+        # Blank is what a person sees: Unicode spaces and invisible characters
+        # alone say nothing, however many bytes they take.
+        for prompt in ("   ", "\t\r\n", "\u00a0", "\u3000\u3000", "\u00a0 \u3000\u2003\u202f",
+                       "\u200b", "\ufeff\u200d\u2060", "\u2028\u2029\u0085\u1680\u205f",
+                       "\u200e\u202a\u2066"):
+            with self.subTest(prompt=ascii(prompt)):
+                err = self.rejects({"prompt": prompt}, 400, "invalid_prompt", "prompt")
+                self.assertEqual(err["message"], "prompt must not be empty")
+        # One visible character among them is a prompt.
+        for prompt in ("\u3000a\u3000", "\u00a0\u65e5", "\u200b.\u200b", "\U0001F34C\u3000"):
+            with self.subTest(prompt=ascii(prompt)):
+                self.accepts({"prompt": prompt})
+
     def test_prompt_length_in_code_points(self):
         # 50 CJK characters are 150 bytes of UTF-8 but 50 code points: fine.
         self.accepts({"prompt": "\u65e5" * MAX_PROMPT})
@@ -173,6 +187,45 @@ class ValidationTest(h.ServerTestCase):
                 self.rejects({"prompt": "x", "image_urls": [url]}, 400, "invalid_image",
                              "image_urls")
         self.accepts({"prompt": "x", "image_urls": ["https://127.0.0.1:9/cat.png"]})
+
+    def test_other_schemes_named(self):
+        # A URL of another scheme is refused for what it is, not as bad base64;
+        # the scheme is named in lower case, as it is written.
+        cases = [("ftp://example.com/a.png", "ftp"), ("FTP://example.com/a.png", "ftp"),
+                 ("file:///etc/passwd", "file"), ("File:/etc/passwd", "file"),
+                 ("gopher://127.0.0.1/", "gopher"), ("javascript:alert(1)", "javascript"),
+                 ("s3://bucket/a.png", "s3"), ("git+ssh://host/x", "git+ssh"),
+                 ("http://example.com/a.png", "http"), ("HTTP://example.com/a.png", "http")]
+        for ref, scheme in cases:
+            with self.subTest(ref=ref):
+                for refs, index in (([ref], 0), ([self.tiny, ref], 1)):
+                    err = self.rejects({"prompt": "x", "image_urls": refs}, 400, "invalid_image",
+                                       "image_urls")
+                    self.assertEqual(err["message"],
+                                     "image %d: %s: URLs are not supported; use https, base64 "
+                                     "or a data: URI" % (index, scheme))
+
+    def test_scheme_case_insensitive(self):
+        # RFC 3986: schemes are case-insensitive. HTTPS://x is an https URL,
+        # DATA: a data URI (its ;base64 marker too).
+        for url in ("HTTPS://127.0.0.1:9/cat.png", "Https://127.0.0.1:9/cat.png"):
+            with self.subTest(url=url):
+                self.accepts({"prompt": "x", "image_urls": [url]})
+        png = h.make_png(8, 8)
+        for prefix in ("DATA:image/png;base64,", "Data:image/png;BASE64,"):
+            with self.subTest(prefix=prefix):
+                self.accepts({"prompt": "x", "image_urls": [prefix + h.b64(png)]})
+        # The form is still checked: an https scheme without "//host".
+        for url in ("HTTPS:127.0.0.1/cat.png", "https:/cat.png", "HTTPS://"):
+            with self.subTest(url=url):
+                err = self.rejects({"prompt": "x", "image_urls": [url]}, 400, "invalid_image",
+                                   "image_urls")
+                self.assertEqual(err["message"], "image 0: not a valid URL (at most 2048 "
+                                 "printable ASCII characters)")
+        # Base64 text is never taken for a scheme (it has no ':').
+        err = self.rejects({"prompt": "x", "image_urls": ["ftp" + self.tiny]}, 400,
+                           "invalid_image", "image_urls")
+        self.assertEqual(err["message"], "image 0: not valid base64")
 
     def test_image_size_limit(self):
         exact = h.make_png(16, 16, pad_to=MAX_IMAGE)
