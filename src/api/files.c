@@ -1,4 +1,5 @@
-/* files.c - serves result images at /files/{token}.{ext}.
+/* files.c - serves result images at /files/{token}.{ext}, the extension
+ * being the stored image's own (core_open_result checks the whole name).
  *
  * No authentication: the 128-bit random token is the capability, as with a
  * presigned object-store URL, so the URL can be handed to a browser or a CDN.
@@ -12,19 +13,10 @@
 static void handle_file(http_request *req, void *ctx) {
   core *c = ctx;
   const char *name = http_param_get(req, "name");
-  char token[65];
-  size_t len = strcspn(name, ".");
-  if (len == 0 || len >= sizeof token) {
-    api_reply_error(req, 404, "not_found", "no such image, or it has expired", NULL);
-    return;
-  }
-  memcpy(token, name, len);
-  token[len] = '\0';
-
   task_result meta;
   blob_object obj;
   imgate_error err = {0};
-  if (core_open_result(c, token, &meta, &obj, &err) < 0) {
+  if (core_open_result(c, name, &meta, &obj, &err) < 0) {
     api_reply_error(req, err_http_status(err.code), err.slug, err.message, NULL);
     return;
   }

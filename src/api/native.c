@@ -61,9 +61,9 @@ static json_t *render_task(http_request *req, core *c, const task *t) {
   json_t *urls = json_array();
   for (size_t i = 0; i < t->n_results; i++) {
     const task_result *r = &t->results[i];
-    const char *ext = strchr(r->blob_key, '.');
-    char url[800];
-    snprintf(url, sizeof url, "%s/files/%s%s", base, r->token, ext ? ext : "");
+    char name[128], url[800];
+    if (!core_result_file_name(r, name, sizeof name)) name[0] = '\0';
+    snprintf(url, sizeof url, "%s/files/%s", base, name);
     json_array_append_new(urls, json_string(url));
     json_array_append_new(images, json_pack("{s:s, s:s, s:i, s:i, s:I, s:o}", "url", url,
                                             "content_type", r->mime, "width", r->width,

@@ -438,10 +438,32 @@ int core_get_task(core *c, const store_account *acct, const char *task_id, task 
   return 0;
 }
 
-int core_open_result(core *c, const char *token, task_result *meta, blob_object *obj,
+/* The extension of a blob key's last segment, dot included, or "". */
+static const char *blob_key_extension(const char *key) {
+  const char *slash = strrchr(key, '/');
+  const char *dot = strrchr(slash ? slash + 1 : key, '.');
+  return dot ? dot : "";
+}
+
+bool core_result_file_name(const task_result *r, char *out, size_t size) {
+  int n = snprintf(out, size, "%s%s", r->token, blob_key_extension(r->blob_key));
+  return n >= 0 && (size_t)n < size;
+}
+
+int core_open_result(core *c, const char *name, task_result *meta, blob_object *obj,
                      imgate_error *err) {
   memset(meta, 0, sizeof *meta);
+  char token[65];
+  size_t token_len = strcspn(name, ".");
+  if (token_len == 0 || token_len >= sizeof token)
+    return err_set(err, ERR_NOT_FOUND, "not_found", NULL, "no such image, or it has expired");
+  memcpy(token, name, token_len);
+  token[token_len] = '\0';
   int rc = c->st->ops->result_by_token(c->st, token, meta);
+  char published[128];
+  if (rc == STORE_OK && (!core_result_file_name(meta, published, sizeof published) ||
+                         strcmp(published, name) != 0))
+    rc = STORE_NOT_FOUND; /* the token, but not the URL imgate gave out */
   if (rc == STORE_NOT_FOUND || (rc == STORE_OK && meta->expires_ms <= time_now_ms())) {
     task_result_clear(meta);
     return err_set(err, ERR_NOT_FOUND, "not_found", NULL, "no such image, or it has expired");

@@ -83,9 +83,17 @@ bool core_idempotency_key_valid(const char *key);
 int core_get_task(core *c, const store_account *acct, const char *task_id, task **out,
                   imgate_error *err);
 
-/* A result image by its public token: metadata in *meta (task_result_clear it)
- * and the bytes in *obj (blob_object_release it). Unknown or expired: ERR_NOT_FOUND. */
-int core_open_result(core *c, const char *token, task_result *meta, blob_object *obj,
+/* The file name a result image is published under: its token and the
+ * extension of the stored object ("3f9a....png"). False when it does not fit
+ * in size bytes. */
+bool core_result_file_name(const task_result *r, char *out, size_t size);
+
+/* A result image by its file name, exactly as core_result_file_name gives it:
+ * metadata in *meta (task_result_clear it) and the bytes in *obj
+ * (blob_object_release it). Unknown, expired, or the right token with another
+ * extension or none (TOKEN.jpg for a PNG would lie about the type):
+ * ERR_NOT_FOUND. */
+int core_open_result(core *c, const char *name, task_result *meta, blob_object *obj,
                      imgate_error *err);
 
 /* The configured public base URL, or "" when image URLs follow the Host header. */

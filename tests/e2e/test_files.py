@@ -1,7 +1,8 @@
 """test_files.py - GET /files/{token}.png: the image URL of a finished task.
 
 No auth (the token is the secret), a strong ETag, immutable caching up to the
-expiry, 304 on If-None-Match, 404 JSON for anything unknown."""
+expiry, 304 on If-None-Match, 404 JSON for anything unknown, and for the right
+token under another extension or none."""
 
 import os
 import re
@@ -87,6 +88,23 @@ class FilesTest(h.ServerTestCase):
                      "/files/%2e%2e%2fimgate.db"):
             r = self.srv.get(path)
             self.assertError(r, 404, "not_found", msg=path)
+
+    def test_only_the_real_extension(self):
+        # The URL handed out is the token plus the stored image's extension;
+        # any other name for the same token would misstate the type (or is
+        # not a URL imgate gives out) and is answered like an unknown one.
+        token = self.url.rsplit("/", 1)[1][:-4]
+        for name in (token + ".jpg", token + ".jpeg", token + ".webp", token + ".PNG",
+                     token + ".Png", token, token + ".", token + ".png.png", token + ".png.jpg",
+                     token + ".pn", token + ".pngx", token + "..png"):
+            with self.subTest(name=name):
+                r = self.srv.get("/files/" + name)
+                self.assertError(r, 404, "not_found", msg=name)
+                self.assertNotIn("ETag", r.headers)
+        r = self.srv.get("/files/" + token + ".png")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.headers.get("Content-Type"), "image/png")
+        self.assertEqual(len(r.body), self.image["bytes"])
 
     def test_task_json_matches_the_file(self):
         r = self.srv.fetch_url(self.url)
