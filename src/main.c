@@ -72,7 +72,8 @@ static const char usage_admin[] =
     "  account list                   list accounts (id, email, state, created)\n"
     "  key create EMAIL [--name NAME] create an API key; prints the key alone on\n"
     "                                 stdout (shown once: only its hash is kept)\n"
-    "  key list EMAIL                 list the account's keys (id, prefix, state)\n"
+    "  key list EMAIL                 list the account's keys (id, prefix, state,\n"
+    "                                 created, last used, name)\n"
     "  key revoke KEY|ID              revoke a key, given in full or by id\n"
     "  topup EMAIL USD [--reason R]   add prepaid credit, e.g. topup a@b.c 10.50\n"
     "  refund EMAIL USD [--reason R]  pay unused credit back (takes it off the balance)\n"
@@ -207,10 +208,17 @@ static int admin_key_list(store *st, const char *email) {
     fprintf(stderr, "imgate: cannot list keys\n");
     return 1;
   }
-  printf("%-6s %-10s %-8s %s\n", "id", "prefix", "state", "name");
-  for (size_t i = 0; i < n; i++)
-    printf("%-6lld %-10s %-8s %s\n", (long long)keys[i].id, keys[i].prefix,
-           keys[i].revoked_ms ? "revoked" : "active", keys[i].name);
+  /* The name goes last: it may hold spaces. The last-used time is stamped at
+   * most once a minute (see the store), so it is accurate to a minute. */
+  printf("%-6s %-10s %-8s %-24s %-24s %s\n", "id", "prefix", "state", "created", "last_used",
+         "name");
+  for (size_t i = 0; i < n; i++) {
+    char created[32], last_used[32] = "never";
+    time_format_iso(keys[i].created_ms, created);
+    if (keys[i].last_used_ms) time_format_iso(keys[i].last_used_ms, last_used);
+    printf("%-6lld %-10s %-8s %-24s %-24s %s\n", (long long)keys[i].id, keys[i].prefix,
+           keys[i].revoked_ms ? "revoked" : "active", created, last_used, keys[i].name);
+  }
   free(keys);
   return 0;
 }

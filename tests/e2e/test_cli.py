@@ -1,6 +1,7 @@
 """test_cli.py - the command line: help, usage errors, admin commands, the
 demo account, configuration errors and environment overrides."""
 
+import datetime
 import json
 import os
 import shutil
@@ -92,6 +93,68 @@ class CliTest(h.ServerTestCase):
         self.assertIn("laptop", lst.stdout)
         for k in keys:
             self.assertNotIn(k.strip(), lst.stdout, "key list shows a whole secret key")
+
+    @staticmethod
+    def key_rows(lst):
+        """The rows of `admin key list` as dicts by column (the name, last,
+        may hold spaces)."""
+        lines = lst.stdout.splitlines()
+        header = lines[0].split()
+        rows = [dict(zip(header, line.split(None, len(header) - 1))) for line in lines[1:]]
+        for r in rows:
+            r.setdefault("name", "")    # a key without a name ends at last_used
+        return header, rows
+
+    @staticmethod
+    def parse_time(text):
+        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=datetime.timezone.utc)
+
+    def test_key_list_times(self):
+        # created and last_used, as docs/billing.md promises: "never" until the
+        # key authenticates a request, then the time of that request.
+        email = "hana@example.com"
+        slack = datetime.timedelta(seconds=2)
+        t0 = datetime.datetime.now(datetime.timezone.utc)
+        s = self.start_server(accounts=[email])
+        key = s.keys[email]
+        t1 = datetime.datetime.now(datetime.timezone.utc)
+        named = h.admin_key_create(s.data_dir, email, name="ci runner 2")
+        lst = h.run_cli("admin", "key", "list", email, "--data", s.data_dir)
+        self.assertEqual(lst.code, 0, lst)
+        header, rows = self.key_rows(lst)
+        self.assertEqual(header, ["id", "prefix", "state", "created", "last_used", "name"], lst)
+        self.assertEqual(len(rows), 2, lst)
+        by_name = {r["name"]: r for r in rows}
+        self.assertEqual(sorted(by_name), ["", "ci runner 2"], lst)
+        row, named_row = by_name[""], by_name["ci runner 2"]
+        self.assertEqual((row["prefix"], named_row["prefix"]), (key[:8], named[:8]))
+        for r in (row, named_row):
+            self.assertEqual(r["state"], "active", lst)
+            self.assertRegex(r["created"], h.TIME_RE)
+            self.assertEqual(r["last_used"], "never", lst)
+        created = self.parse_time(row["created"])
+        self.assertTrue(t0 - slack <= created <= t1 + slack, (t0, row["created"], t1))
+
+        before = datetime.datetime.now(datetime.timezone.utc)
+        r = s.request("GET", "/api/banana/00000000-0000-7000-8000-000000000000", key=key)
+        self.assertError(r, 404, "not_found")   # authenticated, then not found
+        after = datetime.datetime.now(datetime.timezone.utc)
+        lst = h.run_cli("admin", "key", "list", email, "--data", s.data_dir)
+        self.assertEqual(lst.code, 0, lst)
+        _, rows = self.key_rows(lst)
+        by_name = {r["name"]: r for r in rows}
+        self.assertRegex(by_name[""]["last_used"], h.TIME_RE, lst)
+        used = self.parse_time(by_name[""]["last_used"])
+        self.assertTrue(before - slack <= used <= after + slack, (before, used, after))
+        self.assertGreaterEqual(used, created)
+        self.assertEqual(by_name["ci runner 2"]["last_used"], "never", lst)  # not this one
+
+        r = h.run_cli("admin", "key", "revoke", named, "--data", s.data_dir)
+        self.assertEqual(r.code, 0, r)
+        _, rows = self.key_rows(h.run_cli("admin", "key", "list", email, "--data", s.data_dir))
+        self.assertEqual({r["name"]: r["state"] for r in rows},
+                         {"": "active", "ci runner 2": "revoked"})
 
     def test_key_errors(self):
         d = self.data_dir()
