@@ -15,6 +15,7 @@ the server has stopped.
 import csv
 import io
 import json
+import re
 import sqlite3
 import unittest
 import urllib.parse
@@ -441,7 +442,12 @@ class AdminApiTest(h.ServerTestCase):
         self.new_key(email, name="fourth")
         cli = h.run_cli("admin", "key", "list", email, "--data", self.srv.data_dir)
         self.assertEqual(cli.code, 0, cli)
-        self.assertRegex(cli.stdout, r"\n%d\s+%s\s+revoked\s+ci runner\n" % (made["id"], key[:8]))
+        # The CLI shows the same key as the API: state, created and last used.
+        k = keys[made["id"]]
+        self.assertRegex(k["last_used_at"], h.TIME_RE)  # it authenticated a request above
+        self.assertRegex(cli.stdout, r"\n%d\s+%s\s+revoked\s+%s\s+%s\s+ci runner\n"
+                         % (made["id"], key[:8], re.escape(k["created_at"]),
+                            re.escape(k["last_used_at"])))
 
     def test_key_validation(self):
         email = "key-checks@example.com"
