@@ -198,7 +198,7 @@ static void test_is_blank(void **state) {
   }
   assert_true(utf8_is_blank(all));
   for (size_t i = 0; i < sizeof visible / sizeof visible[0]; i++) {
-    char one[5], mixed[sizeof all + 5];
+    char one[5], mixed[2 * sizeof all + 5];
     encode(visible[i], one);
     snprintf(mixed, sizeof mixed, "%s%s%s", all, one, all); /* one visible among blanks */
     if (utf8_is_invisible(visible[i]) || utf8_is_blank(one) || utf8_is_blank(mixed))
