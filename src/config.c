@@ -20,6 +20,10 @@ void config_defaults(imgate_config *c) {
   c->demo_account = true;
   c->retention_hours = 168;
   c->retention_sweep_interval_ms = 60000;
+  /* Far longer than a submit or a finish takes between writing an image and
+   * committing its row (gc.h); an orphan waiting an hour costs only disk. */
+  c->retention_orphan_min_age_s = 3600;
+  c->retention_orphan_interval_ms = 3600000;
   c->http_threads = 0;
   /* Bounds the whole request, inline images included: about 24 MiB of image
    * data after base64's 4/3, so three images at the 7 MiB maximum but not
@@ -84,6 +88,8 @@ static const key_spec keys[] = {
     {"demo_account", K_BOOL, F(demo_account), 0, 0},
     {"retention_hours", K_INT, F(retention_hours), 1, 24 * 365},
     {"retention_sweep_interval_ms", K_INT, F(retention_sweep_interval_ms), 50, 86400000},
+    {"retention_orphan_min_age_s", K_INT, F(retention_orphan_min_age_s), 60, 30 * 86400},
+    {"retention_orphan_interval_ms", K_INT, F(retention_orphan_interval_ms), 50, 86400000},
     {"http", K_OBJ, 0, 0, 0, 0},
     {"http.threads", K_INT, F(http_threads), 0, 1024},
     {"http.max_body_bytes", K_SIZE, F(max_body_bytes), 1024, 1LL << 30},

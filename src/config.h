@@ -65,6 +65,8 @@ typedef struct imgate_config {
   bool demo_account;    /* create a demo account on an empty database */
   int retention_hours;  /* how long result images stay downloadable */
   int retention_sweep_interval_ms; /* how often expired result images are deleted */
+  int retention_orphan_min_age_s;  /* orphans younger than this are never removed */
+  int retention_orphan_interval_ms; /* how often the orphan collector runs */
 
   int http_threads;            /* 0 = number of cores */
   size_t max_body_bytes;

@@ -706,7 +706,10 @@ static int serve_start_engine(serve_parts *p, const imgate_config *cfg) {
     fprintf(stderr, "imgate: cannot start the task engine\n");
     return -1;
   }
-  p->ret = retention_start(p->st, p->bl, cfg->retention_sweep_interval_ms);
+  retention_config rc = {.sweep_interval_ms = cfg->retention_sweep_interval_ms,
+                         .orphan_min_age_ms = (int64_t)cfg->retention_orphan_min_age_s * 1000,
+                         .orphan_interval_ms = cfg->retention_orphan_interval_ms};
+  p->ret = retention_start(p->st, p->bl, &rc);
   if (!p->ret) {
     fprintf(stderr, "imgate: cannot start the retention sweeper\n");
     return -1;
@@ -723,7 +726,7 @@ static int serve_start_http(serve_parts *p, const imgate_config *cfg) {
   api_health_register(p->routes, p->c);
   api_native_register(p->routes, p->c);
   api_files_register(p->routes, p->c);
-  p->admin = api_admin_register(p->routes, p->eng, cfg->admin_token);
+  p->admin = api_admin_register(p->routes, p->eng, p->ret, cfg->admin_token);
   p->admin_accounts = api_admin_accounts_register(p->routes, p->st, cfg);
   if (!p->admin || !p->admin_accounts) return -1;
   http_server_config hc = {.listener = p->listener,

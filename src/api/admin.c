@@ -16,6 +16,7 @@
 
 struct api_admin {
   engine *eng;
+  retention *ret; /* NULL: no collector counters */
   char token[129];
 };
 
@@ -51,6 +52,19 @@ static void handle_metrics(http_request *req, void *ctx) {
              "# HELP imgate_tasks_finished_total Tasks this process finished.\n"
              "# TYPE imgate_tasks_finished_total counter\nimgate_tasks_finished_total %llu\n",
              st.queued, st.in_flight, st.retrying, (unsigned long long)st.finished);
+  if (a->ret) {
+    retention_stats rs;
+    retention_get_stats(a->ret, &rs);
+    buf_printf(&out,
+               "# HELP imgate_orphan_passes_total Orphan collector passes completed.\n"
+               "# TYPE imgate_orphan_passes_total counter\nimgate_orphan_passes_total %llu\n"
+               "# HELP imgate_orphans_removed_total Blobs no row referred to, removed.\n"
+               "# TYPE imgate_orphans_removed_total counter\n"
+               "imgate_orphans_removed_total{kind=\"object\"} %llu\n"
+               "imgate_orphans_removed_total{kind=\"temporary\"} %llu\n",
+               (unsigned long long)rs.orphan_passes, (unsigned long long)rs.orphans_removed,
+               (unsigned long long)rs.orphan_temp_removed);
+  }
   router_metrics(engine_router(a->eng), &out, time_mono_ms());
   if (!out.data) {
     api_reply_error(req, 500, "internal_error", "out of memory", NULL);
@@ -60,10 +74,11 @@ static void handle_metrics(http_request *req, void *ctx) {
   buf_free(&out);
 }
 
-api_admin *api_admin_register(http_router *r, engine *eng, const char *token) {
+api_admin *api_admin_register(http_router *r, engine *eng, retention *ret, const char *token) {
   api_admin *a = calloc(1, sizeof *a);
   if (!a) return NULL;
   a->eng = eng;
+  a->ret = ret;
   snprintf(a->token, sizeof a->token, "%s", token);
   http_router_add_guarded(r, "GET", "/admin/providers", require_admin, handle_providers, a);
   http_router_add_guarded(r, "GET", "/metrics", require_admin, handle_metrics, a);

@@ -14,6 +14,7 @@
 #include "config.h"
 #include "core/core.h"
 #include "core/error.h"
+#include "core/retention.h"
 #include "http/server.h"
 
 /* Native dialect (seed 000): /api/banana/... */
@@ -21,9 +22,10 @@ void api_native_register(http_router *r, core *c);
 /* Result images: GET /files/{token}.{ext} (no auth: the token is the secret). */
 void api_files_register(http_router *r, core *c);
 /* Operators: GET /admin/providers and GET /metrics, with the admin token.
+ * ret (may be NULL) adds the orphan collector's counters to the metrics.
  * The returned context lives until api_admin_free, after the server stopped. */
 typedef struct api_admin api_admin;
-api_admin *api_admin_register(http_router *r, engine *eng, const char *token);
+api_admin *api_admin_register(http_router *r, engine *eng, retention *ret, const char *token);
 void api_admin_free(api_admin *a);
 /* Operators: accounts, keys and billing under /admin/accounts, /admin/keys
  * and /admin/ledger, with the admin token (docs/api-admin.md): the HTTP

@@ -6,6 +6,7 @@
 #ifndef IMGATE_BLOB_H
 #define IMGATE_BLOB_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,6 +22,22 @@ typedef struct blob_object {
 
 typedef struct blob blob;
 
+/* One entry of a listing (blob_ops.list). */
+typedef struct blob_entry {
+  /* An object's key; for a temporary entry, the name to give remove_temp. */
+  const char *key;
+  uint64_t size;
+  int64_t mtime_ms; /* last modification, unix ms */
+  /* A write that never completed (fs: a ".~put-" file a crash left behind;
+   * S3 later: an unfinished multipart upload). Not an object: no reader can
+   * ask for it, only remove_temp removes it. */
+  bool temporary;
+} blob_entry;
+
+/* Called once per entry; a positive return stops the listing. The callback
+ * may remove the entry it is given. */
+typedef int (*blob_list_fn)(void *ctx, const blob_entry *e);
+
 typedef struct blob_ops {
   const char *name; /* "fs" */
   int (*put)(blob *b, const char *key, const void *data, size_t len, const char *content_type);
@@ -28,6 +45,18 @@ typedef struct blob_ops {
   /* Reads the whole object into memory (*data malloc'd, free it); max_len caps it (BLOB_ERROR beyond). */
   int (*read)(blob *b, const char *key, size_t max_len, uint8_t **data, size_t *len);
   int (*remove)(blob *b, const char *key); /* NOT_FOUND is not an error worth logging */
+  /* Reports every object whose key starts with prefix ("" for all), and
+   * every temporary entry whose name does, to fn. Streams: memory stays
+   * bounded however many objects there are. Entries of one folder (keys
+   * sharing everything up to their last '/') come one after another; no other
+   * order is promised. Objects written or removed during the listing may or
+   * may not be reported. Returns BLOB_OK when everything was reported, fn's
+   * positive value when fn stopped the listing, BLOB_ERROR when part of the
+   * store could not be listed (logged; the rest was reported). */
+  int (*list)(blob *b, const char *prefix, blob_list_fn fn, void *ctx);
+  /* Removes a temporary entry by the name a listing gave. NOT_FOUND when it
+   * is gone, BLOB_INVALID_KEY when name is not a temporary entry's. */
+  int (*remove_temp)(blob *b, const char *name);
   void (*close)(blob *b);
 } blob_ops;
 

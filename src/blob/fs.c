@@ -7,6 +7,7 @@
  * concurrent calls need no lock. */
 #include "blob/blob.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
@@ -278,6 +279,196 @@ static int fs_remove(blob *b, const char *key) {
   return BLOB_OK;
 }
 
+/* A name fs_create_temp makes: the prefix, then key characters. */
+static bool fs_is_temp_name(const char *name) {
+  return strncmp(name, FS_TMP_PREFIX, sizeof FS_TMP_PREFIX - 1) == 0 &&
+         blob_key_valid(name + sizeof FS_TMP_PREFIX - 1) && !strchr(name, '/');
+}
+
+/* Removes a temporary file by the name a listing gave ("results/<task>/.~put-..."):
+ * a write a crash interrupted. Its folder must be a key's, its name a
+ * temporary one: nothing else can be removed this way. */
+static int fs_remove_temp(blob *b, const char *name) {
+  blob_fs *fs = (blob_fs *)b;
+  if (!name || strlen(name) > BLOB_KEY_MAX) return BLOB_INVALID_KEY;
+  const char *slash = strrchr(name, '/');
+  const char *base = slash ? slash + 1 : name;
+  if (!fs_is_temp_name(base)) return BLOB_INVALID_KEY;
+  if (slash) {
+    char dir[BLOB_KEY_MAX + 1];
+    size_t dir_len = (size_t)(slash - name);
+    memcpy(dir, name, dir_len);
+    dir[dir_len] = '\0';
+    if (!blob_key_valid(dir)) return BLOB_INVALID_KEY;
+  }
+  if (unlinkat(fs->root_fd, name, 0) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR || errno == EISDIR) return BLOB_NOT_FOUND;
+    return fs_fail("remove_temp", name, errno);
+  }
+  remove_empty_parents(fs, name);
+  return BLOB_OK;
+}
+
+/* ---- listing ---------------------------------------------------------------- */
+
+/* Each level of the walk holds one open folder, so the depth is bounded.
+ * imgate's keys are three levels deep ("results/<task>/<file>"); a deeper
+ * folder is reported as a listing error and skipped. */
+#define FS_LIST_MAX_DEPTH 16
+
+typedef struct fs_walk {
+  const char *prefix;
+  size_t prefix_len;
+  blob_list_fn fn;
+  void *ctx;
+  /* The path being looked at, relative to the root: the folder's ("" or
+   * ending in '/'), then the entry's name. One buffer for the whole walk. */
+  char path[FS_KEY_BUF];
+  int rc; /* BLOB_OK, or BLOB_ERROR once something could not be listed */
+} fs_walk;
+
+/* Whether the first len characters of w->path and the prefix agree as far
+ * as both go: a folder worth entering, or (when len >= prefix_len) an entry
+ * the prefix selects. */
+static bool fs_walk_matches(const fs_walk *w, size_t len) {
+  return memcmp(w->path, w->prefix, len < w->prefix_len ? len : w->prefix_len) == 0;
+}
+
+static void fs_walk_failed(fs_walk *w, const char *op, int e) {
+  fs_fail(op, w->path, e);
+  w->rc = BLOB_ERROR;
+}
+
+static int fs_walk_dir(fs_walk *w, int dir_fd, size_t len, int depth);
+
+/* Looks at one entry of the folder d, its path in w->path (len characters
+ * before the name). Returns 0, or fn's positive value to stop. */
+static int fs_walk_entry(fs_walk *w, DIR *d, const char *name, size_t len, int depth) {
+  size_t name_len = strlen(name);
+  if (len + name_len + 2 > sizeof w->path) return 0; /* longer than any key: nothing of ours */
+  memcpy(w->path + len, name, name_len + 1);
+  bool temp = fs_is_temp_name(name);
+  /* A name no key can have was not written through this store: leave it be. */
+  if (!temp && !blob_key_valid(name)) return 0;
+  struct stat st;
+  /* AT_SYMLINK_NOFOLLOW: a symlink is reported as one, and skipped below. */
+  if (fstatat(dirfd(d), name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno != ENOENT) fs_walk_failed(w, "list_stat", errno); /* ENOENT: removed meanwhile */
+    return 0;
+  }
+  if (S_ISDIR(st.st_mode) && !temp) {
+    w->path[len + name_len] = '/';
+    w->path[len + name_len + 1] = '\0';
+    if (!fs_walk_matches(w, len + name_len + 1)) return 0;
+    if (depth + 1 >= FS_LIST_MAX_DEPTH) {
+      fs_walk_failed(w, "list_depth", ELOOP);
+      return 0;
+    }
+    /* O_NOFOLLOW: had the folder become a symlink since the stat, this fails. */
+    int sub = openat(dirfd(d), name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (sub < 0) {
+      if (errno != ENOENT) fs_walk_failed(w, "list_open", errno);
+      return 0;
+    }
+    return fs_walk_dir(w, sub, len + name_len + 1, depth + 1);
+  }
+  /* Symlinks, sockets, devices: nothing a put makes. */
+  if (!S_ISREG(st.st_mode)) return 0;
+  if (len + name_len < w->prefix_len || !fs_walk_matches(w, len + name_len)) return 0;
+  if (!temp && !blob_key_valid(w->path)) return 0;
+  blob_entry e = {.key = w->path,
+                  .size = (uint64_t)st.st_size,
+                  .mtime_ms = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000,
+                  .temporary = temp};
+  int rc = w->fn(w->ctx, &e);
+  return rc > 0 ? rc : 0;
+}
+
+/* Lists the folder dir_fd (which it closes), its path in the first len
+ * characters of w->path, and depth first its subfolders. Returns 0, or fn's
+ * positive value to stop. */
+static int fs_walk_dir(fs_walk *w, int dir_fd, size_t len, int depth) {
+  w->path[len] = '\0';
+  DIR *d = fdopendir(dir_fd);
+  if (!d) {
+    fs_walk_failed(w, "list_open", errno);
+    close(dir_fd);
+    return 0;
+  }
+  int stop = 0;
+  while (!stop) {
+    errno = 0;
+    struct dirent *de = readdir(d);
+    if (!de) {
+      if (errno) {
+        w->path[len] = '\0';
+        fs_walk_failed(w, "list_read", errno);
+      }
+      break;
+    }
+    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+    stop = fs_walk_entry(w, d, de->d_name, len, depth);
+  }
+  closedir(d);
+  return stop;
+}
+
+/* Opens the folder part of the prefix (up to its last '/') one component
+ * at a time, never through a symlink. -1 with errno on failure. */
+static int fs_open_prefix_dir(blob_fs *fs, const char *dir) {
+  /* A fresh open, not a dup of root_fd: a dup would share its read position. */
+  int cur = openat(fs->root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  char buf[FS_KEY_BUF];
+  snprintf(buf, sizeof buf, "%s", dir);
+  for (char *seg = buf; cur >= 0 && seg && *seg;) {
+    char *slash = strchr(seg, '/');
+    if (slash) *slash = '\0';
+    int next = openat(cur, seg, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int e = errno;
+    close(cur);
+    cur = next;
+    errno = e;
+    seg = slash ? slash + 1 : NULL;
+  }
+  return cur;
+}
+
+static int fs_list(blob *b, const char *prefix, blob_list_fn fn, void *ctx) {
+  blob_fs *fs = (blob_fs *)b;
+  if (!prefix || !fn) return BLOB_INVALID_KEY;
+  fs_walk *w = calloc(1, sizeof *w);
+  if (!w) return fs_fail("list", prefix, ENOMEM);
+  w->prefix = prefix;
+  w->prefix_len = strlen(prefix);
+  w->fn = fn;
+  w->ctx = ctx;
+  /* The walk starts in the prefix's folder: "results/" lists results only. */
+  const char *slash = strrchr(prefix, '/');
+  size_t dir_len = slash ? (size_t)(slash - prefix) : 0;
+  if (w->prefix_len > BLOB_KEY_MAX) {
+    free(w);
+    return BLOB_INVALID_KEY;
+  }
+  memcpy(w->path, prefix, dir_len);
+  w->path[dir_len] = '\0';
+  if (dir_len && !blob_key_valid(w->path)) {
+    free(w);
+    return BLOB_INVALID_KEY;
+  }
+  int rc = BLOB_OK;
+  int fd = fs_open_prefix_dir(fs, w->path);
+  if (fd < 0) {
+    /* No such folder: nothing was ever stored under the prefix. */
+    if (errno != ENOENT && errno != ENOTDIR) rc = fs_fail("list_open", prefix, errno);
+  } else {
+    if (dir_len) w->path[dir_len++] = '/';
+    int stop = fs_walk_dir(w, fd, dir_len, 0);
+    rc = stop ? stop : w->rc;
+  }
+  free(w);
+  return rc;
+}
+
 static void fs_close(blob *b) {
   if (!b) return;
   blob_fs *fs = (blob_fs *)b;
@@ -291,6 +482,8 @@ static const blob_ops fs_ops = {
     .open = fs_open,
     .read = fs_read,
     .remove = fs_remove,
+    .list = fs_list,
+    .remove_temp = fs_remove_temp,
     .close = fs_close,
 };
 

@@ -241,7 +241,7 @@ static int store_inputs(core *c, task *t, decoded_image *imgs, size_t n, imgate_
       continue;
     }
     char key[128];
-    snprintf(key, sizeof key, "inputs/%s/%zu.%s", t->id, i, imagefmt_ext(imgs[i].fmt));
+    snprintf(key, sizeof key, TASK_BLOB_INPUTS "%s/%zu.%s", t->id, i, imagefmt_ext(imgs[i].fmt));
     if (c->bl->ops->put(c->bl, key, imgs[i].data, imgs[i].len, imagefmt_mime(imgs[i].fmt)) !=
         BLOB_OK)
       return err_set(err, ERR_INTERNAL, "storage_error", NULL,

@@ -273,7 +273,7 @@ static bool finish_task(engine *e, const char *task_id, int run, task_state stat
  * attempts and re-runs (written into key). */
 static const char *input_key(const task *t, size_t i, char *key, size_t size) {
   if (t->inputs[i].blob_key) return t->inputs[i].blob_key;
-  snprintf(key, size, "inputs/%s/%zu.url", t->id, i);
+  task_url_input_key(t->id, i, key, size);
   return key;
 }
 
@@ -310,7 +310,7 @@ static int store_images(engine *e, const job *j, const provider_outcome *o,
     if (w <= 0 || h <= 0) imagefmt_dimensions(img->data, img->len, &w, &h);
     char token[33], key[128], digest[65];
     if (!ids_random_hex(token, 16)) goto fail;
-    snprintf(key, sizeof key, "results/%s/%d-%zu.%s", j->task_id, j->run, i, imagefmt_ext(fmt));
+    snprintf(key, sizeof key, TASK_BLOB_RESULTS "%s/%d-%zu.%s", j->task_id, j->run, i, imagefmt_ext(fmt));
     ids_sha256_hex(img->data, img->len, digest);
     digest[32] = '\0';
     if (e->bl->ops->put(e->bl, key, img->data, img->len, imagefmt_mime(fmt)) != BLOB_OK)

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "core/gc.h"
 #include "util/log.h"
 #include "util/timeutil.h"
 
@@ -48,24 +49,44 @@ size_t retention_sweep(store *st, blob *bl, int64_t now_ms) {
 struct retention {
   store *st;
   blob *bl;
-  int interval_ms;
+  retention_config cfg;
   pthread_t thread;
   pthread_mutex_t lock;
   pthread_cond_t cond;
-  bool stop;
+  /* Atomic as well as under lock: a collector pass reads it between entries
+   * without taking the lock. */
+  _Atomic bool stop;
+  retention_stats stats; /* under lock */
 };
 
-/* One pass at start (catching up on what expired while imgate was down),
- * then one per interval until stopped. */
+static void retention_collect(retention *r) {
+  gc_stats gs;
+  gc_collect(r->st, r->bl, r->cfg.orphan_min_age_ms, time_now_ms(), &r->stop, &gs);
+  pthread_mutex_lock(&r->lock);
+  if (!r->stop) r->stats.orphan_passes++; /* a cancelled pass did not look at everything */
+  r->stats.orphans_removed += gs.removed;
+  r->stats.orphan_temp_removed += gs.temp_removed;
+  pthread_mutex_unlock(&r->lock);
+}
+
+/* A sweep at start (catching up on what expired while imgate was down),
+ * then one per sweep interval; a collector pass after the first sweep and
+ * then once per orphan interval, until stopped. */
 static void *retention_main(void *arg) {
   retention *r = arg;
+  int64_t next_gc = time_mono_ms();
   pthread_mutex_lock(&r->lock);
   for (;;) {
     pthread_mutex_unlock(&r->lock);
     retention_sweep(r->st, r->bl, time_now_ms());
+    if (!r->stop && time_mono_ms() >= next_gc) {
+      retention_collect(r);
+      next_gc = time_mono_ms() + r->cfg.orphan_interval_ms;
+    }
     pthread_mutex_lock(&r->lock);
     if (r->stop) break;
-    int64_t due = time_mono_ms() + r->interval_ms;
+    int64_t due = time_mono_ms() + r->cfg.sweep_interval_ms;
+    if (next_gc < due) due = next_gc;
     struct timespec until = {.tv_sec = due / 1000, .tv_nsec = (long)(due % 1000) * 1000000};
     while (!r->stop && pthread_cond_timedwait(&r->cond, &r->lock, &until) == 0) {
     }
@@ -75,12 +96,15 @@ static void *retention_main(void *arg) {
   return NULL;
 }
 
-retention *retention_start(store *st, blob *bl, int interval_ms) {
+retention *retention_start(store *st, blob *bl, const retention_config *cfg) {
   retention *r = calloc(1, sizeof *r);
   if (!r) return NULL;
   r->st = st;
   r->bl = bl;
-  r->interval_ms = interval_ms > 0 ? interval_ms : 60000;
+  r->cfg = *cfg;
+  if (r->cfg.sweep_interval_ms <= 0) r->cfg.sweep_interval_ms = 60000;
+  if (r->cfg.orphan_min_age_ms <= 0) r->cfg.orphan_min_age_ms = 3600000;
+  if (r->cfg.orphan_interval_ms <= 0) r->cfg.orphan_interval_ms = 3600000;
   pthread_condattr_t attr;
   pthread_condattr_init(&attr);
   pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -94,6 +118,12 @@ retention *retention_start(store *st, blob *bl, int interval_ms) {
     return NULL;
   }
   return r;
+}
+
+void retention_get_stats(retention *r, retention_stats *out) {
+  pthread_mutex_lock(&r->lock);
+  *out = r->stats;
+  pthread_mutex_unlock(&r->lock);
 }
 
 void retention_stop(retention *r) {

@@ -1,6 +1,7 @@
 /* task.c - task state names, the transition table, and freeing tasks. */
 #include "core/task.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,4 +88,8 @@ void task_attempt_clear(task_attempt *a) {
   free(a->error_class);
   free(a->error_code);
   a->provider = a->upstream_model = a->error_class = a->error_code = NULL;
+}
+
+void task_url_input_key(const char *task_id, size_t index, char *key, size_t size) {
+  snprintf(key, size, TASK_BLOB_INPUTS "%s/%zu.url", task_id, index);
 }

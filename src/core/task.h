@@ -95,6 +95,17 @@ typedef struct task {
   size_t n_upstream_attempts;
 } task;
 
+/* Where a task's images live in the blob store: reference images under
+ * "inputs/<task id>/" ("<i>.<ext>" written at submit, "<i>.url" the download
+ * of a URL input, kept while the task may run), results under
+ * "results/<task id>/" ("<run>-<i>.<ext>"). The orphan collector (gc.c)
+ * finds each object's task by this layout. */
+#define TASK_BLOB_INPUTS "inputs/"
+#define TASK_BLOB_RESULTS "results/"
+
+/* The key the download of URL input index of task_id is kept under. */
+void task_url_input_key(const char *task_id, size_t index, char *key, size_t size);
+
 /* Frees every member and t itself; NULL is fine. */
 void task_free(task *t);
 void task_result_clear(task_result *r);

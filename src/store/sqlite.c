@@ -1458,6 +1458,66 @@ static int sql_result_mark_purged(store *s, const char *task_id, int index, int6
                        "Iti", now_ms > 0 ? now_ms : 1, task_id, index);
 }
 
+/* ---- orphan collection ---------------------------------------------------------------- */
+
+static int sql_row_blob_ref(sqlite3_stmt *st, void *elem) {
+  store_blob_ref *r = elem;
+  r->result = sqlite3_column_int(st, 0) != 0;
+  r->index = sqlite3_column_int(st, 1);
+  /* A key longer than the field is an error, never a cut: a cut key would
+   * name some other object, or none, and the caller would decide on it. */
+  if (!sql_col_copy(st, 2, r->blob_key, sizeof r->blob_key))
+    return sql_misuse("task_blob_refs", "stored blob key too long");
+  r->purged_ms = sqlite3_column_int64(st, 3);
+  return STORE_OK;
+}
+
+static int sql_load_task_state(sqlite3 *db, const char *task_id, task_state *out) {
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, "task_blob_refs", "SELECT state FROM tasks WHERE id = ?", "t",
+                       task_id);
+  if (rc != STORE_OK) return rc;
+  rc = sql_step_row(db, st, "task_blob_refs");
+  if (rc == STORE_OK && !task_state_parse((const char *)sqlite3_column_text(st, 0), out))
+    rc = sql_misuse("task_blob_refs", "stored state unknown");
+  sqlite3_finalize(st);
+  return rc;
+}
+
+static int sql_task_blob_refs(store *s, const char *task_id, task_state *state_out,
+                              store_blob_ref **refs, size_t *count) {
+  *refs = NULL;
+  *count = 0;
+  if (!task_id) return STORE_NOT_FOUND;
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  /* One read transaction: the state and the rows agree. */
+  int rc = sql_begin_read(db);
+  if (rc == STORE_OK) {
+    int r = sql_load_task_state(db, task_id, state_out);
+    sqlite3_stmt *st = NULL;
+    if (r == STORE_OK)
+      r = sql_prepare(db, &st, "task_blob_refs",
+                      "SELECT 0, idx, COALESCE(blob_key, ''), 0 FROM task_inputs"
+                      " WHERE task_id = ?1"
+                      " UNION ALL SELECT 1, idx, blob_key, purged_ms FROM task_results"
+                      " WHERE task_id = ?1",
+                      "t", task_id);
+    if (r == STORE_OK)
+      r = sql_collect(db, st, "task_blob_refs", sql_row_blob_ref, sizeof **refs, (void **)refs,
+                      count);
+    sqlite3_finalize(st);
+    rc = sql_end(db, r);
+  }
+  sql_release(ss, db);
+  if (rc != STORE_OK) {
+    free(*refs);
+    *refs = NULL;
+    *count = 0;
+  }
+  return rc;
+}
+
 /* ---- opening and closing --------------------------------------------------------------- */
 
 static void sql_free(sql_store *ss) {
@@ -1667,6 +1727,7 @@ static const store_ops sql_ops = {
     .task_list_queued = sql_task_list_queued,
     .task_attempt_add = sql_task_attempt_add,
     .result_by_token = sql_result_by_token,
+    .task_blob_refs = sql_task_blob_refs,
 };
 
 static sql_store *sql_alloc(int pool_size) {

@@ -98,6 +98,17 @@ typedef struct store_expired {
   char blob_key[160];
 } store_expired;
 
+/* A blob key that one of a task's rows names (task_blob_refs). */
+typedef struct store_blob_ref {
+  bool result; /* a task_results row; else a task_inputs row */
+  int index;
+  /* The key the row holds; "" for an input given by URL, whose row keeps
+   * the URL (the engine keeps its download under a key of its own). Room for
+   * any key the blob store accepts (BLOB_KEY_MAX). */
+  char blob_key[513];
+  int64_t purged_ms; /* results: when retention deleted the image; 0 = not deleted */
+} store_blob_ref;
+
 /* One task of a task_start_many call. */
 typedef struct store_start {
   const char *task_id;
@@ -216,6 +227,11 @@ typedef struct store_ops {
   /* Records that a result's image was deleted. NOT_FOUND when unknown or
    * recorded already. */
   int (*result_mark_purged)(store *s, const char *task_id, int index, int64_t now_ms);
+  /* A task's state and the blob keys of its input and result rows, read
+   * from one snapshot (for the orphan collector, which decides what counts).
+   * NOT_FOUND when no task has this id. *refs is malloc'd (free it). */
+  int (*task_blob_refs)(store *s, const char *task_id, task_state *state_out,
+                        store_blob_ref **refs, size_t *count);
   /* The result behind a public URL token; *out fields are malloc'd (task_result_clear). */
   int (*result_by_token)(store *s, const char *token, task_result *out);
 } store_ops;

@@ -10,10 +10,12 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "blob/blob.h"
@@ -365,6 +367,205 @@ static void test_concurrent_puts(void **state) {
   assert_int_equal(count_files(f->root), N_THREADS * PUTS_PER_THREAD);
 }
 
+/* ---- listing ---------------------------------------------------------------- */
+
+#define MAX_LISTED 64
+
+typedef struct listed {
+  size_t n;
+  struct {
+    char key[600];
+    uint64_t size;
+    int64_t mtime_ms;
+    bool temporary;
+  } e[MAX_LISTED];
+  int stop_after;  /* > 0: return 7 once this many were seen */
+  bool remove_each; /* remove every entry as it is reported */
+  blob *b;
+} listed;
+
+static int collect_entry(void *ctx, const blob_entry *e) {
+  listed *l = ctx;
+  assert_true(l->n < MAX_LISTED);
+  snprintf(l->e[l->n].key, sizeof l->e[l->n].key, "%s", e->key);
+  l->e[l->n].size = e->size;
+  l->e[l->n].mtime_ms = e->mtime_ms;
+  l->e[l->n].temporary = e->temporary;
+  l->n++;
+  if (l->remove_each) {
+    blob *b = l->b;
+    int rc = e->temporary ? b->ops->remove_temp(b, e->key) : b->ops->remove(b, e->key);
+    assert_int_equal(rc, BLOB_OK);
+  }
+  return (l->stop_after > 0 && (int)l->n >= l->stop_after) ? 7 : 0;
+}
+
+/* The index of key in the listing, or -1. */
+static int find_listed(const listed *l, const char *key) {
+  for (size_t i = 0; i < l->n; i++)
+    if (strcmp(l->e[i].key, key) == 0) return (int)i;
+  return -1;
+}
+
+/* Writes a file straight into the store's folder (what a crash mid-put leaves). */
+static void write_raw(fixture *f, const char *rel, const char *text) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/%s", f->root, rel);
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  assert_true(fd >= 0);
+  assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+  close(fd);
+}
+
+static void set_mtime(fixture *f, const char *rel, time_t sec) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/%s", f->root, rel);
+  struct timespec ts[2] = {{.tv_sec = sec, .tv_nsec = 250000000},
+                           {.tv_sec = sec, .tv_nsec = 250000000}};
+  assert_int_equal(utimensat(AT_FDCWD, path, ts, AT_SYMLINK_NOFOLLOW), 0);
+}
+
+static void test_list_nested_and_temporary(void **state) {
+  fixture *f = *state;
+  blob *b = f->b;
+  assert_int_equal(put_str(b, "results/a/1-0.png", "one"), BLOB_OK);
+  assert_int_equal(put_str(b, "results/a/3-0.png", "three!"), BLOB_OK);
+  assert_int_equal(put_str(b, "results/b/deep/x.png", "x"), BLOB_OK);
+  assert_int_equal(put_str(b, "results/ab/z.png", "z"), BLOB_OK);
+  assert_int_equal(put_str(b, "inputs/c/0.png", "in"), BLOB_OK);
+  assert_int_equal(put_str(b, "top.txt", "top"), BLOB_OK);
+  write_raw(f, "results/a/.~put-0123456789abcdef", "half"); /* a put a crash cut short */
+  write_raw(f, "results/a/bad name.png", "not a key"); /* not written through the store */
+  write_raw(f, "results/a/.~put-bad name", "not ours"); /* no temporary name fs makes */
+  set_mtime(f, "results/a/3-0.png", 1700000000);
+
+  listed *l = calloc(1, sizeof *l);
+  assert_int_equal(b->ops->list(b, "", collect_entry, l), BLOB_OK);
+  assert_int_equal(l->n, 7);
+  int i = find_listed(l, "results/a/3-0.png");
+  assert_true(i >= 0);
+  assert_int_equal(l->e[i].size, 6);
+  assert_int_equal(l->e[i].mtime_ms, 1700000000250LL);
+  assert_false(l->e[i].temporary);
+  i = find_listed(l, "results/a/.~put-0123456789abcdef");
+  assert_true(i >= 0);
+  assert_true(l->e[i].temporary);
+  assert_int_equal(l->e[i].size, 4);
+  assert_true(find_listed(l, "results/b/deep/x.png") >= 0);
+  assert_true(find_listed(l, "top.txt") >= 0);
+  assert_int_equal(find_listed(l, "results/a/bad name.png"), -1);
+  assert_int_equal(find_listed(l, "results/a/.~put-bad name"), -1);
+  /* A folder's entries come one after another. */
+  int first = -1, last = -1;
+  for (size_t k = 0; k < l->n; k++)
+    if (strncmp(l->e[k].key, "results/a/", 10) == 0) {
+      if (first < 0) first = (int)k;
+      last = (int)k;
+    }
+  assert_int_equal(last - first, 2);
+
+  /* A prefix selects by the start of the key, folders or not. */
+  memset(l, 0, sizeof *l);
+  assert_int_equal(b->ops->list(b, "results/", collect_entry, l), BLOB_OK);
+  assert_int_equal(l->n, 5);
+  assert_int_equal(find_listed(l, "inputs/c/0.png"), -1);
+  memset(l, 0, sizeof *l);
+  assert_int_equal(b->ops->list(b, "results/a", collect_entry, l), BLOB_OK);
+  assert_int_equal(l->n, 4); /* results/a/... and results/ab/z.png */
+  assert_true(find_listed(l, "results/ab/z.png") >= 0);
+  memset(l, 0, sizeof *l);
+  assert_int_equal(b->ops->list(b, "results/a/", collect_entry, l), BLOB_OK);
+  assert_int_equal(l->n, 3);
+  memset(l, 0, sizeof *l);
+  assert_int_equal(b->ops->list(b, "inputs/c/0.png", collect_entry, l), BLOB_OK);
+  assert_int_equal(l->n, 1);
+  memset(l, 0, sizeof *l);
+  assert_int_equal(b->ops->list(b, "nothing/here/", collect_entry, l), BLOB_OK);
+  assert_int_equal(l->n, 0);
+  assert_int_equal(b->ops->list(b, "../", collect_entry, l), BLOB_INVALID_KEY);
+  free(l);
+}
+
+static void test_list_does_not_follow_symlinks(void **state) {
+  fixture *f = *state;
+  blob *b = f->b;
+  char outside[192], target[256], link[256];
+  snprintf(outside, sizeof outside, "%s/outside", f->dir);
+  assert_int_equal(mkdir(outside, 0755), 0);
+  snprintf(target, sizeof target, "%s/secret.png", outside);
+  int fd = open(target, O_WRONLY | O_CREAT, 0644);
+  assert_true(fd >= 0);
+  close(fd);
+  assert_int_equal(put_str(b, "results/t/1-0.png", "real"), BLOB_OK);
+  snprintf(link, sizeof link, "%s/results/dirlink", f->root);
+  assert_int_equal(symlink(outside, link), 0);
+  snprintf(link, sizeof link, "%s/results/t/filelink.png", f->root);
+  assert_int_equal(symlink(target, link), 0);
+  /* A prefix whose folder is a symlink is not entered either: not a folder, nothing in it. */
+  listed *l = calloc(1, sizeof *l);
+  assert_int_equal(b->ops->list(b, "results/dirlink/", collect_entry, l), BLOB_OK);
+  assert_int_equal(l->n, 0);
+  assert_int_equal(b->ops->list(b, "", collect_entry, l), BLOB_OK);
+  assert_int_equal(l->n, 1);
+  assert_string_equal(l->e[0].key, "results/t/1-0.png");
+  /* Removing everything listed leaves the outside untouched. */
+  memset(l, 0, sizeof *l);
+  l->remove_each = true;
+  l->b = b;
+  assert_int_equal(b->ops->list(b, "", collect_entry, l), BLOB_OK);
+  assert_int_equal(access(target, F_OK), 0);
+  free(l);
+}
+
+static void test_list_stops_and_removes(void **state) {
+  fixture *f = *state;
+  blob *b = f->b;
+  char key[64];
+  for (int i = 0; i < 6; i++) {
+    snprintf(key, sizeof key, "results/task%d/1-0.png", i);
+    assert_int_equal(put_str(b, key, "img"), BLOB_OK);
+  }
+  write_raw(f, "results/task0/.~put-00aa", "half");
+  listed *l = calloc(1, sizeof *l);
+  l->stop_after = 2;
+  assert_int_equal(b->ops->list(b, "results/", collect_entry, l), 7); /* the callback's value */
+  assert_int_equal(l->n, 2);
+
+  /* The callback may remove what it is given; emptied folders go, the top stays. */
+  memset(l, 0, sizeof *l);
+  l->remove_each = true;
+  l->b = b;
+  assert_int_equal(b->ops->list(b, "results/", collect_entry, l), BLOB_OK);
+  assert_int_equal(l->n, 7);
+  char path[256];
+  snprintf(path, sizeof path, "%s/results", f->root);
+  DIR *d = opendir(path);
+  assert_non_null(d);
+  struct dirent *de;
+  size_t left = 0;
+  while ((de = readdir(d)) != NULL)
+    if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) left++;
+  closedir(d);
+  assert_int_equal(left, 0);
+  free(l);
+}
+
+static void test_remove_temp_only_removes_temporaries(void **state) {
+  fixture *f = *state;
+  blob *b = f->b;
+  assert_int_equal(put_str(b, "results/t/1-0.png", "real"), BLOB_OK);
+  write_raw(f, "results/t/.~put-0123abcd", "half");
+  assert_int_equal(b->ops->remove_temp(b, "results/t/1-0.png"), BLOB_INVALID_KEY);
+  assert_int_equal(b->ops->remove_temp(b, "results/t/.~put-"), BLOB_INVALID_KEY);
+  assert_int_equal(b->ops->remove_temp(b, "../t/.~put-0123abcd"), BLOB_INVALID_KEY);
+  assert_int_equal(b->ops->remove_temp(b, "results//.~put-0123abcd"), BLOB_INVALID_KEY);
+  /* The key rules still keep temporaries away from the object operations. */
+  assert_int_equal(b->ops->remove(b, "results/t/.~put-0123abcd"), BLOB_INVALID_KEY);
+  assert_int_equal(b->ops->remove_temp(b, "results/t/.~put-0123abcd"), BLOB_OK);
+  assert_int_equal(b->ops->remove_temp(b, "results/t/.~put-0123abcd"), BLOB_NOT_FOUND);
+  expect_content(b, "results/t/1-0.png", "real");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_root_created, setup, teardown),
@@ -381,6 +582,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_missing, setup, teardown),
       cmocka_unit_test_setup_teardown(test_no_temp_files_left, setup, teardown),
       cmocka_unit_test_setup_teardown(test_concurrent_puts, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_list_nested_and_temporary, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_list_does_not_follow_symlinks, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_list_stops_and_removes, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_remove_temp_only_removes_temporaries, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

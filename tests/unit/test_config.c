@@ -37,6 +37,8 @@ static void test_defaults(void **state) {
   assert_string_equal(c.listen, "127.0.0.1:8080");
   assert_string_equal(c.data_dir, "./var");
   assert_int_equal(c.retention_hours, 168);
+  assert_int_equal(c.retention_orphan_min_age_s, 3600);
+  assert_int_equal(c.retention_orphan_interval_ms, 3600000);
   assert_true(c.demo_account);
   assert_int_equal(config_validate(&c, err, sizeof err), 0);
 }
@@ -72,6 +74,11 @@ static void test_file_errors_name_the_key(void **state) {
   assert_int_equal(load_text(&c, "{\"engine\":{\"max_in_flight\":0}}", err, sizeof err), -1);
   assert_non_null(strstr(err, "engine.max_in_flight"));
   assert_int_equal(load_text(&c, "[1,2]", err, sizeof err), -1);
+  /* The orphan collector's age guard has a floor: a submit in progress must never look old. */
+  assert_int_equal(load_text(&c, "{\"retention_orphan_min_age_s\":59}", err, sizeof err), -1);
+  assert_non_null(strstr(err, "retention_orphan_min_age_s"));
+  assert_int_equal(load_text(&c, "{\"retention_orphan_min_age_s\":60}", err, sizeof err), 0);
+  assert_int_equal(c.retention_orphan_min_age_s, 60);
   assert_int_equal(load_text(&c, "{\"listen\":", err, sizeof err), -1);
   assert_int_equal(load_text(&c, "{\"listen\":\"a:1\",\"listen\":\"b:2\"}", err, sizeof err), -1);
 }

@@ -124,7 +124,8 @@ static void test_thread_starts_and_stops(void **state) {
   char id[IDS_UUID_LEN + 1], key[128];
   finished_task(f, 1, id); /* long expired */
   snprintf(key, sizeof key, "results/%s/1-0.png", id);
-  retention *r = retention_start(f->st, f->bl, 60000);
+  retention_config rc = {.sweep_interval_ms = 60000};
+  retention *r = retention_start(f->st, f->bl, &rc);
   assert_non_null(r);
   retention_stop(r); /* the first pass runs at start and finishes before stop returns */
   assert_false(exists(f, key));
