@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -17,6 +16,7 @@
 #include "api/api.h"
 #include "blob/blob.h"
 #include "config.h"
+#include "datadir.h"
 #include "core/accounts.h"
 #include "core/pricing.h"
 #include "core/core.h"
@@ -42,7 +42,7 @@ static const char usage_main[] =
     "\n"
     "commands:\n"
     "  serve                 run the HTTP server\n"
-    "  admin                 manage accounts and API keys\n"
+    "  admin                 create the database; manage accounts and API keys\n"
     "  help [command]        show help\n"
     "\n"
     "Run 'imgate <command> --help' for a command's options.\n";
@@ -50,8 +50,11 @@ static const char usage_main[] =
 static const char usage_serve[] =
     "usage: imgate serve [--listen HOST:PORT] [--data DIR] [--config FILE]\n"
     "\n"
-    "Runs the HTTP server. On a database without accounts it creates the demo\n"
-    "account " DEMO_EMAIL " and prints its API key once.\n"
+    "Runs the HTTP server. On a fresh data folder it creates the database; on a\n"
+    "database without accounts it creates the demo account " DEMO_EMAIL "\n"
+    "and prints its API key once. It refuses to start (exit 1) on a folder\n"
+    "whose database is missing but which held one (DIR/" DATADIR_MARKER_FILE "):\n"
+    "restore it, or start over with 'imgate admin init'.\n"
     "\n"
     "  --listen HOST:PORT  address to listen on (default 127.0.0.1:8080; port 0 picks\n"
     "                      a free port); env IMGATE_LISTEN\n"
@@ -68,6 +71,8 @@ static const char usage_serve[] =
 static const char usage_admin[] =
     "usage: imgate admin <object> <action> [args] [--data DIR] [--config FILE]\n"
     "\n"
+    "  init                           create the data folder and an empty database\n"
+    "                                 (does nothing to a database that is there)\n"
     "  account create EMAIL           create an account; prints its id\n"
     "  account list                   list accounts (id, email, state, created)\n"
     "  key create EMAIL [--name NAME] create an API key; prints the key alone on\n"
@@ -85,7 +90,8 @@ static const char usage_admin[] =
     "  disable EMAIL | enable EMAIL   refuse (403) or allow the account's requests\n"
     "\n"
     "The admin commands work on the same data folder as 'imgate serve', also\n"
-    "while a server is running.\n";
+    "while a server is running. All but init need a folder that holds a\n"
+    "database: they exit 1 and create nothing on any other (a mistyped --data).\n";
 
 typedef struct cli_opts {
   const char *listen;
@@ -156,27 +162,11 @@ fail:
   return -1;
 }
 
-/* mkdir -p */
-static int make_dirs(const char *path) {
-  char tmp[1024];
-  snprintf(tmp, sizeof tmp, "%s", path);
-  for (char *p = tmp + 1; *p; p++) {
-    if (*p != '/') continue;
-    *p = '\0';
-    if (mkdir(tmp, 0750) < 0 && errno != EEXIST) return -1;
-    *p = '/';
-  }
-  if (mkdir(tmp, 0750) < 0 && errno != EEXIST) return -1;
-  return 0;
-}
-
+/* Opens DIR/imgate.db, creating it when absent: callers decide first
+ * whether that is allowed (datadir_inspect). */
 static store *open_store(const imgate_config *cfg, int pool_size) {
   char path[1100], err[256];
-  if (make_dirs(cfg->data_dir) < 0) {
-    fprintf(stderr, "imgate: cannot create data folder %s: %s\n", cfg->data_dir, strerror(errno));
-    return NULL;
-  }
-  snprintf(path, sizeof path, "%s/imgate.db", cfg->data_dir);
+  datadir_db_path(cfg->data_dir, path, sizeof path);
   store_sqlite_set_sync(strcmp(cfg->sqlite_synchronous, "normal") == 0 ? STORE_SYNC_NORMAL
                                                                        : STORE_SYNC_FULL);
   store *st = store_sqlite_open(path, pool_size, err, sizeof err);
@@ -185,6 +175,84 @@ static store *open_store(const imgate_config *cfg, int pool_size) {
 }
 
 /* ---- admin -------------------------------------------------------------- */
+
+/* The store of a folder that holds a database; anything else is refused
+ * with a message naming the folder, and nothing is created: a mistyped
+ * --data must not leave a folder with an empty database behind. */
+static store *open_existing_store(const imgate_config *cfg) {
+  char detail[512];
+  const char *dir = cfg->data_dir;
+  switch (datadir_inspect(dir, detail, sizeof detail)) {
+  case DATADIR_READY:
+    return open_store(cfg, 1);
+  case DATADIR_MISSING:
+    fprintf(stderr,
+            "imgate: the data folder %s does not exist; check --data (or IMGATE_DATA), or "
+            "create a database there with: imgate admin init --data %s\n",
+            dir, dir);
+    break;
+  case DATADIR_FRESH:
+    fprintf(stderr,
+            "imgate: %s holds no imgate database (no %s/" DATADIR_DB_FILE "); check --data "
+            "(or IMGATE_DATA), or create one with: imgate admin init --data %s\n",
+            dir, dir, dir);
+    break;
+  case DATADIR_LOST:
+    fprintf(stderr,
+            "imgate: %s: %s; its database is gone. Restore it from a backup "
+            "(docs/operations.md), or start over with an empty one: imgate admin init --data %s\n",
+            dir, detail, dir);
+    break;
+  case DATADIR_BAD:
+    fprintf(stderr, "imgate: cannot use the data folder %s: %s\n", dir, detail);
+    break;
+  }
+  return NULL;
+}
+
+/* `admin init`: the only admin command that creates a database. On a
+ * folder that has one it changes nothing (but applies pending migrations,
+ * as any admin command does). */
+static int admin_init(const imgate_config *cfg) {
+  char detail[512], path[1100], err[256];
+  const char *dir = cfg->data_dir;
+  datadir_db_path(dir, path, sizeof path);
+  datadir_state ds = datadir_inspect(dir, detail, sizeof detail);
+  if (ds == DATADIR_BAD) {
+    fprintf(stderr, "imgate: cannot use the data folder %s: %s\n", dir, detail);
+    return 1;
+  }
+  if (ds != DATADIR_READY && datadir_make(dir) < 0) {
+    fprintf(stderr, "imgate: cannot create the data folder %s: %s\n", dir, strerror(errno));
+    return 1;
+  }
+  /* A server on this folder may still hold a removed database open, the
+   * one copy left of it (docs/operations.md): never create a new one under
+   * its feet. */
+  int lock = ds == DATADIR_READY ? -1 : datadir_lock(dir);
+  if (ds != DATADIR_READY && lock < 0) {
+    fprintf(stderr,
+            "imgate: an imgate serve is running on %s (or %s/imgate.lock cannot be opened); "
+            "stop it first\n",
+            dir, dir);
+    return 1;
+  }
+  store *st = open_store(cfg, 1);
+  int rc = st && datadir_mark(dir, err, sizeof err) == 0 ? 0 : 1;
+  if (st && rc) fprintf(stderr, "imgate: %s\n", err);
+  if (st) st->ops->close(st);
+  if (lock >= 0) close(lock);
+  if (rc) return 1;
+  if (ds == DATADIR_READY) {
+    printf("%s already holds a database (%s); nothing created\n", dir, path);
+    return 0;
+  }
+  if (ds == DATADIR_LOST)
+    fprintf(stderr, "imgate: note: %s; the new database does not have its accounts, keys or "
+                    "balances\n", detail);
+  printf("created an empty database: %s\n", path);
+  return 0;
+}
 
 static int admin_fail(const imgate_error *err) {
   fprintf(stderr, "imgate: %s\n", err->message);
@@ -386,8 +454,9 @@ static int run_admin(int argc, char **argv) {
   if (load_config(&o, &cfg) < 0) return 1;
   const char *obj = n > 0 ? args[0] : "", *act = n > 1 ? args[1] : "";
   const char *arg = n > 2 ? args[2] : NULL;
+  if (!strcmp(obj, "init") && n == 1) return admin_init(&cfg);
   if (is_billing_verb(obj)) {
-    store *st = open_store(&cfg, 1);
+    store *st = open_existing_store(&cfg);
     if (!st) return 1;
     rc = run_admin_billing(st, &o, args, n);
     st->ops->close(st);
@@ -403,7 +472,7 @@ static int run_admin(int argc, char **argv) {
     fputs(usage_admin, stderr);
     return 2;
   }
-  store *st = open_store(&cfg, 1);
+  store *st = open_existing_store(&cfg);
   if (!st) return 1;
   imgate_error err = {0};
   rc = 0;
@@ -438,20 +507,6 @@ static int run_admin(int argc, char **argv) {
 }
 
 /* ---- serve -------------------------------------------------------------- */
-
-/* One server per data folder: a second one would re-queue the first one's
- * running tasks as crash leftovers. The lock dies with the process. */
-static int lock_data_dir(const char *dir) {
-  char path[1100];
-  snprintf(path, sizeof path, "%s/imgate.lock", dir);
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
-  if (fd < 0) return -1;
-  if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
 
 static void print_banner(const imgate_config *cfg, const char *host, int port, store *st,
                          const char *demo_key) {
@@ -653,20 +708,48 @@ static int serve_claim_port(serve_parts *p, const imgate_config *cfg, const char
 }
 
 /* One server per data folder: the lock is taken before the database is
- * opened, so a second server never even runs the migrations. */
+ * opened, so a second server never even runs the migrations (a second one
+ * would re-queue the first one's running tasks as crash leftovers).
+ *
+ * A database is created only on a fresh folder. One whose database went
+ * missing is refused before anything is created in it: a new, empty
+ * database would hand out a new demo account in place of every account,
+ * key and balance, silently. */
 static int serve_open_data(serve_parts *p, const imgate_config *cfg) {
-  if (make_dirs(cfg->data_dir) < 0) {
-    fprintf(stderr, "imgate: cannot create data folder %s: %s\n", cfg->data_dir, strerror(errno));
+  char detail[512], err[256];
+  const char *dir = cfg->data_dir;
+  datadir_state ds = datadir_inspect(dir, detail, sizeof detail);
+  if (ds == DATADIR_LOST) {
+    fprintf(stderr,
+            "imgate: refusing to start on %s: %s. Starting would create a new, empty "
+            "database (no accounts, keys or balances). Restore %s/" DATADIR_DB_FILE
+            " from a backup (docs/operations.md), or start over on purpose with: "
+            "imgate admin init --data %s\n",
+            dir, detail, dir, dir);
     return -1;
   }
-  p->lock_fd = lock_data_dir(cfg->data_dir);
+  if (ds == DATADIR_BAD) {
+    fprintf(stderr, "imgate: cannot use the data folder %s: %s\n", dir, detail);
+    return -1;
+  }
+  if (datadir_make(dir) < 0) {
+    fprintf(stderr, "imgate: cannot create data folder %s: %s\n", dir, strerror(errno));
+    return -1;
+  }
+  p->lock_fd = datadir_lock(dir);
   if (p->lock_fd < 0) {
     fprintf(stderr, "imgate: another imgate serve is using %s\n", cfg->data_dir);
     return -1;
   }
   p->st = open_store(cfg, store_sqlite_pool_size(p->threads));
   if (!p->st) return -1;
-  char err[256], blob_dir[1100];
+  /* Also on a database from before the marker existed: from now on its
+   * loss is recognised. */
+  if (datadir_mark(dir, err, sizeof err) < 0) {
+    fprintf(stderr, "imgate: %s\n", err);
+    return -1;
+  }
+  char blob_dir[1100];
   snprintf(blob_dir, sizeof blob_dir, "%s/blobs", cfg->data_dir);
   p->bl = blob_fs_open(blob_dir, err, sizeof err);
   if (!p->bl) {

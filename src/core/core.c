@@ -48,6 +48,23 @@ void core_free(core *c) {
 
 const char *core_public_url(const core *c) { return c->cfg.public_url; }
 
+bool core_health(core *c, char *reason, size_t reason_size) {
+  return c->st->ops->health(c->st, reason, reason_size) == STORE_OK;
+}
+
+/* The answer to a submit the store cannot take. The reason stays in the log
+ * and on /healthz: a client learns that it should come back, not how the
+ * server's disk is laid out. Before any write nothing can have been stored;
+ * after a failed one the outcome may be in doubt (an fsync that failed at
+ * commit), so the message promises nothing then: the Idempotency-Key is
+ * what makes a retry safe. */
+static int store_unavailable(imgate_error *err, bool before_write) {
+  return err_set(err, ERR_UNAVAILABLE, "store_unavailable", NULL,
+                 "the service cannot record new tasks right now (its database is "
+                 "unavailable)%s; try again later",
+                 before_write ? "; nothing was stored or charged" : "");
+}
+
 int core_authenticate(core *c, const char *authorization, store_account *out,
                       imgate_error *err) {
   if (accounts_authenticate(c->st, authorization, out, err) < 0) return -1;
@@ -322,6 +339,8 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
                    CORE_IDEMPOTENCY_KEY_MAX);
   validated v = {0};
   if (validate(c, req, &v, err) < 0) return -1;
+  /* Before any reference image is decoded or written. */
+  if (!core_health(c, NULL, 0)) return store_unavailable(err, true);
   char request_hash[65] = "";
   if (idempotency_key && !core_request_hash(req, request_hash))
     return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
@@ -408,7 +427,11 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
     goto fail;
   }
   if (rc != STORE_OK) {
-    err_set(err, ERR_INTERNAL, "store_error", NULL, "the task could not be stored");
+    /* The store may have found itself broken in this very insert. */
+    if (!core_health(c, NULL, 0))
+      store_unavailable(err, false);
+    else
+      err_set(err, ERR_INTERNAL, "store_error", NULL, "the task could not be stored");
     goto fail;
   }
   /* Durable now; the in-memory queue only speeds up what recovery would do. */

@@ -61,7 +61,11 @@ int core_authenticate(core *c, const char *authorization, store_account *out, im
  * With a different request it is ERR_UNPROCESSABLE "idempotency_key_reused".
  * Only a submit that stores its task consumes the key: one refused for any
  * reason (validation, 402, 429, a store failure) leaves it free, so the
- * client may retry under the same key. */
+ * client may retry under the same key.
+ *
+ * While the store is broken (core_health false) a valid request is refused
+ * with ERR_UNAVAILABLE "store_unavailable", before anything is written: its
+ * task and its hold would land where no restart finds them. */
 int core_submit(core *c, const store_account *acct, const core_gen_request *req,
                 const char *idempotency_key, task **out, bool *replayed, imgate_error *err);
 
@@ -95,6 +99,13 @@ bool core_result_file_name(const task_result *r, char *out, size_t size);
  * ERR_NOT_FOUND. */
 int core_open_result(core *c, const char *name, task_result *meta, blob_object *obj,
                      imgate_error *err);
+
+/* Whether the server can take work: today, whether its store is healthy
+ * (store_ops.health: the database file is still the one opened, and no
+ * operation failed in a way that leaves its state in doubt). On false,
+ * reason (may be NULL) says why, for operators: /healthz shows it. Cheap
+ * (one stat(2)): fit for a health endpoint polled by load balancers. */
+bool core_health(core *c, char *reason, size_t reason_size);
 
 /* The configured public base URL, or "" when image URLs follow the Host header. */
 const char *core_public_url(const core *c);

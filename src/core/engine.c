@@ -225,7 +225,9 @@ static void job_release(engine *e, job *j) {
 /* How often, and after what pauses, a failed final write is tried again
  * before the task is left running for the next start to re-run. A store that
  * fails briefly (disk full for a moment, a lock held too long) must not cost
- * a finished image. */
+ * a finished image. A broken store (store_ops.health) is not tried again: it
+ * refuses every write until a restart, so the task is left as it is at once
+ * (running, its hold in place, nothing captured) for the restart to re-run. */
 static const int finish_retry_ms[] = {50, 200, 1000, 3000};
 
 /* Returns true when the task is final in the store (this run finished it, or
@@ -238,7 +240,8 @@ static bool finish_task(engine *e, const char *task_id, int run, task_state stat
     rc = e->st->ops->task_finish(e->st, task_id, run, state, code, message, results, n_results,
                                  time_now_ms(), attempt);
     if (rc == STORE_OK || rc == STORE_CONFLICT || rc == STORE_NOT_FOUND ||
-        i == sizeof finish_retry_ms / sizeof finish_retry_ms[0])
+        i == sizeof finish_retry_ms / sizeof finish_retry_ms[0] ||
+        e->st->ops->health(e->st, NULL, 0) != STORE_OK)
       break;
     LOG_WARN("task_finish_retry", "task=%s attempt=%d after_ms=%d", task_id, run,
              finish_retry_ms[i]);
@@ -869,8 +872,14 @@ static void *dispatcher_main(void *arg) {
                         ? (size_t)e->cfg.max_in_flight - e->in_flight
                         : 0;
       pthread_mutex_unlock(&e->lock);
-      if (room) sweep_stranded(e, room);
-      sweep_lost_runs(e); /* after: what it requeues it also enqueues itself */
+      /* A broken store would refuse every start and requeue. Asking also
+       * makes it log, once, that it is broken: an idle server whose
+       * database vanished says so within a sweep even if nothing polls
+       * /healthz. */
+      if (e->st->ops->health(e->st, NULL, 0) == STORE_OK) {
+        if (room) sweep_stranded(e, room);
+        sweep_lost_runs(e); /* after: what it requeues it also enqueues itself */
+      }
       pthread_mutex_lock(&e->lock);
       continue;
     }

@@ -13,12 +13,16 @@
  * run in plain BEGIN so they see one snapshot. */
 #include "store/store.h"
 
+#include <assert.h>
+#include <errno.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "util/log.h"
 #include "util/timeutil.h"
@@ -160,7 +164,105 @@ typedef struct sql_store {
   sqlite3 **conns; /* every connection, for close */
   sqlite3 **idle;  /* stack of connections nobody holds */
   size_t n_conns, n_idle;
+  /* The database file as opened. Open connections keep writing to that file
+   * even after `rm` or a rename over it; the path is checked against this
+   * identity before every write (sql_writable) and by health. */
+  char *db_path; /* absolute, as SQLite resolved it */
+  dev_t db_dev;
+  ino_t db_ino;
+  /* Set once, never cleared (sql_break). broken_reason is written before
+   * broken is set and never changes after, so a reader that sees broken can
+   * read it without a lock; broken_mu orders the writers. */
+  _Atomic bool broken;
+  pthread_mutex_t broken_mu;
+  char broken_reason[256];
 } sql_store;
+
+/* The store whose connection this thread holds, from sql_acquire to
+ * sql_release. The statement helpers below see only a connection; through
+ * this, a failure deep inside one can still mark its store broken. */
+static _Thread_local sql_store *sql_thread_store;
+
+/* ---- a broken store -------------------------------------------------------------------- */
+
+static void sql_break(sql_store *ss, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Marks the store broken for good, with a reason for operators; the first
+ * call logs it as an ERROR, later ones change nothing. */
+static void sql_break(sql_store *ss, const char *fmt, ...) {
+  pthread_mutex_lock(&ss->broken_mu);
+  if (!atomic_load(&ss->broken)) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ss->broken_reason, sizeof ss->broken_reason, fmt, ap);
+    va_end(ap);
+    atomic_store(&ss->broken, true);
+    char qr[300], qp[300];
+    LOG_ERROR("store_broken", "reason=%s path=%s action=%s",
+              log_quote(ss->broken_reason, qr, sizeof qr), log_quote(ss->db_path, qp, sizeof qp),
+              "writes_refused_until_restart");
+  }
+  pthread_mutex_unlock(&ss->broken_mu);
+}
+
+/* The file name alone, for reasons that may be shown to anyone who can
+ * reach /healthz: the folder layout stays in the log. */
+static const char *sql_file_name(const sql_store *ss) {
+  const char *slash = strrchr(ss->db_path, '/');
+  return slash ? slash + 1 : ss->db_path;
+}
+
+/* STORE_OK while the path still names the file the store opened. A stat
+ * costs well under a microsecond, next to a commit's fsync. */
+static int sql_check_identity(sql_store *ss) {
+  if (atomic_load(&ss->broken)) return STORE_ERROR;
+  struct stat st;
+  if (stat(ss->db_path, &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR)
+      sql_break(ss, "the database file %s was removed after the server opened it",
+                sql_file_name(ss));
+    else
+      sql_break(ss, "the database file %s cannot be checked: %s", sql_file_name(ss),
+                strerror(errno));
+    return STORE_ERROR;
+  }
+  if (st.st_dev != ss->db_dev || st.st_ino != ss->db_ino) {
+    sql_break(ss, "the database file %s was replaced by another file after the server opened it",
+              sql_file_name(ss));
+    return STORE_ERROR;
+  }
+  return STORE_OK;
+}
+
+/* Called under the write mutex right before a write commits (or, for a
+ * single statement, runs): a write into a file that is no longer the
+ * database would be acknowledged and then lost at the next start. */
+static int sql_writable(sql_store *ss) { return sql_check_identity(ss); }
+
+/* Failures that leave the database's state in doubt. After a failed fsync
+ * the kernel may have dropped the dirty pages while a retry reports success,
+ * so an I/O error is not retried but ends the store's life: a restart
+ * recovers from what is really on disk. SQLITE_FULL is not here: SQLite
+ * rolls the transaction back cleanly and the next write may succeed. */
+static bool sql_rc_breaks_store(int rc) {
+  switch (rc & 0xff) {
+  case SQLITE_IOERR: return rc != SQLITE_IOERR_NOMEM;
+  case SQLITE_CORRUPT:
+  case SQLITE_NOTADB:
+  case SQLITE_READONLY:
+    return true;
+  default:
+    return false;
+  }
+}
+
+static int sql_health(store *s, char *reason, size_t reason_size) {
+  sql_store *ss = (sql_store *)s;
+  int rc = sql_check_identity(ss);
+  if (reason && reason_size)
+    snprintf(reason, reason_size, "%s", rc == STORE_OK ? "" : ss->broken_reason);
+  return rc;
+}
 
 /* ---- errors ---------------------------------------------------------------------------- */
 
@@ -168,6 +270,9 @@ static int sql_fail(sqlite3 *db, int rc, const char *what) {
   char q[512];
   LOG_ERROR("sqlite_error", "op=%s rc=%d err=%s", what, rc,
             log_quote(db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), q, sizeof q));
+  if (sql_thread_store && sql_rc_breaks_store(rc))
+    sql_break(sql_thread_store, "the database failed: %s (during %s, code %d)",
+              sqlite3_errstr(rc), what, rc);
   return STORE_ERROR;
 }
 
@@ -373,8 +478,10 @@ static int sql_end(sqlite3 *db, int rc) {
   return rc;
 }
 
-/* Ends what sql_write_begin began. */
+/* Ends what sql_write_begin began; nothing commits into a file that is no
+ * longer the database. */
 static int sql_write_end(sql_store *ss, sqlite3 *db, int rc) {
+  if (rc == STORE_OK) rc = sql_writable(ss);
   rc = sql_end(db, rc);
   sql_write_unlock(ss);
   return rc;
@@ -391,6 +498,8 @@ static sqlite3 *sql_acquire(sql_store *ss) {
   }
   sqlite3 *db = ss->idle[--ss->n_idle];
   pthread_mutex_unlock(&ss->mu);
+  assert(!sql_thread_store); /* one connection per thread at a time */
+  sql_thread_store = ss;
   return db;
 }
 
@@ -400,6 +509,7 @@ static void sql_release(sql_store *ss, sqlite3 *db) {
     LOG_ERROR("sqlite_connection_returned_inside_a_transaction", NULL);
     sql_rollback(db);
   }
+  sql_thread_store = NULL;
   pthread_mutex_lock(&ss->mu);
   ss->idle[ss->n_idle++] = db;
   /* A signal nobody waits for still costs a futex call on every release. */
@@ -442,10 +552,14 @@ static int sql_write_one(sql_store *ss, const char *what, int none_rc, int64_t *
                          int64_t *rowid_out, const char *sql, const char *types, ...) {
   sqlite3 *db = sql_acquire(ss);
   sql_write_lock(ss);
-  va_list ap;
-  va_start(ap, types);
-  int rc = sql_run_va(db, what, sql, types, ap);
-  va_end(ap);
+  /* The statement commits itself: the check comes before it. */
+  int rc = sql_writable(ss);
+  if (rc == STORE_OK) {
+    va_list ap;
+    va_start(ap, types);
+    rc = sql_run_va(db, what, sql, types, ap);
+    va_end(ap);
+  }
   if (rc == STORE_OK) {
     int changes = sqlite3_changes(db);
     if (changes_out) *changes_out = changes;
@@ -558,8 +672,10 @@ static void sql_key_touch(sql_store *ss, sqlite3 *db, int64_t key_id, int64_t la
                           int64_t now_ms) {
   if (last_used_ms >= now_ms - SQL_LAST_USED_EVERY_MS) return;
   sql_write_lock(ss);
-  sql_run(db, "key_touch", "UPDATE api_keys SET last_used_ms = ? WHERE id = ? AND last_used_ms < ?",
-          "III", now_ms, key_id, now_ms - SQL_LAST_USED_EVERY_MS);
+  if (sql_writable(ss) == STORE_OK)
+    sql_run(db, "key_touch",
+            "UPDATE api_keys SET last_used_ms = ? WHERE id = ? AND last_used_ms < ?", "III",
+            now_ms, key_id, now_ms - SQL_LAST_USED_EVERY_MS);
   sql_write_unlock(ss);
 }
 
@@ -1527,6 +1643,8 @@ static void sql_free(sql_store *ss) {
   pthread_cond_destroy(&ss->cv);
   pthread_mutex_destroy(&ss->mu);
   pthread_mutex_destroy(&ss->write_mu);
+  pthread_mutex_destroy(&ss->broken_mu);
+  free(ss->db_path);
   free(ss->conns);
   free(ss->idle);
   free(ss);
@@ -1697,6 +1815,7 @@ static bool sql_migrate(sqlite3 *db, char *err, size_t err_size) {
 static const store_ops sql_ops = {
     .name = "sqlite",
     .close = sql_close,
+    .health = sql_health,
     .account_create = sql_account_create,
     .account_get_by_email = sql_account_get_by_email,
     .account_get = sql_account_get,
@@ -1735,14 +1854,19 @@ static sql_store *sql_alloc(int pool_size) {
   if (!ss) return NULL;
   ss->conns = calloc((size_t)pool_size, sizeof *ss->conns);
   ss->idle = calloc((size_t)pool_size, sizeof *ss->idle);
-  if (!ss->conns || !ss->idle || pthread_mutex_init(&ss->mu, NULL) != 0) {
-    free(ss->conns);
-    free(ss->idle);
-    free(ss);
-    return NULL;
+  /* Each step only once the one before it worked; a failure undoes exactly
+   * the steps done. */
+  int done = 0;
+  if (ss->conns && ss->idle) {
+    if (pthread_mutex_init(&ss->mu, NULL) == 0) done = 1;
+    if (done == 1 && pthread_cond_init(&ss->cv, NULL) == 0) done = 2;
+    if (done == 2 && pthread_mutex_init(&ss->write_mu, NULL) == 0) done = 3;
+    if (done == 3 && pthread_mutex_init(&ss->broken_mu, NULL) == 0) done = 4;
   }
-  if (pthread_cond_init(&ss->cv, NULL) != 0 || pthread_mutex_init(&ss->write_mu, NULL) != 0) {
-    pthread_mutex_destroy(&ss->mu);
+  if (done < 4) {
+    if (done >= 3) pthread_mutex_destroy(&ss->write_mu);
+    if (done >= 2) pthread_cond_destroy(&ss->cv);
+    if (done >= 1) pthread_mutex_destroy(&ss->mu);
     free(ss->conns);
     free(ss->idle);
     free(ss);
@@ -1750,6 +1874,23 @@ static sql_store *sql_alloc(int pool_size) {
   }
   ss->base.ops = &sql_ops;
   return ss;
+}
+
+/* Remembers which file the connections opened (see sql_check_identity). */
+static bool sql_record_identity(sql_store *ss, char *err, size_t err_size) {
+  const char *name = sqlite3_db_filename(ss->conns[0], "main");
+  struct stat st;
+  if (!name || !*name || !(ss->db_path = strdup(name))) {
+    sql_set_err(err, err_size, "cannot tell which file the database is");
+    return false;
+  }
+  if (stat(ss->db_path, &st) != 0) {
+    sql_set_err(err, err_size, "cannot stat the database %s: %s", ss->db_path, strerror(errno));
+    return false;
+  }
+  ss->db_dev = st.st_dev;
+  ss->db_ino = st.st_ino;
+  return true;
 }
 
 int store_sqlite_pool_size(int threads) {
@@ -1802,6 +1943,10 @@ store *store_sqlite_open(const char *path, int pool_size, char *err, size_t err_
     }
     ss->conns[ss->n_conns++] = db;
     ss->idle[ss->n_idle++] = db;
+  }
+  if (!sql_record_identity(ss, err, err_size)) {
+    sql_free(ss);
+    return NULL;
   }
   return &ss->base;
 }

@@ -121,6 +121,19 @@ typedef struct store_ops {
   const char *name; /* "sqlite" */
   void (*close)(store *s);
 
+  /* Whether the store can still be trusted: STORE_OK, or STORE_ERROR with a
+   * reason for operators in reason (may be NULL; "" when OK). A store is
+   * broken when its storage was removed or replaced under it (the database
+   * file the path named at open is no longer the file it names now), or when
+   * an operation failed in a way that leaves its state in doubt (an I/O
+   * error, a read-only or corrupt database). Broken is for good: the store
+   * refuses every write from the moment it knows (so nothing is recorded, or
+   * charged, where no one will find it again) and logs one ERROR event; only
+   * opening it again (a restart) clears it. Reads go on answering from what
+   * the store holds. Cheap enough for every request: one stat(2) of the
+   * database file, no database access. */
+  int (*health)(store *s, char *reason, size_t reason_size);
+
   /* Accounts. Emails are compared as given (callers lower-case them). */
   int (*account_create)(store *s, const char *email, int64_t now_ms, int64_t *id_out); /* CONFLICT if taken */
   int (*account_get_by_email)(store *s, const char *email, store_account *out);
@@ -242,7 +255,11 @@ struct store {
 
 /* Opens (creating if needed) the SQLite database at path in WAL mode and
  * applies pending migrations. pool_size connections (1..STORE_SQLITE_MAX_POOL)
- * are shared by all threads. Returns NULL with a message in err on failure. */
+ * are shared by all threads. The store remembers the file's identity (device
+ * and inode) and checks, before every write and in health, that path still
+ * names that file. Returns NULL with a message in err on failure. Whether a
+ * database may be created at path is the caller's decision (main.c and
+ * datadir.h: only `serve` on a fresh folder and `admin init` create one). */
 store *store_sqlite_open(const char *path, int pool_size, char *err, size_t err_size);
 
 /* Durability of a commit (PRAGMA synchronous, applied to every connection

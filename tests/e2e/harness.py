@@ -120,6 +120,15 @@ def run_cli(*args, env=None, timeout=DEADLINE):
     return CliResult(argv, proc)
 
 
+def admin_init(data_dir):
+    """`imgate admin init`: the data folder and an empty database (the other
+    admin commands refuse a folder without one)."""
+    r = run_cli("admin", "init", "--data", data_dir)
+    if r.code != 0:
+        raise AssertionError("admin init failed: %r" % r)
+    return r
+
+
 def admin_account_create(data_dir, email, config_path=None):
     """The account gets the signup bonus of config_path (the default one without)."""
     extra = ["--config", config_path] if config_path else []
@@ -190,6 +199,8 @@ class Server:
             json.dump(self.config, f)
         self.keys = {}
         try:
+            if accounts and not os.path.exists(os.path.join(self.data_dir, "imgate.db")):
+                admin_init(self.data_dir)
             for email in accounts:
                 admin_account_create(self.data_dir, email, self.config_path)
                 self.keys[email] = admin_key_create(self.data_dir, email)

@@ -22,6 +22,12 @@ class CliTest(h.ServerTestCase):
         self.addCleanup(shutil.rmtree, d, True)
         return d
 
+    def db_dir(self):
+        """A data folder holding an empty database (`admin init`)."""
+        d = self.data_dir()
+        h.admin_init(d)
+        return d
+
     def config_file(self, doc):
         d = self.data_dir()
         path = os.path.join(d, "config.json")
@@ -52,7 +58,7 @@ class CliTest(h.ServerTestCase):
     # -- admin
 
     def test_account_create_and_duplicate(self):
-        d = self.data_dir()
+        d = self.db_dir()
         r = h.run_cli("admin", "account", "create", "carol@example.com", "--data", d)
         self.assertEqual(r.code, 0, r)
         self.assertRegex(r.stdout, r"^\S+\n$")
@@ -65,7 +71,7 @@ class CliTest(h.ServerTestCase):
         self.assertNotEqual(other.stdout, r.stdout)
 
     def test_account_list(self):
-        d = self.data_dir()
+        d = self.db_dir()
         h.admin_account_create(d, "carol@example.com")
         h.admin_account_create(d, "dave@example.com")
         lst = h.run_cli("admin", "account", "list", "--data", d)
@@ -74,7 +80,7 @@ class CliTest(h.ServerTestCase):
         self.assertIn("dave@example.com", lst.stdout)
 
     def test_key_create_prints_only_the_key(self):
-        d = self.data_dir()
+        d = self.db_dir()
         h.admin_account_create(d, "erin@example.com")
         keys = set()
         for name in ("laptop", None):
@@ -157,7 +163,7 @@ class CliTest(h.ServerTestCase):
                          {"": "active", "ci runner 2": "revoked"})
 
     def test_key_errors(self):
-        d = self.data_dir()
+        d = self.db_dir()
         h.admin_account_create(d, "frank@example.com")
         r = h.run_cli("admin", "key", "create", "nobody@example.com", "--data", d)
         self.assertEqual(r.code, 1, r)
@@ -227,7 +233,7 @@ class CliTest(h.ServerTestCase):
     def test_env_overrides(self):
         # No flags at all: listen address and data folder from the environment,
         # and an env variable beats the config file.
-        d = self.data_dir()
+        d = self.db_dir()
         h.admin_account_create(d, "hank@example.com")
         key = h.admin_key_create(d, "hank@example.com")
         cfg = self.config_file({"sim": {"delay_ms": 10, "fail_marker": "CFGFAIL"},
@@ -254,8 +260,7 @@ class CliTest(h.ServerTestCase):
         blocker.listen(1)
         port = blocker.getsockname()[1]
         fresh = os.path.join(self.data_dir(), "data")
-        existing = self.data_dir()
-        h.run_cli("admin", "account", "list", "--data", existing)  # a database, no account
+        existing = self.db_dir()  # a database, no account
         for d in (fresh, existing):
             with self.subTest(data=d):
                 r = h.run_cli("serve", "--listen", "127.0.0.1:%d" % port, "--data", d)

@@ -367,6 +367,10 @@ static int flaky_attempt_add(store *s, const char *id, const task_attempt *a) {
   store *r = ((flaky_store *)s)->real;
   return r->ops->task_attempt_add(r, id, a);
 }
+static int flaky_health(store *s, char *reason, size_t size) {
+  store *r = ((flaky_store *)s)->real;
+  return r->ops->health(r, reason, size);
+}
 
 static void flaky_init(flaky_store *fs, store *real) {
   memset(&fs->ops, 0, sizeof fs->ops); /* an unexpected call crashes the test loudly */
@@ -378,6 +382,7 @@ static void flaky_init(flaky_store *fs, store *real) {
   fs->ops.task_attempt_add = flaky_attempt_add;
   fs->ops.task_list_running = flaky_list_running;
   fs->ops.task_requeue = flaky_requeue_one;
+  fs->ops.health = flaky_health;
   fs->base.ops = &fs->ops;
   fs->real = real;
   fs->fail_finish = fs->fail_start_many = 0;

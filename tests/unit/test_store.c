@@ -1201,6 +1201,268 @@ static void test_idem_concurrent_duplicates(void **state) {
   free(r);
 }
 
+/* ---- a broken store -------------------------------------------------------------------- */
+
+static void assert_healthy(store *s) {
+  char reason[256] = "not touched";
+  assert_int_equal(s->ops->health(s, reason, sizeof reason), STORE_OK);
+  assert_string_equal(reason, "");
+}
+
+/* The store is broken, and says so with a reason containing want. */
+static void assert_broken(store *s, const char *want) {
+  char reason[256] = "";
+  assert_int_equal(s->ops->health(s, reason, sizeof reason), STORE_ERROR);
+  if (!strstr(reason, want)) fail_msg("health reason \"%s\" lacks \"%s\"", reason, want);
+  assert_int_equal(s->ops->health(s, NULL, 0), STORE_ERROR); /* reason is optional */
+}
+
+/* A new database file at path (rollback journal: one file), with sql run in it. */
+static void raw_create(const char *path, const char *sql) {
+  sqlite3 *db = NULL;
+  assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(db);
+}
+
+static void unlink_db_files(const char *path) {
+  static const char *const suffixes[] = {"", "-wal", "-shm"};
+  for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+    char p[160];
+    snprintf(p, sizeof p, "%s%s", path, suffixes[i]);
+    unlink(p);
+  }
+}
+
+/* `rm imgate.db*` under an open store: health says so, and no write
+ * lands in the unlinked file (where a restart would never find it), the
+ * final write of a running task (its capture) included. Reads go on. */
+static void test_health_database_removed(void **state) {
+  fx *f = *state;
+  task *t = make_task(f->account, NOW);
+  t->cost_held_micros = 9500;
+  assert_int_equal(f->s->ops->ledger_post(f->s, f->account, LEDGER_TOPUP, 100000, "t", NOW, NULL),
+                   STORE_OK);
+  assert_int_equal(f->s->ops->task_insert(f->s, t), STORE_OK);
+  int attempt = 0;
+  assert_int_equal(f->s->ops->task_start(f->s, t->id, "sim", NOW + 1, &attempt), STORE_OK);
+  assert_healthy(f->s);
+
+  unlink_db_files(f->path);
+  assert_broken(f->s, "imgate.db was removed");
+
+  int64_t id = 0;
+  assert_int_equal(f->s->ops->account_create(f->s, "late@example.com", NOW, &id), STORE_ERROR);
+  task_result r = make_result(0, "tok-removed");
+  assert_int_equal(f->s->ops->task_finish(f->s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, &r, 1,
+                                          NOW + 2, NULL),
+                   STORE_ERROR);
+  task_result_clear(&r);
+  assert_int_equal(f->s->ops->ledger_post(f->s, f->account, LEDGER_TOPUP, 1, "t", NOW, NULL),
+                   STORE_ERROR);
+  /* Reads answer from the file the store holds open: the refused writes are
+   * in it nowhere, and the task is still running with its hold. */
+  store_account a;
+  assert_int_equal(f->s->ops->account_get_by_email(f->s, "late@example.com", &a), STORE_NOT_FOUND);
+  task *got = get_task(f->s, t->id);
+  assert_int_equal(got->state, TASK_RUNNING);
+  assert_int_equal(got->n_results, 0);
+  task_free(got);
+  ledger_entry *e = NULL;
+  size_t n = 0;
+  assert_int_equal(f->s->ops->ledger_list(f->s, f->account, &e, &n), STORE_OK);
+  assert_int_equal(n, 2); /* the topup and the hold: no capture, no second topup */
+  assert_int_equal(e[1].kind, LEDGER_HOLD);
+  free(e);
+
+  /* A new file at the path does not heal it: it is not the file the
+   * connections write to. */
+  raw_create(f->path, "CREATE TABLE unrelated(x)");
+  assert_broken(f->s, "imgate.db was removed");
+  assert_int_equal(f->s->ops->account_create(f->s, "later@example.com", NOW, &id), STORE_ERROR);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM sqlite_master"), 1);
+  task_free(t);
+}
+
+/* Reads a whole small file; *len its size. */
+static char *slurp(const char *path, size_t *len) {
+  FILE *fp = fopen(path, "rb");
+  assert_non_null(fp);
+  char *buf = malloc(1 << 20);
+  assert_non_null(buf);
+  *len = fread(buf, 1, 1 << 20, fp);
+  assert_true(feof(fp));
+  fclose(fp);
+  return buf;
+}
+
+/* Another file renamed over the database (a restore done while the server
+ * runs): the store notices, and writes neither to its old file nor to the
+ * new one. */
+static void test_health_database_replaced(void **state) {
+  fx *f = *state;
+  char other[160];
+  snprintf(other, sizeof other, "%s/other.db", f->dir);
+  raw_create(other, "CREATE TABLE restored(x); INSERT INTO restored VALUES (42);");
+  size_t before_len, after_len;
+  char *before = slurp(other, &before_len);
+  assert_healthy(f->s);
+
+  assert_int_equal(rename(other, f->path), 0);
+  assert_broken(f->s, "imgate.db was replaced by another file");
+  task *t = make_task(f->account, NOW);
+  assert_int_equal(f->s->ops->task_insert(f->s, t), STORE_ERROR);
+  int64_t id = 0;
+  assert_int_equal(f->s->ops->key_create(f->s, f->account, "ab12", "igk_ab", "k", NOW, &id),
+                   STORE_ERROR);
+  task *got = NULL;
+  assert_int_equal(f->s->ops->task_get(f->s, t->id, &got), STORE_NOT_FOUND);
+  /* The new file is untouched, byte for byte (opening it with SQLite here
+   * would replay the old database's -wal into it: the store's files must
+   * be replaced as a set, with the server stopped). */
+  char *after = slurp(f->path, &after_len);
+  assert_int_equal(after_len, before_len);
+  assert_memory_equal(after, before, before_len);
+  free(before);
+  free(after);
+  task_free(t);
+}
+
+/* ---- a disk that fails ---- */
+
+/* A VFS over the default one whose syncs fail while fail_syncs is set: a
+ * disk that reports an I/O error when a commit is made durable. */
+typedef struct fault_file {
+  sqlite3_file base;
+  sqlite3_file *real; /* allocated right after this struct */
+} fault_file;
+
+static sqlite3_vfs *fault_real_vfs;
+static _Atomic bool fail_syncs;
+
+#define REAL(f) (((fault_file *)(f))->real)
+static int ff_close(sqlite3_file *f) { return REAL(f)->pMethods->xClose(REAL(f)); }
+static int ff_read(sqlite3_file *f, void *b, int n, sqlite3_int64 o) {
+  return REAL(f)->pMethods->xRead(REAL(f), b, n, o);
+}
+static int ff_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 o) {
+  return REAL(f)->pMethods->xWrite(REAL(f), b, n, o);
+}
+static int ff_truncate(sqlite3_file *f, sqlite3_int64 size) {
+  return REAL(f)->pMethods->xTruncate(REAL(f), size);
+}
+static int ff_sync(sqlite3_file *f, int flags) {
+  if (atomic_load(&fail_syncs)) return SQLITE_IOERR_FSYNC;
+  return REAL(f)->pMethods->xSync(REAL(f), flags);
+}
+static int ff_file_size(sqlite3_file *f, sqlite3_int64 *size) {
+  return REAL(f)->pMethods->xFileSize(REAL(f), size);
+}
+static int ff_lock(sqlite3_file *f, int l) { return REAL(f)->pMethods->xLock(REAL(f), l); }
+static int ff_unlock(sqlite3_file *f, int l) { return REAL(f)->pMethods->xUnlock(REAL(f), l); }
+static int ff_check_reserved(sqlite3_file *f, int *out) {
+  return REAL(f)->pMethods->xCheckReservedLock(REAL(f), out);
+}
+static int ff_file_control(sqlite3_file *f, int op, void *arg) {
+  return REAL(f)->pMethods->xFileControl(REAL(f), op, arg);
+}
+static int ff_sector_size(sqlite3_file *f) { return REAL(f)->pMethods->xSectorSize(REAL(f)); }
+static int ff_device_chars(sqlite3_file *f) {
+  return REAL(f)->pMethods->xDeviceCharacteristics(REAL(f));
+}
+static int ff_shm_map(sqlite3_file *f, int pg, int size, int extend, void volatile **out) {
+  return REAL(f)->pMethods->xShmMap(REAL(f), pg, size, extend, out);
+}
+static int ff_shm_lock(sqlite3_file *f, int off, int n, int flags) {
+  return REAL(f)->pMethods->xShmLock(REAL(f), off, n, flags);
+}
+static void ff_shm_barrier(sqlite3_file *f) { REAL(f)->pMethods->xShmBarrier(REAL(f)); }
+static int ff_shm_unmap(sqlite3_file *f, int del) {
+  return REAL(f)->pMethods->xShmUnmap(REAL(f), del);
+}
+static int ff_fetch(sqlite3_file *f, sqlite3_int64 o, int n, void **out) {
+  return REAL(f)->pMethods->xFetch(REAL(f), o, n, out);
+}
+static int ff_unfetch(sqlite3_file *f, sqlite3_int64 o, void *p) {
+  return REAL(f)->pMethods->xUnfetch(REAL(f), o, p);
+}
+
+static const sqlite3_io_methods fault_io = {
+    .iVersion = 3,
+    .xClose = ff_close,
+    .xRead = ff_read,
+    .xWrite = ff_write,
+    .xTruncate = ff_truncate,
+    .xSync = ff_sync,
+    .xFileSize = ff_file_size,
+    .xLock = ff_lock,
+    .xUnlock = ff_unlock,
+    .xCheckReservedLock = ff_check_reserved,
+    .xFileControl = ff_file_control,
+    .xSectorSize = ff_sector_size,
+    .xDeviceCharacteristics = ff_device_chars,
+    .xShmMap = ff_shm_map,
+    .xShmLock = ff_shm_lock,
+    .xShmBarrier = ff_shm_barrier,
+    .xShmUnmap = ff_shm_unmap,
+    .xFetch = ff_fetch,
+    .xUnfetch = ff_unfetch,
+};
+
+static int fault_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *file, int flags,
+                      int *out_flags) {
+  (void)vfs;
+  fault_file *ff = (fault_file *)file;
+  ff->real = (sqlite3_file *)(ff + 1);
+  int rc = fault_real_vfs->xOpen(fault_real_vfs, name, ff->real, flags, out_flags);
+  ff->base.pMethods = ff->real->pMethods ? &fault_io : NULL;
+  return rc;
+}
+
+static sqlite3_vfs fault_vfs;
+
+/* An fsync that fails while a commit is made durable breaks the store for
+ * good: the kernel may have dropped the pages, and a later sync that works
+ * would not bring them back. Writes stay refused after the disk recovers. */
+static void test_health_failed_sync(void **state) {
+  fx *f = *state;
+  fault_real_vfs = sqlite3_vfs_find(NULL);
+  assert_non_null(fault_real_vfs);
+  assert_true(fault_real_vfs->iVersion >= 2);
+  fault_vfs = *fault_real_vfs;
+  fault_vfs.zName = "imgate-test-fault";
+  fault_vfs.szOsFile = (int)sizeof(fault_file) + fault_real_vfs->szOsFile;
+  fault_vfs.xOpen = fault_open;
+  assert_int_equal(sqlite3_vfs_register(&fault_vfs, 1), SQLITE_OK); /* the default now */
+  store_sqlite_set_sync(STORE_SYNC_FULL); /* every commit syncs */
+  char path[160];
+  snprintf(path, sizeof path, "%s/faulty.db", f->dir);
+  store *s = open_store(path);
+  int64_t id = 0;
+  assert_int_equal(s->ops->account_create(s, "a@example.com", NOW, &id), STORE_OK);
+  assert_healthy(s);
+
+  atomic_store(&fail_syncs, true);
+  assert_int_equal(s->ops->account_create(s, "b@example.com", NOW, &id), STORE_ERROR);
+  atomic_store(&fail_syncs, false);
+  assert_broken(s, "disk I/O error");
+  assert_int_equal(s->ops->account_create(s, "c@example.com", NOW, &id), STORE_ERROR);
+  store_account a;
+  assert_int_equal(s->ops->account_get_by_email(s, "c@example.com", &a), STORE_NOT_FOUND);
+  assert_int_equal(s->ops->account_get_by_email(s, "a@example.com", &a), STORE_OK);
+  s->ops->close(s);
+
+  /* Opened again (a restart), the same file is healthy and takes writes. */
+  s = open_store(path);
+  assert_healthy(s);
+  assert_int_equal(s->ops->account_create(s, "c@example.com", NOW, &id), STORE_OK);
+  s->ops->close(s);
+  assert_int_equal(sqlite3_vfs_register(fault_real_vfs, 1), SQLITE_OK);
+  assert_int_equal(sqlite3_vfs_unregister(&fault_vfs), SQLITE_OK);
+  unlink_db_files(path);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_migrations_fresh_and_reopen, setup, teardown),
@@ -1232,6 +1494,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_idem_limits_and_refusals, setup, teardown),
       cmocka_unit_test_setup_teardown(test_idem_expiry_and_purge, setup, teardown),
       cmocka_unit_test_setup_teardown(test_idem_concurrent_duplicates, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_health_database_removed, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_health_database_replaced, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_health_failed_sync, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
