@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config
-  libmicrohttpd-dev   # HTTP server
+  node-llhttp         # HTTP/1.1 parser (llhttp's C sources, built into imgate)
   libcurl4-openssl-dev # outgoing HTTP (upstreams, fetches, webhooks)
   libsqlite3-dev      # embedded store
   libpq-dev           # PostgreSQL store

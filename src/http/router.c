@@ -13,6 +13,11 @@
  * - A trailing slash is a segment of its own, so "/v1/models/" and
  *   "/v1/models" are different paths. Clients get a 404 instead of a silent
  *   redirect, which keeps exactly one spelling of every URL.
+ * - When several patterns match a path, the most specific one decides,
+ *   segment by segment from the left: literal text beats "{name}suffix",
+ *   which beats "{name}". Only routes of that pattern count for the method:
+ *   with POST /t/create and GET /t/{id}, GET /t/create is 405 (Allow: POST),
+ *   never GET /t/{id} with id "create".
  * - HEAD falls back to a GET route when no HEAD route matches (the server
  *   drops the body of a HEAD response).
  * - The router is written only before the server starts; afterwards it is read
@@ -281,6 +286,23 @@ static void allow_join(const char **methods, int n, char *allow, size_t allow_si
   }
 }
 
+/* How specific a segment is: literal text beats a parameter with a literal
+ * suffix, which beats a bare parameter. */
+static int seg_rank(const route_seg *s) {
+  if (!s->name) return 2;
+  return s->text_len ? 1 : 0;
+}
+
+/* Orders two patterns that match the same path (so they have as many
+ * segments): > 0 when a is more specific, segment by segment from the left. */
+static int specificity_cmp(const route *a, const route *b) {
+  for (int i = 0; i < a->n_segs && i < b->n_segs; i++) {
+    int d = seg_rank(&a->segs[i]) - seg_rank(&b->segs[i]);
+    if (d) return d;
+  }
+  return 0;
+}
+
 http_route_result http_router_match(http_router *r, const char *method, const char *path,
                                     http_handler_fn *fn, http_guard_fn *guard, void **ctx,
                                     http_param *out_params, int *out_n, char *allow,
@@ -288,15 +310,23 @@ http_route_result http_router_match(http_router *r, const char *method, const ch
   if (out_n) *out_n = 0;
   if (allow && allow_size) allow[0] = '\0';
   if (!r || !method || !path) return HTTP_ROUTE_NOT_FOUND;
+  param_span spans[HTTP_MAX_PARAMS];
+  /* The most specific pattern that matches the path decides: a path that a
+   * literal route spells out is never taken by a parameter of another. */
+  const route *best = NULL;
+  for (size_t i = 0; i < r->n; i++) {
+    const route *rt = &r->routes[i];
+    if ((!best || specificity_cmp(rt, best) > 0) && route_matches(rt, path, spans)) best = rt;
+  }
+  if (!best) return HTTP_ROUTE_NOT_FOUND;
   bool is_head = strcmp(method, "HEAD") == 0;
   const route *found = NULL;
   const route *head_fallback = NULL;
   const char *methods[ROUTER_MAX_ALLOW];
   int n_methods = 0;
-  param_span spans[HTTP_MAX_PARAMS];
   for (size_t i = 0; i < r->n && !found; i++) {
     const route *rt = &r->routes[i];
-    if (!route_matches(rt, path, spans)) continue;
+    if (specificity_cmp(rt, best) != 0 || !route_matches(rt, path, spans)) continue;
     if (strcmp(rt->method, method) == 0) {
       found = rt; /* spans now hold this route's parameters */
     } else {
@@ -309,7 +339,6 @@ http_route_result http_router_match(http_router *r, const char *method, const ch
     route_matches(found, path, spans); /* refill spans, overwritten by later routes */
   }
   if (!found) {
-    if (n_methods == 0) return HTTP_ROUTE_NOT_FOUND;
     allow_join(methods, n_methods, allow, allow_size);
     return HTTP_ROUTE_BAD_METHOD;
   }

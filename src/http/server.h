@@ -1,14 +1,19 @@
-/* server.h - the HTTP server: libmicrohttpd underneath, handlers on top.
+/* server.h - the HTTP server: our own HTTP/1.1 connections over epoll, with
+ * llhttp parsing them, and handlers on top.
  *
  * The server reads the whole request body (up to a limit) before it calls a
- * handler, so handlers see a complete request and never touch libmicrohttpd.
- * A route may have a guard (authentication) that runs on the headers alone,
+ * handler, so handlers see a complete request and never touch a socket. A
+ * route may have a guard (authentication) that runs on the headers alone,
  * before any of the body is read; bodies held by all requests together have a
- * budget.
- * A handler fills in the response through http_reply_*(); when it returns, the
- * server sends it with X-Request-Id added and writes one access-log line.
+ * budget, taken as a body arrives. A handler fills in the response through
+ * http_reply_*(); when it returns, the server sends it with X-Request-Id
+ * added and writes one access-log line.
  *
- * Threads: libmicrohttpd with epoll and a pool of worker threads; a handler
+ * Every answer is the handler's or, for what the server refuses itself
+ * (malformed requests, unknown paths, bodies too large, timeouts), the JSON
+ * of the error hook (http_error_fn): never a library's HTML page.
+ *
+ * Threads: a pool of worker threads, each with its own epoll loop; a handler
  * runs on one of them and must not block for longer than a database write. */
 #ifndef IMGATE_HTTP_SERVER_H
 #define IMGATE_HTTP_SERVER_H
@@ -56,7 +61,7 @@ struct http_request {
   int64_t start_mono_ms;
   http_param params[HTTP_MAX_PARAMS]; /* path parameters from the matched route */
   int n_params;
-  void *conn;              /* the libmicrohttpd connection; only server.c uses it */
+  void *conn;              /* the server's own state of this request; NULL in a request built by hand */
   void *guard_data;        /* left by the route's guard for the handler; free()d with the request */
 
   /* --- filled by the handler through http_reply_* --- */
@@ -93,10 +98,13 @@ void http_reply_empty(http_request *req, int status);
 /* Adds a response header (copied). Call before or after setting the reply. */
 void http_reply_header(http_request *req, const char *name, const char *value);
 
-/* Errors the server itself produces (unknown route, wrong method, body too
- * large, malformed request) go through this hook, so they come out in the
- * right dialect. slug is e.g. "not_found", "method_not_allowed",
- * "payload_too_large". When no hook is set, a plain
+/* Errors the server itself produces go through this hook, so they come out
+ * in the right dialect. (status, slug): (400, "bad_request") a malformed
+ * request, (404, "not_found"), (405, "method_not_allowed"), (408,
+ * "request_timeout"), (413, "payload_too_large"), (414, "uri_too_long"), (431,
+ * "headers_too_large"), (500, "internal_error"), (503, "server_busy"), (505,
+ * "http_version_not_supported"). req->path is "" when the request was too
+ * malformed to have one. When no hook is set, a plain
  * {"error":{"code","message","param":null}} is sent. */
 typedef void (*http_error_fn)(http_request *req, int status, const char *slug, const char *message);
 
@@ -107,7 +115,10 @@ void http_router_free(http_router *r);
 /* Adds a route. pattern is a path of '/'-separated segments; a segment is
  * literal text, or "{name}" (any non-empty text without '/'), or "{name}" then
  * a literal suffix: "{model}:generateContent" matches "gemini-2.5:generateContent"
- * with model="gemini-2.5". Routes are tried in the order added.
+ * with model="gemini-2.5". When several patterns match a path, the most
+ * specific decides (literal text beats "{name}suffix" beats "{name}",
+ * segment by segment from the left), and only routes of that pattern count
+ * for the method; among equals, the first added wins.
  * Returns false when the pattern is malformed or has too many parameters. */
 bool http_router_add(http_router *r, const char *method, const char *pattern, http_handler_fn fn,
                      void *ctx);
@@ -147,19 +158,38 @@ typedef struct http_server_config {
   const char *listen_host; /* "127.0.0.1", "0.0.0.0", "::" ... */
   int listen_port;         /* 0 = pick a free port (see http_server_port) */
   int threads;             /* worker threads; <= 0 means the number of cores */
-  size_t max_body_bytes;   /* larger bodies get 413 without being read */
-  unsigned connection_timeout_s; /* idle connections are closed after this */
-  /* Connections open at once; 0 = libmicrohttpd's default, which is only
-   * FD_SETSIZE - 4 (1020), even with epoll. At the limit the server stops
+  size_t max_body_bytes;   /* larger bodies get 413 without being read (whole) */
+  /* A kept-alive connection with no request on its way is closed after this
+   * (0: 60 s). */
+  unsigned connection_timeout_s;
+  /* From a request's first byte (for a connection's first request: from its
+   * accept) to the end of its head; else 408 and the connection closes. The
+   * clock is not restarted by bytes arriving (0: 10 s). */
+  int header_timeout_ms;
+  /* A body must not pause for longer than this, and must average at least
+   * body_min_rate bytes per second after the first body_timeout_ms: each
+   * second's worth of bytes at the minimum rate moves the deadline on by a
+   * second, never beyond body_timeout_ms from now (0: 10 s, 4096 B/s). */
+  int body_timeout_ms;
+  unsigned body_min_rate;
+  /* The same for a response the client reads (0: 30 s, 4096 B/s). */
+  int send_timeout_ms;
+  unsigned send_min_rate;
+  /* Request line and header fields together (0: 32 KiB); more gets 431
+   * (414 when the target alone is longer than 8 KiB). */
+  size_t max_header_bytes;
+  /* Connections open at once (0: 16384). At the limit the server stops
    * accepting: new clients wait in the kernel's listen queue until a
    * connection closes. */
   unsigned max_connections;
-  /* Connections open at once from one address (0 = no limit); over it, a new
-   * connection is closed as soon as it is accepted. */
+  /* Connections open at once from one client address (an IPv4 address or an
+   * IPv6 /64; 0 = no limit); over it a new connection gets 429
+   * too_many_connections and is closed. */
   unsigned max_connections_per_ip;
   /* Request bodies held in memory by all connections together (0 = no
    * budget). A body that would go over it gets 503 server_busy with
-   * Retry-After: at once when Content-Length announces it, else at its end. */
+   * Retry-After: at once when Content-Length announces it, else as soon as
+   * it outgrows what is left. */
   size_t max_buffered_body_bytes;
   /* How long http_server_stop waits for requests in progress (0: it does
    * not wait). */
@@ -178,8 +208,8 @@ int http_server_port(http_server *s);
  * accepted; requests in progress (headers received, response not yet sent)
  * get up to shutdown_timeout_ms to finish, their responses saying
  * Connection: close; then every connection and the listen socket are closed
- * and s is freed. An idle kept-alive connection is simply closed, as HTTP
- * allows. */
+ * and s is freed. An idle kept-alive connection, or one whose request head
+ * has not fully arrived, is simply closed, as HTTP allows. */
 void http_server_stop(http_server *s);
 
 #endif

@@ -26,6 +26,7 @@
 
 #include "http/server.h"
 #include "util/buf.h"
+#include "http_testutil.h"
 
 #define BODY_LIMIT (2u * 1024 * 1024)
 #define FILE_SIZE (200 * 1024 + 7)
@@ -565,20 +566,6 @@ static void test_content_length_over_limit(void **state) {
   response_free(&r);
 }
 
-static int connect_local(int port) {
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  if (s < 0) return -1;
-  struct timeval tv = {.tv_sec = 20}; /* a failing server fails the test, not hangs it */
-  setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
-    close(s);
-    return -1;
-  }
-  return s;
-}
-
 static void test_content_length_answered_before_body(void **state) {
   fixture *f = *state;
   int s = connect_local(f->port);
@@ -595,34 +582,6 @@ static void test_content_length_answered_before_body(void **state) {
   }
   assert_memory_equal(reply, "HTTP/1.1 413", 12);
   close(s);
-}
-
-/* Sends all of text; false when the server has closed. */
-static bool send_all(int s, const char *text, size_t len) {
-  while (len > 0) {
-    ssize_t n = send(s, text, len, MSG_NOSIGNAL);
-    if (n <= 0) return false;
-    text += n;
-    len -= (size_t)n;
-  }
-  return true;
-}
-
-/* Reads a response head (up to the blank line) into out; returns its status,
- * or -1 when the connection ends first. The body, if any, is left unread. */
-static int read_head(int s, char *out, size_t size) {
-  size_t got = 0;
-  out[0] = '\0';
-  while (!strstr(out, "\r\n\r\n")) {
-    if (got + 1 >= size) return -1;
-    ssize_t n = recv(s, out + got, 1, 0); /* byte by byte: nothing of the body is taken */
-    if (n <= 0) return -1;
-    got += (size_t)n;
-    out[got] = '\0';
-  }
-  int status = -1;
-  if (sscanf(out, "HTTP/1.%*d %d", &status) != 1) return -1;
-  return status;
 }
 
 /* A guard refuses on the headers: the client that announced 2 MB and sent
@@ -794,18 +753,10 @@ static http_server *start_with(http_router *r, http_server_config cfg) {
   return s;
 }
 
-/* Opens a connection and sends head; asserts it was sent. */
-static int open_with(int port, const char *head) {
-  int s = connect_local(port);
-  assert_true(s >= 0);
-  assert_true(send_all(s, head, strlen(head)));
-  return s;
-}
-
-static const char *const HOLD_HEAD = /* 800,000 bytes announced */
-    "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 800000\r\nExpect: 100-continue\r\n\r\n";
-static const char *const SECOND_HEAD = /* 400,000 more would pass the 1 MiB budget */
-    "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 400000\r\nConnection: close\r\n\r\n";
+static const char *const HOLD_HEAD = /* 1,800,000 bytes announced */
+    "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1800000\r\nExpect: 100-continue\r\n\r\n";
+static const char *const SECOND_HEAD = /* 1,500,000: fits beside 1 MiB of a 3 MiB budget, not 1.8 */
+    "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1500000\r\nConnection: close\r\n\r\n";
 
 /* Sends n bytes of 'z'. */
 static void send_body(int s, size_t n) {
@@ -818,56 +769,73 @@ static void send_body(int s, size_t n) {
   }
 }
 
-/* The bodies held by all requests together have a budget: over it, a new
- * body gets 503 with Retry-After, at once when its length is announced. */
+/* Opens SECOND_HEAD until the server answers it 503 at once, that is until
+ * it has read enough of another body that this one no longer fits; -1 when
+ * that does not happen within the deadline. */
+static int poll_for_busy(int port, char *head, size_t size) {
+  for (int i = 0; i < 2000; i++) {
+    int s = open_with(port, SECOND_HEAD);
+    if (readable_within(s, 5)) {
+      int status = read_head(s, head, size);
+      close(s);
+      if (status == 503) return 503;
+    } else {
+      close(s); /* accepted: the budget still had room; look again */
+    }
+  }
+  return -1;
+}
+
+/* The bodies held by all requests together have a budget, counted as their
+ * buffers are allocated: a declared body takes its first megabyte when it
+ * starts and the rest once it is over that. Over the budget, a new body gets
+ * 503 with Retry-After, at once when its announced length no longer fits. */
 static void test_body_budget(void **state) {
   fixture *f = *state;
   http_server *srv = start_with(f->router, (http_server_config){
-                                               .threads = 2, .max_buffered_body_bytes = 1 << 20});
+                                               .threads = 2, .max_buffered_body_bytes = 3 << 20});
   assert_non_null(srv);
   int port = http_server_port(srv);
   char head[2048];
 
-  /* The 100 Continue says the first request's headers were handled: its
-   * 800,000 bytes are taken from the budget. */
+  /* A body that has barely started holds 1 MiB: another large one fits. */
   int first = open_with(port, HOLD_HEAD);
   assert_int_equal(read_head(first, head, sizeof head), 100);
-  send_body(first, 1000); /* and it is on its way */
-
+  send_body(first, 1000);
   int second = open_with(port, SECOND_HEAD);
-  assert_int_equal(read_head(second, head, sizeof head), 503);
-  assert_non_null(strcasestr(head, "Retry-After: 2"));
+  send_body(second, 1500000);
+  assert_int_equal(read_head(second, head, sizeof head), 200);
   close(second);
+
+  /* Once more than a megabyte of the first body is in, its buffer is its
+   * whole 1,800,000 bytes, and 1,500,000 more no longer fit. */
+  send_body(first, 1200000);
+  assert_int_equal(poll_for_busy(port, head, sizeof head), 503);
+  assert_non_null(strcasestr(head, "Retry-After: 2"));
 
   response r; /* small bodies still fit, and body-less requests are untouched */
   post_echo(port, 100000, &r);
   assert_int_equal(r.status, 200);
   response_free(&r);
-  feeder fd = {.limit = 400000}; /* a chunked body is refused at its end */
+  feeder fd = {.limit = 1300000}; /* a chunked body is refused once it outgrows the rest */
   post_streamed(port, &fd, -1, "Transfer-Encoding: chunked", &r);
   assert_int_equal(r.status, 503);
   assert_error_body(&r, "server_busy");
   response_free(&r);
 
-  send_body(first, 800000 - 1000);
+  send_body(first, 1800000 - 1201000);
   assert_int_equal(read_head(first, head, sizeof head), 200);
   close(first);
 
   /* The handler has run: its budget is back, whatever the client does now. */
   second = open_with(port, SECOND_HEAD);
-  send_body(second, 400000);
+  send_body(second, 1500000);
   assert_int_equal(read_head(second, head, sizeof head), 200);
   close(second);
   http_server_stop(srv);
 }
 
 static const char *const HELLO = "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
-
-/* True when s has something to read (or was closed) within ms. */
-static bool readable_within(int s, int ms) {
-  struct pollfd p = {.fd = s, .events = POLLIN};
-  return poll(&p, 1, ms) == 1;
-}
 
 /* Over max_connections, libmicrohttpd stops accepting: the next client
  * waits in the listen queue until a connection closes, then is served. */
@@ -904,7 +872,11 @@ static void test_connection_limit_per_ip(void **state) {
   assert_int_equal(read_head(a, head, sizeof head), 200);
   assert_int_equal(read_head(b, head, sizeof head), 200);
   int c = open_with(port, HELLO);
-  assert_int_equal(read_head(c, head, sizeof head), -1);
+  char body[512];
+  assert_int_equal(read_response(c, head, sizeof head, body, sizeof body), 429);
+  assert_non_null(strcasestr(head, "Connection: close"));
+  assert_json_error(body, "too_many_connections");
+  assert_true(closed_by_server(c));
   close(c);
   close(a);
   /* The server notices a's close on its own time: poll, with a deadline. */

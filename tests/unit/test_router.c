@@ -198,6 +198,44 @@ static void test_order_and_no_params_wanted(void **state) {
   http_router_free(r);
 }
 
+/* A literal route beats a parameter route on the paths it spells out,
+ * whatever the order they were added in; the parameter route keeps the rest. */
+static void test_literal_beats_parameter(void **state) {
+  http_router *r = http_router_new();
+  assert_true(http_router_add(r, "GET", "/api/t/{uid}", h_a, NULL));
+  assert_true(http_router_add(r, "POST", "/api/t/create-async", h_b, NULL));
+  assert_true(http_router_add(r, "GET", "/api/t/credits", h_c, NULL));
+  assert_true(http_router_add(r, "POST", "/m/{model}:gen", h_a, NULL));
+  assert_true(http_router_add(r, "GET", "/m/{model}", h_b, NULL));
+  match_out m;
+  match(r, "GET", "/api/t/create-async", &m); /* never the task "create-async" */
+  assert_int_equal(m.res, HTTP_ROUTE_BAD_METHOD);
+  assert_string_equal(m.allow, "POST");
+  match(r, "POST", "/api/t/create-async", &m);
+  assert_ptr_equal(m.fn, h_b);
+  match(r, "GET", "/api/t/credits", &m);
+  assert_ptr_equal(m.fn, h_c);
+  match(r, "GET", "/api/t/0192f1e4-aaaa", &m);
+  assert_ptr_equal(m.fn, h_a);
+  assert_string_equal(m.params[0].value, "0192f1e4-aaaa");
+  match_free(&m);
+  match(r, "POST", "/api/t/0192f1e4-aaaa", &m);
+  assert_int_equal(m.res, HTTP_ROUTE_BAD_METHOD);
+  assert_string_equal(m.allow, "GET");
+  /* A parameter with a literal suffix beats a bare one. */
+  match(r, "GET", "/m/x:gen", &m);
+  assert_int_equal(m.res, HTTP_ROUTE_BAD_METHOD);
+  assert_string_equal(m.allow, "POST");
+  match(r, "POST", "/m/x:gen", &m);
+  assert_ptr_equal(m.fn, h_a);
+  assert_string_equal(m.params[0].value, "x");
+  match_free(&m);
+  match(r, "GET", "/m/x:other", &m);
+  assert_ptr_equal(m.fn, h_b);
+  match_free(&m);
+  http_router_free(r);
+}
+
 static void test_method_not_allowed(void **state) {
   http_router *r = http_router_new();
   assert_true(http_router_add(r, "GET", "/v1/items", h_a, NULL));
@@ -207,11 +245,16 @@ static void test_method_not_allowed(void **state) {
   assert_true(http_router_add(r, "PUT", "/v2/items", h_c, NULL)); /* other path: not listed */
   match_out m;
 
+  /* /v1/items is spelled out by literal routes: those alone answer for it,
+   * the {thing} routes (which would match too) do not. */
   match(r, "PATCH", "/v1/items", &m);
   assert_int_equal(m.res, HTTP_ROUTE_BAD_METHOD);
-  assert_string_equal(m.allow, "GET, POST, DELETE");
+  assert_string_equal(m.allow, "GET, POST");
   assert_null(m.fn);
   assert_int_equal(m.n, 0);
+  match(r, "DELETE", "/v1/items", &m);
+  assert_int_equal(m.res, HTTP_ROUTE_BAD_METHOD);
+  assert_string_equal(m.allow, "GET, POST");
 
   match(r, "POST", "/v1/other", &m);
   assert_int_equal(m.res, HTTP_ROUTE_BAD_METHOD);
@@ -327,6 +370,7 @@ int main(void) {
       cmocka_unit_test(test_percent_decoding),
       cmocka_unit_test(test_order_and_no_params_wanted),
       cmocka_unit_test(test_method_not_allowed),
+      cmocka_unit_test(test_literal_beats_parameter),
       cmocka_unit_test(test_head_falls_back_to_get),
       cmocka_unit_test(test_too_many_params),
       cmocka_unit_test(test_malformed_patterns),
