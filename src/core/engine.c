@@ -452,7 +452,9 @@ static void handle_outcome(engine *e, job *j) {
         LOG_WARN("attempt_record_failed", "task=%s", j->task_id);
       provider_outcome_free(o);
       j->outcome = NULL;
-      schedule(e, j, now + delay);
+      /* +1: the clock counts whole milliseconds, so without it a retry could
+       * go up to a millisecond before the time an upstream asked for. */
+      schedule(e, j, now + delay + 1);
       return;
     }
   }
