@@ -31,10 +31,18 @@ void config_defaults(imgate_config *c) {
    * each create hold ~250 MiB (body, parsed copy, decoded images). */
   c->max_body_bytes = 32u << 20;
   c->connection_timeout_s = 60;
-  /* 10,000 clients polling at once, each on its own connection, plus room.
-   * libmicrohttpd's own default is FD_SETSIZE - 4 (1020), even with epoll. */
+  /* 10,000 clients polling at once, each on its own connection, plus room. */
   c->max_connections = 16384;
-  c->max_connections_per_ip = 0; /* behind a proxy every client has its address */
+  /* One client may hold this many connections: far more than a browser or
+   * an SDK's pool, far fewer than the server's. Behind a reverse proxy every
+   * client has the proxy's address: set it to 0 there (docs/operations.md). */
+  c->max_connections_per_ip = 256;
+  c->http_header_timeout_ms = 10000;
+  c->http_body_timeout_ms = 10000;
+  c->http_body_min_rate = 4096;
+  c->http_send_timeout_ms = 30000;
+  c->http_send_min_rate = 4096;
+  c->http_max_header_bytes = 32768;
   /* Sixteen full-size bodies at once; what is held beyond that is a client
    * making the server buffer for it. */
   c->max_buffered_body_bytes = 512u << 20;
@@ -98,6 +106,12 @@ static const key_spec keys[] = {
     {"http.max_connections_per_ip", K_INT, F(max_connections_per_ip), 0, 1000000},
     {"http.max_buffered_body_bytes", K_SIZE, F(max_buffered_body_bytes), 1LL << 20, 1LL << 40},
     {"http.shutdown_timeout_ms", K_INT, F(http_shutdown_timeout_ms), 0, 3600000},
+    {"http.header_timeout_ms", K_INT, F(http_header_timeout_ms), 100, 600000},
+    {"http.body_timeout_ms", K_INT, F(http_body_timeout_ms), 100, 600000},
+    {"http.body_min_rate", K_INT, F(http_body_min_rate), 1, 1 << 30},
+    {"http.send_timeout_ms", K_INT, F(http_send_timeout_ms), 100, 600000},
+    {"http.send_min_rate", K_INT, F(http_send_min_rate), 1, 1 << 30},
+    {"http.max_header_bytes", K_SIZE, F(http_max_header_bytes), 8192 + 64, 1 << 20},
     {"limits", K_OBJ, 0, 0, 0, 0},
     {"limits.max_prompt_chars", K_INT, F(max_prompt_chars), 1, 1000000},
     {"limits.max_image_bytes", K_SIZE, F(max_image_bytes), 1, 1LL << 30},

@@ -75,6 +75,12 @@ typedef struct imgate_config {
   int max_connections_per_ip;  /* 0 = no per-address limit */
   size_t max_buffered_body_bytes; /* request bodies held in memory at once */
   int http_shutdown_timeout_ms; /* how long shutdown waits for requests in progress */
+  int http_header_timeout_ms;  /* a request's head must arrive within this */
+  int http_body_timeout_ms;    /* a body may pause this long ... */
+  int http_body_min_rate;      /* ... and must average this many bytes per second */
+  int http_send_timeout_ms;    /* the same for an answer the client reads */
+  int http_send_min_rate;
+  size_t http_max_header_bytes; /* request line and header fields together */
 
   int max_prompt_chars;
   size_t max_image_bytes;      /* per decoded reference image */

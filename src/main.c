@@ -820,6 +820,12 @@ static int serve_start_http(serve_parts *p, const imgate_config *cfg) {
                            .max_connections_per_ip = (unsigned)cfg->max_connections_per_ip,
                            .max_buffered_body_bytes = cfg->max_buffered_body_bytes,
                            .shutdown_timeout_ms = cfg->http_shutdown_timeout_ms,
+                           .header_timeout_ms = cfg->http_header_timeout_ms,
+                           .body_timeout_ms = cfg->http_body_timeout_ms,
+                           .body_min_rate = (unsigned)cfg->http_body_min_rate,
+                           .send_timeout_ms = cfg->http_send_timeout_ms,
+                           .send_min_rate = (unsigned)cfg->http_send_min_rate,
+                           .max_header_bytes = cfg->http_max_header_bytes,
                            .on_error = api_server_error_hook};
   char err[256];
   p->listener = NULL; /* the server's now, whatever happens */

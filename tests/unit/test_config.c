@@ -148,7 +148,13 @@ static void test_http_limits(void **state) {
   char err[256];
   config_defaults(&c);
   assert_int_equal(c.max_connections, 16384); /* 10,000 pollers and room */
-  assert_int_equal(c.max_connections_per_ip, 0);
+  assert_int_equal(c.max_connections_per_ip, 256);
+  assert_int_equal(c.http_header_timeout_ms, 10000);
+  assert_int_equal(c.http_body_timeout_ms, 10000);
+  assert_int_equal(c.http_body_min_rate, 4096);
+  assert_int_equal(c.http_send_timeout_ms, 30000);
+  assert_int_equal(c.http_send_min_rate, 4096);
+  assert_int_equal(c.http_max_header_bytes, 32768);
   assert_int_equal(c.max_buffered_body_bytes, 512u << 20);
   assert_int_equal(c.http_shutdown_timeout_ms, 10000);
   assert_int_equal(load_text(&c,
@@ -175,6 +181,27 @@ static void test_http_limits(void **state) {
   assert_int_equal(
       load_text(&c, "{\"http\":{\"shutdown_timeout_ms\":-5}}", err, sizeof err), -1);
   assert_non_null(strstr(err, "http.shutdown_timeout_ms"));
+
+  /* The deadlines of a slow client, and the size of a request's head. */
+  assert_int_equal(load_text(&c,
+                             "{\"http\":{\"header_timeout_ms\":2500,\"body_timeout_ms\":3000,"
+                             "\"body_min_rate\":100,\"send_timeout_ms\":4000,"
+                             "\"send_min_rate\":200,\"max_header_bytes\":65536}}",
+                             err, sizeof err),
+                   0);
+  assert_int_equal(c.http_header_timeout_ms, 2500);
+  assert_int_equal(c.http_body_timeout_ms, 3000);
+  assert_int_equal(c.http_body_min_rate, 100);
+  assert_int_equal(c.http_send_timeout_ms, 4000);
+  assert_int_equal(c.http_send_min_rate, 200);
+  assert_int_equal(c.http_max_header_bytes, 65536);
+  static const char *const refused[] = {
+      "{\"http\":{\"header_timeout_ms\":0}}", "{\"http\":{\"body_timeout_ms\":99}}",
+      "{\"http\":{\"body_min_rate\":0}}",     "{\"http\":{\"send_timeout_ms\":700000}}",
+      "{\"http\":{\"send_min_rate\":-1}}",    "{\"http\":{\"max_header_bytes\":4096}}",
+  };
+  for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
+    assert_int_equal(load_text(&c, refused[i], err, sizeof err), -1);
 
   /* A budget smaller than one body at the limit could never let it in. */
   config_defaults(&c);

@@ -837,8 +837,8 @@ static void test_body_budget(void **state) {
 
 static const char *const HELLO = "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
 
-/* Over max_connections, libmicrohttpd stops accepting: the next client
- * waits in the listen queue until a connection closes, then is served. */
+/* Over max_connections, the server stops accepting: the next client waits
+ * in the listen queue until a connection closes, then is served. */
 static void test_connection_limit(void **state) {
   fixture *f = *state;
   http_server *srv =
@@ -1022,7 +1022,7 @@ static void test_start_errors(void **state) {
   http_server_config cfg = {.listen_host = "127.0.0.1", .listen_port = f->port, .threads = 1,
                             .max_body_bytes = 10, .connection_timeout_s = 5};
   assert_null(http_server_start(&cfg, f->router, err, sizeof err)); /* port in use */
-  assert_non_null(strstr(err, "in use")); /* libmicrohttpd's reason reaches the caller */
+  assert_non_null(strstr(err, "in use")); /* the system's reason reaches the caller */
   cfg.listen_host = "no-such-host.invalid";
   cfg.listen_port = 0;
   err[0] = '\0';
