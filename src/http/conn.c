@@ -291,16 +291,8 @@ static void conn_send(http_conn *c) {
     conn_kill(c);
     return;
   }
-  bool has_body = req->status >= 200 && req->status != 204 && req->status != 304;
-  if (!has_body || x->head_only) {
-    /* Nothing of the body goes out (HEAD keeps its Content-Length). */
-    free(req->resp_body);
-    req->resp_body = NULL;
-    req->resp_len = 0;
-    if (req->resp_fd >= 0) close(req->resp_fd);
-    req->resp_fd = -1;
-    req->resp_fd_size = 0;
-  }
+  /* Nothing of the body goes out (HEAD keeps its Content-Length). */
+  if (!reply_status_has_body(req->status) || x->head_only) reply_drop_body(req);
   x->resp_bytes = req->resp_fd >= 0 ? (size_t)req->resp_fd_size : req->resp_len;
   c->body_off = 0;
   c->state = CONN_SEND;
@@ -675,7 +667,8 @@ static int body_room(http_conn *c, size_t need) {
   /* A declared body is allocated at most twice (its first megabyte, then
    * all of it): more would mean its length is misread, and copies grow
    * with the square of the body. */
-  assert(!declared || ++x->body_grows <= 2);
+  x->body_grows++;
+  assert(!declared || x->body_grows <= 2);
   char *data = realloc(x->body.data, cap);
   if (!data) {
     LOG_ERROR("http_body_out_of_memory", "req=%s len=%zu", x->req.request_id, need);
@@ -703,6 +696,8 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
 static int on_message_complete(llhttp_t *p) {
   http_conn *c = conn_of(p);
   c->x->complete = true;
+  /* After an Upgrade (or CONNECT) request, what follows is not HTTP. */
+  if (p->upgrade) c->close_after = true;
   return HPE_PAUSED; /* anything after it waits until this request is answered */
 }
 

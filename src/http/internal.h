@@ -177,6 +177,10 @@ void reply_clear(http_exchange *x);
  * shape) and records the slug for the access log. */
 void reply_error(http_exchange *x, http_error_fn hook, int status, const char *slug,
                  const char *message);
+/* Frees the body (bytes or file) of a reply; status and headers stay. */
+void reply_drop_body(http_request *req);
+/* False for 1xx, 204 and 304, which carry no body and no Content-Length. */
+bool reply_status_has_body(int status);
 /* The reason phrase of a status ("Not Found"); "Unknown" for others. */
 const char *reply_reason(int status);
 

@@ -75,14 +75,18 @@ void http_reply_header(http_request *req, const char *name, const char *value) {
   req->n_resp_headers++;
 }
 
-/* Drops any earlier body, so a handler that replies twice leaks nothing. */
-static void reply_reset(http_request *req, int status, const char *content_type) {
+void reply_drop_body(http_request *req) {
   free(req->resp_body);
   req->resp_body = NULL;
   req->resp_len = 0;
   if (req->resp_fd >= 0) close(req->resp_fd);
   req->resp_fd = -1;
   req->resp_fd_size = 0;
+}
+
+/* Drops any earlier body, so a handler that replies twice leaks nothing. */
+static void reply_reset(http_request *req, int status, const char *content_type) {
+  reply_drop_body(req);
   req->status = status;
   header_remove(req, "Content-Type");
   if (content_type) http_reply_header(req, "Content-Type", content_type);
@@ -168,10 +172,7 @@ void reply_clear(http_exchange *x) {
     free(req->resp_headers[i].value);
   }
   req->n_resp_headers = 0;
-  free(req->resp_body);
-  req->resp_body = NULL;
-  if (req->resp_fd >= 0) close(req->resp_fd);
-  req->resp_fd = -1;
+  reply_drop_body(req);
   while (x->queries) {
     query_copy *next = x->queries->next;
     free(x->queries);
@@ -316,8 +317,7 @@ const char *reply_reason(int status) {
   }
 }
 
-/* 1xx, 204 and 304 carry no body and no Content-Length. */
-static bool status_has_body(int status) {
+bool reply_status_has_body(int status) {
   return status >= 200 && status != 204 && status != 304;
 }
 
@@ -335,7 +335,7 @@ bool reply_write_head(http_exchange *x, const char *date, bool close, bool keep_
       continue;
     ok = buf_printf(out, "%s: %s\r\n", h->name, h->value);
   }
-  if (ok && status_has_body(req->status)) {
+  if (ok && reply_status_has_body(req->status)) {
     uint64_t len = req->resp_fd >= 0 ? req->resp_fd_size : (uint64_t)req->resp_len;
     ok = buf_printf(out, "Content-Length: %" PRIu64 "\r\n", len);
   }

@@ -286,12 +286,21 @@ static void accept_some(http_worker *w) {
 
 /* --- the worker loop --- */
 
-static void on_wake(http_worker *w, bool *stop_seen) {
+/* Another thread wrote to the wake descriptor. True when that was the
+ * server starting to stop, seen for the first time. */
+static bool on_wake(http_worker *w, bool *stop_seen) {
   uint64_t v;
   ssize_t n = read(w->wake_fd, &v, sizeof v);
   (void)n;
-  if (!atomic_load(&w->s->stopping) || *stop_seen) return;
+  if (!atomic_load(&w->s->stopping) || *stop_seen) return false;
   *stop_seen = true;
+  return true;
+}
+
+/* The server is stopping: idle connections close, the others after their
+ * answer. Runs after a batch of events, never inside one: it frees
+ * connections that later events of the same batch would still name. */
+static void stop_connections(http_worker *w) {
   for (http_conn *c = w->conns, *next; c; c = next) {
     next = conn_next(c);
     conn_on_stop(c);
@@ -342,12 +351,16 @@ static void *worker_main(void *arg) {
       LOG_ERROR("http_epoll_wait_failed", "errno=%d", errno);
       break;
     }
+    bool stop_now = false;
     for (int i = 0; i < n; i++) {
       void *tag = events[i].data.ptr;
       if (tag == &listen_tag) accept_some(w);
-      else if (tag == &wake_tag) on_wake(w, &stop_seen);
+      else if (tag == &wake_tag) stop_now |= on_wake(w, &stop_seen);
       else conn_on_events(tag, events[i].events);
     }
+    /* From here on nothing of this batch is looked at: these may free
+     * connections. */
+    if (stop_now) stop_connections(w);
     run_again(w);
     run_deadlines(w);
   }
