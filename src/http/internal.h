@@ -89,12 +89,15 @@ struct http_worker {
   http_conn *conns;    /* every connection of this worker (doubly linked) */
   http_conn *again;    /* connections that stopped with work left, for another turn */
   char *scratch;       /* HTTP_READ_CHUNK bytes: reads land here first */
+  uint64_t id_prefix, id_counter; /* request ids (http_worker_request_id) */
   int64_t date_sec;    /* the second date[] was formatted for */
   char date[40];
 };
 
 /* --- server.c --- */
 
+/* A fresh request id: 32 lower-case hex digits. */
+void http_worker_request_id(http_worker *w, char out[33]);
 /* The current time as an HTTP date, formatted once per second per worker. */
 void http_worker_date(http_worker *w, char out[40]);
 

@@ -6,7 +6,6 @@
  * parsed request through req->conn (the exchange), and answer NULL without
  * one. */
 #include <ctype.h>
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -321,11 +320,31 @@ bool reply_status_has_body(int status) {
   return status >= 200 && status != 204 && status != 304;
 }
 
+/* Appending without printf: the head of every answer is written here, and
+ * formatting it with buf_printf cost a tenth of a plain 404. */
+static bool put(buf *b, const char *s) { return buf_append(b, s, strlen(s)); }
+
+static bool put_u64(buf *b, uint64_t v) {
+  char digits[24];
+  size_t i = sizeof digits;
+  do {
+    digits[--i] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  return buf_append(b, digits + i, sizeof digits - i);
+}
+
+static bool put_header(buf *b, const char *name, const char *value) {
+  return put(b, name) && buf_append(b, ": ", 2) && put(b, value) && buf_append(b, "\r\n", 2);
+}
+
 bool reply_write_head(http_exchange *x, const char *date, bool close, bool keep_alive_10,
                       buf *out) {
   http_request *req = &x->req;
-  bool ok = buf_printf(out, "HTTP/1.1 %d %s\r\nDate: %s\r\n", req->status,
-                       reply_reason(req->status), date);
+  bool ok = buf_reserve(out, 512) && buf_append(out, "HTTP/1.1 ", 9) &&
+            put_u64(out, (uint64_t)req->status) && buf_append(out, " ", 1) &&
+            put(out, reply_reason(req->status)) && buf_append(out, "\r\n", 2) &&
+            put_header(out, "Date", date);
   for (int i = 0; ok && i < req->n_resp_headers; i++) {
     const http_header *h = &req->resp_headers[i];
     /* The server writes these itself, from what it really sends. */
@@ -333,15 +352,15 @@ bool reply_write_head(http_exchange *x, const char *date, bool close, bool keep_
         strcasecmp(h->name, "Connection") == 0 || strcasecmp(h->name, "Transfer-Encoding") == 0 ||
         strcasecmp(h->name, "Date") == 0)
       continue;
-    ok = buf_printf(out, "%s: %s\r\n", h->name, h->value);
+    ok = put_header(out, h->name, h->value);
   }
   if (ok && reply_status_has_body(req->status)) {
     uint64_t len = req->resp_fd >= 0 ? req->resp_fd_size : (uint64_t)req->resp_len;
-    ok = buf_printf(out, "Content-Length: %" PRIu64 "\r\n", len);
+    ok = put(out, "Content-Length: ") && put_u64(out, len) && buf_append(out, "\r\n", 2);
   }
-  if (ok) ok = buf_printf(out, "%s: %s\r\n", REQUEST_ID_HEADER, req->request_id);
-  if (ok && close) ok = buf_append_str(out, "Connection: close\r\n");
-  else if (ok && keep_alive_10) ok = buf_append_str(out, "Connection: keep-alive\r\n");
-  if (ok) ok = buf_append_str(out, "\r\n");
+  if (ok) ok = put_header(out, REQUEST_ID_HEADER, req->request_id);
+  if (ok && close) ok = put(out, "Connection: close\r\n");
+  else if (ok && keep_alive_10) ok = put(out, "Connection: keep-alive\r\n");
+  if (ok) ok = buf_append(out, "\r\n", 2);
   return ok;
 }
