@@ -3,6 +3,9 @@
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+# Seconds each fuzz target runs in `make test` (docs/testing.md for long runs).
+FUZZ_SECONDS ?= 8
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
 LISTEN     ?= 127.0.0.1:8080
@@ -11,7 +14,7 @@ DATA       ?= ./var
 # Sub-makes (cmake's) stay quiet about directories; errors still show.
 MAKEFLAGS  += --no-print-directory
 
-.PHONY: all deps build build-asan run test test-fast test-asan bench clean
+.PHONY: all deps build build-asan run test test-fast test-asan fuzz test-fuzz bench clean
 
 all: build
 
@@ -36,8 +39,9 @@ run: deps $(BUILD)/Makefile
 	@cmake --build $(BUILD) -j $(JOBS) --target imgate
 	@$(BUILD)/imgate serve --listen $(LISTEN) --data $(DATA)
 
-# Every test, on the optimised build and then under ASan+UBSan.
-test: test-fast test-asan
+# Every test, on the optimised build and then under ASan+UBSan, then a short
+# run of every fuzz target.
+test: test-fast test-asan test-fuzz
 
 test-fast: build
 	@cd $(BUILD) && ctest --output-on-failure -j 2
@@ -47,10 +51,23 @@ test-asan: build-asan
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure -j 2
 
+# The fuzz targets (tests/fuzz/), built with clang's libFuzzer in their own
+# folder; the gcc builds above are not touched.
+$(FUZZ_BUILD)/Makefile: tests/fuzz/CMakeLists.txt
+	@cmake -S tests/fuzz -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang >/dev/null
+
+fuzz:
+	@./scripts/deps.sh --fuzz
+	@$(MAKE) $(FUZZ_BUILD)/Makefile
+	@cmake --build $(FUZZ_BUILD) -j $(JOBS)
+
+test-fuzz: fuzz
+	@tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
+
 # Benchmarks (not tests): see docs/benchmarks.md.
 bench: build
 	@./scripts/deps.sh --bench
 	@./bench/inflight
 
 clean:
-	@rm -rf $(BUILD) $(ASAN_BUILD)
+	@rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

@@ -17,10 +17,16 @@ packages=(
   python3             # end-to-end test driver (standard library only)
   curl file           # README walkthrough
 )
-# `deps.sh --bench` adds the load generators the benchmarks under bench/ use.
-if [ "${1:-}" = "--bench" ]; then
-  packages+=(wrk)
-fi
+# `deps.sh --bench` adds the load generators the benchmarks under bench/ use;
+# `deps.sh --fuzz` clang and its libFuzzer runtime (libclang_rt.fuzzer, in
+# libclang-rt-dev) for the fuzz targets under tests/fuzz/.
+for arg in "$@"; do
+  case "$arg" in
+  --bench) packages+=(wrk) ;;
+  --fuzz) packages+=(clang libclang-rt-dev) ;;
+  *) echo "deps: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${packages[@]}"; do

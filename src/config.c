@@ -433,22 +433,36 @@ static int apply_json(imgate_config *c, json_t *obj, const char *prefix, char *e
   return 0;
 }
 
-int config_load_file(imgate_config *c, const char *path, char *err, size_t err_size) {
-  json_error_t jerr;
-  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+/* What loading a file and loading text share: root is the parsed document,
+ * or NULL with jerr saying why; origin names the source in messages. */
+static int load_root(imgate_config *c, json_t *root, const json_error_t *jerr, const char *origin,
+                     char *err, size_t err_size) {
   if (!root) {
-    snprintf(err, err_size, "%s:%d: %s", path, jerr.line, jerr.text);
+    snprintf(err, err_size, "%s:%d: %s", origin, jerr->line, jerr->text);
     return -1;
   }
   int rc = 0;
   if (!json_is_object(root)) {
-    snprintf(err, err_size, "%s: the configuration must be a JSON object", path);
+    snprintf(err, err_size, "%s: the configuration must be a JSON object", origin);
     rc = -1;
   } else {
     rc = apply_json(c, root, "", err, err_size);
   }
   json_decref(root);
   return rc;
+}
+
+int config_load_file(imgate_config *c, const char *path, char *err, size_t err_size) {
+  json_error_t jerr;
+  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+  return load_root(c, root, &jerr, path, err, err_size);
+}
+
+int config_load_json(imgate_config *c, const char *text, size_t len, char *err,
+                     size_t err_size) {
+  json_error_t jerr;
+  json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+  return load_root(c, root, &jerr, "config", err, err_size);
 }
 
 static int env_int(imgate_config *c, const char *env, const char *key, char *err,

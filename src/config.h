@@ -125,6 +125,10 @@ typedef struct imgate_config {
 void config_defaults(imgate_config *c);
 /* Merges a JSON config file into c. Returns 0, or -1 with err set. */
 int config_load_file(imgate_config *c, const char *path, char *err, size_t err_size);
+/* The same for len bytes of JSON text already in memory; messages name the
+ * source "config". */
+int config_load_json(imgate_config *c, const char *text, size_t len, char *err,
+                     size_t err_size);
 /* Applies IMGATE_* environment variables. Returns 0, or -1 with err set. */
 int config_load_env(imgate_config *c, char *err, size_t err_size);
 /* Checks ranges and splits listen into host and port. Returns 0, or -1 with err set. */

@@ -20,7 +20,10 @@
 #define ACCOUNTS_KEY_RANDOM_LEN 40
 #define ACCOUNTS_KEY_LEN (4 + ACCOUNTS_KEY_RANDOM_LEN)
 
-/* Lower-cases email into out and checks its shape (one '@', no spaces, <= 254). */
+/* Lower-cases email into out and checks its shape: 3 to 254 bytes of
+ * printable ASCII other than space, '"', '\\' and ','; exactly one '@', with
+ * text before and after it. out needs strlen(email) + 1 bytes; false when it
+ * is smaller or the shape is wrong. */
 bool accounts_normalize_email(const char *email, char *out, size_t out_size);
 /* True when key has the shape of an imgate key (prefix, length, alphabet). */
 bool accounts_key_well_formed(const char *key);

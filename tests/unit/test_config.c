@@ -83,6 +83,26 @@ static void test_file_errors_name_the_key(void **state) {
   assert_int_equal(load_text(&c, "{\"listen\":\"a:1\",\"listen\":\"b:2\"}", err, sizeof err), -1);
 }
 
+/* The same loader from memory: only len bytes are read, and messages name "config". */
+static void test_json_text(void **state) {
+  (void)state;
+  imgate_config c;
+  char err[256];
+  config_defaults(&c);
+  const char text[] = "{\"listen\":\"0.0.0.0:9000\",\"sim\":{\"delay_ms\":7}}garbage";
+  assert_int_equal(config_load_json(&c, text, strlen(text) - strlen("garbage"), err, sizeof err),
+                   0);
+  assert_string_equal(c.listen, "0.0.0.0:9000");
+  assert_int_equal(c.sim_delay_ms, 7);
+  assert_int_equal(config_load_json(&c, text, strlen(text), err, sizeof err), -1);
+  assert_true(strncmp(err, "config:1:", 9) == 0);
+  assert_int_equal(config_load_json(&c, "[1]", 3, err, sizeof err), -1);
+  assert_string_equal(err, "config: the configuration must be a JSON object");
+  assert_int_equal(config_load_json(&c, "{\"sim\":{\"delay_ms\":-1}}", 23, err, sizeof err), -1);
+  assert_non_null(strstr(err, "sim.delay_ms"));
+  assert_int_equal(c.sim_delay_ms, 7);
+}
+
 static void test_env_overrides(void **state) {
   (void)state;
   imgate_config c;
@@ -260,7 +280,8 @@ static void test_billing_keys(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defaults),       cmocka_unit_test(test_file_merges),
-      cmocka_unit_test(test_file_errors_name_the_key), cmocka_unit_test(test_env_overrides),
+      cmocka_unit_test(test_file_errors_name_the_key), cmocka_unit_test(test_json_text),
+      cmocka_unit_test(test_env_overrides),
       cmocka_unit_test(test_split_listen),   cmocka_unit_test(test_validate),
       cmocka_unit_test(test_http_limits),    cmocka_unit_test(test_billing_keys),
   };
