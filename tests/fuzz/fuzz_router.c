@@ -7,9 +7,11 @@
  *
  * A reference matcher written from the router's documented rules (split on
  * '/', an empty segment is a segment, "{name}suffix" takes a non-empty value
- * that percent-decodes cleanly and not to NUL or '/', routes tried in order,
+ * that percent-decodes cleanly and not to NUL or '/', routes tried in order among equals,
  * HEAD falls back to GET) predicts the answer: which route, which decoded
- * parameters, or 405 with which Allow list, or 404. The answer must also be
+ * parameters, or 405 with which Allow list, or 404 (the most specific
+ * pattern that matches decides: literal beats "{name}suffix" beats "{name}",
+ * left to right). The answer must also be
  * the same when asked again, and a short Allow buffer gets whole methods
  * only. */
 #include <stdbool.h>
@@ -166,15 +168,37 @@ typedef struct expectation {
   char allow[512];
 } expectation;
 
+/* How specific a pattern is, segment by segment: literal 2, "{name}suffix"
+ * 1, "{name}" 0; patterns compare left to right. */
+static int ref_specificity_cmp(const char *a, const char *b) {
+  enum { MAX_SEGS = 64 };
+  const char *as[MAX_SEGS], *bs[MAX_SEGS];
+  size_t al[MAX_SEGS], bl[MAX_SEGS];
+  int na = split(a, as, al, MAX_SEGS), nb = split(b, bs, bl, MAX_SEGS);
+  for (int i = 0; i < na && i < nb; i++) {
+    int ra = as[i][0] != '{' ? 2 : as[i][al[i] - 1] != '}' ? 1 : 0;
+    int rb = bs[i][0] != '{' ? 2 : bs[i][bl[i] - 1] != '}' ? 1 : 0;
+    if (ra != rb) return ra - rb;
+  }
+  return 0;
+}
+
 /* e->params must have been initialised for path. */
 static void predict(const char *method, const char *path, expectation *e) {
   e->result = HTTP_ROUTE_NOT_FOUND;
   e->route = NULL;
   e->allow[0] = '\0';
+  /* The most specific pattern that matches decides; only its routes count. */
+  const fixture_route *best = NULL;
+  for (size_t i = 0; i < N_FIXTURE; i++)
+    if (ref_match(fixture[i].pattern, path, &e->params) &&
+        (!best || ref_specificity_cmp(fixture[i].pattern, best->pattern) > 0))
+      best = &fixture[i];
   const fixture_route *head_fallback = NULL;
   const char *others[N_FIXTURE]; /* other methods for the path, each once, in order added */
   size_t n_others = 0;
-  for (size_t i = 0; i < N_FIXTURE; i++) {
+  for (size_t i = 0; i < N_FIXTURE && best; i++) {
+    if (ref_specificity_cmp(fixture[i].pattern, best->pattern) != 0) continue;
     if (!ref_match(fixture[i].pattern, path, &e->params)) continue;
     if (strcmp(fixture[i].method, method) == 0) {
       e->result = HTTP_ROUTE_FOUND;
