@@ -14,6 +14,12 @@
  *           the minimum rate.
  *   SEND    the response is going out: the same rule with send_timeout and
  *           send_min_rate (a client that does not read is cut).
+ *   WAIT    the handler let the request wait (server.h: http_wait) for a
+ *           task, or between the pieces of a streamed answer: the handler's
+ *           own deadline. Nothing is read; the client closing its side ends
+ *           the wait (on_end) and the connection. A stream's pieces go out as
+ *           they are written; a reader more than HTTP_STREAM_MAX_QUEUED behind
+ *           is cut.
  *   LINGER  answered before the request was read (early refusal, parse error):
  *           the write side is shut, and what the client still sends is read
  *           and dropped for a moment, so that closing does not reset the
@@ -58,7 +64,7 @@
 #include "util/log.h"
 #include "util/timeutil.h"
 
-typedef enum { CONN_IDLE, CONN_HEAD, CONN_BODY, CONN_SEND, CONN_LINGER } conn_state;
+typedef enum { CONN_IDLE, CONN_HEAD, CONN_BODY, CONN_SEND, CONN_WAIT, CONN_LINGER } conn_state;
 
 struct http_conn {
   dheap_node deadline;      /* first: conn_of_deadline casts back */
@@ -205,9 +211,23 @@ static void access_log(http_exchange *x) {
 
 /* Ends the exchange: logged when it got as far as a request (or an answer),
  * then freed. */
+/* The wait of x is over (answered or not): on_end runs once, and wakers
+ * left elsewhere find nobody any more. */
+static void wait_over(http_exchange *x, bool answered) {
+  if (!x->waiting) return;
+  x->waiting = false;
+  if (x->waker) {
+    x->waker->x = NULL;
+    http_waker_release(x->waker);
+    x->waker = NULL;
+  }
+  if (x->on_end) x->on_end(x->wait_ctx, answered);
+}
+
 static void exchange_end(http_conn *c, bool cut) {
   http_exchange *x = c->x;
   if (!x) return;
+  wait_over(x, false); /* still waiting: the request is gone unanswered */
   c->x = NULL;
   if (cut && !x->req.log_error[0])
     snprintf(x->req.log_error, sizeof x->req.log_error, "%s", termination_slug(c));
@@ -713,6 +733,155 @@ static void settings_init(void) {
   parser_settings.on_message_complete = on_message_complete;
 }
 
+/* --- waiting requests and streams --- */
+
+static http_exchange *exchange_of(http_request *req) {
+  return req ? (http_exchange *)req->conn : NULL;
+}
+
+http_waker *http_wait(http_request *req, http_resume_fn on_resume, http_end_fn on_end, void *ctx,
+                      int64_t deadline_mono_ms) {
+  http_exchange *x = exchange_of(req);
+  assert(x && on_resume && on_end);
+  if (!x->waker) {
+    http_waker *wk = calloc(1, sizeof *wk);
+    if (!wk) {
+      LOG_ERROR("http_wait_out_of_memory", "req=%s", req->request_id);
+      return NULL;
+    }
+    atomic_init(&wk->refs, 1); /* the exchange's */
+    wk->mb = x->conn->w->mailbox;
+    atomic_fetch_add(&wk->mb->refs, 1);
+    wk->x = x;
+    x->waker = wk;
+  }
+  atomic_fetch_add(&x->waker->refs, 1); /* the caller's */
+  x->waiting = true;
+  x->on_resume = on_resume;
+  x->on_end = on_end;
+  x->wait_ctx = ctx;
+  x->wait_deadline = deadline_mono_ms;
+  return x->waker;
+}
+
+void http_wait_until(http_request *req, int64_t deadline_mono_ms) {
+  http_exchange *x = exchange_of(req);
+  if (x && x->waiting) x->wait_deadline = deadline_mono_ms;
+}
+
+/* A streamed answer's head: chunked for HTTP/1.1, else the body ends with
+ * the connection. */
+void http_stream_start(http_request *req, int status, const char *content_type) {
+  http_exchange *x = exchange_of(req);
+  if (!x || x->streaming) return;
+  http_conn *c = x->conn;
+  http_reply_empty(req, status);
+  if (content_type) http_reply_header(req, "Content-Type", content_type);
+  x->streaming = true;
+  x->stream_chunked = c->parser.http_minor >= 1;
+  if (!x->stream_chunked || atomic_load(&c->s->stopping)) c->close_after = true;
+  char date[40];
+  http_worker_date(c->w, date);
+  if (!reply_write_stream_head(x, date, c->close_after, x->stream_chunked, &c->out))
+    x->stream_cut = true;
+}
+
+/* Drops what has been written from the front of out, so that a long stream
+ * does not grow its buffer forever. */
+static void out_compact(http_conn *c) {
+  if (c->out_off == 0) return;
+  memmove(c->out.data, c->out.data + c->out_off, c->out.len - c->out_off);
+  c->out.len -= c->out_off;
+  c->out_off = 0;
+}
+
+bool http_stream_write(http_request *req, const void *data, size_t len) {
+  http_exchange *x = exchange_of(req);
+  if (!x || !x->streaming || x->stream_ended || x->stream_cut) return false;
+  if (len == 0 || x->head_only) return true;
+  http_conn *c = x->conn;
+  out_compact(c);
+  if (c->out.len + len > HTTP_STREAM_MAX_QUEUED) {
+    LOG_INFO("http_stream_reader_behind", "req=%s queued=%zu", req->request_id, c->out.len);
+    x->stream_cut = true;
+    return false;
+  }
+  char size[24];
+  int n = x->stream_chunked ? snprintf(size, sizeof size, "%zx\r\n", len) : 0;
+  bool ok = buf_append(&c->out, size, (size_t)n) && buf_append(&c->out, data, len) &&
+            (!x->stream_chunked || buf_append(&c->out, "\r\n", 2));
+  if (!ok) x->stream_cut = true;
+  else x->resp_bytes += len;
+  return ok;
+}
+
+void http_stream_end(http_request *req) {
+  http_exchange *x = exchange_of(req);
+  if (!x || !x->streaming || x->stream_ended) return;
+  x->stream_ended = true;
+  if (x->stream_chunked && !x->head_only && !buf_append_str(&x->conn->out, "0\r\n\r\n"))
+    x->stream_cut = true;
+}
+
+/* The handler or on_resume has returned: an answer goes out, a stream's
+ * pieces go out, or the request waits. */
+static void after_handler(http_conn *c) {
+  http_exchange *x = c->x;
+  http_request *req = &x->req;
+  if (x->stream_cut) {
+    conn_kill(c); /* runs on_end(false) through exchange_end */
+    return;
+  }
+  if (x->streaming) {
+    if (x->stream_ended) wait_over(x, true);
+    c->state = CONN_WAIT;
+    if (x->waiting && x->wait_deadline) set_deadline(c, x->wait_deadline);
+    else if (x->waiting) dheap_remove(&c->w->deadlines, &c->deadline);
+    else set_timeout(c, c->s->lim.send_timeout_ms); /* ended: what is left must go out */
+    return;
+  }
+  if (req->status != 0) {
+    wait_over(x, true);
+    conn_send(c);
+    return;
+  }
+  if (x->waiting) {
+    c->state = CONN_WAIT;
+    if (x->wait_deadline) set_deadline(c, x->wait_deadline);
+    else dheap_remove(&c->w->deadlines, &c->deadline);
+    return;
+  }
+  LOG_ERROR("http_handler_set_no_reply", "req=%s method=%s", req->request_id, req->method);
+  conn_send_error(c, 500, "internal_error", "the handler produced no response");
+}
+
+/* Runs a waiting request's on_resume, then acts on what it did. */
+static void resume(http_conn *c, http_resume_reason why) {
+  http_exchange *x = c->x;
+  assert(x && x->waiting && c->state == CONN_WAIT);
+  x->on_resume(&x->req, x->wait_ctx, why);
+  if (why == HTTP_RESUME_DEADLINE && x->waiting && x->wait_deadline <= time_mono_ms())
+    x->wait_deadline = 0; /* it chose to go on waiting, with no deadline */
+  after_handler(c);
+}
+
+/* WAIT: a stream's queued pieces go out. True when an ended stream is all out. */
+static bool write_stream(http_conn *c) {
+  while (c->out_off < c->out.len && c->can_write) {
+    ssize_t n = send(c->fd, c->out.data + c->out_off, c->out.len - c->out_off, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) c->can_write = false;
+      else conn_kill(c); /* the client is gone: on_end(false) */
+      return false;
+    }
+    c->out_off += (size_t)n;
+  }
+  if (c->out_off < c->out.len) return false;
+  c->out.len = c->out_off = 0;
+  return c->x->stream_ended;
+}
+
 /* --- dispatch --- */
 
 /* The request is whole: its handler runs (or its refusal is sent). */
@@ -735,12 +904,7 @@ static void dispatch(http_conn *c) {
   /* The handler is done with the body: its budget goes back now rather than
    * when the response has gone out to a possibly slow client. */
   body_release(x);
-  if (req->status == 0) {
-    LOG_ERROR("http_handler_set_no_reply", "req=%s method=%s", req->request_id, req->method);
-    conn_send_error(c, 500, "internal_error", "the handler produced no response");
-    return;
-  }
-  conn_send(c);
+  after_handler(c);
 }
 
 /* A request refused before its end: the answer goes now, then the
@@ -908,6 +1072,10 @@ static bool conn_run(http_conn *c) {
       if (!c->can_write) return false;
       if (write_some(c)) response_done(c);
       continue;
+    case CONN_WAIT:
+      if (!c->x->streaming || !write_stream(c)) return false;
+      response_done(c);
+      continue;
     case CONN_LINGER:
       linger_read(c);
       return false;
@@ -982,6 +1150,11 @@ bool conn_open(http_worker *w, int fd, const struct sockaddr_storage *peer,
 void conn_on_events(http_conn *c, uint32_t events) {
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->can_read = true;
   if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->can_write = true;
+  /* A waiting request reads nothing; the client closing is what it hears. */
+  if (c->state == CONN_WAIT && (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+    c->peer_eof = true;
+    conn_kill(c);
+  }
   conn_turn(c);
 }
 
@@ -1013,6 +1186,13 @@ void conn_on_deadline(http_conn *c) {
     }
     conn_kill(c);
     break;
+  case CONN_WAIT:
+    if (c->x && c->x->waiting) {
+      resume(c, HTTP_RESUME_DEADLINE);
+      break;
+    }
+    conn_kill(c); /* an ended stream whose reader stopped reading */
+    break;
   case CONN_IDLE:
   case CONN_SEND:
   case CONN_LINGER:
@@ -1022,12 +1202,23 @@ void conn_on_deadline(http_conn *c) {
   conn_turn(c);
 }
 
+void conn_resume_waker(http_waker *wk) {
+  http_exchange *x = wk->x;
+  if (!x || !x->waiting) return; /* answered, or gone, meanwhile */
+  http_conn *c = x->conn;
+  if (c->dead || c->state != CONN_WAIT) return;
+  resume(c, HTTP_RESUME_WOKEN);
+  conn_turn(c);
+}
+
 void conn_on_stop(http_conn *c) {
   bool in_progress = c->x && c->x->counted;
   if (!in_progress && c->state != CONN_SEND) {
     conn_kill(c); /* idle, or a head still arriving: nothing was accepted yet */
   } else {
     c->close_after = true;
+    /* A waiting request answers now with what there is (a stream ends). */
+    if (c->state == CONN_WAIT && c->x->waiting) resume(c, HTTP_RESUME_DEADLINE);
   }
   conn_turn(c);
 }

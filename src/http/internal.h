@@ -37,8 +37,29 @@
 #define HTTP_LINGER_MAX_BYTES (8u << 20) /* ... and how much of its body is read and dropped */
 
 typedef struct http_worker http_worker;
+
 typedef struct http_conn http_conn;
 typedef struct http_exchange http_exchange;
+
+/* Where other threads leave woken requests for a worker. Reference counted,
+ * so that a waker held by another module after the server has stopped still
+ * points at live memory (waking it then does nothing). */
+typedef struct http_mailbox {
+  pthread_mutex_t lock;
+  atomic_int refs;      /* the worker's, and one per waker */
+  bool closed;          /* the worker is gone: wakes do nothing (under lock) */
+  int wake_fd;          /* the worker's eventfd; -1 once closed (under lock) */
+  http_waker *head, *tail; /* woken, not yet resumed (under lock) */
+} http_mailbox;
+
+/* A waiting request's handle for other threads (server.h: http_wait). */
+struct http_waker {
+  atomic_int refs;
+  http_mailbox *mb;     /* its worker's mailbox; fixed, referenced */
+  http_exchange *x;     /* the waiting exchange; NULL once answered or gone (worker only) */
+  bool queued;          /* in the mailbox (under mb->lock) */
+  http_waker *next;     /* mailbox link (under mb->lock) */
+};
 
 /* Settings with their defaults applied (see http_server_config). */
 typedef struct http_limits {
@@ -88,6 +109,8 @@ struct http_worker {
   dheap deadlines;     /* of this worker's connections */
   http_conn *conns;    /* every connection of this worker (doubly linked) */
   http_conn *again;    /* connections that stopped with work left, for another turn */
+  /* Wakers other threads have woken (http_wake), for this worker to resume. */
+  http_mailbox *mailbox;
   char *scratch;       /* HTTP_READ_CHUNK bytes: reads land here first */
   uint64_t id_prefix, id_counter; /* request ids (http_worker_request_id) */
   int64_t date_sec;    /* the second date[] was formatted for */
@@ -98,6 +121,8 @@ struct http_worker {
 
 /* A fresh request id: 32 lower-case hex digits. */
 void http_worker_request_id(http_worker *w, char out[33]);
+/* Resumes what http_wake put in the worker's mailbox (worker thread). */
+void http_worker_run_mailbox(http_worker *w);
 /* The current time as an HTTP date, formatted once per second per worker. */
 void http_worker_date(http_worker *w, char out[40]);
 
@@ -121,6 +146,8 @@ void conn_on_deadline(http_conn *c);
 /* The server started stopping: an idle connection closes now, one with a
  * request in progress closes after its response. */
 void conn_on_stop(http_conn *c);
+/* A woken request's on_resume runs (mailbox, worker thread). */
+void conn_resume_waker(http_waker *wk);
 /* Closes and frees c at once (the worker is quitting: its again list is no
  * longer looked at). A request in progress is logged as cut off. */
 void conn_close_now(http_conn *c);
@@ -164,6 +191,18 @@ struct http_exchange {
   bool complete;           /* the whole request (and body) is in */
   bool counted;            /* counted in the server's active requests */
   bool head_only;          /* a HEAD request: no body goes out */
+  /* A request that waits (server.h: http_wait). */
+  bool waiting;
+  http_resume_fn on_resume;
+  http_end_fn on_end;
+  void *wait_ctx;
+  http_waker *waker;       /* the exchange's own reference */
+  int64_t wait_deadline;   /* mono ms; 0: none */
+  /* A streamed answer (server.h: http_stream_start). */
+  bool streaming;          /* its head is written */
+  bool stream_chunked;     /* HTTP/1.1: chunked; else the body ends with the connection */
+  bool stream_ended;       /* http_stream_end was called */
+  bool stream_cut;         /* its reader fell too far behind */
   size_t resp_bytes;       /* body bytes of the response, for the access log */
   int64_t started_ns;
 };
@@ -174,6 +213,10 @@ struct http_exchange {
  * for an HTTP/1.0 client that asked for it. False when memory runs out. */
 bool reply_write_head(http_exchange *x, const char *date, bool close, bool keep_alive_10,
                       buf *out);
+/* The same for a streamed answer: Transfer-Encoding: chunked when chunked,
+ * else no length at all (the body ends with the connection). */
+bool reply_write_stream_head(http_exchange *x, const char *date, bool close, bool chunked,
+                             buf *out);
 /* Frees what the exchange's reply holds (body, fd, headers, queries). */
 void reply_clear(http_exchange *x);
 /* Fills x's reply with the JSON error of the server's hook (or the default

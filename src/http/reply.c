@@ -338,8 +338,8 @@ static bool put_header(buf *b, const char *name, const char *value) {
   return put(b, name) && buf_append(b, ": ", 2) && put(b, value) && buf_append(b, "\r\n", 2);
 }
 
-bool reply_write_head(http_exchange *x, const char *date, bool close, bool keep_alive_10,
-                      buf *out) {
+/* The head up to its length headers: status line, Date, the handler's headers. */
+static bool head_start(http_exchange *x, const char *date, buf *out) {
   http_request *req = &x->req;
   bool ok = buf_reserve(out, 512) && buf_append(out, "HTTP/1.1 ", 9) &&
             put_u64(out, (uint64_t)req->status) && buf_append(out, " ", 1) &&
@@ -354,13 +354,31 @@ bool reply_write_head(http_exchange *x, const char *date, bool close, bool keep_
       continue;
     ok = put_header(out, h->name, h->value);
   }
+  return ok;
+}
+
+/* The head from its request id on. */
+static bool head_end(http_exchange *x, bool close, bool keep_alive_10, buf *out) {
+  bool ok = put_header(out, REQUEST_ID_HEADER, x->req.request_id);
+  if (ok && close) ok = put(out, "Connection: close\r\n");
+  else if (ok && keep_alive_10) ok = put(out, "Connection: keep-alive\r\n");
+  return ok && buf_append(out, "\r\n", 2);
+}
+
+bool reply_write_head(http_exchange *x, const char *date, bool close, bool keep_alive_10,
+                      buf *out) {
+  http_request *req = &x->req;
+  bool ok = head_start(x, date, out);
   if (ok && reply_status_has_body(req->status)) {
     uint64_t len = req->resp_fd >= 0 ? req->resp_fd_size : (uint64_t)req->resp_len;
     ok = put(out, "Content-Length: ") && put_u64(out, len) && buf_append(out, "\r\n", 2);
   }
-  if (ok) ok = put_header(out, REQUEST_ID_HEADER, req->request_id);
-  if (ok && close) ok = put(out, "Connection: close\r\n");
-  else if (ok && keep_alive_10) ok = put(out, "Connection: keep-alive\r\n");
-  if (ok) ok = buf_append(out, "\r\n", 2);
-  return ok;
+  return ok && head_end(x, close, keep_alive_10, out);
+}
+
+bool reply_write_stream_head(http_exchange *x, const char *date, bool close, bool chunked,
+                             buf *out) {
+  bool ok = head_start(x, date, out);
+  if (ok && chunked) ok = put(out, "Transfer-Encoding: chunked\r\n");
+  return ok && head_end(x, close, false, out);
 }

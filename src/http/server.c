@@ -297,6 +297,86 @@ static void accept_some(http_worker *w) {
 
 /* --- the worker loop --- */
 
+/* --- waking waiting requests from other threads --- */
+
+static http_mailbox *mailbox_new(int wake_fd) {
+  http_mailbox *mb = calloc(1, sizeof *mb);
+  if (!mb) return NULL;
+  pthread_mutex_init(&mb->lock, NULL);
+  atomic_init(&mb->refs, 1); /* the worker's */
+  mb->wake_fd = wake_fd;
+  return mb;
+}
+
+static void mailbox_release(http_mailbox *mb) {
+  if (!mb || atomic_fetch_sub(&mb->refs, 1) != 1) return;
+  pthread_mutex_destroy(&mb->lock);
+  free(mb);
+}
+
+void http_waker_release(http_waker *wk) {
+  if (!wk || atomic_fetch_sub(&wk->refs, 1) != 1) return;
+  mailbox_release(wk->mb);
+  free(wk);
+}
+
+/* The worker is going: later wakes do nothing, and what was woken and never
+ * resumed is let go. The descriptor is the worker's to close after this. */
+static void mailbox_close(http_mailbox *mb) {
+  if (!mb) return;
+  pthread_mutex_lock(&mb->lock);
+  mb->closed = true;
+  mb->wake_fd = -1;
+  http_waker *list = mb->head;
+  mb->head = mb->tail = NULL;
+  for (http_waker *wk = list; wk; wk = wk->next) wk->queued = false;
+  pthread_mutex_unlock(&mb->lock);
+  while (list) {
+    http_waker *next = list->next;
+    http_waker_release(list);
+    list = next;
+  }
+  mailbox_release(mb);
+}
+
+void http_wake(http_waker *wk) {
+  if (!wk) return;
+  http_mailbox *mb = wk->mb;
+  pthread_mutex_lock(&mb->lock);
+  if (!mb->closed && !wk->queued) {
+    wk->queued = true;
+    atomic_fetch_add(&wk->refs, 1); /* the mailbox's, until the worker has run it */
+    wk->next = NULL;
+    bool first = mb->head == NULL;
+    if (mb->tail) mb->tail->next = wk;
+    else mb->head = wk;
+    mb->tail = wk;
+    if (first) { /* the first of a batch rings the bell; under the lock, so the
+                    descriptor cannot be closed and reused meanwhile */
+      uint64_t one = 1;
+      ssize_t n = write(mb->wake_fd, &one, sizeof one);
+      (void)n;
+    }
+  }
+  pthread_mutex_unlock(&mb->lock);
+}
+
+void http_worker_run_mailbox(http_worker *w) {
+  http_mailbox *mb = w->mailbox;
+  pthread_mutex_lock(&mb->lock);
+  http_waker *list = mb->head;
+  mb->head = mb->tail = NULL;
+  /* Taken off the queue now: a wake during the resumes below queues again. */
+  for (http_waker *wk = list; wk; wk = wk->next) wk->queued = false;
+  pthread_mutex_unlock(&mb->lock);
+  while (list) {
+    http_waker *next = list->next;
+    conn_resume_waker(list);
+    http_waker_release(list);
+    list = next;
+  }
+}
+
 /* Another thread wrote to the wake descriptor. True when that was the
  * server starting to stop, seen for the first time. */
 static bool on_wake(http_worker *w, bool *stop_seen) {
@@ -371,6 +451,7 @@ static void *worker_main(void *arg) {
     }
     /* From here on nothing of this batch is looked at: these may free
      * connections. */
+    http_worker_run_mailbox(w);
     if (stop_now) stop_connections(w);
     run_again(w);
     run_deadlines(w);
@@ -433,6 +514,8 @@ static bool worker_init(http_server *s, http_worker *w) {
   if (!ids_random_hex(seed, 8)) return false;
   w->id_prefix = strtoull(seed, NULL, 16);
   if (w->epfd < 0 || w->wake_fd < 0 || !w->scratch) return false;
+  w->mailbox = mailbox_new(w->wake_fd);
+  if (!w->mailbox) return false;
   struct epoll_event wev = {.events = EPOLLIN, .data.ptr = &wake_tag};
   struct epoll_event lev = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = &listen_tag};
   if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->wake_fd, &wev) != 0 ||
@@ -445,6 +528,7 @@ static bool worker_init(http_server *s, http_worker *w) {
 static void server_free(http_server *s) {
   for (unsigned i = 0; s->workers && i < s->n_workers; i++) {
     http_worker *w = &s->workers[i];
+    mailbox_close(w->mailbox); /* before the descriptor it writes to goes */
     if (w->epfd >= 0) close(w->epfd);
     if (w->wake_fd >= 0) close(w->wake_fd);
     free(w->scratch);

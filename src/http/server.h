@@ -98,6 +98,64 @@ void http_reply_empty(http_request *req, int status);
 /* Adds a response header (copied). Call before or after setting the reply. */
 void http_reply_header(http_request *req, const char *name, const char *value);
 
+/* --- requests that wait, and answers that stream ---
+ *
+ * A handler may leave a request unanswered and let it wait: for a task to
+ * finish (a synchronous wait), or between the events of a stream (SSE). A
+ * waiting request holds no thread, only its connection and a little memory.
+ *
+ *   http_wait(req, on_resume, on_gone, ctx, deadline): called from the
+ *     handler (or from on_resume), makes the request wait. It returns a waker
+ *     that any thread may use to wake it (http_wake); the caller holds one
+ *     reference and gives it back with http_waker_release.
+ *   on_resume(req, ctx, why) runs on the request's own worker thread when
+ *     the request is woken (HTTP_RESUME_WOKEN), or its deadline passes or the
+ *     server is stopping (HTTP_RESUME_DEADLINE: answer now with what there
+ *     is). It may answer (http_reply_*), write to a stream, end it, or set a
+ *     new deadline (http_wait_until) and return having answered nothing: the
+ *     request then goes on waiting.
+ *   on_end(ctx, answered) runs exactly once when the wait is over: right
+ *     after an answer was set (answered true), or when the request can no
+ *     longer be answered (false: the client closed its connection, a stream
+ *     fell too far behind, the server is cutting it). It frees ctx; neither
+ *     callback runs again. Wakers may still be held elsewhere: waking them
+ *     does nothing.
+ *
+ * Wakes are collapsed: several before the worker gets to it give one
+ * on_resume; a wake between resumes is never lost. */
+typedef struct http_waker http_waker;
+typedef enum { HTTP_RESUME_WOKEN, HTTP_RESUME_DEADLINE } http_resume_reason;
+typedef void (*http_resume_fn)(http_request *req, void *ctx, http_resume_reason why);
+typedef void (*http_end_fn)(void *ctx, bool answered);
+
+/* Makes req wait (see above). deadline_mono_ms: time_mono_ms() at which
+ * on_resume runs with HTTP_RESUME_DEADLINE (0: none). NULL when memory runs
+ * out: the request then does not wait (and is answered 500 if the handler
+ * sets no answer). Only for a request whose handler or on_resume is
+ * running; a second call from on_resume replaces the callbacks. */
+http_waker *http_wait(http_request *req, http_resume_fn on_resume, http_end_fn on_end, void *ctx,
+                      int64_t deadline_mono_ms);
+/* A new deadline for a waiting request (0: none); from on_resume. */
+void http_wait_until(http_request *req, int64_t deadline_mono_ms);
+/* Wakes the request behind w (any thread; nothing once it is answered or gone). */
+void http_wake(http_waker *w);
+/* Gives back a reference taken by http_wait (any thread). NULL is fine. */
+void http_waker_release(http_waker *w);
+
+/* Starts an answer whose body goes out in pieces, as they come (chunked
+ * transfer coding; for an HTTP/1.0 client, until the connection closes).
+ * Headers set with http_reply_header so far go out with it. From a handler or
+ * on_resume; the request should then wait (http_wait) for what comes next. */
+void http_stream_start(http_request *req, int status, const char *content_type);
+/* Queues a piece of a started stream. False (and the stream is cut, the
+ * connection closed, on_gone called) when the client has fallen more than
+ * HTTP_STREAM_MAX_QUEUED bytes behind. */
+bool http_stream_write(http_request *req, const void *data, size_t len);
+/* Ends a started stream; the request is complete once it is written. */
+void http_stream_end(http_request *req);
+/* How far a stream's reader may fall behind before it is cut. */
+#define HTTP_STREAM_MAX_QUEUED (1u << 20)
+
 /* Errors the server itself produces go through this hook, so they come out
  * in the right dialect. (status, slug): (400, "bad_request") a malformed
  * request, (404, "not_found"), (405, "method_not_allowed"), (408,
