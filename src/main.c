@@ -684,6 +684,7 @@ typedef struct serve_parts {
   store *st;
   blob *bl;
   engine *eng;
+  events *ev; /* task changes: the engine and the core publish, waiting requests watch */
   retention *ret;
   core *c;
   http_router *routes;
@@ -759,9 +760,17 @@ static int serve_open_data(serve_parts *p, const imgate_config *cfg) {
   return 0;
 }
 
+/* The engine has committed a task's final state: its watchers look again. */
+static void publish_finished(void *ctx, const char *task_id, task_state state) {
+  (void)state;
+  events_publish(ctx, task_id);
+}
+
 /* Creates and starts the engine; starting it re-queues what a previous run
  * left unfinished. */
 static int serve_start_engine(serve_parts *p, const imgate_config *cfg) {
+  p->ev = events_create();
+  if (!p->ev) return -1;
   curlloop_config lc = {.max_host_connections = 0, .connect_timeout_ms = 10000};
   curlloop *loop = curlloop_create(&lc);
   router *rt = loop ? build_router(cfg, loop, p->threads) : NULL;
@@ -777,7 +786,9 @@ static int serve_start_engine(serve_parts *p, const imgate_config *cfg) {
                                 .allow_http = cfg->fetch_allow_http,
                                 .max_bytes = cfg->max_image_bytes,
                                 .timeout_ms = cfg->fetch_timeout_ms,
-                                .max_redirects = 3}};
+                                .max_redirects = 3},
+                      .on_finished = publish_finished,
+                      .on_finished_ctx = p->ev};
   p->eng = rt ? engine_create(p->st, p->bl, rt, loop, &ec) : NULL;
   if (!p->eng) {
     if (rt) router_destroy(rt);
@@ -803,7 +814,7 @@ static int serve_start_engine(serve_parts *p, const imgate_config *cfg) {
 /* Routes, then the server on the claimed port: from here on requests are
  * served. */
 static int serve_start_http(serve_parts *p, const imgate_config *cfg) {
-  p->c = core_create(cfg, p->st, p->bl, p->eng);
+  p->c = core_create(cfg, p->st, p->bl, p->eng, p->ev);
   p->routes = http_router_new();
   if (!p->c || !p->routes) return -1;
   api_health_register(p->routes, p->c);
@@ -844,6 +855,7 @@ static void serve_stop(serve_parts *p) {
   http_listener_close(p->listener);
   retention_stop(p->ret);
   engine_destroy(p->eng);
+  events_destroy(p->ev); /* after the server (its waiting requests) and the engine */
   core_free(p->c);
   http_router_free(p->routes);
   api_admin_free(p->admin);

@@ -64,6 +64,18 @@ json_t *api_json_time(int64_t unix_ms);
  * and with `imgate admin limits` alike; 0 means unlimited. */
 #define API_LIMIT_MAX 1000000
 
+/* The longest a request may wait for its task (Prefer: wait=N, ?wait=N),
+ * as Replicate allows. */
+#define API_MAX_WAIT_S 60
+
+/* Seconds asked for by a "wait=N" preference in the Prefer header (RFC
+ * 7240), clamped to 1..API_MAX_WAIT_S; 0 when there is none (or it is not a
+ * positive number). Other preferences in the header are ignored. */
+int api_prefer_wait(http_request *req);
+/* The same for a query argument's value ("?wait=N"); 0 when absent or not a
+ * positive number. */
+int api_wait_seconds(const char *value);
+
 /* Base of public URLs for this request: the configured public_url, else
  * http://<Host header>. Written into out without a trailing slash. */
 void api_base_url(http_request *req, const core *c, char *out, size_t out_size);

@@ -194,3 +194,32 @@ bool api_require_admin_token(http_request *req, const char *token) {
   api_reply_error(req, 401, "unauthorized", "this endpoint needs the admin token", NULL);
   return false;
 }
+
+int api_wait_seconds(const char *value) {
+  if (!value) return 0;
+  char *end;
+  long n = strtol(value, &end, 10);
+  if (end == value || *end || n <= 0) return 0;
+  return n > API_MAX_WAIT_S ? API_MAX_WAIT_S : (int)n;
+}
+
+int api_prefer_wait(http_request *req) {
+  const char *h = http_header_get(req, "Prefer");
+  if (!h) return 0;
+  /* "respond-async, wait=10" or "wait=10; x": preferences are separated by
+   * commas, their parameters by semicolons; "wait" only counts as a name. */
+  for (const char *p = h; *p;) {
+    while (*p == ' ' || *p == '\t' || *p == ',' || *p == ';') p++;
+    size_t n = strcspn(p, ",;");
+    if (n > 5 && strncasecmp(p, "wait=", 5) == 0) {
+      char num[16];
+      size_t k = n - 5 < sizeof num - 1 ? n - 5 : sizeof num - 1;
+      memcpy(num, p + 5, k);
+      num[k] = '\0';
+      while (k > 0 && (num[k - 1] == ' ' || num[k - 1] == '\t')) num[--k] = '\0';
+      return api_wait_seconds(num);
+    }
+    p += n;
+  }
+  return 0;
+}

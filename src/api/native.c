@@ -3,15 +3,19 @@
  *   POST /api/banana/create-async  {prompt, model, aspect_ratio, resolution,
  *                                   image_urls, webhook_url} -> {uid, status}
  *                                  (optional header Idempotency-Key)
+ *                                  (optional header Prefer: wait=N: the whole task,
+ *                                   once final or after N seconds)
  *   GET  /api/banana/credits       -> the key's account balance
- *   GET  /api/banana/{uid}         -> the task
+ *   GET  /api/banana/{uid}         -> the task (?wait=N: once final or after N s)
  *
  * Field names here are the dialect's own; errors name them (image_urls, not
  * the core's "images"). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "api/api.h"
+#include "util/timeutil.h"
 
 static json_t *string_or_null(const char *s) { return s ? api_json_text(s) : json_null(); }
 
@@ -97,6 +101,90 @@ static json_t *render_task(http_request *req, core *c, const task *t) {
                    urls, "error", error, "upstream_attempts", attempts, "cost", render_cost(t));
 }
 
+/* --- answering once the task is final (Prefer: wait=N, ?wait=N) --------- */
+
+/* A request waiting for its task; lives from http_wait to task_wait_end. */
+typedef struct task_wait {
+  core *c;
+  store_account acct;
+  char uid[IDS_UUID_LEN + 1];
+  int seconds;
+  http_waker *waker;
+  core_watch *watch;
+} task_wait;
+
+static void reply_task(http_request *req, core *c, const task *t, int waited_s) {
+  if (waited_s > 0) {
+    char applied[32];
+    snprintf(applied, sizeof applied, "wait=%d", waited_s);
+    http_reply_header(req, "Preference-Applied", applied);
+  }
+  http_reply_json(req, 200, render_task(req, c, t));
+}
+
+/* A change of the task was committed (any thread): the request looks again. */
+static void task_wait_wake(void *ctx) { http_wake(((task_wait *)ctx)->waker); }
+
+static void task_wait_resume(http_request *req, void *ctx, http_resume_reason why) {
+  task_wait *w = ctx;
+  task *t = NULL;
+  imgate_error err = {0};
+  if (core_get_task(w->c, &w->acct, w->uid, &t, &err) < 0) {
+    reply_core_error(req, &err);
+    return;
+  }
+  /* Not final yet and time left: go on waiting. */
+  if (task_state_is_final(t->state) || why == HTTP_RESUME_DEADLINE)
+    reply_task(req, w->c, t, w->seconds);
+  task_free(t);
+}
+
+static void task_wait_end(void *ctx, bool answered) {
+  task_wait *w = ctx;
+  core_unwatch(w->c, w->watch); /* after this, task_wait_wake no longer runs */
+  http_waker_release(w->waker);
+  free(w);
+}
+
+/* Answers t at once when it is final or no wait was asked for; else the
+ * request waits (holding no thread) until the task is final or seconds
+ * pass, and then answers the task as it is. */
+static void answer_task(http_request *req, core *c, const store_account *acct, const task *t,
+                        int seconds) {
+  if (seconds <= 0 || task_state_is_final(t->state)) {
+    reply_task(req, c, t, seconds);
+    return;
+  }
+  task_wait *w = calloc(1, sizeof *w);
+  if (!w) {
+    reply_task(req, c, t, 0);
+    return;
+  }
+  w->c = c;
+  w->acct = *acct;
+  w->seconds = seconds;
+  snprintf(w->uid, sizeof w->uid, "%s", t->id);
+  w->waker = http_wait(req, task_wait_resume, task_wait_end, w,
+                       time_mono_ms() + (int64_t)seconds * 1000);
+  if (!w->waker) {
+    free(w);
+    reply_task(req, c, t, 0);
+    return;
+  }
+  w->watch = core_watch_task(c, t->id, task_wait_wake, w);
+  if (!w->watch) {
+    reply_task(req, c, t, 0); /* ends the wait: task_wait_end frees w */
+    return;
+  }
+  /* Read again now that the watch is on: a finish committed between the
+   * first read and the watch is seen here, one after it wakes the request. */
+  task *again = NULL;
+  imgate_error err = {0};
+  if (core_get_task(c, acct, t->id, &again, &err) == 0 && task_state_is_final(again->state))
+    reply_task(req, c, again, seconds);
+  task_free(again);
+}
+
 static void handle_create(http_request *req, void *ctx) {
   core *c = ctx;
   store_account acct;
@@ -148,12 +236,18 @@ static void handle_create(http_request *req, void *ctx) {
     reply_core_error(req, &err);
     goto done;
   }
-  /* A replay answers what the first submit answered: its uid, "queued"
-   * (whatever the task's state is by now; GET tells that). */
   if (replayed) http_reply_header(req, "Idempotent-Replayed", "true");
-  http_reply_json(req, 200,
-                  json_pack("{s:s, s:s}", "uid", t->id, "status",
-                            replayed ? task_state_name(TASK_QUEUED) : task_state_name(t->state)));
+  int wait_s = api_prefer_wait(req);
+  if (wait_s > 0) {
+    /* Prefer: wait answers with the whole task, as GET does. */
+    answer_task(req, c, &acct, t, wait_s);
+  } else {
+    /* A replay answers what the first submit answered: its uid, "queued"
+     * (whatever the task's state is by now; GET tells that). */
+    http_reply_json(req, 200,
+                    json_pack("{s:s, s:s}", "uid", t->id, "status",
+                              replayed ? task_state_name(TASK_QUEUED) : task_state_name(t->state)));
+  }
   task_free(t);
 done:
   json_decref(body);
@@ -169,7 +263,7 @@ static void handle_get(http_request *req, void *ctx) {
     reply_core_error(req, &err);
     return;
   }
-  http_reply_json(req, 200, render_task(req, c, t));
+  answer_task(req, c, &acct, t, api_wait_seconds(http_query_get(req, "wait")));
   task_free(t);
 }
 

@@ -22,16 +22,18 @@ struct core {
   store *st;
   blob *bl;
   engine *eng;
+  events *ev;    /* task changes, for watchers */
   ratelimit *rl; /* requests per second per key */
 };
 
-core *core_create(const imgate_config *cfg, store *st, blob *bl, engine *eng) {
+core *core_create(const imgate_config *cfg, store *st, blob *bl, engine *eng, events *ev) {
   core *c = calloc(1, sizeof *c);
   if (!c) return NULL;
   c->cfg = *cfg;
   c->st = st;
   c->bl = bl;
   c->eng = eng;
+  c->ev = ev;
   c->rl = ratelimit_create();
   if (!c->rl) {
     free(c);
@@ -501,3 +503,9 @@ int core_open_result(core *c, const char *name, task_result *meta, blob_object *
   }
   return 0;
 }
+
+core_watch *core_watch_task(core *c, const char *task_id, void (*fn)(void *ctx), void *ctx) {
+  return (core_watch *)events_subscribe(c->ev, task_id, fn, ctx);
+}
+
+void core_unwatch(core *c, core_watch *w) { events_unsubscribe(c->ev, (events_sub *)w); }

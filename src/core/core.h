@@ -16,6 +16,7 @@
 #include "config.h"
 #include "core/engine.h"
 #include "core/error.h"
+#include "core/events.h"
 #include "store/store.h"
 
 /* Core field names used in imgate_error.param. */
@@ -42,7 +43,9 @@ typedef struct core_gen_request {
   size_t n_images;
 } core_gen_request;
 
-core *core_create(const imgate_config *cfg, store *st, blob *bl, engine *eng);
+/* ev: where committed task changes are published (the engine publishes its
+ * own there too); the core does not own it. */
+core *core_create(const imgate_config *cfg, store *st, blob *bl, engine *eng, events *ev);
 void core_free(core *c);
 
 /* The account behind an Authorization header value. */
@@ -106,6 +109,15 @@ int core_open_result(core *c, const char *name, task_result *meta, blob_object *
  * reason (may be NULL) says why, for operators: /healthz shows it. Cheap
  * (one stat(2)): fit for a health endpoint polled by load balancers. */
 bool core_health(core *c, char *reason, size_t reason_size);
+
+/* A watch on a task: fn(ctx) runs after each committed change of it, on the
+ * thread that committed it, so it must be quick (wake a waiting request).
+ * The watcher then reads the task again. Watch first, then read: a change
+ * just before is in the read, one just after calls fn. NULL when memory runs
+ * out. After core_unwatch returns, fn is not running and will not run. */
+typedef struct core_watch core_watch;
+core_watch *core_watch_task(core *c, const char *task_id, void (*fn)(void *ctx), void *ctx);
+void core_unwatch(core *c, core_watch *w);
 
 /* The configured public base URL, or "" when image URLs follow the Host header. */
 const char *core_public_url(const core *c);

@@ -75,6 +75,7 @@ struct http_conn {
   http_conn *prev, *next;   /* the worker's list */
   bool can_read, can_write; /* an edge not yet used up */
   bool peer_eof;            /* the client has shut its side */
+  bool peer_hup;            /* epoll said so (EPOLLRDHUP), maybe before it was read */
   bool close_after;         /* close once the response in progress is out */
   bool served_one;          /* a request has been answered on this connection */
   bool dead;                /* closed: free once the current event is handled */
@@ -833,6 +834,11 @@ static void after_handler(http_conn *c) {
     return;
   }
   if (x->streaming) {
+    if (c->peer_hup && !x->stream_ended) { /* the client is gone: nobody reads the stream */
+      c->peer_eof = true;
+      conn_kill(c);
+      return;
+    }
     if (x->stream_ended) wait_over(x, true);
     c->state = CONN_WAIT;
     if (x->waiting && x->wait_deadline) set_deadline(c, x->wait_deadline);
@@ -846,6 +852,11 @@ static void after_handler(http_conn *c) {
     return;
   }
   if (x->waiting) {
+    if (c->peer_hup) { /* the client closed right after asking: nobody to wait for */
+      c->peer_eof = true;
+      conn_kill(c);
+      return;
+    }
     c->state = CONN_WAIT;
     if (x->wait_deadline) set_deadline(c, x->wait_deadline);
     else dheap_remove(&c->w->deadlines, &c->deadline);
@@ -1150,8 +1161,9 @@ bool conn_open(http_worker *w, int fd, const struct sockaddr_storage *peer,
 void conn_on_events(http_conn *c, uint32_t events) {
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->can_read = true;
   if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->can_write = true;
+  if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->peer_hup = true;
   /* A waiting request reads nothing; the client closing is what it hears. */
-  if (c->state == CONN_WAIT && (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+  if (c->state == CONN_WAIT && c->peer_hup) {
     c->peer_eof = true;
     conn_kill(c);
   }

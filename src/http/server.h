@@ -116,8 +116,9 @@ void http_reply_header(http_request *req, const char *name, const char *value);
  *     request then goes on waiting.
  *   on_end(ctx, answered) runs exactly once when the wait is over: right
  *     after an answer was set (answered true), or when the request can no
- *     longer be answered (false: the client closed its connection, a stream
- *     fell too far behind, the server is cutting it). It frees ctx; neither
+ *     longer be answered (false: the client closed its connection, or shut
+ *     its sending side, a stream fell too far behind, the server is cutting
+ *     it). It frees ctx; neither
  *     callback runs again. Wakers may still be held elsewhere: waking them
  *     does nothing.
  *
