@@ -205,12 +205,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   FUZZ_CHECK(fd >= 0);
   /* Every connection leaves a TIME_WAIT on this side; thousands a second
    * would use up the ephemeral ports of one address. Each source address of
-   * 127/8 has its own, so the inputs take turns over 65,000 of them. */
+   * 127/8 has its own, so the inputs take turns over 65,000 of them; the
+   * port is picked at connect (IP_BIND_ADDRESS_NO_PORT), per address pair. */
   static uint32_t turn;
   turn++;
+  int one = 1;
+  setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
   struct sockaddr_in src = {.sin_family = AF_INET};
-  src.sin_addr.s_addr = htonl((127u << 24) | (((turn >> 8) & 0xff) << 8) | ((turn & 0xff) | 0) |
-                              (2u << 16));
+  src.sin_addr.s_addr = htonl((127u << 24) | (2u << 16) | (turn & 0xffff));
   FUZZ_CHECK(bind(fd, (struct sockaddr *)&src, sizeof src) == 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
