@@ -397,3 +397,19 @@ void router_metrics(router *r, buf *out, int64_t now_mono_ms) {
   }
   pthread_mutex_unlock(&r->lock);
 }
+
+int64_t router_expected_ms(router *r, const char *model, const char *provider_name) {
+  double sum = 0, own = 0;
+  int n = 0;
+  pthread_mutex_lock(&r->lock);
+  for (int i = 0; i < r->n_routes; i++) {
+    const router_route *rt = r->routes[i];
+    if (strcmp(rt->model, model) != 0 || rt->latency_ms <= 0) continue;
+    if (provider_name && strcmp(rt->prov->p->name, provider_name) == 0) own = rt->latency_ms;
+    sum += rt->latency_ms;
+    n++;
+  }
+  pthread_mutex_unlock(&r->lock);
+  if (own > 0) return (int64_t)own;
+  return n ? (int64_t)(sum / n) : 0;
+}

@@ -72,6 +72,12 @@ void router_release(router *r, router_route *route);
 void router_report(router *r, router_route *route, const provider_outcome *o,
                    int64_t latency_ms, int64_t now_mono_ms);
 
+/* How long an attempt for model on the named provider takes, from the
+ * latency of its successful attempts so far (moving average); for an unknown
+ * provider (NULL or not serving model) the average over model's routes with
+ * a latency. 0 when nothing has been measured yet. */
+int64_t router_expected_ms(router *r, const char *model, const char *provider_name);
+
 provider *router_route_provider(const router_route *route);
 const char *router_route_upstream_model(const router_route *route);
 
