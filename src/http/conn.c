@@ -457,9 +457,21 @@ static int on_url_complete(llhttp_t *p) {
   return head_end_string(c);
 }
 
+/* Header fields after a chunked body's last chunk (trailers): nothing here
+ * reads them, so they are counted against the head's limit and dropped. The
+ * arena stays as it was: req->path and the header values point into it. */
+static int trailer_bytes(http_conn *c, size_t len) {
+  http_exchange *x = c->x;
+  x->trailer_len += len;
+  if (x->trailer_len > c->s->lim.max_header_bytes)
+    return refuse(c, 431, "headers_too_large", "the request's trailer fields are too large");
+  return 0;
+}
+
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   http_conn *c = conn_of(p);
   http_exchange *x = c->x;
+  if (x->head_done) return trailer_bytes(c, len);
   if (!x->in_value && x->hdr[x->n_hdr].name == 0) {
     if (x->n_hdr >= HTTP_MAX_HEADERS - 1)
       return refuse(c, 431, "headers_too_large", "the request has more than 99 header fields");
@@ -471,6 +483,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
 static int on_header_field_complete(llhttp_t *p) {
   http_conn *c = conn_of(p);
   http_exchange *x = c->x;
+  if (x->head_done) return 0;
   if (x->hdr[x->n_hdr].name == 0) x->hdr[x->n_hdr].name = (uint32_t)x->head.len;
   x->hdr[x->n_hdr].value = 0;
   x->in_value = false;
@@ -483,6 +496,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   /* A value that goes on after a line end is an obsolete folded line, which
    * llhttp joins on without a word. RFC 9112 lets a server refuse it, and a
    * proxy in front may not have joined it the same way: refused. */
+  if (x->head_done) return trailer_bytes(c, len);
   char before = at > c->feed ? at[-1] : c->feed_before;
   if (x->in_value && before == '\n')
     return refuse(c, 400, "bad_request", "malformed request: a header field is folded over lines");
@@ -496,6 +510,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
 static int on_header_value_complete(llhttp_t *p) {
   http_conn *c = conn_of(p);
   http_exchange *x = c->x;
+  if (x->head_done) return 0;
   if (!x->in_value) x->hdr[x->n_hdr].value = (uint32_t)x->head.len; /* an empty value */
 
   /* Trailing spaces and tabs are not part of a field value. */
@@ -597,6 +612,7 @@ static int on_headers_complete(llhttp_t *p) {
   http_request *req = &x->req;
   req->method = llhttp_method_name((llhttp_method_t)p->method);
   x->head_only = p->method == HTTP_HEAD;
+  x->head_done = true; /* the arena is final: trailers are not kept in it */
   if (set_path(c) != 0) return HPE_USER;
   request_id_init(x);
   x->counted = true;

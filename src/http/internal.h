@@ -169,6 +169,8 @@ struct http_exchange {
   } hdr[HTTP_MAX_HEADERS];
   int n_hdr;
   bool in_value;           /* the last span was a header value */
+  bool head_done;          /* the head is complete; later fields are trailers */
+  size_t trailer_len;      /* bytes of trailer fields, dropped */
   bool target_done;
   /* The decoded query values handed out by http_query_get. */
   struct query_copy *queries;

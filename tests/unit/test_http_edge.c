@@ -469,6 +469,27 @@ static void test_pipelining(void **state) {
   close(s);
 }
 
+/* Trailer fields after a chunked body are read and dropped: the request's
+ * head (its path, its headers) stays as it was parsed. A trailer block larger
+ * than the head's limit is refused like a head would be. */
+static void test_trailers(void **state) {
+  fixture *f = *state;
+  int s = connect_local(f->port);
+  static const char req[] = "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            "5\r\nhello\r\n0\r\nX-Trailer: one\r\nX-More: two\r\n\r\n";
+  assert_true(send_all(s, req, sizeof req - 1));
+  char head[2048], body[64];
+  assert_int_equal(read_response(s, head, sizeof head, body, sizeof body), 200);
+  assert_string_equal(body, "hello");
+  close(s);
+  char *big = malloc(64 * 1024);
+  int n = snprintf(big, 64 * 1024,
+                   "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   "1\r\nx\r\n0\r\nX-Big: %0*d\r\n\r\n", 40000, 0);
+  expect_one_refusal(f->port, big, (size_t)n, 431, "headers_too_large");
+  free(big);
+}
+
 /* HTTP/1.0: closed after the answer unless it asks to keep the connection. */
 static void test_http10(void **state) {
   fixture *f = *state;
@@ -532,6 +553,7 @@ int main(void) {
       cmocka_unit_test(test_slow_reader_cut),
       cmocka_unit_test(test_pipelining),
       cmocka_unit_test(test_http10),
+      cmocka_unit_test(test_trailers),
       cmocka_unit_test(test_per_address_limit),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
