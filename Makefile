@@ -14,12 +14,17 @@ DATA       ?= ./var
 # Sub-makes (cmake's) stay quiet about directories; errors still show.
 MAKEFLAGS  += --no-print-directory
 
-.PHONY: all deps build build-asan run test test-fast test-asan fuzz test-fuzz bench clean
+.PHONY: all deps test-deps build build-asan run test test-fast test-asan fuzz test-fuzz bench clean
 
 all: build
 
 deps:
 	@./scripts/deps.sh
+
+# What only the tests need: Node.js and the webhook receiver's npm packages
+# (tests/webhook/node_modules, installed from its lock file when missing).
+test-deps:
+	@./scripts/deps.sh --test
 
 $(BUILD)/Makefile: CMakeLists.txt
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
@@ -43,10 +48,10 @@ run: deps $(BUILD)/Makefile
 # run of every fuzz target.
 test: test-fast test-asan test-fuzz
 
-test-fast: build
+test-fast: build test-deps
 	@cd $(BUILD) && ctest --output-on-failure -j 2
 
-test-asan: build-asan
+test-asan: build-asan test-deps
 	@cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure -j 2

@@ -19,14 +19,42 @@ packages=(
 )
 # `deps.sh --bench` adds the load generators the benchmarks under bench/ use;
 # `deps.sh --fuzz` clang and its libFuzzer runtime (libclang_rt.fuzzer, in
-# libclang-rt-dev) for the fuzz targets under tests/fuzz/.
+# libclang-rt-dev) for the fuzz targets under tests/fuzz/;
+# `deps.sh --test` Node.js and npm (Debian's, unless a node and an npm are
+# there already) and the npm packages of the webhook test receiver
+# (tests/webhook/: the reference verifier standardwebhooks), from its lock file.
+want_test_modules=false
 for arg in "$@"; do
   case "$arg" in
   --bench) packages+=(wrk) ;;
   --fuzz) packages+=(clang libclang-rt-dev) ;;
+  --test)
+    want_test_modules=true
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+      packages+=(nodejs npm)
+    fi
+    ;;
   *) echo "deps: unknown option $arg" >&2; exit 2 ;;
   esac
 done
+
+# tests/webhook/node_modules holds exactly what the lock file names, or npm ci
+# (re)installs it: without install scripts, without dev dependencies.
+test_modules() {
+  local dir
+  dir="$(cd "$(dirname "$0")/.." && pwd)/tests/webhook"
+  if node -e '
+    const dir = process.argv[1];
+    const lock = require(dir + "/package-lock.json");
+    for (const [path, entry] of Object.entries(lock.packages)) {
+      if (path && require(dir + "/" + path + "/package.json").version !== entry.version)
+        process.exit(1);
+    }' "$dir" 2>/dev/null; then
+    return 0
+  fi
+  echo "deps: installing the npm packages of tests/webhook" >&2
+  (cd "$dir" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
+}
 
 missing=()
 for p in "${packages[@]}"; do
@@ -35,14 +63,16 @@ for p in "${packages[@]}"; do
   fi
 done
 
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  echo "deps: done" >&2
 fi
 
-echo "deps: installing ${missing[*]}" >&2
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-echo "deps: done" >&2
+if $want_test_modules; then
+  test_modules
+fi

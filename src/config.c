@@ -70,12 +70,22 @@ void config_defaults(imgate_config *c) {
   c->default_max_concurrency = 0; /* async submission is unlimited (seed 000) */
   c->default_qps_per_key = 0;
   c->idempotency_ttl_s = 86400; /* 24 h, the Stripe convention */
+  c->webhook_timeout_ms = 10000;
+  c->webhook_connect_timeout_ms = 5000;
+  /* The Standard Webhooks schedule: at once, then 5 s, 5 min, 30 min, 2 h,
+   * 5 h, 10 h and 10 h (about 27.6 hours in all). */
+  static const int schedule[] = {0,       5000,     300000,   1800000,
+                                 7200000, 18000000, 36000000, 36000000};
+  memcpy(c->webhook_retry_schedule_ms, schedule, sizeof schedule);
+  c->n_webhook_retry_schedule = (int)(sizeof schedule / sizeof schedule[0]);
+  c->webhook_rotation_window_s = 86400;
+  c->webhook_max_in_flight = 1024;
 }
 
 /* A table of the file's keys: where each lands and how it is typed. The
  * table keeps loading, validation messages and docs in one place. */
 typedef enum {
-  K_STR, K_INT, K_I64, K_SIZE, K_BOOL, K_OBJ, K_PROVIDERS, K_ROUTES, K_PRICES
+  K_STR, K_INT, K_I64, K_SIZE, K_BOOL, K_OBJ, K_PROVIDERS, K_ROUTES, K_PRICES, K_SCHEDULE
 } key_kind;
 
 typedef struct key_spec {
@@ -149,6 +159,14 @@ static const key_spec keys[] = {
     {"billing.default_qps_per_key", K_INT, F(default_qps_per_key), 0, 1000000},
     {"idempotency", K_OBJ, 0, 0, 0, 0},
     {"idempotency.ttl_s", K_INT, F(idempotency_ttl_s), 1, 30 * 86400},
+    {"webhooks", K_OBJ, 0, 0, 0, 0},
+    {"webhooks.timeout_ms", K_INT, F(webhook_timeout_ms), 100, 300000},
+    {"webhooks.connect_timeout_ms", K_INT, F(webhook_connect_timeout_ms), 100, 300000},
+    {"webhooks.retry_schedule_ms", K_SCHEDULE, F(webhook_retry_schedule_ms), 0, 7 * 86400000},
+    {"webhooks.rotation_window_s", K_INT, F(webhook_rotation_window_s), 0, 30 * 86400},
+    {"webhooks.allow_private_networks", K_BOOL, F(webhook_allow_private_networks), 0, 0},
+    {"webhooks.allow_http", K_BOOL, F(webhook_allow_http), 0, 0},
+    {"webhooks.max_in_flight", K_INT, F(webhook_max_in_flight), 1, 1000000},
 };
 
 static const key_spec *find_key(const char *path) {
@@ -380,6 +398,36 @@ static int load_prices(imgate_config *c, json_t *obj, char *err, size_t err_size
   return 0;
 }
 
+/* webhooks.retry_schedule_ms: 1..CONFIG_MAX_WEBHOOK_ATTEMPTS delays in
+ * k->min..k->max ms, the first 0 (the outbox row is due when it is written,
+ * so a first delay would be a promise nothing keeps). Replaces the whole list. */
+static int load_schedule(imgate_config *c, const key_spec *k, json_t *arr, char *err,
+                         size_t err_size) {
+  size_t n = json_is_array(arr) ? json_array_size(arr) : 0;
+  if (n < 1 || n > CONFIG_MAX_WEBHOOK_ATTEMPTS) {
+    snprintf(err, err_size, "%s must be a list of 1 to %d delays in milliseconds", k->path,
+             CONFIG_MAX_WEBHOOK_ATTEMPTS);
+    return -1;
+  }
+  int delays[CONFIG_MAX_WEBHOOK_ATTEMPTS];
+  for (size_t i = 0; i < n; i++) {
+    json_t *v = json_array_get(arr, i);
+    if (!json_is_integer(v) || json_integer_value(v) < k->min || json_integer_value(v) > k->max) {
+      snprintf(err, err_size, "%s[%zu] must be an integer from %lld to %lld", k->path, i, k->min,
+               k->max);
+      return -1;
+    }
+    delays[i] = (int)json_integer_value(v);
+  }
+  if (delays[0] != 0) {
+    snprintf(err, err_size, "%s[0] must be 0: the first attempt is made at once", k->path);
+    return -1;
+  }
+  memcpy(c->webhook_retry_schedule_ms, delays, n * sizeof delays[0]);
+  c->n_webhook_retry_schedule = (int)n;
+  return 0;
+}
+
 static int apply_json(imgate_config *c, json_t *obj, const char *prefix, char *err,
                       size_t err_size) {
   const char *name;
@@ -419,6 +467,9 @@ static int apply_json(imgate_config *c, json_t *obj, const char *prefix, char *e
       break;
     case K_PRICES:
       if (load_prices(c, value, err, err_size) < 0) return -1;
+      break;
+    case K_SCHEDULE:
+      if (load_schedule(c, k, value, err, err_size) < 0) return -1;
       break;
     }
     continue;
@@ -615,6 +666,13 @@ int config_validate(const imgate_config *c, char *err, size_t err_size) {
       snprintf(err, err_size, "routes.%s: unknown provider \"%s\"", r->model, r->provider);
       return -1;
     }
+  }
+  if (c->n_webhook_retry_schedule < 1 ||
+      c->n_webhook_retry_schedule > CONFIG_MAX_WEBHOOK_ATTEMPTS ||
+      c->webhook_retry_schedule_ms[0] != 0) {
+    snprintf(err, err_size, "webhooks.retry_schedule_ms: 1 to %d delays, the first 0",
+             CONFIG_MAX_WEBHOOK_ATTEMPTS);
+    return -1;
   }
   if (strcmp(c->log_level, "debug") && strcmp(c->log_level, "info") &&
       strcmp(c->log_level, "warn") && strcmp(c->log_level, "error")) {

@@ -15,6 +15,7 @@
 #define CONFIG_MAX_PROVIDERS 16
 #define CONFIG_MAX_ROUTES 64
 #define CONFIG_MAX_PRICED_MODELS 16
+#define CONFIG_MAX_WEBHOOK_ATTEMPTS 16
 
 /* The price slots of a model: the resolutions a Gemini model is priced by,
  * then the qualities GPT Image is priced by. A model uses one group or the
@@ -119,6 +120,18 @@ typedef struct imgate_config {
   int default_max_concurrency;   /* tasks in flight per account; 0 = unlimited */
   int default_qps_per_key;       /* requests per second per key; 0 = unlimited */
   int idempotency_ttl_s;         /* how long an Idempotency-Key is remembered */
+
+  /* Webhook deliveries (webhook/client.h turns these into a webhook_config). */
+  int webhook_timeout_ms;         /* one attempt, connection included */
+  int webhook_connect_timeout_ms;
+  /* Delay before each attempt, after the previous one (the first: after the
+   * event, always 0); the count is the number of attempts. */
+  int webhook_retry_schedule_ms[CONFIG_MAX_WEBHOOK_ATTEMPTS];
+  int n_webhook_retry_schedule;
+  int webhook_rotation_window_s;  /* the previous secret still signs this long */
+  bool webhook_allow_private_networks;
+  bool webhook_allow_http;
+  int webhook_max_in_flight;      /* deliveries at once */
 } imgate_config;
 
 /* Fills c with the built-in defaults. */

@@ -1,20 +1,13 @@
-/* fetch.c - reference-image downloads through the curl loop, with an SSRF guard.
- *
- * The guard sits in CURLOPT_OPENSOCKETFUNCTION: libcurl hands over the exact
- * address it is about to connect to, after its own DNS resolution, so the
- * address checked is the address used. Redirects are followed here, one
+/* fetch.c - reference-image downloads through the curl loop, with the SSRF
+ * guard of netguard.h on every hop. Redirects are followed here, one
  * transfer per hop, each on a fresh connection (see fetch.h for why libcurl's
  * own redirect following is not used). */
 #include "upstream/fetch.h"
 
-#include <arpa/inet.h>
-#include <assert.h>
-#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include "util/imagefmt.h"
 #include "util/timeutil.h"
@@ -28,136 +21,11 @@ typedef struct fetch_job {
   void *ctx;
   int64_t deadline_ms; /* time_mono_ms() */
   long hops;
-  bool refused;
-  char refused_addr[INET6_ADDRSTRLEN];
+  netguard guard; /* the open-socket hook's state: which address it refused */
 } fetch_job;
 
-/* --- the address policy --- */
-
-typedef struct v4_range {
-  uint32_t net;
-  int prefix;
-} v4_range;
-
-#define V4(a, b, c, d) \
-  ((uint32_t)(a) << 24 | (uint32_t)(b) << 16 | (uint32_t)(c) << 8 | (uint32_t)(d))
-
-static const v4_range v4_refused[] = {
-    {V4(0, 0, 0, 0), 8},         /* "this network", includes 0.0.0.0 */
-    {V4(10, 0, 0, 0), 8},        /* RFC 1918 */
-    {V4(100, 64, 0, 0), 10},     /* CGNAT */
-    {V4(127, 0, 0, 0), 8},       /* loopback */
-    {V4(169, 254, 0, 0), 16},    /* link-local, cloud metadata */
-    {V4(172, 16, 0, 0), 12},     /* RFC 1918 */
-    {V4(192, 0, 0, 0), 24},      /* IETF protocol assignments */
-    {V4(192, 0, 2, 0), 24},      /* TEST-NET-1 */
-    {V4(192, 88, 99, 0), 24},    /* 6to4 relay anycast (deprecated): a tunnel into IPv6 */
-    {V4(192, 168, 0, 0), 16},    /* RFC 1918 */
-    {V4(198, 18, 0, 0), 15},     /* benchmarking */
-    {V4(198, 51, 100, 0), 24},   /* TEST-NET-2 */
-    {V4(203, 0, 113, 0), 24},    /* TEST-NET-3 */
-    {V4(224, 0, 0, 0), 4},       /* multicast */
-    {V4(240, 0, 0, 0), 4},       /* reserved, includes 255.255.255.255 broadcast */
-};
-
-static bool v4_is_private(uint32_t a) {
-  for (size_t i = 0; i < sizeof v4_refused / sizeof v4_refused[0]; i++) {
-    uint32_t mask = 0xffffffffu << (32 - v4_refused[i].prefix);
-    if ((a & mask) == v4_refused[i].net) return true;
-  }
-  return false;
-}
-
-static uint32_t v4_at(const uint8_t *p) { return V4(p[0], p[1], p[2], p[3]); }
-
-/* IPv6 prefixes by their leading bytes (the bytes past prefix/8 are zero). */
-typedef struct v6_range {
-  uint8_t net[6];
-  int prefix; /* at most 48 */
-} v6_range;
-
-static bool v6_in(const uint8_t b[16], const v6_range *r) {
-  assert(r->prefix > 0 && r->prefix <= 8 * (int)sizeof r->net);
-  int whole = r->prefix / 8, rest = r->prefix % 8;
-  if (memcmp(b, r->net, (size_t)whole) != 0) return false;
-  if (rest == 0) return true;
-  uint8_t mask = (uint8_t)(0xff << (8 - rest));
-  return (b[whole] & mask) == r->net[whole];
-}
-
-/* Inside 2000::/3 (the only block IANA has handed out for global unicast),
- * special-purpose prefixes no image host lives in. */
-static const v6_range v6_refused[] = {
-    {{0x20, 0x01, 0x00, 0x00}, 23}, /* IETF protocol assignments: Teredo 2001::/32,
-                                       benchmarking, ORCHID, AMT, anycast */
-    {{0x20, 0x01, 0x0d, 0xb8}, 32}, /* documentation */
-    {{0x20, 0x02}, 16},             /* 6to4: a tunnel to any IPv4 address, 127.0.0.1 too */
-    {{0x3f, 0xff, 0x00}, 20},       /* documentation (RFC 9637) */
-};
-
-static bool v6_is_private(const uint8_t b[16]) {
-  static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-  static const uint8_t compatible[12] = {0};
-  static const uint8_t nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
-  /* Forms that carry an IPv4 address in their last 32 bits are judged by it:
-   * mapped ::ffff:0:0/96, compatible ::/96 (deprecated; it also covers :: and
-   * ::1, which land in 0.0.0.0/8) and the well-known NAT64 prefix
-   * 64:ff9b::/96, where a DNS64 resolver puts every public IPv4 host, so it
-   * must stay usable. */
-  if (memcmp(b, mapped, 12) == 0 || memcmp(b, compatible, 12) == 0 ||
-      memcmp(b, nat64, 12) == 0)
-    return v4_is_private(v4_at(b + 12));
-  /* Everything outside 2000::/3 is refused: loopback and unspecified (above),
-   * ULA fc00::/7, link-local fe80::/10, old site-local fec0::/10, multicast
-   * ff00::/8, discard-only 100::/64, local-use NAT64 64:ff9b:1::/48, SRv6
-   * 5f00::/16, and whatever IANA reserves there next. */
-  if ((b[0] & 0xe0) != 0x20) return true;
-  for (size_t i = 0; i < sizeof v6_refused / sizeof v6_refused[0]; i++)
-    if (v6_in(b, &v6_refused[i])) return true;
-  return false;
-}
-
 bool fetch_address_is_private(const struct sockaddr *addr) {
-  if (!addr) return true;
-  if (addr->sa_family == AF_INET) {
-    const struct sockaddr_in *in = (const struct sockaddr_in *)addr;
-    return v4_is_private(ntohl(in->sin_addr.s_addr));
-  }
-  if (addr->sa_family == AF_INET6) {
-    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)addr;
-    return v6_is_private(in6->sin6_addr.s6_addr);
-  }
-  return true;
-}
-
-static bool job_refuses(const fetch_job *job, const struct sockaddr *sa) {
-  if (job->cfg.address_refused) return job->cfg.address_refused(sa, job->cfg.address_refused_ctx);
-  return !job->cfg.allow_private && fetch_address_is_private(sa);
-}
-
-static void format_addr(const struct sockaddr *sa, char *out, size_t size) {
-  const void *src = NULL;
-  if (sa->sa_family == AF_INET) src = &((const struct sockaddr_in *)sa)->sin_addr;
-  else if (sa->sa_family == AF_INET6) src = &((const struct sockaddr_in6 *)sa)->sin6_addr;
-  if (!src || !inet_ntop(sa->sa_family, src, out, (socklen_t)size))
-    snprintf(out, size, "(address family %d)", (int)sa->sa_family);
-}
-
-/* libcurl calls this for every address it tries, on every hop. Copying into a
- * sockaddr_storage gives an aligned, large enough object whatever the family. */
-static curl_socket_t open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
-  fetch_job *job = ud;
-  struct sockaddr_storage ss;
-  memset(&ss, 0, sizeof ss);
-  size_t n = a->addrlen < sizeof ss ? a->addrlen : sizeof ss;
-  memcpy(&ss, &a->addr, n);
-  const struct sockaddr *sa = (const struct sockaddr *)&ss;
-  if (job_refuses(job, sa)) {
-    if (!job->refused) format_addr(sa, job->refused_addr, sizeof job->refused_addr);
-    job->refused = true;
-    return CURL_SOCKET_BAD;
-  }
-  return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+  return netguard_address_is_private(addr);
 }
 
 /* --- results --- */
@@ -189,29 +57,30 @@ static void job_finish(fetch_job *job, CURL *easy, fetch_result *r) {
 
 /* --- URLs --- */
 
+static netguard_config guard_config(const fetch_config *cfg) {
+  return (netguard_config){.allow_private = cfg->allow_private,
+                           .allow_http = cfg->allow_http,
+                           .address_refused = cfg->address_refused,
+                           .address_refused_ctx = cfg->address_refused_ctx};
+}
+
 /* Parses url with libcurl's own parser (the one the transfer will use) and
  * returns its normalised form (curl_free it), or NULL with r filled. */
 static char *checked_url(const fetch_config *cfg, const char *url, fetch_result *r) {
-  CURLU *u = curl_url();
-  if (!u) {
-    result_set(r, FETCH_NETWORK_ERROR, "out of memory");
-    return NULL;
-  }
-  char *scheme = NULL, *norm = NULL;
-  CURLUcode uc = curl_url_set(u, CURLUPART_URL, url, 0);
-  if (uc == CURLUE_OK) uc = curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
-  if (uc != CURLUE_OK) {
-    result_set(r, FETCH_REFUSED_SCHEME, "not a usable URL: %s", curl_url_strerror(uc));
-  } else if (strcmp(scheme, "https") != 0 && !(cfg->allow_http && strcmp(scheme, "http") == 0)) {
-    result_set(r, FETCH_REFUSED_SCHEME, "%s URLs are not fetched (only %s)", scheme,
+  netguard_config gc = guard_config(cfg);
+  char *norm = NULL, detail[128];
+  switch (netguard_check_url(&gc, url, &norm, detail, sizeof detail)) {
+  case NETGUARD_URL_OK:
+    return norm;
+  case NETGUARD_URL_UNUSABLE:
+    result_set(r, FETCH_REFUSED_SCHEME, "not a usable URL: %s", detail);
+    break;
+  case NETGUARD_URL_SCHEME:
+    result_set(r, FETCH_REFUSED_SCHEME, "%s URLs are not fetched (only %s)", detail,
                cfg->allow_http ? "http and https" : "https");
-  } else if ((uc = curl_url_get(u, CURLUPART_URL, &norm, 0)) != CURLUE_OK) {
-    result_set(r, FETCH_REFUSED_SCHEME, "not a usable URL: %s", curl_url_strerror(uc));
-    norm = NULL;
+    break;
   }
-  curl_free(scheme);
-  curl_url_cleanup(u);
-  return norm;
+  return NULL;
 }
 
 /* --- transfers --- */
@@ -219,15 +88,8 @@ static char *checked_url(const fetch_config *cfg, const char *url, fetch_result 
 static void on_hop_done(void *ctx, CURL *easy, curlloop_result *res);
 
 static bool configure_easy(CURL *e, fetch_job *job) {
-  const char *protocols = job->cfg.allow_http ? "http,https" : "https";
-  bool ok = curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, protocols) == CURLE_OK &&
-            curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, protocols) == CURLE_OK &&
-            curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) == CURLE_OK &&
-            curl_easy_setopt(e, CURLOPT_PROXY, "") == CURLE_OK &&
-            curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket) == CURLE_OK &&
-            curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, job) == CURLE_OK &&
-            curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L) == CURLE_OK &&
-            curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L) == CURLE_OK &&
+  netguard_config gc = guard_config(&job->cfg);
+  bool ok = netguard_apply(e, &job->guard, &gc) &&
             curl_easy_setopt(e, CURLOPT_HTTPGET, 1L) == CURLE_OK &&
             curl_easy_setopt(e, CURLOPT_USERAGENT, "imgate") == CURLE_OK;
   /* A declared Content-Length over the cap fails before the body is read; a
@@ -245,8 +107,7 @@ static bool submit_hop(fetch_job *job, CURL *easy, const char *url, fetch_result
     result_set(r, FETCH_NETWORK_ERROR, "timed out after %ld ms", job->cfg.timeout_ms);
     return false;
   }
-  job->refused = false;
-  job->refused_addr[0] = '\0';
+  netguard_forget(&job->guard);
   if (curl_easy_setopt(easy, CURLOPT_URL, url) != CURLE_OK ||
       curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)left) != CURLE_OK) {
     result_set(r, FETCH_NETWORK_ERROR, "out of memory");
@@ -307,9 +168,9 @@ static void on_hop_done(void *ctx, CURL *easy, curlloop_result *res) {
   r.http_status = res->http_status;
   if (res->cancelled) {
     result_set(&r, FETCH_CANCELLED, "cancelled: shutting down");
-  } else if (job->refused && res->code != CURLE_OK) {
+  } else if (netguard_refused_address(&job->guard) && res->code != CURLE_OK) {
     result_set(&r, FETCH_REFUSED_ADDRESS, "refused to connect to %s: not a public address",
-               job->refused_addr);
+               netguard_refused_address(&job->guard));
   } else if (res->body_truncated || res->code == CURLE_FILESIZE_EXCEEDED) {
     result_set(&r, FETCH_TOO_LARGE, "the image is larger than %zu bytes", job->cfg.max_bytes);
   } else if (res->code != CURLE_OK) {

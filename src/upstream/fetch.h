@@ -1,26 +1,11 @@
 /* fetch.h - downloads reference images by URL, safely.
  *
  * Used before any upstream call: a task whose reference URL cannot be fetched
- * fails with a clear error and costs nothing. The guard against server-side
- * request forgery checks the address libcurl actually connects to (through
- * CURLOPT_OPENSOCKETFUNCTION), for the first request and for every redirect,
- * so there is no window between a DNS check and the connection (no DNS
- * rebinding). Refused unless allow_private:
- * - IPv4: "this network" 0/8, loopback, private (RFC 1918), link-local (incl.
- *   169.254.169.254 metadata), CGNAT 100.64/10, IETF assignments 192.0.0/24,
- *   the 6to4 relay anycast 192.88.99/24, documentation, benchmarking
- *   198.18/15, multicast, reserved 240/4 and broadcast.
- * - IPv6: everything outside 2000::/3, the only block IANA hands out for
- *   global unicast (so loopback, unspecified, ULA, link-local, site-local,
- *   multicast, discard-only 100::/64, local-use NAT64 64:ff9b:1::/48, SRv6
- *   5f00::/16 and future reservations), and inside it the IETF assignments
- *   2001::/23 (Teredo among them), 6to4 2002::/16 and the documentation
- *   prefixes 2001:db8::/32 and 3fff::/20. Teredo and 6to4 are refused whole:
- *   they tunnel to an IPv4 address (any, 127.0.0.1 too) and no image host
- *   needs them.
- * - IPv4 inside IPv6 (mapped ::ffff:0:0/96, compatible ::/96, NAT64
- *   64:ff9b::/96) is judged as the IPv4 address it carries.
- * Only https is fetched unless allow_http. */
+ * fails with a clear error and costs nothing. Every hop (the first request
+ * and each redirect) goes through the SSRF guard of upstream/netguard.h: the
+ * address libcurl actually connects to is checked, so there is no window
+ * between a DNS check and the connection (no DNS rebinding); the refused
+ * ranges are listed there. Only https is fetched unless allow_http. */
 #ifndef IMGATE_FETCH_H
 #define IMGATE_FETCH_H
 
@@ -30,6 +15,7 @@
 #include <sys/socket.h>
 
 #include "upstream/curlloop.h"
+#include "upstream/netguard.h"
 
 typedef struct fetch_config {
   bool allow_private;      /* allow_private_networks / IMGATE_ALLOW_PRIVATE_NETWORKS=1 */
@@ -67,8 +53,9 @@ typedef struct fetch_result {
 /* Runs on the curl loop thread; owns res->data. */
 typedef void (*fetch_done_fn)(void *ctx, fetch_result *res);
 
-/* True when addr (IPv4 or IPv6) is in one of the refused ranges above; also
- * true for any other address family (nothing else is ever fetched). */
+/* netguard_address_is_private under its older name: true when addr (IPv4 or
+ * IPv6) is in one of netguard.h's refused ranges, and for any other address
+ * family (nothing else is ever fetched). */
 bool fetch_address_is_private(const struct sockaddr *addr);
 
 /* Starts a download on the loop. Returns 0, or -1 when it could not start
@@ -77,13 +64,11 @@ bool fetch_address_is_private(const struct sockaddr *addr);
  * connection); FETCH_NETWORK_ERROR when out of memory; FETCH_CANCELLED when
  * the loop would not take the transfer (shutting down, or out of memory).
  *
- * Every hop uses a fresh connection (CURLOPT_FRESH_CONNECT) and redirects are
+ * Every hop uses a fresh connection (netguard_apply) and redirects are
  * followed here, not by libcurl, because libcurl lets a followed redirect
  * reuse a pooled connection, and a pooled connection opened by another user
  * of the loop (an upstream adapter talking to a private reseller, say) never
- * went through the address check. Proxies from the environment are ignored
- * (CURLOPT_PROXY ""): through a proxy the checked address would be the
- * proxy's, not the target's. */
+ * went through the address check. */
 int fetch_start(curlloop *loop, const fetch_config *cfg, const char *url, fetch_done_fn done,
                 void *ctx, fetch_result *immediate);
 

@@ -62,6 +62,12 @@ static void check_loaded(const imgate_config *c) {
       FUZZ_CHECK(p->unit[s] == -1 || (p->unit[s] >= 0 && p->unit[s] <= PRICING_MAX_UNIT_MICROS));
     FUZZ_CHECK(p->reference_image >= 0 && p->reference_image <= PRICING_MAX_UNIT_MICROS);
   }
+  FUZZ_CHECK(c->n_webhook_retry_schedule >= 1 &&
+             c->n_webhook_retry_schedule <= CONFIG_MAX_WEBHOOK_ATTEMPTS);
+  FUZZ_CHECK(c->webhook_retry_schedule_ms[0] == 0);
+  for (int i = 0; i < c->n_webhook_retry_schedule; i++)
+    FUZZ_CHECK(c->webhook_retry_schedule_ms[i] >= 0 &&
+               c->webhook_retry_schedule_ms[i] <= 7 * 86400000);
 }
 
 static void check_load(const uint8_t *data, size_t size) {

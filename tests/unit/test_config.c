@@ -277,6 +277,82 @@ static void test_billing_keys(void **state) {
   }
 }
 
+static void test_webhook_keys(void **state) {
+  (void)state;
+  imgate_config c;
+  char err[256];
+  config_defaults(&c);
+  assert_int_equal(c.webhook_timeout_ms, 10000);
+  assert_int_equal(c.webhook_connect_timeout_ms, 5000);
+  static const int spec[] = {0, 5000, 300000, 1800000, 7200000, 18000000, 36000000, 36000000};
+  assert_int_equal(c.n_webhook_retry_schedule, 8);
+  assert_memory_equal(c.webhook_retry_schedule_ms, spec, sizeof spec);
+  assert_int_equal(c.webhook_rotation_window_s, 86400);
+  assert_false(c.webhook_allow_private_networks);
+  assert_false(c.webhook_allow_http);
+  assert_int_equal(c.webhook_max_in_flight, 1024);
+
+  assert_int_equal(load_text(&c,
+                             "{\"webhooks\":{\"timeout_ms\":300,\"connect_timeout_ms\":200,"
+                             "\"retry_schedule_ms\":[0,50,100],\"rotation_window_s\":0,"
+                             "\"allow_private_networks\":true,\"allow_http\":true,"
+                             "\"max_in_flight\":8}}",
+                             err, sizeof err),
+                   0);
+  assert_int_equal(c.webhook_timeout_ms, 300);
+  assert_int_equal(c.webhook_connect_timeout_ms, 200);
+  assert_int_equal(c.n_webhook_retry_schedule, 3);
+  assert_int_equal(c.webhook_retry_schedule_ms[0], 0);
+  assert_int_equal(c.webhook_retry_schedule_ms[1], 50);
+  assert_int_equal(c.webhook_retry_schedule_ms[2], 100);
+  assert_int_equal(c.webhook_rotation_window_s, 0);
+  assert_true(c.webhook_allow_private_networks);
+  assert_true(c.webhook_allow_http);
+  assert_int_equal(c.webhook_max_in_flight, 8);
+  assert_false(c.allow_private_networks); /* the reference-image switches are separate */
+  assert_false(c.fetch_allow_http);
+  assert_int_equal(config_validate(&c, err, sizeof err), 0);
+
+  /* A single attempt is a schedule too; sixteen is the most. */
+  assert_int_equal(load_text(&c, "{\"webhooks\":{\"retry_schedule_ms\":[0]}}", err, sizeof err),
+                   0);
+  assert_int_equal(c.n_webhook_retry_schedule, 1);
+  assert_int_equal(
+      load_text(&c, "{\"webhooks\":{\"retry_schedule_ms\":[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]}}",
+                err, sizeof err),
+      0);
+  assert_int_equal(c.n_webhook_retry_schedule, 16);
+  assert_int_equal(c.webhook_retry_schedule_ms[15], 15);
+
+  static const char *const refused[][2] = {
+      {"{\"webhooks\":{\"timeout_ms\":99}}", "webhooks.timeout_ms"},
+      {"{\"webhooks\":{\"timeout_ms\":300001}}", "webhooks.timeout_ms"},
+      {"{\"webhooks\":{\"connect_timeout_ms\":0}}", "webhooks.connect_timeout_ms"},
+      {"{\"webhooks\":{\"rotation_window_s\":-1}}", "webhooks.rotation_window_s"},
+      {"{\"webhooks\":{\"rotation_window_s\":2592001}}", "webhooks.rotation_window_s"},
+      {"{\"webhooks\":{\"max_in_flight\":0}}", "webhooks.max_in_flight"},
+      {"{\"webhooks\":{\"allow_http\":1}}", "webhooks.allow_http"},
+      {"{\"webhooks\":{\"retry_schedule_ms\":[]}}", "webhooks.retry_schedule_ms"},
+      {"{\"webhooks\":{\"retry_schedule_ms\":5000}}", "webhooks.retry_schedule_ms"},
+      {"{\"webhooks\":{\"retry_schedule_ms\":[5000]}}", "webhooks.retry_schedule_ms[0] must be 0"},
+      {"{\"webhooks\":{\"retry_schedule_ms\":[0,-1]}}", "webhooks.retry_schedule_ms[1]"},
+      {"{\"webhooks\":{\"retry_schedule_ms\":[0,604800001]}}", "webhooks.retry_schedule_ms[1]"},
+      {"{\"webhooks\":{\"retry_schedule_ms\":[0,\"5s\"]}}", "webhooks.retry_schedule_ms[1]"},
+      {"{\"webhooks\":{\"retry_schedule_ms\":[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]}}",
+       "webhooks.retry_schedule_ms"},
+      {"{\"webhooks\":{\"secret\":\"x\"}}", "webhooks.secret"},
+      {"{\"webhooks\":[]}", "\"webhooks\" must be an object"},
+  };
+  for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+    config_defaults(&c);
+    assert_int_equal(load_text(&c, refused[i][0], err, sizeof err), -1);
+    if (!strstr(err, refused[i][1])) fail_msg("%s: error \"%s\"", refused[i][0], err);
+    /* A refused list leaves the schedule as it was. */
+    assert_int_equal(c.n_webhook_retry_schedule, 8);
+    assert_memory_equal(c.webhook_retry_schedule_ms, spec, sizeof spec);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defaults),       cmocka_unit_test(test_file_merges),
@@ -284,6 +360,7 @@ int main(void) {
       cmocka_unit_test(test_env_overrides),
       cmocka_unit_test(test_split_listen),   cmocka_unit_test(test_validate),
       cmocka_unit_test(test_http_limits),    cmocka_unit_test(test_billing_keys),
+      cmocka_unit_test(test_webhook_keys),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
