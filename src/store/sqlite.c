@@ -3,8 +3,10 @@
  * One database file in WAL mode, reached through a fixed pool of connections.
  * Each connection is opened SQLITE_OPEN_NOMUTEX: the pool hands a connection
  * to exactly one thread at a time, so SQLite's per-connection mutex would only
- * add cost. Statements are prepared per call and finalized before the
- * connection goes back; nothing outlives an operation but the connection.
+ * add cost. The statements the write paths run (sql_run, sql_scalar,
+ * sql_update_task) are kept prepared per connection (sql_cache) and reset
+ * after each use; the others are prepared per call and finalized before the
+ * connection goes back.
  *
  * Writes that span statements run in BEGIN IMMEDIATE transactions: a deferred
  * transaction that reads and then writes can fail with SQLITE_BUSY on the
@@ -243,6 +245,23 @@ static const char *const sql_migrations[] = {
 
 #define SQL_MIGRATION_COUNT ((int64_t)(sizeof sql_migrations / sizeof sql_migrations[0]))
 
+/* Statements kept prepared for one connection. Preparing costs more than
+ * running most statements here: before this cache it was half of the
+ * instructions of a task's writes (callgrind), and it grows with the schema
+ * (each table's indexes, checks and foreign keys are looked at). Keyed by
+ * the address of the SQL text, confirmed by the text itself (every SQL here
+ * is a literal, but a reused buffer must never find another statement). */
+#define SQL_CACHE_SIZE 64
+
+typedef struct sql_cache {
+  sqlite3 *db;
+  size_t n;
+  struct {
+    const char *sql;
+    sqlite3_stmt *st;
+  } items[SQL_CACHE_SIZE];
+} sql_cache;
+
 typedef struct sql_store {
   store base; /* first, so a store * is a sql_store * */
   pthread_mutex_t mu;
@@ -255,6 +274,7 @@ typedef struct sql_store {
   pthread_mutex_t write_mu;
   size_t n_waiting; /* threads in sql_acquire waiting for a connection (under mu) */
   sqlite3 **conns; /* every connection, for close */
+  sql_cache *caches; /* caches[i] is conns[i]'s */
   sqlite3 **idle;  /* stack of connections nobody holds */
   size_t n_conns, n_idle;
   /* The database file as opened. Open connections keep writing to that file
@@ -275,6 +295,9 @@ typedef struct sql_store {
  * sql_release. The statement helpers below see only a connection; through
  * this, a failure deep inside one can still mark its store broken. */
 static _Thread_local sql_store *sql_thread_store;
+/* The statement cache of the connection this thread holds (NULL outside
+ * sql_acquire..sql_release, e.g. while migrating). */
+static _Thread_local sql_cache *sql_thread_cache;
 
 /* ---- a broken store -------------------------------------------------------------------- */
 
@@ -458,6 +481,56 @@ static int sql_prepare(sqlite3 *db, sqlite3_stmt **st, const char *what, const c
   return rc;
 }
 
+/* A statement for sql, bound: from the thread's connection cache when it is
+ * there, else prepared (and kept, while the cache has room). *cached tells
+ * sql_stmt_done what to do with it. */
+static int sql_stmt_get(sqlite3 *db, sqlite3_stmt **st, bool *cached, const char *what,
+                        const char *sql, const char *types, va_list ap) {
+  sql_cache *c = sql_thread_cache;
+  *cached = false;
+  if (!c || c->db != db) return sql_prepare_va(db, st, what, sql, types, ap);
+  for (size_t i = 0; i < c->n; i++) {
+    if (c->items[i].sql != sql || strcmp(sqlite3_sql(c->items[i].st), sql) != 0) continue;
+    /* In use further up this thread's stack: no helper here nests, but a
+     * shared statement would be rebound under its user. */
+    if (sqlite3_stmt_busy(c->items[i].st)) return sql_prepare_va(db, st, what, sql, types, ap);
+    *st = c->items[i].st;
+    int rc = sql_bind_va(*st, types, ap);
+    if (rc != SQLITE_OK) {
+      sqlite3_clear_bindings(*st);
+      *st = NULL;
+      return sql_fail(db, rc, what);
+    }
+    *cached = true;
+    return STORE_OK;
+  }
+  int rc = sql_prepare_va(db, st, what, sql, types, ap);
+  if (rc == STORE_OK && c->n < SQL_CACHE_SIZE) {
+    c->items[c->n].sql = sql;
+    c->items[c->n].st = *st;
+    c->n++;
+    *cached = true;
+  }
+  return rc;
+}
+
+/* Gives back what sql_stmt_get gave: a cached statement is reset and
+ * unbound (which also ends any read it had open), another finalized. */
+static void sql_stmt_done(sqlite3_stmt *st, bool cached) {
+  if (!cached) {
+    sqlite3_finalize(st);
+    return;
+  }
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+}
+
+/* Finalizes every statement of a connection's cache (before it closes). */
+static void sql_cache_clear(sql_cache *c) {
+  for (size_t i = 0; i < c->n; i++) sqlite3_finalize(c->items[i].st);
+  c->n = 0;
+}
+
 /* Steps a statement that must return a row: OK on a row, NOT_FOUND on none. */
 static int sql_step_row(sqlite3 *db, sqlite3_stmt *st, const char *what) {
   int rc = sqlite3_step(st);
@@ -469,11 +542,12 @@ static int sql_step_row(sqlite3 *db, sqlite3_stmt *st, const char *what) {
 static int sql_run_va(sqlite3 *db, const char *what, const char *sql, const char *types,
                       va_list ap) {
   sqlite3_stmt *st;
-  int rc = sql_prepare_va(db, &st, what, sql, types, ap);
+  bool cached;
+  int rc = sql_stmt_get(db, &st, &cached, what, sql, types, ap);
   if (rc != STORE_OK) return rc;
   int step = sqlite3_step(st);
   rc = (step == SQLITE_DONE || step == SQLITE_ROW) ? STORE_OK : sql_map(db, step, what);
-  sqlite3_finalize(st);
+  sql_stmt_done(st, cached);
   return rc;
 }
 
@@ -603,6 +677,9 @@ static sqlite3 *sql_acquire(sql_store *ss) {
   pthread_mutex_unlock(&ss->mu);
   assert(!sql_thread_store); /* one connection per thread at a time */
   sql_thread_store = ss;
+  for (size_t i = 0; i < ss->n_conns; i++)
+    if (ss->caches[i].db == db) sql_thread_cache = &ss->caches[i];
+  assert(sql_thread_cache);
   return db;
 }
 
@@ -613,6 +690,7 @@ static void sql_release(sql_store *ss, sqlite3 *db) {
     sql_rollback(db);
   }
   sql_thread_store = NULL;
+  sql_thread_cache = NULL;
   pthread_mutex_lock(&ss->mu);
   ss->idle[ss->n_idle++] = db;
   /* A signal nobody waits for still costs a futex call on every release. */
@@ -888,9 +966,10 @@ typedef struct sql_event_row {
 static int sql_update_task(sqlite3 *db, const char *what, sql_event_row *row, const char *sql,
                            const char *types, ...) {
   sqlite3_stmt *st;
+  bool cached;
   va_list ap;
   va_start(ap, types);
-  int rc = sql_prepare_va(db, &st, what, sql, types, ap);
+  int rc = sql_stmt_get(db, &st, &cached, what, sql, types, ap);
   va_end(ap);
   if (rc != STORE_OK) return rc;
   int step = sqlite3_step(st);
@@ -908,7 +987,7 @@ static int sql_update_task(sqlite3 *db, const char *what, sql_event_row *row, co
          : step == SQLITE_ROW ? sql_misuse(what, "the update matched several tasks")
                               : sql_map(db, step, what);
   }
-  sqlite3_finalize(st);
+  sql_stmt_done(st, cached);
   return rc;
 }
 
@@ -997,14 +1076,15 @@ static bool ledger_kind_parse(const char *name, ledger_kind *out) {
 static int sql_scalar(sqlite3 *db, const char *what, int64_t *out, const char *sql,
                       const char *types, ...) {
   sqlite3_stmt *st;
+  bool cached;
   va_list ap;
   va_start(ap, types);
-  int rc = sql_prepare_va(db, &st, what, sql, types, ap);
+  int rc = sql_stmt_get(db, &st, &cached, what, sql, types, ap);
   va_end(ap);
   if (rc != STORE_OK) return rc;
   rc = sql_step_row(db, st, what);
   if (rc == STORE_OK) *out = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
+  sql_stmt_done(st, cached);
   return rc;
 }
 
@@ -2259,15 +2339,18 @@ static int sql_webhook_secret_rotate(store *s, int64_t account_id, const char *f
 /* ---- opening and closing --------------------------------------------------------------- */
 
 static void sql_free(sql_store *ss) {
-  for (size_t i = 0; i < ss->n_conns; i++)
+  for (size_t i = 0; i < ss->n_conns; i++) {
+    sql_cache_clear(&ss->caches[i]);
     if (sqlite3_close(ss->conns[i]) != SQLITE_OK) /* a statement left open: a bug */
       LOG_ERROR("sqlite_connection_did_not_close", NULL);
+  }
   pthread_cond_destroy(&ss->cv);
   pthread_mutex_destroy(&ss->mu);
   pthread_mutex_destroy(&ss->write_mu);
   pthread_mutex_destroy(&ss->broken_mu);
   free(ss->db_path);
   free(ss->conns);
+  free(ss->caches);
   free(ss->idle);
   free(ss);
 }
@@ -2516,10 +2599,11 @@ static sql_store *sql_alloc(int pool_size) {
   if (!ss) return NULL;
   ss->conns = calloc((size_t)pool_size, sizeof *ss->conns);
   ss->idle = calloc((size_t)pool_size, sizeof *ss->idle);
+  ss->caches = calloc((size_t)pool_size, sizeof *ss->caches);
   /* Each step only once the one before it worked; a failure undoes exactly
    * the steps done. */
   int done = 0;
-  if (ss->conns && ss->idle) {
+  if (ss->conns && ss->idle && ss->caches) {
     if (pthread_mutex_init(&ss->mu, NULL) == 0) done = 1;
     if (done == 1 && pthread_cond_init(&ss->cv, NULL) == 0) done = 2;
     if (done == 2 && pthread_mutex_init(&ss->write_mu, NULL) == 0) done = 3;
@@ -2530,6 +2614,7 @@ static sql_store *sql_alloc(int pool_size) {
     if (done >= 2) pthread_cond_destroy(&ss->cv);
     if (done >= 1) pthread_mutex_destroy(&ss->mu);
     free(ss->conns);
+    free(ss->caches);
     free(ss->idle);
     free(ss);
     return NULL;
@@ -2603,6 +2688,7 @@ store *store_sqlite_open(const char *path, int pool_size, char *err, size_t err_
       sql_free(ss);
       return NULL;
     }
+    ss->caches[ss->n_conns].db = db;
     ss->conns[ss->n_conns++] = db;
     ss->idle[ss->n_idle++] = db;
   }
