@@ -295,9 +295,9 @@ typedef struct store_ops {
    * latest event's seq (event_seq); *out is freed with task_free. */
   int (*task_get)(store *s, const char *task_id, task **out);
   /* The task's events with seq > after_seq, oldest first; *out is malloc'd
-   * (free it), *n may be 0. NOT_FOUND when no task has this id. The events
-   * and the answer's end come from one snapshot: a caller that then waits
-   * for seq > the last one returned misses nothing. Tasks made before events
+   * (free it), *n may be 0. NOT_FOUND when no task has this id. The list is
+   * read in one statement (one snapshot), so a caller that then waits for
+   * seq > the last one returned misses nothing. Tasks made before events
    * existed (schema 6) start with one event: their state at the upgrade. */
   int (*task_events)(store *s, const char *task_id, int after_seq, task_event **out, size_t *n);
   /* queued -> running, attempts+1, started_ms = now, provider recorded (NULL keeps it).
@@ -332,9 +332,9 @@ typedef struct store_ops {
    *            finishes it with TASK_CANCELED, which releases the hold and
    *            writes the event and outbox row then); STORE_CONFLICT.
    *   final:   nothing changes; STORE_CONFLICT.
-   * *state_out (may be NULL) is the task's state after the call. NOT_FOUND
-   * when no task has this id. cancel_requested survives a requeue, so a
-   * run after a crash is aborted as well. */
+   * *state_out (may be NULL) is the task's state after the call, set on OK
+   * and CONFLICT. NOT_FOUND when no task has this id. cancel_requested
+   * survives a requeue, so a run after a crash is aborted as well. */
   int (*task_cancel)(store *s, const char *task_id, int64_t now_ms, const char *code,
                      const store_outbox *outbox, task_state *state_out);
   /* Ids of queued or running tasks whose deadline_ms is set and <= now,
@@ -402,8 +402,9 @@ typedef struct store_ops {
 
   /* The account's webhook secrets. When it has none yet, fresh (made by the
    * core) is stored as its current secret and returned: of concurrent first
-   * calls, one fresh wins and all return it. NOT_FOUND for an unknown
-   * account. */
+   * calls, one fresh wins and all return it. With fresh NULL, an account
+   * without a secret is NOT_FOUND (nothing is stored). NOT_FOUND for an
+   * unknown account. */
   int (*webhook_secret_get)(store *s, int64_t account_id, const char *fresh,
                             store_webhook_secret *out);
   /* fresh becomes the current secret; the old current one becomes previous
