@@ -238,7 +238,7 @@ static bool finish_task(engine *e, const char *task_id, int run, task_state stat
   int rc;
   for (size_t i = 0;; i++) {
     rc = e->st->ops->task_finish(e->st, task_id, run, state, code, message, results, n_results,
-                                 time_now_ms(), attempt);
+                                 time_now_ms(), attempt, NULL);
     if (rc == STORE_OK || rc == STORE_CONFLICT || rc == STORE_NOT_FOUND ||
         i == sizeof finish_retry_ms / sizeof finish_retry_ms[0] ||
         e->st->ops->health(e->st, NULL, 0) != STORE_OK)

@@ -1,12 +1,18 @@
 /* task.h - the task model and its state machine.
  *
- *   queued -> running -> succeeded | failed | moderated
+ *   queued -> running -> succeeded | failed | moderated | canceled
+ *   queued -> canceled           (a cancel request, or a deadline that passed)
  *   running -> queued            (only by crash recovery: re-run after restart)
  *
  * A task is created queued, started by the engine (running, attempt+1), and
  * finished exactly once. Final states never change. The store enforces the
  * transitions with compare-and-set updates; task_state_can_transition() is the
- * single table both the store and the engine consult. */
+ * single table both the store and the engine consult. A running task is
+ * canceled by its engine: a cancel only marks it (cancel_requested), the
+ * engine aborts the run and finishes it as canceled.
+ *
+ * Every committed state change is also a task event (task_event below),
+ * numbered 1, 2, 3... per task in commit order. */
 #ifndef IMGATE_TASK_H
 #define IMGATE_TASK_H
 
@@ -22,17 +28,57 @@ typedef enum {
   TASK_SUCCEEDED,
   TASK_FAILED,
   TASK_MODERATED,
+  TASK_CANCELED,
 } task_state;
 
-#define TASK_STATE_COUNT 5
+#define TASK_STATE_COUNT 6
 
-/* "queued", "running", "succeeded", "failed", "moderated". */
+/* "queued", "running", "succeeded", "failed", "moderated", "canceled". */
 const char *task_state_name(task_state s);
 /* Parses the names above; false for anything else. */
 bool task_state_parse(const char *name, task_state *out);
 bool task_state_is_final(task_state s);
 /* The transition table above. */
 bool task_state_can_transition(task_state from, task_state to);
+
+/* What happened to a task, one per committed state change (and per upstream
+ * attempt that will be retried). The store writes each in the transaction of
+ * the change it records, so the events of a task are exactly its history. */
+typedef enum {
+  TASK_EVENT_QUEUED = 0, /* created; or put back to queued (crash recovery, lost run) */
+  TASK_EVENT_RUNNING,    /* a run started: provider, run (the attempts counter) */
+  TASK_EVENT_ATTEMPT,    /* an upstream attempt ended without an image and will be
+                            retried: provider, http_status, error_code (its code, else
+                            its class) */
+  TASK_EVENT_SUCCEEDED,
+  TASK_EVENT_FAILED,     /* error_code */
+  TASK_EVENT_MODERATED,  /* error_code */
+  TASK_EVENT_CANCELED,   /* error_code: "canceled" or "deadline_exceeded" */
+} task_event_kind;
+
+#define TASK_EVENT_KIND_COUNT 7
+
+typedef struct task_event {
+  int seq;              /* 1, 2, 3... per task, in commit order */
+  task_event_kind kind;
+  int64_t at_ms;        /* unix ms of the change */
+  int run;              /* the task's attempts counter at the event */
+  char provider[64];    /* RUNNING, ATTEMPT; "" otherwise */
+  int http_status;      /* ATTEMPT; 0 otherwise */
+  char error_code[48];  /* ATTEMPT, FAILED, MODERATED, CANCELED; "" otherwise */
+} task_event;
+
+/* "queued", "running", "attempt", "succeeded", "failed", "moderated",
+ * "canceled"; "unknown" for anything else. */
+const char *task_event_kind_name(task_event_kind k);
+/* Parses the names above; false for anything else. */
+bool task_event_kind_parse(const char *name, task_event_kind *out);
+/* The event that records entering state s (queued, running or a final state). */
+task_event_kind task_event_kind_of_state(task_state s);
+
+/* Optional webhook events a client may ask for (task.webhook_events); the
+ * final event is always sent when the task has a webhook_url. */
+#define TASK_WEBHOOK_RUNNING 1u /* also send task.running when a run starts */
 
 /* A reference image given with the request. Base64 inputs are decoded at
  * submit and kept in the blob store (blob_key set); URL inputs keep the URL
@@ -77,11 +123,20 @@ typedef struct task {
   char *aspect_ratio; /* as requested ("auto" allowed) */
   char *resolution;   /* normalised: "512", "1K", "2K", "4K" */
   char *webhook_url;  /* NULL when none */
+  unsigned webhook_events; /* TASK_WEBHOOK_* bits: optional events to send besides the final one */
+  char *dialect;      /* API dialect that created the task and renders its webhook payloads
+                         ("native", ...); NULL is stored as "native" */
+  char *public_base;  /* scheme://host[:port] the client's image links were built with, no
+                         trailing slash, for payloads rendered later without a request; may
+                         be NULL */
+  int64_t deadline_ms;   /* unix ms after which the task is canceled if not final; 0 = none */
+  bool cancel_requested; /* a cancel came while the task ran: its engine aborts the run */
+  int event_seq;      /* seq of the task's latest event (task_get fills it; 0 before insert) */
   char *provider;     /* name of the provider that served the last attempt; NULL before */
   int quantity;       /* images wanted (1 for now) */
   int attempts;       /* times the task has been started; 0 while first queued */
   int64_t created_ms, started_ms, finished_ms; /* unix ms; 0 = not yet */
-  char *error_code;   /* set for failed/moderated */
+  char *error_code;   /* set for failed/moderated/canceled */
   char *error_message;
   task_input *inputs;
   size_t n_inputs;

@@ -3,8 +3,10 @@
  * One database file in WAL mode, reached through a fixed pool of connections.
  * Each connection is opened SQLITE_OPEN_NOMUTEX: the pool hands a connection
  * to exactly one thread at a time, so SQLite's per-connection mutex would only
- * add cost. Statements are prepared per call and finalized before the
- * connection goes back; nothing outlives an operation but the connection.
+ * add cost. The statements the write paths run (sql_run, sql_scalar,
+ * sql_update_task) are kept prepared per connection (sql_cache) and reset
+ * after each use; the others are prepared per call and finalized before the
+ * connection goes back.
  *
  * Writes that span statements run in BEGIN IMMEDIATE transactions: a deferred
  * transaction that reads and then writes can fail with SQLITE_BUSY on the
@@ -26,6 +28,7 @@
 
 #include "util/log.h"
 #include "util/timeutil.h"
+#include "util/utf8.h"
 
 #define SQL_BUSY_TIMEOUT_MS 5000
 /* last_used_ms is advisory; writing it on every request would turn each
@@ -146,9 +149,118 @@ static const char *const sql_migrations[] = {
      * stays (the task's history), marked purged. */
     "ALTER TABLE task_results ADD COLUMN purged_ms INTEGER NOT NULL DEFAULT 0;"
     "CREATE INDEX task_results_due ON task_results(expires_ms) WHERE purged_ms = 0;",
+    /* 6: delivery. The state 'canceled' needs a new CHECK on tasks.state,
+     * and SQLite cannot change a CHECK in place: the table is rebuilt (the
+     * documented way: new table, copy, drop, rename, indexes again; foreign
+     * keys are off while migrations run, see sql_migrate), with the new
+     * columns. Then task events (one per task so far: its state now, so every
+     * task's latest event matches its state), the webhook outbox with its
+     * attempts, and the accounts' webhook secrets. */
+    "CREATE TABLE tasks_v6("
+    "  id TEXT PRIMARY KEY NOT NULL,"
+    "  account_id INTEGER NOT NULL REFERENCES accounts(id),"
+    "  state TEXT NOT NULL CHECK (state IN"
+    "    ('queued', 'running', 'succeeded', 'failed', 'moderated', 'canceled')),"
+    "  model TEXT NOT NULL,"
+    "  prompt TEXT NOT NULL,"
+    "  aspect_ratio TEXT NOT NULL,"
+    "  resolution TEXT NOT NULL,"
+    "  webhook_url TEXT,"
+    "  provider TEXT,"
+    "  quantity INTEGER NOT NULL,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  created_ms INTEGER NOT NULL,"
+    "  started_ms INTEGER NOT NULL DEFAULT 0,"
+    "  finished_ms INTEGER NOT NULL DEFAULT 0,"
+    "  error_code TEXT,"
+    "  error_message TEXT,"
+    "  price_unit INTEGER NOT NULL DEFAULT 0,"
+    "  price_refs INTEGER NOT NULL DEFAULT 0,"
+    "  cost_held INTEGER NOT NULL DEFAULT 0,"
+    "  cost_charged INTEGER NOT NULL DEFAULT 0,"
+    "  dialect TEXT NOT NULL DEFAULT 'native',"
+    "  public_base TEXT,"
+    "  deadline_ms INTEGER NOT NULL DEFAULT 0,"
+    "  cancel_requested INTEGER NOT NULL DEFAULT 0,"
+    "  webhook_events INTEGER NOT NULL DEFAULT 0,"
+    "  event_seq INTEGER NOT NULL DEFAULT 0);"
+    "INSERT INTO tasks_v6(id, account_id, state, model, prompt, aspect_ratio, resolution,"
+    "  webhook_url, provider, quantity, attempts, created_ms, started_ms, finished_ms,"
+    "  error_code, error_message, price_unit, price_refs, cost_held, cost_charged, event_seq)"
+    "  SELECT id, account_id, state, model, prompt, aspect_ratio, resolution, webhook_url,"
+    "  provider, quantity, attempts, created_ms, started_ms, finished_ms, error_code,"
+    "  error_message, price_unit, price_refs, cost_held, cost_charged, 1 FROM tasks;"
+    "DROP TABLE tasks;"
+    "ALTER TABLE tasks_v6 RENAME TO tasks;"
+    "CREATE INDEX tasks_state_created ON tasks(state, created_ms);"
+    "CREATE INDEX tasks_account_created ON tasks(account_id, created_ms);"
+    "CREATE INDEX tasks_account_state ON tasks(account_id, state);"
+    "CREATE INDEX tasks_due ON tasks(deadline_ms)"
+    "  WHERE deadline_ms > 0 AND state IN ('queued', 'running');"
+    "CREATE TABLE task_events("
+    "  task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,"
+    "  seq INTEGER NOT NULL,"
+    "  kind TEXT NOT NULL CHECK (kind IN ('queued', 'running', 'attempt', 'succeeded',"
+    "    'failed', 'moderated', 'canceled')),"
+    "  at_ms INTEGER NOT NULL,"
+    "  run INTEGER NOT NULL DEFAULT 0,"
+    "  provider TEXT NOT NULL DEFAULT '',"
+    "  http_status INTEGER NOT NULL DEFAULT 0,"
+    "  error_code TEXT NOT NULL DEFAULT '',"
+    "  PRIMARY KEY (task_id, seq)) WITHOUT ROWID;"
+    "INSERT INTO task_events(task_id, seq, kind, at_ms, run, provider, error_code)"
+    "  SELECT id, 1, state, CASE state WHEN 'queued' THEN created_ms"
+    "  WHEN 'running' THEN started_ms ELSE finished_ms END, attempts,"
+    "  CASE state WHEN 'running' THEN COALESCE(provider, '') ELSE '' END,"
+    "  CASE WHEN state IN ('failed', 'moderated') THEN COALESCE(error_code, '') ELSE '' END"
+    "  FROM tasks;"
+    "CREATE TABLE webhook_deliveries("
+    "  id TEXT PRIMARY KEY NOT NULL,"
+    "  task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,"
+    "  account_id INTEGER NOT NULL REFERENCES accounts(id),"
+    "  event TEXT NOT NULL,"
+    "  url TEXT NOT NULL,"
+    "  payload TEXT,"
+    "  state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed', 'gone')),"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  created_ms INTEGER NOT NULL,"
+    "  next_ms INTEGER NOT NULL);"
+    "CREATE INDEX webhook_deliveries_due ON webhook_deliveries(next_ms)"
+    "  WHERE state = 'pending';"
+    "CREATE INDEX webhook_deliveries_task ON webhook_deliveries(task_id, created_ms);"
+    "CREATE TABLE webhook_attempts("
+    "  id INTEGER PRIMARY KEY,"
+    "  delivery_id TEXT NOT NULL REFERENCES webhook_deliveries(id) ON DELETE CASCADE,"
+    "  at_ms INTEGER NOT NULL,"
+    "  http_status INTEGER NOT NULL DEFAULT 0,"
+    "  duration_ms INTEGER NOT NULL DEFAULT 0,"
+    "  error TEXT);"
+    "CREATE INDEX webhook_attempts_delivery ON webhook_attempts(delivery_id, id);"
+    "CREATE TABLE webhook_secrets("
+    "  account_id INTEGER PRIMARY KEY REFERENCES accounts(id),"
+    "  current TEXT NOT NULL,"
+    "  previous TEXT NOT NULL DEFAULT '',"
+    "  previous_until_ms INTEGER NOT NULL DEFAULT 0);",
 };
 
 #define SQL_MIGRATION_COUNT ((int64_t)(sizeof sql_migrations / sizeof sql_migrations[0]))
+
+/* Statements kept prepared for one connection. Preparing costs more than
+ * running most statements here: before this cache it was half of the
+ * instructions of a task's writes (callgrind), and it grows with the schema
+ * (each table's indexes, checks and foreign keys are looked at). Keyed by
+ * the address of the SQL text, confirmed by the text itself (every SQL here
+ * is a literal, but a reused buffer must never find another statement). */
+#define SQL_CACHE_SIZE 64
+
+typedef struct sql_cache {
+  sqlite3 *db;
+  size_t n;
+  struct {
+    const char *sql;
+    sqlite3_stmt *st;
+  } items[SQL_CACHE_SIZE];
+} sql_cache;
 
 typedef struct sql_store {
   store base; /* first, so a store * is a sql_store * */
@@ -162,6 +274,7 @@ typedef struct sql_store {
   pthread_mutex_t write_mu;
   size_t n_waiting; /* threads in sql_acquire waiting for a connection (under mu) */
   sqlite3 **conns; /* every connection, for close */
+  sql_cache *caches; /* caches[i] is conns[i]'s */
   sqlite3 **idle;  /* stack of connections nobody holds */
   size_t n_conns, n_idle;
   /* The database file as opened. Open connections keep writing to that file
@@ -182,6 +295,9 @@ typedef struct sql_store {
  * sql_release. The statement helpers below see only a connection; through
  * this, a failure deep inside one can still mark its store broken. */
 static _Thread_local sql_store *sql_thread_store;
+/* The statement cache of the connection this thread holds (NULL outside
+ * sql_acquire..sql_release, e.g. while migrating). */
+static _Thread_local sql_cache *sql_thread_cache;
 
 /* ---- a broken store -------------------------------------------------------------------- */
 
@@ -365,6 +481,56 @@ static int sql_prepare(sqlite3 *db, sqlite3_stmt **st, const char *what, const c
   return rc;
 }
 
+/* A statement for sql, bound: from the thread's connection cache when it is
+ * there, else prepared (and kept, while the cache has room). *cached tells
+ * sql_stmt_done what to do with it. */
+static int sql_stmt_get(sqlite3 *db, sqlite3_stmt **st, bool *cached, const char *what,
+                        const char *sql, const char *types, va_list ap) {
+  sql_cache *c = sql_thread_cache;
+  *cached = false;
+  if (!c || c->db != db) return sql_prepare_va(db, st, what, sql, types, ap);
+  for (size_t i = 0; i < c->n; i++) {
+    if (c->items[i].sql != sql || strcmp(sqlite3_sql(c->items[i].st), sql) != 0) continue;
+    /* In use further up this thread's stack: no helper here nests, but a
+     * shared statement would be rebound under its user. */
+    if (sqlite3_stmt_busy(c->items[i].st)) return sql_prepare_va(db, st, what, sql, types, ap);
+    *st = c->items[i].st;
+    int rc = sql_bind_va(*st, types, ap);
+    if (rc != SQLITE_OK) {
+      sqlite3_clear_bindings(*st);
+      *st = NULL;
+      return sql_fail(db, rc, what);
+    }
+    *cached = true;
+    return STORE_OK;
+  }
+  int rc = sql_prepare_va(db, st, what, sql, types, ap);
+  if (rc == STORE_OK && c->n < SQL_CACHE_SIZE) {
+    c->items[c->n].sql = sql;
+    c->items[c->n].st = *st;
+    c->n++;
+    *cached = true;
+  }
+  return rc;
+}
+
+/* Gives back what sql_stmt_get gave: a cached statement is reset and
+ * unbound (which also ends any read it had open), another finalized. */
+static void sql_stmt_done(sqlite3_stmt *st, bool cached) {
+  if (!cached) {
+    sqlite3_finalize(st);
+    return;
+  }
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+}
+
+/* Finalizes every statement of a connection's cache (before it closes). */
+static void sql_cache_clear(sql_cache *c) {
+  for (size_t i = 0; i < c->n; i++) sqlite3_finalize(c->items[i].st);
+  c->n = 0;
+}
+
 /* Steps a statement that must return a row: OK on a row, NOT_FOUND on none. */
 static int sql_step_row(sqlite3 *db, sqlite3_stmt *st, const char *what) {
   int rc = sqlite3_step(st);
@@ -376,11 +542,12 @@ static int sql_step_row(sqlite3 *db, sqlite3_stmt *st, const char *what) {
 static int sql_run_va(sqlite3 *db, const char *what, const char *sql, const char *types,
                       va_list ap) {
   sqlite3_stmt *st;
-  int rc = sql_prepare_va(db, &st, what, sql, types, ap);
+  bool cached;
+  int rc = sql_stmt_get(db, &st, &cached, what, sql, types, ap);
   if (rc != STORE_OK) return rc;
   int step = sqlite3_step(st);
   rc = (step == SQLITE_DONE || step == SQLITE_ROW) ? STORE_OK : sql_map(db, step, what);
-  sqlite3_finalize(st);
+  sql_stmt_done(st, cached);
   return rc;
 }
 
@@ -411,6 +578,16 @@ static bool sql_col_copy(sqlite3_stmt *st, int col, char *dst, size_t size) {
   if (len >= size) return false;
   memcpy(dst, s, len + 1);
   return true;
+}
+
+/* Copies a text column into a fixed buffer, cut on a character boundary
+ * when it does not fit: for text that is only shown (codes, reasons). */
+static void sql_col_cut(sqlite3_stmt *st, int col, char *dst, size_t size) {
+  const unsigned char *text = sqlite3_column_text(st, col);
+  const char *s = text ? (const char *)text : "";
+  size_t len = utf8_cut(s, size - 1);
+  memcpy(dst, s, len);
+  dst[len] = '\0';
 }
 
 /* Makes room for need elements of size elem; returns the (maybe moved)
@@ -500,6 +677,9 @@ static sqlite3 *sql_acquire(sql_store *ss) {
   pthread_mutex_unlock(&ss->mu);
   assert(!sql_thread_store); /* one connection per thread at a time */
   sql_thread_store = ss;
+  for (size_t i = 0; i < ss->n_conns; i++)
+    if (ss->caches[i].db == db) sql_thread_cache = &ss->caches[i];
+  assert(sql_thread_cache);
   return db;
 }
 
@@ -510,6 +690,7 @@ static void sql_release(sql_store *ss, sqlite3 *db) {
     sql_rollback(db);
   }
   sql_thread_store = NULL;
+  sql_thread_cache = NULL;
   pthread_mutex_lock(&ss->mu);
   ss->idle[ss->n_idle++] = db;
   /* A signal nobody waits for still costs a futex call on every release. */
@@ -750,17 +931,111 @@ static int sql_key_list(store *s, int64_t account_id, store_key **keys, size_t *
 
 /* ---- tasks: writing -------------------------------------------------------------------- */
 
+/* The new task's row, its event counter at 1: its QUEUED event follows. */
 static int sql_insert_task_row(sqlite3 *db, const task *t) {
   return sql_run(db, "task_insert",
                  "INSERT INTO tasks(id, account_id, state, model, prompt, aspect_ratio, resolution,"
                  " webhook_url, provider, quantity, attempts, created_ms, started_ms, finished_ms,"
-                 " error_code, error_message, price_unit, price_refs, cost_held)"
-                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                 "tItttttttiiIIIttIII", t->id, t->account_id,
+                 " error_code, error_message, price_unit, price_refs, cost_held, dialect,"
+                 " public_base, deadline_ms, webhook_events, event_seq)"
+                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
+                 "tItttttttiiIIIttIIIttII", t->id, t->account_id,
                  task_state_name(t->state), t->model, t->prompt, t->aspect_ratio, t->resolution,
                  t->webhook_url, t->provider, t->quantity, t->attempts, t->created_ms,
                  t->started_ms, t->finished_ms, t->error_code, t->error_message,
-                 t->price_unit_micros, t->price_refs_micros, t->cost_held_micros);
+                 t->price_unit_micros, t->price_refs_micros, t->cost_held_micros,
+                 t->dialect ? t->dialect : "native", t->public_base, t->deadline_ms,
+                 (int64_t)t->webhook_events);
+}
+
+/* ---- task events and the webhook outbox --------------------------------------------------- */
+
+/* What the UPDATE that changes a task's state tells about the row after it
+ * (its RETURNING clause): the event's seq and run, and for RUNNING the
+ * provider. Taking them from the UPDATE costs no statement of its own. */
+typedef struct sql_event_row {
+  int seq;
+  int attempts;
+  char provider[64];
+} sql_event_row;
+
+/* Runs an UPDATE ... RETURNING event_seq, attempts[, provider] that matches
+ * at most one task: OK with *row filled when it matched, NOT_FOUND when it
+ * matched nothing (the caller tells a missing task from one in another
+ * state). */
+static int sql_update_task(sqlite3 *db, const char *what, sql_event_row *row, const char *sql,
+                           const char *types, ...) {
+  sqlite3_stmt *st;
+  bool cached;
+  va_list ap;
+  va_start(ap, types);
+  int rc = sql_stmt_get(db, &st, &cached, what, sql, types, ap);
+  va_end(ap);
+  if (rc != STORE_OK) return rc;
+  int step = sqlite3_step(st);
+  if (step == SQLITE_DONE) {
+    rc = STORE_NOT_FOUND;
+  } else if (step != SQLITE_ROW) {
+    rc = sql_map(db, step, what);
+  } else {
+    memset(row, 0, sizeof *row);
+    row->seq = sqlite3_column_int(st, 0);
+    row->attempts = sqlite3_column_int(st, 1);
+    if (sqlite3_column_count(st) > 2) sql_col_cut(st, 2, row->provider, sizeof row->provider);
+    step = sqlite3_step(st); /* the statement is done only once stepped to its end */
+    rc = step == SQLITE_DONE  ? STORE_OK
+         : step == SQLITE_ROW ? sql_misuse(what, "the update matched several tasks")
+                              : sql_map(db, step, what);
+  }
+  sql_stmt_done(st, cached);
+  return rc;
+}
+
+/* Writes a task's event, inside the write transaction of the change it
+ * records, with the seq that change's UPDATE gave (sql_update_task). A plain
+ * insert of a short row: the whole cost of events on the hot paths. */
+static int sql_event_put(sqlite3 *db, const char *task_id, const sql_event_row *row,
+                         task_event_kind kind, int64_t at_ms, const char *provider,
+                         int http_status, const char *error_code) {
+  int rc = sql_run(db, "task_event",
+                   "INSERT INTO task_events(task_id, seq, kind, at_ms, run, provider, http_status,"
+                   " error_code) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   "titIitit", task_id, row->seq, task_event_kind_name(kind), at_ms, row->attempts,
+                   provider ? provider : "", http_status, error_code ? error_code : "");
+  /* The seq comes from the task's own counter, which the same transaction
+   * moved on: a taken one is a bug, not another writer (CONFLICT). */
+  return rc == STORE_CONFLICT ? sql_misuse("task_event", "event seq taken") : rc;
+}
+
+/* Whether o can be stored as given: an id and event that fit the fixed
+ * fields they are read back into, and a URL. NULL (no delivery) is fine. */
+static bool sql_outbox_valid(const store_outbox *o) {
+  return !o || (o->id && o->event && o->url && o->id[0] && o->event[0] &&
+                strlen(o->id) < sizeof ((store_delivery *)0)->id &&
+                strlen(o->event) < sizeof ((store_delivery *)0)->event);
+}
+
+/* Writes a delivery of task_id's change, due at now, inside the caller's
+ * write transaction (nothing when o is NULL). */
+static int sql_outbox_add(sqlite3 *db, const char *task_id, const store_outbox *o,
+                          int64_t now_ms) {
+  if (!o) return STORE_OK;
+  if (!sql_outbox_valid(o)) return sql_misuse("outbox", "id, event or url missing or too long");
+  int rc = sql_run(db, "outbox",
+                   "INSERT INTO webhook_deliveries(id, task_id, account_id, event, url, state,"
+                   " attempts, created_ms, next_ms) SELECT ?1, id, account_id, ?2, ?3, 'pending',"
+                   " 0, ?4, ?4 FROM tasks WHERE id = ?5",
+                   "tttIt", o->id, o->event, o->url, now_ms, task_id);
+  if (rc == STORE_CONFLICT) {
+    /* A delivery id used twice is the caller's bug; CONFLICT would tell it
+     * that someone else changed the task. */
+    char q[64];
+    LOG_ERROR("duplicate_webhook_delivery_id", "id=%s", log_quote(o->id, q, sizeof q));
+    return STORE_ERROR;
+  }
+  if (rc == STORE_OK && sqlite3_changes(db) != 1)
+    return sql_misuse("outbox", "no task row for the delivery");
+  return rc;
 }
 
 static int sql_insert_inputs(sqlite3 *db, const task *t) {
@@ -801,14 +1076,15 @@ static bool ledger_kind_parse(const char *name, ledger_kind *out) {
 static int sql_scalar(sqlite3 *db, const char *what, int64_t *out, const char *sql,
                       const char *types, ...) {
   sqlite3_stmt *st;
+  bool cached;
   va_list ap;
   va_start(ap, types);
-  int rc = sql_prepare_va(db, &st, what, sql, types, ap);
+  int rc = sql_stmt_get(db, &st, &cached, what, sql, types, ap);
   va_end(ap);
   if (rc != STORE_OK) return rc;
   rc = sql_step_row(db, st, what);
   if (rc == STORE_OK) *out = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
+  sql_stmt_done(st, cached);
   return rc;
 }
 
@@ -936,7 +1212,9 @@ static int sql_ledger_verify(store *s) {
                               " ON l.account_id = a.id WHERE a.balance != COALESCE(l.av, 0)"
                               " OR a.held != COALESCE(l.he, 0) OR a.held < 0",
                               &bad);
-  /* A finished task holds nothing; a task in flight holds exactly its price. */
+  /* A finished task holds nothing; a task in flight holds exactly its price.
+   * Only a succeeded task is charged: a failed, moderated or canceled one
+   * released all of its hold. */
   if (rc == STORE_OK)
     rc = sql_count_violations(db, "task_holds",
                               "SELECT t.id FROM tasks t LEFT JOIN (SELECT task_id, SUM(held) he,"
@@ -945,7 +1223,8 @@ static int sql_ledger_verify(store *s) {
                               " ON l.task_id = t.id WHERE COALESCE(l.he, 0) != CASE WHEN t.state"
                               " IN ('queued', 'running') THEN t.cost_held ELSE 0 END"
                               " OR COALESCE(l.cap, 0) != t.cost_charged"
-                              " OR t.cost_charged > t.cost_held",
+                              " OR t.cost_charged > t.cost_held"
+                              " OR (t.state != 'succeeded' AND t.cost_charged != 0)",
                               &bad);
   /* Conservation per task: what left the available balance is the hold,
    * less what came back; once final that is exactly the charge. A priced
@@ -1079,6 +1358,7 @@ static int sql_insert_task_tx(sql_store *ss, const task *t, const store_idem *id
   if (!t || !ids_is_uuid(t->id)) return sql_misuse("task_insert", "task id is not a UUID");
   if (t->state != TASK_QUEUED) return sql_misuse("task_insert", "a new task must be queued");
   if (t->cost_held_micros < 0) return sql_misuse("task_insert", "negative price");
+  if (t->deadline_ms < 0) return sql_misuse("task_insert", "negative deadline");
   if (idem && (!idem->key || !idem->request_hash || idem->ttl_ms <= 0 || !first_task_id))
     return sql_misuse("task_insert", "incomplete idempotency key");
   sqlite3 *db = sql_acquire(ss);
@@ -1089,6 +1369,10 @@ static int sql_insert_task_tx(sql_store *ss, const task *t, const store_idem *id
     if (rc == STORE_OK) rc = sql_check_concurrency(db, t->account_id);
     if (rc == STORE_OK) rc = sql_insert_task_row(db, t);
     if (rc == STORE_OK) rc = sql_insert_inputs(db, t);
+    if (rc == STORE_OK) {
+      const sql_event_row first = {.seq = 1, .attempts = t->attempts};
+      rc = sql_event_put(db, t->id, &first, TASK_EVENT_QUEUED, t->created_ms, NULL, 0, NULL);
+    }
     /* The hold goes in the same transaction: no task without its hold, no
      * hold without its task. */
     if (rc == STORE_OK && t->cost_held_micros > 0)
@@ -1122,17 +1406,17 @@ static int sql_cas_miss(sqlite3 *db, const char *task_id, const char *what) {
 
 static int sql_start_locked(sqlite3 *db, const char *task_id, const char *provider,
                             int64_t now_ms, int *attempt_out) {
-  int rc = sql_run(db, "task_start",
-                   "UPDATE tasks SET state = ?, attempts = attempts + 1, started_ms = ?,"
-                   " provider = COALESCE(?, provider) WHERE id = ? AND state = ?",
-                   "tIttt", task_state_name(TASK_RUNNING), now_ms, provider, task_id,
-                   task_state_name(TASK_QUEUED));
-  if (rc != STORE_OK) return rc;
-  if (sqlite3_changes(db) == 0) return sql_cas_miss(db, task_id, "task_start");
-  int64_t attempts = 0;
-  rc = sql_scalar(db, "task_start", &attempts, "SELECT attempts FROM tasks WHERE id = ?", "t",
-                  task_id);
-  if (rc == STORE_OK && attempt_out) *attempt_out = (int)attempts;
+  sql_event_row row;
+  int rc = sql_update_task(db, "task_start", &row,
+                           "UPDATE tasks SET state = ?, attempts = attempts + 1, started_ms = ?,"
+                           " provider = COALESCE(?, provider), event_seq = event_seq + 1"
+                           " WHERE id = ? AND state = ? RETURNING event_seq, attempts, provider",
+                           "tIttt", task_state_name(TASK_RUNNING), now_ms, provider, task_id,
+                           task_state_name(TASK_QUEUED));
+  if (rc == STORE_NOT_FOUND) return sql_cas_miss(db, task_id, "task_start");
+  if (rc == STORE_OK)
+    rc = sql_event_put(db, task_id, &row, TASK_EVENT_RUNNING, now_ms, row.provider, 0, NULL);
+  if (rc == STORE_OK && attempt_out) *attempt_out = row.attempts;
   return rc;
 }
 
@@ -1150,6 +1434,9 @@ static int sql_task_start(store *s, const char *task_id, const char *provider, i
 
 static int sql_task_start_many(store *s, store_start *items, size_t n, int64_t now_ms) {
   if (n == 0) return STORE_OK;
+  for (size_t i = 0; i < n; i++)
+    if (!sql_outbox_valid(items[i].outbox))
+      return sql_misuse("task_start_many", "outbox id, event or url missing or too long");
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
   int rc = sql_write_begin(ss, db);
@@ -1158,6 +1445,7 @@ static int sql_task_start_many(store *s, store_start *items, size_t n, int64_t n
       store_start *it = &items[i];
       it->rc = it->task_id ? sql_start_locked(db, it->task_id, it->provider, now_ms, &it->attempt)
                            : STORE_NOT_FOUND;
+      if (it->rc == STORE_OK) it->rc = sql_outbox_add(db, it->task_id, it->outbox, now_ms);
       /* One task gone or started elsewhere does not fail the others. */
       if (it->rc != STORE_OK && it->rc != STORE_CONFLICT && it->rc != STORE_NOT_FOUND) rc = it->rc;
     }
@@ -1234,15 +1522,20 @@ static int sql_finish_locked(sqlite3 *db, const char *task_id, int attempt,
                              task_state final_state, const char *error_code,
                              const char *error_message, const task_result *results,
                              size_t n_results, int64_t now_ms) {
-  int rc = sql_run(db, "task_finish",
-                   "UPDATE tasks SET state = ?, finished_ms = ?, error_code = ?,"
-                   " error_message = ? WHERE id = ? AND state = ? AND attempts = ?",
-                   "tItttti", task_state_name(final_state), now_ms, error_code, error_message,
-                   task_id, task_state_name(TASK_RUNNING), attempt);
-  if (rc != STORE_OK) return rc;
-  if (sqlite3_changes(db) == 0) return sql_cas_miss(db, task_id, "task_finish");
-  rc = sql_insert_results(db, task_id, results, n_results);
+  sql_event_row row;
+  int rc = sql_update_task(db, "task_finish", &row,
+                           "UPDATE tasks SET state = ?, finished_ms = ?, error_code = ?,"
+                           " error_message = ?, event_seq = event_seq + 1"
+                           " WHERE id = ? AND state = ? AND attempts = ? RETURNING event_seq,"
+                           " attempts",
+                           "tItttti", task_state_name(final_state), now_ms, error_code,
+                           error_message, task_id, task_state_name(TASK_RUNNING), attempt);
+  if (rc == STORE_NOT_FOUND) return sql_cas_miss(db, task_id, "task_finish");
+  if (rc == STORE_OK) rc = sql_insert_results(db, task_id, results, n_results);
   if (rc == STORE_OK) rc = sql_settle_locked(db, task_id, final_state, n_results, now_ms);
+  if (rc == STORE_OK)
+    rc = sql_event_put(db, task_id, &row, task_event_kind_of_state(final_state), now_ms, NULL, 0,
+                       final_state == TASK_SUCCEEDED ? NULL : error_code);
   return rc;
 }
 
@@ -1263,11 +1556,30 @@ static int sql_attempt_insert_locked(sqlite3 *db, const char *task_id, const tas
 }
 
 static int sql_task_attempt_add(store *s, const char *task_id, const task_attempt *a) {
-  if (!task_id) return sql_misuse("task_attempt_add", "task id missing");
+  if (!task_id || !a) return sql_misuse("task_attempt_add", "task id or attempt missing");
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
   int rc = sql_write_begin(ss, db);
-  if (rc == STORE_OK) rc = sql_write_end(ss, db, sql_attempt_insert_locked(db, task_id, a));
+  if (rc == STORE_OK) {
+    int r = sql_attempt_insert_locked(db, task_id, a);
+    /* The event only while the task runs: an attempt recorded late (its
+     * task finished or put back meanwhile) stays in the history, but no
+     * event may follow a task's final one. */
+    sql_event_row row;
+    if (r == STORE_OK) {
+      r = sql_update_task(db, "task_attempt_event", &row,
+                          "UPDATE tasks SET event_seq = event_seq + 1"
+                          " WHERE id = ? AND state = 'running' RETURNING event_seq, attempts",
+                          "t", task_id);
+      if (r == STORE_OK)
+        r = sql_event_put(db, task_id, &row, TASK_EVENT_ATTEMPT,
+                          a->ended_ms > 0 ? a->ended_ms : time_now_ms(), a->provider,
+                          a->http_status, a->error_code ? a->error_code : a->error_class);
+      else if (r == STORE_NOT_FOUND)
+        r = STORE_OK; /* not running (or no such task): the attempt row alone */
+    }
+    rc = sql_write_end(ss, db, r);
+  }
   sql_release(ss, db);
   return rc;
 }
@@ -1275,11 +1587,13 @@ static int sql_task_attempt_add(store *s, const char *task_id, const task_attemp
 static int sql_task_finish(store *s, const char *task_id, int attempt, task_state final_state,
                            const char *error_code, const char *error_message,
                            const task_result *results, size_t n_results, int64_t now_ms,
-                           const task_attempt *last_attempt) {
+                           const task_attempt *last_attempt, const store_outbox *outbox) {
   if (!task_id) return STORE_NOT_FOUND;
   if (!task_state_is_final(final_state) || !task_state_can_transition(TASK_RUNNING, final_state))
     return sql_misuse("task_finish", "final_state is not a final state");
   if (n_results > 0 && !results) return sql_misuse("task_finish", "results missing");
+  if (!sql_outbox_valid(outbox))
+    return sql_misuse("task_finish", "outbox id, event or url missing or too long");
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
   int rc = sql_write_begin(ss, db);
@@ -1287,6 +1601,7 @@ static int sql_task_finish(store *s, const char *task_id, int attempt, task_stat
     int r = sql_finish_locked(db, task_id, attempt, final_state, error_code, error_message,
                               results, n_results, now_ms);
     if (r == STORE_OK && last_attempt) r = sql_attempt_insert_locked(db, task_id, last_attempt);
+    if (r == STORE_OK) r = sql_outbox_add(db, task_id, outbox, now_ms);
     rc = sql_write_end(ss, db, r);
   }
   sql_release(ss, db);
@@ -1294,9 +1609,26 @@ static int sql_task_finish(store *s, const char *task_id, int attempt, task_stat
 }
 
 static int sql_task_requeue_running(store *s, int64_t *count_out) {
-  return sql_write_one((sql_store *)s, "task_requeue_running", STORE_OK, count_out, NULL,
-                       "UPDATE tasks SET state = ? WHERE state = ?", "tt",
-                       task_state_name(TASK_QUEUED), task_state_name(TASK_RUNNING));
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_write_begin(ss, db);
+  if (rc == STORE_OK) {
+    /* The events first, while the rows still say which tasks were running. */
+    int r = sql_run(db, "task_requeue_running",
+                    "INSERT INTO task_events(task_id, seq, kind, at_ms, run)"
+                    " SELECT id, event_seq + 1, 'queued', ?, attempts FROM tasks"
+                    " WHERE state = 'running'",
+                    "I", time_now_ms());
+    if (r == STORE_OK)
+      r = sql_run(db, "task_requeue_running",
+                  "UPDATE tasks SET state = 'queued', event_seq = event_seq + 1"
+                  " WHERE state = 'running'",
+                  "");
+    if (r == STORE_OK && count_out) *count_out = sqlite3_changes(db);
+    rc = sql_write_end(ss, db, r);
+  }
+  sql_release(ss, db);
+  return rc;
 }
 
 /* ---- tasks: reading -------------------------------------------------------------------- */
@@ -1322,6 +1654,12 @@ static int sql_read_task(sqlite3_stmt *st, task *t) {
   t->price_refs_micros = sqlite3_column_int64(st, 17);
   t->cost_held_micros = sqlite3_column_int64(st, 18);
   t->cost_charged_micros = sqlite3_column_int64(st, 19);
+  if (!sql_col_dup(st, 20, &t->dialect) || !sql_col_dup(st, 21, &t->public_base))
+    return sql_oom("task_get");
+  t->deadline_ms = sqlite3_column_int64(st, 22);
+  t->cancel_requested = sqlite3_column_int(st, 23) != 0;
+  t->webhook_events = (unsigned)sqlite3_column_int64(st, 24);
+  t->event_seq = sqlite3_column_int(st, 25);
   return STORE_OK;
 }
 
@@ -1331,7 +1669,8 @@ static int sql_load_task_row(sqlite3 *db, const char *task_id, task *t) {
                        "SELECT id, account_id, state, model, prompt, aspect_ratio, resolution,"
                        " webhook_url, provider, quantity, attempts, created_ms, started_ms,"
                        " finished_ms, error_code, error_message, price_unit, price_refs,"
-                       " cost_held, cost_charged FROM tasks WHERE id = ?",
+                       " cost_held, cost_charged, dialect, public_base, deadline_ms,"
+                       " cancel_requested, webhook_events, event_seq FROM tasks WHERE id = ?",
                        "t", task_id);
   if (rc != STORE_OK) return rc;
   rc = sql_step_row(db, st, "task_get");
@@ -1453,7 +1792,7 @@ static int sql_task_get(store *s, const char *task_id, task **out) {
 
 static int sql_row_task_id(sqlite3_stmt *st, void *elem) {
   if (!sql_col_copy(st, 0, elem, IDS_UUID_LEN + 1))
-    return sql_misuse("task_list_queued", "stored task id too long");
+    return sql_misuse("task_list", "stored task id too long");
   return STORE_OK;
 }
 
@@ -1520,10 +1859,23 @@ static int sql_task_list_running(store *s, size_t limit, store_start **items, si
 
 static int sql_task_requeue(store *s, const char *task_id, int attempt) {
   if (!task_id) return STORE_NOT_FOUND;
-  return sql_write_one((sql_store *)s, "task_requeue", STORE_CONFLICT, NULL, NULL,
-                       "UPDATE tasks SET state = 'queued' WHERE id = ? AND state = 'running'"
-                       " AND attempts = ?",
-                       "ti", task_id, attempt);
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_write_begin(ss, db);
+  if (rc == STORE_OK) {
+    sql_event_row row;
+    int r = sql_update_task(db, "task_requeue", &row,
+                            "UPDATE tasks SET state = 'queued', event_seq = event_seq + 1"
+                            " WHERE id = ? AND state = 'running' AND attempts = ?"
+                            " RETURNING event_seq, attempts",
+                            "ti", task_id, attempt);
+    if (r == STORE_NOT_FOUND) r = STORE_CONFLICT; /* as before events: unknown ids too */
+    if (r == STORE_OK)
+      r = sql_event_put(db, task_id, &row, TASK_EVENT_QUEUED, time_now_ms(), NULL, 0, NULL);
+    rc = sql_write_end(ss, db, r);
+  }
+  sql_release(ss, db);
+  return rc;
 }
 
 static int sql_result_by_token(store *s, const char *token, task_result *out) {
@@ -1588,14 +1940,14 @@ static int sql_row_blob_ref(sqlite3_stmt *st, void *elem) {
   return STORE_OK;
 }
 
-static int sql_load_task_state(sqlite3 *db, const char *task_id, task_state *out) {
+static int sql_load_task_state(sqlite3 *db, const char *task_id, task_state *out,
+                               const char *what) {
   sqlite3_stmt *st;
-  int rc = sql_prepare(db, &st, "task_blob_refs", "SELECT state FROM tasks WHERE id = ?", "t",
-                       task_id);
+  int rc = sql_prepare(db, &st, what, "SELECT state FROM tasks WHERE id = ?", "t", task_id);
   if (rc != STORE_OK) return rc;
-  rc = sql_step_row(db, st, "task_blob_refs");
+  rc = sql_step_row(db, st, what);
   if (rc == STORE_OK && !task_state_parse((const char *)sqlite3_column_text(st, 0), out))
-    rc = sql_misuse("task_blob_refs", "stored state unknown");
+    rc = sql_misuse(what, "stored state unknown");
   sqlite3_finalize(st);
   return rc;
 }
@@ -1610,7 +1962,7 @@ static int sql_task_blob_refs(store *s, const char *task_id, task_state *state_o
   /* One read transaction: the state and the rows agree. */
   int rc = sql_begin_read(db);
   if (rc == STORE_OK) {
-    int r = sql_load_task_state(db, task_id, state_out);
+    int r = sql_load_task_state(db, task_id, state_out, "task_blob_refs");
     sqlite3_stmt *st = NULL;
     if (r == STORE_OK)
       r = sql_prepare(db, &st, "task_blob_refs",
@@ -1634,18 +1986,371 @@ static int sql_task_blob_refs(store *s, const char *task_id, task_state *state_o
   return rc;
 }
 
+/* ---- cancel and deadlines -------------------------------------------------------------- */
+
+/* Inside the cancel's write transaction: reads the state and acts on it
+ * (store.h). *state is the state after. */
+static int sql_cancel_locked(sqlite3 *db, const char *task_id, int64_t now_ms, const char *code,
+                             const store_outbox *outbox, task_state *state) {
+  int rc = sql_load_task_state(db, task_id, state, "task_cancel");
+  if (rc != STORE_OK) return rc;
+  if (*state == TASK_RUNNING)
+    return sql_run(db, "task_cancel",
+                   "UPDATE tasks SET cancel_requested = 1 WHERE id = ? AND cancel_requested = 0",
+                   "t", task_id);
+  if (*state != TASK_QUEUED) return STORE_CONFLICT;
+  assert(task_state_can_transition(TASK_QUEUED, TASK_CANCELED));
+  sql_event_row row;
+  rc = sql_update_task(db, "task_cancel", &row,
+                       "UPDATE tasks SET state = 'canceled', finished_ms = ?, error_code = ?,"
+                       " event_seq = event_seq + 1 WHERE id = ? AND state = 'queued'"
+                       " RETURNING event_seq, attempts",
+                       "Itt", now_ms, code, task_id);
+  if (rc == STORE_NOT_FOUND) /* read as queued in this same transaction */
+    rc = sql_misuse("task_cancel", "the queued task changed under the write lock");
+  if (rc == STORE_OK) rc = sql_settle_locked(db, task_id, TASK_CANCELED, 0, now_ms);
+  if (rc == STORE_OK)
+    rc = sql_event_put(db, task_id, &row, TASK_EVENT_CANCELED, now_ms, NULL, 0, code);
+  if (rc == STORE_OK) rc = sql_outbox_add(db, task_id, outbox, now_ms);
+  if (rc == STORE_OK) *state = TASK_CANCELED;
+  return rc;
+}
+
+static int sql_task_cancel(store *s, const char *task_id, int64_t now_ms, const char *code,
+                           const store_outbox *outbox, task_state *state_out) {
+  if (!task_id) return STORE_NOT_FOUND;
+  if (!code || !code[0]) return sql_misuse("task_cancel", "no error code");
+  if (!sql_outbox_valid(outbox))
+    return sql_misuse("task_cancel", "outbox id, event or url missing or too long");
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  task_state state = TASK_QUEUED;
+  int rc = sql_write_begin(ss, db);
+  if (rc == STORE_OK) {
+    int r = sql_cancel_locked(db, task_id, now_ms, code, outbox, &state);
+    /* A running task's mark is a change to commit, though the answer is
+     * CONFLICT (the task is not canceled yet). */
+    bool marked = r == STORE_OK && state == TASK_RUNNING;
+    rc = sql_write_end(ss, db, r);
+    if (rc == STORE_OK && marked) rc = STORE_CONFLICT;
+  }
+  sql_release(ss, db);
+  if (state_out && (rc == STORE_OK || rc == STORE_CONFLICT)) *state_out = state;
+  return rc;
+}
+
+static int sql_task_list_due(store *s, int64_t now_ms, size_t limit,
+                             char (**ids)[IDS_UUID_LEN + 1], size_t *count) {
+  *ids = NULL;
+  *count = 0;
+  if (limit == 0) return STORE_OK;
+  /* tasks_due holds only the tasks with a deadline that are not final, a
+   * few among many; without statistics the planner would rather walk every
+   * queued and running task by state. The WHERE repeats the index's
+   * condition, which INDEXED BY requires (it fails loudly otherwise). */
+  return sql_list((sql_store *)s, "task_list_due", sql_row_task_id, sizeof **ids, (void **)ids,
+                  count,
+                  "SELECT id FROM tasks INDEXED BY tasks_due"
+                  " WHERE deadline_ms > 0 AND state IN ('queued', 'running')"
+                  " AND deadline_ms <= ? ORDER BY deadline_ms, id LIMIT ?",
+                  "II", now_ms, (int64_t)(limit > INT32_MAX ? INT32_MAX : limit));
+}
+
+/* ---- task events: reading -------------------------------------------------------------- */
+
+static int sql_row_event(sqlite3_stmt *st, void *elem) {
+  task_event *e = elem;
+  e->seq = sqlite3_column_int(st, 0);
+  if (!task_event_kind_parse((const char *)sqlite3_column_text(st, 1), &e->kind))
+    return sql_misuse("task_events", "stored kind unknown");
+  e->at_ms = sqlite3_column_int64(st, 2);
+  e->run = sqlite3_column_int(st, 3);
+  sql_col_cut(st, 4, e->provider, sizeof e->provider);
+  e->http_status = sqlite3_column_int(st, 5);
+  sql_col_cut(st, 6, e->error_code, sizeof e->error_code);
+  return STORE_OK;
+}
+
+static int sql_task_events(store *s, const char *task_id, int after_seq, task_event **out,
+                           size_t *n) {
+  *out = NULL;
+  *n = 0;
+  if (!task_id) return STORE_NOT_FOUND;
+  sql_store *ss = (sql_store *)s;
+  int rc = sql_list(ss, "task_events", sql_row_event, sizeof **out, (void **)out, n,
+                    "SELECT seq, kind, at_ms, run, provider, http_status, error_code"
+                    " FROM task_events WHERE task_id = ? AND seq > ? ORDER BY seq",
+                    "ti", task_id, after_seq);
+  if (rc != STORE_OK || *n > 0) return rc;
+  /* No event after after_seq: a task with nothing new, or no task at all
+   * (every task has its QUEUED event, so only then is it worth a look). */
+  sqlite3 *db = sql_acquire(ss);
+  int64_t one;
+  rc = sql_scalar(db, "task_events", &one, "SELECT 1 FROM tasks WHERE id = ?", "t", task_id);
+  sql_release(ss, db);
+  return rc;
+}
+
+/* ---- webhook deliveries ---------------------------------------------------------------- */
+
+static bool sql_webhook_state_parse(const char *name, webhook_state *out) {
+  for (int i = 0; name && i < WEBHOOK_STATE_COUNT; i++)
+    if (strcmp(name, webhook_state_name((webhook_state)i)) == 0) {
+      *out = (webhook_state)i;
+      return true;
+    }
+  return false;
+}
+
+/* The events whose delivery webhook_resend sends again: those that announce
+ * a final state (store.h). */
+#define SQL_FINAL_EVENTS "('task.succeeded', 'task.failed', 'task.moderated', 'task.canceled')"
+
+/* Binds a prepared statement afresh (after a reset) and steps it once:
+ * statements run once per row of a batch are prepared once per batch. */
+static int sql_rerun(sqlite3 *db, sqlite3_stmt *st, const char *what, const char *types, ...) {
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  va_list ap;
+  va_start(ap, types);
+  int rc = sql_bind_va(st, types, ap);
+  va_end(ap);
+  if (rc != SQLITE_OK) return sql_fail(db, rc, what);
+  int step = sqlite3_step(st);
+  return step == SQLITE_DONE || step == SQLITE_ROW ? STORE_OK : sql_map(db, step, what);
+}
+
+static int sql_row_delivery(sqlite3_stmt *st, void *elem) {
+  store_delivery *d = elem;
+  if (!sql_col_copy(st, 0, d->id, sizeof d->id) ||
+      !sql_col_copy(st, 1, d->task_id, sizeof d->task_id) ||
+      !sql_col_copy(st, 3, d->event, sizeof d->event))
+    return sql_misuse("webhook_claim", "stored id, task id or event too long");
+  d->account_id = sqlite3_column_int64(st, 2);
+  d->attempts = sqlite3_column_int(st, 6);
+  d->created_ms = sqlite3_column_int64(st, 7);
+  if (sql_col_dup(st, 4, &d->url) && sql_col_dup(st, 5, &d->payload)) return STORE_OK;
+  store_delivery_clear(d);
+  return sql_oom("webhook_claim");
+}
+
+/* Inside the claim's write transaction: reads the due rows, then moves each
+ * to the end of its lease. */
+static int sql_claim_locked(sqlite3 *db, int64_t now_ms, int64_t lease_ms, size_t limit,
+                            store_delivery **out, size_t *n) {
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, "webhook_claim",
+                       "SELECT id, task_id, account_id, event, url, payload, attempts, created_ms"
+                       " FROM webhook_deliveries WHERE state = 'pending' AND next_ms <= ?"
+                       " ORDER BY next_ms LIMIT ?",
+                       "II", now_ms, (int64_t)(limit > INT32_MAX ? INT32_MAX : limit));
+  if (rc != STORE_OK) return rc;
+  rc = sql_collect(db, st, "webhook_claim", sql_row_delivery, sizeof **out, (void **)out, n);
+  sqlite3_finalize(st);
+  if (rc != STORE_OK || *n == 0) return rc;
+  rc = sql_prepare(db, &st, "webhook_claim",
+                   "UPDATE webhook_deliveries SET next_ms = ? WHERE id = ?", "");
+  for (size_t i = 0; i < *n && rc == STORE_OK; i++)
+    rc = sql_rerun(db, st, "webhook_claim", "It", now_ms + lease_ms, (*out)[i].id);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+static int sql_webhook_claim(store *s, int64_t now_ms, int64_t lease_ms, size_t limit,
+                             store_delivery **out, size_t *n) {
+  *out = NULL;
+  *n = 0;
+  if (limit == 0) return STORE_OK;
+  if (lease_ms <= 0) return sql_misuse("webhook_claim", "a lease must be positive");
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_write_begin(ss, db);
+  if (rc == STORE_OK)
+    rc = sql_write_end(ss, db, sql_claim_locked(db, now_ms, lease_ms, limit, out, n));
+  sql_release(ss, db);
+  if (rc != STORE_OK) {
+    store_delivery_free(*out, *n);
+    *out = NULL;
+    *n = 0;
+  }
+  return rc;
+}
+
+/* Inside the record's write transaction: one result. */
+static int sql_record_one(sqlite3 *db, sqlite3_stmt *update, sqlite3_stmt *insert,
+                          const store_delivery_result *r) {
+  int rc = sql_rerun(db, update, "webhook_record", "tIttt", webhook_state_name(r->state),
+                     r->next_ms, r->payload, r->id, webhook_state_name(WEBHOOK_PENDING));
+  if (rc != STORE_OK || sqlite3_changes(db) == 0) return rc; /* an unknown id: skipped */
+  return sql_rerun(db, insert, "webhook_record", "tIiIt", r->id, r->at_ms, r->http_status,
+                   r->duration_ms, r->error);
+}
+
+static int sql_webhook_record(store *s, const store_delivery_result *r, size_t n) {
+  if (n == 0) return STORE_OK;
+  if (!r) return sql_misuse("webhook_record", "results missing");
+  for (size_t i = 0; i < n; i++)
+    if (!r[i].id || (unsigned)r[i].state >= WEBHOOK_STATE_COUNT)
+      return sql_misuse("webhook_record", "a result without an id or with an unknown state");
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_write_begin(ss, db);
+  if (rc == STORE_OK) {
+    sqlite3_stmt *update = NULL, *insert = NULL;
+    /* next_ms matters only while PENDING; a final row keeps its last one. */
+    int r2 = sql_prepare(db, &update, "webhook_record",
+                         "UPDATE webhook_deliveries SET attempts = attempts + 1, state = ?1,"
+                         " next_ms = CASE WHEN ?1 = ?5 THEN ?2 ELSE next_ms END,"
+                         " payload = COALESCE(?3, payload) WHERE id = ?4",
+                         "");
+    if (r2 == STORE_OK)
+      r2 = sql_prepare(db, &insert, "webhook_record",
+                       "INSERT INTO webhook_attempts(delivery_id, at_ms, http_status, duration_ms,"
+                       " error) VALUES (?, ?, ?, ?, ?)",
+                       "");
+    for (size_t i = 0; i < n && r2 == STORE_OK; i++) r2 = sql_record_one(db, update, insert, &r[i]);
+    sqlite3_finalize(update);
+    sqlite3_finalize(insert);
+    rc = sql_write_end(ss, db, r2);
+  }
+  sql_release(ss, db);
+  return rc;
+}
+
+static int sql_row_webhook_attempt(sqlite3_stmt *st, void *elem) {
+  store_webhook_attempt *a = elem;
+  if (!sql_col_copy(st, 0, a->id, sizeof a->id) || !sql_col_copy(st, 1, a->event, sizeof a->event))
+    return sql_misuse("webhook_list", "stored id or event too long");
+  a->at_ms = sqlite3_column_int64(st, 2);
+  a->http_status = sqlite3_column_int(st, 3);
+  a->duration_ms = sqlite3_column_int64(st, 4);
+  sql_col_cut(st, 5, a->error, sizeof a->error);
+  if (!sql_webhook_state_parse((const char *)sqlite3_column_text(st, 6), &a->state))
+    return sql_misuse("webhook_list", "stored state unknown");
+  return STORE_OK;
+}
+
+static int sql_webhook_list(store *s, const char *task_id, store_webhook_attempt **out,
+                            size_t *n) {
+  *out = NULL;
+  *n = 0;
+  if (!task_id) return STORE_OK;
+  return sql_list((sql_store *)s, "webhook_list", sql_row_webhook_attempt, sizeof **out,
+                  (void **)out, n,
+                  "SELECT d.id, d.event, a.at_ms, a.http_status, a.duration_ms,"
+                  " COALESCE(a.error, ''), d.state FROM webhook_deliveries d"
+                  " JOIN webhook_attempts a ON a.delivery_id = d.id"
+                  " WHERE d.task_id = ? ORDER BY a.at_ms, a.id",
+                  "t", task_id);
+}
+
+static int sql_webhook_resend(store *s, const char *task_id, int64_t now_ms) {
+  if (!task_id) return STORE_NOT_FOUND;
+  return sql_write_one((sql_store *)s, "webhook_resend", STORE_NOT_FOUND, NULL, NULL,
+                       "UPDATE webhook_deliveries SET state = 'pending', next_ms = ?1"
+                       " WHERE id = (SELECT id FROM webhook_deliveries WHERE task_id = ?2"
+                       " AND event IN " SQL_FINAL_EVENTS " ORDER BY created_ms DESC, rowid DESC"
+                       " LIMIT 1)",
+                       "It", now_ms, task_id);
+}
+
+static int sql_webhook_pending_count(store *s, int64_t *n) {
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_scalar(db, "webhook_pending_count", n,
+                      "SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'pending'", "");
+  sql_release(ss, db);
+  return rc;
+}
+
+/* ---- webhook secrets ------------------------------------------------------------------- */
+
+static bool sql_secret_valid(const char *secret) {
+  return secret && secret[0] && strlen(secret) < sizeof ((store_webhook_secret *)0)->current;
+}
+
+/* Reads the account's secrets (on db, in or out of a transaction). */
+static int sql_secret_read(sqlite3 *db, int64_t account_id, store_webhook_secret *out) {
+  sqlite3_stmt *st;
+  int rc = sql_prepare(db, &st, "webhook_secret",
+                       "SELECT current, previous, previous_until_ms FROM webhook_secrets"
+                       " WHERE account_id = ?",
+                       "I", account_id);
+  if (rc != STORE_OK) return rc;
+  rc = sql_step_row(db, st, "webhook_secret");
+  if (rc == STORE_OK) {
+    memset(out, 0, sizeof *out);
+    if (!sql_col_copy(st, 0, out->current, sizeof out->current) ||
+        !sql_col_copy(st, 1, out->previous, sizeof out->previous))
+      rc = sql_misuse("webhook_secret", "stored secret too long");
+    out->previous_until_ms = sqlite3_column_int64(st, 2);
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
+static int sql_webhook_secret_get(store *s, int64_t account_id, const char *fresh,
+                                  store_webhook_secret *out) {
+  if (fresh && !sql_secret_valid(fresh))
+    return sql_misuse("webhook_secret_get", "fresh secret empty or too long");
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_secret_read(db, account_id, out);
+  sql_release(ss, db);
+  if (rc != STORE_NOT_FOUND || !fresh) return rc;
+  /* The first call for the account: of racing first calls, the first
+   * insert wins and the others change nothing; all read the winner. An
+   * unknown account fails the foreign key: NOT_FOUND. */
+  rc = sql_write_one(ss, "webhook_secret_get", STORE_OK, NULL, NULL,
+                     "INSERT INTO webhook_secrets(account_id, current) VALUES (?, ?)"
+                     " ON CONFLICT(account_id) DO NOTHING",
+                     "It", account_id, fresh);
+  if (rc != STORE_OK) return rc;
+  db = sql_acquire(ss);
+  rc = sql_secret_read(db, account_id, out);
+  sql_release(ss, db);
+  return rc;
+}
+
+static int sql_webhook_secret_rotate(store *s, int64_t account_id, const char *fresh,
+                                     int64_t previous_until_ms, store_webhook_secret *out) {
+  if (!sql_secret_valid(fresh))
+    return sql_misuse("webhook_secret_rotate", "fresh secret missing, empty or too long");
+  sql_store *ss = (sql_store *)s;
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_write_begin(ss, db);
+  if (rc == STORE_OK) {
+    /* In an UPDATE every right-hand side sees the row as it was: previous
+     * gets the old current. */
+    int r = sql_run(db, "webhook_secret_rotate",
+                    "INSERT INTO webhook_secrets(account_id, current) VALUES (?1, ?2)"
+                    " ON CONFLICT(account_id) DO UPDATE SET current = excluded.current,"
+                    " previous = current, previous_until_ms = ?3",
+                    "ItI", account_id, fresh, previous_until_ms);
+    store_webhook_secret now;
+    if (r == STORE_OK) r = sql_secret_read(db, account_id, &now);
+    if (r == STORE_OK && out) *out = now;
+    rc = sql_write_end(ss, db, r);
+  }
+  sql_release(ss, db);
+  return rc;
+}
+
 /* ---- opening and closing --------------------------------------------------------------- */
 
 static void sql_free(sql_store *ss) {
-  for (size_t i = 0; i < ss->n_conns; i++)
+  for (size_t i = 0; i < ss->n_conns; i++) {
+    sql_cache_clear(&ss->caches[i]);
     if (sqlite3_close(ss->conns[i]) != SQLITE_OK) /* a statement left open: a bug */
       LOG_ERROR("sqlite_connection_did_not_close", NULL);
+  }
   pthread_cond_destroy(&ss->cv);
   pthread_mutex_destroy(&ss->mu);
   pthread_mutex_destroy(&ss->write_mu);
   pthread_mutex_destroy(&ss->broken_mu);
   free(ss->db_path);
   free(ss->conns);
+  free(ss->caches);
   free(ss->idle);
   free(ss);
 }
@@ -1766,12 +2471,27 @@ static bool sql_migration_check(sqlite3 *db, int64_t v, bool *pending, char *err
   return true;
 }
 
+/* Inside a migration's transaction, with foreign keys off: true when every
+ * row still has its parents (PRAGMA foreign_key_check returns no row). */
+static bool sql_foreign_keys_hold(sqlite3 *db) {
+  sqlite3_stmt *st;
+  if (sqlite3_prepare_v2(db, "PRAGMA foreign_key_check", -1, &st, NULL) != SQLITE_OK) return false;
+  bool ok = sqlite3_step(st) == SQLITE_DONE;
+  sqlite3_finalize(st);
+  return ok;
+}
+
 /* Runs migration v and records it, then commits. */
 static bool sql_migration_apply(sqlite3 *db, int64_t v, char *err, size_t err_size) {
   char *msg = NULL;
   if (sqlite3_exec(db, sql_migrations[v - 1], NULL, NULL, &msg) != SQLITE_OK) {
     sql_set_err(err, err_size, "migration %lld failed: %s", (long long)v, msg ? msg : "?");
     sqlite3_free(msg);
+    return false;
+  }
+  if (!sql_foreign_keys_hold(db)) {
+    sql_set_err(err, err_size, "migration %lld failed: it left rows without their parent rows",
+                (long long)v);
     return false;
   }
   if (sql_run(db, "migrate", "INSERT INTO schema_migrations(version, applied_ms) VALUES (?, ?)",
@@ -1799,7 +2519,12 @@ static bool sql_migrate_one(sqlite3 *db, int64_t v, char *err, size_t err_size) 
   return ok;
 }
 
-static bool sql_migrate(sqlite3 *db, char *err, size_t err_size) {
+/* Applies migrations 1..upto. Foreign keys are off meanwhile (the pragma is
+ * a no-op inside a transaction, so it is set around them): a migration that
+ * rebuilds a table drops the old one, and with foreign keys on that drop
+ * would first delete every row, cascading into the child tables. Each
+ * migration checks the keys itself before it commits. */
+static bool sql_migrate(sqlite3 *db, int64_t upto, char *err, size_t err_size) {
   if (sql_run(db, "migrate",
               "CREATE TABLE IF NOT EXISTS schema_migrations("
               "version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
@@ -1807,9 +2532,19 @@ static bool sql_migrate(sqlite3 *db, char *err, size_t err_size) {
     sql_set_err(err, err_size, "cannot create schema_migrations: %s", sqlite3_errmsg(db));
     return false;
   }
-  for (int64_t v = 1; v <= SQL_MIGRATION_COUNT; v++)
-    if (!sql_migrate_one(db, v, err, err_size)) return false;
-  return true;
+  if (sqlite3_exec(db, "PRAGMA foreign_keys=OFF", NULL, NULL, NULL) != SQLITE_OK) {
+    sql_set_err(err, err_size, "cannot turn foreign keys off to migrate: %s", sqlite3_errmsg(db));
+    return false;
+  }
+  bool ok = true;
+  for (int64_t v = 1; v <= upto && ok; v++) ok = sql_migrate_one(db, v, err, err_size);
+  char fk[8];
+  if (sqlite3_exec(db, "PRAGMA foreign_keys=ON", NULL, NULL, NULL) != SQLITE_OK ||
+      !sql_pragma_text(db, "PRAGMA foreign_keys", fk, sizeof fk) || strcmp(fk, "1") != 0) {
+    if (ok) sql_set_err(err, err_size, "cannot turn foreign keys back on after migrating");
+    return false;
+  }
+  return ok;
 }
 
 static const store_ops sql_ops = {
@@ -1847,6 +2582,16 @@ static const store_ops sql_ops = {
     .task_attempt_add = sql_task_attempt_add,
     .result_by_token = sql_result_by_token,
     .task_blob_refs = sql_task_blob_refs,
+    .task_events = sql_task_events,
+    .task_cancel = sql_task_cancel,
+    .task_list_due = sql_task_list_due,
+    .webhook_claim = sql_webhook_claim,
+    .webhook_record = sql_webhook_record,
+    .webhook_list = sql_webhook_list,
+    .webhook_resend = sql_webhook_resend,
+    .webhook_pending_count = sql_webhook_pending_count,
+    .webhook_secret_get = sql_webhook_secret_get,
+    .webhook_secret_rotate = sql_webhook_secret_rotate,
 };
 
 static sql_store *sql_alloc(int pool_size) {
@@ -1854,10 +2599,11 @@ static sql_store *sql_alloc(int pool_size) {
   if (!ss) return NULL;
   ss->conns = calloc((size_t)pool_size, sizeof *ss->conns);
   ss->idle = calloc((size_t)pool_size, sizeof *ss->idle);
+  ss->caches = calloc((size_t)pool_size, sizeof *ss->caches);
   /* Each step only once the one before it worked; a failure undoes exactly
    * the steps done. */
   int done = 0;
-  if (ss->conns && ss->idle) {
+  if (ss->conns && ss->idle && ss->caches) {
     if (pthread_mutex_init(&ss->mu, NULL) == 0) done = 1;
     if (done == 1 && pthread_cond_init(&ss->cv, NULL) == 0) done = 2;
     if (done == 2 && pthread_mutex_init(&ss->write_mu, NULL) == 0) done = 3;
@@ -1868,6 +2614,7 @@ static sql_store *sql_alloc(int pool_size) {
     if (done >= 2) pthread_cond_destroy(&ss->cv);
     if (done >= 1) pthread_mutex_destroy(&ss->mu);
     free(ss->conns);
+    free(ss->caches);
     free(ss->idle);
     free(ss);
     return NULL;
@@ -1936,11 +2683,12 @@ store *store_sqlite_open(const char *path, int pool_size, char *err, size_t err_
    * can ever see a half-migrated schema. */
   for (int i = 0; i < pool_size; i++) {
     sqlite3 *db = sql_open_conn(path, err, err_size);
-    if (!db || (i == 0 && !sql_migrate(db, err, err_size))) {
+    if (!db || (i == 0 && !sql_migrate(db, SQL_MIGRATION_COUNT, err, err_size))) {
       sqlite3_close(db);
       sql_free(ss);
       return NULL;
     }
+    ss->caches[ss->n_conns].db = db;
     ss->conns[ss->n_conns++] = db;
     ss->idle[ss->n_idle++] = db;
   }
@@ -1949,4 +2697,17 @@ store *store_sqlite_open(const char *path, int pool_size, char *err, size_t err_
     return NULL;
   }
   return &ss->base;
+}
+
+bool store_sqlite_migrate_to(const char *path, int64_t version, char *err, size_t err_size) {
+  if (!path || !*path || version < 1 || version > SQL_MIGRATION_COUNT) {
+    sql_set_err(err, err_size, "no path, or version outside 1..%lld",
+                (long long)SQL_MIGRATION_COUNT);
+    return false;
+  }
+  pthread_once(&sql_global_once, sql_global_init);
+  sqlite3 *db = sql_open_conn(path, err, err_size);
+  bool ok = db && sql_migrate(db, version, err, err_size);
+  sqlite3_close(db);
+  return ok;
 }

@@ -1,4 +1,5 @@
-/* store.h - durable state: accounts, API keys, tasks and their results.
+/* store.h - durable state: accounts, API keys, tasks with their results and
+ * events, the webhook outbox and the accounts' webhook secrets.
  *
  * One interface, several backends (SQLite now, PostgreSQL later), the way
  * SQLite's VFS works: a struct of function pointers, one file per backend.
@@ -6,7 +7,22 @@
  * any thread at the same time; a backend brings its own connection pool.
  *
  * Results: STORE_OK, or one of the negative codes below. Text returned through
- * out-parameters is malloc'd and owned by the caller unless said otherwise. */
+ * out-parameters is malloc'd and owned by the caller unless said otherwise.
+ *
+ * Task events: every op that changes a task's state writes the event that
+ * records it (task_event in core/task.h) in the same transaction, numbered
+ * after the task's latest (task.event_seq): task_insert and
+ * task_insert_idempotent write QUEUED (seq 1; a replay writes nothing),
+ * task_start and task_start_many RUNNING, task_attempt_add ATTEMPT,
+ * task_finish the final kind, task_requeue and task_requeue_running QUEUED,
+ * task_cancel CANCELED. An op that changes nothing writes nothing.
+ *
+ * The webhook outbox: a delivery (one event for one URL, with a stable id) is
+ * written by the op whose change it announces, in that op's transaction, so a
+ * committed change never lacks its due delivery and a rolled-back one never
+ * has one. The core decides which deliveries to write (store_outbox); the
+ * backend only stores them and hands them to the dispatcher (webhook_claim),
+ * which records each attempt (webhook_record). */
 #ifndef IMGATE_STORE_H
 #define IMGATE_STORE_H
 
@@ -109,13 +125,86 @@ typedef struct store_blob_ref {
   int64_t purged_ms; /* results: when retention deleted the image; 0 = not deleted */
 } store_blob_ref;
 
+/* A webhook delivery to write with a state change (made by the core, which
+ * knows the rules). The row also records the task's id and account, the
+ * time, state PENDING, attempts 0 and next_ms = the op's now (due at once). */
+typedef struct store_outbox {
+  const char *id;    /* "msg_" + 32 lower-case hex; the webhook-id of every attempt (< 40 chars) */
+  const char *event; /* "task.succeeded", "task.running", ... (< 32 chars) */
+  const char *url;   /* the task's webhook_url */
+} store_outbox;
+
 /* One task of a task_start_many call. */
 typedef struct store_start {
   const char *task_id;
-  const char *provider; /* NULL keeps the recorded one */
-  int rc;               /* out */
-  int attempt;          /* out, when rc is STORE_OK */
+  const char *provider;        /* NULL keeps the recorded one */
+  const store_outbox *outbox;  /* written when this task starts; NULL: none */
+  int rc;                      /* out */
+  int attempt;                 /* out, when rc is STORE_OK */
 } store_start;
+
+/* Where a webhook delivery stands. PENDING is due at its next_ms; the
+ * others are final (until a webhook_resend makes it PENDING again). */
+typedef enum {
+  WEBHOOK_PENDING = 0,
+  WEBHOOK_DELIVERED, /* a 2xx answer */
+  WEBHOOK_FAILED,    /* the dispatcher gave up */
+  WEBHOOK_GONE,      /* the receiver answered 410: it wants no more */
+} webhook_state;
+
+#define WEBHOOK_STATE_COUNT 4
+
+/* "pending", "delivered", "failed", "gone"; "unknown" otherwise. */
+const char *webhook_state_name(webhook_state s);
+
+/* A delivery handed to the dispatcher (webhook_claim). */
+typedef struct store_delivery {
+  char id[40];
+  char task_id[IDS_UUID_LEN + 1];
+  int64_t account_id;
+  char event[32];
+  char *url;        /* malloc'd */
+  char *payload;    /* malloc'd; NULL until an attempt stored the payload it sent */
+  int attempts;     /* attempts made so far */
+  int64_t created_ms;
+} store_delivery;
+
+/* Frees url and payload (and zeroes them); NULL is fine. */
+void store_delivery_clear(store_delivery *d);
+/* Clears n claimed deliveries and frees the array (webhook_claim's *out). */
+void store_delivery_free(store_delivery *d, size_t n);
+
+/* One finished attempt of a delivery (webhook_record). */
+typedef struct store_delivery_result {
+  const char *id;
+  const char *payload;   /* the payload as sent, stored when given (NULL keeps what is stored) */
+  int64_t at_ms;         /* when the attempt started */
+  int http_status;       /* 0: no HTTP answer */
+  int64_t duration_ms;
+  const char *error;     /* NULL on a 2xx; else a short reason ("timeout", "HTTP 500") */
+  webhook_state state;   /* after this attempt */
+  int64_t next_ms;       /* PENDING: when it is due again */
+} store_delivery_result;
+
+/* One attempt of one of a task's deliveries (webhook_list). */
+typedef struct store_webhook_attempt {
+  char id[40];           /* the delivery's id */
+  char event[32];
+  int64_t at_ms;
+  int http_status;
+  int64_t duration_ms;
+  char error[128];       /* "" on success; a longer stored reason is cut */
+  webhook_state state;   /* the delivery's state now */
+} store_webhook_attempt;
+
+/* An account's webhook signing secrets (Standard Webhooks). Stored as they
+ * are, not hashed: the dispatcher needs them to sign, so the database file
+ * is as secret as they are. */
+typedef struct store_webhook_secret {
+  char current[80];          /* "whsec_" + base64 of 32 random bytes */
+  char previous[80];         /* "" when none */
+  int64_t previous_until_ms; /* previous also signs until then */
+} store_webhook_secret;
 
 typedef struct store_ops {
   const char *name; /* "sqlite" */
@@ -168,8 +257,10 @@ typedef struct store_ops {
   /* An account's entries, oldest first; *entries is malloc'd (free it). */
   int (*ledger_list)(store *s, int64_t account_id, ledger_entry **entries, size_t *count);
   /* Compares every account's cached balance and held amount with its ledger
-   * sums and every finished task's entries with its hold. Returns OK, or
-   * CONFLICT (and logs what differs). */
+   * sums and every finished task's entries with its hold: a final task holds
+   * nothing, only a succeeded one captured anything (failed, moderated and
+   * canceled tasks released all of it). Returns OK, or CONFLICT (and logs
+   * what differs). */
   int (*ledger_verify)(store *s);
   /* max_concurrency / qps_per_key: 0 = unlimited, < 0 = leave as is. */
   int (*account_set_limits)(store *s, int64_t account_id, int max_concurrency, int qps_per_key);
@@ -181,7 +272,10 @@ typedef struct store_ops {
    * when t->cost_held_micros > 0 it also holds that much of the account's
    * balance in the same transaction (NO_CREDIT, and nothing stored, when the
    * balance does not cover it), and refuses with LIMIT when the account's
-   * max_concurrency tasks are already queued or running. */
+   * max_concurrency tasks are already queued or running. The QUEUED event
+   * (seq 1) goes in the same transaction. Stored as given: dialect (NULL:
+   * "native"), public_base, deadline_ms, webhook_events; cancel_requested
+   * and event_seq start at 0 and 1 whatever t says. */
   int (*task_insert)(store *s, const task *t);
   /* task_insert under an idempotency key, in one write transaction. When
    * the account already has the key, younger than idem->ttl_ms (now being
@@ -197,16 +291,24 @@ typedef struct store_ops {
    * with the same key serialize: exactly one inserts, the others replay. */
   int (*task_insert_idempotent)(store *s, const task *t, const store_idem *idem,
                                 char first_task_id[IDS_UUID_LEN + 1]);
-  /* Loads a task with its inputs and results; *out is freed with task_free. */
+  /* Loads a task with its inputs, results and upstream attempts, and its
+   * latest event's seq (event_seq); *out is freed with task_free. */
   int (*task_get)(store *s, const char *task_id, task **out);
+  /* The task's events with seq > after_seq, oldest first; *out is malloc'd
+   * (free it), *n may be 0. NOT_FOUND when no task has this id. The list is
+   * read in one statement (one snapshot), so a caller that then waits for
+   * seq > the last one returned misses nothing. Tasks made before events
+   * existed (schema 6) start with one event: their state at the upgrade. */
+  int (*task_events)(store *s, const char *task_id, int after_seq, task_event **out, size_t *n);
   /* queued -> running, attempts+1, started_ms = now, provider recorded (NULL keeps it).
    * CONFLICT when the task is not queued. *attempt_out = the new attempts. */
   int (*task_start)(store *s, const char *task_id, const char *provider, int64_t now_ms,
                     int *attempt_out);
   /* task_start for several tasks in one transaction, so one disk sync covers
    * them all. Each item gets its own rc (OK, CONFLICT, NOT_FOUND) and, when
-   * OK, its attempt. Returns STORE_OK, or an error when the transaction
-   * failed (then no task was started, whatever the items say). */
+   * OK, its attempt; a started item's outbox row (if any) is written with
+   * it. Returns STORE_OK, or an error when the transaction failed (then no
+   * task was started, whatever the items say). */
   int (*task_start_many)(store *s, store_start *items, size_t n, int64_t now_ms);
   /* running -> final state, only if the task is running and its attempts
    * equal attempt (so a stale run can never finish it). Results (may be 0)
@@ -214,13 +316,35 @@ typedef struct store_ops {
    * transaction, and so is the task's billing: of what was held, the price
    * of the images delivered (unit price each, plus the reference surcharge
    * once any image is delivered) is captured and the rest released; a
-   * failed or moderated task releases all of it. CONFLICT when the compare
-   * fails: the task was finished already, and nothing changes. */
+   * failed, moderated or canceled task releases all of it. The final event
+   * and the outbox row (may be NULL) go in the same transaction too.
+   * CONFLICT when the compare fails: the task was finished already (or
+   * re-run), and nothing changes, no event or outbox row included. */
   int (*task_finish)(store *s, const char *task_id, int attempt, task_state final_state,
                      const char *error_code, const char *error_message,
                      const task_result *results, size_t n_results, int64_t now_ms,
-                     const task_attempt *last_attempt);
-  /* Crash recovery at start: every running task goes back to queued. */
+                     const task_attempt *last_attempt, const store_outbox *outbox);
+  /* Cancels a task (code: "canceled" or "deadline_exceeded", stored as its
+   * error_code), by its state, read and changed in one transaction:
+   *   queued:  -> canceled, finished_ms = now, the whole hold released, the
+   *            CANCELED event and the outbox row (may be NULL); STORE_OK.
+   *   running: only cancel_requested = 1 (the engine aborts the run and
+   *            finishes it with TASK_CANCELED, which releases the hold and
+   *            writes the event and outbox row then); STORE_CONFLICT.
+   *   final:   nothing changes; STORE_CONFLICT.
+   * *state_out (may be NULL) is the task's state after the call, set on OK
+   * and CONFLICT. NOT_FOUND when no task has this id. cancel_requested
+   * survives a requeue, so a run after a crash is aborted as well. */
+  int (*task_cancel)(store *s, const char *task_id, int64_t now_ms, const char *code,
+                     const store_outbox *outbox, task_state *state_out);
+  /* Ids of queued or running tasks whose deadline_ms is set and <= now,
+   * soonest deadline first, at most limit (for the deadline sweep); *ids as
+   * task_list_queued's. A running one is listed until it is final, whether
+   * or not its cancel was requested. */
+  int (*task_list_due)(store *s, int64_t now_ms, size_t limit, char (**ids)[IDS_UUID_LEN + 1],
+                       size_t *count);
+  /* Crash recovery at start: every running task goes back to queued (a
+   * QUEUED event each). */
   int (*task_requeue_running)(store *s, int64_t *count_out);
   /* Ids of queued tasks, oldest first, at most limit; *ids is one malloc'd
    * array of count fixed-size strings (free it). */
@@ -229,9 +353,12 @@ typedef struct store_ops {
    * limit; *items is malloc'd (free it). */
   int (*task_list_running)(store *s, size_t limit, store_start **items, size_t *count);
   /* running -> queued, only if the task is running with these attempts (a
-   * run this process lost: its final write failed). CONFLICT otherwise. */
+   * run this process lost: its final write failed), with a QUEUED event.
+   * CONFLICT otherwise. */
   int (*task_requeue)(store *s, const char *task_id, int attempt);
-  /* Records one finished upstream attempt of a task. */
+  /* Records one finished upstream attempt of a task that will be retried,
+   * with an ATTEMPT event (provider, http_status, error_code or else
+   * error_class; at_ms is the attempt's ended_ms). */
   int (*task_attempt_add)(store *s, const char *task_id, const task_attempt *a);
   /* Results whose expires_ms <= now and whose image is not deleted yet,
    * soonest first, at most limit; *items is malloc'd (free it). */
@@ -247,6 +374,45 @@ typedef struct store_ops {
                         store_blob_ref **refs, size_t *count);
   /* The result behind a public URL token; *out fields are malloc'd (task_result_clear). */
   int (*result_by_token)(store *s, const char *token, task_result *out);
+
+  /* Webhook deliveries (the outbox; rows are written by the task ops above).
+   *
+   * Claims up to limit PENDING deliveries due by now (next_ms <= now),
+   * soonest due first, and moves each to next_ms = now + lease_ms in the same
+   * transaction: a lease. If the process dies before recording the attempt,
+   * the delivery is due again once the lease is over and is sent again with
+   * the same id (receivers deduplicate by it). Claims never return a row
+   * another claim holds; *out (free with store_delivery_free) may be empty. */
+  int (*webhook_claim)(store *s, int64_t now_ms, int64_t lease_ms, size_t limit,
+                       store_delivery **out, size_t *n);
+  /* Records n finished attempts in one transaction: an attempt row each,
+   * attempts + 1, the new state and next_ms, the payload when given. A
+   * result whose id is unknown is skipped (not an error). */
+  int (*webhook_record)(store *s, const store_delivery_result *r, size_t n);
+  /* Every recorded attempt of the task's deliveries, oldest first (by at_ms);
+   * *out is malloc'd (free it), *n may be 0. A delivery not yet attempted
+   * has no row here. */
+  int (*webhook_list)(store *s, const char *task_id, store_webhook_attempt **out, size_t *n);
+  /* The task's latest delivery of a final event becomes PENDING, due at now,
+   * with the same id and its attempts kept. NOT_FOUND when the task has no
+   * such delivery (or does not exist). */
+  int (*webhook_resend)(store *s, const char *task_id, int64_t now_ms);
+  /* How many deliveries are PENDING (for metrics). */
+  int (*webhook_pending_count)(store *s, int64_t *n);
+
+  /* The account's webhook secrets. When it has none yet, fresh (made by the
+   * core) is stored as its current secret and returned: of concurrent first
+   * calls, one fresh wins and all return it. With fresh NULL, an account
+   * without a secret is NOT_FOUND (nothing is stored). NOT_FOUND for an
+   * unknown account. */
+  int (*webhook_secret_get)(store *s, int64_t account_id, const char *fresh,
+                            store_webhook_secret *out);
+  /* fresh becomes the current secret; the old current one becomes previous
+   * until previous_until_ms (an account without a secret just gets fresh,
+   * with no previous). *out (may be NULL) is the result. NOT_FOUND for an
+   * unknown account. */
+  int (*webhook_secret_rotate)(store *s, int64_t account_id, const char *fresh,
+                               int64_t previous_until_ms, store_webhook_secret *out);
 } store_ops;
 
 struct store {
@@ -261,6 +427,11 @@ struct store {
  * database may be created at path is the caller's decision (main.c and
  * datadir.h: only `serve` on a fresh folder and `admin init` create one). */
 store *store_sqlite_open(const char *path, int pool_size, char *err, size_t err_size);
+
+/* Creates (if needed) the database at path and applies migrations 1..version
+ * only, then closes it: a database exactly as the imgate of that schema left
+ * it, for tests of upgrades. false (with a message in err) on failure. */
+bool store_sqlite_migrate_to(const char *path, int64_t version, char *err, size_t err_size);
 
 /* Durability of a commit (PRAGMA synchronous, applied to every connection
  * opened afterwards). FULL (the default) syncs the WAL at every commit: a

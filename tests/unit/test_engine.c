@@ -321,14 +321,15 @@ typedef struct flaky_store {
 
 static int flaky_finish(store *s, const char *task_id, int attempt, task_state st,
                         const char *code, const char *msg, const task_result *results,
-                        size_t n, int64_t now_ms, const task_attempt *a) {
+                        size_t n, int64_t now_ms, const task_attempt *a,
+                        const store_outbox *outbox) {
   flaky_store *fs = (flaky_store *)s;
   if (fs->fail_finish > 0) {
     fs->fail_finish--;
     return STORE_ERROR;
   }
   return fs->real->ops->task_finish(fs->real, task_id, attempt, st, code, msg, results, n,
-                                    now_ms, a);
+                                    now_ms, a, outbox);
 }
 
 static int flaky_start_many(store *s, store_start *items, size_t n, int64_t now_ms) {

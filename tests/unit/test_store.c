@@ -101,6 +101,9 @@ static task *make_task(int64_t account, int64_t created_ms) {
   t->aspect_ratio = xstrdup("16:9");
   t->resolution = xstrdup("2K");
   t->webhook_url = xstrdup("https://example.com/hook");
+  t->webhook_events = TASK_WEBHOOK_RUNNING;
+  t->dialect = xstrdup("openai");
+  t->public_base = xstrdup("https://img.example.com:8443");
   t->quantity = 1;
   t->created_ms = created_ms;
   t->n_inputs = 2;
@@ -154,6 +157,11 @@ static void assert_task_equal(const task *a, const task *b) {
   assert_str_or_null(a->aspect_ratio, b->aspect_ratio);
   assert_str_or_null(a->resolution, b->resolution);
   assert_str_or_null(a->webhook_url, b->webhook_url);
+  assert_int_equal(a->webhook_events, b->webhook_events);
+  assert_str_or_null(a->dialect, b->dialect);
+  assert_str_or_null(a->public_base, b->public_base);
+  assert_int_equal(a->deadline_ms, b->deadline_ms);
+  assert_int_equal(a->cancel_requested, b->cancel_requested);
   assert_str_or_null(a->provider, b->provider);
   assert_int_equal(a->quantity, b->quantity);
   assert_int_equal(a->attempts, b->attempts);
@@ -386,13 +394,35 @@ static void test_task_insert_get(void **state) {
   fx *f = *state;
   store *s = f->s;
   task *t = make_task(f->account, NOW);
+  t->deadline_ms = NOW + 60000;
   assert_int_equal(s->ops->task_insert(s, t), STORE_OK);
   task *got = get_task(s, t->id);
   assert_task_equal(got, t);
   assert_null(got->provider);
   assert_null(got->inputs[1].blob_key);
   assert_null(got->inputs[1].mime);
+  assert_int_equal(got->event_seq, 1); /* its QUEUED event */
   task_free(got);
+
+  /* Defaults: no dialect is "native", no public base stays none; a caller's
+   * cancel_requested or event_seq is not taken over. */
+  task *plain = make_task(f->account, NOW);
+  free(plain->dialect);
+  free(plain->public_base);
+  plain->dialect = plain->public_base = NULL;
+  plain->webhook_events = 0;
+  plain->cancel_requested = true;
+  plain->event_seq = 42;
+  assert_int_equal(s->ops->task_insert(s, plain), STORE_OK);
+  got = get_task(s, plain->id);
+  assert_string_equal(got->dialect, "native");
+  assert_null(got->public_base);
+  assert_int_equal(got->webhook_events, 0);
+  assert_int_equal(got->deadline_ms, 0);
+  assert_false(got->cancel_requested);
+  assert_int_equal(got->event_seq, 1);
+  task_free(got);
+  task_free(plain);
 
   assert_int_equal(s->ops->task_insert(s, t), STORE_CONFLICT);
   task *orphan = make_task(f->account + 77, NOW);
@@ -400,8 +430,9 @@ static void test_task_insert_get(void **state) {
   task *missing = (task *)1;
   assert_int_equal(s->ops->task_get(s, orphan->id, &missing), STORE_NOT_FOUND);
   assert_null(missing);
-  /* the failed insert left no inputs behind */
-  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM task_inputs"), 2);
+  /* the failed insert left no inputs (nor an event) behind */
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM task_inputs"), 4);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM task_events"), 2);
   task_free(orphan);
   task_free(t);
 }
@@ -478,10 +509,10 @@ static void test_task_finish(void **state) {
   assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW + 10, &attempt), STORE_OK);
 
   task_result r[2] = {make_result(0, "tokA"), make_result(1, "tokB")};
-  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_RUNNING, NULL, NULL, r, 2, NOW, NULL),
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_RUNNING, NULL, NULL, r, 2, NOW, NULL, NULL),
                    STORE_ERROR); /* not a final state */
   assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2,
-                                       NOW + 100, NULL),
+                                       NOW + 100, NULL, NULL),
                    STORE_OK);
   task *got = get_task(s, t->id);
   assert_int_equal(got->state, TASK_SUCCEEDED);
@@ -494,7 +525,7 @@ static void test_task_finish(void **state) {
   /* A second finish changes nothing, not even with different results. */
   task_result again[1] = {make_result(0, "tokC")};
   assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_FAILED, "boom", "late", again, 1,
-                                       NOW + 200, NULL),
+                                       NOW + 200, NULL, NULL),
                    STORE_CONFLICT);
   task *after = get_task(s, t->id);
   assert_task_equal(after, got);
@@ -505,7 +536,7 @@ static void test_task_finish(void **state) {
 
   char id[IDS_UUID_LEN + 1];
   assert_true(ids_uuid7(id));
-  assert_int_equal(s->ops->task_finish(s, id, 1, TASK_FAILED, "x", "y", NULL, 0, NOW, NULL),
+  assert_int_equal(s->ops->task_finish(s, id, 1, TASK_FAILED, "x", "y", NULL, 0, NOW, NULL, NULL),
                    STORE_NOT_FOUND);
   task_result_clear(&again[0]);
   task_result_clear(&r[0]);
@@ -528,7 +559,7 @@ static void test_task_finish_stale_attempt(void **state) {
   assert_int_equal(second, 2);
 
   task_result r[1] = {make_result(0, "stale")};
-  assert_int_equal(s->ops->task_finish(s, t->id, first, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW, NULL),
+  assert_int_equal(s->ops->task_finish(s, t->id, first, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW, NULL, NULL),
                    STORE_CONFLICT);
   task *got = get_task(s, t->id);
   assert_int_equal(got->state, TASK_RUNNING);
@@ -536,7 +567,7 @@ static void test_task_finish_stale_attempt(void **state) {
   task_free(got);
 
   assert_int_equal(s->ops->task_finish(s, t->id, second, TASK_MODERATED, "moderated",
-                                       "the provider refused the prompt", NULL, 0, NOW + 5, NULL),
+                                       "the provider refused the prompt", NULL, 0, NOW + 5, NULL, NULL),
                    STORE_OK);
   got = get_task(s, t->id);
   assert_int_equal(got->state, TASK_MODERATED);
@@ -615,7 +646,7 @@ static void test_result_by_token(void **state) {
   int attempt;
   assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW, &attempt), STORE_OK);
   task_result r[2] = {make_result(0, "tok-zero"), make_result(1, "tok-one")};
-  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW, NULL),
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW, NULL, NULL),
                    STORE_OK);
   task_result out;
   assert_int_equal(s->ops->result_by_token(s, "tok-one", &out), STORE_OK);
@@ -638,7 +669,7 @@ static void test_finish_is_atomic(void **state) {
   int attempt;
   assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW, &attempt), STORE_OK);
   task_result r[2] = {make_result(0, "same"), make_result(1, "same")};
-  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW, NULL),
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW, NULL, NULL),
                    STORE_ERROR);
   task *got = get_task(s, t->id);
   assert_int_equal(got->state, TASK_RUNNING);
@@ -682,7 +713,7 @@ static void race_one(race *r, int thread, int i) {
   snprintf(token, sizeof token, "race-%d-%d", i, thread);
   task_result res = {.index = 0, .blob_key = token, .token = token, .mime = "image/png",
                      .etag = "e", .width = 1, .height = 1, .bytes = 1, .expires_ms = NOW};
-  rc = r->s->ops->task_finish(r->s, r->ids[i], attempt, TASK_SUCCEEDED, NULL, NULL, &res, 1, NOW, NULL);
+  rc = r->s->ops->task_finish(r->s, r->ids[i], attempt, TASK_SUCCEEDED, NULL, NULL, &res, 1, NOW, NULL, NULL);
   if (rc == STORE_OK)
     atomic_fetch_add(&r->finishes[i], 1);
   else if (rc != STORE_CONFLICT)
@@ -811,20 +842,20 @@ static void test_hold_capture_release(void **state) {
   int run;
   task_result r[1] = {make_result(0, "bill-ok")};
   assert_int_equal(s->ops->task_start(s, ok->id, "p", NOW, &run), STORE_OK);
-  assert_int_equal(s->ops->task_finish(s, ok->id, run, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW, NULL),
+  assert_int_equal(s->ops->task_finish(s, ok->id, run, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW, NULL, NULL),
                    STORE_OK);
   task_result_clear(&r[0]);
   assert_int_equal(s->ops->task_start(s, failed->id, "p", NOW, &run), STORE_OK);
   assert_int_equal(s->ops->task_finish(s, failed->id, run, TASK_FAILED, "x", "y", NULL, 0, NOW,
-                                       NULL),
+                                       NULL, NULL),
                    STORE_OK);
   assert_int_equal(s->ops->task_start(s, moderated->id, "p", NOW, &run), STORE_OK);
   assert_int_equal(s->ops->task_finish(s, moderated->id, run, TASK_MODERATED, "m", "z", NULL, 0,
-                                       NOW, NULL),
+                                       NOW, NULL, NULL),
                    STORE_OK);
   /* A second finish (a stale run, a replay) moves no money. */
   assert_int_equal(s->ops->task_finish(s, ok->id, run, TASK_SUCCEEDED, NULL, NULL, NULL, 0, NOW,
-                                       NULL),
+                                       NULL, NULL),
                    STORE_CONFLICT);
   a = account_of(s, id);
   assert_int_equal(a.held_micros, 0);
@@ -888,7 +919,7 @@ static void test_partial_capture(void **state) {
   int run;
   task_result r[1] = {make_result(0, "half")};
   assert_int_equal(s->ops->task_start(s, t->id, "p", NOW, &run), STORE_OK);
-  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW, NULL),
+  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW, NULL, NULL),
                    STORE_OK);
   task_result_clear(&r[0]);
   store_account a = account_of(s, id);
@@ -918,7 +949,7 @@ static void test_concurrency_limit(void **state) {
   int run;
   assert_int_equal(s->ops->task_start(s, t[0]->id, "p", NOW, &run), STORE_OK);
   assert_int_equal(s->ops->task_finish(s, t[0]->id, run, TASK_FAILED, "x", "y", NULL, 0, NOW,
-                                       NULL),
+                                       NULL, NULL),
                    STORE_OK);
   task_free(t[2]);
   assert_int_equal(insert_priced(s, id, 0, 0, &t[2]), STORE_OK); /* a slot came free */
@@ -955,7 +986,7 @@ static void test_ledger_verify_detects_forged_rows(void **state) {
   assert_int_equal(insert_priced(s, id, 25000, 0, &t), STORE_OK);
   int run;
   assert_int_equal(s->ops->task_start(s, t->id, "p", NOW, &run), STORE_OK);
-  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_FAILED, "x", "y", NULL, 0, NOW, NULL),
+  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_FAILED, "x", "y", NULL, 0, NOW, NULL, NULL),
                    STORE_OK);
   assert_int_equal(s->ops->ledger_verify(s), STORE_OK);
   char sql[512];
@@ -1077,7 +1108,7 @@ static void test_idem_limits_and_refusals(void **state) {
   assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM idempotency_keys WHERE key = 'k2'"), 0);
   int run;
   assert_int_equal(s->ops->task_start(s, a->id, "p", NOW, &run), STORE_OK);
-  assert_int_equal(s->ops->task_finish(s, a->id, run, TASK_FAILED, "x", "y", NULL, 0, NOW, NULL),
+  assert_int_equal(s->ops->task_finish(s, a->id, run, TASK_FAILED, "x", "y", NULL, 0, NOW, NULL, NULL),
                    STORE_OK);
   assert_int_equal(s->ops->ledger_post(s, id, LEDGER_REFUND, -25000, "empty it", NOW, NULL),
                    STORE_OK);
@@ -1256,7 +1287,7 @@ static void test_health_database_removed(void **state) {
   assert_int_equal(f->s->ops->account_create(f->s, "late@example.com", NOW, &id), STORE_ERROR);
   task_result r = make_result(0, "tok-removed");
   assert_int_equal(f->s->ops->task_finish(f->s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, &r, 1,
-                                          NOW + 2, NULL),
+                                          NOW + 2, NULL, NULL),
                    STORE_ERROR);
   task_result_clear(&r);
   assert_int_equal(f->s->ops->ledger_post(f->s, f->account, LEDGER_TOPUP, 1, "t", NOW, NULL),
@@ -1463,6 +1494,938 @@ static void test_health_failed_sync(void **state) {
   unlink_db_files(path);
 }
 
+/* ---- task events ----------------------------------------------------------------------- */
+
+/* One integer from a query built with printf. */
+static int64_t raw_intf(const char *path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int64_t raw_intf(const char *path, const char *fmt, ...) {
+  char sql[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(sql, sizeof sql, fmt, ap);
+  va_end(ap);
+  return raw_int(path, sql);
+}
+
+/* The task's events after after_seq; asserts the call worked. */
+static task_event *events_of(store *s, const char *id, int after_seq, size_t *n) {
+  task_event *ev = NULL;
+  assert_int_equal(s->ops->task_events(s, id, after_seq, &ev, n), STORE_OK);
+  return ev;
+}
+
+static void assert_event(const task_event *e, int seq, task_event_kind kind, int64_t at_ms,
+                         int run, const char *provider, int http_status, const char *code) {
+  if (e->seq != seq || e->kind != kind)
+    fail_msg("event %d %s, wanted %d %s", e->seq, task_event_kind_name(e->kind), seq,
+             task_event_kind_name(kind));
+  assert_int_equal(e->at_ms, at_ms);
+  assert_int_equal(e->run, run);
+  assert_string_equal(e->provider, provider);
+  assert_int_equal(e->http_status, http_status);
+  assert_string_equal(e->error_code, code);
+}
+
+static int event_seq_of(store *s, const char *id) {
+  task *t = get_task(s, id);
+  int seq = t->event_seq;
+  task_free(t);
+  return seq;
+}
+
+/* Every state change, and an attempt to retry, is an event numbered in
+ * order, with what each kind carries. */
+static void test_events_through_a_life(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  task *t = make_task(f->account, NOW);
+  assert_int_equal(s->ops->task_insert(s, t), STORE_OK);
+  int run;
+  assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW + 10, &run), STORE_OK);
+  task_attempt a = {.run = run, .provider = "sim", .upstream_model = "m", .started_ms = NOW + 11,
+                    .ended_ms = NOW + 12, .http_status = 503, .error_class = "server",
+                    .error_code = "upstream_unavailable"};
+  assert_int_equal(s->ops->task_attempt_add(s, t->id, &a), STORE_OK);
+  a.error_code = NULL; /* without a code the event names the class */
+  a.http_status = 0;
+  a.error_class = "timeout";
+  a.ended_ms = NOW + 13;
+  assert_int_equal(s->ops->task_attempt_add(s, t->id, &a), STORE_OK);
+  assert_int_equal(s->ops->task_requeue(s, t->id, run), STORE_OK);
+  store_start item = {.task_id = t->id, .provider = "gemini-1"};
+  assert_int_equal(s->ops->task_start_many(s, &item, 1, NOW + 20), STORE_OK);
+  assert_int_equal(item.rc, STORE_OK);
+  int64_t n64;
+  assert_int_equal(s->ops->task_requeue_running(s, &n64), STORE_OK);
+  assert_int_equal(n64, 1);
+  assert_int_equal(s->ops->task_start(s, t->id, NULL, NOW + 30, &run), STORE_OK);
+  assert_int_equal(run, 3);
+  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_FAILED, "no_provider_available", "m",
+                                       NULL, 0, NOW + 40, NULL, NULL),
+                   STORE_OK);
+
+  size_t n = 0;
+  task_event *ev = events_of(s, t->id, 0, &n);
+  assert_int_equal(n, 9);
+  assert_event(&ev[0], 1, TASK_EVENT_QUEUED, NOW, 0, "", 0, "");
+  assert_event(&ev[1], 2, TASK_EVENT_RUNNING, NOW + 10, 1, "sim", 0, "");
+  assert_event(&ev[2], 3, TASK_EVENT_ATTEMPT, NOW + 12, 1, "sim", 503, "upstream_unavailable");
+  assert_event(&ev[3], 4, TASK_EVENT_ATTEMPT, NOW + 13, 1, "sim", 0, "timeout");
+  assert_int_equal(ev[4].kind, TASK_EVENT_QUEUED); /* requeue: stamped with the clock */
+  assert_int_equal(ev[4].run, 1);
+  assert_true(ev[4].at_ms > NOW);
+  assert_event(&ev[5], 6, TASK_EVENT_RUNNING, NOW + 20, 2, "gemini-1", 0, "");
+  assert_int_equal(ev[6].kind, TASK_EVENT_QUEUED); /* crash recovery */
+  assert_int_equal(ev[6].run, 2);
+  /* started with no provider: the event names the recorded one */
+  assert_event(&ev[7], 8, TASK_EVENT_RUNNING, NOW + 30, 3, "gemini-1", 0, "");
+  assert_event(&ev[8], 9, TASK_EVENT_FAILED, NOW + 40, 3, "", 0, "no_provider_available");
+  free(ev);
+  assert_int_equal(event_seq_of(s, t->id), 9);
+
+  /* after_seq: only what came later; nothing new is an empty answer. */
+  ev = events_of(s, t->id, 7, &n);
+  assert_int_equal(n, 2);
+  assert_int_equal(ev[0].seq, 8);
+  assert_int_equal(ev[1].seq, 9);
+  free(ev);
+  ev = events_of(s, t->id, 9, &n);
+  assert_int_equal(n, 0);
+  free(ev);
+  char unknown[IDS_UUID_LEN + 1];
+  assert_true(ids_uuid7(unknown));
+  ev = (task_event *)1;
+  assert_int_equal(s->ops->task_events(s, unknown, 0, &ev, &n), STORE_NOT_FOUND);
+  assert_null(ev);
+  assert_int_equal(n, 0);
+
+  /* A succeeded task's last event, and a queued task's cancel. */
+  task *ok = make_task(f->account, NOW), *gone = make_task(f->account, NOW);
+  assert_int_equal(s->ops->task_insert(s, ok), STORE_OK);
+  assert_int_equal(s->ops->task_insert(s, gone), STORE_OK);
+  assert_int_equal(s->ops->task_start(s, ok->id, "sim", NOW, &run), STORE_OK);
+  task_result r = make_result(0, "ev-ok");
+  assert_int_equal(
+      s->ops->task_finish(s, ok->id, run, TASK_SUCCEEDED, NULL, NULL, &r, 1, NOW + 5, NULL, NULL),
+      STORE_OK);
+  task_result_clear(&r);
+  ev = events_of(s, ok->id, 1, &n);
+  assert_int_equal(n, 2);
+  assert_event(&ev[1], 3, TASK_EVENT_SUCCEEDED, NOW + 5, 1, "", 0, "");
+  free(ev);
+  assert_int_equal(s->ops->task_cancel(s, gone->id, NOW + 7, "deadline_exceeded", NULL, NULL),
+                   STORE_OK);
+  ev = events_of(s, gone->id, 0, &n);
+  assert_int_equal(n, 2);
+  assert_event(&ev[1], 2, TASK_EVENT_CANCELED, NOW + 7, 0, "", 0, "deadline_exceeded");
+  free(ev);
+  task_free(ok);
+  task_free(gone);
+  task_free(t);
+}
+
+/* An op that changes nothing writes no event: a start that loses, a finish
+ * that loses its compare-and-set or fails, a replayed insert, a late attempt. */
+static void test_events_only_with_a_change(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  task *t = make_task(f->account, NOW);
+  assert_int_equal(s->ops->task_insert(s, t), STORE_OK);
+  int run, other;
+  assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW, &run), STORE_OK);
+  assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW, &other), STORE_CONFLICT);
+  assert_int_equal(event_seq_of(s, t->id), 2);
+  /* a finish of another run loses its compare-and-set */
+  assert_int_equal(s->ops->task_finish(s, t->id, run + 1, TASK_FAILED, "x", "y", NULL, 0, NOW,
+                                       NULL, NULL),
+                   STORE_CONFLICT);
+  assert_int_equal(s->ops->task_requeue(s, t->id, run + 1), STORE_CONFLICT);
+  assert_int_equal(event_seq_of(s, t->id), 2);
+  /* a finish whose results cannot be stored rolls its event back with it */
+  task_result r[2] = {make_result(0, "twice"), make_result(1, "twice")};
+  assert_int_equal(
+      s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW, NULL, NULL),
+      STORE_ERROR);
+  assert_int_equal(event_seq_of(s, t->id), 2);
+  assert_int_equal(raw_intf(f->path, "SELECT COUNT(*) FROM task_events WHERE task_id = '%s'",
+                            t->id),
+                   2);
+  assert_int_equal(
+      s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW, NULL, NULL),
+      STORE_OK);
+  task_result_clear(&r[0]);
+  task_result_clear(&r[1]);
+  /* an attempt recorded after the task finished stays in the history
+   * without an event: nothing follows a final event */
+  task_attempt late = {.run = run, .provider = "sim", .upstream_model = "m",
+                       .error_class = "server", .ended_ms = NOW + 1};
+  assert_int_equal(s->ops->task_attempt_add(s, t->id, &late), STORE_OK);
+  task *got = get_task(s, t->id);
+  assert_int_equal(got->event_seq, 3);
+  assert_int_equal(got->n_upstream_attempts, 1);
+  task_free(got);
+  /* nor does a replayed idempotent insert */
+  int64_t payer;
+  assert_int_equal(s->ops->account_open(s, "payer@example.com", NOW, 100000, &payer), STORE_OK);
+  task *k;
+  char first[IDS_UUID_LEN + 1];
+  assert_int_equal(insert_keyed(s, payer, NOW, "k-1", "h", &k, first), STORE_OK);
+  task_free(k);
+  assert_int_equal(insert_keyed(s, payer, NOW, "k-1", "h", &k, first), STORE_REPLAY);
+  assert_int_equal(raw_intf(f->path, "SELECT COUNT(*) FROM task_events WHERE task_id = '%s'",
+                            k->id),
+                   0);
+  assert_int_equal(raw_intf(f->path, "SELECT COUNT(*) FROM task_events WHERE task_id = '%s'",
+                            first),
+                   1);
+  task_free(k);
+  task_free(t);
+}
+
+/* ---- cancel and deadlines -------------------------------------------------------------- */
+
+static void test_cancel_in_each_state(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t acc;
+  assert_int_equal(s->ops->account_open(s, "cancel@example.com", NOW, 100000, &acc), STORE_OK);
+  task *queued, *running, *done;
+  assert_int_equal(insert_priced(s, acc, 20000, 5000, &queued), STORE_OK);
+  assert_int_equal(insert_priced(s, acc, 20000, 0, &running), STORE_OK);
+  assert_int_equal(insert_priced(s, acc, 10000, 0, &done), STORE_OK);
+  assert_int_equal(account_of(s, acc).held_micros, 55000);
+  int run, done_run;
+  assert_int_equal(s->ops->task_start(s, running->id, "sim", NOW, &run), STORE_OK);
+  assert_int_equal(s->ops->task_start(s, done->id, "sim", NOW, &done_run), STORE_OK);
+  task_result r = make_result(0, "cancel-done");
+  assert_int_equal(s->ops->task_finish(s, done->id, done_run, TASK_SUCCEEDED, NULL, NULL, &r, 1,
+                                       NOW, NULL, NULL),
+                   STORE_OK);
+  task_result_clear(&r);
+
+  /* queued: canceled at once, the whole hold back, event and delivery */
+  store_outbox ob = {.id = "msg_00000000000000000000000000000001", .event = "task.canceled",
+                     .url = "https://example.com/hook"};
+  task_state st = TASK_FAILED;
+  assert_int_equal(s->ops->task_cancel(s, queued->id, NOW + 100, "canceled", &ob, &st), STORE_OK);
+  assert_int_equal(st, TASK_CANCELED);
+  task *got = get_task(s, queued->id);
+  assert_int_equal(got->state, TASK_CANCELED);
+  assert_int_equal(got->finished_ms, NOW + 100);
+  assert_string_equal(got->error_code, "canceled");
+  assert_int_equal(got->cost_charged_micros, 0);
+  assert_int_equal(got->event_seq, 2);
+  task_free(got);
+  assert_int_equal(account_of(s, acc).held_micros, 20000);
+  assert_int_equal(account_of(s, acc).balance_micros, 100000 - 20000 - 10000);
+  assert_int_equal(raw_intf(f->path,
+                            "SELECT COUNT(*) FROM ledger WHERE task_id = '%s' AND kind = 'release'"
+                            " AND available = 25000 AND held = -25000",
+                            queued->id),
+                   1);
+  assert_int_equal(raw_intf(f->path,
+                            "SELECT COUNT(*) FROM webhook_deliveries WHERE task_id = '%s'"
+                            " AND id = '%s' AND event = 'task.canceled' AND state = 'pending'"
+                            " AND next_ms = %lld AND account_id = %lld",
+                            queued->id, ob.id, NOW + 100, (long long)acc),
+                   1);
+  assert_int_equal(s->ops->ledger_verify(s), STORE_OK);
+
+  /* a second cancel, a cancel of a finished task: CONFLICT, nothing moves */
+  store_outbox ob2 = {.id = "msg_00000000000000000000000000000002", .event = "task.canceled",
+                      .url = "https://example.com/hook"};
+  st = TASK_QUEUED;
+  assert_int_equal(s->ops->task_cancel(s, queued->id, NOW + 200, "canceled", &ob2, &st),
+                   STORE_CONFLICT);
+  assert_int_equal(st, TASK_CANCELED);
+  assert_int_equal(s->ops->task_cancel(s, done->id, NOW + 200, "canceled", &ob2, &st),
+                   STORE_CONFLICT);
+  assert_int_equal(st, TASK_SUCCEEDED);
+  assert_int_equal(event_seq_of(s, queued->id), 2);
+  assert_int_equal(event_seq_of(s, done->id), 3);
+
+  /* running: only marked; the engine finishes it as canceled */
+  assert_int_equal(s->ops->task_cancel(s, running->id, NOW + 300, "canceled", &ob2, &st),
+                   STORE_CONFLICT);
+  assert_int_equal(st, TASK_RUNNING);
+  got = get_task(s, running->id);
+  assert_int_equal(got->state, TASK_RUNNING);
+  assert_true(got->cancel_requested);
+  assert_int_equal(got->event_seq, 2);
+  assert_null(got->error_code);
+  task_free(got);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM webhook_deliveries"), 1);
+  assert_int_equal(account_of(s, acc).held_micros, 20000);
+  assert_int_equal(s->ops->ledger_verify(s), STORE_OK);
+  /* the mark survives a requeue, so a re-run is aborted too */
+  assert_int_equal(s->ops->task_requeue(s, running->id, run), STORE_OK);
+  assert_int_equal(s->ops->task_start(s, running->id, NULL, NOW + 400, &run), STORE_OK);
+  got = get_task(s, running->id);
+  assert_true(got->cancel_requested);
+  task_free(got);
+  assert_int_equal(s->ops->task_finish(s, running->id, run, TASK_CANCELED, "canceled", NULL, NULL,
+                                       0, NOW + 500, NULL, &ob2),
+                   STORE_OK);
+  got = get_task(s, running->id);
+  assert_int_equal(got->state, TASK_CANCELED);
+  assert_int_equal(got->cost_charged_micros, 0);
+  task_free(got);
+  size_t n;
+  task_event *ev = events_of(s, running->id, 3, &n);
+  assert_int_equal(n, 2);
+  assert_event(&ev[0], 4, TASK_EVENT_RUNNING, NOW + 400, 2, "sim", 0, "");
+  assert_event(&ev[1], 5, TASK_EVENT_CANCELED, NOW + 500, 2, "", 0, "canceled");
+  free(ev);
+  store_account a = account_of(s, acc);
+  assert_int_equal(a.held_micros, 0);
+  assert_int_equal(a.balance_micros, 100000 - 10000); /* only the succeeded task paid */
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM webhook_deliveries"), 2);
+  assert_int_equal(s->ops->ledger_verify(s), STORE_OK);
+
+  char unknown[IDS_UUID_LEN + 1];
+  assert_true(ids_uuid7(unknown));
+  st = TASK_FAILED;
+  assert_int_equal(s->ops->task_cancel(s, unknown, NOW, "canceled", NULL, &st), STORE_NOT_FOUND);
+  assert_int_equal(st, TASK_FAILED);
+  assert_int_equal(s->ops->task_cancel(s, queued->id, NOW, NULL, NULL, &st), STORE_ERROR);
+  task_free(queued);
+  task_free(running);
+  task_free(done);
+}
+
+/* ledger_verify: a task that did not succeed captured nothing. A failed
+ * task with a capture that is otherwise consistent is caught. */
+static void test_ledger_verify_only_success_pays(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t acc;
+  assert_int_equal(s->ops->account_open(s, "pays@example.com", NOW, 100000, &acc), STORE_OK);
+  task *t;
+  assert_int_equal(insert_priced(s, acc, 20000, 0, &t), STORE_OK);
+  int run;
+  assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW, &run), STORE_OK);
+  task_result r = make_result(0, "pays");
+  assert_int_equal(
+      s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, &r, 1, NOW, NULL, NULL),
+      STORE_OK);
+  task_result_clear(&r);
+  assert_int_equal(s->ops->ledger_verify(s), STORE_OK);
+  const char *const states[] = {"failed", "moderated", "canceled"};
+  for (size_t i = 0; i < sizeof states / sizeof states[0]; i++) {
+    char sql[200];
+    snprintf(sql, sizeof sql, "UPDATE tasks SET state = '%s' WHERE id = '%s'", states[i], t->id);
+    raw_exec(f->path, sql);
+    assert_int_equal(s->ops->ledger_verify(s), STORE_CONFLICT);
+  }
+  char sql[200];
+  snprintf(sql, sizeof sql, "UPDATE tasks SET state = 'succeeded' WHERE id = '%s'", t->id);
+  raw_exec(f->path, sql);
+  task_free(t);
+}
+
+static void test_list_due(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  task *t[5];
+  /* 0: queued, due second; 1: running, due first; 2: queued, not due yet;
+   * 3: no deadline; 4: finished, its deadline passed long ago. */
+  const int64_t deadlines[5] = {NOW + 20, NOW + 10, NOW + 1000, 0, NOW};
+  for (int i = 0; i < 5; i++) {
+    t[i] = make_task(f->account, NOW + i);
+    t[i]->deadline_ms = deadlines[i];
+    assert_int_equal(s->ops->task_insert(s, t[i]), STORE_OK);
+  }
+  int run;
+  assert_int_equal(s->ops->task_start(s, t[1]->id, "sim", NOW, &run), STORE_OK);
+  assert_int_equal(s->ops->task_start(s, t[4]->id, "sim", NOW, &run), STORE_OK);
+  assert_int_equal(
+      s->ops->task_finish(s, t[4]->id, run, TASK_FAILED, "x", NULL, NULL, 0, NOW, NULL, NULL),
+      STORE_OK);
+  char(*ids)[IDS_UUID_LEN + 1] = NULL;
+  size_t n = 0;
+  assert_int_equal(s->ops->task_list_due(s, NOW + 100, 10, &ids, &n), STORE_OK);
+  assert_int_equal(n, 2);
+  assert_string_equal(ids[0], t[1]->id);
+  assert_string_equal(ids[1], t[0]->id);
+  free(ids);
+  assert_int_equal(s->ops->task_list_due(s, NOW + 100, 1, &ids, &n), STORE_OK);
+  assert_int_equal(n, 1);
+  assert_string_equal(ids[0], t[1]->id);
+  free(ids);
+  assert_int_equal(s->ops->task_list_due(s, NOW + 5, 10, &ids, &n), STORE_OK);
+  assert_int_equal(n, 0);
+  free(ids);
+  /* a canceled task leaves the list */
+  assert_int_equal(s->ops->task_cancel(s, t[0]->id, NOW + 100, "deadline_exceeded", NULL, NULL),
+                   STORE_OK);
+  assert_int_equal(s->ops->task_list_due(s, NOW + 5000, 10, &ids, &n), STORE_OK);
+  assert_int_equal(n, 2);
+  assert_string_equal(ids[0], t[1]->id);
+  assert_string_equal(ids[1], t[2]->id);
+  free(ids);
+  assert_int_equal(s->ops->task_list_due(s, NOW + 5000, 0, &ids, &n), STORE_OK);
+  assert_int_equal(n, 0);
+  free(ids);
+  for (int i = 0; i < 5; i++) task_free(t[i]);
+}
+
+/* ---- the webhook outbox ---------------------------------------------------------------- */
+
+static int64_t deliveries_of(const char *path, const char *task_id) {
+  return raw_intf(path, "SELECT COUNT(*) FROM webhook_deliveries WHERE task_id = '%s'", task_id);
+}
+
+/* A delivery row comes exactly with the change that carries it. */
+static void test_outbox_rows_with_their_change(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  task *a = make_task(f->account, NOW), *b = make_task(f->account, NOW + 1);
+  assert_int_equal(s->ops->task_insert(s, a), STORE_OK);
+  assert_int_equal(s->ops->task_insert(s, b), STORE_OK);
+  int run_b;
+  assert_int_equal(s->ops->task_start(s, b->id, "sim", NOW, &run_b), STORE_OK);
+  /* start_many: the started item's delivery is written, the refused one's not */
+  store_outbox ra = {"msg_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1", "task.running", "https://a.example/h"};
+  store_outbox rb = {"msg_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb1", "task.running", "https://b.example/h"};
+  store_start items[] = {{.task_id = a->id, .outbox = &ra}, {.task_id = b->id, .outbox = &rb}};
+  assert_int_equal(s->ops->task_start_many(s, items, 2, NOW + 5), STORE_OK);
+  assert_int_equal(items[0].rc, STORE_OK);
+  assert_int_equal(items[1].rc, STORE_CONFLICT);
+  assert_int_equal(deliveries_of(f->path, a->id), 1);
+  assert_int_equal(deliveries_of(f->path, b->id), 0);
+  assert_int_equal(raw_intf(f->path,
+                            "SELECT COUNT(*) FROM webhook_deliveries WHERE id = '%s'"
+                            " AND url = 'https://a.example/h' AND created_ms = %lld"
+                            " AND next_ms = %lld AND attempts = 0 AND payload IS NULL",
+                            ra.id, NOW + 5, NOW + 5),
+                   1);
+  /* a finish that loses its compare-and-set writes none */
+  store_outbox fa = {"msg_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa2", "task.failed", "https://a.example/h"};
+  assert_int_equal(s->ops->task_finish(s, a->id, items[0].attempt + 1, TASK_FAILED, "x", NULL,
+                                       NULL, 0, NOW, NULL, &fa),
+                   STORE_CONFLICT);
+  assert_int_equal(deliveries_of(f->path, a->id), 1);
+  /* a finish that fails writes none, and a delivery id used twice fails
+   * the finish (the task stays running) */
+  task_result r[2] = {make_result(0, "ob-dup"), make_result(1, "ob-dup")};
+  assert_int_equal(s->ops->task_finish(s, a->id, items[0].attempt, TASK_SUCCEEDED, NULL, NULL, r,
+                                       2, NOW, NULL, &fa),
+                   STORE_ERROR);
+  assert_int_equal(deliveries_of(f->path, a->id), 1);
+  assert_int_equal(s->ops->task_finish(s, a->id, items[0].attempt, TASK_SUCCEEDED, NULL, NULL, r,
+                                       1, NOW, NULL, &ra),
+                   STORE_ERROR);
+  task *got = get_task(s, a->id);
+  assert_int_equal(got->state, TASK_RUNNING);
+  assert_int_equal(got->n_results, 0);
+  task_free(got);
+  /* a malformed delivery is refused before anything changes */
+  store_outbox bad = {"msg_too_long_for_the_field_xxxxxxxxxxxxxxxxxxxxxxx", "task.succeeded",
+                      "https://a.example/h"};
+  assert_int_equal(s->ops->task_finish(s, a->id, items[0].attempt, TASK_SUCCEEDED, NULL, NULL, r,
+                                       1, NOW, NULL, &bad),
+                   STORE_ERROR);
+  store_outbox no_url = {"msg_x", "task.succeeded", NULL};
+  assert_int_equal(s->ops->task_cancel(s, a->id, NOW, "canceled", &no_url, NULL), STORE_ERROR);
+  assert_int_equal(event_seq_of(s, a->id), 2);
+  /* the finish that works writes its delivery */
+  assert_int_equal(s->ops->task_finish(s, a->id, items[0].attempt, TASK_SUCCEEDED, NULL, NULL, r,
+                                       1, NOW + 9, NULL, &fa),
+                   STORE_OK);
+  assert_int_equal(deliveries_of(f->path, a->id), 2);
+  int64_t pending = 0;
+  assert_int_equal(s->ops->webhook_pending_count(s, &pending), STORE_OK);
+  assert_int_equal(pending, 2);
+  /* with no outbox, no row */
+  assert_int_equal(
+      s->ops->task_finish(s, b->id, run_b, TASK_FAILED, "x", NULL, NULL, 0, NOW, NULL, NULL),
+      STORE_OK);
+  assert_int_equal(deliveries_of(f->path, b->id), 0);
+  task_result_clear(&r[0]);
+  task_result_clear(&r[1]);
+  task_free(a);
+  task_free(b);
+}
+
+/* n tasks started in one transaction, each with a task.running delivery
+ * "msg_<first + i>", created at now_ms. */
+static void make_deliveries(fx *f, int first, int n, int64_t now_ms,
+                            char (*ids)[IDS_UUID_LEN + 1]) {
+  store *s = f->s;
+  store_start *items = calloc((size_t)n, sizeof *items);
+  store_outbox *ob = calloc((size_t)n, sizeof *ob);
+  char(*msg)[40] = calloc((size_t)n, sizeof *msg);
+  assert_true(items && ob && msg);
+  for (int i = 0; i < n; i++) {
+    task *t = make_task(f->account, now_ms);
+    assert_int_equal(s->ops->task_insert(s, t), STORE_OK);
+    memcpy(ids[i], t->id, sizeof ids[i]);
+    task_free(t);
+    snprintf(msg[i], sizeof msg[i], "msg_%032d", first + i);
+    ob[i] = (store_outbox){msg[i], "task.running", "https://example.com/hook"};
+    items[i] = (store_start){.task_id = ids[i], .outbox = &ob[i]};
+  }
+  assert_int_equal(s->ops->task_start_many(s, items, (size_t)n, now_ms), STORE_OK);
+  for (int i = 0; i < n; i++) assert_int_equal(items[i].rc, STORE_OK);
+  free(items);
+  free(ob);
+  free(msg);
+}
+
+/* A claimed delivery is leased: not claimed again until the lease is over,
+ * then claimed again, the same. Due rows come soonest first. */
+static void test_webhook_claim_leases(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  char ids[3][IDS_UUID_LEN + 1];
+  make_deliveries(f, 0, 1, NOW + 30, &ids[0]);
+  make_deliveries(f, 1, 1, NOW + 10, &ids[1]);
+  make_deliveries(f, 2, 1, NOW + 500, &ids[2]);
+  store_delivery *d = NULL;
+  size_t n = 99;
+  assert_int_equal(s->ops->webhook_claim(s, NOW + 100, 60000, 10, &d, &n), STORE_OK);
+  assert_int_equal(n, 2);
+  assert_string_equal(d[0].task_id, ids[1]); /* due at +10 */
+  assert_string_equal(d[1].task_id, ids[0]); /* due at +30 */
+  assert_string_equal(d[0].event, "task.running");
+  assert_string_equal(d[0].url, "https://example.com/hook");
+  assert_null(d[0].payload);
+  assert_int_equal(d[0].attempts, 0);
+  assert_int_equal(d[0].account_id, f->account);
+  assert_int_equal(d[0].created_ms, NOW + 10);
+  char first_ids[2][40];
+  memcpy(first_ids[0], d[0].id, sizeof first_ids[0]);
+  memcpy(first_ids[1], d[1].id, sizeof first_ids[1]);
+  store_delivery_free(d, n);
+  /* leased: not again within the lease, though the third is due now */
+  assert_int_equal(s->ops->webhook_claim(s, NOW + 600, 60000, 10, &d, &n), STORE_OK);
+  assert_int_equal(n, 1);
+  assert_string_equal(d[0].task_id, ids[2]);
+  store_delivery_free(d, n);
+  assert_int_equal(s->ops->webhook_claim(s, NOW + 100 + 59999, 60000, 10, &d, &n), STORE_OK);
+  assert_int_equal(n, 0);
+  store_delivery_free(d, n);
+  /* the lease is over: due again, the same ids, still never attempted */
+  assert_int_equal(s->ops->webhook_claim(s, NOW + 100 + 60000, 60000, 10, &d, &n), STORE_OK);
+  assert_int_equal(n, 2);
+  for (size_t i = 0; i < n; i++) {
+    assert_true(strcmp(d[i].id, first_ids[0]) == 0 || strcmp(d[i].id, first_ids[1]) == 0);
+    assert_int_equal(d[i].attempts, 0);
+  }
+  assert_string_not_equal(d[0].id, d[1].id);
+  store_delivery_free(d, n);
+  int64_t pending = 0;
+  assert_int_equal(s->ops->webhook_pending_count(s, &pending), STORE_OK);
+  assert_int_equal(pending, 3);
+  assert_int_equal(s->ops->webhook_claim(s, NOW, 60000, 0, &d, &n), STORE_OK);
+  assert_int_equal(n, 0);
+  assert_null(d);
+}
+
+#define CLAIM_THREADS 8
+#define CLAIM_ROWS 240
+
+typedef struct claim_race {
+  store *s;
+  pthread_barrier_t go;
+  char ids[CLAIM_ROWS * 2][40]; /* room for duplicates, should any come */
+  atomic_int n;
+  atomic_int errors;
+} claim_race;
+
+static void *claim_thread(void *arg) {
+  claim_race *r = arg;
+  pthread_barrier_wait(&r->go);
+  for (;;) {
+    store_delivery *d = NULL;
+    size_t n = 0;
+    if (r->s->ops->webhook_claim(r->s, NOW + 1, 60000, 7, &d, &n) != STORE_OK) {
+      atomic_fetch_add(&r->errors, 1);
+      return NULL;
+    }
+    int k = 0;
+    for (size_t i = 0; i < n; i++) {
+      k = atomic_fetch_add(&r->n, 1);
+      if (k < CLAIM_ROWS * 2) memcpy(r->ids[k], d[i].id, sizeof r->ids[k]);
+    }
+    store_delivery_free(d, n);
+    /* Far more claimed than there are rows: claims hand rows out twice
+     * (the test fails on the count), and might never run dry. */
+    if (n == 0 || k >= CLAIM_ROWS * 2) return NULL;
+  }
+}
+
+static int cmp_id(const void *a, const void *b) { return strcmp(a, b); }
+
+/* Threads claiming at once never get the same row, and together get all. */
+static void test_webhook_claim_concurrent(void **state) {
+  fx *f = *state;
+  char(*ids)[IDS_UUID_LEN + 1] = calloc(CLAIM_ROWS, sizeof *ids);
+  claim_race *r = calloc(1, sizeof *r);
+  assert_true(ids && r);
+  make_deliveries(f, 0, CLAIM_ROWS, NOW, ids);
+  r->s = f->s;
+  assert_int_equal(pthread_barrier_init(&r->go, NULL, CLAIM_THREADS), 0);
+  pthread_t th[CLAIM_THREADS];
+  for (int i = 0; i < CLAIM_THREADS; i++)
+    assert_int_equal(pthread_create(&th[i], NULL, claim_thread, r), 0);
+  for (int i = 0; i < CLAIM_THREADS; i++) pthread_join(th[i], NULL);
+  pthread_barrier_destroy(&r->go);
+  assert_int_equal(atomic_load(&r->errors), 0);
+  assert_int_equal(atomic_load(&r->n), CLAIM_ROWS);
+  qsort(r->ids, CLAIM_ROWS, sizeof r->ids[0], cmp_id);
+  for (int i = 1; i < CLAIM_ROWS; i++)
+    if (strcmp(r->ids[i - 1], r->ids[i]) == 0) fail_msg("claimed twice: %s", r->ids[i]);
+  free(r);
+  free(ids);
+}
+
+/* One batch: an attempt row each, the new state, the payload once given;
+ * an unknown id is skipped. */
+static void test_webhook_record_and_list(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  char ids[3][IDS_UUID_LEN + 1];
+  make_deliveries(f, 0, 3, NOW, ids);
+  store_delivery *d = NULL;
+  size_t n = 0;
+  assert_int_equal(s->ops->webhook_claim(s, NOW, 30000, 10, &d, &n), STORE_OK);
+  assert_int_equal(n, 3);
+  char id[3][40];
+  for (int i = 0; i < 3; i++) {
+    /* rows were made in one transaction at one time: match them by task */
+    int k = strcmp(d[i].task_id, ids[0]) == 0 ? 0 : strcmp(d[i].task_id, ids[1]) == 0 ? 1 : 2;
+    memcpy(id[k], d[i].id, sizeof id[k]);
+  }
+  store_delivery_free(d, n);
+  const char *payload = "{\"type\":\"task.running\",\"data\":{\"uid\":\"x\"}}";
+  store_delivery_result res[] = {
+      {.id = id[0], .payload = payload, .at_ms = NOW + 1, .http_status = 204, .duration_ms = 3,
+       .state = WEBHOOK_DELIVERED},
+      {.id = "msg_nobody", .payload = payload, .at_ms = NOW + 1, .state = WEBHOOK_DELIVERED},
+      {.id = id[1], .payload = payload, .at_ms = NOW + 2, .http_status = 500, .duration_ms = 7,
+       .error = "HTTP 500", .state = WEBHOOK_PENDING, .next_ms = NOW + 5000},
+      {.id = id[2], .payload = payload, .at_ms = NOW + 3, .http_status = 410, .duration_ms = 2,
+       .error = "HTTP 410", .state = WEBHOOK_GONE},
+  };
+  assert_int_equal(s->ops->webhook_record(s, res, 4), STORE_OK);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM webhook_attempts"), 3);
+  int64_t pending = 0;
+  assert_int_equal(s->ops->webhook_pending_count(s, &pending), STORE_OK);
+  assert_int_equal(pending, 1);
+
+  /* the retry is due at next_ms, not before, with its payload and count */
+  assert_int_equal(s->ops->webhook_claim(s, NOW + 4999, 30000, 10, &d, &n), STORE_OK);
+  assert_int_equal(n, 0);
+  store_delivery_free(d, n);
+  assert_int_equal(s->ops->webhook_claim(s, NOW + 5000, 30000, 10, &d, &n), STORE_OK);
+  assert_int_equal(n, 1);
+  assert_string_equal(d[0].id, id[1]);
+  assert_int_equal(d[0].attempts, 1);
+  assert_string_equal(d[0].payload, payload);
+  store_delivery_free(d, n);
+  /* a later attempt without a payload keeps the stored one */
+  store_delivery_result ok = {.id = id[1], .at_ms = NOW + 5001, .http_status = 200,
+                              .duration_ms = 4, .state = WEBHOOK_DELIVERED};
+  assert_int_equal(s->ops->webhook_record(s, &ok, 1), STORE_OK);
+  assert_int_equal(raw_intf(f->path,
+                            "SELECT COUNT(*) FROM webhook_deliveries WHERE id = '%s'"
+                            " AND payload = '%s' AND attempts = 2 AND state = 'delivered'",
+                            id[1], payload),
+                   1);
+
+  store_webhook_attempt *at = NULL;
+  assert_int_equal(s->ops->webhook_list(s, ids[1], &at, &n), STORE_OK);
+  assert_int_equal(n, 2);
+  assert_string_equal(at[0].id, id[1]);
+  assert_string_equal(at[0].event, "task.running");
+  assert_int_equal(at[0].at_ms, NOW + 2);
+  assert_int_equal(at[0].http_status, 500);
+  assert_int_equal(at[0].duration_ms, 7);
+  assert_string_equal(at[0].error, "HTTP 500");
+  assert_int_equal(at[0].state, WEBHOOK_DELIVERED); /* the delivery's state now */
+  assert_int_equal(at[1].at_ms, NOW + 5001);
+  assert_string_equal(at[1].error, "");
+  free(at);
+  assert_int_equal(s->ops->webhook_list(s, ids[2], &at, &n), STORE_OK);
+  assert_int_equal(n, 1);
+  assert_int_equal(at[0].state, WEBHOOK_GONE);
+  free(at);
+  char unknown[IDS_UUID_LEN + 1];
+  assert_true(ids_uuid7(unknown));
+  assert_int_equal(s->ops->webhook_list(s, unknown, &at, &n), STORE_OK);
+  assert_int_equal(n, 0);
+  free(at);
+  /* an unknown state is refused whole: nothing of the batch is recorded */
+  store_delivery_result bad[] = {ok, ok};
+  bad[1].state = (webhook_state)9;
+  assert_int_equal(s->ops->webhook_record(s, bad, 2), STORE_ERROR);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM webhook_attempts"), 4);
+  assert_int_equal(s->ops->webhook_record(s, NULL, 0), STORE_OK);
+}
+
+/* resend: the latest delivery of a final event is due again, same id. */
+static void test_webhook_resend(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  task *t = make_task(f->account, NOW);
+  assert_int_equal(s->ops->task_insert(s, t), STORE_OK);
+  assert_int_equal(s->ops->webhook_resend(s, t->id, NOW), STORE_NOT_FOUND);
+  store_outbox running = {"msg_11111111111111111111111111111111", "task.running",
+                          "https://example.com/hook"};
+  store_start item = {.task_id = t->id, .outbox = &running};
+  assert_int_equal(s->ops->task_start_many(s, &item, 1, NOW), STORE_OK);
+  /* only a task.running delivery: nothing final to send again */
+  assert_int_equal(s->ops->webhook_resend(s, t->id, NOW), STORE_NOT_FOUND);
+  store_outbox fin = {"msg_22222222222222222222222222222222", "task.failed",
+                      "https://example.com/hook"};
+  assert_int_equal(s->ops->task_finish(s, t->id, item.attempt, TASK_FAILED, "x", NULL, NULL, 0,
+                                       NOW + 1, NULL, &fin),
+                   STORE_OK);
+  store_delivery *d = NULL;
+  size_t n = 0;
+  assert_int_equal(s->ops->webhook_claim(s, NOW + 1, 1000, 10, &d, &n), STORE_OK);
+  assert_int_equal(n, 2);
+  store_delivery_free(d, n);
+  store_delivery_result res[] = {
+      {.id = running.id, .at_ms = NOW + 2, .http_status = 200, .state = WEBHOOK_DELIVERED},
+      {.id = fin.id, .at_ms = NOW + 2, .error = "timeout", .state = WEBHOOK_FAILED},
+  };
+  assert_int_equal(s->ops->webhook_record(s, res, 2), STORE_OK);
+  assert_int_equal(s->ops->webhook_claim(s, NOW + 100000, 1000, 10, &d, &n), STORE_OK);
+  assert_int_equal(n, 0);
+  store_delivery_free(d, n);
+
+  assert_int_equal(s->ops->webhook_resend(s, t->id, NOW + 200000), STORE_OK);
+  assert_int_equal(s->ops->webhook_claim(s, NOW + 199999, 1000, 10, &d, &n), STORE_OK);
+  assert_int_equal(n, 0); /* due at the resend's now, not before */
+  store_delivery_free(d, n);
+  assert_int_equal(s->ops->webhook_claim(s, NOW + 200000, 1000, 10, &d, &n), STORE_OK);
+  assert_int_equal(n, 1);
+  assert_string_equal(d[0].id, fin.id);
+  assert_string_equal(d[0].event, "task.failed");
+  assert_int_equal(d[0].attempts, 1);
+  store_delivery_free(d, n);
+  char unknown[IDS_UUID_LEN + 1];
+  assert_true(ids_uuid7(unknown));
+  assert_int_equal(s->ops->webhook_resend(s, unknown, NOW), STORE_NOT_FOUND);
+  task_free(t);
+}
+
+/* ---- webhook secrets ------------------------------------------------------------------- */
+
+#define SECRET_THREADS 8
+
+typedef struct secret_race {
+  store *s;
+  int64_t account;
+  pthread_barrier_t go;
+  char fresh[SECRET_THREADS][80];
+  store_webhook_secret got[SECRET_THREADS];
+  int rc[SECRET_THREADS];
+} secret_race;
+
+typedef struct secret_racer {
+  secret_race *r;
+  int i;
+} secret_racer;
+
+static void *secret_thread(void *arg) {
+  secret_racer *me = arg;
+  secret_race *r = me->r;
+  pthread_barrier_wait(&r->go);
+  r->rc[me->i] = r->s->ops->webhook_secret_get(r->s, r->account, r->fresh[me->i], &r->got[me->i]);
+  return NULL;
+}
+
+static void test_webhook_secrets(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  store_webhook_secret sec;
+  /* without a fresh one, an account without a secret has none */
+  assert_int_equal(s->ops->webhook_secret_get(s, f->account, NULL, &sec), STORE_NOT_FOUND);
+  assert_int_equal(s->ops->webhook_secret_get(s, f->account, "whsec_first", &sec), STORE_OK);
+  assert_string_equal(sec.current, "whsec_first");
+  assert_string_equal(sec.previous, "");
+  assert_int_equal(sec.previous_until_ms, 0);
+  assert_int_equal(s->ops->webhook_secret_get(s, f->account, "whsec_other", &sec), STORE_OK);
+  assert_string_equal(sec.current, "whsec_first"); /* kept: fresh is only for the first */
+  assert_int_equal(s->ops->webhook_secret_rotate(s, f->account, "whsec_second", NOW + 86400000,
+                                                 &sec),
+                   STORE_OK);
+  assert_string_equal(sec.current, "whsec_second");
+  assert_string_equal(sec.previous, "whsec_first");
+  assert_int_equal(sec.previous_until_ms, NOW + 86400000);
+  assert_int_equal(s->ops->webhook_secret_rotate(s, f->account, "whsec_third", NOW + 1, NULL),
+                   STORE_OK);
+  assert_int_equal(s->ops->webhook_secret_get(s, f->account, NULL, &sec), STORE_OK);
+  assert_string_equal(sec.current, "whsec_third");
+  assert_string_equal(sec.previous, "whsec_second");
+  assert_int_equal(sec.previous_until_ms, NOW + 1);
+  /* unknown accounts; secrets that do not fit */
+  assert_int_equal(s->ops->webhook_secret_get(s, f->account + 99, "whsec_x", &sec),
+                   STORE_NOT_FOUND);
+  assert_int_equal(s->ops->webhook_secret_rotate(s, f->account + 99, "whsec_x", NOW, &sec),
+                   STORE_NOT_FOUND);
+  char long_secret[100];
+  memset(long_secret, 'a', sizeof long_secret - 1);
+  long_secret[sizeof long_secret - 1] = '\0';
+  assert_int_equal(s->ops->webhook_secret_rotate(s, f->account, long_secret, NOW, &sec),
+                   STORE_ERROR);
+  assert_int_equal(s->ops->webhook_secret_rotate(s, f->account, "", NOW, &sec), STORE_ERROR);
+  /* a rotation on an account without a secret: fresh, no previous */
+  int64_t other;
+  assert_int_equal(s->ops->account_create(s, "rot@example.com", NOW, &other), STORE_OK);
+  assert_int_equal(s->ops->webhook_secret_rotate(s, other, "whsec_new", NOW + 5, &sec), STORE_OK);
+  assert_string_equal(sec.current, "whsec_new");
+  assert_string_equal(sec.previous, "");
+
+  /* concurrent first calls: one secret, which every caller gets */
+  int64_t racer_account;
+  assert_int_equal(s->ops->account_create(s, "race@example.com", NOW, &racer_account), STORE_OK);
+  secret_race *r = calloc(1, sizeof *r);
+  assert_non_null(r);
+  r->s = s;
+  r->account = racer_account;
+  assert_int_equal(pthread_barrier_init(&r->go, NULL, SECRET_THREADS), 0);
+  pthread_t th[SECRET_THREADS];
+  secret_racer who[SECRET_THREADS];
+  for (int i = 0; i < SECRET_THREADS; i++) {
+    snprintf(r->fresh[i], sizeof r->fresh[i], "whsec_thread_%d", i);
+    who[i] = (secret_racer){r, i};
+    assert_int_equal(pthread_create(&th[i], NULL, secret_thread, &who[i]), 0);
+  }
+  for (int i = 0; i < SECRET_THREADS; i++) pthread_join(th[i], NULL);
+  pthread_barrier_destroy(&r->go);
+  bool one_of_them = false;
+  for (int i = 0; i < SECRET_THREADS; i++) {
+    assert_int_equal(r->rc[i], STORE_OK);
+    assert_string_equal(r->got[i].current, r->got[0].current);
+    one_of_them |= strcmp(r->got[0].current, r->fresh[i]) == 0;
+  }
+  assert_true(one_of_them);
+  assert_int_equal(raw_intf(f->path, "SELECT COUNT(*) FROM webhook_secrets WHERE account_id = %lld",
+                            (long long)racer_account),
+                   1);
+  free(r);
+}
+
+/* ---- upgrading from the schema before events ------------------------------------------- */
+
+/* A database made by migrations 1..5 (the schema before this one), filled
+ * the way that imgate wrote it, opened by this code: nothing is lost, not
+ * even the child rows the rebuild of tasks could have cascaded away, and
+ * each task gets one event for its state. */
+static void test_upgrade_from_schema_5(void **state) {
+  fx *f = *state;
+  char path[160], err[256] = "";
+  snprintf(path, sizeof path, "%s/old.db", f->dir);
+  assert_true(store_sqlite_migrate_to(path, 5, err, sizeof err));
+  assert_int_equal(raw_int(path, "SELECT MAX(version) FROM schema_migrations"), 5);
+  raw_exec(path,
+           "PRAGMA foreign_keys=ON;"
+           "INSERT INTO accounts(id, email, created_ms, balance, held)"
+           "  VALUES (1, 'old@example.com', 1, 70000, 20000);"
+           "INSERT INTO tasks(id, account_id, state, model, prompt, aspect_ratio, resolution,"
+           "  webhook_url, provider, quantity, attempts, created_ms, started_ms, finished_ms,"
+           "  error_code, error_message, price_unit, price_refs, cost_held, cost_charged) VALUES"
+           " ('00000000-0000-7000-8000-000000000001', 1, 'queued', 'm', 'p1', '1:1', '1K',"
+           "  'https://example.com/h', NULL, 1, 0, 100, 0, 0, NULL, NULL, 20000, 0, 20000, 0),"
+           " ('00000000-0000-7000-8000-000000000002', 1, 'succeeded', 'm', 'p2', '1:1', '1K',"
+           "  NULL, 'sim', 1, 1, 200, 210, 220, NULL, NULL, 10000, 0, 10000, 10000),"
+           " ('00000000-0000-7000-8000-000000000003', 1, 'failed', 'm', 'p3', '1:1', '1K',"
+           "  NULL, 'sim', 1, 2, 300, 310, 320, 'upstream_error', 'boom', 0, 0, 0, 0);"
+           "INSERT INTO task_inputs(task_id, idx, blob_key, mime, bytes) VALUES"
+           " ('00000000-0000-7000-8000-000000000001', 0, 'inputs/x/0.png', 'image/png', 9);"
+           "INSERT INTO task_results(task_id, idx, blob_key, token, mime, expires_ms) VALUES"
+           " ('00000000-0000-7000-8000-000000000002', 0, 'results/y/1-0.png', 'tok-old',"
+           "  'image/png', 99999);"
+           "INSERT INTO task_attempts(task_id, run, provider, upstream_model, started_ms, ended_ms,"
+           "  error_class) VALUES ('00000000-0000-7000-8000-000000000003', 2, 'sim', 'u', 1, 2,"
+           "  'server');"
+           "INSERT INTO ledger(account_id, kind, available, held, task_id, reason, created_ms)"
+           "  VALUES (1, 'grant', 100000, 0, NULL, 'signup', 1),"
+           "  (1, 'hold', -20000, 20000, '00000000-0000-7000-8000-000000000001', 'h', 100),"
+           "  (1, 'hold', -10000, 10000, '00000000-0000-7000-8000-000000000002', 'h', 200),"
+           "  (1, 'capture', 0, -10000, '00000000-0000-7000-8000-000000000002', 'c', 220);"
+           "INSERT INTO idempotency_keys(account_id, key, request_hash, task_id, created_ms)"
+           "  VALUES (1, 'k', 'h', '00000000-0000-7000-8000-000000000001', 100);");
+
+  store *s = open_store(path);
+  assert_int_equal(raw_int(path, "SELECT MAX(version) FROM schema_migrations"), 6);
+  assert_int_equal(raw_int(path, "SELECT COUNT(*) FROM task_inputs"), 1);
+  assert_int_equal(raw_int(path, "SELECT COUNT(*) FROM task_results"), 1);
+  assert_int_equal(raw_int(path, "SELECT COUNT(*) FROM task_attempts"), 1);
+  assert_int_equal(raw_int(path, "SELECT COUNT(*) FROM ledger"), 4);
+  assert_int_equal(raw_int(path, "SELECT COUNT(*) FROM idempotency_keys"), 1);
+  assert_int_equal(raw_int(path, "SELECT COUNT(*) FROM pragma_foreign_key_check"), 0);
+  assert_int_equal(s->ops->ledger_verify(s), STORE_OK);
+
+  task *q = get_task(s, "00000000-0000-7000-8000-000000000001");
+  assert_int_equal(q->state, TASK_QUEUED);
+  assert_string_equal(q->prompt, "p1");
+  assert_string_equal(q->webhook_url, "https://example.com/h");
+  assert_int_equal(q->n_inputs, 1);
+  assert_string_equal(q->inputs[0].blob_key, "inputs/x/0.png");
+  assert_int_equal(q->cost_held_micros, 20000);
+  assert_string_equal(q->dialect, "native");
+  assert_null(q->public_base);
+  assert_int_equal(q->deadline_ms, 0);
+  assert_int_equal(q->webhook_events, 0);
+  assert_false(q->cancel_requested);
+  assert_int_equal(q->event_seq, 1);
+  task_free(q);
+  task *ok = get_task(s, "00000000-0000-7000-8000-000000000002");
+  assert_int_equal(ok->state, TASK_SUCCEEDED);
+  assert_int_equal(ok->n_results, 1);
+  assert_string_equal(ok->results[0].token, "tok-old");
+  assert_int_equal(ok->cost_charged_micros, 10000);
+  task_free(ok);
+  task *bad = get_task(s, "00000000-0000-7000-8000-000000000003");
+  assert_int_equal(bad->n_upstream_attempts, 1);
+  assert_string_equal(bad->error_message, "boom");
+  task_free(bad);
+
+  size_t n;
+  task_event *ev = events_of(s, "00000000-0000-7000-8000-000000000001", 0, &n);
+  assert_int_equal(n, 1);
+  assert_event(&ev[0], 1, TASK_EVENT_QUEUED, 100, 0, "", 0, "");
+  free(ev);
+  ev = events_of(s, "00000000-0000-7000-8000-000000000002", 0, &n);
+  assert_int_equal(n, 1);
+  assert_event(&ev[0], 1, TASK_EVENT_SUCCEEDED, 220, 1, "", 0, "");
+  free(ev);
+  ev = events_of(s, "00000000-0000-7000-8000-000000000003", 0, &n);
+  assert_int_equal(n, 1);
+  assert_event(&ev[0], 1, TASK_EVENT_FAILED, 320, 2, "", 0, "upstream_error");
+  free(ev);
+
+  /* the old rows take part in the new ops: the queued task is canceled
+   * with its hold back, its event numbered after the upgrade's */
+  task_state st;
+  assert_int_equal(
+      s->ops->task_cancel(s, "00000000-0000-7000-8000-000000000001", NOW, "canceled", NULL, &st),
+      STORE_OK);
+  assert_int_equal(event_seq_of(s, "00000000-0000-7000-8000-000000000001"), 2);
+  store_account a = account_of(s, 1);
+  assert_int_equal(a.held_micros, 0);
+  assert_int_equal(a.balance_micros, 90000);
+  assert_int_equal(s->ops->ledger_verify(s), STORE_OK);
+  /* foreign keys are enforced again after the migration */
+  int64_t key = 0;
+  assert_int_equal(s->ops->key_create(s, 424242, "hh", "igk_y", "n", NOW, &key), STORE_NOT_FOUND);
+  s->ops->close(s);
+
+  /* and a reopen applies nothing again */
+  s = open_store(path);
+  assert_int_equal(raw_int(path, "SELECT COUNT(*) FROM schema_migrations"), 6);
+  assert_int_equal(raw_int(path, "SELECT COUNT(*) FROM task_events"), 4);
+  s->ops->close(s);
+  unlink_db_files(path);
+  assert_false(store_sqlite_migrate_to(path, 0, err, sizeof err));
+  assert_false(store_sqlite_migrate_to(path, 999, err, sizeof err));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_migrations_fresh_and_reopen, setup, teardown),
@@ -1497,6 +2460,18 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_health_database_removed, setup, teardown),
       cmocka_unit_test_setup_teardown(test_health_database_replaced, setup, teardown),
       cmocka_unit_test_setup_teardown(test_health_failed_sync, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_events_through_a_life, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_events_only_with_a_change, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cancel_in_each_state, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_ledger_verify_only_success_pays, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_list_due, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_outbox_rows_with_their_change, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_webhook_claim_leases, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_webhook_claim_concurrent, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_webhook_record_and_list, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_webhook_resend, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_webhook_secrets, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_upgrade_from_schema_5, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,4 +1,5 @@
-/* test_task.c - the task state machine, state names, and freeing tasks. */
+/* test_task.c - the task state machine, state and event names, and freeing
+ * tasks. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -17,7 +18,8 @@ static bool expected_transition(task_state from, task_state to) {
   } allowed[] = {
       {TASK_QUEUED, TASK_RUNNING},    {TASK_RUNNING, TASK_QUEUED},
       {TASK_RUNNING, TASK_SUCCEEDED}, {TASK_RUNNING, TASK_FAILED},
-      {TASK_RUNNING, TASK_MODERATED},
+      {TASK_RUNNING, TASK_MODERATED}, {TASK_RUNNING, TASK_CANCELED},
+      {TASK_QUEUED, TASK_CANCELED},
   };
   for (size_t i = 0; i < sizeof allowed / sizeof allowed[0]; i++)
     if (allowed[i].from == from && allowed[i].to == to) return true;
@@ -36,7 +38,7 @@ static void test_every_transition_pair(void **state) {
       allowed += got;
     }
   }
-  assert_int_equal(allowed, 5);
+  assert_int_equal(allowed, 7);
 }
 
 static void test_final_states_never_move(void **state) {
@@ -51,6 +53,7 @@ static void test_final_states_never_move(void **state) {
   assert_true(task_state_is_final(TASK_SUCCEEDED));
   assert_true(task_state_is_final(TASK_FAILED));
   assert_true(task_state_is_final(TASK_MODERATED));
+  assert_true(task_state_is_final(TASK_CANCELED));
 }
 
 static void test_out_of_range_states(void **state) {
@@ -66,13 +69,34 @@ static void test_out_of_range_states(void **state) {
 static void test_names_round_trip(void **state) {
   (void)state;
   static const char *const names[TASK_STATE_COUNT] = {"queued", "running", "succeeded", "failed",
-                                                      "moderated"};
+                                                      "moderated", "canceled"};
   for (int i = 0; i < TASK_STATE_COUNT; i++) {
     assert_string_equal(task_state_name((task_state)i), names[i]);
     task_state parsed = (task_state)-1;
     assert_true(task_state_parse(names[i], &parsed));
     assert_int_equal(parsed, i);
   }
+}
+
+static void test_event_kinds(void **state) {
+  (void)state;
+  static const char *const names[TASK_EVENT_KIND_COUNT] = {
+      "queued", "running", "attempt", "succeeded", "failed", "moderated", "canceled"};
+  for (int i = 0; i < TASK_EVENT_KIND_COUNT; i++) {
+    assert_string_equal(task_event_kind_name((task_event_kind)i), names[i]);
+    task_event_kind parsed = (task_event_kind)-1;
+    assert_true(task_event_kind_parse(names[i], &parsed));
+    assert_int_equal(parsed, i);
+  }
+  assert_string_equal(task_event_kind_name((task_event_kind)TASK_EVENT_KIND_COUNT), "unknown");
+  task_event_kind k = TASK_EVENT_ATTEMPT;
+  assert_false(task_event_kind_parse("Attempt", &k));
+  assert_false(task_event_kind_parse(NULL, &k));
+  assert_int_equal(k, TASK_EVENT_ATTEMPT);
+  /* Entering a state is recorded by the event of the same name. */
+  for (int st = 0; st < TASK_STATE_COUNT; st++)
+    assert_string_equal(task_event_kind_name(task_event_kind_of_state((task_state)st)),
+                        task_state_name((task_state)st));
 }
 
 static void test_parse_rejects_others(void **state) {
@@ -98,6 +122,8 @@ static void test_free_everything(void **state) {
   t->aspect_ratio = strdup("1:1");
   t->resolution = strdup("1K");
   t->webhook_url = strdup("https://example.com/h");
+  t->dialect = strdup("native");
+  t->public_base = strdup("https://img.example.com");
   t->provider = strdup("sim");
   t->error_code = strdup("e");
   t->error_message = strdup("msg");
@@ -136,6 +162,7 @@ int main(void) {
       cmocka_unit_test(test_final_states_never_move),
       cmocka_unit_test(test_out_of_range_states),
       cmocka_unit_test(test_names_round_trip),
+      cmocka_unit_test(test_event_kinds),
       cmocka_unit_test(test_parse_rejects_others),
       cmocka_unit_test(test_free_everything),
   };
