@@ -760,9 +760,9 @@ static int serve_open_data(serve_parts *p, const imgate_config *cfg) {
   return 0;
 }
 
-/* The engine has committed a task's final state: its watchers look again. */
-static void publish_finished(void *ctx, const char *task_id, task_state state) {
-  (void)state;
+/* The engine has committed a change of a task: its watchers look again. */
+static void publish_change(void *ctx, const char *task_id, bool outbox) {
+  (void)outbox;
   events_publish(ctx, task_id);
 }
 
@@ -787,8 +787,8 @@ static int serve_start_engine(serve_parts *p, const imgate_config *cfg) {
                                 .max_bytes = cfg->max_image_bytes,
                                 .timeout_ms = cfg->fetch_timeout_ms,
                                 .max_redirects = 3},
-                      .on_finished = publish_finished,
-                      .on_finished_ctx = p->ev};
+                      .on_change = publish_change,
+                      .on_change_ctx = p->ev};
   p->eng = rt ? engine_create(p->st, p->bl, rt, loop, &ec) : NULL;
   if (!p->eng) {
     if (rt) router_destroy(rt);

@@ -3,11 +3,14 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "core/webhooks.h"
+#include "util/dheap.h"
 #include "util/ids.h"
 #include "util/imagefmt.h"
 #include "util/log.h"
@@ -21,6 +24,9 @@ typedef struct queued_id {
 } queued_id;
 
 #define ENGINE_MAX_TRIED 8
+/* How often the dispatcher looks for tasks past their deadline: a deadline
+ * is honoured to within about this much. */
+#define ENGINE_DEADLINE_SWEEP_MS 1000
 
 struct job;
 
@@ -51,10 +57,15 @@ typedef struct job {
   router_route *route;        /* the route of the attempt in flight */
   int64_t run_started_mono;
   int64_t attempt_started_mono, attempt_started_ms;
-  int64_t due_mono;           /* when a scheduled retry may go */
+  dheap_node timer;           /* first retry due (e->timers): when its next attempt may go */
   provider_outcome *outcome;  /* set by the provider's callback */
   downloads *dl;              /* set while reference images download */
   bool inputs_ready;          /* this run found or downloaded its URL inputs */
+  /* A cancel came (engine_cancel, or the store's mark at start): the run
+   * ends canceled at its next step; the call in flight is aborted. Under
+   * e->lock. */
+  bool cancel;
+  char cancel_code[24];
   struct job *prev, *next;    /* running list */
   struct job *done_next;      /* completion queue */
 } job;
@@ -74,8 +85,7 @@ struct engine {
   size_t q_len;
   job *running;                 /* every job, whatever it waits for */
   size_t in_flight;             /* jobs, plus slots reserved by the dispatcher */
-  job **timers;                 /* min-heap on due_mono: retries waiting for their time */
-  size_t n_timers, cap_timers;
+  dheap timers;                 /* jobs waiting for a retry's time (job.timer) */
   job *done_head, *done_tail;
   uint64_t finished;             /* tasks whose final state this process committed */
   unsigned rng;
@@ -83,6 +93,7 @@ struct engine {
   bool completers_exit;         /* completers leave once the completion queue is empty */
   bool started, stopped;
   int64_t next_sweep_mono;      /* when the dispatcher next looks for stranded queued tasks */
+  int64_t next_deadline_mono;   /* when it next looks for tasks past their deadline */
 
   pthread_t dispatcher;
   pthread_t *completers;
@@ -145,44 +156,8 @@ void engine_enqueue(engine *e, const char *task_id) {
   pthread_mutex_unlock(&e->lock);
 }
 
-/* ---- the retry timer heap (under e->lock) ------------------------------- */
-
-static void heap_swap(job **h, size_t a, size_t b) {
-  job *t = h[a];
-  h[a] = h[b];
-  h[b] = t;
-}
-
-static bool heap_push(engine *e, job *j) {
-  if (e->n_timers == e->cap_timers) {
-    size_t cap = e->cap_timers ? e->cap_timers * 2 : 64;
-    job **grown = realloc(e->timers, cap * sizeof *grown);
-    if (!grown) return false;
-    e->timers = grown;
-    e->cap_timers = cap;
-  }
-  size_t i = e->n_timers++;
-  e->timers[i] = j;
-  while (i > 0 && e->timers[(i - 1) / 2]->due_mono > e->timers[i]->due_mono) {
-    heap_swap(e->timers, i, (i - 1) / 2);
-    i = (i - 1) / 2;
-  }
-  return true;
-}
-
-static job *heap_pop(engine *e) {
-  job *top = e->timers[0];
-  e->timers[0] = e->timers[--e->n_timers];
-  size_t i = 0;
-  for (;;) {
-    size_t l = 2 * i + 1, r = l + 1, m = i;
-    if (l < e->n_timers && e->timers[l]->due_mono < e->timers[m]->due_mono) m = l;
-    if (r < e->n_timers && e->timers[r]->due_mono < e->timers[m]->due_mono) m = r;
-    if (m == i) break;
-    heap_swap(e->timers, i, m);
-    i = m;
-  }
-  return top;
+static job *job_of_timer(dheap_node *n) {
+  return (job *)(void *)((char *)n - offsetof(job, timer));
 }
 
 /* ---- finishing ---------------------------------------------------------- */
@@ -222,6 +197,12 @@ static void job_release(engine *e, job *j) {
   job_free(j);
 }
 
+/* A change of task_id was committed: its watchers (and, when outbox, the
+ * webhook dispatcher) hear of it. */
+static void changed(engine *e, const char *task_id, bool outbox) {
+  if (e->cfg.on_change) e->cfg.on_change(e->cfg.on_change_ctx, task_id, outbox);
+}
+
 /* How often, and after what pauses, a failed final write is tried again
  * before the task is left running for the next start to re-run. A store that
  * fails briefly (disk full for a moment, a lock held too long) must not cost
@@ -232,13 +213,16 @@ static const int finish_retry_ms[] = {50, 200, 1000, 3000};
 
 /* Returns true when the task is final in the store (this run finished it, or
  * another had); false when the write failed and the task stays running. */
-static bool finish_task(engine *e, const char *task_id, int run, task_state state,
+static bool finish_task(engine *e, const task *t, const char *task_id, int run, task_state state,
                         const char *code, const char *message, const task_result *results,
                         size_t n_results, int64_t dur_ms, const task_attempt *attempt) {
   int rc;
+  store_outbox ob;
+  char ob_id[WEBHOOKS_ID_SIZE];
+  bool has_ob = webhooks_outbox_for(t, state, &ob, ob_id);
   for (size_t i = 0;; i++) {
     rc = e->st->ops->task_finish(e->st, task_id, run, state, code, message, results, n_results,
-                                 time_now_ms(), attempt, NULL);
+                                 time_now_ms(), attempt, has_ob ? &ob : NULL);
     if (rc == STORE_OK || rc == STORE_CONFLICT || rc == STORE_NOT_FOUND ||
         i == sizeof finish_retry_ms / sizeof finish_retry_ms[0] ||
         e->st->ops->health(e->st, NULL, 0) != STORE_OK)
@@ -257,7 +241,7 @@ static bool finish_task(engine *e, const char *task_id, int run, task_state stat
     pthread_mutex_lock(&e->lock);
     e->finished++;
     pthread_mutex_unlock(&e->lock);
-    if (e->cfg.on_finished) e->cfg.on_finished(e->cfg.on_finished_ctx, task_id, state);
+    changed(e, task_id, has_ob);
     return true;
   }
   if (rc == STORE_CONFLICT) {
@@ -289,11 +273,20 @@ static void remove_inputs(engine *e, const task *t) {
   }
 }
 
+/* Whether a cancel came for the job, and with which code (under e->lock). */
+static bool job_canceled(engine *e, job *j, char code[24]) {
+  pthread_mutex_lock(&e->lock);
+  bool c = j->cancel;
+  if (c) memcpy(code, j->cancel_code, 24);
+  pthread_mutex_unlock(&e->lock);
+  return c;
+}
+
 /* Finishes the job's task without images and frees the job. attempt is the
  * last upstream attempt, recorded in the same transaction (NULL: none ended). */
 static void finish_job(engine *e, job *j, task_state state, const char *code,
                        const char *message, const task_attempt *attempt) {
-  if (finish_task(e, j->task_id, j->run, state, code, message, NULL, 0,
+  if (finish_task(e, j->t, j->task_id, j->run, state, code, message, NULL, 0,
                   time_mono_ms() - j->run_started_mono, attempt))
     remove_inputs(e, j->t);
   job_release(e, j);
@@ -350,10 +343,10 @@ static void finish_with_images(engine *e, job *j, const provider_outcome *o,
   int n = results ? store_images(e, j, o, results) : -1;
   bool final;
   if (n < 0) {
-    final = finish_task(e, j->task_id, j->run, TASK_FAILED, "storage_error",
+    final = finish_task(e, j->t, j->task_id, j->run, TASK_FAILED, "storage_error",
                         "the result image could not be stored", NULL, 0, dur, attempt);
   } else {
-    final = finish_task(e, j->task_id, j->run, TASK_SUCCEEDED, NULL, NULL, results, (size_t)n,
+    final = finish_task(e, j->t, j->task_id, j->run, TASK_SUCCEEDED, NULL, NULL, results, (size_t)n,
                         dur, attempt);
     for (int i = 0; i < n; i++) task_result_clear(&results[i]);
   }
@@ -366,9 +359,8 @@ static void finish_with_images(engine *e, job *j, const provider_outcome *o,
 
 /* Puts the job on the timer heap; the dispatcher runs its next attempt at due. */
 static void schedule(engine *e, job *j, int64_t due_mono) {
-  j->due_mono = due_mono;
   pthread_mutex_lock(&e->lock);
-  bool ok = heap_push(e, j);
+  bool ok = dheap_set(&e->timers, &j->timer, due_mono);
   if (ok) pthread_cond_signal(&e->dispatch_cond);
   pthread_mutex_unlock(&e->lock);
   if (!ok)
@@ -426,6 +418,15 @@ static void handle_outcome(engine *e, job *j) {
   j->n_attempts++;
   j->route = NULL;
 
+  /* A cancel wins over whatever the attempt brought: the client asked for
+   * nothing more and pays for nothing (an image that came meanwhile is
+   * dropped with the outcome). */
+  char cancel_code[24];
+  if (job_canceled(e, j, cancel_code)) {
+    finish_job(e, j, TASK_CANCELED, cancel_code, "the task was canceled", &a);
+    return;
+  }
+
   if (o->status == PROVIDER_OK) {
     finish_with_images(e, j, o, &a);
     return;
@@ -450,6 +451,8 @@ static void handle_outcome(engine *e, job *j) {
                (long long)delay, j->n_attempts);
       if (e->st->ops->task_attempt_add(e->st, j->task_id, &a) != STORE_OK)
         LOG_WARN("attempt_record_failed", "task=%s", j->task_id);
+      else
+        changed(e, j->task_id, false);
       provider_outcome_free(o);
       j->outcome = NULL;
       /* +1: the clock counts whole milliseconds, so without it a retry could
@@ -626,6 +629,12 @@ static void handle_downloads(engine *e, job *j) {
   downloads *d = j->dl;
   j->dl = NULL;
   const task *t = j->t;
+  char cancel_code[24];
+  if (job_canceled(e, j, cancel_code)) {
+    downloads_free(d, t->n_inputs);
+    finish_job(e, j, TASK_CANCELED, cancel_code, "the task was canceled", NULL);
+    return;
+  }
   size_t n_url = 0, bytes = 0;
   const char *code = NULL; /* set: the task fails with it and message */
   char message[320];
@@ -695,6 +704,12 @@ static void fail_attempt(engine *e, job *j, const char *code, const char *messag
 /* Starts the job's next upstream attempt (dispatcher thread), on route when
  * one was picked already, else on a fresh pick. */
 static void run_attempt(engine *e, job *j, router_route *route) {
+  char code[24];
+  if (job_canceled(e, j, code)) {
+    if (route) router_release(e->rt, route);
+    finish_job(e, j, TASK_CANCELED, code, "the task was canceled", NULL);
+    return;
+  }
   if (!j->inputs_ready) {
     if (url_inputs_missing(e, j->t)) {
       if (route) router_release(e->rt, route);
@@ -764,10 +779,13 @@ static size_t start_tasks(engine *e, queued_id **ids, size_t n) {
   job *jobs[ENGINE_START_BATCH];
   router_route *routes[ENGINE_START_BATCH];
   store_start items[ENGINE_START_BATCH];
+  store_outbox outbox[ENGINE_START_BATCH];
+  char outbox_id[ENGINE_START_BATCH][WEBHOOKS_ID_SIZE];
   size_t m = 0;
   for (size_t i = 0; i < n; i++) {
     job *j = calloc(1, sizeof *j);
     if (!j) continue; /* still queued in the store: the next start picks it up */
+    dheap_node_init(&j->timer);
     if (e->st->ops->task_get(e->st, ids[i]->id, &j->t) != STORE_OK ||
         j->t->state != TASK_QUEUED) {
       job_free(j); /* gone, or started already */
@@ -777,6 +795,8 @@ static size_t start_tasks(engine *e, queued_id **ids, size_t n) {
     routes[m] = router_pick(e->rt, j->t->model, NULL, 0, time_mono_ms(), &wait);
     items[m] = (store_start){.task_id = j->t->id,
                              .provider = routes[m] ? router_route_provider(routes[m])->name : NULL};
+    if (webhooks_outbox_for(j->t, TASK_RUNNING, &outbox[m], outbox_id[m]))
+      items[m].outbox = &outbox[m];
     jobs[m++] = j;
   }
   int rc = e->st->ops->task_start_many(e->st, items, m, time_now_ms());
@@ -794,7 +814,14 @@ static size_t start_tasks(engine *e, queued_id **ids, size_t n) {
     j->run = items[i].attempt;
     snprintf(j->task_id, sizeof j->task_id, "%s", j->t->id);
     j->run_started_mono = time_mono_ms();
+    changed(e, j->task_id, items[i].outbox != NULL);
     pthread_mutex_lock(&e->lock);
+    /* A cancel that came while the task was not running here (another
+     * process, or before a crash) is in the store: this run ends at once. */
+    if (j->t->cancel_requested) {
+      j->cancel = true;
+      snprintf(j->cancel_code, sizeof j->cancel_code, "canceled");
+    }
     j->next = e->running;
     if (e->running) e->running->prev = j;
     e->running = j;
@@ -857,17 +884,74 @@ static void sweep_lost_runs(engine *e) {
     if (mine || e->st->ops->task_requeue(e->st, runs[i].task_id, runs[i].attempt) != STORE_OK)
       continue;
     LOG_WARN("lost_run_requeued", "task=%s attempt=%d", runs[i].task_id, runs[i].attempt);
+    changed(e, runs[i].task_id, false);
     engine_enqueue(e, runs[i].task_id);
   }
   free(runs);
+}
+
+int engine_cancel(engine *e, const char *task_id, const char *code, task_state *state_out) {
+  task *t = NULL;
+  int rc = e->st->ops->task_get(e->st, task_id, &t);
+  if (rc != STORE_OK) return rc;
+  store_outbox ob;
+  char ob_id[WEBHOOKS_ID_SIZE];
+  bool has_ob = webhooks_outbox_for(t, TASK_CANCELED, &ob, ob_id);
+  task_state state = t->state;
+  rc = e->st->ops->task_cancel(e->st, task_id, time_now_ms(), code, has_ob ? &ob : NULL, &state);
+  task_free(t); /* after the call: ob points into t */
+  if (state_out) *state_out = state;
+  if (rc == STORE_OK) {
+    LOG_INFO("task_canceled", "task=%s code=%s was=queued", task_id, code);
+    changed(e, task_id, has_ob);
+    return STORE_OK;
+  }
+  if (rc != STORE_CONFLICT || state != TASK_RUNNING) return rc;
+  /* Running: the store has the mark; the run here, if this process has it,
+   * ends canceled at its next step, at once when it waits for a retry. */
+  pthread_mutex_lock(&e->lock);
+  for (job *j = e->running; j; j = j->next) {
+    if (strcmp(j->task_id, task_id) != 0) continue;
+    if (!j->cancel) LOG_INFO("task_cancel_requested", "task=%s code=%s", task_id, code);
+    j->cancel = true;
+    snprintf(j->cancel_code, sizeof j->cancel_code, "%s", code);
+    if (dheap_node_queued(&j->timer)) {
+      dheap_set(&e->timers, &j->timer, time_mono_ms());
+      pthread_cond_signal(&e->dispatch_cond);
+    }
+    break;
+  }
+  pthread_mutex_unlock(&e->lock);
+  return STORE_CONFLICT;
+}
+
+/* Tasks whose deadline has passed are canceled ("deadline_exceeded"), queued
+ * or running. Called without e->lock, about once a second. */
+static void sweep_deadlines(engine *e) {
+  char(*ids)[IDS_UUID_LEN + 1] = NULL;
+  size_t n = 0;
+  if (e->st->ops->task_list_due(e->st, time_now_ms(), 64, &ids, &n) != STORE_OK) return;
+  for (size_t i = 0; i < n; i++) {
+    task_state state;
+    engine_cancel(e, ids[i], "deadline_exceeded", &state);
+  }
+  free(ids);
 }
 
 static void *dispatcher_main(void *arg) {
   engine *e = arg;
   pthread_mutex_lock(&e->lock);
   e->next_sweep_mono = time_mono_ms() + e->cfg.sweep_interval_ms;
+  e->next_deadline_mono = time_mono_ms();
   while (!e->stopping) {
     int64_t now = time_mono_ms();
+    if (now >= e->next_deadline_mono) {
+      e->next_deadline_mono = now + ENGINE_DEADLINE_SWEEP_MS;
+      pthread_mutex_unlock(&e->lock);
+      if (e->st->ops->health(e->st, NULL, 0) == STORE_OK) sweep_deadlines(e);
+      pthread_mutex_lock(&e->lock);
+      continue;
+    }
     if (!e->q_head && now >= e->next_sweep_mono) {
       e->next_sweep_mono = now + e->cfg.sweep_interval_ms;
       size_t room = e->in_flight < (size_t)e->cfg.max_in_flight
@@ -885,8 +969,10 @@ static void *dispatcher_main(void *arg) {
       pthread_mutex_lock(&e->lock);
       continue;
     }
-    if (e->n_timers && e->timers[0]->due_mono <= now) {
-      job *j = heap_pop(e);
+    dheap_node *due = dheap_top(&e->timers);
+    if (due && due->due <= now) {
+      job *j = job_of_timer(due);
+      dheap_remove(&e->timers, due);
       pthread_mutex_unlock(&e->lock);
       run_attempt(e, j, NULL);
       pthread_mutex_lock(&e->lock);
@@ -915,7 +1001,9 @@ static void *dispatcher_main(void *arg) {
       continue;
     }
     int64_t wake = e->next_sweep_mono;
-    if (e->n_timers && e->timers[0]->due_mono < wake) wake = e->timers[0]->due_mono;
+    if (dheap_top(&e->timers) && dheap_top(&e->timers)->due < wake)
+      wake = dheap_top(&e->timers)->due;
+    if (e->next_deadline_mono < wake) wake = e->next_deadline_mono;
     struct timespec ts;
     mono_deadline(&ts, wake);
     pthread_cond_timedwait(&e->dispatch_cond, &e->lock, &ts);
@@ -977,7 +1065,7 @@ void engine_stop(engine *e) {
   struct timespec ts;
   mono_deadline(&ts, deadline);
   pthread_mutex_lock(&e->lock);
-  while (e->in_flight > e->n_timers) {
+  while (e->in_flight > e->timers.len) {
     if (pthread_cond_timedwait(&e->drain_cond, &e->lock, &ts) != 0) break;
   }
   pthread_mutex_unlock(&e->lock);
@@ -1008,7 +1096,7 @@ void engine_stop(engine *e) {
     job_free(j);
     abandoned++;
   }
-  e->n_timers = 0;
+  while (dheap_top(&e->timers)) dheap_remove(&e->timers, dheap_top(&e->timers));
   e->done_head = e->done_tail = NULL;
   e->in_flight = 0;
   pthread_mutex_unlock(&e->lock);
@@ -1024,7 +1112,7 @@ void engine_destroy(engine *e) {
     e->q_head = q->next;
     free(q);
   }
-  free(e->timers);
+  dheap_free(&e->timers);
   free(e->completers);
   pthread_cond_destroy(&e->dispatch_cond);
   pthread_cond_destroy(&e->drain_cond);
@@ -1037,7 +1125,7 @@ void engine_get_stats(engine *e, engine_stats *out) {
   pthread_mutex_lock(&e->lock);
   out->queued = e->q_len;
   out->in_flight = e->in_flight;
-  out->retrying = e->n_timers;
+  out->retrying = e->timers.len;
   out->finished = e->finished;
   out->stopping = e->stopping;
   pthread_mutex_unlock(&e->lock);

@@ -56,10 +56,13 @@ typedef struct engine_config {
   int backoff_max_ms;      /* cap of one backoff (default 15000) */
   fetch_config fetch;      /* reference images by URL (max_bytes 0 = max_input_bytes) */
   int sweep_interval_ms;   /* how often an idle dispatcher looks for stranded queued tasks (30000) */
-  /* Called on a completer thread after a task's final state is committed,
-   * exactly once per task this process finishes (waiters, webhooks, tests). */
-  void (*on_finished)(void *ctx, const char *task_id, task_state state);
-  void *on_finished_ctx;
+  /* Called after each change of a task this engine commits (a run started,
+   * an attempt recorded before a retry, the task final, canceled or put back
+   * to queued), on the thread that committed it: quick (it wakes waiters
+   * and the webhook dispatcher). outbox: the change also wrote a webhook
+   * delivery. */
+  void (*on_change)(void *ctx, const char *task_id, bool outbox);
+  void *on_change_ctx;
 } engine_config;
 
 typedef struct engine engine;
@@ -86,6 +89,17 @@ typedef struct engine_stats {
 } engine_stats;
 
 void engine_get_stats(engine *e, engine_stats *out);
+
+/* Cancels a task with code ("canceled", "deadline_exceeded"). Queued: it is
+ * canceled in the store at once (hold released, CANCELED event, its webhook
+ * delivery) and STORE_OK. Running: the store marks it, and the run of this
+ * engine, if it has it, ends canceled at its next step: at once when it
+ * waits for a retry, when its upstream call answers (or is aborted)
+ * otherwise; STORE_CONFLICT with *state_out = running. Final: nothing
+ * changes, STORE_CONFLICT with *state_out its state. NOT_FOUND, ERROR. A
+ * task whose deadline_ms passes is canceled the same way by the engine
+ * itself ("deadline_exceeded"), within about a second. */
+int engine_cancel(engine *e, const char *task_id, const char *code, task_state *state_out);
 
 /* True when some route serves the catalog model. */
 bool engine_serves(engine *e, const char *model);

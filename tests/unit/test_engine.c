@@ -179,12 +179,18 @@ typedef struct finish_log {
   pthread_mutex_t lock;
   pthread_cond_t cond;
   int count;
+  store *st; /* where the changed task is read, to count final ones */
 } finish_log;
 
-static void on_finished(void *ctx, const char *task_id, task_state state) {
-  (void)task_id;
-  (void)state;
+/* The engine's change notification: counts the changes that made a task final. */
+static void on_change(void *ctx, const char *task_id, bool outbox) {
+  (void)outbox;
   finish_log *f = ctx;
+  task *t = NULL;
+  bool final = f->st->ops->task_get(f->st, task_id, &t) == STORE_OK &&
+               task_state_is_final(t->state);
+  task_free(t);
+  if (!final) return;
   pthread_mutex_lock(&f->lock);
   f->count++;
   pthread_cond_broadcast(&f->cond);
@@ -225,6 +231,7 @@ static int setup(void **state) {
   f->bl = blob_fs_open(path, err, sizeof err);
   assert_non_null(f->bl);
   pthread_mutex_init(&f->fin.lock, NULL);
+  f->fin.st = f->st;
   pthread_cond_init(&f->fin.cond, NULL);
   assert_int_equal(f->st->ops->account_create(f->st, "t@example.com", 1, &f->account_id),
                    STORE_OK);
@@ -252,8 +259,8 @@ static engine_config base_config(fixture *f, int max_in_flight, int drain_ms) {
                          .deadline_ms = 60000,
                          .backoff_base_ms = 10,
                          .backoff_max_ms = 20,
-                         .on_finished = on_finished,
-                         .on_finished_ctx = &f->fin};
+                         .on_change = on_change,
+                         .on_change_ctx = &f->fin};
 }
 
 /* A router whose one route for nano-banana goes to each given provider. */
@@ -300,6 +307,40 @@ static void insert_task(fixture *f, char out[IDS_UUID_LEN + 1], bool with_input)
   }
   assert_int_equal(f->st->ops->task_insert(f->st, &t), STORE_OK);
   memcpy(out, t.id, sizeof t.id);
+}
+
+/* A queued task with a webhook (and the given optional events and
+ * deadline); returns its id in out. */
+static void insert_task_hooked(fixture *f, char out[IDS_UUID_LEN + 1], unsigned events,
+                               int64_t deadline_ms) {
+  task t = {0};
+  assert_true(ids_uuid7(t.id));
+  t.account_id = f->account_id;
+  t.state = TASK_QUEUED;
+  t.model = "nano-banana";
+  t.prompt = "p";
+  t.aspect_ratio = "auto";
+  t.resolution = "1K";
+  t.quantity = 1;
+  t.created_ms = time_now_ms();
+  t.webhook_url = "https://hooks.example.test/h";
+  t.webhook_events = events;
+  t.deadline_ms = deadline_ms;
+  assert_int_equal(f->st->ops->task_insert(f->st, &t), STORE_OK);
+  memcpy(out, t.id, sizeof t.id);
+}
+
+/* The events of the deliveries due now in the outbox (claimed, so each is
+ * seen once), joined by ','. */
+static void outbox_events(fixture *f, char *out, size_t size) {
+  store_delivery *d = NULL;
+  size_t n = 0;
+  assert_int_equal(f->st->ops->webhook_claim(f->st, time_now_ms() + 1000, 60000, 100, &d, &n),
+                   STORE_OK);
+  out[0] = '\0';
+  for (size_t i = 0; i < n; i++)
+    snprintf(out + strlen(out), size - strlen(out), "%s%s", i ? "," : "", d[i].event);
+  store_delivery_free(d, n);
 }
 
 static task *load(fixture *f, const char *id) {
@@ -368,6 +409,11 @@ static int flaky_attempt_add(store *s, const char *id, const task_attempt *a) {
   store *r = ((flaky_store *)s)->real;
   return r->ops->task_attempt_add(r, id, a);
 }
+static int flaky_list_due(store *s, int64_t now, size_t limit, char (**ids)[IDS_UUID_LEN + 1],
+                          size_t *n) {
+  store *r = ((flaky_store *)s)->real;
+  return r->ops->task_list_due(r, now, limit, ids, n);
+}
 static int flaky_health(store *s, char *reason, size_t size) {
   store *r = ((flaky_store *)s)->real;
   return r->ops->health(r, reason, size);
@@ -384,6 +430,7 @@ static void flaky_init(flaky_store *fs, store *real) {
   fs->ops.task_list_running = flaky_list_running;
   fs->ops.task_requeue = flaky_requeue_one;
   fs->ops.health = flaky_health;
+  fs->ops.task_list_due = flaky_list_due;
   fs->base.ops = &fs->ops;
   fs->real = real;
   fs->fail_finish = fs->fail_start_many = 0;
@@ -401,6 +448,19 @@ static engine *flaky_engine_with_task(fixture *f, flaky_store *fs, scripted *s, 
   insert_task(f, id, false);
   engine_enqueue(e, id);
   return e;
+}
+
+/* Polls the store (with a deadline) until the task has its cancel mark. */
+static bool wait_cancel_marked(fixture *f, const char *id) {
+  for (int i = 0; i < 1000; i++) {
+    task *t = load(f, id);
+    bool marked = t->cancel_requested;
+    task_free(t);
+    if (marked) return true;
+    struct timespec pause = {0, 10 * 1000 * 1000};
+    nanosleep(&pause, NULL); /* polling the store, with a deadline */
+  }
+  return false;
 }
 
 /* ---- tests -------------------------------------------------------------- */
@@ -767,6 +827,122 @@ static void test_lost_run_is_requeued(void **state) {
   assert_int_equal(f->fin.count, 1);
 }
 
+
+/* A queued task is canceled at once: final, nothing charged, its CANCELED
+ * event and its webhook delivery written with the change. */
+static void test_cancel_queued(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  engine *e = make_engine(f, &s, 4, 1000);
+  char id[IDS_UUID_LEN + 1];
+  insert_task_hooked(f, id, 0, 0);
+  task_state st;
+  assert_int_equal(engine_cancel(e, id, "canceled", &st), STORE_OK);
+  assert_int_equal(st, TASK_CANCELED);
+  task *t = load(f, id);
+  assert_int_equal(t->state, TASK_CANCELED);
+  assert_string_equal(t->error_code, "canceled");
+  task_free(t);
+  char events[256];
+  outbox_events(f, events, sizeof events);
+  assert_string_equal(events, "task.canceled");
+  assert_int_equal(f->fin.count, 1);
+  /* Final now: a second cancel changes nothing. */
+  assert_int_equal(engine_cancel(e, id, "canceled", &st), STORE_CONFLICT);
+  assert_int_equal(st, TASK_CANCELED);
+  assert_int_equal(f->st->ops->ledger_verify(f->st), STORE_OK);
+  engine_destroy(e);
+}
+
+/* A running task: the cancel is marked, and the answer that comes ends it
+ * canceled even when it brought an image (dropped, nothing charged). Its
+ * webhook gets task.running (asked for) and then task.canceled. */
+static void test_cancel_running(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  engine *e = make_engine(f, &s, 4, 1000);
+  assert_int_equal(engine_start(e), 0);
+  char id[IDS_UUID_LEN + 1];
+  insert_task_hooked(f, id, TASK_WEBHOOK_RUNNING, 0);
+  engine_enqueue(e, id);
+  assert_true(wait_started(&s, 1));
+  task_state st;
+  assert_int_equal(engine_cancel(e, id, "canceled", &st), STORE_CONFLICT);
+  assert_int_equal(st, TASK_RUNNING);
+  complete(take_one(&s), PROVIDER_OK);
+  assert_true(wait_finished(&f->fin, 1));
+  task *t = load(f, id);
+  assert_int_equal(t->state, TASK_CANCELED);
+  assert_int_equal(t->n_results, 0);
+  assert_int_equal(t->cost_charged_micros, 0);
+  task_free(t);
+  char events[256];
+  outbox_events(f, events, sizeof events);
+  assert_string_equal(events, "task.running,task.canceled");
+  assert_int_equal(f->st->ops->ledger_verify(f->st), STORE_OK);
+  engine_destroy(e);
+}
+
+/* A run waiting 30 s for a retry is canceled at once, not after the wait. */
+static void test_cancel_during_retry_wait(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  engine *e = make_engine(f, &s, 4, 1000);
+  assert_int_equal(engine_start(e), 0);
+  char id[IDS_UUID_LEN + 1];
+  insert_task_hooked(f, id, 0, 0);
+  engine_enqueue(e, id);
+  assert_true(wait_started(&s, 1));
+  complete_unavailable(take_one(&s), 30000); /* deadline_ms 60 s lets it wait */
+  engine_stats es;
+  for (int i = 0; i < 1000; i++) { /* the retry is scheduled: poll, with a deadline */
+    engine_get_stats(e, &es);
+    if (es.retrying == 1) break;
+    struct timespec pause = {0, 10 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+  }
+  assert_int_equal(es.retrying, 1);
+  int64_t t0 = time_mono_ms();
+  task_state st;
+  assert_int_equal(engine_cancel(e, id, "canceled", &st), STORE_CONFLICT);
+  assert_true(wait_finished(&f->fin, 1));
+  assert_true(time_mono_ms() - t0 < 5000);
+  task *t = load(f, id);
+  assert_int_equal(t->state, TASK_CANCELED);
+  task_free(t);
+  assert_int_equal(started_count(&s), 1); /* no second attempt */
+  engine_destroy(e);
+}
+
+/* Deadlines: a queued task past its deadline and a running one are
+ * canceled with deadline_exceeded by the engine itself. */
+static void test_deadline_cancels(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  engine *e = make_engine(f, &s, 4, 1000);
+  char queued[IDS_UUID_LEN + 1], running[IDS_UUID_LEN + 1];
+  insert_task_hooked(f, running, 0, time_now_ms() + 300);
+  assert_int_equal(engine_start(e), 0); /* recovery enqueues it */
+  assert_true(wait_started(&s, 1));
+  insert_task_hooked(f, queued, 0, time_now_ms() - 1); /* never enqueued here */
+  assert_true(wait_cancel_marked(f, running));
+  complete(take_one(&s), PROVIDER_OK); /* its answer comes: canceled all the same */
+  assert_true(wait_finished(&f->fin, 2));
+  task *t = load(f, queued);
+  assert_int_equal(t->state, TASK_CANCELED);
+  assert_string_equal(t->error_code, "deadline_exceeded");
+  task_free(t);
+  t = load(f, running);
+  assert_int_equal(t->state, TASK_CANCELED);
+  assert_string_equal(t->error_code, "deadline_exceeded");
+  task_free(t);
+  engine_destroy(e);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_runs_tasks_to_success, setup, teardown),
@@ -782,6 +958,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_retry_fails_over_to_another_route, setup, teardown),
       cmocka_unit_test_setup_teardown(test_attempts_are_bounded, setup, teardown),
       cmocka_unit_test_setup_teardown(test_retry_after_beyond_deadline_fails_now, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cancel_queued, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cancel_running, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cancel_during_retry_wait, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_deadline_cancels, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
