@@ -1090,13 +1090,14 @@ void engine_stop(engine *e) {
   /* Whatever is left stays running in the store and is re-run at the next start. */
   pthread_mutex_lock(&e->lock);
   size_t abandoned = 0;
+  /* The retry heap points into the jobs: empty it before they are freed. */
+  while (dheap_top(&e->timers)) dheap_remove(&e->timers, dheap_top(&e->timers));
   while (e->running) {
     job *j = e->running;
     unlink_running(e, j);
     job_free(j);
     abandoned++;
   }
-  while (dheap_top(&e->timers)) dheap_remove(&e->timers, dheap_top(&e->timers));
   e->done_head = e->done_tail = NULL;
   e->in_flight = 0;
   pthread_mutex_unlock(&e->lock);

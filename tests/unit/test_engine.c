@@ -886,6 +886,39 @@ static void test_cancel_running(void **state) {
 }
 
 /* A run waiting 30 s for a retry is canceled at once, not after the wait. */
+/* Polls the engine's gauges (with a deadline) until n runs wait for a retry. */
+static bool wait_retrying(engine *e, uint64_t n) {
+  engine_stats es;
+  for (int i = 0; i < 1000; i++) {
+    engine_get_stats(e, &es);
+    if (es.retrying == n) return true;
+    struct timespec pause = {0, 10 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+  }
+  return false;
+}
+
+/* A stop while a run waits for its retry timer: the timer heap points into
+ * the job, so it must be emptied before the job is freed (ASan saw the
+ * reverse order), and the task stays running for the next start. */
+static void test_stop_during_retry_wait(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  engine *e = make_engine(f, &s, 4, 0);
+  assert_int_equal(engine_start(e), 0);
+  char id[IDS_UUID_LEN + 1];
+  insert_task_hooked(f, id, 0, 0);
+  engine_enqueue(e, id);
+  assert_true(wait_started(&s, 1));
+  complete_unavailable(take_one(&s), 30000);
+  assert_true(wait_retrying(e, 1));
+  engine_destroy(e);
+  task *t = load(f, id);
+  assert_int_equal(t->state, TASK_RUNNING);
+  task_free(t);
+}
+
 static void test_cancel_during_retry_wait(void **state) {
   fixture *f = *state;
   scripted s;
@@ -897,14 +930,7 @@ static void test_cancel_during_retry_wait(void **state) {
   engine_enqueue(e, id);
   assert_true(wait_started(&s, 1));
   complete_unavailable(take_one(&s), 30000); /* deadline_ms 60 s lets it wait */
-  engine_stats es;
-  for (int i = 0; i < 1000; i++) { /* the retry is scheduled: poll, with a deadline */
-    engine_get_stats(e, &es);
-    if (es.retrying == 1) break;
-    struct timespec pause = {0, 10 * 1000 * 1000};
-    nanosleep(&pause, NULL);
-  }
-  assert_int_equal(es.retrying, 1);
+  assert_true(wait_retrying(e, 1));
   int64_t t0 = time_mono_ms();
   task_state st;
   assert_int_equal(engine_cancel(e, id, "canceled", &st), STORE_CONFLICT);
@@ -961,6 +987,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_cancel_queued, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cancel_running, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cancel_during_retry_wait, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_stop_during_retry_wait, setup, teardown),
       cmocka_unit_test_setup_teardown(test_deadline_cancels, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
