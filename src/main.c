@@ -819,6 +819,7 @@ static int serve_start_http(serve_parts *p, const imgate_config *cfg) {
   if (!p->c || !p->routes) return -1;
   api_health_register(p->routes, p->c);
   api_native_register(p->routes, p->c);
+  api_account_register(p->routes, p->c);
   api_files_register(p->routes, p->c);
   p->admin = api_admin_register(p->routes, p->eng, p->ret, cfg->admin_token);
   p->admin_accounts = api_admin_accounts_register(p->routes, p->st, cfg);

@@ -19,6 +19,14 @@
 
 /* Native dialect (seed 000): /api/banana/... */
 void api_native_register(http_router *r, core *c);
+/* The account's webhook secret: /api/account/webhook-secret (account.c). */
+void api_account_register(http_router *r, core *c);
+/* A webhook payload for task t and event, in the shape of the dialect that
+ * created it (t->dialect; the native one for an unknown name): JSON text,
+ * malloc'd, or NULL. ctx is the core (the webhook dispatcher's renderer). */
+char *api_render_webhook(void *ctx, const task *t, const char *event, int64_t now_ms);
+/* The native dialect's webhook payload (native_render.c). */
+char *api_native_webhook_payload(core *c, const task *t, const char *event, int64_t now_ms);
 /* Result images: GET /files/{token}.{ext} (no auth: the token is the secret). */
 void api_files_register(http_router *r, core *c);
 /* Operators: GET /admin/providers and GET /metrics, with the admin token.

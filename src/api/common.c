@@ -223,3 +223,18 @@ int api_prefer_wait(http_request *req) {
   }
   return 0;
 }
+
+/* Which dialect renders a webhook payload, by the name a task records. */
+static const struct {
+  const char *name;
+  char *(*render)(core *c, const task *t, const char *event, int64_t now_ms);
+} webhook_renderers[] = {
+    {"native", api_native_webhook_payload},
+};
+
+char *api_render_webhook(void *ctx, const task *t, const char *event, int64_t now_ms) {
+  for (size_t i = 0; i < sizeof webhook_renderers / sizeof webhook_renderers[0]; i++)
+    if (t->dialect && strcmp(t->dialect, webhook_renderers[i].name) == 0)
+      return webhook_renderers[i].render(ctx, t, event, now_ms);
+  return api_native_webhook_payload(ctx, t, event, now_ms);
+}

@@ -5,8 +5,13 @@
  *                                  (optional header Idempotency-Key)
  *                                  (optional header Prefer: wait=N: the whole task,
  *                                   once final or after N seconds)
+ *                                  (also: deadline, webhook_events)
  *   GET  /api/banana/credits       -> the key's account balance
  *   GET  /api/banana/{uid}         -> the task (?wait=N: once final or after N s)
+ *   GET  /api/banana/{uid}/events  -> its events as a stream (native_events.c)
+ *   POST /api/banana/{uid}/cancel  -> cancels it; the task once canceled (409 when final)
+ *   POST /api/banana/{uid}/webhook/resend -> sends its final webhook again
+ *   GET  /api/account/webhook-secret, POST .../rotate (account.c)
  *
  * Field names here are the dialect's own; errors name them (image_urls, not
  * the core's "images"). */
@@ -14,10 +19,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/api.h"
+#include "api/native_int.h"
 #include "util/timeutil.h"
 
-static json_t *string_or_null(const char *s) { return s ? api_json_text(s) : json_null(); }
+/* How long a cancel waits for a running task to be stopped before it answers
+ * with the task as it is (cancel_requested, still running). */
+#define NATIVE_CANCEL_WAIT_S 10
 
 /* The core names fields its own way; this dialect says image_urls. */
 static const char *native_param(const char *core_param) {
@@ -26,7 +33,7 @@ static const char *native_param(const char *core_param) {
   return core_param;
 }
 
-static void reply_core_error(http_request *req, const imgate_error *err) {
+void native_reply_error(http_request *req, const imgate_error *err) {
   api_rate_limit_headers(req, err);
   api_reply_error(req, err_http_status(err->code), err->slug, err->message,
                   native_param(err->param));
@@ -48,59 +55,6 @@ static int optional_string(http_request *req, json_t *body, const char *field, c
   return 0;
 }
 
-/* Money in this dialect: exact decimal USD strings, plus integer micro-dollars. */
-static json_t *render_cost(const task *t) {
-  bool final = task_state_is_final(t->state);
-  return json_pack("{s:o, s:o, s:I, s:I}", "held_usd",
-                   api_json_usd(final ? 0 : t->cost_held_micros), "charged_usd",
-                   api_json_usd(t->cost_charged_micros), "price_micros",
-                   (json_int_t)t->cost_held_micros, "charged_micros",
-                   (json_int_t)t->cost_charged_micros);
-}
-
-static json_t *render_task(http_request *req, core *c, const task *t) {
-  char base[600];
-  api_base_url(req, c, base, sizeof base);
-  json_t *images = json_array();
-  json_t *urls = json_array();
-  for (size_t i = 0; i < t->n_results; i++) {
-    const task_result *r = &t->results[i];
-    char name[128], url[800];
-    if (!core_result_file_name(r, name, sizeof name)) name[0] = '\0';
-    snprintf(url, sizeof url, "%s/files/%s", base, name);
-    json_array_append_new(urls, json_string(url));
-    json_array_append_new(images, json_pack("{s:s, s:s, s:i, s:i, s:I, s:o}", "url", url,
-                                            "content_type", r->mime, "width", r->width,
-                                            "height", r->height, "bytes", (json_int_t)r->bytes,
-                                            "expires_at", api_json_time(r->expires_ms)));
-  }
-  json_t *attempts = json_array();
-  for (size_t i = 0; i < t->n_upstream_attempts; i++) {
-    const task_attempt *a = &t->upstream_attempts[i];
-    json_array_append_new(
-        attempts, json_pack("{s:i, s:s, s:s, s:o, s:o, s:I, s:o, s:s, s:o}", "run", a->run,
-                            "provider", a->provider, "upstream_model", a->upstream_model,
-                            "started_at", api_json_time(a->started_ms), "ended_at",
-                            api_json_time(a->ended_ms), "duration_ms",
-                            (json_int_t)(a->ended_ms - a->started_ms), "http_status",
-                            a->http_status ? json_integer(a->http_status) : json_null(),
-                            "error_class", a->error_class, "error_code",
-                            string_or_null(a->error_code)));
-  }
-  json_t *error = json_null();
-  if (t->error_code)
-    error = json_pack("{s:o, s:o}", "code", api_json_text(t->error_code), "message",
-                      api_json_text(t->error_message ? t->error_message : ""));
-  return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:i, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
-                   "uid",
-                   t->id, "status", task_state_name(t->state), "model", t->model, "aspect_ratio",
-                   t->aspect_ratio, "resolution", t->resolution, "provider",
-                   string_or_null(t->provider), "attempts", t->attempts, "created_at",
-                   api_json_time(t->created_ms), "started_at", api_json_time(t->started_ms),
-                   "finished_at", api_json_time(t->finished_ms), "images", images, "result_urls",
-                   urls, "error", error, "upstream_attempts", attempts, "cost", render_cost(t));
-}
-
 /* --- answering once the task is final (Prefer: wait=N, ?wait=N) --------- */
 
 /* A request waiting for its task; lives from http_wait to task_wait_end. */
@@ -119,7 +73,7 @@ static void reply_task(http_request *req, core *c, const task *t, int waited_s) 
     snprintf(applied, sizeof applied, "wait=%d", waited_s);
     http_reply_header(req, "Preference-Applied", applied);
   }
-  http_reply_json(req, 200, render_task(req, c, t));
+  http_reply_json(req, 200, native_render_task_for(req, c, t));
 }
 
 /* A change of the task was committed (any thread): the request looks again. */
@@ -130,11 +84,11 @@ static void task_wait_resume(http_request *req, void *ctx, http_resume_reason wh
   task *t = NULL;
   imgate_error err = {0};
   if (core_get_task(w->c, &w->acct, w->uid, &t, &err) < 0) {
-    reply_core_error(req, &err);
+    native_reply_error(req, &err);
     return;
   }
   /* Not final yet and time left: go on waiting. */
-  if (task_state_is_final(t->state) || why == HTTP_RESUME_DEADLINE)
+  if (task_state_is_final(t->state) || why != HTTP_RESUME_WOKEN)
     reply_task(req, w->c, t, w->seconds);
   task_free(t);
 }
@@ -149,7 +103,7 @@ static void task_wait_end(void *ctx, bool answered) {
 /* Answers t at once when it is final or no wait was asked for; else the
  * request waits (holding no thread) until the task is final or seconds
  * pass, and then answers the task as it is. */
-static void answer_task(http_request *req, core *c, const store_account *acct, const task *t,
+void native_answer_task(http_request *req, core *c, const store_account *acct, const task *t,
                         int seconds) {
   if (seconds <= 0 || task_state_is_final(t->state)) {
     reply_task(req, c, t, seconds);
@@ -185,6 +139,53 @@ static void answer_task(http_request *req, core *c, const store_account *acct, c
   task_free(again);
 }
 
+/* webhook_events: ["task.running"] (final events are always sent). */
+static int parse_webhook_events(http_request *req, json_t *body, unsigned *out) {
+  json_t *v = json_object_get(body, "webhook_events");
+  *out = 0;
+  if (!v || json_is_null(v)) return 0;
+  size_t i;
+  json_t *e;
+  if (!json_is_array(v)) goto bad;
+  json_array_foreach(v, i, e) {
+    if (!json_is_string(e)) goto bad;
+    const char *name = json_string_value(e);
+    if (strcmp(name, "task.running") == 0) {
+      *out |= TASK_WEBHOOK_RUNNING;
+    } else if (strcmp(name, "task.succeeded") && strcmp(name, "task.failed") &&
+               strcmp(name, "task.moderated") && strcmp(name, "task.canceled")) {
+      char msg[160];
+      snprintf(msg, sizeof msg, "unknown webhook event \"%.40s\"; events: task.running, "
+                                "task.succeeded, task.failed, task.moderated, task.canceled", name);
+      api_reply_error(req, 400, "invalid_webhook_events", msg, "webhook_events");
+      return -1;
+    }
+  }
+  return 0;
+bad:
+  api_reply_error(req, 400, "invalid_type", "webhook_events must be an array of event names",
+                  "webhook_events");
+  return -1;
+}
+
+/* deadline: whole seconds after submit, 1..CORE_MAX_DEADLINE_S. */
+static int parse_deadline(http_request *req, json_t *body, int *out) {
+  json_t *v = json_object_get(body, "deadline");
+  *out = 0;
+  if (!v || json_is_null(v)) return 0;
+  if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+      json_integer_value(v) > CORE_MAX_DEADLINE_S) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "deadline must be a whole number of seconds, 1 to %d",
+             CORE_MAX_DEADLINE_S);
+    api_reply_error(req, 400, json_is_integer(v) ? "invalid_deadline" : "invalid_type", msg,
+                    "deadline");
+    return -1;
+  }
+  *out = (int)json_integer_value(v);
+  return 0;
+}
+
 static void handle_create(http_request *req, void *ctx) {
   core *c = ctx;
   store_account acct;
@@ -198,8 +199,14 @@ static void handle_create(http_request *req, void *ctx) {
       optional_string(req, body, "model", &gr.model) < 0 ||
       optional_string(req, body, "aspect_ratio", &gr.aspect_ratio) < 0 ||
       optional_string(req, body, "resolution", &gr.resolution) < 0 ||
-      optional_string(req, body, "webhook_url", &gr.webhook_url) < 0)
+      optional_string(req, body, "webhook_url", &gr.webhook_url) < 0 ||
+      parse_webhook_events(req, body, &gr.webhook_events) < 0 ||
+      parse_deadline(req, body, &gr.deadline_s) < 0)
     goto done;
+  char base[600];
+  api_base_url(req, c, base, sizeof base);
+  gr.dialect = "native";
+  gr.public_base = base;
 
   json_t *urls = json_object_get(body, "image_urls");
   if (urls && !json_is_null(urls)) {
@@ -233,14 +240,14 @@ static void handle_create(http_request *req, void *ctx) {
   imgate_error err = {0};
   if (core_submit(c, &acct, &gr, http_header_get(req, "Idempotency-Key"), &t, &replayed,
                   &err) < 0) {
-    reply_core_error(req, &err);
+    native_reply_error(req, &err);
     goto done;
   }
   if (replayed) http_reply_header(req, "Idempotent-Replayed", "true");
   int wait_s = api_prefer_wait(req);
   if (wait_s > 0) {
     /* Prefer: wait answers with the whole task, as GET does. */
-    answer_task(req, c, &acct, t, wait_s);
+    native_answer_task(req, c, &acct, t, wait_s);
   } else {
     /* A replay answers what the first submit answered: its uid, "queued"
      * (whatever the task's state is by now; GET tells that). */
@@ -260,11 +267,50 @@ static void handle_get(http_request *req, void *ctx) {
   task *t = NULL;
   imgate_error err = {0};
   if (core_get_task(c, &acct, http_param_get(req, "uid"), &t, &err) < 0) {
-    reply_core_error(req, &err);
+    native_reply_error(req, &err);
     return;
   }
-  answer_task(req, c, &acct, t, api_wait_seconds(http_query_get(req, "wait")));
+  native_answer_task(req, c, &acct, t, api_wait_seconds(http_query_get(req, "wait")));
   task_free(t);
+}
+
+/* Cancels the task; answers it once canceled (waiting a little for a running
+ * one to be stopped), or 409 task_final with its state. */
+static void handle_cancel(http_request *req, void *ctx) {
+  core *c = ctx;
+  store_account acct;
+  if (api_authenticate(req, c, &acct) < 0) return;
+  task *t = NULL;
+  imgate_error err = {0};
+  if (core_cancel(c, &acct, http_param_get(req, "uid"), &t, &err) < 0) {
+    if (err.code == ERR_CONFLICT && t) {
+      /* The state is in the answer too, for clients that branch on it. */
+      json_t *doc = json_pack("{s:{s:s, s:s, s:n}, s:s}", "error", "code", err.slug, "message",
+                              err.message, "param", "status", task_state_name(t->state));
+      snprintf(req->log_error, sizeof req->log_error, "%s", err.slug);
+      http_reply_json(req, 409, doc);
+    } else {
+      native_reply_error(req, &err);
+    }
+    task_free(t);
+    return;
+  }
+  /* A running task stops within moments (its upstream call is aborted):
+   * answer once it has, or with what there is after a few seconds. */
+  native_answer_task(req, c, &acct, t, NATIVE_CANCEL_WAIT_S);
+  task_free(t);
+}
+
+static void handle_resend(http_request *req, void *ctx) {
+  core *c = ctx;
+  store_account acct;
+  if (api_authenticate(req, c, &acct) < 0) return;
+  imgate_error err = {0};
+  if (core_webhook_resend(c, &acct, http_param_get(req, "uid"), &err) < 0) {
+    native_reply_error(req, &err);
+    return;
+  }
+  http_reply_json(req, 202, json_pack("{s:s, s:b}", "uid", http_param_get(req, "uid"), "resent", 1));
 }
 
 /* The balance of the key's account, as the guard read it for this request. */
@@ -284,4 +330,9 @@ void api_native_register(http_router *r, core *c) {
   http_router_add_guarded(r, "POST", "/api/banana/create-async", api_guard_key, handle_create, c);
   http_router_add_guarded(r, "GET", "/api/banana/credits", api_guard_key, handle_credits, c);
   http_router_add_guarded(r, "GET", "/api/banana/{uid}", api_guard_key, handle_get, c);
+  http_router_add_guarded(r, "GET", "/api/banana/{uid}/events", api_guard_key,
+                          native_handle_events, c);
+  http_router_add_guarded(r, "POST", "/api/banana/{uid}/cancel", api_guard_key, handle_cancel, c);
+  http_router_add_guarded(r, "POST", "/api/banana/{uid}/webhook/resend", api_guard_key,
+                          handle_resend, c);
 }

@@ -16,6 +16,9 @@
 #include "util/log.h"
 #include "util/timeutil.h"
 #include "util/utf8.h"
+#include "upstream/router.h"
+#include "webhook/client.h"
+#include "webhook/sign.h"
 
 struct core {
   imgate_config cfg;
@@ -23,6 +26,9 @@ struct core {
   blob *bl;
   engine *eng;
   events *ev;    /* task changes, for watchers */
+  webhook_config wh; /* the URL check, the rotation window */
+  void (*webhook_notify)(void *ctx);
+  void *webhook_notify_ctx;
   ratelimit *rl; /* requests per second per key */
 };
 
@@ -34,6 +40,7 @@ core *core_create(const imgate_config *cfg, store *st, blob *bl, engine *eng, ev
   c->bl = bl;
   c->eng = eng;
   c->ev = ev;
+  webhook_config_from(&c->wh, cfg);
   c->rl = ratelimit_create();
   if (!c->rl) {
     free(c);
@@ -226,9 +233,18 @@ static int validate(core *c, const core_gen_request *req, validated *v, imgate_e
   if (req->n_images > max_images)
     return err_set(err, ERR_INVALID, "too_many_images", CORE_FIELD_IMAGES,
                    "at most %zu reference images for %s", max_images, v->model->name);
-  if (req->webhook_url && !valid_http_url(req->webhook_url))
-    return err_set(err, ERR_INVALID, "invalid_webhook_url", CORE_FIELD_WEBHOOK,
-                   "webhook_url must be an http(s) URL of at most 2048 characters");
+  char why[256];
+  if (req->webhook_url && !webhook_url_check(&c->wh, req->webhook_url, why, sizeof why))
+    return err_set(err, ERR_INVALID, "invalid_webhook_url", CORE_FIELD_WEBHOOK, "%s", why);
+  if (req->webhook_events & ~TASK_WEBHOOK_RUNNING)
+    return err_set(err, ERR_INVALID, "invalid_webhook_events", CORE_FIELD_WEBHOOK_EVENTS,
+                   "only task.running can be asked for; final events are always sent");
+  if (req->webhook_events && !req->webhook_url)
+    return err_set(err, ERR_INVALID, "invalid_webhook_events", CORE_FIELD_WEBHOOK_EVENTS,
+                   "webhook_events needs a webhook_url");
+  if (req->deadline_s < 0 || req->deadline_s > CORE_MAX_DEADLINE_S)
+    return err_set(err, ERR_INVALID, "invalid_deadline", CORE_FIELD_DEADLINE,
+                   "deadline must be 1 to %d seconds", CORE_MAX_DEADLINE_S);
   return 0;
 }
 
@@ -321,6 +337,14 @@ bool core_request_hash(const core_gen_request *req, char out[65]) {
   hash_field(h, req->webhook_url);
   hash_count(h, req->n_images);
   for (size_t i = 0; i < req->n_images; i++) hash_field(h, req->images[i]);
+  /* Delivery options, only when given: a request without them hashes as it
+   * did before they existed, so a replay across an upgrade stays a replay. */
+  if (req->webhook_events || req->deadline_s) {
+    static const char delivery[] = "delivery-v1";
+    hash_bytes(h, delivery, sizeof delivery - 1);
+    hash_count(h, req->webhook_events);
+    hash_count(h, (size_t)req->deadline_s);
+  }
   ids_sha256_end(h, out);
   return true;
 }
@@ -372,10 +396,14 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
   t->aspect_ratio = strdup(v.aspect_ratio);
   t->resolution = strdup(v.resolution);
   t->webhook_url = req->webhook_url ? strdup(req->webhook_url) : NULL;
+  t->webhook_events = req->webhook_events;
+  t->dialect = strdup(req->dialect ? req->dialect : "native");
+  t->public_base = req->public_base ? strdup(req->public_base) : NULL;
   t->quantity = 1;
   t->created_ms = time_now_ms();
-  if (!t->model || !t->prompt || !t->aspect_ratio || !t->resolution ||
-      (req->webhook_url && !t->webhook_url)) {
+  t->deadline_ms = req->deadline_s > 0 ? t->created_ms + (int64_t)req->deadline_s * 1000 : 0;
+  if (!t->model || !t->prompt || !t->aspect_ratio || !t->resolution || !t->dialect ||
+      (req->webhook_url && !t->webhook_url) || (req->public_base && !t->public_base)) {
     err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
     goto fail;
   }
@@ -509,3 +537,90 @@ core_watch *core_watch_task(core *c, const char *task_id, void (*fn)(void *ctx),
 }
 
 void core_unwatch(core *c, core_watch *w) { events_unsubscribe(c->ev, (events_sub *)w); }
+
+int core_cancel(core *c, const store_account *acct, const char *task_id, task **out,
+                imgate_error *err) {
+  task *t = NULL;
+  if (core_get_task(c, acct, task_id, &t, err) < 0) return -1;
+  if (task_state_is_final(t->state)) {
+    *out = t;
+    return err_set(err, ERR_CONFLICT, "task_final", NULL, "the task is %s already",
+                   task_state_name(t->state));
+  }
+  task_free(t);
+  task_state state;
+  int rc = engine_cancel(c->eng, task_id, "canceled", &state);
+  if (rc != STORE_OK && rc != STORE_CONFLICT)
+    return err_set(err, ERR_INTERNAL, "store_error", NULL, "the task could not be canceled");
+  if (c->st->ops->task_get(c->st, task_id, &t) != STORE_OK)
+    return err_set(err, ERR_INTERNAL, "store_error", NULL, "store failure");
+  *out = t;
+  /* Finished meanwhile (the cancel lost the race with its answer). */
+  if (rc == STORE_CONFLICT && state != TASK_RUNNING)
+    return err_set(err, ERR_CONFLICT, "task_final", NULL, "the task is %s already",
+                   task_state_name(state));
+  return 0;
+}
+
+int core_task_events(core *c, const store_account *acct, const char *task_id, int after_seq,
+                     task_event **out, size_t *n, imgate_error *err) {
+  task *t = NULL;
+  if (core_get_task(c, acct, task_id, &t, err) < 0) return -1;
+  task_free(t);
+  if (c->st->ops->task_events(c->st, task_id, after_seq, out, n) != STORE_OK)
+    return err_set(err, ERR_INTERNAL, "store_error", NULL, "store failure");
+  return 0;
+}
+
+int core_progress_percent(core *c, const task *t, int64_t now_ms) {
+  if (task_state_is_final(t->state)) return 100;
+  if (t->state != TASK_RUNNING || t->started_ms <= 0) return 0;
+  int64_t expected = router_expected_ms(engine_router(c->eng), t->model, t->provider);
+  if (expected <= 0) return -1;
+  int64_t pct = (now_ms - t->started_ms) * 100 / expected;
+  /* Never 100 while it runs: only the end says it is done. */
+  return pct < 0 ? 0 : pct > 99 ? 99 : (int)pct;
+}
+
+int core_webhook_secret(core *c, const store_account *acct, store_webhook_secret *out,
+                        imgate_error *err) {
+  char fresh[WEBHOOK_SECRET_MAX];
+  if (webhook_secret_new(fresh) < 0 ||
+      c->st->ops->webhook_secret_get(c->st, acct->id, fresh, out) != STORE_OK)
+    return err_set(err, ERR_INTERNAL, "store_error", NULL, "the webhook secret could not be read");
+  return 0;
+}
+
+int core_webhook_rotate(core *c, const store_account *acct, store_webhook_secret *out,
+                        imgate_error *err) {
+  char fresh[WEBHOOK_SECRET_MAX];
+  int64_t until = time_now_ms() + (int64_t)c->cfg.webhook_rotation_window_s * 1000;
+  if (webhook_secret_new(fresh) < 0 ||
+      c->st->ops->webhook_secret_rotate(c->st, acct->id, fresh, until, out) != STORE_OK)
+    return err_set(err, ERR_INTERNAL, "store_error", NULL, "the webhook secret could not be rotated");
+  LOG_INFO("webhook_secret_rotated", "account=%lld", (long long)acct->id);
+  return 0;
+}
+
+int core_webhook_resend(core *c, const store_account *acct, const char *task_id,
+                        imgate_error *err) {
+  task *t = NULL;
+  if (core_get_task(c, acct, task_id, &t, err) < 0) return -1;
+  task_free(t);
+  int rc = c->st->ops->webhook_resend(c->st, task_id, time_now_ms());
+  if (rc == STORE_NOT_FOUND)
+    return err_set(err, ERR_NOT_FOUND, "no_webhook_delivery", NULL,
+                   "the task has no webhook delivery to send again (no webhook_url, or not final yet)");
+  if (rc != STORE_OK) return err_set(err, ERR_INTERNAL, "store_error", NULL, "store failure");
+  if (c->webhook_notify) c->webhook_notify(c->webhook_notify_ctx);
+  return 0;
+}
+
+int core_webhook_attempts(core *c, const char *task_id, store_webhook_attempt **out, size_t *n) {
+  return c->st->ops->webhook_list(c->st, task_id, out, n) == STORE_OK ? 0 : -1;
+}
+
+void core_set_webhook_notify(core *c, void (*notify)(void *ctx), void *ctx) {
+  c->webhook_notify = notify;
+  c->webhook_notify_ctx = ctx;
+}

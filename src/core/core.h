@@ -41,7 +41,19 @@ typedef struct core_gen_request {
   const char *webhook_url;  /* NULL = none */
   const char *const *images;/* each: https URL, data: URI, or bare base64 */
   size_t n_images;
+  /* Delivery options (docs/delivery.md). */
+  unsigned webhook_events;  /* TASK_WEBHOOK_* bits: optional events besides the final one */
+  int deadline_s;           /* cancel the task if it is not final this many seconds after
+                               submit; 0 = none (1..CORE_MAX_DEADLINE_S) */
+  /* Who asked, for what comes later without a request (webhook payloads). */
+  const char *dialect;      /* the dialect's name; NULL = "native" */
+  const char *public_base;  /* scheme://host[:port] of the image links the client got */
 } core_gen_request;
+
+/* The longest deadline a task may have: a day. */
+#define CORE_MAX_DEADLINE_S 86400
+#define CORE_FIELD_DEADLINE "deadline"
+#define CORE_FIELD_WEBHOOK_EVENTS "webhook_events"
 
 /* ev: where committed task changes are published (the engine publishes its
  * own there too); the core does not own it. */
@@ -118,6 +130,43 @@ bool core_health(core *c, char *reason, size_t reason_size);
 typedef struct core_watch core_watch;
 core_watch *core_watch_task(core *c, const char *task_id, void (*fn)(void *ctx), void *ctx);
 void core_unwatch(core *c, core_watch *w);
+
+/* Cancels a task of this account: a queued one at once, a running one by
+ * aborting its run (it ends canceled within moments: when its upstream call
+ * is aborted or answers). *out (task_free it) is the task after the call:
+ * canceled, or running with cancel_requested. A final task: ERR_CONFLICT
+ * "task_final" (and *out the task, for the dialect to show its state).
+ * Another account's task: ERR_NOT_FOUND. */
+int core_cancel(core *c, const store_account *acct, const char *task_id, task **out,
+                imgate_error *err);
+
+/* The task's events with seq > after_seq (task.h: task_event), oldest first;
+ * *out is malloc'd. The task must be the account's (ERR_NOT_FOUND). */
+int core_task_events(core *c, const store_account *acct, const char *task_id, int after_seq,
+                     task_event **out, size_t *n, imgate_error *err);
+
+/* How far a running task has come, as an estimate from how long its model
+ * (on the provider running it) has taken lately: 0..99, or -1 when nothing
+ * is known yet. Queued: 0; final: 100. Not a promise: an upstream gives no
+ * progress of its own. */
+int core_progress_percent(core *c, const task *t, int64_t now_ms);
+
+/* The account's webhook secrets (one is made on first use). */
+int core_webhook_secret(core *c, const store_account *acct, store_webhook_secret *out,
+                        imgate_error *err);
+/* A new secret; the old one also signs for webhooks.rotation_window_s. */
+int core_webhook_rotate(core *c, const store_account *acct, store_webhook_secret *out,
+                        imgate_error *err);
+/* Sends the task's final webhook again (same webhook-id). ERR_NOT_FOUND
+ * when the task is not the account's or has no delivery (not final yet, or
+ * no webhook_url). */
+int core_webhook_resend(core *c, const store_account *acct, const char *task_id,
+                        imgate_error *err);
+/* Every attempt of the task's webhook deliveries, oldest first (*out malloc'd). */
+int core_webhook_attempts(core *c, const char *task_id, store_webhook_attempt **out, size_t *n);
+/* Who to tell that a webhook delivery became due (the dispatcher), set
+ * once at start; NULL: nobody. */
+void core_set_webhook_notify(core *c, void (*notify)(void *ctx), void *ctx);
 
 /* The configured public base URL, or "" when image URLs follow the Host header. */
 const char *core_public_url(const core *c);

@@ -51,6 +51,7 @@ int err_http_status(err_code code) {
   case ERR_TOO_LARGE: return 413;
   case ERR_NO_CREDIT: return 402;
   case ERR_UNPROCESSABLE: return 422;
+  case ERR_CONFLICT: return 409;
   case ERR_RATE_LIMITED: return 429;
   case ERR_UNAVAILABLE: return 503;
   case ERR_INTERNAL: return 500;

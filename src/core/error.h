@@ -15,6 +15,7 @@ typedef enum {
   ERR_TOO_LARGE,    /* body or an input over its limit -> 413 */
   ERR_NO_CREDIT,    /* the balance does not cover the price -> 402 */
   ERR_UNPROCESSABLE, /* well-formed, but conflicts with an earlier request -> 422 */
+  ERR_CONFLICT,     /* the resource is in a state that does not allow it (a final task) -> 409 */
   ERR_RATE_LIMITED, /* an account or key limit -> 429 (retry_after_s, limit, active) */
   ERR_UNAVAILABLE,  /* shutting down or overloaded -> 503 */
   ERR_INTERNAL,     /* our fault -> 500 */

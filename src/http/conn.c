@@ -887,7 +887,7 @@ static void resume(http_conn *c, http_resume_reason why) {
   http_exchange *x = c->x;
   assert(x && x->waiting && c->state == CONN_WAIT);
   x->on_resume(&x->req, x->wait_ctx, why);
-  if (why == HTTP_RESUME_DEADLINE && x->waiting && x->wait_deadline <= time_mono_ms())
+  if (why != HTTP_RESUME_WOKEN && x->waiting && x->wait_deadline <= time_mono_ms())
     x->wait_deadline = 0; /* it chose to go on waiting, with no deadline */
   after_handler(c);
 }
@@ -1246,7 +1246,7 @@ void conn_on_stop(http_conn *c) {
   } else {
     c->close_after = true;
     /* A waiting request answers now with what there is (a stream ends). */
-    if (c->state == CONN_WAIT && c->x->waiting) resume(c, HTTP_RESUME_DEADLINE);
+    if (c->state == CONN_WAIT && c->x->waiting) resume(c, HTTP_RESUME_STOPPING);
   }
   conn_turn(c);
 }

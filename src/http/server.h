@@ -109,9 +109,9 @@ void http_reply_header(http_request *req, const char *name, const char *value);
  *     that any thread may use to wake it (http_wake); the caller holds one
  *     reference and gives it back with http_waker_release.
  *   on_resume(req, ctx, why) runs on the request's own worker thread when
- *     the request is woken (HTTP_RESUME_WOKEN), or its deadline passes or the
- *     server is stopping (HTTP_RESUME_DEADLINE: answer now with what there
- *     is). It may answer (http_reply_*), write to a stream, end it, or set a
+ *     the request is woken (HTTP_RESUME_WOKEN), its deadline passes
+ *     (HTTP_RESUME_DEADLINE), or the server is stopping (HTTP_RESUME_STOPPING:
+ *     answer now with what there is, end a stream). It may answer (http_reply_*), write to a stream, end it, or set a
  *     new deadline (http_wait_until) and return having answered nothing: the
  *     request then goes on waiting.
  *   on_end(ctx, answered) runs exactly once when the wait is over: right
@@ -125,7 +125,11 @@ void http_reply_header(http_request *req, const char *name, const char *value);
  * Wakes are collapsed: several before the worker gets to it give one
  * on_resume; a wake between resumes is never lost. */
 typedef struct http_waker http_waker;
-typedef enum { HTTP_RESUME_WOKEN, HTTP_RESUME_DEADLINE } http_resume_reason;
+typedef enum {
+  HTTP_RESUME_WOKEN,    /* http_wake */
+  HTTP_RESUME_DEADLINE, /* its deadline passed */
+  HTTP_RESUME_STOPPING, /* the server stops: answer now (end a stream); no more waiting */
+} http_resume_reason;
 typedef void (*http_resume_fn)(http_request *req, void *ctx, http_resume_reason why);
 typedef void (*http_end_fn)(void *ctx, bool answered);
 

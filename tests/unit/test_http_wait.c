@@ -107,7 +107,7 @@ static void wait_resume(http_request *req, void *ctx, http_resume_reason why) {
   atomic_fetch_add(&resumes, 1);
   if (atomic_load(&task_done)) {
     http_reply_json(req, 200, json_pack("{s:s}", "state", "done"));
-  } else if (why == HTTP_RESUME_DEADLINE) {
+  } else if (why != HTTP_RESUME_WOKEN) {
     http_reply_json(req, 200, json_pack("{s:s}", "state", "timeout"));
   }
   /* else: woken early, not done: go on waiting */
@@ -141,6 +141,10 @@ static void stream_send_new(http_request *req, waiter *w) {
 
 static void stream_resume(http_request *req, void *ctx, http_resume_reason why) {
   atomic_fetch_add(&resumes, 1);
+  if (why == HTTP_RESUME_STOPPING) {
+    http_stream_end(req);
+    return;
+  }
   if (why == HTTP_RESUME_DEADLINE) {
     /* A heartbeat, as SSE keeps proxies from cutting an idle stream. */
     http_stream_write(req, ": ping\n\n", 8);

@@ -1,0 +1,204 @@
+/* native_events.c - GET /api/banana/{uid}/events: a task's events as a
+ * server-sent-event stream (text/event-stream).
+ *
+ * Every committed change of the task is an event, in order, with its
+ * sequence number as its id:
+ *
+ *   id: 2
+ *   event: task.running
+ *   data: {"uid":"...","seq":2,"status":"running","at":"...","run":1,"provider":"gemini"}
+ *
+ * Kinds: task.queued, task.running, task.attempt (an upstream attempt
+ * failed and will be retried), and the final task.succeeded, task.failed,
+ * task.moderated, task.canceled, whose data is the whole task as GET shows
+ * it; the stream ends after it. While the task runs, task.progress events
+ * (id "<seq>-p<n>") carry an estimate of how far it is, from how long its
+ * model has taken lately: an estimate, not a report from the upstream. A
+ * comment line keeps an idle stream alive every 15 s. A client that comes
+ * back with Last-Event-ID gets only what came after that event.
+ *
+ * The stream holds no thread: it waits (http_wait) on a watch of its task
+ * (core_watch_task) and on a timer for progress and keep-alives. */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/native_int.h"
+#include "util/timeutil.h"
+
+#define SSE_PROGRESS_MS 2000   /* between progress estimates while running */
+#define SSE_KEEPALIVE_MS 15000 /* between comments on an idle stream */
+#define SSE_RETRY_MS 3000      /* what a browser waits before reconnecting */
+
+typedef struct sse {
+  core *c;
+  store_account acct;
+  char uid[IDS_UUID_LEN + 1];
+  int last_seq;      /* the last stored event sent */
+  int progress_n;    /* progress events sent since it */
+  int last_percent;  /* the last estimate sent (-1: none) */
+  bool running;      /* the last event said so */
+  http_waker *waker;
+  core_watch *watch;
+} sse;
+
+/* One event: "id", "event" and a one-line JSON "data" (takes data). */
+static bool write_event(http_request *req, const char *id, const char *event, json_t *data) {
+  char *text = data ? json_dumps(data, JSON_COMPACT) : NULL;
+  json_decref(data);
+  if (!text) return false;
+  char head[128];
+  int n = snprintf(head, sizeof head, "id: %s\nevent: %s\ndata: ", id, event);
+  bool ok = http_stream_write(req, head, (size_t)n) &&
+            http_stream_write(req, text, strlen(text)) && http_stream_write(req, "\n\n", 2);
+  free(text);
+  return ok;
+}
+
+static json_t *event_data(const sse *s, const task_event *ev) {
+  task_state state;
+  bool has_state = task_state_parse(task_event_kind_name(ev->kind), &state);
+  json_t *d = json_pack("{s:s, s:i, s:s, s:o, s:i}", "uid", s->uid, "seq", ev->seq, "type",
+                        task_event_kind_name(ev->kind), "at", api_json_time(ev->at_ms), "run",
+                        ev->run);
+  if (!d) return NULL;
+  if (ev->kind == TASK_EVENT_ATTEMPT) json_object_set_new(d, "status", json_string("running"));
+  else if (has_state) json_object_set_new(d, "status", json_string(task_state_name(state)));
+  if (ev->provider[0]) json_object_set_new(d, "provider", api_json_text(ev->provider));
+  if (ev->http_status) json_object_set_new(d, "http_status", json_integer(ev->http_status));
+  if (ev->error_code[0]) json_object_set_new(d, "error_code", api_json_text(ev->error_code));
+  return d;
+}
+
+static bool kind_is_final(task_event_kind k) {
+  return k == TASK_EVENT_SUCCEEDED || k == TASK_EVENT_FAILED || k == TASK_EVENT_MODERATED ||
+         k == TASK_EVENT_CANCELED;
+}
+
+/* Sends what happened since the last event sent; ends the stream after the
+ * final one (its data: the whole task). */
+static void flush_events(http_request *req, sse *s) {
+  task_event *evs = NULL;
+  size_t n = 0;
+  imgate_error err = {0};
+  if (core_task_events(s->c, &s->acct, s->uid, s->last_seq, &evs, &n, &err) < 0) {
+    http_stream_end(req); /* the task went away, or the store failed: nothing more to say */
+    return;
+  }
+  for (size_t i = 0; i < n; i++) {
+    const task_event *ev = &evs[i];
+    char id[24];
+    snprintf(id, sizeof id, "%d", ev->seq);
+    char name[40];
+    snprintf(name, sizeof name, "task.%s", task_event_kind_name(ev->kind));
+    s->last_seq = ev->seq;
+    s->progress_n = 0;
+    s->last_percent = -1;
+    s->running = ev->kind == TASK_EVENT_RUNNING || ev->kind == TASK_EVENT_ATTEMPT;
+    if (kind_is_final(ev->kind)) {
+      task *t = NULL;
+      json_t *data = core_get_task(s->c, &s->acct, s->uid, &t, &err) == 0
+                         ? native_render_task_for(req, s->c, t)
+                         : event_data(s, ev);
+      task_free(t);
+      write_event(req, id, name, data);
+      http_stream_end(req);
+      break;
+    }
+    if (!write_event(req, id, name, event_data(s, ev))) break;
+  }
+  free(evs);
+}
+
+/* While the task runs: how far it may be, when the estimate moved. */
+static void send_progress(http_request *req, sse *s) {
+  task *t = NULL;
+  imgate_error err = {0};
+  if (core_get_task(s->c, &s->acct, s->uid, &t, &err) < 0) return;
+  int pct = t->state == TASK_RUNNING ? core_progress_percent(s->c, t, time_now_ms()) : -1;
+  task_free(t);
+  if (pct < 0 || pct == s->last_percent) {
+    http_stream_write(req, ": keep-alive\n\n", 14);
+    return;
+  }
+  s->last_percent = pct;
+  char id[40];
+  snprintf(id, sizeof id, "%d-p%d", s->last_seq, ++s->progress_n);
+  write_event(req, id, "task.progress",
+              json_pack("{s:s, s:i, s:b}", "uid", s->uid, "progress", pct, "estimated", 1));
+}
+
+static int64_t next_tick(const sse *s) {
+  return time_mono_ms() + (s->running ? SSE_PROGRESS_MS : SSE_KEEPALIVE_MS);
+}
+
+static void sse_wake(void *ctx) { http_wake(((sse *)ctx)->waker); }
+
+static void sse_resume(http_request *req, void *ctx, http_resume_reason why) {
+  sse *s = ctx;
+  if (why == HTTP_RESUME_STOPPING) {
+    http_stream_end(req); /* the client reconnects, with Last-Event-ID, elsewhere */
+    return;
+  }
+  flush_events(req, s);
+  if (why == HTTP_RESUME_DEADLINE) send_progress(req, s);
+  http_wait_until(req, next_tick(s));
+}
+
+static void sse_end(void *ctx, bool answered) {
+  sse *s = ctx;
+  core_unwatch(s->c, s->watch);
+  http_waker_release(s->waker);
+  free(s);
+}
+
+/* The stored event a client last saw: the leading number of Last-Event-ID
+ * ("7", or "7-p3" for a progress event after it); 0 for none. */
+static int last_event_seq(http_request *req) {
+  const char *h = http_header_get(req, "Last-Event-ID");
+  if (!h || !isdigit((unsigned char)*h)) return 0;
+  long v = strtol(h, NULL, 10);
+  return v > 0 && v < 1000000000 ? (int)v : 0;
+}
+
+void native_handle_events(http_request *req, void *ctx) {
+  core *c = ctx;
+  store_account acct;
+  if (api_authenticate(req, c, &acct) < 0) return;
+  const char *uid = http_param_get(req, "uid");
+  task *t = NULL;
+  imgate_error err = {0};
+  if (core_get_task(c, &acct, uid, &t, &err) < 0) {
+    native_reply_error(req, &err);
+    return;
+  }
+  task_free(t);
+  sse *s = calloc(1, sizeof *s);
+  if (!s) {
+    api_reply_error(req, 500, "internal_error", "out of memory", NULL);
+    return;
+  }
+  s->c = c;
+  s->acct = acct;
+  snprintf(s->uid, sizeof s->uid, "%s", uid);
+  s->last_seq = last_event_seq(req);
+  s->last_percent = -1;
+  http_reply_header(req, "Cache-Control", "no-cache");
+  http_reply_header(req, "X-Accel-Buffering", "no"); /* nginx: pass each event on at once */
+  http_stream_start(req, 200, "text/event-stream");
+  s->waker = http_wait(req, sse_resume, sse_end, s, next_tick(s));
+  if (!s->waker) {
+    free(s);
+    http_stream_end(req);
+    return;
+  }
+  s->watch = core_watch_task(c, uid, sse_wake, s);
+  char retry[32];
+  int n = snprintf(retry, sizeof retry, "retry: %d\n\n", SSE_RETRY_MS);
+  http_stream_write(req, retry, (size_t)n);
+  /* After the watch is on: what happened before is read here, what happens
+   * after wakes the stream. */
+  flush_events(req, s);
+  if (!s->watch) http_stream_end(req); /* cannot be woken: say what there is and end */
+}
