@@ -355,7 +355,8 @@ static void finish_cancelled(curlloop *l, transfer *t) {
   finish(l, t);
 }
 
-/* Its owner asked to stop it: what had arrived is dropped, the connection closed. */
+/* Its owner asked to stop it: what had arrived is dropped (libcurl has already
+ * closed the connection, or reset the stream of a multiplexed one). */
 static void finish_aborted(curlloop *l, transfer *t) {
   curl_off_t us = 0;
   if (curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &us) == CURLE_OK)

@@ -105,7 +105,8 @@ int curlloop_submit_with_id(curlloop *l, CURL *easy, size_t max_response_bytes,
 /* Asks the loop to stop transfer id. Thread-safe, callable from a callback,
  * never blocks on I/O (the request is queued and the loop woken). If the
  * transfer is still in flight when the loop takes the request, it is removed
- * from libcurl (its connection closed) and its callback runs once, on the
+ * from libcurl (which closes an HTTP/1 connection in mid-exchange, or resets
+ * the stream of a multiplexed HTTP/2 one) and its callback runs once, on the
  * loop thread, with aborted = true. If it has already ended (its callback ran
  * or is running), or id names no transfer of this loop, nothing happens. A
  * transfer never gets two callbacks: whichever of its end and the cancel the

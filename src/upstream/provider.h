@@ -111,7 +111,7 @@ typedef struct provider_ops {
    * done is then called soon, on the provider's usual thread, with status
    * PROVIDER_FAILED, error_class PROVIDER_ERR_CANCELED, retryable false and
    * error_code PROVIDER_CANCELED_CODE; whatever the upstream had sent is
-   * dropped, and an upstream connection in use is closed. If the call has
+   * dropped, and the upstream exchange is broken off. If the call has
    * already ended (done called, or being called, or its answer already being
    * read), or ctx started no call, nothing happens: the call finishes
    * normally. Either way done is called once per start, never twice.
