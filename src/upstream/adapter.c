@@ -1,11 +1,12 @@
 /* adapter.c - helpers shared by the HTTP provider adapters: error outcomes,
- * image decoding, Retry-After, transport failures, the parsing threads and
- * instance settings. */
+ * image decoding, Retry-After, transport failures, the parsing threads,
+ * instance settings and the transfers in flight that cancel() reaches. */
 #include "upstream/adapter.h"
 
 #include <ctype.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -195,11 +196,31 @@ adapter_class adapter_status_class(int status) {
 /* ---- transport ---- */
 
 bool adapter_transport_ok(const curlloop_result *res) {
-  return !res->cancelled && !res->body_truncated && res->code == CURLE_OK && res->http_status > 0;
+  return !res->cancelled && !res->aborted && !res->body_truncated && res->code == CURLE_OK &&
+         res->http_status > 0;
+}
+
+void adapter_set_canceled(provider_outcome *o, const char *who) {
+  for (size_t i = 0; i < o->n_images; i++) free(o->images[i].data);
+  free(o->images);
+  o->images = NULL;
+  o->n_images = 0;
+  o->status = PROVIDER_FAILED;
+  o->error_class = PROVIDER_ERR_CANCELED;
+  o->retryable = false;
+  o->http_status = 0;
+  o->retry_after_ms = 0;
+  snprintf(o->error_code, sizeof o->error_code, "%s", PROVIDER_CANCELED_CODE);
+  snprintf(o->error_message, sizeof o->error_message, "%s: the call was canceled", who);
 }
 
 provider_outcome *adapter_transport_outcome(const curlloop_result *res, const char *who) {
   int status = (int)res->http_status;
+  if (res->aborted) {
+    provider_outcome *o = provider_outcome_new(PROVIDER_FAILED);
+    if (o) adapter_set_canceled(o, who);
+    return o;
+  }
   if (res->body_truncated)
     return adapter_error(status, PROVIDER_ERR_BAD_RESPONSE, true, "upstream_bad_response",
                          "%s: the answer is larger than %zu MiB", who,
@@ -331,6 +352,80 @@ void adapter_pool_destroy(adapter_pool *p) {
   free(p);
 }
 
+/* ---- transfers in flight ---- */
+
+static adapter_flights *adapter_flights_new(void) {
+  adapter_flights *fl = calloc(1, sizeof *fl);
+  if (fl && pthread_mutex_init(&fl->lock, NULL) != 0) {
+    free(fl);
+    return NULL;
+  }
+  return fl;
+}
+
+/* The loop must be gone, or idle, by now: its callbacks unregister. */
+static void adapter_flights_free(adapter_flights *fl) {
+  if (!fl) return;
+  pthread_mutex_destroy(&fl->lock);
+  free(fl);
+}
+
+static adapter_flight **adapter_flight_bucket(adapter_flights *fl, const void *ctx) {
+  uint64_t h = (uint64_t)(uintptr_t)ctx * 0x9e3779b97f4a7c15u; /* Fibonacci hashing */
+  return &fl->buckets[h >> 56]; /* the top 8 bits: ADAPTER_FLIGHT_BUCKETS is 256 */
+}
+
+_Static_assert(ADAPTER_FLIGHT_BUCKETS == 256, "adapter_flight_bucket takes 8 bits");
+
+static void adapter_flight_unlink(adapter_flights *fl, adapter_flight *f) {
+  if (f->prev)
+    f->prev->next = f->next;
+  else
+    *adapter_flight_bucket(fl, f->ctx) = f->next;
+  if (f->next) f->next->prev = f->prev;
+  f->prev = f->next = NULL;
+  f->registered = false;
+}
+
+int adapter_flight_submit(adapter_instance *ai, adapter_flight *f, void *ctx, CURL *easy,
+                          curlloop_done_fn on_done, void *done_ctx) {
+  adapter_flights *fl = ai->flights;
+  f->ctx = ctx;
+  f->id = 0;
+  f->prev = NULL;
+  pthread_mutex_lock(&fl->lock);
+  adapter_flight **bucket = adapter_flight_bucket(fl, ctx);
+  f->next = *bucket;
+  if (f->next) f->next->prev = f;
+  *bucket = f;
+  f->registered = true;
+  /* Submitted under the lock: the callback may run on the loop thread before
+   * the submit returns, and its adapter_flight_landed must find f complete,
+   * id included (the loop writes it before the transfer can start). */
+  int rc = curlloop_submit_with_id(ai->loop, easy, ADAPTER_MAX_RESPONSE_BYTES, on_done, done_ctx,
+                                   &f->id);
+  if (rc != 0) adapter_flight_unlink(fl, f);
+  pthread_mutex_unlock(&fl->lock);
+  return rc;
+}
+
+void adapter_flight_landed(adapter_instance *ai, adapter_flight *f) {
+  adapter_flights *fl = ai->flights;
+  pthread_mutex_lock(&fl->lock);
+  if (f->registered) adapter_flight_unlink(fl, f);
+  pthread_mutex_unlock(&fl->lock);
+}
+
+void adapter_flights_cancel(adapter_instance *ai, void *ctx) {
+  adapter_flights *fl = ai->flights;
+  int refused = 0;
+  pthread_mutex_lock(&fl->lock);
+  for (adapter_flight *f = *adapter_flight_bucket(fl, ctx); f; f = f->next)
+    if (f->ctx == ctx && curlloop_cancel(ai->loop, f->id) != 0) refused++;
+  pthread_mutex_unlock(&fl->lock);
+  if (refused) LOG_WARN("adapter_cancel_refused", "transfers=%d", refused);
+}
+
 /* ---- instances ---- */
 
 static bool adapter_has_control(const char *s) {
@@ -375,7 +470,8 @@ bool adapter_instance_init(adapter_instance *ai, provider *base,
   ai->base_url = strdup(cfg->base_url);
   ai->api_key = strdup(cfg->api_key);
   ai->pool = adapter_pool_create(ADAPTER_POOL_THREADS);
-  if (!ai->base_url || !ai->api_key || !ai->pool) {
+  ai->flights = adapter_flights_new();
+  if (!ai->base_url || !ai->api_key || !ai->pool || !ai->flights) {
     adapter_instance_free(ai);
     return false;
   }
@@ -398,6 +494,8 @@ void adapter_instance_free(adapter_instance *ai) {
   if (!ai) return;
   adapter_pool_destroy(ai->pool);
   ai->pool = NULL;
+  adapter_flights_free(ai->flights);
+  ai->flights = NULL;
   free(ai->base_url);
   free(ai->api_key);
   ai->base_url = ai->api_key = NULL;
@@ -424,6 +522,10 @@ void adapter_provider_destroy(provider *p) {
 
 void adapter_provider_drain(provider *p, const provider_ops *ops) {
   if (p && p->ops == ops) adapter_pool_drain(((adapter_provider *)p)->inst.pool);
+}
+
+void adapter_provider_cancel(provider *p, void *ctx) {
+  if (p) adapter_flights_cancel(&((adapter_provider *)p)->inst, ctx);
 }
 
 CURL *adapter_easy_new(const adapter_instance *ai, const char *url, long timeout_ms) {

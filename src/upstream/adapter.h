@@ -3,11 +3,13 @@
  * Error outcomes with messages that are safe to show and to put in JSON,
  * decoding and checking the images an upstream returns, Retry-After in its
  * several spellings, the classification of transfers that got no HTTP answer,
- * the threads that parse answers off the curl loop, and the per-instance
- * settings every adapter reads from its configuration. */
+ * the threads that parse answers off the curl loop, the per-instance
+ * settings every adapter reads from its configuration, and the register of
+ * transfers in flight that cancel() works through. */
 #ifndef IMGATE_ADAPTER_H
 #define IMGATE_ADAPTER_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -79,9 +81,15 @@ adapter_class adapter_status_class(int status);
 
 /* Whether a finished transfer brought a complete HTTP answer to parse. */
 bool adapter_transport_ok(const curlloop_result *res);
-/* The outcome of a transfer that did not (timeout, network, over-size answer).
+/* The outcome of a transfer that did not (timeout, network, over-size answer,
+ * or aborted by cancel(): then a canceled one, see adapter_set_canceled).
  * who prefixes the message ("gemini"). NULL when memory runs out. */
 provider_outcome *adapter_transport_outcome(const curlloop_result *res, const char *who);
+
+/* Turns o into the outcome of a call stopped by cancel(): PROVIDER_FAILED,
+ * PROVIDER_ERR_CANCELED, not retryable, PROVIDER_CANCELED_CODE, no images
+ * (any are freed). Never fails, so a preallocated spare can report it. */
+void adapter_set_canceled(provider_outcome *o, const char *who);
 
 /* The outcome handed over when memory ran out while reading an answer: it is
  * allocated before a call starts, so a call always has one to deliver. */
@@ -119,7 +127,30 @@ void adapter_pool_drain(adapter_pool *p);
  * drops every item still queued. */
 void adapter_pool_destroy(adapter_pool *p);
 
-/* The settings of one configured upstream instance, and its parsing threads. */
+/* ---- transfers in flight, for cancel() ----
+ * Each transfer an adapter hands to the curl loop is registered under the
+ * ctx its start() was given, with the loop's id for it, from just before it
+ * is submitted until its loop callback runs. cancel(ctx) asks the loop to
+ * stop whatever is registered under ctx. A transfer is forgotten the moment
+ * its callback begins, so an answer already being read finishes normally,
+ * and a cancel that comes later finds nothing. */
+
+typedef struct adapter_flight {
+  void *ctx;               /* the start()'s ctx: what cancel() names */
+  curlloop_transfer_id id; /* the loop's name for the transfer */
+  bool registered;
+  struct adapter_flight *prev, *next;
+} adapter_flight;
+
+#define ADAPTER_FLIGHT_BUCKETS 256 /* by ctx; cancels are rare, so chains may grow long */
+
+typedef struct adapter_flights {
+  pthread_mutex_t lock;
+  adapter_flight *buckets[ADAPTER_FLIGHT_BUCKETS];
+} adapter_flights;
+
+/* The settings of one configured upstream instance, its parsing threads and
+ * its transfers in flight. */
 typedef struct adapter_instance {
   char *base_url; /* no trailing '/' and no API version suffix */
   char *api_key;
@@ -127,7 +158,22 @@ typedef struct adapter_instance {
   long connect_timeout_ms;
   curlloop *loop;
   adapter_pool *pool;
+  adapter_flights *flights;
 } adapter_instance;
+
+/* Registers f under ctx and hands easy to the loop (curlloop_submit_with_id,
+ * with ADAPTER_MAX_RESPONSE_BYTES): on_done(done_ctx, ...) runs when it ends,
+ * and must call adapter_flight_landed(ai, f) first. Returns 0, or -1 when the
+ * loop refused it (then f is not registered and the caller still owns easy). */
+int adapter_flight_submit(adapter_instance *ai, adapter_flight *f, void *ctx, CURL *easy,
+                          curlloop_done_fn on_done, void *done_ctx);
+/* From the transfer's loop callback: it has ended, cancel() no longer reaches it. */
+void adapter_flight_landed(adapter_instance *ai, adapter_flight *f);
+/* Asks the loop to abort every transfer registered under ctx (each then ends
+ * with aborted set, through its callback). Thread-safe, never blocks on I/O;
+ * a request the loop cannot take (out of memory) is logged, and that
+ * transfer runs on to its end. */
+void adapter_flights_cancel(adapter_instance *ai, void *ctx);
 
 /* Checks cfg and copies it into ai and base->name (base->ops is left alone),
  * and starts the instance's parsing threads. kind is the adapter's own
@@ -161,6 +207,8 @@ void adapter_provider_destroy(provider *p);
 /* Blocks until every answer p has received has been parsed and delivered,
  * when p is a provider with ops; any other provider is ignored. */
 void adapter_provider_drain(provider *p, const provider_ops *ops);
+/* The ops->cancel of every adapter: adapter_flights_cancel on p's instance. */
+void adapter_provider_cancel(provider *p, void *ctx);
 
 /* A POST easy handle for url with the instance's timeouts (timeout_ms > 0
  * shortens the instance's whole-call budget, never lengthens it: the call

@@ -7,11 +7,13 @@
  * number of transfers in flight (curl_multi_perform/poll would walk all of
  * them on every wakeup: ~10,000 syscalls per event at 10,000 in flight).
  *
- * Threads: submitters only touch the queue (under mu) and write the eventfd
- * that wakes the loop. Everything else on the multi handle, the share handle,
- * the epoll set and the active list happens on the loop thread, or on the
- * destroying thread after the loop thread has been joined. That single-owner
- * rule is why the share handle needs no lock callbacks. */
+ * Threads: submitters and cancellers only touch the queues (under mu) and
+ * write the eventfd that wakes the loop. Everything else on the multi handle,
+ * the share handle, the epoll set, the active list and the id table happens
+ * on the loop thread, or on the destroying thread after the loop thread has
+ * been joined. That single-owner rule is why the share handle needs no lock
+ * callbacks, and why a cancel can never race a transfer's end: both are
+ * decided on the loop thread, one after the other. */
 #include "upstream/curlloop.h"
 
 #include <pthread.h>
@@ -32,8 +34,11 @@
 /* Upper bound of one wait; libcurl shortens it to its own next timer. */
 #define CURLLOOP_POLL_MS 1000
 #define CURLLOOP_EVENTS 256
+/* Buckets of the id table to start with; it doubles as transfers pile up. */
+#define CURLLOOP_ID_BUCKETS 256
 
 typedef struct transfer {
+  curlloop_transfer_id id;
   CURL *easy;
   size_t cap;
   curlloop_done_fn done;
@@ -41,6 +46,7 @@ typedef struct transfer {
   bool oom;
   curlloop_result res;
   struct transfer *next, *prev;
+  struct transfer *id_next; /* chain in the id table */
 } transfer;
 
 struct curlloop {
@@ -50,10 +56,16 @@ struct curlloop {
   pthread_t thread;
   pthread_mutex_t mu;
   transfer *queue_head, *queue_tail; /* under mu */
+  curlloop_transfer_id last_id;      /* under mu: the last id handed out */
+  curlloop_transfer_id *cancels;     /* under mu: ids to stop, in request order */
+  size_t n_cancels, cap_cancels;     /* under mu */
   bool stopping;                     /* under mu */
   atomic_bool stop;                  /* read by the loop thread without mu */
   atomic_size_t in_flight;
   transfer *active; /* in the multi handle; loop thread only */
+  transfer **by_id; /* the active transfers by id, chained; loop thread only */
+  size_t id_buckets; /* a power of two */
+  size_t n_active;
   int epfd;         /* the sockets libcurl waits on, plus wakefd */
   int wakefd;       /* eventfd: new work, or stop */
   int64_t timer_due_ms; /* libcurl's next timeout (monotonic ms); -1 = none */
@@ -174,8 +186,13 @@ static void release_easy(CURL *e) {
   curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
 }
 
-int curlloop_submit(curlloop *l, CURL *easy, size_t max_response_bytes, curlloop_done_fn done,
-                    void *ctx) {
+/* Whether the loop has nothing queued since its last drain: then no wakeup
+ * is pending and the next request must write one. Under mu. */
+static bool queues_empty(const curlloop *l) { return !l->queue_head && l->n_cancels == 0; }
+
+int curlloop_submit_with_id(curlloop *l, CURL *easy, size_t max_response_bytes,
+                            curlloop_done_fn done, void *ctx, curlloop_transfer_id *id_out) {
+  if (id_out) *id_out = 0;
   if (!l || !easy || !done) return -1;
   transfer *t = calloc(1, sizeof *t);
   if (!t) return -1;
@@ -195,9 +212,12 @@ int curlloop_submit(curlloop *l, CURL *easy, size_t max_response_bytes, curlloop
     free(t);
     return -1;
   }
-  bool was_empty = l->queue_head == NULL;
-  if (was_empty) l->queue_head = t;
-  else l->queue_tail->next = t;
+  t->id = ++l->last_id;
+  /* Before the loop can see t: its callback may run before we return. */
+  if (id_out) *id_out = t->id;
+  bool was_empty = queues_empty(l);
+  if (l->queue_head) l->queue_tail->next = t;
+  else l->queue_head = t;
   l->queue_tail = t;
   atomic_fetch_add(&l->in_flight, 1);
   /* A non-empty queue means a wakeup is already pending since the last drain.
@@ -207,16 +227,97 @@ int curlloop_submit(curlloop *l, CURL *easy, size_t max_response_bytes, curlloop
   return 0;
 }
 
+int curlloop_submit(curlloop *l, CURL *easy, size_t max_response_bytes, curlloop_done_fn done,
+                    void *ctx) {
+  return curlloop_submit_with_id(l, easy, max_response_bytes, done, ctx, NULL);
+}
+
+int curlloop_cancel(curlloop *l, curlloop_transfer_id id) {
+  if (!l) return -1;
+  pthread_mutex_lock(&l->mu);
+  int rc = 0;
+  if (l->stopping) {
+    rc = -1;
+  } else if (id != 0 && id <= l->last_id) { /* an id never handed out names nothing */
+    if (l->n_cancels == l->cap_cancels) {
+      size_t cap = l->cap_cancels ? l->cap_cancels * 2 : 16;
+      curlloop_transfer_id *grown = realloc(l->cancels, cap * sizeof *grown);
+      if (grown) {
+        l->cancels = grown;
+        l->cap_cancels = cap;
+      }
+    }
+    if (l->n_cancels < l->cap_cancels) {
+      bool was_empty = queues_empty(l);
+      l->cancels[l->n_cancels++] = id;
+      if (was_empty) wake(l);
+    } else {
+      rc = -1;
+    }
+  }
+  pthread_mutex_unlock(&l->mu);
+  return rc;
+}
+
 size_t curlloop_in_flight(curlloop *l) { return l ? atomic_load(&l->in_flight) : 0; }
 
-/* --- completion (loop thread, or the destroying thread after the join) --- */
+/* --- the active transfers: a list, and a table by id that says which one an
+ * id names (loop thread, or the destroying thread after the join) --- */
+
+static transfer **id_slot(curlloop *l, curlloop_transfer_id id) {
+  return &l->by_id[id & (l->id_buckets - 1)];
+}
+
+/* Ids are consecutive, so their low bits spread them evenly: no hashing. */
+static void id_grow(curlloop *l) {
+  size_t n = l->id_buckets * 2;
+  transfer **grown = calloc(n, sizeof *grown);
+  if (!grown) return; /* longer chains, still correct */
+  for (size_t i = 0; i < l->id_buckets; i++) {
+    transfer *t = l->by_id[i];
+    while (t) {
+      transfer *next = t->id_next;
+      transfer **slot = &grown[t->id & (n - 1)];
+      t->id_next = *slot;
+      *slot = t;
+      t = next;
+    }
+  }
+  free(l->by_id);
+  l->by_id = grown;
+  l->id_buckets = n;
+}
+
+static transfer *id_find(curlloop *l, curlloop_transfer_id id) {
+  transfer *t = *id_slot(l, id);
+  while (t && t->id != id) t = t->id_next;
+  return t;
+}
+
+static void active_link(curlloop *l, transfer *t) {
+  t->prev = NULL;
+  t->next = l->active;
+  if (l->active) l->active->prev = t;
+  l->active = t;
+  if (++l->n_active > 2 * l->id_buckets) id_grow(l);
+  transfer **slot = id_slot(l, t->id);
+  t->id_next = *slot;
+  *slot = t;
+}
 
 static void active_unlink(curlloop *l, transfer *t) {
   if (t->prev) t->prev->next = t->next;
   else l->active = t->next;
   if (t->next) t->next->prev = t->prev;
   t->next = t->prev = NULL;
+  transfer **p = id_slot(l, t->id);
+  while (*p != t) p = &(*p)->id_next;
+  *p = t->id_next;
+  t->id_next = NULL;
+  l->n_active--;
 }
+
+/* --- completion (loop thread, or the destroying thread after the join) --- */
 
 static void fill_outcome(transfer *t, CURLcode code) {
   curlloop_result *r = &t->res;
@@ -254,6 +355,22 @@ static void finish_cancelled(curlloop *l, transfer *t) {
   finish(l, t);
 }
 
+/* Its owner asked to stop it: what had arrived is dropped (libcurl has already
+ * closed the connection, or reset the stream of a multiplexed one). */
+static void finish_aborted(curlloop *l, transfer *t) {
+  curl_off_t us = 0;
+  if (curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &us) == CURLE_OK)
+    t->res.total_ms = (double)us / 1000.0;
+  t->res.aborted = true;
+  t->res.code = CURLE_ABORTED_BY_CALLBACK;
+  t->res.http_status = 0;
+  t->res.body_truncated = false;
+  buf_free(&t->res.body);
+  forget_headers(&t->res);
+  snprintf(t->res.error, sizeof t->res.error, "aborted: cancelled by its owner");
+  finish(l, t);
+}
+
 /* --- the loop thread --- */
 
 static void start_transfer(curlloop *l, transfer *t) {
@@ -266,16 +383,30 @@ static void start_transfer(curlloop *l, transfer *t) {
     finish(l, t);
     return;
   }
-  t->prev = NULL;
-  t->next = l->active;
-  if (l->active) l->active->prev = t;
-  l->active = t;
+  active_link(l, t);
 }
 
-static void drain_queue(curlloop *l) {
+/* A transfer the table does not know has ended already (or never started):
+ * its callback ran, so the request comes too late and is dropped. */
+static void cancel_transfer(curlloop *l, curlloop_transfer_id id) {
+  transfer *t = id_find(l, id);
+  if (!t) return;
+  active_unlink(l, t);
+  curl_multi_remove_handle(l->multi, t->easy);
+  finish_aborted(l, t);
+}
+
+/* Both queues are taken in one critical section: a cancel requested after
+ * its submit is then always applied after that transfer has started, never
+ * looked up (and lost) before it is in the table. */
+static void drain_queues(curlloop *l) {
   pthread_mutex_lock(&l->mu);
   transfer *t = l->queue_head;
   l->queue_head = l->queue_tail = NULL;
+  curlloop_transfer_id *cancels = l->cancels;
+  size_t n_cancels = l->n_cancels;
+  l->cancels = NULL;
+  l->n_cancels = l->cap_cancels = 0;
   pthread_mutex_unlock(&l->mu);
   while (t) {
     transfer *next = t->next;
@@ -283,6 +414,8 @@ static void drain_queue(curlloop *l) {
     start_transfer(l, t);
     t = next;
   }
+  for (size_t i = 0; i < n_cancels; i++) cancel_transfer(l, cancels[i]);
+  free(cancels);
 }
 
 static void reap_done(curlloop *l) {
@@ -340,7 +473,7 @@ static void *loop_main(void *arg) {
   curlloop *l = arg;
   struct epoll_event evs[CURLLOOP_EVENTS];
   while (!atomic_load(&l->stop)) {
-    drain_queue(l);
+    drain_queues(l);
     int n = epoll_wait(l->epfd, evs, CURLLOOP_EVENTS, wait_ms(l));
     if (atomic_load(&l->stop)) break;
     int running = 0;
@@ -411,6 +544,8 @@ static void free_loop(curlloop *l) {
   if (l->epfd >= 0) close(l->epfd);
   if (l->wakefd >= 0) close(l->wakefd);
   if (l->share) curl_share_cleanup(l->share);
+  free(l->by_id);
+  free(l->cancels);
   pthread_mutex_destroy(&l->mu);
   free(l);
 }
@@ -434,10 +569,12 @@ curlloop *curlloop_create(const curlloop_config *cfg) {
   l->connect_timeout_ms =
       cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : CURLLOOP_DEFAULT_CONNECT_MS;
   l->timer_due_ms = -1;
+  l->id_buckets = CURLLOOP_ID_BUCKETS;
+  l->by_id = calloc(l->id_buckets, sizeof *l->by_id);
   l->epfd = epoll_create1(EPOLL_CLOEXEC);
   l->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   struct epoll_event wake_ev = {.events = EPOLLIN, .data.fd = l->wakefd};
-  if (l->epfd < 0 || l->wakefd < 0 ||
+  if (!l->by_id || l->epfd < 0 || l->wakefd < 0 ||
       epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wakefd, &wake_ev) != 0) {
     free_loop(l);
     return NULL;

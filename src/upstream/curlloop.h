@@ -18,7 +18,14 @@
  * CURLOPT_TIMEOUT_MS itself, or a silent peer holds its transfer forever.
  *
  * When the transfer ends, the callback runs ON THE LOOP THREAD: it must be
- * quick and must not block (hand heavy work to another thread). */
+ * quick and must not block (hand heavy work to another thread).
+ *
+ * A transfer submitted with curlloop_submit_with_id() can be stopped early
+ * with curlloop_cancel(). It is named by an id the loop hands out, never
+ * reused while the loop lives, rather than by its CURL handle or its ctx:
+ * those are freed and their addresses reused as soon as the callback has run,
+ * so a late cancel naming them could stop somebody else's transfer. An id
+ * whose transfer has ended names nothing, and its cancel does nothing. */
 #ifndef IMGATE_CURLLOOP_H
 #define IMGATE_CURLLOOP_H
 
@@ -47,6 +54,8 @@ typedef struct curlloop_result {
   buf body;                 /* response body, at most max_response_bytes */
   bool body_truncated;      /* larger than the cap: stopped, code is CURLE_WRITE_ERROR */
   bool cancelled;           /* the loop is being destroyed; the transfer did not finish */
+  bool aborted;             /* curlloop_cancel() stopped it: code is CURLE_ABORTED_BY_CALLBACK,
+                             * http_status 0, body empty (whatever had arrived is dropped) */
   double total_ms;          /* CURLINFO_TOTAL_TIME_T in milliseconds */
   char error[CURL_ERROR_SIZE]; /* libcurl's message when code != CURLE_OK */
   /* A few response headers worth keeping (last value wins, "" when absent). */
@@ -76,11 +85,35 @@ CURL *curlloop_easy_new(curlloop *l);
  * max_response_bytes stops the transfer (0: no body accepted). Returns 0, or
  * -1 when the loop is shutting down or out of memory (then done is never
  * called and the caller still owns easy, with the loop's options possibly
- * set on it). Thread-safe, callable from a callback; never blocks on I/O.
+ * set on it). done never runs inside this call, even when it is made from a
+ * callback on the loop thread, so a caller may hold its own lock across it
+ * that done takes. Thread-safe, callable from a callback; never blocks on I/O.
  * Not to be called concurrently with or after curlloop_destroy from another
  * thread (the loop's memory goes away). */
 int curlloop_submit(curlloop *l, CURL *easy, size_t max_response_bytes, curlloop_done_fn done,
                     void *ctx);
+
+/* Names one submitted transfer; 0 names none. Ids count up from 1 per loop. */
+typedef uint64_t curlloop_transfer_id;
+
+/* curlloop_submit() that also stores the transfer's id in *id_out (when not
+ * NULL) before the loop can see the transfer, so the id is in place even if
+ * the callback runs before this returns. On failure *id_out is 0. */
+int curlloop_submit_with_id(curlloop *l, CURL *easy, size_t max_response_bytes,
+                            curlloop_done_fn done, void *ctx, curlloop_transfer_id *id_out);
+
+/* Asks the loop to stop transfer id. Thread-safe, callable from a callback,
+ * never blocks on I/O (the request is queued and the loop woken). If the
+ * transfer is still in flight when the loop takes the request, it is removed
+ * from libcurl (which closes an HTTP/1 connection in mid-exchange, or resets
+ * the stream of a multiplexed HTTP/2 one) and its callback runs once, on the
+ * loop thread, with aborted = true. If it has already ended (its callback ran
+ * or is running), or id names no transfer of this loop, nothing happens. A
+ * transfer never gets two callbacks: whichever of its end and the cancel the
+ * loop sees first decides. Returns 0 when queued, -1 when out of memory or
+ * the loop is shutting down (then destroy ends the transfer, cancelled).
+ * Same rule as submit about destroy. */
+int curlloop_cancel(curlloop *l, curlloop_transfer_id id);
 
 /* Transfers in flight right now (submitted and not yet called back). */
 size_t curlloop_in_flight(curlloop *l);

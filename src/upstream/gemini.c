@@ -5,7 +5,9 @@
  * calls, joined into one outcome when the last ends. The whole job (body,
  * headers, per-call results) is owned by the calls in flight and freed by the
  * last one. Answers are parsed on the instance's pool threads, not on the
- * curl loop's. */
+ * curl loop's. cancel() aborts the job's calls still on the wire; if any of
+ * them was aborted, the whole job ends canceled (images some other call had
+ * already brought are dropped: the task they were for is being stopped). */
 #include "upstream/gemini.h"
 
 #include <jansson.h>
@@ -396,6 +398,7 @@ typedef struct gemini_job gemini_job;
 
 typedef struct gemini_call {
   adapter_work work; /* first: the pool hands it back */
+  adapter_flight flight; /* registered while on the wire, for cancel() */
   gemini_job *job;
   int index;
   curlloop_result answer; /* what the loop reported, body included, until parsed */
@@ -409,7 +412,7 @@ static void gemini_call_drop(adapter_work *w);
  * itself, unless start() fails) joins the results and frees the job. */
 struct gemini_job {
   pthread_mutex_t lock;
-  adapter_pool *pool;
+  adapter_instance *inst;
   provider_done_fn done;
   void *ctx;
   char *body;
@@ -419,6 +422,7 @@ struct gemini_job {
   int pending;                /* lock */
   bool abandoned;             /* lock: start() failed: results are dropped */
   bool cancelled;             /* lock: the loop is shutting down: results are dropped */
+  bool aborted;               /* lock: cancel() stopped a call: the job ends canceled */
   provider_outcome **results; /* lock: per call; NULL until it ends, or when memory ran out */
   provider_outcome *spare;    /* holds the joined images, or reports running out of memory */
   gemini_call *calls;
@@ -445,7 +449,7 @@ static bool gemini_job_headers(gemini_job *job, const adapter_instance *inst) {
          adapter_add_header(&job->headers, "Expect", NULL);
 }
 
-static gemini_job *gemini_job_new(const adapter_provider *gp, const provider_request *req,
+static gemini_job *gemini_job_new(adapter_provider *gp, const provider_request *req,
                                   provider_done_fn done, void *ctx) {
   gemini_job *job = calloc(1, sizeof *job);
   if (!job) return NULL;
@@ -469,7 +473,7 @@ static gemini_job *gemini_job_new(const adapter_provider *gp, const provider_req
     return NULL;
   }
   job->body_len = strlen(job->body);
-  job->pool = gp->inst.pool;
+  job->inst = &gp->inst;
   for (int i = 0; i < n; i++) {
     job->calls[i].work.run = gemini_call_run;
     job->calls[i].work.drop = gemini_call_drop;
@@ -482,6 +486,11 @@ static gemini_job *gemini_job_new(const adapter_provider *gp, const provider_req
 /* The single outcome of a finished job; the job keeps nothing it returns. */
 static provider_outcome *gemini_job_join(gemini_job *job) {
   provider_outcome *joined = job->spare;
+  if (job->aborted) {
+    adapter_set_canceled(joined, "gemini");
+    job->spare = NULL;
+    return joined;
+  }
   for (int i = 0; i < job->n; i++) {
     provider_outcome *r = job->results[i];
     if (!r || r->status != PROVIDER_OK) continue;
@@ -512,11 +521,14 @@ static provider_outcome *gemini_job_join(gemini_job *job) {
   return joined;
 }
 
-/* Records one call's end; the last one delivers and frees the job. */
-static void gemini_job_call_ended(gemini_job *job, int index, provider_outcome *o, bool cancelled) {
+/* Records one call's end (cancelled: the loop shut down; aborted: cancel()
+ * stopped it); the last one delivers and frees the job. */
+static void gemini_job_call_ended(gemini_job *job, int index, provider_outcome *o, bool cancelled,
+                                  bool aborted) {
   pthread_mutex_lock(&job->lock);
   job->results[index] = o;
   if (cancelled) job->cancelled = true;
+  if (aborted) job->aborted = true;
   bool last = --job->pending == 0;
   bool deliver = last && !job->cancelled && !job->abandoned;
   pthread_mutex_unlock(&job->lock);
@@ -546,7 +558,7 @@ static void gemini_call_run(adapter_work *w) {
   else
     o = gemini_parse_response(a->http_status, a->body.data, a->body.len, a->retry_after);
   buf_free(&a->body);
-  gemini_job_call_ended(call->job, call->index, o, false);
+  gemini_job_call_ended(call->job, call->index, o, false, a->aborted);
 }
 
 /* The provider is being destroyed with this answer unread: drop it like a
@@ -554,19 +566,21 @@ static void gemini_call_run(adapter_work *w) {
 static void gemini_call_drop(adapter_work *w) {
   gemini_call *call = (gemini_call *)w;
   buf_free(&call->answer.body);
-  gemini_job_call_ended(call->job, call->index, NULL, true);
+  gemini_job_call_ended(call->job, call->index, NULL, true, false);
 }
 
-/* Runs on the loop thread: keeps the answer and leaves the parsing to the pool. */
+/* Runs on the loop thread: keeps the answer and leaves the parsing to the
+ * pool. From here on a cancel() no longer reaches this call. */
 static void gemini_on_done(void *ctx, CURL *easy, curlloop_result *res) {
   gemini_call *call = ctx;
+  adapter_flight_landed(call->job->inst, &call->flight);
   curl_easy_cleanup(easy);
   if (res->cancelled) {
-    gemini_job_call_ended(call->job, call->index, NULL, true);
+    gemini_job_call_ended(call->job, call->index, NULL, true, false);
     return;
   }
   adapter_take_answer(&call->answer, res);
-  adapter_pool_submit(call->job->pool, &call->work);
+  adapter_pool_submit(call->job->inst->pool, &call->work);
 }
 
 static CURL *gemini_easy(const adapter_provider *gp, const gemini_job *job, const char *url,
@@ -597,13 +611,15 @@ static int gemini_start(provider *p, const provider_request *req, provider_done_
   int n = job->n; /* the job may be gone once its last call is submitted */
   for (int i = 0; i < n; i++) {
     CURL *easy = gemini_easy(gp, job, url, req->timeout_ms);
-    if (!easy || curlloop_submit(gp->inst.loop, easy, ADAPTER_MAX_RESPONSE_BYTES, gemini_on_done,
-                                 &job->calls[i]) != 0) {
+    if (!easy || adapter_flight_submit(&gp->inst, &job->calls[i].flight, ctx, easy,
+                                       gemini_on_done, &job->calls[i]) != 0) {
       if (easy) curl_easy_cleanup(easy);
       char qname[80];
       LOG_WARN("gemini_submit_failed", "provider=%s call=%d of=%d",
                log_quote(gp->base.name, qname, sizeof qname), i + 1, n);
       free(url);
+      /* The calls already out would only be dropped: stop paying for them. */
+      if (i > 0) adapter_flights_cancel(&gp->inst, ctx);
       gemini_job_abandon(job, i);
       return -1;
     }
@@ -612,8 +628,10 @@ static int gemini_start(provider *p, const provider_request *req, provider_done_
   return 0;
 }
 
-static const provider_ops gemini_ops = {
-    .kind = "gemini", .start = gemini_start, .destroy = adapter_provider_destroy};
+static const provider_ops gemini_ops = {.kind = "gemini",
+                                        .start = gemini_start,
+                                        .destroy = adapter_provider_destroy,
+                                        .cancel = adapter_provider_cancel};
 
 void gemini_provider_drain(provider *p) { adapter_provider_drain(p, &gemini_ops); }
 

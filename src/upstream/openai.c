@@ -209,13 +209,14 @@ provider_outcome *openai_parse_response(long http_status, const char *body, size
 /* Everything one call keeps alive until its answer is delivered. */
 typedef struct openai_call {
   adapter_work work;       /* first: the pool hands it back */
+  adapter_flight flight;   /* registered while on the wire, for cancel() */
+  adapter_instance *inst;  /* the provider's settings, threads and register */
   curlloop_result answer;  /* what the loop reported, body included, until parsed */
   provider_done_fn done;
   void *ctx;
   struct curl_slist *headers;
   char *body;              /* generations */
   curl_mime *mime;         /* edits */
-  adapter_pool *pool;      /* the provider's parsing threads */
   provider_outcome *spare; /* delivered if memory runs out while reading the answer */
 } openai_call;
 
@@ -242,6 +243,7 @@ static void openai_call_run(adapter_work *w) {
   if (!o) {
     o = call->spare;
     call->spare = NULL;
+    if (a->aborted) adapter_set_canceled(o, "openai");
   }
   call->done(call->ctx, o);
   openai_call_free(call);
@@ -250,16 +252,18 @@ static void openai_call_run(adapter_work *w) {
 /* The provider is being destroyed with this answer unread: dropped, no done(). */
 static void openai_call_drop(adapter_work *w) { openai_call_free((openai_call *)w); }
 
-/* Runs on the loop thread: keeps the answer and leaves the parsing to the pool. */
+/* Runs on the loop thread: keeps the answer and leaves the parsing to the
+ * pool. From here on a cancel() no longer reaches this call. */
 static void openai_on_done(void *ctx, CURL *easy, curlloop_result *res) {
   openai_call *call = ctx;
+  adapter_flight_landed(call->inst, &call->flight);
   curl_easy_cleanup(easy); /* before the mime and headers it points at are freed */
   if (res->cancelled) {
     openai_call_free(call);
     return;
   }
   adapter_take_answer(&call->answer, res);
-  adapter_pool_submit(call->pool, &call->work);
+  adapter_pool_submit(call->inst->pool, &call->work);
 }
 
 static curl_mime *openai_form_mime(CURL *easy, const openai_form *form) {
@@ -326,7 +330,7 @@ static int openai_start(provider *p, const provider_request *req, provider_done_
   if (call) {
     call->work.run = openai_call_run;
     call->work.drop = openai_call_drop;
-    call->pool = op->inst.pool;
+    call->inst = &op->inst;
     call->done = done;
     call->ctx = ctx;
     call->spare = adapter_spare_outcome();
@@ -334,8 +338,7 @@ static int openai_start(provider *p, const provider_request *req, provider_done_
   /* Body first: the Content-Type header it may add must be in the list before it is set. */
   bool ok = easy && call->spare && openai_set_body(easy, call, req, edits) &&
             openai_set_headers(easy, call, &op->inst) &&
-            curlloop_submit(op->inst.loop, easy, ADAPTER_MAX_RESPONSE_BYTES, openai_on_done,
-                            call) == 0;
+            adapter_flight_submit(&op->inst, &call->flight, ctx, easy, openai_on_done, call) == 0;
   if (!ok) {
     char qname[80];
     LOG_WARN("openai_start_failed", "provider=%s", log_quote(op->base.name, qname, sizeof qname));
@@ -346,8 +349,10 @@ static int openai_start(provider *p, const provider_request *req, provider_done_
   return 0;
 }
 
-static const provider_ops openai_ops = {
-    .kind = "openai", .start = openai_start, .destroy = adapter_provider_destroy};
+static const provider_ops openai_ops = {.kind = "openai",
+                                        .start = openai_start,
+                                        .destroy = adapter_provider_destroy,
+                                        .cancel = adapter_provider_cancel};
 
 void openai_provider_drain(provider *p) { adapter_provider_drain(p, &openai_ops); }
 

@@ -29,7 +29,10 @@ static const char *const class_names[] = {
     [PROVIDER_ERR_BAD_RESPONSE] = "bad_response",
     [PROVIDER_ERR_NO_IMAGE] = "no_image",
     [PROVIDER_ERR_INTERNAL] = "internal",
+    [PROVIDER_ERR_CANCELED] = "canceled",
 };
+_Static_assert(sizeof class_names / sizeof class_names[0] == PROVIDER_ERR_CLASSES,
+               "a name for every error class");
 
 const char *provider_error_class_name(provider_error_class c) {
   if ((unsigned)c >= sizeof class_names / sizeof class_names[0]) return "internal";
@@ -48,7 +51,9 @@ bool provider_error_class_hurts_route(provider_error_class c) {
     return true;
   default:
     /* A bad request, a refusal or a model that drew nothing is about the
-     * prompt, not the route: it must not push traffic away from a healthy upstream. */
+     * prompt, not the route: it must not push traffic away from a healthy
+     * upstream. A canceled call was stopped by us, the upstream never
+     * finished: no verdict either way. */
     return false;
   }
 }

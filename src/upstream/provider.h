@@ -4,8 +4,9 @@
  * done() later from one of its own threads, exactly once per started call
  * unless the provider is destroyed first (then pending calls are dropped
  * without a callback; their tasks stay "running" in the store and are re-run
- * after restart). A provider knows its wire format and nothing of accounts,
- * billing or the store. Kinds: sim.c now; gemini.c and openai.c later. */
+ * after restart). cancel() asks a call to end early; it still ends through
+ * done(), once. A provider knows its wire format and nothing of accounts,
+ * billing or the store. Kinds: sim.c, gemini.c, openai.c. */
 #ifndef IMGATE_PROVIDER_H
 #define IMGATE_PROVIDER_H
 
@@ -41,10 +42,17 @@ typedef enum {
   PROVIDER_ERR_BAD_RESPONSE, /* 2xx that cannot be parsed, or truncated */
   PROVIDER_ERR_NO_IMAGE,     /* the model answered without an image (NO_IMAGE, OTHER, MAX_TOKENS) */
   PROVIDER_ERR_INTERNAL,     /* our side (out of memory, could not start) */
+  PROVIDER_ERR_CANCELED,     /* stopped by cancel(): never retried, says nothing of the route */
 } provider_error_class;
 
+#define PROVIDER_ERR_CLASSES (PROVIDER_ERR_CANCELED + 1) /* how many classes there are */
+
+/* The error_code of a call stopped by cancel(). */
+#define PROVIDER_CANCELED_CODE "canceled"
+
 /* "none", "bad_request", "moderated", "auth", "credit", "rate_limited",
- * "server", "timeout", "network", "bad_response", "no_image", "internal". */
+ * "server", "timeout", "network", "bad_response", "no_image", "internal",
+ * "canceled". */
 const char *provider_error_class_name(provider_error_class c);
 /* Whether an error of this class says something about the route's health
  * (and so counts against it in the router), rather than about the request. */
@@ -99,6 +107,23 @@ typedef struct provider_ops {
   int (*start)(provider *p, const provider_request *req, provider_done_fn done, void *ctx);
   /* Stops threads and drops pending calls without calling done; frees p. */
   void (*destroy)(provider *p);
+  /* Stops the call that was started with ctx, if it is still running: its
+   * done is then called soon, on the provider's usual thread, with status
+   * PROVIDER_FAILED, error_class PROVIDER_ERR_CANCELED, retryable false and
+   * error_code PROVIDER_CANCELED_CODE; whatever the upstream had sent is
+   * dropped, and the upstream exchange is broken off. If the call has
+   * already ended (done called, or being called, or its answer already being
+   * read), or ctx started no call, nothing happens: the call finishes
+   * normally. Either way done is called once per start, never twice.
+   * Thread-safe, never blocks on the network, may be called from done itself.
+   *
+   * ctx names the call: a caller must not have two calls in flight with one
+   * ctx on one provider (a cancel would stop both). Once done has run, the
+   * call is forgotten, so a late cancel with the same ctx stops nothing; but
+   * if ctx has been passed to start() again meanwhile, it stops that newer
+   * call. Last in the struct so that ops written positionally elsewhere
+   * (test doubles) still compile; every provider kind here implements it. */
+  void (*cancel)(provider *p, void *ctx);
 } provider_ops;
 
 struct provider {

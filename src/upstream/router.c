@@ -12,7 +12,7 @@
 
 #define ROUTER_MAX_PROVIDERS 32
 #define ROUTER_MAX_ROUTES 128
-#define ROUTER_CLASSES (PROVIDER_ERR_INTERNAL + 1)
+#define ROUTER_CLASSES PROVIDER_ERR_CLASSES
 /* A 429 may ask for a long pause; past this the route is tried again anyway
  * and the breaker decides. */
 #define ROUTER_MAX_COOLDOWN_MS 60000
@@ -276,7 +276,11 @@ void router_report(router *r, router_route *rt, const provider_outcome *o, int64
   if (was_probe) rt->probe_in_flight = false;
   provider_error_class cls = o->status == PROVIDER_OK ? PROVIDER_ERR_NONE : o->error_class;
   if ((unsigned)cls < ROUTER_CLASSES) rt->errors[cls]++;
-  if (o->status == PROVIDER_OK || !provider_error_class_hurts_route(cls)) {
+  if (cls == PROVIDER_ERR_CANCELED) {
+    /* We stopped the call before the upstream finished: it proves neither
+     * health nor sickness. No history, the failure streak stands, and a
+     * canceled probe leaves the breaker half-open for the next pick to probe. */
+  } else if (o->status == PROVIDER_OK || !provider_error_class_hurts_route(cls)) {
     /* The upstream answered sensibly: the route is alive. */
     if (o->status == PROVIDER_OK) {
       rt->successes++;

@@ -11,7 +11,9 @@
  *
  * Only failures that say something about the route count (timeouts, 5xx,
  * 429, bad keys: provider_error_class_hurts_route); a moderated prompt or a
- * bad request does not. A pick chooses at random among usable routes with a
+ * bad request does not. A canceled call counts neither way: it does not
+ * reset the failure streak, and a canceled probe only frees the probe's
+ * slot. A pick chooses at random among usable routes with a
  * probability proportional to weight x health^2, preferring routes the task
  * has not tried yet, so a retry goes elsewhere when it can. health is the
  * success rate, fading back to 1 over recovery_ms after the route's last

@@ -6,7 +6,9 @@
  * due calls move to a FIFO that a small pool of render threads drains. So a
  * pending call costs only its memory, however many there are. The outcome is
  * allocated when the call starts, so running out of memory later can never
- * leave a started call without its done() callback. */
+ * leave a started call without its done() callback. cancel() takes a call
+ * still waiting (for its delay, or for a render thread) and hands it to the
+ * render threads already answered; a call being drawn finishes. */
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -96,11 +98,13 @@ static bool sim_heap_push(sim_provider *sp, sim_call *call) {
   return true;
 }
 
-static sim_call *sim_heap_pop(sim_provider *sp) {
+/* Takes the call at index i out of the heap: the last one fills the hole and
+ * moves down or up to its place. */
+static sim_call *sim_heap_remove(sim_provider *sp, size_t i) {
   sim_call **h = sp->heap;
-  sim_call *top = h[0];
-  h[0] = h[--sp->heap_len];
-  size_t i = 0;
+  sim_call *taken = h[i];
+  h[i] = h[--sp->heap_len];
+  if (i == sp->heap_len) return taken;
   for (;;) {
     size_t l = 2 * i + 1, r = l + 1, min = i;
     if (l < sp->heap_len && sim_call_before(h[l], h[min])) min = l;
@@ -109,8 +113,14 @@ static sim_call *sim_heap_pop(sim_provider *sp) {
     sim_heap_swap(h, i, min);
     i = min;
   }
-  return top;
+  while (i > 0 && sim_call_before(h[i], h[(i - 1) / 2])) {
+    sim_heap_swap(h, i, (i - 1) / 2);
+    i = (i - 1) / 2;
+  }
+  return taken;
 }
+
+static sim_call *sim_heap_pop(sim_provider *sp) { return sim_heap_remove(sp, 0); }
 
 /* ---- render queue (lock held) ---- */
 
@@ -163,6 +173,12 @@ static void sim_set_error(provider_outcome *o, provider_status status, bool retr
   va_start(ap, fmt);
   vsnprintf(o->error_message, sizeof o->error_message, fmt, ap);
   va_end(ap);
+}
+
+/* The answer to a call cancel() stopped before it was drawn. */
+static void sim_set_canceled(provider_outcome *o) {
+  sim_set_error(o, PROVIDER_FAILED, false, PROVIDER_CANCELED_CODE, "sim: the call was canceled");
+  o->error_class = PROVIDER_ERR_CANCELED;
 }
 
 static bool sim_marker_hit(const char *marker, const char *prompt) {
@@ -333,6 +349,32 @@ static int sim_start(provider *p, const provider_request *req, provider_done_fn 
   return ok ? 0 : -1;
 }
 
+/* A waiting call answers at once, canceled, through the render threads like
+ * any other: done() stays on the provider's threads and is never called
+ * twice. A call in the render queue is only marked: the outcome no longer
+ * says OK, so sim_execute leaves it alone. One already answered (an invalid
+ * request waiting to be delivered) keeps its answer. */
+static void sim_cancel(provider *p, void *ctx) {
+  sim_provider *sp = (sim_provider *)p;
+  if (!sp) return;
+  pthread_mutex_lock(&sp->lock);
+  /* A removal reorders the heap, so each search starts over; one ctx has one
+   * call in flight, so this is one pass to find it and one to see it is gone. */
+  for (size_t i = 0; i < sp->heap_len;) {
+    if (sp->heap[i]->ctx != ctx) {
+      i++;
+      continue;
+    }
+    sim_call *call = sim_heap_remove(sp, i);
+    sim_set_canceled(call->outcome);
+    sim_enqueue_work(sp, call);
+    i = 0;
+  }
+  for (sim_call *call = sp->work_head; call; call = call->next)
+    if (call->ctx == ctx && call->outcome->status == PROVIDER_OK) sim_set_canceled(call->outcome);
+  pthread_mutex_unlock(&sp->lock);
+}
+
 /* Stops and joins every started thread, then frees all that is left. */
 static void sim_destroy(provider *p) {
   sim_provider *sp = (sim_provider *)p;
@@ -358,7 +400,8 @@ static void sim_destroy(provider *p) {
   free(sp);
 }
 
-static const provider_ops sim_ops = {.kind = "sim", .start = sim_start, .destroy = sim_destroy};
+static const provider_ops sim_ops = {
+    .kind = "sim", .start = sim_start, .destroy = sim_destroy, .cancel = sim_cancel};
 
 /* A copy of a marker, NULL for an empty or absent one; false when out of memory. */
 static bool sim_copy_marker(const char *marker, char **out) {

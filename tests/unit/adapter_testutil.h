@@ -1,10 +1,12 @@
 /* adapter_testutil.h - test doubles for the provider adapter tests (test_gemini.c,
  * test_openai.c): a stand-in for the curl loop and a one-shot local HTTP server.
  *
- * The stand-in defines curlloop_submit() and curlloop_easy_new() itself, so the adapters' glue links
- * and runs without the real loop. In FAKE_QUEUE mode it keeps each submitted
- * handle for the test to end by hand (an answer, a transport error, or a
- * cancellation); in FAKE_PERFORM mode it runs the transfer at once with
+ * The stand-in defines the curlloop functions the adapters call (submit,
+ * easy_new, cancel) itself, so the adapters' glue links and runs without the
+ * real loop. It keeps each submitted handle, as the real loop does, never
+ * calling back inside submit. In FAKE_QUEUE mode the test ends each by hand
+ * (an answer, a transport error, the loop's shutdown, or what a cancel
+ * request does); in FAKE_PERFORM mode fake_perform_all() runs them with
  * curl_easy_perform() against capsrv, so the real bytes on the wire can be
  * checked. Include after cmocka.h; static functions only, one copy per test. */
 #ifndef IMGATE_ADAPTER_TESTUTIL_H
@@ -85,12 +87,15 @@ typedef struct fake_sub {
 } fake_sub;
 
 #define FAKE_MAX_SUBS 16
+#define FAKE_MAX_CANCELS 64
 
 static struct {
   fake_mode mode;
   int accept_limit; /* submissions accepted before refusing; < 0 = no limit */
   int n_subs;
-  fake_sub subs[FAKE_MAX_SUBS];
+  fake_sub subs[FAKE_MAX_SUBS]; /* submission i has the id i + 1 */
+  int n_cancels;
+  curlloop_transfer_id cancels[FAKE_MAX_CANCELS]; /* ids curlloop_cancel was asked to stop */
 } fake;
 
 static char fake_loop_storage;
@@ -161,14 +166,40 @@ CURL *curlloop_easy_new(curlloop *l) {
   return curl_easy_init();
 }
 
-int curlloop_submit(curlloop *l, CURL *easy, size_t max_response_bytes, curlloop_done_fn done,
-                    void *ctx) {
+int curlloop_submit_with_id(curlloop *l, CURL *easy, size_t max_response_bytes,
+                            curlloop_done_fn done, void *ctx, curlloop_transfer_id *id_out) {
   assert_ptr_equal(l, FAKE_LOOP);
+  if (id_out) *id_out = 0;
   if (fake.accept_limit >= 0 && fake.n_subs >= fake.accept_limit) return -1;
   assert_true(fake.n_subs < FAKE_MAX_SUBS);
   fake.subs[fake.n_subs++] = (fake_sub){easy, done, ctx, max_response_bytes};
-  if (fake.mode == FAKE_PERFORM) fake_perform(easy, max_response_bytes, done, ctx);
+  if (id_out) *id_out = (curlloop_transfer_id)fake.n_subs;
   return 0;
+}
+
+int curlloop_submit(curlloop *l, CURL *easy, size_t max_response_bytes, curlloop_done_fn done,
+                    void *ctx) {
+  return curlloop_submit_with_id(l, easy, max_response_bytes, done, ctx, NULL);
+}
+
+/* Only recorded: fake_apply_cancels() does what the loop would. */
+int curlloop_cancel(curlloop *l, curlloop_transfer_id id) {
+  assert_ptr_equal(l, FAKE_LOOP);
+  assert_true(fake.n_cancels < FAKE_MAX_CANCELS);
+  fake.cancels[fake.n_cancels++] = id;
+  return 0;
+}
+
+/* Runs every submission not yet ended, in order, with curl_easy_perform. */
+static void fake_perform_all(void) {
+  assert_int_equal(fake.mode, FAKE_PERFORM);
+  for (int i = 0; i < fake.n_subs; i++) {
+    fake_sub *s = &fake.subs[i];
+    if (!s->easy) continue;
+    CURL *easy = s->easy;
+    s->easy = NULL;
+    fake_perform(easy, s->max_bytes, s->done, s->ctx);
+  }
 }
 
 /* Ends queued submission i with what res says. */
@@ -193,6 +224,37 @@ static void fake_answer(int i, long status, const char *body, const char *retry_
   if (retry_after_ms) snprintf(res.retry_after_ms, sizeof res.retry_after_ms, "%s", retry_after_ms);
   fake_deliver(i, &res);
   buf_free(&res.body);
+}
+
+/* Whether submission i (id i + 1) is still waiting for its end. */
+static bool fake_pending(int i) { return i < fake.n_subs && fake.subs[i].easy != NULL; }
+
+/* Ends queued submission i as the loop ends a transfer it was asked to stop. */
+static void fake_abort(int i) {
+  curlloop_result res;
+  memset(&res, 0, sizeof res);
+  res.code = CURLE_ABORTED_BY_CALLBACK;
+  res.aborted = true;
+  snprintf(res.error, sizeof res.error, "fake: aborted");
+  fake_deliver(i, &res);
+}
+
+/* What the loop does with the cancel requests recorded so far: each aborts
+ * its transfer if still pending; one whose transfer has ended is dropped.
+ * Returns how many transfers were aborted. */
+static int fake_apply_cancels(void) {
+  int aborted = 0;
+  for (int k = 0; k < fake.n_cancels; k++) {
+    curlloop_transfer_id id = fake.cancels[k];
+    assert_true(id >= 1);
+    int i = (int)(id - 1);
+    if (fake_pending(i)) {
+      fake_abort(i);
+      aborted++;
+    }
+  }
+  fake.n_cancels = 0;
+  return aborted;
 }
 
 /* Ends queued submission i without an answer: a curl error, an over-size

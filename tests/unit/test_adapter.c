@@ -239,6 +239,39 @@ static void test_transport(void **state) {
   assert_int_equal(o->http_status, 200);
   assert_non_null(strstr(o->error_message, "larger than 64 MiB"));
   provider_outcome_free(o);
+
+  /* Aborted by a cancel: canceled, never retried, whatever the code says. */
+  memset(&res, 0, sizeof res);
+  res.code = CURLE_ABORTED_BY_CALLBACK;
+  res.aborted = true;
+  assert_false(adapter_transport_ok(&res));
+  res.code = CURLE_OK; /* even with a code that looks fine */
+  res.http_status = 200;
+  assert_false(adapter_transport_ok(&res));
+  o = adapter_transport_outcome(&res, "openai");
+  assert_int_equal(o->status, PROVIDER_FAILED);
+  assert_int_equal(o->error_class, PROVIDER_ERR_CANCELED);
+  assert_false(o->retryable);
+  assert_int_equal(o->http_status, 0);
+  assert_string_equal(o->error_code, PROVIDER_CANCELED_CODE);
+  assert_string_equal(o->error_message, "openai: the call was canceled");
+  provider_outcome_free(o);
+
+  /* A spare that held images becomes a canceled outcome without them. */
+  o = adapter_spare_outcome();
+  o->images = calloc(2, sizeof *o->images);
+  assert_non_null(o->images);
+  o->images[0].data = malloc(8);
+  o->n_images = 1;
+  o->retry_after_ms = 500;
+  adapter_set_canceled(o, "gemini");
+  assert_int_equal(o->error_class, PROVIDER_ERR_CANCELED);
+  assert_int_equal(o->n_images, 0);
+  assert_null(o->images);
+  assert_int_equal(o->retry_after_ms, 0);
+  assert_false(o->retryable);
+  assert_string_equal(o->error_code, PROVIDER_CANCELED_CODE);
+  provider_outcome_free(o);
 }
 
 static void test_instance_config(void **state) {

@@ -1,17 +1,23 @@
 /* test_curlloop.c - the curl loop against real local peers: imgate's own HTTP
  * server for answers, a raw socket that accepts and never answers, and a
- * closed port. */
+ * closed port. Then curlloop_cancel: in flight, after the end, with a stale
+ * id whose memory a newer transfer reuses, and racing the end from another
+ * thread. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <errno.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <curl/curl.h>
 
@@ -106,7 +112,7 @@ typedef struct outcome {
   int calls;
   CURLcode code;
   long status;
-  bool truncated, cancelled;
+  bool truncated, cancelled, aborted;
   size_t body_len;
   char body[64];
   char error[CURL_ERROR_SIZE];
@@ -116,6 +122,9 @@ typedef struct outcome {
   int resubmit_rc; /* what a curlloop_submit from inside the callback returned */
   curlloop *resubmit_to;
   struct curl_slist *headers;
+  curlloop *cancel_via;           /* when set, the callback cancels its own transfer: */
+  curlloop_transfer_id cancel_own; /* this id, already ended */
+  int cancel_own_rc;
 } outcome;
 
 static void waiter_init(waiter *w) {
@@ -136,6 +145,7 @@ static void record(outcome *o, CURL *easy, curlloop_result *res) {
   o->status = res->http_status;
   o->truncated = res->body_truncated;
   o->cancelled = res->cancelled;
+  o->aborted = res->aborted;
   o->body_len = res->body.len;
   snprintf(o->body, sizeof o->body, "%s", res->body.data ? res->body.data : "");
   snprintf(o->error, sizeof o->error, "%s", res->error);
@@ -158,6 +168,7 @@ static void signal_done(outcome *o) {
 static void on_done(void *ctx, CURL *easy, curlloop_result *res) {
   outcome *o = ctx;
   record(o, easy, res);
+  if (o->cancel_via) o->cancel_own_rc = curlloop_cancel(o->cancel_via, o->cancel_own);
   curlloop *to = o->resubmit_to; /* one shot */
   o->resubmit_to = NULL;
   if (to) {
@@ -457,6 +468,277 @@ static void test_destroy_cancels_stuck(void **state) {
   waiter_free(&w);
 }
 
+/* --- cancel --- */
+
+/* Whether the peer's connection number index (in accept order) gets closed
+ * by the client: its request bytes are read, then end of file. */
+static bool silent_conn_closed(raw_peer *p, int index) {
+  pthread_mutex_lock(&p->mu);
+  int fd = index < p->n_held ? p->held[index] : -1;
+  pthread_mutex_unlock(&p->mu);
+  if (fd < 0) return false;
+  int64_t until = time_mono_ms() + WAIT_LIMIT_MS;
+  char scratch[4096];
+  while (time_mono_ms() < until) {
+    struct pollfd pfd = {fd, POLLIN, 0};
+    if (poll(&pfd, 1, 100) <= 0) continue;
+    ssize_t n = recv(fd, scratch, sizeof scratch, MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno == ECONNRESET)) return true;
+  }
+  return false;
+}
+
+static void test_cancel_in_flight(void **state) {
+  fixture *f = *state;
+  curlloop *l = new_loop(0);
+  assert_non_null(l);
+  waiter w;
+  waiter_init(&w);
+  outcome o = {.w = &w};
+  int before = raw_accepted(&f->silent);
+  curlloop_transfer_id id = 0;
+  /* A 60 s budget: only the cancel can end it within the test's wait. */
+  assert_int_equal(
+      curlloop_submit_with_id(l, easy_to(f->silent.port, "/", 60000), 100, on_done, &o, &id), 0);
+  assert_true(id != 0);
+  assert_true(raw_wait_accepted(&f->silent, before + 1)); /* really connected, waiting */
+  assert_int_equal(curlloop_in_flight(l), 1);
+
+  int64_t t0 = time_mono_ms();
+  assert_int_equal(curlloop_cancel(l, id), 0);
+  assert_true(waiter_wait(&w, 1));
+  int64_t took = time_mono_ms() - t0;
+  assert_int_equal(o.calls, 1);
+  assert_true(o.aborted);
+  assert_false(o.cancelled);
+  assert_int_equal(o.code, CURLE_ABORTED_BY_CALLBACK);
+  assert_int_equal(o.status, 0);
+  assert_int_equal(o.body_len, 0);
+  assert_non_null(strstr(o.error, "cancelled by its owner"));
+  assert_true(took < 5000); /* far inside the 60 s the transfer had */
+  assert_int_equal(curlloop_in_flight(l), 0);
+  /* The upstream connection is given up, not left open. */
+  assert_true(silent_conn_closed(&f->silent, before));
+
+  /* Cancelling it again, or an id never handed out, does nothing. */
+  assert_int_equal(curlloop_cancel(l, id), 0);
+  assert_int_equal(curlloop_cancel(l, 0), 0);
+  assert_int_equal(curlloop_cancel(l, id + 1000), 0);
+  assert_int_equal(curlloop_cancel(NULL, id), -1);
+  curlloop_destroy(l);
+  assert_int_equal(o.calls, 1); /* destroy found nothing left to end */
+  waiter_free(&w);
+}
+
+/* Submitted and cancelled back to back, before the loop has even started the
+ * transfers: each cancel must still find its transfer. */
+static void test_cancel_right_after_submit(void **state) {
+  fixture *f = *state;
+  enum { N = 40 };
+  curlloop *l = new_loop(0);
+  assert_non_null(l);
+  waiter w;
+  waiter_init(&w);
+  outcome slots[N];
+  memset(slots, 0, sizeof slots);
+  int64_t t0 = time_mono_ms();
+  for (int i = 0; i < N; i++) {
+    slots[i].w = &w;
+    curlloop_transfer_id id = 0;
+    assert_int_equal(curlloop_submit_with_id(l, easy_to(f->silent.port, "/", 60000), 100, on_done,
+                                             &slots[i], &id),
+                     0);
+    assert_int_equal(curlloop_cancel(l, id), 0);
+  }
+  assert_true(waiter_wait(&w, N));
+  assert_true(time_mono_ms() - t0 < 20000);
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(slots[i].calls, 1);
+    assert_true(slots[i].aborted);
+    assert_int_equal(slots[i].code, CURLE_ABORTED_BY_CALLBACK);
+  }
+  assert_int_equal(curlloop_in_flight(l), 0);
+  curlloop_destroy(l);
+  waiter_free(&w);
+}
+
+static void test_cancel_after_completion(void **state) {
+  fixture *f = *state;
+  curlloop *l = new_loop(0);
+  assert_non_null(l);
+  waiter w;
+  waiter_init(&w);
+
+  /* A finished transfer: its id names nothing any more. */
+  outcome a = {.w = &w};
+  curlloop_transfer_id a_id = 0;
+  assert_int_equal(
+      curlloop_submit_with_id(l, easy_to(f->port, "/ok", 10000), 100, on_done, &a, &a_id), 0);
+  assert_true(waiter_wait(&w, 1));
+  assert_int_equal(a.status, 200);
+
+  /* A newer transfer, likely in the memory a's bookkeeping had, and stuck. */
+  outcome b = {.w = &w};
+  curlloop_transfer_id b_id = 0;
+  int before = raw_accepted(&f->silent);
+  assert_int_equal(
+      curlloop_submit_with_id(l, easy_to(f->silent.port, "/", 60000), 100, on_done, &b, &b_id), 0);
+  assert_true(b_id != a_id);
+  assert_true(raw_wait_accepted(&f->silent, before + 1));
+  assert_int_equal(curlloop_cancel(l, a_id), 0);
+
+  /* A third transfer that cancels itself from its own callback. Its answer
+   * comes after the loop took a's cancel, so once it is in, that cancel has
+   * been dealt with. */
+  outcome c = {.w = &w, .cancel_via = l};
+  assert_int_equal(
+      curlloop_submit_with_id(l, easy_to(f->port, "/ok", 10000), 100, on_done, &c, &c.cancel_own),
+      0);
+  assert_true(waiter_wait(&w, 2));
+  assert_int_equal(c.calls, 1);
+  assert_int_equal(c.status, 200);
+  assert_int_equal(c.cancel_own_rc, 0);
+
+  /* a's late cancel touched neither a again nor b. */
+  assert_int_equal(a.calls, 1);
+  assert_false(a.aborted);
+  assert_int_equal(b.calls, 0);
+  assert_int_equal(curlloop_in_flight(l), 1);
+
+  /* b's own id still stops it; c's cancel of itself was dropped. */
+  assert_int_equal(curlloop_cancel(l, b_id), 0);
+  assert_true(waiter_wait(&w, 3));
+  assert_int_equal(b.calls, 1);
+  assert_true(b.aborted);
+  assert_int_equal(c.calls, 1);
+  assert_int_equal(curlloop_in_flight(l), 0);
+  curlloop_destroy(l);
+  pthread_mutex_lock(&w.mu);
+  assert_int_equal(w.done, 3);
+  pthread_mutex_unlock(&w.mu);
+  waiter_free(&w);
+}
+
+/* A cancel from another thread at a moment that sweeps the transfer's whole
+ * life: before the loop starts it, while it runs, as its answer arrives, and
+ * after it ended. Each round must get exactly one callback, whichever wins. */
+#define RACE_ROUNDS 400
+
+typedef struct racer {
+  curlloop *loop;
+  int64_t span_ns; /* how long a transfer to /ok takes here */
+  _Atomic curlloop_transfer_id ids[RACE_ROUNDS];
+  int cancel_failures;
+} racer;
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void *cancel_all(void *arg) {
+  racer *r = arg;
+  for (int i = 0; i < RACE_ROUNDS; i++) {
+    curlloop_transfer_id id;
+    int64_t until = time_mono_ms() + WAIT_LIMIT_MS;
+    /* Polls for the submission: the cancel's moment is measured from it. */
+    while ((id = atomic_load(&r->ids[i])) == 0 && time_mono_ms() < until) sched_yield();
+    /* Not synchronisation: the spread of moments the cancel is made at, at
+     * once for half the rounds, then on to a transfer's usual time, so every
+     * outcome of the race occurs. The assertions hold whatever the moment. */
+    int step = i % 50 - 25;
+    int64_t at = now_ns() + (step > 0 ? r->span_ns * step / 25 : 0);
+    while (now_ns() < at) {
+    }
+    if (id == 0 || curlloop_cancel(r->loop, id) != 0) r->cancel_failures++;
+  }
+  return NULL;
+}
+
+static void test_cancel_races_completion(void **state) {
+  fixture *f = *state;
+  curlloop *l = new_loop(0);
+  assert_non_null(l);
+  racer *r = calloc(1, sizeof *r);
+  assert_non_null(r);
+  r->loop = l;
+  /* The longest of a few plain transfers sets the span of the sweep. */
+  for (int i = 0; i < 5; i++) {
+    outcome o;
+    int64_t t0 = now_ns();
+    run_one(l, easy_to(f->port, "/ok", 10000), 100, &o);
+    assert_int_equal(o.status, 200);
+    if (now_ns() - t0 > r->span_ns) r->span_ns = now_ns() - t0;
+  }
+
+  waiter w;
+  waiter_init(&w);
+  outcome *slots = calloc(RACE_ROUNDS, sizeof *slots);
+  assert_non_null(slots);
+  pthread_t canceller;
+  assert_int_equal(pthread_create(&canceller, NULL, cancel_all, r), 0);
+  for (int i = 0; i < RACE_ROUNDS; i++) {
+    slots[i].w = &w;
+    curlloop_transfer_id id = 0;
+    assert_int_equal(
+        curlloop_submit_with_id(l, easy_to(f->port, "/ok", 20000), 100, on_done, &slots[i], &id),
+        0);
+    atomic_store(&r->ids[i], id);
+    assert_true(waiter_wait(&w, i + 1)); /* one round at a time */
+  }
+  pthread_join(canceller, NULL);
+  assert_int_equal(r->cancel_failures, 0);
+  int aborted = 0, answered = 0;
+  for (int i = 0; i < RACE_ROUNDS; i++) {
+    assert_int_equal(slots[i].calls, 1);
+    if (slots[i].aborted) {
+      assert_int_equal(slots[i].code, CURLE_ABORTED_BY_CALLBACK);
+      assert_int_equal(slots[i].status, 0);
+      aborted++;
+    } else {
+      assert_int_equal(slots[i].code, CURLE_OK);
+      assert_int_equal(slots[i].status, 200);
+      assert_string_equal(slots[i].body, "hello world");
+      answered++;
+    }
+  }
+  assert_int_equal(curlloop_in_flight(l), 0);
+  /* Cancels that were still queued when their transfer ended are taken by
+   * the loop before destroy returns: still no second callback. */
+  curlloop_destroy(l);
+  pthread_mutex_lock(&w.mu);
+  assert_int_equal(w.done, RACE_ROUNDS);
+  pthread_mutex_unlock(&w.mu);
+  for (int i = 0; i < RACE_ROUNDS; i++) assert_int_equal(slots[i].calls, 1);
+  print_message("cancel race: %d aborted, %d answered first (span %lld us)\n", aborted, answered,
+                (long long)(r->span_ns / 1000));
+  free(r);
+  free(slots);
+  waiter_free(&w);
+}
+
+/* Destroy ends what is left as cancelled, and refuses cancels after that. */
+static void test_cancel_refused_while_stopping(void **state) {
+  fixture *f = *state;
+  curlloop *l = new_loop(0);
+  assert_non_null(l);
+  waiter w;
+  waiter_init(&w);
+  outcome o = {.w = &w, .cancel_via = l};
+  int before = raw_accepted(&f->silent);
+  assert_int_equal(curlloop_submit_with_id(l, easy_to(f->silent.port, "/", 60000), 100, on_done,
+                                           &o, &o.cancel_own),
+                   0);
+  assert_true(raw_wait_accepted(&f->silent, before + 1));
+  curlloop_destroy(l); /* the callback's own cancel runs during destroy */
+  assert_int_equal(o.calls, 1);
+  assert_true(o.cancelled);
+  assert_false(o.aborted);
+  assert_int_equal(o.cancel_own_rc, -1);
+  waiter_free(&w);
+}
+
 static void test_destroy_idle_and_null(void **state) {
   curlloop *l = new_loop(0);
   assert_non_null(l);
@@ -483,6 +765,11 @@ int main(void) {
       cmocka_unit_test(test_connection_reuse),
       cmocka_unit_test(test_destroy_cancels_stuck),
       cmocka_unit_test(test_destroy_idle_and_null),
+      cmocka_unit_test(test_cancel_in_flight),
+      cmocka_unit_test(test_cancel_right_after_submit),
+      cmocka_unit_test(test_cancel_after_completion),
+      cmocka_unit_test(test_cancel_races_completion),
+      cmocka_unit_test(test_cancel_refused_while_stopping),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -71,7 +71,8 @@ static void scripted_destroy(provider *p) {
   }
 }
 
-static const provider_ops scripted_ops = {"scripted", scripted_start, scripted_destroy};
+static const provider_ops scripted_ops = {"scripted", scripted_start, scripted_destroy,
+                                          NULL /* cancel: the engine does not use it yet */};
 
 static void scripted_init_named(scripted *s, const char *name) {
   memset(s, 0, sizeof *s);

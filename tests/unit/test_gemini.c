@@ -841,6 +841,93 @@ static void test_glue_cancelled_calls_are_dropped(void **state) {
   p->ops->destroy(p);
 }
 
+/* cancel(): the calls still on the wire are asked to stop; one aborted call
+ * makes the whole job canceled, even with an image already in. */
+static void test_glue_cancel_in_flight(void **state) {
+  (void)state;
+  fake_reset(FAKE_QUEUE);
+  provider *p = make_provider("https://x.test");
+  provider_request req = base_request();
+  req.quantity = 3;
+  tu_done d = {0};
+  assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
+  char *a = image_answer(10, 10);
+  fake_answer(1, 200, a, NULL, NULL); /* this one is home: the register forgets it */
+  gemini_provider_drain(p);
+  assert_int_equal(d.calls, 0);
+
+  p->ops->cancel(p, &d);
+  assert_int_equal(fake.n_cancels, 2);
+  bool asked[4] = {false};
+  for (int k = 0; k < fake.n_cancels; k++) {
+    assert_in_range(fake.cancels[k], 1, 3);
+    asked[fake.cancels[k]] = true;
+  }
+  assert_true(asked[1] && asked[3] && !asked[2]); /* ids of calls 0 and 2, not 1 */
+  assert_int_equal(d.calls, 0); /* nothing before the loop ends them */
+  assert_int_equal(fake_apply_cancels(), 2);
+  gemini_provider_drain(p);
+  assert_int_equal(d.calls, 1);
+  assert_failure(d.outcome, PROVIDER_ERR_CANCELED, false, PROVIDER_CANCELED_CODE);
+  assert_int_equal(d.outcome->http_status, 0);
+
+  /* Ended: a second cancel finds nothing to stop, and done is not called again. */
+  p->ops->cancel(p, &d);
+  assert_int_equal(fake.n_cancels, 0);
+  gemini_provider_drain(p);
+  assert_int_equal(d.calls, 1);
+  provider_outcome_free(d.outcome);
+  free(a);
+  p->ops->destroy(p);
+}
+
+/* Answers that beat the cancel are delivered as usual; a ctx with no call
+ * in flight cancels nothing. */
+static void test_glue_cancel_too_late_or_elsewhere(void **state) {
+  (void)state;
+  provider *p = make_provider("https://x.test");
+  provider_request req = base_request();
+  char *a = image_answer(20, 10);
+  tu_done d = {0}, other = {0};
+
+  /* Never started, or another call's ctx: not a single request to the loop. */
+  fake_reset(FAKE_QUEUE);
+  p->ops->cancel(p, &other);
+  assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
+  p->ops->cancel(p, &other);
+  assert_int_equal(fake.n_cancels, 0);
+
+  /* The answer arrives before the loop takes the cancel: the call ends normally. */
+  p->ops->cancel(p, &d);
+  assert_int_equal(fake.n_cancels, 1);
+  fake_answer(0, 200, a, NULL, NULL);
+  assert_int_equal(fake_apply_cancels(), 0);
+  gemini_provider_drain(p);
+  assert_int_equal(d.calls, 1);
+  assert_int_equal(d.outcome->status, PROVIDER_OK);
+  assert_int_equal(d.outcome->images[0].width, 20);
+  provider_outcome_free(d.outcome);
+
+  /* An answer being read (handed to the parser) is out of cancel's reach. */
+  fake_reset(FAKE_QUEUE);
+  d = (tu_done){0};
+  assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
+  fake_answer(0, 200, a, NULL, NULL);
+  p->ops->cancel(p, &d);
+  assert_int_equal(fake.n_cancels, 0);
+  gemini_provider_drain(p);
+  assert_int_equal(d.calls, 1);
+  assert_int_equal(d.outcome->status, PROVIDER_OK);
+  provider_outcome_free(d.outcome);
+
+  /* After done: nothing. */
+  p->ops->cancel(p, &d);
+  assert_int_equal(fake.n_cancels, 0);
+  assert_int_equal(d.calls, 1);
+  free(a);
+  p->ops->destroy(p);
+}
+
 static void test_glue_submit_refused(void **state) {
   (void)state;
   provider *p = make_provider("https://x.test");
@@ -852,14 +939,23 @@ static void test_glue_submit_refused(void **state) {
   assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), -1);
   assert_int_equal(fake.n_subs, 0);
 
-  /* Refused after one of three went out: -1, and the one in flight must not call done. */
+  /* Refused after one of three went out: -1, the one in flight is asked to
+   * stop, and whether it stops or answers first, it must not call done. */
   fake_reset(FAKE_QUEUE);
   fake.accept_limit = 1;
   req.quantity = 3;
   assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), -1);
   assert_int_equal(fake.n_subs, 1);
+  assert_int_equal(fake.n_cancels, 1);
+  assert_int_equal(fake.cancels[0], 1);
   char *a = image_answer(10, 10);
   fake_answer(0, 200, a, NULL, NULL);
+  gemini_provider_drain(p);
+  assert_int_equal(d.calls, 0);
+  fake_reset(FAKE_QUEUE);
+  fake.accept_limit = 2;
+  assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), -1);
+  assert_int_equal(fake_apply_cancels(), 2);
   gemini_provider_drain(p);
   assert_int_equal(d.calls, 0);
   free(a);
@@ -902,7 +998,8 @@ static void test_wire_request_and_answer(void **state) {
   req.n_inputs = 1;
   tu_done d = {0};
   assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
-  capsrv_finish(&srv); /* the transfer already ran inside start() */
+  fake_perform_all();
+  capsrv_finish(&srv);
   gemini_provider_drain(p);
 
   assert_int_equal(d.calls, 1);
@@ -955,6 +1052,7 @@ static void test_wire_parallel_and_headers(void **state) {
   req.quantity = 2;
   tu_done d = {0};
   assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
+  fake_perform_all();
   capsrv_finish(&srv);
   gemini_provider_drain(p);
   assert_int_equal(srv.served, 2);
@@ -980,6 +1078,7 @@ static void test_wire_parallel_and_headers(void **state) {
   req.quantity = 1;
   d = (tu_done){0};
   assert_int_equal(p2->ops->start(p2, &req, tu_done_fn, &d), 0);
+  fake_perform_all();
   capsrv_finish(&srv2);
   gemini_provider_drain(p2);
   assert_int_equal(d.calls, 1);
@@ -1005,6 +1104,7 @@ static void test_wire_connection_refused(void **state) {
   provider_request req = base_request();
   tu_done d = {0};
   assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
+  fake_perform_all();
   gemini_provider_drain(p);
   assert_int_equal(d.calls, 1);
   assert_failure(d.outcome, PROVIDER_ERR_NETWORK, true, "upstream_unavailable");
@@ -1039,6 +1139,8 @@ int main(void) {
       cmocka_unit_test(test_glue_all_fail_first_failure),
       cmocka_unit_test(test_glue_transport_failures),
       cmocka_unit_test(test_glue_cancelled_calls_are_dropped),
+      cmocka_unit_test(test_glue_cancel_in_flight),
+      cmocka_unit_test(test_glue_cancel_too_late_or_elsewhere),
       cmocka_unit_test(test_glue_submit_refused),
       cmocka_unit_test(test_wire_request_and_answer),
       cmocka_unit_test(test_wire_parallel_and_headers),

@@ -449,6 +449,49 @@ static void test_glue_outcomes(void **state) {
   p->ops->destroy(p);
 }
 
+/* cancel(): the transfer is asked to stop and the call ends canceled; one
+ * that has ended, or a ctx with no call, is left alone. */
+static void test_glue_cancel(void **state) {
+  (void)state;
+  provider *p = make_provider("https://x.test");
+  provider_request req = base_request();
+  tu_done d = {0}, other = {0};
+
+  fake_reset(FAKE_QUEUE);
+  p->ops->cancel(p, &d); /* never started */
+  assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
+  p->ops->cancel(p, &other);
+  assert_int_equal(fake.n_cancels, 0);
+  p->ops->cancel(p, &d);
+  assert_int_equal(fake.n_cancels, 1);
+  assert_int_equal(fake.cancels[0], 1);
+  assert_int_equal(fake_apply_cancels(), 1);
+  openai_provider_drain(p);
+  assert_int_equal(d.calls, 1);
+  assert_failure(d.outcome, PROVIDER_ERR_CANCELED, false, PROVIDER_CANCELED_CODE);
+  assert_int_equal(d.outcome->http_status, 0);
+  provider_outcome_free(d.outcome);
+  p->ops->cancel(p, &d); /* ended: nothing */
+  assert_int_equal(fake.n_cancels, 0);
+  assert_int_equal(d.calls, 1);
+
+  /* The answer beats the cancel: delivered as usual. */
+  fake_reset(FAKE_QUEUE);
+  d = (tu_done){0};
+  assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
+  p->ops->cancel(p, &d);
+  char *body = two_images_answer();
+  fake_answer(0, 200, body, NULL, NULL);
+  assert_int_equal(fake_apply_cancels(), 0);
+  openai_provider_drain(p);
+  assert_int_equal(d.calls, 1);
+  assert_int_equal(d.outcome->status, PROVIDER_OK);
+  assert_int_equal(d.outcome->n_images, 2);
+  provider_outcome_free(d.outcome);
+  free(body);
+  p->ops->destroy(p);
+}
+
 static void test_glue_cancel_and_refusals(void **state) {
   (void)state;
   provider *p = make_provider("https://x.test");
@@ -507,6 +550,7 @@ static void test_wire_generations(void **state) {
   req.aspect_ratio = "2:3";
   tu_done d = {0};
   assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
+  fake_perform_all();
   capsrv_finish(&srv);
   openai_provider_drain(p);
   assert_int_equal(d.calls, 1);
@@ -558,6 +602,7 @@ static void test_wire_edits_multipart(void **state) {
   req.prompt = "make it night";
   tu_done d = {0};
   assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
+  fake_perform_all();
   capsrv_finish(&srv);
   openai_provider_drain(p);
   assert_int_equal(d.calls, 1);
@@ -605,6 +650,7 @@ int main(void) {
       cmocka_unit_test(test_parse_rate_limit_headers),
       cmocka_unit_test(test_create_refuses_bad_config),
       cmocka_unit_test(test_glue_outcomes),
+      cmocka_unit_test(test_glue_cancel),
       cmocka_unit_test(test_glue_cancel_and_refusals),
       cmocka_unit_test(test_wire_generations),
       cmocka_unit_test(test_wire_edits_multipart),

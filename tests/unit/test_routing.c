@@ -18,7 +18,8 @@ static int never_start(provider *p, const provider_request *r, provider_done_fn 
   (void)p, (void)r, (void)d, (void)c;
   return -1;
 }
-static const provider_ops inert_ops = {"inert", never_start, noop_destroy};
+/* No calls, so none to cancel. */
+static const provider_ops inert_ops = {"inert", never_start, noop_destroy, NULL};
 
 static provider *inert(const char *name) {
   provider *p = calloc(1, sizeof *p);
@@ -260,6 +261,69 @@ static void test_request_errors_do_not_hurt(void **state) {
   router_destroy(r);
 }
 
+/* A call we stopped says nothing about the route: it neither breaks nor
+ * extends a failure streak, never moves the success rate, and a canceled
+ * probe leaves the breaker half-open for the next probe. */
+static void test_canceled_counts_neither_way(void **state) {
+  (void)state;
+  assert_string_equal(provider_error_class_name(PROVIDER_ERR_CANCELED), "canceled");
+  assert_false(provider_error_class_hurts_route(PROVIDER_ERR_CANCELED));
+  router *r = two_routes(1, 1, 0);
+  provider_outcome bad = fail_outcome(PROVIDER_ERR_SERVER, 503);
+  provider_outcome canceled = fail_outcome(PROVIDER_ERR_CANCELED, 0);
+  canceled.retryable = false;
+  int64_t now = 1;
+  router_route *b = route_other_than(r, "a", now);
+  provider_outcome ok = ok_outcome();
+  router_report(r, router_pick(r, "m", &b, 1, now, NULL), &ok, 5, now); /* a success rate above 0 */
+
+  /* Four failures on a (the breaker opens at five), a canceled call, one more failure. */
+  for (int i = 0; i < 4; i++) router_report(r, router_pick(r, "m", &b, 1, now, NULL), &bad, 5, now);
+  router_route *rt = router_pick(r, "m", &b, 1, now, NULL);
+  assert_string_equal(name_of(rt), "a");
+  router_report(r, rt, &canceled, 5, now);
+  assert_string_equal(state_of(r, 0, now), "closed");
+  router_report(r, router_pick(r, "m", &b, 1, now, NULL), &bad, 5, now);
+  assert_string_equal(state_of(r, 0, now), "open"); /* the streak went on across the cancel */
+
+  /* Half-open: a canceled probe frees the slot, the breaker stays half-open. */
+  now += 1000;
+  router_route *probe = router_pick(r, "m", &b, 1, now, NULL);
+  assert_string_equal(name_of(probe), "a");
+  /* One probe at a time. */
+  assert_string_equal(name_of(router_pick(r, "m", &b, 1, now, NULL)), "b");
+  router_report(r, probe, &canceled, 5, now);
+  assert_string_equal(state_of(r, 0, now), "half_open");
+  probe = router_pick(r, "m", &b, 1, now, NULL);
+  assert_string_equal(name_of(probe), "a"); /* the next probe may go */
+
+  /* Counted as canceled, never in the success rate: five failures in the window. */
+  char *json = router_health_json(r, now);
+  json_t *doc = json_loads(json, 0, NULL);
+  json_t *a = json_array_get(json_object_get(doc, "routes"), 0);
+  json_t *errors = json_object_get(a, "errors");
+  assert_int_equal(json_integer_value(json_object_get(errors, "canceled")), 2);
+  assert_int_equal(json_integer_value(json_object_get(a, "in_flight")), 1); /* the new probe */
+  double rate = json_real_value(json_object_get(a, "success_rate"));
+  json_decref(doc);
+  free(json);
+  router_report(r, probe, &bad, 5, now);
+  json = router_health_json(r, now);
+  doc = json_loads(json, 0, NULL);
+  a = json_array_get(json_object_get(doc, "routes"), 0);
+  /* A real failure moves it. */
+  assert_true(json_real_value(json_object_get(a, "success_rate")) < rate);
+  assert_string_equal(json_string_value(json_object_get(a, "state")), "open");
+  json_decref(doc);
+  free(json);
+  buf m = BUF_INIT;
+  router_metrics(r, &m, now);
+  assert_non_null(strstr(
+      m.data, "imgate_route_outcomes_total{model=\"m\",provider=\"a\",class=\"canceled\"} 2"));
+  buf_free(&m);
+  router_destroy(r);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_weights),
@@ -268,6 +332,7 @@ int main(void) {
       cmocka_unit_test(test_concurrency_cap),
       cmocka_unit_test(test_rate_limit_cooldown),
       cmocka_unit_test(test_request_errors_do_not_hurt),
+      cmocka_unit_test(test_canceled_counts_neither_way),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

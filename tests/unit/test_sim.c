@@ -1,5 +1,6 @@
 /* test_sim.c - the simulated provider: sizes, "auto" from an input image, markers,
- * invalid requests, many concurrent calls, the delay, and destroy with calls pending.
+ * invalid requests, many concurrent calls, the delay, destroy with calls pending,
+ * and cancel (waiting calls, ended ones, unknown ones, and racing the answer).
  * Completions are awaited on a condition variable, never by sleeping. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +10,7 @@
 
 #include <png.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -401,6 +403,179 @@ static void test_not_before_delay(void **state) {
   p->ops->destroy(p);
 }
 
+static void assert_canceled(const provider_outcome *o) {
+  assert_non_null(o);
+  assert_int_equal(o->status, PROVIDER_FAILED);
+  assert_int_equal(o->error_class, PROVIDER_ERR_CANCELED);
+  assert_false(o->retryable);
+  assert_string_equal(o->error_code, PROVIDER_CANCELED_CODE);
+  assert_int_equal(o->n_images, 0);
+  assert_null(o->images);
+}
+
+/* Waiting calls taken out of the middle of the delay heap answer at once,
+ * canceled; the others keep their place and their time. */
+static void test_cancel_waiting(void **state) {
+  (void)state;
+  enum { N = 40 };
+  const int delay = 400;
+  provider *p = make_sim(delay, 2);
+  waiter w;
+  waiter_init(&w);
+  slot slots[N], never;
+  int64_t t0[N];
+  slot_init(&never, &w);
+  for (int i = 0; i < N; i++) {
+    slot_init(&slots[i], &w);
+    provider_request r = make_req("nano-banana-2", "wait for it", "1:1", "512", 1);
+    t0[i] = time_mono_ms();
+    assert_int_equal(p->ops->start(p, &r, on_done, &slots[i]), 0);
+  }
+  int canceled = 0;
+  int64_t c0 = time_mono_ms();
+  for (int i = N - 1; i >= 0; i -= 3) { /* from the back, so the heap must reorder */
+    p->ops->cancel(p, &slots[i]);
+    p->ops->cancel(p, &slots[i]); /* twice: still one answer */
+    canceled++;
+  }
+  p->ops->cancel(p, &never); /* never started: nothing */
+  assert_true(waiter_wait(&w, canceled));
+  for (int i = N - 1; i >= 0; i -= 3) {
+    assert_int_equal(atomic_load(&slots[i].hits), 1);
+    assert_canceled(slots[i].outcome);
+    /* Well before the delay: they did not wait their turn. Only a loaded
+     * machine could make this slow, and then the test says so. */
+    assert_true(slots[i].at_ms - c0 < delay);
+    provider_outcome_free(slots[i].outcome);
+    slots[i].outcome = NULL;
+  }
+  assert_true(waiter_wait(&w, N));
+  for (int i = 0; i < N; i++) {
+    if ((N - 1 - i) % 3 == 0) continue;
+    assert_int_equal(atomic_load(&slots[i].hits), 1);
+    assert_int_equal(slots[i].outcome->status, PROVIDER_OK);
+    assert_true(slots[i].at_ms - t0[i] >= delay); /* the heap still gives the earliest first */
+    p->ops->cancel(p, &slots[i]); /* ended: nothing */
+    provider_outcome_free(slots[i].outcome);
+  }
+  p->ops->destroy(p);
+  assert_int_equal(waiter_count(&w), N);
+  assert_int_equal(atomic_load(&never.hits), 0);
+  for (int i = 0; i < N; i++) assert_int_equal(atomic_load(&slots[i].hits), 1);
+  waiter_destroy(&w);
+}
+
+/* A call that has answered is forgotten: a later cancel with its ctx does
+ * nothing, even while another call is in flight. */
+static void test_cancel_after_done(void **state) {
+  (void)state;
+  provider *p = make_sim(0, 1);
+  waiter w;
+  waiter_init(&w);
+  slot first, second;
+  slot_init(&first, &w);
+  slot_init(&second, &w);
+  provider_request r = make_req("nano-banana-2", "quick", "1:1", "512", 1);
+  assert_int_equal(p->ops->start(p, &r, on_done, &first), 0);
+  assert_true(waiter_wait(&w, 1));
+  p->ops->cancel(p, &first);
+  assert_int_equal(p->ops->start(p, &r, on_done, &second), 0);
+  p->ops->cancel(p, &first);
+  /* One render thread answers in order: once second is in, anything the
+   * cancels might have queued for first would have come before it. */
+  assert_true(waiter_wait(&w, 2));
+  assert_int_equal(atomic_load(&first.hits), 1);
+  assert_int_equal(atomic_load(&second.hits), 1);
+  assert_int_equal(first.outcome->status, PROVIDER_OK);
+  assert_int_equal(second.outcome->status, PROVIDER_OK);
+  provider_outcome_free(first.outcome);
+  provider_outcome_free(second.outcome);
+  p->ops->destroy(p);
+  assert_int_equal(waiter_count(&w), 2);
+  waiter_destroy(&w);
+}
+
+/* Cancels from another thread while calls wait for their delay, wait for a
+ * render thread, are being drawn, or have answered: each call answers
+ * exactly once, drawn or canceled, never both. */
+#define RACE_CALLS 300
+
+typedef struct sim_racer {
+  provider *p;
+  slot *slots;
+  atomic_int started;
+} sim_racer;
+
+/* Polls until cond holds (or the test's limit passes). */
+#define POLL_UNTIL(cond)                                                   \
+  do {                                                                     \
+    int64_t until_ = time_mono_ms() + WAIT_LIMIT_MS;                       \
+    while (!(cond) && time_mono_ms() < until_) sched_yield();              \
+  } while (0)
+
+/* The early thread cancels every third call as soon as it has started; the
+ * late one the others, paced by the answers (calls are drawn about in start
+ * order): once the call before has answered, when this one is likely queued
+ * or being drawn, and once this one has answered. */
+typedef struct sim_canceller {
+  sim_racer *r;
+  bool early;
+} sim_canceller;
+
+static void *cancel_behind(void *arg) {
+  sim_canceller *c = arg;
+  sim_racer *r = c->r;
+  for (int i = 0; i < RACE_CALLS; i++) {
+    if (c->early != (i % 3 == 0)) continue;
+    POLL_UNTIL(atomic_load(&r->started) > i); /* a call must be started to be canceled */
+    if (i % 3 == 1) POLL_UNTIL(atomic_load(&r->slots[i - 1].hits) > 0); /* i is next, or drawn */
+    if (i % 3 == 2) POLL_UNTIL(atomic_load(&r->slots[i].hits) > 0);     /* i has answered */
+    r->p->ops->cancel(r->p, &r->slots[i]);
+  }
+  return NULL;
+}
+
+static void test_cancel_races_answers(void **state) {
+  (void)state;
+  provider *p = make_sim(1, 2);
+  waiter w;
+  waiter_init(&w);
+  slot *slots = calloc(RACE_CALLS, sizeof *slots);
+  assert_non_null(slots);
+  sim_racer r = {.p = p, .slots = slots};
+  atomic_init(&r.started, 0);
+  for (int i = 0; i < RACE_CALLS; i++) slot_init(&slots[i], &w);
+  sim_canceller early = {&r, true}, late = {&r, false};
+  pthread_t cancellers[2];
+  assert_int_equal(pthread_create(&cancellers[0], NULL, cancel_behind, &early), 0);
+  assert_int_equal(pthread_create(&cancellers[1], NULL, cancel_behind, &late), 0);
+  for (int i = 0; i < RACE_CALLS; i++) {
+    provider_request req = make_req("nano-banana-2", "race", "1:1", i % 2 ? "512" : "1K", 1);
+    assert_int_equal(p->ops->start(p, &req, on_done, &slots[i]), 0);
+    atomic_store(&r.started, i + 1);
+  }
+  for (int t = 0; t < 2; t++) pthread_join(cancellers[t], NULL);
+  assert_true(waiter_wait(&w, RACE_CALLS));
+  p->ops->destroy(p);
+  assert_int_equal(waiter_count(&w), RACE_CALLS);
+  int drawn = 0, canceled = 0;
+  for (int i = 0; i < RACE_CALLS; i++) {
+    assert_int_equal(atomic_load(&slots[i].hits), 1);
+    provider_outcome *o = slots[i].outcome;
+    if (o->status == PROVIDER_OK) {
+      assert_int_equal(o->n_images, 1);
+      drawn++;
+    } else {
+      assert_canceled(o);
+      canceled++;
+    }
+    provider_outcome_free(o);
+  }
+  print_message("sim cancel race: %d drawn, %d canceled\n", drawn, canceled);
+  free(slots);
+  waiter_destroy(&w);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_identity),          cmocka_unit_test(test_ok_exact_size),
@@ -408,7 +583,8 @@ int main(void) {
       cmocka_unit_test(test_auto_without_input), cmocka_unit_test(test_markers),
       cmocka_unit_test(test_markers_off),       cmocka_unit_test(test_invalid_requests),
       cmocka_unit_test(test_many_concurrent),   cmocka_unit_test(test_destroy_with_pending),
-      cmocka_unit_test(test_not_before_delay),
+      cmocka_unit_test(test_not_before_delay),  cmocka_unit_test(test_cancel_waiting),
+      cmocka_unit_test(test_cancel_after_done), cmocka_unit_test(test_cancel_races_answers),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
