@@ -17,7 +17,8 @@ packages=(
   python3             # end-to-end test driver (standard library only)
   curl file           # README walkthrough
 )
-# `deps.sh --bench` adds the load generators the benchmarks under bench/ use;
+# `deps.sh --bench` adds the load generators and the receiver the benchmarks
+# under bench/ use (wrk, nginx);
 # `deps.sh --fuzz` clang and its libFuzzer runtime (libclang_rt.fuzzer, in
 # libclang-rt-dev) for the fuzz targets under tests/fuzz/;
 # `deps.sh --test` Node.js and npm (Debian's, unless a node and an npm are
@@ -26,7 +27,7 @@ packages=(
 want_test_modules=false
 for arg in "$@"; do
   case "$arg" in
-  --bench) packages+=(wrk) ;;
+  --bench) packages+=(wrk nginx-light) ;;
   --fuzz) packages+=(clang libclang-rt-dev) ;;
   --test)
     want_test_modules=true

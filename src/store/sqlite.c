@@ -514,6 +514,18 @@ static int sql_stmt_get(sqlite3 *db, sqlite3_stmt **st, bool *cached, const char
   return rc;
 }
 
+/* sql_stmt_get with the arguments here: for reads run often (task_get on
+ * every poll and for every webhook payload), whose parse otherwise costs more
+ * than the read itself. Give the statement back with sql_stmt_done. */
+static int sql_prepare_kept(sqlite3 *db, sqlite3_stmt **st, bool *cached, const char *what,
+                            const char *sql, const char *types, ...) {
+  va_list ap;
+  va_start(ap, types);
+  int rc = sql_stmt_get(db, st, cached, what, sql, types, ap);
+  va_end(ap);
+  return rc;
+}
+
 /* Gives back what sql_stmt_get gave: a cached statement is reset and
  * unbound (which also ends any read it had open), another finalized. */
 static void sql_stmt_done(sqlite3_stmt *st, bool cached) {
@@ -1665,17 +1677,18 @@ static int sql_read_task(sqlite3_stmt *st, task *t) {
 
 static int sql_load_task_row(sqlite3 *db, const char *task_id, task *t) {
   sqlite3_stmt *st;
-  int rc = sql_prepare(db, &st, "task_get",
-                       "SELECT id, account_id, state, model, prompt, aspect_ratio, resolution,"
-                       " webhook_url, provider, quantity, attempts, created_ms, started_ms,"
-                       " finished_ms, error_code, error_message, price_unit, price_refs,"
-                       " cost_held, cost_charged, dialect, public_base, deadline_ms,"
-                       " cancel_requested, webhook_events, event_seq FROM tasks WHERE id = ?",
-                       "t", task_id);
+  bool cached;
+  int rc = sql_prepare_kept(db, &st, &cached, "task_get",
+                            "SELECT id, account_id, state, model, prompt, aspect_ratio, resolution,"
+                            " webhook_url, provider, quantity, attempts, created_ms, started_ms,"
+                            " finished_ms, error_code, error_message, price_unit, price_refs,"
+                            " cost_held, cost_charged, dialect, public_base, deadline_ms,"
+                            " cancel_requested, webhook_events, event_seq FROM tasks WHERE id = ?",
+                            "t", task_id);
   if (rc != STORE_OK) return rc;
   rc = sql_step_row(db, st, "task_get");
   if (rc == STORE_OK) rc = sql_read_task(st, t);
-  sqlite3_finalize(st);
+  sql_stmt_done(st, cached);
   return rc;
 }
 
@@ -1691,14 +1704,15 @@ static int sql_row_input(sqlite3_stmt *st, void *elem) {
 
 static int sql_load_inputs(sqlite3 *db, task *t) {
   sqlite3_stmt *st;
-  int rc = sql_prepare(db, &st, "task_get_inputs",
-                       "SELECT blob_key, url, mime, bytes FROM task_inputs WHERE task_id = ?"
-                       " ORDER BY idx",
-                       "t", t->id);
+  bool cached;
+  int rc = sql_prepare_kept(db, &st, &cached, "task_get_inputs",
+                            "SELECT blob_key, url, mime, bytes FROM task_inputs WHERE task_id = ?"
+                            " ORDER BY idx",
+                            "t", t->id);
   if (rc != STORE_OK) return rc;
   rc = sql_collect(db, st, "task_get_inputs", sql_row_input, sizeof *t->inputs,
                    (void **)&t->inputs, &t->n_inputs);
-  sqlite3_finalize(st);
+  sql_stmt_done(st, cached);
   return rc;
 }
 
@@ -1726,14 +1740,15 @@ static int sql_row_result(sqlite3_stmt *st, void *elem) {
 
 static int sql_load_results(sqlite3 *db, task *t) {
   sqlite3_stmt *st;
-  int rc = sql_prepare(db, &st, "task_get_results",
-                       "SELECT " SQL_RESULT_COLUMNS " FROM task_results WHERE task_id = ?"
-                       " ORDER BY idx",
-                       "t", t->id);
+  bool cached;
+  int rc = sql_prepare_kept(db, &st, &cached, "task_get_results",
+                            "SELECT " SQL_RESULT_COLUMNS " FROM task_results WHERE task_id = ?"
+                            " ORDER BY idx",
+                            "t", t->id);
   if (rc != STORE_OK) return rc;
   rc = sql_collect(db, st, "task_get_results", sql_row_result, sizeof *t->results,
                    (void **)&t->results, &t->n_results);
-  sqlite3_finalize(st);
+  sql_stmt_done(st, cached);
   return rc;
 }
 
@@ -1752,14 +1767,16 @@ static int sql_row_attempt(sqlite3_stmt *st, void *elem) {
 
 static int sql_load_attempts(sqlite3 *db, task *t) {
   sqlite3_stmt *st;
-  int rc = sql_prepare(db, &st, "task_get_attempts",
-                       "SELECT run, provider, upstream_model, started_ms, ended_ms, http_status,"
-                       " error_class, error_code FROM task_attempts WHERE task_id = ? ORDER BY seq",
-                       "t", t->id);
+  bool cached;
+  int rc = sql_prepare_kept(
+      db, &st, &cached, "task_get_attempts",
+      "SELECT run, provider, upstream_model, started_ms, ended_ms, http_status,"
+      " error_class, error_code FROM task_attempts WHERE task_id = ? ORDER BY seq",
+      "t", t->id);
   if (rc != STORE_OK) return rc;
   rc = sql_collect(db, st, "task_get_attempts", sql_row_attempt, sizeof *t->upstream_attempts,
                    (void **)&t->upstream_attempts, &t->n_upstream_attempts);
-  sqlite3_finalize(st);
+  sql_stmt_done(st, cached);
   return rc;
 }
 

@@ -510,7 +510,9 @@ static bool configure_multi(curlloop *l, const curlloop_config *cfg) {
              CURLM_OK &&
          curl_multi_setopt(l->multi, CURLMOPT_MAX_HOST_CONNECTIONS, cfg->max_host_connections) ==
              CURLM_OK &&
-         curl_multi_setopt(l->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) == CURLM_OK;
+         curl_multi_setopt(l->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) == CURLM_OK &&
+         (cfg->max_connects <= 0 ||
+          curl_multi_setopt(l->multi, CURLMOPT_MAXCONNECTS, cfg->max_connects) == CURLM_OK);
 }
 
 /* TLS session resumption across transfers to the same host. The multi handle

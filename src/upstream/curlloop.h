@@ -44,6 +44,12 @@ typedef struct curlloop_config {
   long max_host_connections;  /* CURLMOPT_MAX_HOST_CONNECTIONS; 0 = unlimited */
   long connect_timeout_ms;    /* default CURLOPT_CONNECTTIMEOUT_MS of curlloop_easy_new's
                                * handles (owners may set their own); 0 = 10000 */
+  /* CURLMOPT_MAXCONNECTS: connections kept open, idle ones included; the
+   * oldest idle one is closed beyond it. 0 = libcurl's default, four per
+   * transfer in flight at the moment a connection goes idle: a loop whose
+   * transfers come in waves closes most of its kept-alive connections
+   * between the waves and opens them again in the next. */
+  long max_connects;
 } curlloop_config;
 
 /* What came back. Owned by the loop; valid only during the callback (take

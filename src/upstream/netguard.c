@@ -150,8 +150,9 @@ bool netguard_apply(CURL *e, netguard *g, const netguard_config *cfg) {
          curl_easy_setopt(e, CURLOPT_PROXY, "") == CURLE_OK &&
          curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket) == CURLE_OK &&
          curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, g) == CURLE_OK &&
-         curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L) == CURLE_OK &&
-         curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L) == CURLE_OK;
+         (cfg->reuse_connections ||
+          (curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L) == CURLE_OK &&
+           curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L) == CURLE_OK));
 }
 
 void netguard_forget(netguard *g) {

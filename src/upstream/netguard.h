@@ -9,7 +9,8 @@
  * - forces a fresh connection and forbids its reuse (CURLOPT_FRESH_CONNECT,
  *   CURLOPT_FORBID_REUSE): the curl loop pools connections across all its
  *   users, and a pooled connection opened by another user (an upstream
- *   adapter talking to a private reseller, say) never went through the check;
+ *   adapter talking to a private reseller, say) never went through the check
+ *   (unless reuse_connections, below);
  * - ignores proxies from the environment (CURLOPT_PROXY ""): through a proxy
  *   the checked address would be the proxy's, not the target's;
  * - limits protocols to https (and http when allowed), redirects included,
@@ -49,6 +50,14 @@ typedef struct netguard_config {
    * Called on the loop thread, for every address libcurl tries. */
   bool (*address_refused)(const struct sockaddr *addr, void *ctx);
   void *address_refused_ctx;
+  /* Let libcurl keep connections alive and reuse them (no FRESH_CONNECT, no
+   * FORBID_REUSE). The address is judged when a connection is opened, so a
+   * pooled connection is only as safe as the transfer that opened it: set
+   * this only on a curl loop whose every transfer goes through the guard
+   * with this same policy (the webhook dispatcher owns such a loop), so that
+   * every connection in its pool passed the check. Never on the shared loop,
+   * where upstream adapters open connections without a check. */
+  bool reuse_connections;
 } netguard_config;
 
 /* The guard of one transfer (one easy handle). Lives as long as the transfer:

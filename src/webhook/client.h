@@ -4,7 +4,9 @@
  * An attempt POSTs the payload (application/json) with the Standard Webhooks
  * headers (webhook/sign.h) and `User-Agent: imgate-webhooks`, through the SSRF
  * guard (upstream/netguard.h: the address connected to must be public unless
- * allowed, a fresh connection, no proxy, https only unless allowed).
+ * allowed, a fresh connection unless guard.reuse_connections, no proxy, https
+ * only unless allowed). guard.reuse_connections is for a loop of the client's
+ * own (the dispatcher's), never for a loop other users share.
  * Redirects are not followed: a 3xx is a failed attempt. The answer's body
  * is read up to WEBHOOK_RESPONSE_CAP bytes and ignored. What an attempt
  * means for the delivery:
