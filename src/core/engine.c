@@ -1,6 +1,7 @@
 /* engine.c - dispatcher, provider callbacks, completers. See engine.h. */
 #include "core/engine.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -66,6 +67,10 @@ typedef struct job {
    * e->lock. */
   bool cancel;
   char cancel_code[24];
+  /* A provider call is out for this job (from just before start() until its
+   * done reaches us): only then may engine_cancel ask the provider to stop
+   * it, since ctx (the job) names the call. Under e->lock. */
+  bool calling;
   struct job *prev, *next;    /* running list */
   struct job *done_next;      /* completion queue */
 } job;
@@ -481,8 +486,12 @@ static void hand_to_completers(engine *e, job *j) {
 
 static void on_provider_done(void *ctx, provider_outcome *outcome) {
   job *j = ctx;
+  engine *e = j->e;
+  pthread_mutex_lock(&e->lock);
+  j->calling = false; /* from here a cancel can no longer name this call */
+  pthread_mutex_unlock(&e->lock);
   j->outcome = outcome;
-  hand_to_completers(j->e, j);
+  hand_to_completers(e, j);
 }
 
 static void handle_downloads(engine *e, job *j);
@@ -761,11 +770,31 @@ static void run_attempt(engine *e, job *j, router_route *route) {
   };
   LOG_INFO("attempt_started", "task=%s run=%d attempt=%d provider=%s upstream_model=%s",
            j->task_id, j->run, j->n_attempts + 1, p->name, req.upstream_model);
+  /* A cancel that came since the check above is seen here, under the lock
+   * that engine_cancel takes: either the call never starts, or it starts
+   * marked as out and engine_cancel stops it. */
+  pthread_mutex_lock(&e->lock);
+  bool canceled = j->cancel;
+  if (canceled) memcpy(code, j->cancel_code, sizeof code);
+  assert(!j->calling);
+  j->calling = !canceled;
+  pthread_mutex_unlock(&e->lock);
+  if (canceled) {
+    loaded_inputs_free(&li);
+    router_release(e->rt, route);
+    j->route = NULL;
+    finish_job(e, j, TASK_CANCELED, code, "the task was canceled", NULL);
+    return;
+  }
   /* After start() the job belongs to the callback: do not touch it here. */
   int rc = p->ops->start(p, &req, on_provider_done, j);
   loaded_inputs_free(&li);
-  if (rc != 0)
+  if (rc != 0) {
+    pthread_mutex_lock(&e->lock);
+    j->calling = false; /* done is never called for a call that did not start */
+    pthread_mutex_unlock(&e->lock);
     fail_attempt(e, j, "provider_unavailable", "the provider could not start the call", true);
+  }
 }
 
 #define ENGINE_START_BATCH 64
@@ -915,6 +944,15 @@ int engine_cancel(engine *e, const char *task_id, const char *code, task_state *
     if (!j->cancel) LOG_INFO("task_cancel_requested", "task=%s code=%s", task_id, code);
     j->cancel = true;
     snprintf(j->cancel_code, sizeof j->cancel_code, "%s", code);
+    /* A call out upstream is broken off: its done comes soon as canceled and
+     * the run ends at its next step. Under e->lock, the job cannot end and be
+     * freed meanwhile (calling is cleared under it first), and the provider
+     * never calls done from cancel() nor holds its own lock while calling
+     * done, so the lock order e->lock -> provider lock has no reverse. */
+    if (j->calling && j->route) {
+      provider *p = router_route_provider(j->route);
+      if (p->ops->cancel) p->ops->cancel(p, j);
+    }
     if (dheap_node_queued(&j->timer)) {
       dheap_set(&e->timers, &j->timer, time_mono_ms());
       pthread_cond_signal(&e->dispatch_cond);

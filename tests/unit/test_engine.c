@@ -31,6 +31,7 @@ typedef struct pending_call {
   char task_id[IDS_UUID_LEN + 1];
   size_t n_inputs;
   size_t input0_len;
+  bool cancel_asked; /* the engine called cancel() with this call's ctx */
   struct pending_call *next;
 } pending_call;
 
@@ -41,6 +42,7 @@ typedef struct scripted {
   pending_call *pending;
   int started;
   int destroyed_with_pending;
+  int cancels;         /* cancel() calls, whether or not they named a pending call */
 } scripted;
 
 static int scripted_start(provider *p, const provider_request *req, provider_done_fn done,
@@ -71,8 +73,19 @@ static void scripted_destroy(provider *p) {
   }
 }
 
+/* Marks the pending call started with ctx; the test then answers it (as a
+ * real provider would, soon and on its own thread). */
+static void scripted_cancel(provider *p, void *ctx) {
+  scripted *s = (scripted *)p;
+  pthread_mutex_lock(&s->lock);
+  s->cancels++;
+  for (pending_call *c = s->pending; c; c = c->next)
+    if (c->ctx == ctx) c->cancel_asked = true;
+  pthread_mutex_unlock(&s->lock);
+}
+
 static const provider_ops scripted_ops = {"scripted", scripted_start, scripted_destroy,
-                                          NULL /* cancel: the engine does not use it yet */};
+                                          scripted_cancel};
 
 static void scripted_init_named(scripted *s, const char *name) {
   memset(s, 0, sizeof *s);
@@ -886,7 +899,48 @@ static void test_cancel_running(void **state) {
   engine_destroy(e);
 }
 
-/* A run waiting 30 s for a retry is canceled at once, not after the wait. */
+/* A cancel while the call is out asks the provider to stop that call (and
+ * no other); its canceled answer ends the task canceled, the route unhurt. */
+static void test_cancel_stops_the_call(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  engine *e = make_engine(f, &s, 4, 1000);
+  assert_int_equal(engine_start(e), 0);
+  char id[IDS_UUID_LEN + 1], other[IDS_UUID_LEN + 1];
+  insert_task_hooked(f, id, 0, 0);
+  insert_task_hooked(f, other, 0, 0);
+  engine_enqueue(e, id);
+  engine_enqueue(e, other);
+  assert_true(wait_started(&s, 2));
+  task_state st;
+  assert_int_equal(engine_cancel(e, id, "canceled", &st), STORE_CONFLICT);
+  assert_int_equal(st, TASK_RUNNING);
+  assert_int_equal(s.cancels, 1);
+  pending_call *a = take_one(&s), *b = take_one(&s);
+  pending_call *mine = strcmp(a->task_id, id) == 0 ? a : b;
+  pending_call *theirs = mine == a ? b : a;
+  assert_true(mine->cancel_asked);
+  assert_false(theirs->cancel_asked);
+  provider_outcome *o = provider_outcome_new(PROVIDER_FAILED);
+  o->error_class = PROVIDER_ERR_CANCELED;
+  snprintf(o->error_code, sizeof o->error_code, PROVIDER_CANCELED_CODE);
+  complete_with(mine, o);
+  complete(theirs, PROVIDER_OK);
+  assert_true(wait_finished(&f->fin, 2));
+  task *t = load(f, id);
+  assert_int_equal(t->state, TASK_CANCELED);
+  assert_string_equal(t->error_code, "canceled");
+  assert_int_equal(t->cost_charged_micros, 0);
+  task_free(t);
+  t = load(f, other);
+  assert_int_equal(t->state, TASK_SUCCEEDED);
+  task_free(t);
+  assert_int_equal(started_count(&s), 2); /* no retry of the canceled call */
+  assert_int_equal(f->st->ops->ledger_verify(f->st), STORE_OK);
+  engine_destroy(e);
+}
+
 /* Polls the engine's gauges (with a deadline) until n runs wait for a retry. */
 static bool wait_retrying(engine *e, uint64_t n) {
   engine_stats es;
@@ -920,6 +974,7 @@ static void test_stop_during_retry_wait(void **state) {
   task_free(t);
 }
 
+/* A run waiting 30 s for a retry is canceled at once, not after the wait. */
 static void test_cancel_during_retry_wait(void **state) {
   fixture *f = *state;
   scripted s;
@@ -987,6 +1042,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_retry_after_beyond_deadline_fails_now, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cancel_queued, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cancel_running, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cancel_stops_the_call, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cancel_during_retry_wait, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stop_during_retry_wait, setup, teardown),
       cmocka_unit_test_setup_teardown(test_deadline_cancels, setup, teardown),
