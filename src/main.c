@@ -686,6 +686,10 @@ typedef struct serve_parts {
   engine *eng;
   events *ev; /* task changes: the engine and the core publish, waiting requests watch */
   retention *ret;
+  /* Set once the core can render payloads (after the engine started: its
+   * changes from recovery are claimed by the dispatcher's first pass), read
+   * by the engine's threads: atomic. */
+  webhook_dispatcher *wd;
   core *c;
   http_router *routes;
   api_admin *admin;
@@ -760,10 +764,30 @@ static int serve_open_data(serve_parts *p, const imgate_config *cfg) {
   return 0;
 }
 
-/* The engine has committed a change of a task: its watchers look again. */
+/* The engine has committed a change of a task: its watchers look again, and
+ * a webhook delivery it queued goes out now rather than at the next poll. */
 static void publish_change(void *ctx, const char *task_id, bool outbox) {
-  (void)outbox;
-  events_publish(ctx, task_id);
+  serve_parts *p = ctx;
+  events_publish(p->ev, task_id);
+  webhook_dispatcher *wd = outbox ? __atomic_load_n(&p->wd, __ATOMIC_ACQUIRE) : NULL;
+  if (wd) webhook_dispatcher_notify(wd);
+}
+
+static void notify_dispatcher(void *ctx) { webhook_dispatcher_notify(ctx); }
+
+/* The webhook dispatcher, once the core (its payload renderer) exists. */
+static int serve_start_webhooks(serve_parts *p, const imgate_config *cfg) {
+  webhook_dispatcher_config wc = {.render = api_render_webhook, .render_ctx = p->c};
+  webhook_config_from(&wc.webhook, cfg);
+  char err[256];
+  webhook_dispatcher *wd = webhook_dispatcher_start(&wc, p->st, err, sizeof err);
+  if (!wd) {
+    fprintf(stderr, "imgate: cannot start the webhook dispatcher: %s\n", err);
+    return -1;
+  }
+  __atomic_store_n(&p->wd, wd, __ATOMIC_RELEASE);
+  core_set_webhook_notify(p->c, notify_dispatcher, wd);
+  return 0;
 }
 
 /* Creates and starts the engine; starting it re-queues what a previous run
@@ -788,7 +812,7 @@ static int serve_start_engine(serve_parts *p, const imgate_config *cfg) {
                                 .timeout_ms = cfg->fetch_timeout_ms,
                                 .max_redirects = 3},
                       .on_change = publish_change,
-                      .on_change_ctx = p->ev};
+                      .on_change_ctx = p};
   p->eng = rt ? engine_create(p->st, p->bl, rt, loop, &ec) : NULL;
   if (!p->eng) {
     if (rt) router_destroy(rt);
@@ -816,12 +840,12 @@ static int serve_start_engine(serve_parts *p, const imgate_config *cfg) {
 static int serve_start_http(serve_parts *p, const imgate_config *cfg) {
   p->c = core_create(cfg, p->st, p->bl, p->eng, p->ev);
   p->routes = http_router_new();
-  if (!p->c || !p->routes) return -1;
+  if (!p->c || !p->routes || serve_start_webhooks(p, cfg) < 0) return -1;
   api_health_register(p->routes, p->c);
   api_native_register(p->routes, p->c);
   api_account_register(p->routes, p->c);
   api_files_register(p->routes, p->c);
-  p->admin = api_admin_register(p->routes, p->eng, p->ret, cfg->admin_token);
+  p->admin = api_admin_register(p->routes, p->eng, p->ret, p->wd, cfg->admin_token);
   p->admin_accounts = api_admin_accounts_register(p->routes, p->st, cfg);
   if (!p->admin || !p->admin_accounts) return -1;
   http_server_config hc = {.listener = p->listener,
@@ -849,13 +873,20 @@ static int serve_start_http(serve_parts *p, const imgate_config *cfg) {
   return 0;
 }
 
+/* How long a stop lets webhook attempts under way finish; the rest are
+ * sent again after the restart (their leases run out). */
+#define SERVE_WEBHOOK_GRACE_MS 2000
+
 /* Order matters: no new requests (those in progress finish), then no new
- * tasks, then the stores. */
+ * tasks (the engine's drain may still queue deliveries), then the webhook
+ * dispatcher (nothing notifies it any more), then the stores. */
 static void serve_stop(serve_parts *p) {
   if (p->srv) http_server_stop(p->srv);
   http_listener_close(p->listener);
   retention_stop(p->ret);
   engine_destroy(p->eng);
+  webhook_dispatcher *wd = __atomic_exchange_n(&p->wd, NULL, __ATOMIC_ACQ_REL);
+  webhook_dispatcher_stop(wd, SERVE_WEBHOOK_GRACE_MS);
   events_destroy(p->ev); /* after the server (its waiting requests) and the engine */
   core_free(p->c);
   http_router_free(p->routes);

@@ -16,7 +16,8 @@
 
 struct api_admin {
   engine *eng;
-  retention *ret; /* NULL: no collector counters */
+  retention *ret;         /* NULL: no collector counters */
+  webhook_dispatcher *wd; /* NULL: no webhook counters */
   char token[129];
 };
 
@@ -65,6 +66,35 @@ static void handle_metrics(http_request *req, void *ctx) {
                (unsigned long long)rs.orphan_passes, (unsigned long long)rs.orphans_removed,
                (unsigned long long)rs.orphan_temp_removed);
   }
+  if (a->wd) {
+    webhook_dispatcher_stats ws;
+    webhook_dispatcher_get_stats(a->wd, &ws);
+    buf_printf(&out,
+               "# HELP imgate_webhook_deliveries_total Webhook deliveries ended, by outcome.\n"
+               "# TYPE imgate_webhook_deliveries_total counter\n"
+               "imgate_webhook_deliveries_total{outcome=\"delivered\"} %llu\n"
+               "imgate_webhook_deliveries_total{outcome=\"failed\"} %llu\n"
+               "imgate_webhook_deliveries_total{outcome=\"gone\"} %llu\n"
+               "# HELP imgate_webhook_attempts_total Webhook delivery attempts recorded.\n"
+               "# TYPE imgate_webhook_attempts_total counter\n"
+               "imgate_webhook_attempts_total %llu\n"
+               "# HELP imgate_webhook_retries_total Attempts that failed and were scheduled again.\n"
+               "# TYPE imgate_webhook_retries_total counter\nimgate_webhook_retries_total %llu\n"
+               "# HELP imgate_webhook_store_errors_total Dispatcher store calls that failed.\n"
+               "# TYPE imgate_webhook_store_errors_total counter\n"
+               "imgate_webhook_store_errors_total %llu\n"
+               "# HELP imgate_webhook_in_flight Webhook attempts under way.\n"
+               "# TYPE imgate_webhook_in_flight gauge\nimgate_webhook_in_flight %zu\n",
+               (unsigned long long)ws.delivered, (unsigned long long)ws.failed,
+               (unsigned long long)ws.gone, (unsigned long long)ws.attempts,
+               (unsigned long long)ws.retried, (unsigned long long)ws.store_errors, ws.in_flight);
+    if (ws.pending >= 0)
+      buf_printf(&out,
+                 "# HELP imgate_webhook_pending Deliveries waiting in the store (read every few "
+                 "seconds).\n"
+                 "# TYPE imgate_webhook_pending gauge\nimgate_webhook_pending %lld\n",
+                 (long long)ws.pending);
+  }
   router_metrics(engine_router(a->eng), &out, time_mono_ms());
   if (!out.data) {
     api_reply_error(req, 500, "internal_error", "out of memory", NULL);
@@ -74,11 +104,13 @@ static void handle_metrics(http_request *req, void *ctx) {
   buf_free(&out);
 }
 
-api_admin *api_admin_register(http_router *r, engine *eng, retention *ret, const char *token) {
+api_admin *api_admin_register(http_router *r, engine *eng, retention *ret,
+                              webhook_dispatcher *wd, const char *token) {
   api_admin *a = calloc(1, sizeof *a);
   if (!a) return NULL;
   a->eng = eng;
   a->ret = ret;
+  a->wd = wd;
   snprintf(a->token, sizeof a->token, "%s", token);
   http_router_add_guarded(r, "GET", "/admin/providers", require_admin, handle_providers, a);
   http_router_add_guarded(r, "GET", "/metrics", require_admin, handle_metrics, a);

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/retention.h"
 #include "http/server.h"
+#include "webhook/dispatcher.h"
 
 /* Native dialect (seed 000): /api/banana/... */
 void api_native_register(http_router *r, core *c);
@@ -30,10 +31,12 @@ char *api_native_webhook_payload(core *c, const task *t, const char *event, int6
 /* Result images: GET /files/{token}.{ext} (no auth: the token is the secret). */
 void api_files_register(http_router *r, core *c);
 /* Operators: GET /admin/providers and GET /metrics, with the admin token.
- * ret (may be NULL) adds the orphan collector's counters to the metrics.
+ * ret (may be NULL) adds the orphan collector's counters to the metrics,
+ * wd (may be NULL) the webhook dispatcher's.
  * The returned context lives until api_admin_free, after the server stopped. */
 typedef struct api_admin api_admin;
-api_admin *api_admin_register(http_router *r, engine *eng, retention *ret, const char *token);
+api_admin *api_admin_register(http_router *r, engine *eng, retention *ret,
+                              webhook_dispatcher *wd, const char *token);
 void api_admin_free(api_admin *a);
 /* Operators: accounts, keys and billing under /admin/accounts, /admin/keys
  * and /admin/ledger, with the admin token (docs/api-admin.md): the HTTP

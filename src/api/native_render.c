@@ -62,14 +62,19 @@ static json_t *render_deliveries(core *c, const task *t) {
   store_webhook_attempt *a = NULL;
   size_t n = 0;
   if (core_webhook_attempts(c, t->id, &a, &n) < 0) return out;
-  for (size_t i = 0; i < n; i++)
+  /* One entry per attempt: what that attempt got ("delivered" for a 2xx,
+   * "gone" for a 410, else "failed"), and where its delivery stands now. */
+  for (size_t i = 0; i < n; i++) {
+    int st = a[i].http_status;
+    const char *outcome = st >= 200 && st < 300 ? "delivered" : st == 410 ? "gone" : "failed";
     json_array_append_new(
-        out, json_pack("{s:s, s:s, s:o, s:o, s:I, s:o, s:s}", "webhook_id", a[i].id, "event",
-                       a[i].event, "at", api_json_time(a[i].at_ms), "http_status",
-                       a[i].http_status ? json_integer(a[i].http_status) : json_null(),
-                       "duration_ms", (json_int_t)a[i].duration_ms, "error",
-                       a[i].error[0] ? api_json_text(a[i].error) : json_null(), "state",
-                       webhook_state_name(a[i].state)));
+        out, json_pack("{s:s, s:s, s:o, s:o, s:I, s:s, s:o, s:s}", "webhook_id", a[i].id,
+                       "event", a[i].event, "at", api_json_time(a[i].at_ms), "http_status",
+                       st ? json_integer(st) : json_null(), "duration_ms",
+                       (json_int_t)a[i].duration_ms, "outcome", outcome, "error",
+                       a[i].error[0] ? api_json_text(a[i].error) : json_null(),
+                       "delivery_state", webhook_state_name(a[i].state)));
+  }
   free(a);
   return out;
 }
