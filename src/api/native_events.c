@@ -39,6 +39,7 @@ typedef struct sse {
   int progress_n;    /* progress events sent since it */
   int last_percent;  /* the last estimate sent (-1: none) */
   bool running;      /* the last event said so */
+  bool ended;        /* the stream was ended: nothing more is written */
   http_waker *waker;
   core_watch *watch;
 } sse;
@@ -84,6 +85,7 @@ static void flush_events(http_request *req, sse *s) {
   imgate_error err = {0};
   if (core_task_events(s->c, &s->acct, s->uid, s->last_seq, &evs, &n, &err) < 0) {
     http_stream_end(req); /* the task went away, or the store failed: nothing more to say */
+    s->ended = true;
     return;
   }
   for (size_t i = 0; i < n; i++) {
@@ -104,6 +106,7 @@ static void flush_events(http_request *req, sse *s) {
       task_free(t);
       write_event(req, id, name, data);
       http_stream_end(req);
+      s->ended = true;
       break;
     }
     if (!write_event(req, id, name, event_data(s, ev))) break;
@@ -142,6 +145,7 @@ static void sse_resume(http_request *req, void *ctx, http_resume_reason why) {
     return;
   }
   flush_events(req, s);
+  if (s->ended) return;
   if (why == HTTP_RESUME_DEADLINE) send_progress(req, s);
   http_wait_until(req, next_tick(s));
 }
@@ -173,6 +177,7 @@ void native_handle_events(http_request *req, void *ctx) {
     native_reply_error(req, &err);
     return;
   }
+  bool was_final = task_state_is_final(t->state);
   task_free(t);
   sse *s = calloc(1, sizeof *s);
   if (!s) {
@@ -200,5 +205,15 @@ void native_handle_events(http_request *req, void *ctx) {
   /* After the watch is on: what happened before is read here, what happens
    * after wakes the stream. */
   flush_events(req, s);
-  if (!s->watch) http_stream_end(req); /* cannot be woken: say what there is and end */
+  if (s->ended) return;
+  /* A task that had ended before the stream opened, whose final event the
+   * client already has (Last-Event-ID): nothing will come, so end now rather
+   * than keep an idle stream open forever. Likewise a stream that cannot be
+   * woken says what there is and ends. */
+  if (was_final || !s->watch) {
+    http_stream_end(req);
+    s->ended = true;
+    return;
+  }
+  http_wait_until(req, next_tick(s)); /* progress soon if it is already running */
 }

@@ -796,7 +796,11 @@ void http_stream_start(http_request *req, int status, const char *content_type) 
   if (content_type) http_reply_header(req, "Content-Type", content_type);
   x->streaming = true;
   x->stream_chunked = c->parser.http_minor >= 1;
-  if (!x->stream_chunked || atomic_load(&c->s->stopping)) c->close_after = true;
+  /* As for any answer: a client that asked to close (or HTTP/1.0 without
+   * keep-alive) has its connection closed once the stream has ended. */
+  if (!x->stream_chunked || !llhttp_should_keep_alive(&c->parser) ||
+      atomic_load(&c->s->stopping))
+    c->close_after = true;
   char date[40];
   http_worker_date(c->w, date);
   if (!reply_write_stream_head(x, date, c->close_after, x->stream_chunked, &c->out))

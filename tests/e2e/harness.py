@@ -36,7 +36,7 @@ import zlib
 DEADLINE = float(os.environ.get("IMGATE_E2E_DEADLINE", "60"))
 POLL_INTERVAL = 0.02
 
-FINAL_STATES = ("succeeded", "failed", "moderated")
+FINAL_STATES = ("succeeded", "failed", "moderated", "canceled")
 KEY_RE = re.compile(r"^igk_[0-9A-Za-z]{40}$")
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")

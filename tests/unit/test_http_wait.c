@@ -414,6 +414,28 @@ static void test_stream_heartbeat(void **state) {
   assert_true(poll_until(&ended_gone, 1));
 }
 
+/* A client that asked to close has its connection closed once the stream
+ * has ended (not left to the idle timeout), after a well-formed last chunk. */
+static void test_stream_connection_close(void **state) {
+  fixture *f = *state;
+  atomic_store(&events_made, 1);
+  atomic_store(&task_done, 1);
+  int s = connect_local(f->port);
+  const char *get = "GET /stream HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+  assert_true(send_all(s, get, strlen(get)));
+  char head[2048];
+  assert_int_equal(read_head(s, head, sizeof head), 200);
+  assert_non_null(strcasestr(head, "Transfer-Encoding: chunked"));
+  assert_non_null(strcasestr(head, "Connection: close"));
+  char body[4096];
+  read_chunked(s, body, sizeof body);
+  assert_string_equal(body, "id: 1\ndata: event 1\n\n");
+  assert_true(readable_within(s, 5000)); /* the close, well before the 60 s idle timeout */
+  char extra;
+  assert_int_equal(recv(s, &extra, 1, 0), 0);
+  close(s);
+}
+
 /* HTTP/1.0 gets no chunks: the body ends when the connection does. */
 static void test_stream_http10(void **state) {
   fixture *f = *state;
@@ -479,6 +501,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_stream, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stream_heartbeat, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stream_http10, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_stream_connection_close, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stream_reader_behind, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stop_answers_waiting, setup, teardown),
   };
