@@ -10,6 +10,8 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
 LISTEN     ?= 127.0.0.1:8080
 DATA       ?= ./var
+# An optional configuration file (docs/configuration.md): make run CONFIG=imgate.json
+CONFIG     ?=
 
 # Sub-makes (cmake's) stay quiet about directories; errors still show.
 MAKEFLAGS  += --no-print-directory
@@ -42,7 +44,7 @@ build-asan: deps $(ASAN_BUILD)/Makefile
 # Builds the server alone: the tests are not needed to run it.
 run: deps $(BUILD)/Makefile
 	@cmake --build $(BUILD) -j $(JOBS) --target imgate
-	@$(BUILD)/imgate serve --listen $(LISTEN) --data $(DATA)
+	@$(BUILD)/imgate serve --listen $(LISTEN) --data $(DATA) $(if $(CONFIG),--config $(CONFIG))
 
 # Every test, on the optimised build and then under ASan+UBSan, then a short
 # run of every fuzz target.
