@@ -845,7 +845,8 @@ static int serve_start_http(serve_parts *p, const imgate_config *cfg) {
   api_native_register(p->routes, p->c);
   api_account_register(p->routes, p->c);
   api_files_register(p->routes, p->c);
-  p->admin = api_admin_register(p->routes, p->eng, p->ret, p->wd, cfg->admin_token);
+  opsview view = {.eng = p->eng, .ret = p->ret, .wd = p->wd};
+  p->admin = api_admin_register(p->routes, &view, cfg->admin_token);
   p->admin_accounts = api_admin_accounts_register(p->routes, p->st, cfg);
   if (!p->admin || !p->admin_accounts) return -1;
   http_server_config hc = {.listener = p->listener,

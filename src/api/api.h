@@ -16,7 +16,7 @@
 #include "core/error.h"
 #include "core/retention.h"
 #include "http/server.h"
-#include "webhook/dispatcher.h"
+#include "core/opsview.h"
 
 /* Native dialect (seed 000): /api/banana/... */
 void api_native_register(http_router *r, core *c);
@@ -30,13 +30,11 @@ char *api_render_webhook(void *ctx, const task *t, const char *event, int64_t no
 char *api_native_webhook_payload(core *c, const task *t, const char *event, int64_t now_ms);
 /* Result images: GET /files/{token}.{ext} (no auth: the token is the secret). */
 void api_files_register(http_router *r, core *c);
-/* Operators: GET /admin/providers and GET /metrics, with the admin token.
- * ret (may be NULL) adds the orphan collector's counters to the metrics,
- * wd (may be NULL) the webhook dispatcher's.
+/* Operators: GET /admin/providers and GET /metrics, with the admin token;
+ * what they show is gathered by core/opsview.h (view is copied).
  * The returned context lives until api_admin_free, after the server stopped. */
 typedef struct api_admin api_admin;
-api_admin *api_admin_register(http_router *r, engine *eng, retention *ret,
-                              webhook_dispatcher *wd, const char *token);
+api_admin *api_admin_register(http_router *r, const opsview *view, const char *token);
 void api_admin_free(api_admin *a);
 /* Operators: accounts, keys and billing under /admin/accounts, /admin/keys
  * and /admin/ledger, with the admin token (docs/api-admin.md): the HTTP
