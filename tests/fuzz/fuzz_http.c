@@ -99,6 +99,23 @@ static int the_port(void) {
   return port;
 }
 
+/* Connects fd; a connect cut short by a signal (libFuzzer's timers) goes on
+ * in the background and is waited for. False when the address is taken. */
+static bool connect_now(int fd, const struct sockaddr *a, socklen_t len) {
+  if (connect(fd, a, len) == 0) return true;
+  if (errno == EADDRINUSE || errno == EADDRNOTAVAIL) return false;
+  FUZZ_CHECK(errno == EINTR || errno == EINPROGRESS);
+  struct pollfd p = {.fd = fd, .events = POLLOUT};
+  int rc;
+  do rc = poll(&p, 1, 10000);
+  while (rc < 0 && errno == EINTR);
+  FUZZ_CHECK(rc == 1); /* the server's kernel answers a connect at once */
+  int err = 0;
+  socklen_t elen = sizeof err;
+  FUZZ_CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) == 0 && err == 0);
+  return true;
+}
+
 /* Reads what the server says until it closes (or 10 s pass). */
 static size_t read_all(int fd, char **out) {
   size_t cap = 65536, len = 0;
@@ -106,7 +123,10 @@ static size_t read_all(int fd, char **out) {
   FUZZ_CHECK(buf);
   for (;;) {
     struct pollfd p = {.fd = fd, .events = POLLIN};
-    FUZZ_CHECK(poll(&p, 1, 10000) == 1); /* the server never leaves a client hanging */
+    int rc;
+    do rc = poll(&p, 1, 10000);
+    while (rc < 0 && errno == EINTR);
+    FUZZ_CHECK(rc == 1); /* the server never leaves a client hanging */
     if (len == cap) {
       cap *= 2;
       buf = realloc(buf, cap + 1);
@@ -201,33 +221,35 @@ static size_t request_lines(const uint8_t *data, size_t size) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int port = the_port();
-  /* Thousands of connections a second: the inputs take turns over 65,536
-   * source addresses of 127/8, the port picked at connect
-   * (IP_BIND_ADDRESS_NO_PORT), so that no one address pair runs short of
-   * ports; connections are closed with a reset (below) so that they leave
-   * no TIME_WAIT. A connect that still finds no port (a long run on a busy
-   * machine) moves on to the next addresses. That is this harness's limit,
-   * not the server's: it is not a finding. */
-  static uint32_t turn;
+  /* Thousands of connections a second, and each leaves a TIME_WAIT on one
+   * side or the other for a minute. The client's kernel does not see the
+   * server side's TIME_WAITs when it picks a port, so a port it picked
+   * could make a 4-tuple the server side still held: the SYN then met that
+   * TIME_WAIT instead of the listener, and the connect stalled for a
+   * second, or the connection never completed on the server's side (the
+   * client sat in FIN_WAIT1 and the poll below timed out). So the harness
+   * picks the tuple itself, never the same twice in a run: source address
+   * 127.2.x.y (65,536 of them) and port 10000 + n (50,000), in turn. */
+  static uint64_t turn;
   int fd = -1;
   for (int tries = 0; tries < 64 && fd < 0; tries++) {
     fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     FUZZ_CHECK(fd >= 0);
     int one = 1;
-    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     turn++;
     struct sockaddr_in src = {.sin_family = AF_INET};
-    src.sin_addr.s_addr = htonl((127u << 24) | (2u << 16) | (turn & 0xffff));
-    FUZZ_CHECK(bind(fd, (struct sockaddr *)&src, sizeof src) == 0);
+    src.sin_addr.s_addr = htonl((127u << 24) | (2u << 16) | (uint32_t)(turn & 0xffff));
+    src.sin_port = htons((uint16_t)(10000 + (turn >> 16) % 50000));
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-      FUZZ_CHECK(errno == EADDRNOTAVAIL || errno == EAGAIN);
-      close(fd);
+    if (bind(fd, (struct sockaddr *)&src, sizeof src) != 0 ||
+        !connect_now(fd, (struct sockaddr *)&a, sizeof a)) {
+      close(fd); /* that tuple is still taken on this side: the next one */
       fd = -1;
     }
   }
-  if (fd < 0) return 0; /* no port left anywhere for now: skip this input */
+  if (fd < 0) return 0; /* 64 tuples in a row taken: the harness's limit, skip the input */
   /* The server may answer and close before all of it is sent: fine. */
   size_t sent = 0;
   while (sent < size) {
@@ -238,15 +260,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   shutdown(fd, SHUT_WR);
   char *out;
   size_t len = read_all(fd, &out);
-  /* Closed with a reset, so that neither side keeps a TIME_WAIT (a reset
-   * also ends the server's). Thousands of TIME_WAITs a second are not only
-   * a port shortage: the client's kernel does not see the server side's
-   * TIME_WAIT when it picks a port, so a new connection could reuse a
-   * 4-tuple the server side still held, whose handshake then never
-   * completed there: the client sat in FIN_WAIT1, unacknowledged, and the
-   * poll above timed out (seen about once a minute at 7,000 inputs/s). */
-  struct linger abort_close = {.l_onoff = 1, .l_linger = 0};
-  setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort_close, sizeof abort_close);
   close(fd);
   size_t answers = check_answers(out, len, memmem(data, size, "HEAD", 4) != NULL);
   /* An error answer may come for bytes that hold no whole request line. */
