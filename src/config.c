@@ -42,6 +42,7 @@ void config_defaults(imgate_config *c) {
   c->http_body_min_rate = 4096;
   c->http_send_timeout_ms = 30000;
   c->http_send_min_rate = 4096;
+  c->http_stream_keepalive_ms = 15000;
   c->http_max_header_bytes = 32768;
   /* Sixteen full-size bodies at once; what is held beyond that is a client
    * making the server buffer for it. */
@@ -122,6 +123,7 @@ static const key_spec keys[] = {
     {"http.send_timeout_ms", K_INT, F(http_send_timeout_ms), 100, 600000},
     {"http.send_min_rate", K_INT, F(http_send_min_rate), 1, 1 << 30},
     {"http.max_header_bytes", K_SIZE, F(http_max_header_bytes), 8192 + 64, 1 << 20},
+    {"http.stream_keepalive_ms", K_INT, F(http_stream_keepalive_ms), 100, 300000},
     {"limits", K_OBJ, 0, 0, 0, 0},
     {"limits.max_prompt_chars", K_INT, F(max_prompt_chars), 1, 1000000},
     {"limits.max_image_bytes", K_SIZE, F(max_image_bytes), 1, 1LL << 30},

@@ -82,6 +82,7 @@ typedef struct imgate_config {
   int http_send_timeout_ms;    /* the same for an answer the client reads */
   int http_send_min_rate;
   size_t http_max_header_bytes; /* request line and header fields together */
+  int http_stream_keepalive_ms; /* a quiet event stream sends a comment this often */
 
   int max_prompt_chars;
   size_t max_image_bytes;      /* per decoded reference image */

@@ -14,8 +14,9 @@
  * it; the stream ends after it. While the task runs, task.progress events
  * (id "<seq>-p<n>") carry an estimate of how far it is, from how long its
  * model has taken lately: an estimate, not a report from the upstream. A
- * comment line keeps an idle stream alive every 15 s. A client that comes
- * back with Last-Event-ID gets only what came after that event.
+ * comment line keeps an idle stream alive every http.stream_keepalive_ms
+ * (15 s). A client that comes back with Last-Event-ID gets only what came
+ * after that event.
  *
  * The stream holds no thread: it waits (http_wait) on a watch of its task
  * (core_watch_task) and on a timer for progress and keep-alives. */
@@ -28,7 +29,6 @@
 #include "util/timeutil.h"
 
 #define SSE_PROGRESS_MS 2000   /* between progress estimates while running */
-#define SSE_KEEPALIVE_MS 15000 /* between comments on an idle stream */
 #define SSE_RETRY_MS 3000      /* what a browser waits before reconnecting */
 
 typedef struct sse {
@@ -133,7 +133,7 @@ static void send_progress(http_request *req, sse *s) {
 }
 
 static int64_t next_tick(const sse *s) {
-  return time_mono_ms() + (s->running ? SSE_PROGRESS_MS : SSE_KEEPALIVE_MS);
+  return time_mono_ms() + (s->running ? SSE_PROGRESS_MS : core_stream_keepalive_ms(s->c));
 }
 
 static void sse_wake(void *ctx) { http_wake(((sse *)ctx)->waker); }

@@ -624,3 +624,5 @@ void core_set_webhook_notify(core *c, void (*notify)(void *ctx), void *ctx) {
   c->webhook_notify = notify;
   c->webhook_notify_ctx = ctx;
 }
+
+int core_stream_keepalive_ms(const core *c) { return c->cfg.http_stream_keepalive_ms; }

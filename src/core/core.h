@@ -168,6 +168,9 @@ int core_webhook_attempts(core *c, const char *task_id, store_webhook_attempt **
  * once at start; NULL: nobody. */
 void core_set_webhook_notify(core *c, void (*notify)(void *ctx), void *ctx);
 
+/* How often a quiet event stream sends a keep-alive comment (ms). */
+int core_stream_keepalive_ms(const core *c);
+
 /* The configured public base URL, or "" when image URLs follow the Host header. */
 const char *core_public_url(const core *c);
 

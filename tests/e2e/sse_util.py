@@ -60,6 +60,22 @@ class Stream:
             else:
                 fields[name] = value
 
+    def read_comments(self, n):
+        """Reads the next n comment lines (each as sent, ": ..."); fails on an
+        event or the end of the stream before them."""
+        out = []
+        while len(out) < n:
+            line = self.resp.readline()
+            if not line:
+                raise AssertionError("the stream ended after %d comments" % len(out))
+            line = line.decode("utf-8").rstrip("\n")
+            if line.startswith(":"):
+                self.comments += 1
+                out.append(line)
+            elif line:
+                raise AssertionError("an event line before the comments: %r" % line)
+        return out
+
     def all(self):
         out = []
         while True:

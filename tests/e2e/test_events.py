@@ -11,6 +11,7 @@ where they were; the ASan build's leak check at exit).
 import os
 import resource
 import socket
+import time
 
 import harness as h
 import sse_util
@@ -125,6 +126,26 @@ class EventsTest(h.ServerTestCase):
         self.assertTrue(all(0 <= p <= 99 for p in pcts), pcts)
         self.assertTrue(all(p["estimated"] is True and p["uid"] == uid for p in progress))
         self.assertEqual(events[-1].event, "task.succeeded")
+
+    def test_keep_alive_comments_on_a_quiet_stream(self):
+        # A queued task (one runs at a time, and the first takes a minute)
+        # has nothing to say: comment lines keep its stream alive, at
+        # http.stream_keepalive_ms (the default, 15 s, would outlast the
+        # read's deadline here).
+        srv, key = self.server(60000, engine={"max_in_flight": 1},
+                               http={"stream_keepalive_ms": 300})
+        first = srv.create(key, prompt="long")
+        srv.poll_until(first, key, lambda t: t["status"] == "running")
+        waiting = srv.create(key, prompt="queued behind")
+        s = self.stream(srv, key, waiting, timeout=5)
+        self.assertEqual(s.next().event, "task.queued")
+        start = time.monotonic()
+        self.assertEqual(s.read_comments(3), [": keep-alive"] * 3)
+        self.assertGreaterEqual(time.monotonic() - start, 0.5)
+        self.assertEqual(srv.task(waiting, key)["status"], "queued")
+        for uid in (waiting, first):  # (a quick stop: nothing left running)
+            srv.request("POST", "/api/banana/%s/cancel" % uid, key=key)
+        self.assertEqual(s.all()[-1].event, "task.canceled")
 
     def test_refused_without_key_and_for_another_account(self):
         srv = self.start_server(accounts=[EMAIL, "other@example.com"])
