@@ -1,4 +1,4 @@
-/* native.c - the native dialect (seed 000): create-async and task lookup.
+/* native.c - the native dialect (seed 000).
  *
  *   POST /api/banana/create-async  {prompt, model, aspect_ratio, resolution,
  *                                   image_urls, webhook_url} -> {uid, status}
@@ -6,6 +6,9 @@
  *                                  (optional header Prefer: wait=N: the whole task,
  *                                   once final or after N seconds)
  *                                  (also: deadline, webhook_events)
+ *   POST /api/banana/create        the same, answered with the whole task once final
+ *   GET  /api/banana/tasks         -> the account's tasks, newest first (?limit, ?after)
+ *   GET  /api/banana/models        -> the catalog with prices (no key needed)
  *   GET  /api/banana/credits       -> the key's account balance
  *   GET  /api/banana/{uid}         -> the task (?wait=N: once final or after N s)
  *   GET  /api/banana/{uid}/events  -> its events as a stream (native_events.c)
@@ -25,6 +28,11 @@
 /* How long a cancel waits for a running task to be stopped before it answers
  * with the task as it is (cancel_requested, still running). */
 #define NATIVE_CANCEL_WAIT_S 10
+/* POST /api/banana/create waits this long at most (the default retry
+ * deadline: by then the task has succeeded or failed). */
+#define NATIVE_SYNC_WAIT_S 300
+/* GET /api/banana/tasks: tasks per page when no limit is given. */
+#define NATIVE_PAGE_DEFAULT 20
 
 /* The core names fields its own way; this dialect says image_urls. */
 static const char *native_param(const char *core_param) {
@@ -63,12 +71,13 @@ typedef struct task_wait {
   store_account acct;
   char uid[IDS_UUID_LEN + 1];
   int seconds;
+  bool prefer; /* say Preference-Applied */
   http_waker *waker;
   core_watch *watch;
 } task_wait;
 
-static void reply_task(http_request *req, core *c, const task *t, int waited_s) {
-  if (waited_s > 0) {
+static void reply_task(http_request *req, core *c, const task *t, int waited_s, bool prefer) {
+  if (prefer && waited_s > 0) {
     char applied[32];
     snprintf(applied, sizeof applied, "wait=%d", waited_s);
     http_reply_header(req, "Preference-Applied", applied);
@@ -89,7 +98,7 @@ static void task_wait_resume(http_request *req, void *ctx, http_resume_reason wh
   }
   /* Not final yet and time left: go on waiting. */
   if (task_state_is_final(t->state) || why != HTTP_RESUME_WOKEN)
-    reply_task(req, w->c, t, w->seconds);
+    reply_task(req, w->c, t, w->seconds, w->prefer);
   task_free(t);
 }
 
@@ -104,30 +113,31 @@ static void task_wait_end(void *ctx, bool answered) {
  * request waits (holding no thread) until the task is final or seconds
  * pass, and then answers the task as it is. */
 void native_answer_task(http_request *req, core *c, const store_account *acct, const task *t,
-                        int seconds) {
+                        int seconds, bool prefer) {
   if (seconds <= 0 || task_state_is_final(t->state)) {
-    reply_task(req, c, t, seconds);
+    reply_task(req, c, t, seconds, prefer);
     return;
   }
   task_wait *w = calloc(1, sizeof *w);
   if (!w) {
-    reply_task(req, c, t, 0);
+    reply_task(req, c, t, 0, false);
     return;
   }
   w->c = c;
   w->acct = *acct;
   w->seconds = seconds;
+  w->prefer = prefer;
   snprintf(w->uid, sizeof w->uid, "%s", t->id);
   w->waker = http_wait(req, task_wait_resume, task_wait_end, w,
                        time_mono_ms() + (int64_t)seconds * 1000);
   if (!w->waker) {
     free(w);
-    reply_task(req, c, t, 0);
+    reply_task(req, c, t, 0, false);
     return;
   }
   w->watch = core_watch_task(c, t->id, task_wait_wake, w);
   if (!w->watch) {
-    reply_task(req, c, t, 0); /* ends the wait: task_wait_end frees w */
+    reply_task(req, c, t, 0, false); /* ends the wait: task_wait_end frees w */
     return;
   }
   /* Read again now that the watch is on: a finish committed between the
@@ -135,7 +145,7 @@ void native_answer_task(http_request *req, core *c, const store_account *acct, c
   task *again = NULL;
   imgate_error err = {0};
   if (core_get_task(c, acct, t->id, &again, &err) == 0 && task_state_is_final(again->state))
-    reply_task(req, c, again, seconds);
+    reply_task(req, c, again, seconds, prefer);
   task_free(again);
 }
 
@@ -186,13 +196,13 @@ static int parse_deadline(http_request *req, json_t *body, int *out) {
   return 0;
 }
 
-static void handle_create(http_request *req, void *ctx) {
-  core *c = ctx;
-  store_account acct;
-  if (api_authenticate(req, c, &acct) < 0) return;
+/* Reads a create request's body and submits it: 0 with *out (and *replayed),
+ * or -1 once the refusal has been answered. */
+static int submit_from_body(http_request *req, core *c, const store_account *acct, task **out,
+                            bool *replayed) {
   json_t *body = api_parse_json_object(req);
-  if (!body) return;
-
+  if (!body) return -1;
+  int rc = -1;
   core_gen_request gr = {0};
   const char *images[16];
   if (optional_string(req, body, "prompt", &gr.prompt) < 0 ||
@@ -235,19 +245,32 @@ static void handle_create(http_request *req, void *ctx) {
     gr.n_images = json_array_size(urls);
   }
 
-  task *t = NULL;
-  bool replayed = false;
   imgate_error err = {0};
-  if (core_submit(c, &acct, &gr, http_header_get(req, "Idempotency-Key"), &t, &replayed,
+  if (core_submit(c, acct, &gr, http_header_get(req, "Idempotency-Key"), out, replayed,
                   &err) < 0) {
     native_reply_error(req, &err);
     goto done;
   }
-  if (replayed) http_reply_header(req, "Idempotent-Replayed", "true");
+  if (*replayed) http_reply_header(req, "Idempotent-Replayed", "true");
+  rc = 0;
+done:
+  json_decref(body);
+  return rc;
+}
+
+/* POST /api/banana/create-async: the uid at once, or with Prefer: wait=N the
+ * whole task once final (at most N seconds). */
+static void handle_create_async(http_request *req, void *ctx) {
+  core *c = ctx;
+  store_account acct;
+  if (api_authenticate(req, c, &acct) < 0) return;
+  task *t = NULL;
+  bool replayed = false;
+  if (submit_from_body(req, c, &acct, &t, &replayed) < 0) return;
   int wait_s = api_prefer_wait(req);
   if (wait_s > 0) {
     /* Prefer: wait answers with the whole task, as GET does. */
-    native_answer_task(req, c, &acct, t, wait_s);
+    native_answer_task(req, c, &acct, t, wait_s, true);
   } else {
     /* A replay answers what the first submit answered: its uid, "queued"
      * (whatever the task's state is by now; GET tells that). */
@@ -256,8 +279,90 @@ static void handle_create(http_request *req, void *ctx) {
                               replayed ? task_state_name(TASK_QUEUED) : task_state_name(t->state)));
   }
   task_free(t);
-done:
-  json_decref(body);
+}
+
+/* POST /api/banana/create: the same request, answered with the whole task
+ * once it is final (the wait holds no thread). A task still running after
+ * NATIVE_SYNC_WAIT_S is answered as it is then, and can be polled. */
+static void handle_create_sync(http_request *req, void *ctx) {
+  core *c = ctx;
+  store_account acct;
+  if (api_authenticate(req, c, &acct) < 0) return;
+  task *t = NULL;
+  bool replayed = false;
+  if (submit_from_body(req, c, &acct, &t, &replayed) < 0) return;
+  int prefer = api_prefer_wait(req);
+  native_answer_task(req, c, &acct, t, prefer > 0 ? prefer : NATIVE_SYNC_WAIT_S, prefer > 0);
+  task_free(t);
+}
+
+/* GET /api/banana/tasks?limit=N&after=UID: the account's tasks, newest first. */
+static void handle_list(http_request *req, void *ctx) {
+  core *c = ctx;
+  store_account acct;
+  if (api_authenticate(req, c, &acct) < 0) return;
+  int limit = NATIVE_PAGE_DEFAULT;
+  const char *lim = http_query_get(req, "limit");
+  if (lim) {
+    char *end;
+    long v = strtol(lim, &end, 10);
+    if (!*lim || *end || v < 1 || v > CORE_MAX_PAGE) {
+      char msg[64];
+      snprintf(msg, sizeof msg, "limit must be a whole number from 1 to %d", CORE_MAX_PAGE);
+      api_reply_error(req, 400, "invalid_limit", msg, "limit");
+      return;
+    }
+    limit = (int)v;
+  }
+  const char *after = http_query_get(req, "after");
+  if (after && !*after) after = NULL;
+  task **tasks = NULL;
+  size_t n = 0;
+  bool more = false;
+  imgate_error err = {0};
+  if (core_list_tasks(c, &acct, after, limit, &tasks, &n, &more, &err) < 0) {
+    native_reply_error(req, &err);
+    return;
+  }
+  char base[600];
+  api_base_url(req, c, base, sizeof base);
+  json_t *list = json_array();
+  for (size_t i = 0; i < n; i++) json_array_append_new(list, native_render_task(base, c, tasks[i]));
+  json_t *next = more && n ? json_string(tasks[n - 1]->id) : json_null();
+  http_reply_json(req, 200, json_pack("{s:o, s:b, s:o}", "tasks", list, "has_more", more,
+                                      "next_after", next));
+  core_tasks_free(tasks, n);
+}
+
+/* GET /api/banana/models (no key needed): what can be asked for, at what price. */
+static void handle_models(http_request *req, void *ctx) {
+  core *c = ctx;
+  core_model_info *info = NULL;
+  size_t n = 0;
+  if (core_models(c, &info, &n) < 0) {
+    api_reply_error(req, 500, "internal_error", "out of memory", NULL);
+    return;
+  }
+  json_t *list = json_array();
+  for (size_t i = 0; i < n; i++) {
+    const catalog_model *m = info[i].model;
+    json_t *ratios = json_array(), *res = json_array(), *prices = json_object();
+    for (size_t k = 0; m->aspect_ratios[k]; k++)
+      json_array_append_new(ratios, json_string(m->aspect_ratios[k]));
+    for (size_t k = 0; m->resolutions[k]; k++)
+      json_array_append_new(res, json_string(m->resolutions[k]));
+    for (size_t k = 0; k < info[i].n_prices; k++)
+      json_object_set_new(prices, info[i].prices[k].name, api_json_usd(info[i].prices[k].micros));
+    json_array_append_new(
+        list, json_pack("{s:s, s:s, s:b, s:o, s:o, s:s, s:i, s:s, s:o, s:o}", "id", m->name,
+                        "name", m->display_name, "available", info[i].available, "aspect_ratios",
+                        ratios, "resolutions", res, "default_resolution", m->default_resolution,
+                        "max_reference_images", m->max_reference_images, "priced_by",
+                        m->sizes == CATALOG_SIZES_GPT_IMAGE ? "quality" : "resolution", "prices_usd",
+                        prices, "reference_image_usd", api_json_usd(info[i].reference_micros)));
+  }
+  free(info);
+  http_reply_json(req, 200, json_pack("{s:o}", "models", list));
 }
 
 static void handle_get(http_request *req, void *ctx) {
@@ -270,7 +375,7 @@ static void handle_get(http_request *req, void *ctx) {
     native_reply_error(req, &err);
     return;
   }
-  native_answer_task(req, c, &acct, t, api_wait_seconds(http_query_get(req, "wait")));
+  native_answer_task(req, c, &acct, t, api_wait_seconds(http_query_get(req, "wait")), true);
   task_free(t);
 }
 
@@ -297,7 +402,7 @@ static void handle_cancel(http_request *req, void *ctx) {
   }
   /* A running task stops within moments (its upstream call is aborted):
    * answer once it has, or with what there is after a few seconds. */
-  native_answer_task(req, c, &acct, t, NATIVE_CANCEL_WAIT_S);
+  native_answer_task(req, c, &acct, t, NATIVE_CANCEL_WAIT_S, false);
   task_free(t);
 }
 
@@ -327,7 +432,11 @@ static void handle_credits(http_request *req, void *ctx) {
 }
 
 void api_native_register(http_router *r, core *c) {
-  http_router_add_guarded(r, "POST", "/api/banana/create-async", api_guard_key, handle_create, c);
+  http_router_add_guarded(r, "POST", "/api/banana/create-async", api_guard_key,
+                          handle_create_async, c);
+  http_router_add_guarded(r, "POST", "/api/banana/create", api_guard_key, handle_create_sync, c);
+  http_router_add_guarded(r, "GET", "/api/banana/tasks", api_guard_key, handle_list, c);
+  http_router_add(r, "GET", "/api/banana/models", handle_models, c);
   http_router_add_guarded(r, "GET", "/api/banana/credits", api_guard_key, handle_credits, c);
   http_router_add_guarded(r, "GET", "/api/banana/{uid}", api_guard_key, handle_get, c);
   http_router_add_guarded(r, "GET", "/api/banana/{uid}/events", api_guard_key,

@@ -15,9 +15,10 @@ json_t *native_render_task_for(http_request *req, core *c, const task *t);
 void native_reply_error(http_request *req, const imgate_error *err);
 /* Answers t at once when it is final or seconds is 0; else the request
  * waits (no thread) for the task to be final, at most seconds, and then
- * answers it as it is then (Preference-Applied: wait=N when seconds > 0). */
+ * answers it as it is then. prefer: the client asked for the wait with
+ * Prefer: wait=N (or ?wait=N), and is told Preference-Applied: wait=N. */
 void native_answer_task(http_request *req, core *c, const store_account *acct, const task *t,
-                        int seconds);
+                        int seconds, bool prefer);
 
 /* GET /api/banana/{uid}/events (native_events.c). */
 void native_handle_events(http_request *req, void *ctx);

@@ -3,6 +3,7 @@
 #include "core/pricing.h"
 #include "util/ratelimit.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -559,6 +560,79 @@ int core_cancel(core *c, const store_account *acct, const char *task_id, task **
   if (rc == STORE_CONFLICT && state != TASK_RUNNING)
     return err_set(err, ERR_CONFLICT, "task_final", NULL, "the task is %s already",
                    task_state_name(state));
+  return 0;
+}
+
+int core_list_tasks(core *c, const store_account *acct, const char *after, int limit,
+                    task ***out, size_t *n, bool *more, imgate_error *err) {
+  *out = NULL;
+  *n = 0;
+  *more = false;
+  assert(limit >= 1 && limit <= CORE_MAX_PAGE);
+  if (after && !ids_is_uuid(after))
+    return err_set(err, ERR_INVALID, "invalid_cursor", "after",
+                   "after must be the uid of one of your tasks (the last of the previous page)");
+  /* One more than asked says whether another page follows. */
+  char (*ids)[IDS_UUID_LEN + 1] = NULL;
+  size_t count = 0;
+  int rc = c->st->ops->task_list_account(c->st, acct->id, after, (size_t)limit + 1, &ids, &count);
+  if (rc == STORE_NOT_FOUND)
+    return err_set(err, ERR_INVALID, "invalid_cursor", "after",
+                   "after must be the uid of one of your tasks (the last of the previous page)");
+  if (rc != STORE_OK) return err_set(err, ERR_INTERNAL, "store_error", NULL, "store failure");
+  *more = count > (size_t)limit;
+  if (*more) count = (size_t)limit;
+  task **tasks = count ? calloc(count, sizeof *tasks) : NULL;
+  if (count && !tasks) {
+    free(ids);
+    return err_set(err, ERR_INTERNAL, "internal_error", NULL, "out of memory");
+  }
+  size_t got = 0;
+  for (size_t i = 0; i < count; i++) {
+    rc = c->st->ops->task_get(c->st, ids[i], &tasks[got]);
+    if (rc == STORE_OK) got++;
+    else if (rc != STORE_NOT_FOUND) break; /* (one deleted meanwhile is skipped) */
+  }
+  free(ids);
+  if (rc != STORE_OK && rc != STORE_NOT_FOUND) {
+    core_tasks_free(tasks, got);
+    return err_set(err, ERR_INTERNAL, "store_error", NULL, "store failure");
+  }
+  *out = tasks;
+  *n = got;
+  return 0;
+}
+
+void core_tasks_free(task **tasks, size_t n) {
+  for (size_t i = 0; i < n; i++) task_free(tasks[i]);
+  free(tasks);
+}
+
+int core_models(core *c, core_model_info **out, size_t *n) {
+  size_t count;
+  const catalog_model *models = catalog_models(&count);
+  core_model_info *info = calloc(count ? count : 1, sizeof *info);
+  if (!info) return -1;
+  static const char *const qualities[] = {"low", "medium", "high", NULL};
+  for (size_t i = 0; i < count; i++) {
+    const catalog_model *m = &models[i];
+    core_model_info *mi = &info[i];
+    mi->model = m;
+    mi->available = engine_serves(c->eng, m->name);
+    bool by_quality = m->sizes == CATALOG_SIZES_GPT_IMAGE;
+    const char *const *names = by_quality ? qualities : m->resolutions;
+    for (size_t k = 0; names[k] && mi->n_prices < CORE_MAX_PRICES; k++) {
+      int64_t p = by_quality ? pricing_unit(&c->cfg, m->name, NULL, names[k])
+                             : pricing_unit(&c->cfg, m->name, names[k], NULL);
+      if (p < 0) continue; /* not priced: not offered at that price */
+      mi->prices[mi->n_prices].name = names[k];
+      mi->prices[mi->n_prices++].micros = p;
+    }
+    int64_t ref = pricing_reference(&c->cfg, m->name);
+    mi->reference_micros = ref > 0 ? ref : 0;
+  }
+  *out = info;
+  *n = count;
   return 0;
 }
 

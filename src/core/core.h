@@ -14,6 +14,7 @@
 
 #include "blob/blob.h"
 #include "config.h"
+#include "core/catalog.h"
 #include "core/engine.h"
 #include "core/error.h"
 #include "core/events.h"
@@ -139,6 +140,34 @@ void core_unwatch(core *c, core_watch *w);
  * Another account's task: ERR_NOT_FOUND. */
 int core_cancel(core *c, const store_account *acct, const char *task_id, task **out,
                 imgate_error *err);
+
+/* The account's tasks, newest first, at most limit (1..CORE_MAX_PAGE), after
+ * the task `after` (a cursor: the last uid of the previous page; NULL for
+ * the first page). *out is a malloc'd array of *n tasks (core_tasks_free).
+ * *more: tasks come after this page. An `after` that is not one of the
+ * account's tasks: ERR_INVALID "invalid_cursor". */
+#define CORE_MAX_PAGE 100
+int core_list_tasks(core *c, const store_account *acct, const char *after, int limit,
+                    task ***out, size_t *n, bool *more, imgate_error *err);
+void core_tasks_free(task **tasks, size_t n);
+
+/* One catalog model as clients see it: whether this server serves it now,
+ * and its prices (micro-dollars per image by resolution, or by quality for
+ * GPT Image; the surcharge per reference image). */
+#define CORE_MAX_PRICES 8
+typedef struct core_model_info {
+  const catalog_model *model;
+  bool available;
+  struct {
+    const char *name; /* "1K", ... or "low", "medium", "high" */
+    int64_t micros;
+  } prices[CORE_MAX_PRICES];
+  size_t n_prices;
+  int64_t reference_micros;
+} core_model_info;
+
+/* Every catalog model, in display order; *out is malloc'd (free it). */
+int core_models(core *c, core_model_info **out, size_t *n);
 
 /* The task's events with seq > after_seq (task.h: task_event), oldest first;
  * *out is malloc'd. The task must be the account's (ERR_NOT_FOUND). */

@@ -2073,6 +2073,38 @@ static int sql_task_list_due(store *s, int64_t now_ms, size_t limit,
                   "II", now_ms, (int64_t)(limit > INT32_MAX ? INT32_MAX : limit));
 }
 
+static int sql_task_list_account(store *s, int64_t account_id, const char *after, size_t limit,
+                                 char (**ids)[IDS_UUID_LEN + 1], size_t *count) {
+  *ids = NULL;
+  *count = 0;
+  int64_t lim = (int64_t)(limit > INT32_MAX ? INT32_MAX : limit);
+  sql_store *ss = (sql_store *)s;
+  if (!after)
+    return sql_list(ss, "task_list_account", sql_row_task_id, sizeof **ids, (void **)ids, count,
+                    "SELECT id FROM tasks WHERE account_id = ?"
+                    " ORDER BY created_ms DESC, id DESC LIMIT ?",
+                    "II", account_id, lim);
+  /* The cursor task must be the account's: another account's id says
+   * nothing here (and its time must not leak through the page it would
+   * start). */
+  int rc = sql_list(ss, "task_list_account", sql_row_task_id, sizeof **ids, (void **)ids, count,
+                    "SELECT t.id FROM tasks t, tasks c"
+                    " WHERE c.id = ? AND c.account_id = ? AND t.account_id = c.account_id"
+                    " AND (t.created_ms < c.created_ms OR"
+                    "      (t.created_ms = c.created_ms AND t.id < c.id))"
+                    " ORDER BY t.created_ms DESC, t.id DESC LIMIT ?",
+                    "tII", after, account_id, lim);
+  if (rc != STORE_OK || *count > 0) return rc;
+  /* An empty page: the end of the list, or a cursor that is not the account's. */
+  char (*probe)[IDS_UUID_LEN + 1] = NULL;
+  size_t n = 0;
+  rc = sql_list(ss, "task_list_account", sql_row_task_id, sizeof *probe, (void **)&probe, &n,
+                "SELECT id FROM tasks WHERE id = ? AND account_id = ?", "tI", after, account_id);
+  free(probe);
+  if (rc != STORE_OK) return rc;
+  return n == 1 ? STORE_OK : STORE_NOT_FOUND;
+}
+
 /* ---- task events: reading -------------------------------------------------------------- */
 
 static int sql_row_event(sqlite3_stmt *st, void *elem) {
@@ -2602,6 +2634,7 @@ static const store_ops sql_ops = {
     .task_events = sql_task_events,
     .task_cancel = sql_task_cancel,
     .task_list_due = sql_task_list_due,
+    .task_list_account = sql_task_list_account,
     .webhook_claim = sql_webhook_claim,
     .webhook_record = sql_webhook_record,
     .webhook_list = sql_webhook_list,

@@ -343,6 +343,12 @@ typedef struct store_ops {
    * or not its cancel was requested. */
   int (*task_list_due)(store *s, int64_t now_ms, size_t limit, char (**ids)[IDS_UUID_LEN + 1],
                        size_t *count);
+  /* Ids of one account's tasks, newest first (by created_ms, then id), at
+   * most limit; with after set, only those that come after that task in
+   * this order (a cursor: the last id of the previous page). *ids as
+   * task_list_queued's. NOT_FOUND when after is not a task of the account. */
+  int (*task_list_account)(store *s, int64_t account_id, const char *after, size_t limit,
+                           char (**ids)[IDS_UUID_LEN + 1], size_t *count);
   /* Crash recovery at start: every running task goes back to queued (a
    * QUEUED event each). */
   int (*task_requeue_running)(store *s, int64_t *count_out);

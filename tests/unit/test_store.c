@@ -638,6 +638,60 @@ static void test_list_queued(void **state) {
   for (int i = 0; i < 5; i++) task_free(t[i]);
 }
 
+/* An account's tasks, newest first, a page at a time; another account's
+ * tasks never show, and its task is no cursor here. */
+static void test_list_account(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t other;
+  assert_int_equal(s->ops->account_create(s, "other@example.com", NOW, &other), STORE_OK);
+  /* Two share a created_ms: the id breaks the tie. */
+  static const int64_t created[5] = {50, 10, 40, 40, 30};
+  task *t[5];
+  for (int i = 0; i < 5; i++) {
+    t[i] = make_task(f->account, NOW + created[i]);
+    assert_int_equal(s->ops->task_insert(s, t[i]), STORE_OK);
+  }
+  task *theirs = make_task(other, NOW + 45);
+  assert_int_equal(s->ops->task_insert(s, theirs), STORE_OK);
+  /* Newest first: 50, then the two 40s (higher id first), 30, 10. */
+  bool second_first = strcmp(t[3]->id, t[2]->id) > 0;
+  const char *order[5] = {t[0]->id, second_first ? t[3]->id : t[2]->id,
+                          second_first ? t[2]->id : t[3]->id, t[4]->id, t[1]->id};
+  char (*ids)[IDS_UUID_LEN + 1] = NULL;
+  size_t n = 0;
+  const char *after = NULL;
+  char cursor[IDS_UUID_LEN + 1];
+  size_t seen = 0;
+  for (int page = 0; page < 3; page++) {
+    assert_int_equal(s->ops->task_list_account(s, f->account, after, 2, &ids, &n), STORE_OK);
+    assert_int_equal(n, page < 2 ? 2 : 1);
+    for (size_t i = 0; i < n; i++) assert_string_equal(ids[i], order[seen++]);
+    snprintf(cursor, sizeof cursor, "%s", ids[n - 1]);
+    after = cursor;
+    free(ids);
+  }
+  assert_int_equal(seen, 5);
+  /* After the last one: an empty page, not an error. */
+  assert_int_equal(s->ops->task_list_account(s, f->account, after, 2, &ids, &n), STORE_OK);
+  assert_int_equal(n, 0);
+  free(ids);
+  /* The other account's task is no cursor for this one, nor an unknown id. */
+  assert_int_equal(s->ops->task_list_account(s, f->account, theirs->id, 2, &ids, &n),
+                   STORE_NOT_FOUND);
+  free(ids);
+  assert_int_equal(s->ops->task_list_account(s, f->account, "00000000-0000-7000-8000-000000000000",
+                                             2, &ids, &n),
+                   STORE_NOT_FOUND);
+  free(ids);
+  assert_int_equal(s->ops->task_list_account(s, other, NULL, 10, &ids, &n), STORE_OK);
+  assert_int_equal(n, 1);
+  assert_string_equal(ids[0], theirs->id);
+  free(ids);
+  for (int i = 0; i < 5; i++) task_free(t[i]);
+  task_free(theirs);
+}
+
 static void test_result_by_token(void **state) {
   fx *f = *state;
   store *s = f->s;
@@ -2450,6 +2504,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_task_finish_stale_attempt, setup, teardown),
       cmocka_unit_test_setup_teardown(test_requeue_running, setup, teardown),
       cmocka_unit_test_setup_teardown(test_list_queued, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_list_account, setup, teardown),
       cmocka_unit_test_setup_teardown(test_result_by_token, setup, teardown),
       cmocka_unit_test_setup_teardown(test_finish_is_atomic, setup, teardown),
       cmocka_unit_test_setup_teardown(test_concurrent_start_finish, setup, teardown),
