@@ -7,6 +7,8 @@
  * stored and the tiers are a scale factor. */
 #include "core/catalog.h"
 
+#include <assert.h>
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +77,43 @@ const catalog_model *catalog_find(const char *name) {
   if (!name) return NULL;
   for (size_t i = 0; i < CATALOG_N_MODELS; i++)
     if (strcmp(models[i].name, name) == 0) return &models[i];
+  return NULL;
+}
+
+/* Every other name a seed service or an SDK uses for a catalog model, and
+ * the resolution the name itself implies (NULL: none). Names are matched
+ * exactly: these are model ids, not prose. */
+static const struct {
+  const char *alias;
+  const char *model;
+  const char *resolution;
+} aliases[] = {
+    /* Google's own model ids (the Gemini SDK, upstream.md) */
+    {"gemini-2.5-flash-image", "nano-banana", NULL},
+    {"gemini-2.5-flash-image-preview", "nano-banana", NULL},
+    {"gemini-3-pro-image-preview", "nano-banana-pro", NULL},
+    {"gemini-3.1-flash-image-preview", "nano-banana-2", NULL},
+    /* seed 003 (ToAPIs): underscores */
+    {"nano_banana", "nano-banana", NULL},
+    {"nano_banana_pro", "nano-banana-pro", NULL},
+    {"nano_banana_2", "nano-banana-2", NULL},
+    /* seeds 001/002 (apistor): the resolution in the name */
+    {"nanobanano-2", "nano-banana-2", "1K"},
+    {"nanobanano-2-2k", "nano-banana-2", "2K"},
+    {"nanobanano-2-4k", "nano-banana-2", "4K"},
+};
+
+const catalog_model *catalog_lookup(const char *name, const char **resolution) {
+  if (resolution) *resolution = NULL;
+  const catalog_model *m = catalog_find(name);
+  if (m || !name) return m;
+  for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++) {
+    if (strcmp(aliases[i].alias, name) != 0) continue;
+    if (resolution) *resolution = aliases[i].resolution;
+    m = catalog_find(aliases[i].model);
+    assert(m); /* every alias names a catalog model */
+    return m;
+  }
   return NULL;
 }
 

@@ -30,6 +30,11 @@ typedef struct catalog_model {
 
 /* The model named name (exact match), or NULL. */
 const catalog_model *catalog_find(const char *name);
+/* The model a client's name stands for: a catalog name, or an alias that a
+ * seed service or an SDK uses ("gemini-3.1-flash-image-preview",
+ * "nano_banana_2", "nanobanano-2-4k", ...). *resolution (may be NULL) is the
+ * resolution the name implies ("4K"), or NULL. NULL for an unknown name. */
+const catalog_model *catalog_lookup(const char *name, const char **resolution);
 /* All models, in display order. */
 const catalog_model *catalog_models(size_t *count);
 

@@ -199,7 +199,8 @@ typedef struct validated {
 
 static int validate(core *c, const core_gen_request *req, validated *v, imgate_error *err) {
   const char *model_name = req->model ? req->model : "nano-banana";
-  v->model = catalog_find(model_name);
+  const char *implied_resolution;
+  v->model = catalog_lookup(model_name, &implied_resolution);
   if (!v->model)
     return err_set(err, ERR_INVALID, "invalid_model", CORE_FIELD_MODEL,
                    "unknown model \"%.*s\"; see the model list in the docs",
@@ -222,8 +223,18 @@ static int validate(core *c, const core_gen_request *req, validated *v, imgate_e
     return err_set(err, ERR_INVALID, "invalid_aspect_ratio", CORE_FIELD_ASPECT_RATIO,
                    "%s does not offer aspect ratio \"%.*s\"", v->model->name,
                    (int)utf8_cut(v->aspect_ratio, 16), v->aspect_ratio);
+  /* A name that implies a resolution ("nanobanano-2-4k") sets it; a request
+   * that also names another one contradicts itself. */
+  if (implied_resolution && req->resolution &&
+      catalog_resolution(v->model, req->resolution) != catalog_resolution(v->model,
+                                                                           implied_resolution))
+    return err_set(err, ERR_INVALID, "invalid_resolution", CORE_FIELD_RESOLUTION,
+                   "model \"%s\" means resolution %s, not \"%.*s\"", model_name,
+                   implied_resolution, (int)utf8_cut(req->resolution, 16), req->resolution);
   v->resolution = catalog_resolution(
-      v->model, req->resolution ? req->resolution : v->model->default_resolution);
+      v->model, req->resolution        ? req->resolution
+                : implied_resolution ? implied_resolution
+                                     : v->model->default_resolution);
   if (!v->resolution)
     return err_set(err, ERR_INVALID, "invalid_resolution", CORE_FIELD_RESOLUTION,
                    "%s does not offer resolution \"%.*s\"", v->model->name,

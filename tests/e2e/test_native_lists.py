@@ -104,3 +104,17 @@ class NativeListsTest(h.ServerTestCase):
         uid = self.srv.create(self.key, prompt="priced", model="nano-banana-2")
         self.assertEqual(self.srv.task(uid, self.key)["cost"]["price_micros"],
                          b.usd_to_micros(nb2["prices_usd"]["1K"]))
+
+    def test_model_aliases(self):
+        for name, model, res in (("nanobanano-2-4k", "nano-banana-2", "4K"),
+                                 ("gemini-3-pro-image-preview", "nano-banana-pro", "1K"),
+                                 ("nano_banana_2", "nano-banana-2", "1K")):
+            uid = self.srv.create(self.key, prompt="alias", model=name)
+            t = self.srv.task(uid, self.key)
+            self.assertEqual((t["model"], t["resolution"]), (model, res), name)
+        # The same resolution spelled out agrees; another one contradicts the name.
+        self.srv.create(self.key, prompt="alias", model="nanobanano-2-2k", resolution="2k")
+        r = self.srv.request("POST", b.CREATE, key=self.key, json_body={
+            "prompt": "alias", "model": "nanobanano-2-2k", "resolution": "4K"})
+        self.assertError(r, 400, "invalid_resolution", "resolution")
+        self.assertIn("2K", r.json()["error"]["message"])

@@ -12,6 +12,42 @@
 
 #include "core/catalog.h"
 
+/* Every name a seed or an SDK uses leads to its catalog model, with the
+ * resolution the name implies; catalog names imply none; unknowns are NULL. */
+static void test_aliases(void **state) {
+  (void)state;
+  static const struct {
+    const char *name, *model, *resolution;
+  } cases[] = {
+      {"nano-banana-2", "nano-banana-2", NULL},
+      {"gemini-3.1-flash-image-preview", "nano-banana-2", NULL},
+      {"gemini-3-pro-image-preview", "nano-banana-pro", NULL},
+      {"gemini-2.5-flash-image", "nano-banana", NULL},
+      {"nano_banana_2", "nano-banana-2", NULL},
+      {"nanobanano-2", "nano-banana-2", "1K"},
+      {"nanobanano-2-2k", "nano-banana-2", "2K"},
+      {"nanobanano-2-4k", "nano-banana-2", "4K"},
+      {"gpt-image-1", "gpt-image-1", NULL},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    const char *res = "unset";
+    const catalog_model *m = catalog_lookup(cases[i].name, &res);
+    assert_non_null(m);
+    assert_string_equal(m->name, cases[i].model);
+    if (cases[i].resolution) {
+      assert_string_equal(res, cases[i].resolution);
+      assert_non_null(catalog_resolution(m, res)); /* one the model offers */
+    } else {
+      assert_null(res);
+    }
+  }
+  const char *res = "unset";
+  assert_null(catalog_lookup("nanobanano-2-8k", &res));
+  assert_null(res);
+  assert_null(catalog_lookup("NANO-BANANA-2", NULL));
+  assert_null(catalog_lookup(NULL, NULL));
+}
+
 static void test_models_listed(void **state) {
   (void)state;
   size_t n = 0;
@@ -228,6 +264,7 @@ static void test_resolve_ratio(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_aliases),
       cmocka_unit_test(test_models_listed),     cmocka_unit_test(test_unknown_rejected),
       cmocka_unit_test(test_resolution_normalised), cmocka_unit_test(test_every_cell_has_a_size),
       cmocka_unit_test(test_reference_cells),   cmocka_unit_test(test_tiers_scale),
