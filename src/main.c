@@ -773,7 +773,10 @@ static void publish_change(void *ctx, const char *task_id, bool outbox) {
   if (wd) webhook_dispatcher_notify(wd);
 }
 
-static void notify_dispatcher(void *ctx) { webhook_dispatcher_notify(ctx); }
+static void notify_dispatcher(void *ctx, core_webhook_news what) {
+  if (what == CORE_WEBHOOK_SECRETS_CHANGED) webhook_dispatcher_secrets_changed(ctx);
+  else webhook_dispatcher_notify(ctx);
+}
 
 /* The webhook dispatcher, once the core (its payload renderer) exists. */
 static int serve_start_webhooks(serve_parts *p, const imgate_config *cfg) {

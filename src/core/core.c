@@ -28,7 +28,7 @@ struct core {
   engine *eng;
   events *ev;    /* task changes, for watchers */
   webhook_config wh; /* the URL check, the rotation window */
-  void (*webhook_notify)(void *ctx);
+  void (*webhook_notify)(void *ctx, core_webhook_news what);
   void *webhook_notify_ctx;
   ratelimit *rl; /* requests per second per key */
 };
@@ -683,6 +683,8 @@ int core_webhook_rotate(core *c, const store_account *acct, store_webhook_secret
   if (webhook_secret_new(fresh) < 0 ||
       c->st->ops->webhook_secret_rotate(c->st, acct->id, fresh, until, out) != STORE_OK)
     return err_set(err, ERR_INTERNAL, "store_error", NULL, "the webhook secret could not be rotated");
+  /* Deliveries from now on are signed with both secrets, none from a cache. */
+  if (c->webhook_notify) c->webhook_notify(c->webhook_notify_ctx, CORE_WEBHOOK_SECRETS_CHANGED);
   LOG_INFO("webhook_secret_rotated", "account=%lld", (long long)acct->id);
   return 0;
 }
@@ -697,7 +699,7 @@ int core_webhook_resend(core *c, const store_account *acct, const char *task_id,
     return err_set(err, ERR_NOT_FOUND, "no_webhook_delivery", NULL,
                    "the task has no webhook delivery to send again (no webhook_url, or not final yet)");
   if (rc != STORE_OK) return err_set(err, ERR_INTERNAL, "store_error", NULL, "store failure");
-  if (c->webhook_notify) c->webhook_notify(c->webhook_notify_ctx);
+  if (c->webhook_notify) c->webhook_notify(c->webhook_notify_ctx, CORE_WEBHOOK_DUE);
   return 0;
 }
 
@@ -705,7 +707,8 @@ int core_webhook_attempts(core *c, const char *task_id, store_webhook_attempt **
   return c->st->ops->webhook_list(c->st, task_id, out, n) == STORE_OK ? 0 : -1;
 }
 
-void core_set_webhook_notify(core *c, void (*notify)(void *ctx), void *ctx) {
+void core_set_webhook_notify(core *c, void (*notify)(void *ctx, core_webhook_news what),
+                             void *ctx) {
   c->webhook_notify = notify;
   c->webhook_notify_ctx = ctx;
 }

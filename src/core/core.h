@@ -193,9 +193,15 @@ int core_webhook_resend(core *c, const store_account *acct, const char *task_id,
                         imgate_error *err);
 /* Every attempt of the task's webhook deliveries, oldest first (*out malloc'd). */
 int core_webhook_attempts(core *c, const char *task_id, store_webhook_attempt **out, size_t *n);
-/* Who to tell that a webhook delivery became due (the dispatcher), set
- * once at start; NULL: nobody. */
-void core_set_webhook_notify(core *c, void (*notify)(void *ctx), void *ctx);
+/* What the core tells the webhook dispatcher. */
+typedef enum {
+  CORE_WEBHOOK_DUE,             /* a delivery became due (a resend) */
+  CORE_WEBHOOK_SECRETS_CHANGED, /* an account's secret was rotated */
+} core_webhook_news;
+
+/* Who to tell (the dispatcher), set once at start; NULL: nobody. */
+void core_set_webhook_notify(core *c, void (*notify)(void *ctx, core_webhook_news what),
+                             void *ctx);
 
 /* How often a quiet event stream sends a keep-alive comment (ms). */
 int core_stream_keepalive_ms(const core *c);

@@ -52,6 +52,7 @@ typedef struct wd_job {
 typedef struct wd_secret {
   int64_t account_id; /* 0: empty slot */
   int64_t read_mono;
+  uint64_t generation; /* secrets_generation when it was read */
   store_webhook_secret s;
 } wd_secret;
 
@@ -78,6 +79,9 @@ struct webhook_dispatcher {
   bool claim_failing, record_failing; /* log a failing store once, not at every try */
 
   atomic_uint_least64_t delivered, failed, gone, retried, attempts, canceled, claims, store_errors;
+  /* Bumped by webhook_dispatcher_secrets_changed: cached secrets of an older
+   * generation are read again. */
+  atomic_uint_least64_t secrets_generation;
 
   pthread_mutex_t pending_mu;
   int64_t pending;          /* -1: not known */
@@ -260,13 +264,18 @@ static wd_secret *secret_slot(webhook_dispatcher *d, int64_t account_id) {
   return &d->secrets[(h >> 32) & (SECRET_SLOTS - 1)];
 }
 
-/* The account's secrets, cached for secret_cache_ms; an account without a
- * secret gets one. NULL with *rc set when the store cannot tell. */
+/* The account's secrets, cached for secret_cache_ms (and until a rotation);
+ * an account without a secret gets one. NULL with *rc set when the store
+ * cannot tell. */
 static const store_webhook_secret *secrets_of(webhook_dispatcher *d, int64_t account_id,
                                               int *rc) {
   wd_secret *slot = secret_slot(d, account_id);
   int64_t mono = time_mono_ms();
-  if (slot->account_id == account_id && mono - slot->read_mono < d->cfg.secret_cache_ms)
+  /* Loaded before the store is read: a rotation committed during the read
+   * bumps it after, and the next call reads again. */
+  uint64_t generation = atomic_load(&d->secrets_generation);
+  if (slot->account_id == account_id && slot->generation == generation &&
+      mono - slot->read_mono < d->cfg.secret_cache_ms)
     return &slot->s;
   store_webhook_secret s;
   *rc = d->store->ops->webhook_secret_get(d->store, account_id, NULL, &s);
@@ -283,6 +292,7 @@ static const store_webhook_secret *secrets_of(webhook_dispatcher *d, int64_t acc
   if (*rc != STORE_OK) return NULL;
   slot->account_id = account_id;
   slot->read_mono = mono;
+  slot->generation = generation;
   slot->s = s;
   return &slot->s;
 }
@@ -586,6 +596,10 @@ void webhook_dispatcher_notify(webhook_dispatcher *d) {
     pthread_cond_signal(&d->cv);
   }
   pthread_mutex_unlock(&d->mu);
+}
+
+void webhook_dispatcher_secrets_changed(webhook_dispatcher *d) {
+  if (d) atomic_fetch_add(&d->secrets_generation, 1);
 }
 
 void webhook_dispatcher_stop(webhook_dispatcher *d, int64_t grace_ms) {

@@ -11,7 +11,8 @@
  * - the account's secrets (webhook_secret_get; an account without one gets
  *   a fresh secret; the previous one signs too while its window is open),
  *   kept per account for secret_cache_ms, so a burst of deliveries does not
- *   read the same secret thousands of times;
+ *   read the same secret thousands of times (a rotation empties the cache:
+ *   webhook_dispatcher_secrets_changed);
  * - one attempt (webhook/client.h) on a curl loop the dispatcher creates and
  *   owns. Every transfer of that loop goes through the SSRF guard with one
  *   policy, so its connections are kept alive and reused
@@ -81,6 +82,13 @@ webhook_dispatcher *webhook_dispatcher_start(const webhook_dispatcher_config *cf
  * than at the next poll. Cheap (a mutex and a signal); any thread. Not
  * during or after webhook_dispatcher_stop. */
 void webhook_dispatcher_notify(webhook_dispatcher *d);
+
+/* An account's secrets changed (a rotation): attempts started from now on
+ * read them from the store, not from the cache, so a receiver that switched
+ * to the new secret the moment the rotation answered is not sent a delivery
+ * signed with the old one alone. Cheap (an atomic); any thread. Not during or
+ * after webhook_dispatcher_stop. */
+void webhook_dispatcher_secrets_changed(webhook_dispatcher *d);
 
 /* Stops claiming, lets attempts in flight finish for up to grace_ms (their
  * outcomes recorded), then destroys the curl loop, which ends the remaining

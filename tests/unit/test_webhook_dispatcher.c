@@ -624,6 +624,44 @@ static void test_rotation_two_signatures(void **state) {
   }
 }
 
+/* The secrets are cached (secret_cache_ms) until webhook_dispatcher_secrets_changed:
+ * a delivery after a rotation the dispatcher was told of carries both
+ * signatures at once, however long the cache would have lasted. */
+static void test_rotation_clears_the_secret_cache(void **state) {
+  fx *f = *state;
+  rx_script(&f->rx, "/ok", (int[]){200}, 1);
+  store_webhook_secret sec;
+  assert_int_equal(f->s->ops->webhook_secret_get(f->s, f->account, SECRET_A, &sec), STORE_OK);
+  webhook_dispatcher_config dc = base_cfg(f);
+  dc.secret_cache_ms = 600000;
+  start(f, &dc);
+  char t[3][IDS_UUID_LEN + 1], m[3][40];
+  add_finished_task(f, f->account, "/ok", NULL, t[0], m[0]);
+  webhook_dispatcher_notify(f->d);
+  WAIT_FOR(stats(f).delivered == 1);
+  assert_int_equal(f->s->ops->webhook_secret_rotate(f->s, f->account, SECRET_B,
+                                                    time_now_ms() + 3600000, &sec),
+                   STORE_OK);
+  /* Not told: the cached secret signs alone. */
+  add_finished_task(f, f->account, "/ok", NULL, t[1], m[1]);
+  webhook_dispatcher_notify(f->d);
+  WAIT_FOR(stats(f).delivered == 2);
+  /* Told: the store is read again. */
+  webhook_dispatcher_secrets_changed(f->d);
+  add_finished_task(f, f->account, "/ok", NULL, t[2], m[2]);
+  webhook_dispatcher_notify(f->d);
+  WAIT_FOR(stats(f).delivered == 3);
+  stop(f, 1000);
+  assert_int_equal(rx_count(&f->rx), 3);
+  for (int i = 0; i < 3; i++) {
+    rx_request q = rx_get(&f->rx, i);
+    assert_string_equal(q.id, m[i]);
+    if (i < 2) assert_signed(&q, SECRET_A, NULL);
+    else assert_signed(&q, SECRET_B, SECRET_A);
+    free(q.body);
+  }
+}
+
 /* At most max_in_flight attempts at once, and only that many claimed. */
 static void test_max_in_flight(void **state) {
   fx *f = *state;
@@ -700,6 +738,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_idle_sleeps, setup, teardown),
       cmocka_unit_test_setup_teardown(test_unrenderable_failed, setup, teardown),
       cmocka_unit_test_setup_teardown(test_rotation_two_signatures, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_rotation_clears_the_secret_cache, setup, teardown),
       cmocka_unit_test_setup_teardown(test_max_in_flight, setup, teardown),
       cmocka_unit_test_setup_teardown(test_connection_kept_alive, setup, teardown),
       cmocka_unit_test_setup_teardown(test_connections_kept_across_waves, setup, teardown),
