@@ -109,7 +109,9 @@ class ValidationTest(h.ServerTestCase):
     # -- catalog
 
     def test_invalid_model(self):
-        for model in ("nano-banana-3", "", "NANO-BANANA", "dall-e-3", "gemini-2.5-flash-image"):
+        # (gemini-2.5-flash-image is an alias now: test_native_lists)
+        for model in ("nano-banana-3", "", "NANO-BANANA", "dall-e-3", "gemini-2.5-flash-imag",
+                      "nanobanano-2-8k"):
             with self.subTest(case=repr(model)[:80]):
                 self.rejects({"prompt": "x", "model": model}, 400, "invalid_model", "model")
 
