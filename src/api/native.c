@@ -38,6 +38,7 @@
 static const char *native_param(const char *core_param) {
   if (strcmp(core_param, CORE_FIELD_IMAGES) == 0) return "image_urls";
   if (strcmp(core_param, CORE_FIELD_IDEMPOTENCY_KEY) == 0) return "Idempotency-Key";
+  if (strcmp(core_param, CORE_FIELD_QUANTITY) == 0) return "n";
   return core_param;
 }
 
@@ -178,6 +179,21 @@ bad:
   return -1;
 }
 
+/* n: how many images, a whole number (the core checks the range). */
+static int parse_quantity(http_request *req, json_t *body, int *out) {
+  json_t *v = json_object_get(body, "n");
+  *out = 0;
+  if (!v || json_is_null(v)) return 0;
+  if (!json_is_integer(v)) {
+    api_reply_error(req, 400, "invalid_type", "n must be a whole number of images", "n");
+    return -1;
+  }
+  json_int_t n = json_integer_value(v);
+  /* Out of range stays out of range in an int; the core says what is allowed. */
+  *out = n < 1 ? -1 : n > CORE_MAX_QUANTITY ? CORE_MAX_QUANTITY + 1 : (int)n;
+  return 0;
+}
+
 /* deadline: whole seconds after submit, 1..CORE_MAX_DEADLINE_S. */
 static int parse_deadline(http_request *req, json_t *body, int *out) {
   json_t *v = json_object_get(body, "deadline");
@@ -211,6 +227,7 @@ static int submit_from_body(http_request *req, core *c, const store_account *acc
       optional_string(req, body, "resolution", &gr.resolution) < 0 ||
       optional_string(req, body, "webhook_url", &gr.webhook_url) < 0 ||
       parse_webhook_events(req, body, &gr.webhook_events) < 0 ||
+      parse_quantity(req, body, &gr.quantity) < 0 ||
       parse_deadline(req, body, &gr.deadline_s) < 0)
     goto done;
   char base[600];

@@ -97,6 +97,8 @@ json_t *native_render_task(const char *base, core *c, const task *t) {
   if (!doc) return NULL;
   /* Delivery: the deadline, a cancel on its way, the webhook and its
    * attempts, and a progress estimate while it runs. */
+  /* Images asked for; "images" lists those delivered (and paid for). */
+  json_object_set_new(doc, "n", json_integer(t->quantity > 0 ? t->quantity : 1));
   json_object_set_new(doc, "deadline_at", api_json_time(t->deadline_ms));
   if (!task_state_is_final(t->state))
     json_object_set_new(doc, "cancel_requested", json_boolean(t->cancel_requested));

@@ -254,6 +254,9 @@ static int validate(core *c, const core_gen_request *req, validated *v, imgate_e
   if (req->webhook_events && !req->webhook_url)
     return err_set(err, ERR_INVALID, "invalid_webhook_events", CORE_FIELD_WEBHOOK_EVENTS,
                    "webhook_events needs a webhook_url");
+  if (req->quantity < 0 || req->quantity > CORE_MAX_QUANTITY)
+    return err_set(err, ERR_INVALID, "invalid_quantity", CORE_FIELD_QUANTITY,
+                   "the number of images must be 1 to %d", CORE_MAX_QUANTITY);
   if (req->deadline_s < 0 || req->deadline_s > CORE_MAX_DEADLINE_S)
     return err_set(err, ERR_INVALID, "invalid_deadline", CORE_FIELD_DEADLINE,
                    "deadline must be 1 to %d seconds", CORE_MAX_DEADLINE_S);
@@ -357,6 +360,12 @@ bool core_request_hash(const core_gen_request *req, char out[65]) {
     hash_count(h, req->webhook_events);
     hash_count(h, (size_t)req->deadline_s);
   }
+  /* Likewise the image count, only when more than one is asked for. */
+  if (req->quantity > 1) {
+    static const char quantity[] = "quantity-v1";
+    hash_bytes(h, quantity, sizeof quantity - 1);
+    hash_count(h, (size_t)req->quantity);
+  }
   ids_sha256_end(h, out);
   return true;
 }
@@ -411,7 +420,7 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
   t->webhook_events = req->webhook_events;
   t->dialect = strdup(req->dialect ? req->dialect : "native");
   t->public_base = req->public_base ? strdup(req->public_base) : NULL;
-  t->quantity = 1;
+  t->quantity = req->quantity > 0 ? req->quantity : 1;
   t->created_ms = time_now_ms();
   t->deadline_ms = req->deadline_s > 0 ? t->created_ms + (int64_t)req->deadline_s * 1000 : 0;
   if (!t->model || !t->prompt || !t->aspect_ratio || !t->resolution || !t->dialect ||

@@ -42,6 +42,7 @@ typedef struct core_gen_request {
   const char *webhook_url;  /* NULL = none */
   const char *const *images;/* each: https URL, data: URI, or bare base64 */
   size_t n_images;
+  int quantity;             /* images asked for, 1..CORE_MAX_QUANTITY; 0 = 1 */
   /* Delivery options (docs/delivery.md). */
   unsigned webhook_events;  /* TASK_WEBHOOK_* bits: optional events besides the final one */
   int deadline_s;           /* cancel the task if it is not final this many seconds after
@@ -50,6 +51,11 @@ typedef struct core_gen_request {
   const char *dialect;      /* the dialect's name; NULL = "native" */
   const char *public_base;  /* scheme://host[:port] of the image links the client got */
 } core_gen_request;
+
+/* The most images one task may ask for. Each is paid for only when it is
+ * delivered: a task that gets 3 of 4 is charged for 3. */
+#define CORE_MAX_QUANTITY 10
+#define CORE_FIELD_QUANTITY "quantity"
 
 /* The longest deadline a task may have: a day. */
 #define CORE_MAX_DEADLINE_S 86400
