@@ -845,8 +845,7 @@ static int serve_start_http(serve_parts *p, const imgate_config *cfg) {
   p->routes = http_router_new();
   if (!p->c || !p->routes || serve_start_webhooks(p, cfg) < 0) return -1;
   api_health_register(p->routes, p->c);
-  api_native_register(p->routes, p->c);
-  api_account_register(p->routes, p->c);
+  api_register_dialects(p->routes, p->c);
   api_files_register(p->routes, p->c);
   opsview view = {.eng = p->eng, .ret = p->ret, .wd = p->wd};
   p->admin = api_admin_register(p->routes, &view, cfg->admin_token);

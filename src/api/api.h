@@ -16,11 +16,11 @@
 #include "core/error.h"
 #include "core/retention.h"
 #include "http/server.h"
+#include "api/dialect.h"
 #include "core/opsview.h"
 
-/* Native dialect (seed 000): /api/banana/... */
-void api_native_register(http_router *r, core *c);
-/* The account's webhook secret: /api/account/webhook-secret (account.c). */
+/* The account's webhook secret: /api/account/webhook-secret (account.c),
+ * registered with the native dialect's routes. */
 void api_account_register(http_router *r, core *c);
 /* A webhook payload for task t and event, in the shape of the dialect that
  * created it (t->dialect; the native one for an unknown name): JSON text,
@@ -50,10 +50,15 @@ void api_admin_accounts_free(api_admin_accounts *a);
 /* Liveness: GET /healthz. */
 void api_health_register(http_router *r, core *c);
 
-/* The default error shape {"error":{"code","message","param"}}; param is
- * written as null when empty. Also the server's hook for 404/405/413. */
+/* A refusal, in the shape of the dialect that owns the request's path
+ * (dialect.h): the native one is {"error":{"code","message","param"}}, param
+ * null when empty. api_server_error_hook is the HTTP layer's hook for the
+ * refusals it raises itself (404, 405, 413, 408, ...). */
 void api_reply_error(http_request *req, int status, const char *slug, const char *message,
                      const char *param);
+void api_reply_core_error(http_request *req, int status, const imgate_error *err);
+/* A slug that can be pasted into JSON as it is (a-z, 0-9, '_'). */
+bool api_plain_slug(const char *slug);
 /* For ERR_RATE_LIMITED: Retry-After, and X-RateLimit-Limit / X-RateLimit-Active
  * when a concurrency limit was hit. Nothing for other errors. */
 void api_rate_limit_headers(http_request *req, const imgate_error *err);

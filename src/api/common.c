@@ -14,40 +14,25 @@
 #include "util/utf8.h"
 
 /* A slug safe to paste into JSON as is: lower-case letters, digits, '_'. */
-static bool plain_slug(const char *slug) {
+bool api_plain_slug(const char *slug) {
   if (!slug || !*slug || strlen(slug) > 47) return false;
   for (const char *p = slug; *p; p++)
     if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_')) return false;
   return true;
 }
 
-/* When the JSON cannot be built (text that is not UTF-8, no memory), the
- * client still gets the status and, when it is plain, the slug: an empty
- * body would tell it nothing. Built without jansson, so it cannot fail. */
-static void reply_error_fallback(http_request *req, int status, const char *slug) {
-  char body[160];
-  int n = snprintf(body, sizeof body,
-                   "{\"error\":{\"code\":\"%s\",\"message\":\"the error could not be "
-                   "described\",\"param\":null}}",
-                   plain_slug(slug) ? slug : "internal_error");
-  http_reply_bytes(req, status, "application/json", body, (size_t)n);
-}
-
 void api_reply_error(http_request *req, int status, const char *slug, const char *message,
                      const char *param) {
-  json_t *err = json_pack("{s:s, s:s, s:o}", "code", slug, "message", message, "param",
-                          param && *param ? json_string(param) : json_null());
-  json_t *doc = err ? json_pack("{s:o}", "error", err) : NULL;
-  snprintf(req->log_error, sizeof req->log_error, "%s", slug ? slug : "");
-  char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-  json_decref(doc);
-  if (!text) {
-    LOG_ERROR("api_error_reply_not_encodable", "req=%s status=%d", req->request_id, status);
-    reply_error_fallback(req, status, slug);
-    return;
-  }
-  http_reply_bytes(req, status, "application/json", text, strlen(text));
-  free(text);
+  imgate_error e = {0};
+  snprintf(e.slug, sizeof e.slug, "%s", slug ? slug : "");
+  snprintf(e.message, sizeof e.message, "%s", message ? message : "");
+  snprintf(e.param, sizeof e.param, "%s", param ? param : "");
+  api_reply_core_error(req, status, &e);
+}
+
+void api_reply_core_error(http_request *req, int status, const imgate_error *err) {
+  snprintf(req->log_error, sizeof req->log_error, "%s", err->slug);
+  api_dialect_for_path(req->path)->reply_error(req, status, err);
 }
 
 json_t *api_json_text(const char *s) {
@@ -87,6 +72,8 @@ void api_rate_limit_headers(http_request *req, const imgate_error *err) {
   }
 }
 
+/* Refusals of the HTTP layer (no route, wrong method, too large, timeouts):
+ * in the shape of the dialect that owns the path. */
 void api_server_error_hook(http_request *req, int status, const char *slug, const char *message) {
   api_reply_error(req, status, slug, message, NULL);
 }
@@ -162,10 +149,13 @@ int api_authenticate(http_request *req, core *c, store_account *out) {
     return 0;
   }
   imgate_error err = {0};
-  if (core_authenticate(c, http_header_get(req, "Authorization"), out, &err) < 0) {
+  /* The key as the path's dialect has its clients send it. */
+  char key[1024];
+  const char *given = api_dialect_for_path(req->path)->read_key(req, key, sizeof key);
+  if (core_authenticate(c, given, out, &err) < 0) {
     if (err.code == ERR_UNAUTHORIZED) http_reply_header(req, "WWW-Authenticate", "Bearer");
     api_rate_limit_headers(req, &err);
-    api_reply_error(req, err_http_status(err.code), err.slug, err.message, NULL);
+    api_reply_core_error(req, err_http_status(err.code), &err);
     return -1;
   }
   snprintf(req->log_account, sizeof req->log_account, "%lld", (long long)out->id);
@@ -224,17 +214,10 @@ int api_prefer_wait(http_request *req) {
   return 0;
 }
 
-/* Which dialect renders a webhook payload, by the name a task records. */
-static const struct {
-  const char *name;
-  char *(*render)(core *c, const task *t, const char *event, int64_t now_ms);
-} webhook_renderers[] = {
-    {"native", api_native_webhook_payload},
-};
-
+/* The dialect a task was made through renders its payload (the native one
+ * for a name no dialect has, e.g. one since removed). */
 char *api_render_webhook(void *ctx, const task *t, const char *event, int64_t now_ms) {
-  for (size_t i = 0; i < sizeof webhook_renderers / sizeof webhook_renderers[0]; i++)
-    if (t->dialect && strcmp(t->dialect, webhook_renderers[i].name) == 0)
-      return webhook_renderers[i].render(ctx, t, event, now_ms);
-  return api_native_webhook_payload(ctx, t, event, now_ms);
+  const api_dialect *d = api_dialect_named(t->dialect);
+  if (!d) d = api_dialect_named("native");
+  return d->render_webhook(ctx, t, event, now_ms);
 }

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "api/native_int.h"
+#include "util/log.h"
 #include "util/timeutil.h"
 
 /* How long a cancel waits for a running task to be stopped before it answers
@@ -448,7 +449,43 @@ static void handle_credits(http_request *req, void *ctx) {
   http_reply_json(req, 200, doc);
 }
 
-void api_native_register(http_router *r, core *c) {
+/* The native error shape. When the JSON cannot be built (text that is not
+ * UTF-8, no memory), the client still gets the status and, when it is plain,
+ * the slug: an empty body would tell it nothing. */
+static void native_error_shape(http_request *req, int status, const imgate_error *err) {
+  json_t *e = json_pack("{s:s, s:s, s:o}", "code", err->slug, "message", err->message, "param",
+                        err->param[0] ? json_string(err->param) : json_null());
+  json_t *doc = e ? json_pack("{s:o}", "error", e) : NULL;
+  char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+  json_decref(doc);
+  if (!text) {
+    LOG_ERROR("api_error_reply_not_encodable", "req=%s status=%d", req->request_id, status);
+    char body[160];
+    int n = snprintf(body, sizeof body,
+                     "{\"error\":{\"code\":\"%s\",\"message\":\"the error could not be "
+                     "described\",\"param\":null}}",
+                     api_plain_slug(err->slug) ? err->slug : "internal_error");
+    http_reply_bytes(req, status, "application/json", body, (size_t)n);
+    return;
+  }
+  http_reply_bytes(req, status, "application/json", text, strlen(text));
+  free(text);
+}
+
+static void native_register(http_router *r, core *c);
+
+static const char *const native_prefixes[] = {"/api/banana/", "/api/account/", NULL};
+
+const api_dialect api_native_dialect = {
+    .name = "native",
+    .prefixes = native_prefixes,
+    .register_routes = native_register,
+    .read_key = api_read_bearer,
+    .reply_error = native_error_shape,
+    .render_webhook = api_native_webhook_payload,
+};
+
+static void native_register(http_router *r, core *c) {
   http_router_add_guarded(r, "POST", "/api/banana/create-async", api_guard_key,
                           handle_create_async, c);
   http_router_add_guarded(r, "POST", "/api/banana/create", api_guard_key, handle_create_sync, c);
@@ -461,4 +498,5 @@ void api_native_register(http_router *r, core *c) {
   http_router_add_guarded(r, "POST", "/api/banana/{uid}/cancel", api_guard_key, handle_cancel, c);
   http_router_add_guarded(r, "POST", "/api/banana/{uid}/webhook/resend", api_guard_key,
                           handle_resend, c);
+  api_account_register(r, c);
 }
