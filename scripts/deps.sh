@@ -22,8 +22,9 @@ packages=(
 # `deps.sh --fuzz` clang and its libFuzzer runtime (libclang_rt.fuzzer, in
 # libclang-rt-dev) for the fuzz targets under tests/fuzz/;
 # `deps.sh --test` Node.js and npm (Debian's, unless a node and an npm are
-# there already) and the npm packages of the webhook test receiver
-# (tests/webhook/: the reference verifier standardwebhooks), from its lock file.
+# there already) and the npm packages the tests use, from their lock files:
+# tests/webhook (the reference webhook verifier) and tests/sdk (the client
+# SDKs).
 want_test_modules=false
 for arg in "$@"; do
   case "$arg" in
@@ -39,22 +40,26 @@ for arg in "$@"; do
   esac
 done
 
-# tests/webhook/node_modules holds exactly what the lock file names, or npm ci
-# (re)installs it: without install scripts, without dev dependencies.
+# Each npm folder's node_modules holds exactly what its lock file names, or
+# npm ci (re)installs it: without install scripts, without dev dependencies.
+# tests/webhook: the reference webhook verifier; tests/sdk: the unmodified
+# client SDKs the dialect tests drive (openai, @google/genai).
 test_modules() {
-  local dir
-  dir="$(cd "$(dirname "$0")/.." && pwd)/tests/webhook"
-  if node -e '
-    const dir = process.argv[1];
-    const lock = require(dir + "/package-lock.json");
-    for (const [path, entry] of Object.entries(lock.packages)) {
-      if (path && require(dir + "/" + path + "/package.json").version !== entry.version)
-        process.exit(1);
-    }' "$dir" 2>/dev/null; then
-    return 0
-  fi
-  echo "deps: installing the npm packages of tests/webhook" >&2
-  (cd "$dir" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
+  local root dir
+  root="$(cd "$(dirname "$0")/.." && pwd)"
+  for dir in "$root/tests/webhook" "$root/tests/sdk"; do
+    if node -e '
+      const dir = process.argv[1];
+      const lock = require(dir + "/package-lock.json");
+      for (const [path, entry] of Object.entries(lock.packages)) {
+        if (path && require(dir + "/" + path + "/package.json").version !== entry.version)
+          process.exit(1);
+      }' "$dir" 2>/dev/null; then
+      continue
+    fi
+    echo "deps: installing the npm packages of ${dir#"$root"/}" >&2
+    (cd "$dir" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
+  done
 }
 
 missing=()
