@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/await.h"
 #include "api/native_int.h"
 #include "util/log.h"
 #include "util/timeutil.h"
@@ -67,88 +68,31 @@ static int optional_string(http_request *req, json_t *body, const char *field, c
 
 /* --- answering once the task is final (Prefer: wait=N, ?wait=N) --------- */
 
-/* A request waiting for its task; lives from http_wait to task_wait_end. */
-typedef struct task_wait {
-  core *c;
-  store_account acct;
-  char uid[IDS_UUID_LEN + 1];
+typedef struct native_wait {
   int seconds;
   bool prefer; /* say Preference-Applied */
-  http_waker *waker;
-  core_watch *watch;
-} task_wait;
+} native_wait;
 
-static void reply_task(http_request *req, core *c, const task *t, int waited_s, bool prefer) {
-  if (prefer && waited_s > 0) {
+static void reply_task(http_request *req, core *c, const task *t, bool final,
+                       const imgate_error *err, void *arg) {
+  (void)final;
+  const native_wait *nw = arg;
+  if (!t) {
+    native_reply_error(req, err);
+    return;
+  }
+  if (nw->prefer && nw->seconds > 0) {
     char applied[32];
-    snprintf(applied, sizeof applied, "wait=%d", waited_s);
+    snprintf(applied, sizeof applied, "wait=%d", nw->seconds);
     http_reply_header(req, "Preference-Applied", applied);
   }
   http_reply_json(req, 200, native_render_task_for(req, c, t));
 }
 
-/* A change of the task was committed (any thread): the request looks again. */
-static void task_wait_wake(void *ctx) { http_wake(((task_wait *)ctx)->waker); }
-
-static void task_wait_resume(http_request *req, void *ctx, http_resume_reason why) {
-  task_wait *w = ctx;
-  task *t = NULL;
-  imgate_error err = {0};
-  if (core_get_task(w->c, &w->acct, w->uid, &t, &err) < 0) {
-    native_reply_error(req, &err);
-    return;
-  }
-  /* Not final yet and time left: go on waiting. */
-  if (task_state_is_final(t->state) || why != HTTP_RESUME_WOKEN)
-    reply_task(req, w->c, t, w->seconds, w->prefer);
-  task_free(t);
-}
-
-static void task_wait_end(void *ctx, bool answered) {
-  task_wait *w = ctx;
-  core_unwatch(w->c, w->watch); /* after this, task_wait_wake no longer runs */
-  http_waker_release(w->waker);
-  free(w);
-}
-
-/* Answers t at once when it is final or no wait was asked for; else the
- * request waits (holding no thread) until the task is final or seconds
- * pass, and then answers the task as it is. */
 void native_answer_task(http_request *req, core *c, const store_account *acct, const task *t,
                         int seconds, bool prefer) {
-  if (seconds <= 0 || task_state_is_final(t->state)) {
-    reply_task(req, c, t, seconds, prefer);
-    return;
-  }
-  task_wait *w = calloc(1, sizeof *w);
-  if (!w) {
-    reply_task(req, c, t, 0, false);
-    return;
-  }
-  w->c = c;
-  w->acct = *acct;
-  w->seconds = seconds;
-  w->prefer = prefer;
-  snprintf(w->uid, sizeof w->uid, "%s", t->id);
-  w->waker = http_wait(req, task_wait_resume, task_wait_end, w,
-                       time_mono_ms() + (int64_t)seconds * 1000);
-  if (!w->waker) {
-    free(w);
-    reply_task(req, c, t, 0, false);
-    return;
-  }
-  w->watch = core_watch_task(c, t->id, task_wait_wake, w);
-  if (!w->watch) {
-    reply_task(req, c, t, 0, false); /* ends the wait: task_wait_end frees w */
-    return;
-  }
-  /* Read again now that the watch is on: a finish committed between the
-   * first read and the watch is seen here, one after it wakes the request. */
-  task *again = NULL;
-  imgate_error err = {0};
-  if (core_get_task(c, acct, t->id, &again, &err) == 0 && task_state_is_final(again->state))
-    reply_task(req, c, again, seconds, prefer);
-  task_free(again);
+  native_wait nw = {.seconds = seconds, .prefer = prefer};
+  api_await_task(req, c, acct, t, seconds, reply_task, &nw, sizeof nw);
 }
 
 /* webhook_events: ["task.running"] (final events are always sent). */

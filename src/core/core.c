@@ -723,3 +723,16 @@ void core_set_webhook_notify(core *c, void (*notify)(void *ctx, core_webhook_new
 }
 
 int core_stream_keepalive_ms(const core *c) { return c->cfg.http_stream_keepalive_ms; }
+
+int core_read_result(core *c, const task_result *r, uint8_t **data, size_t *len,
+                     imgate_error *err) {
+  *data = NULL;
+  *len = 0;
+  size_t cap = r->bytes > 0 ? (size_t)r->bytes : 1;
+  int rc = c->bl->ops->read(c->bl, r->blob_key, cap, data, len);
+  if (rc == BLOB_NOT_FOUND)
+    return err_set(err, ERR_NOT_FOUND, "image_expired", NULL, "the image is no longer stored");
+  if (rc != BLOB_OK)
+    return err_set(err, ERR_INTERNAL, "storage_error", NULL, "the image could not be read");
+  return 0;
+}

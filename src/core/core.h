@@ -122,6 +122,12 @@ bool core_result_file_name(const task_result *r, char *out, size_t size);
 int core_open_result(core *c, const char *name, task_result *meta, blob_object *obj,
                      imgate_error *err);
 
+/* The bytes of one of a task's result images (*data malloc'd, free it), for
+ * dialects that answer images inline (base64 in JSON). A purged image:
+ * ERR_NOT_FOUND. */
+int core_read_result(core *c, const task_result *r, uint8_t **data, size_t *len,
+                     imgate_error *err);
+
 /* Whether the server can take work: today, whether its store is healthy
  * (store_ops.health: the database file is still the one opened, and no
  * operation failed in a way that leaves its state in doubt). On false,

@@ -1,0 +1,481 @@
+/* openai.c - the OpenAI Images dialect (OpenAI's SDKs, and seed 003's
+ * ToAPIs-style /v1/images/generations).
+ *
+ *   POST /v1/images/generations   {model, prompt, n, size, quality, resolution,
+ *                                  reference_images, response_format,
+ *                                  output_format, background, stream, user,
+ *                                  async} -> {created, data:[{b64_json}|{url}], ...}
+ *                                 synchronous by default, as the SDKs expect;
+ *                                 "async": true or Prefer: respond-async -> a task
+ *   GET  /v1/images/tasks/{id}    -> the task (seed 003's polling)
+ *   GET  /v1/models               -> the catalog as OpenAI lists models
+ *
+ * Errors in OpenAI's shape: {"error":{"message","type","param","code"}},
+ * every refusal included (the seam sends those raised before a handler here
+ * for every path under /v1/). x-request-id is on every answer (the HTTP
+ * layer's X-Request-Id). docs/api-openai.md says what is and is not taken. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "api/api.h"
+#include "api/await.h"
+#include "util/base64.h"
+#include "util/buf.h"
+#include "util/timeutil.h"
+
+/* A synchronous generation waits this long at most (the default retry
+ * deadline: by then the task has ended). */
+#define OPENAI_SYNC_WAIT_S 300
+
+/* --- errors ---------------------------------------------------------------- */
+
+/* OpenAI's error "type" for an HTTP status. */
+static const char *error_type(int status) {
+  switch (status) {
+  case 401: return "authentication_error";
+  case 402: return "insufficient_quota";
+  case 403: return "permission_error";
+  case 404: return "not_found_error";
+  case 429: return "rate_limit_exceeded";
+  default: return status >= 500 ? "server_error" : "invalid_request_error";
+  }
+}
+
+/* The core names fields its own way; this dialect's clients know these. */
+static const char *openai_param(const char *core_param) {
+  if (strcmp(core_param, CORE_FIELD_IMAGES) == 0) return "reference_images";
+  if (strcmp(core_param, CORE_FIELD_QUANTITY) == 0) return "n";
+  if (strcmp(core_param, CORE_FIELD_ASPECT_RATIO) == 0) return "size";
+  if (strcmp(core_param, CORE_FIELD_IDEMPOTENCY_KEY) == 0) return "Idempotency-Key";
+  return core_param;
+}
+
+static void openai_error_shape(http_request *req, int status, const imgate_error *err) {
+  const char *param = err->param[0] ? openai_param(err->param) : NULL;
+  json_t *doc = json_pack("{s:{s:o, s:s, s:o, s:s}}", "error", "message",
+                          api_json_text(err->message), "type", error_type(status), "param",
+                          param ? json_string(param) : json_null(), "code", err->slug);
+  if (!doc) { /* text that cannot be encoded: still the shape, and the status */
+    char body[200];
+    int n = snprintf(body, sizeof body,
+                     "{\"error\":{\"message\":\"the error could not be described\",\"type\":"
+                     "\"%s\",\"param\":null,\"code\":\"%s\"}}",
+                     error_type(status), api_plain_slug(err->slug) ? err->slug : "internal_error");
+    http_reply_bytes(req, status, "application/json", body, (size_t)n);
+    return;
+  }
+  http_reply_json(req, status, doc);
+}
+
+static void reply_core_error(http_request *req, const imgate_error *err) {
+  api_rate_limit_headers(req, err);
+  api_reply_core_error(req, err_http_status(err->code), err);
+}
+
+/* --- request fields ---------------------------------------------------------- */
+
+static int bad_field(http_request *req, const char *field, const char *slug, const char *msg) {
+  api_reply_error(req, 400, slug, msg, field);
+  return -1;
+}
+
+/* An optional string field; -1 (answered) when present with another type. */
+static int opt_string(http_request *req, json_t *body, const char *field, const char **out) {
+  json_t *v = json_object_get(body, field);
+  *out = NULL;
+  if (!v || json_is_null(v)) return 0;
+  if (!json_is_string(v)) {
+    char msg[80];
+    snprintf(msg, sizeof msg, "%s must be a string", field);
+    return bad_field(req, field, "invalid_type", msg);
+  }
+  *out = json_string_value(v);
+  return 0;
+}
+
+/* One of the listed values (or absent); -1 (answered) otherwise. */
+static int opt_enum(http_request *req, json_t *body, const char *field,
+                    const char *const *allowed, const char **out) {
+  if (opt_string(req, body, field, out) < 0) return -1;
+  if (!*out) return 0;
+  for (const char *const *a = allowed; *a; a++)
+    if (strcmp(*a, *out) == 0) return 0;
+  char msg[200];
+  int n = snprintf(msg, sizeof msg, "%s must be one of:", field);
+  for (const char *const *a = allowed; *a && n > 0 && (size_t)n < sizeof msg; a++)
+    n += snprintf(msg + n, sizeof msg - (size_t)n, " %s", *a);
+  return bad_field(req, field, "invalid_value", msg);
+}
+
+/* size: OpenAI's WxH for GPT Image, or a W:H ratio as seed 003 writes it,
+ * or "auto". The ratio goes to the core, which checks the model has it. */
+static int parse_size(http_request *req, const char *size, char *ratio, size_t ratio_size) {
+  if (!size || strcmp(size, "auto") == 0) {
+    snprintf(ratio, ratio_size, "auto");
+    return 0;
+  }
+  static const struct {
+    const char *wxh, *ratio;
+  } sizes[] = {{"1024x1024", "1:1"}, {"1536x1024", "3:2"}, {"1024x1536", "2:3"}};
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+    if (strcmp(size, sizes[i].wxh) == 0) {
+      snprintf(ratio, ratio_size, "%s", sizes[i].ratio);
+      return 0;
+    }
+  unsigned w, h;
+  char tail;
+  if (sscanf(size, "%u:%u%c", &w, &h, &tail) == 2 && w > 0 && h > 0 && w < 100 && h < 100) {
+    snprintf(ratio, ratio_size, "%u:%u", w, h);
+    return 0;
+  }
+  return bad_field(req, "size", "invalid_size",
+                   "size must be 1024x1024, 1536x1024, 1024x1536, auto, or a ratio such as 16:9");
+}
+
+/* What the answer needs to know once the task is final. */
+typedef struct openai_answer {
+  bool b64;      /* response_format b64_json (else url) */
+  bool stream;   /* answer as image_generation.* server-sent events */
+  char quality[8];
+} openai_answer;
+
+/* --- answers --------------------------------------------------------------- */
+
+static const char *format_of(const char *mime) {
+  if (mime && strcmp(mime, "image/jpeg") == 0) return "jpeg";
+  if (mime && strcmp(mime, "image/webp") == 0) return "webp";
+  return "png";
+}
+
+/* One image of the answer: {"b64_json": ...} or {"url": ...}, appended to out
+ * as JSON text (base64 needs no escaping, and a 40 MB image is not copied
+ * once more into a JSON tree). */
+static bool append_image(buf *out, core *c, const char *base, const task_result *r, bool b64,
+                         imgate_error *err) {
+  if (!b64) {
+    char name[160];
+    if (!core_result_file_name(r, name, sizeof name)) return false;
+    return buf_printf(out, "{\"url\":\"%s/files/%s\"}", base, name);
+  }
+  uint8_t *data;
+  size_t len;
+  if (core_read_result(c, r, &data, &len, err) < 0) return false;
+  char *text = base64_encode(data, len);
+  free(data);
+  bool ok = text && buf_append_str(out, "{\"b64_json\":\"") && buf_append_str(out, text) &&
+            buf_append_str(out, "\"}");
+  free(text);
+  return ok;
+}
+
+/* A task that ended without images, in OpenAI's terms. */
+static void reply_unfinished(http_request *req, const task *t) {
+  imgate_error e = {0};
+  const char *code = t->error_code ? t->error_code : "upstream_error";
+  const char *msg = t->error_message ? t->error_message : "the image could not be made";
+  snprintf(e.slug, sizeof e.slug, "%s", code);
+  snprintf(e.message, sizeof e.message, "%s", msg);
+  int status = 500;
+  if (t->state == TASK_MODERATED) {
+    /* What OpenAI answers for a refused prompt; the SDK raises BadRequestError. */
+    snprintf(e.slug, sizeof e.slug, "moderation_blocked");
+    snprintf(e.message, sizeof e.message,
+             "Your request was rejected by the safety system (%s).", code);
+    status = 400;
+    json_t *doc = json_pack("{s:{s:o, s:s, s:n, s:s}}", "error", "message",
+                            api_json_text(e.message), "type", "image_generation_user_error",
+                            "param", "code", "moderation_blocked");
+    snprintf(req->log_error, sizeof req->log_error, "moderation_blocked");
+    http_reply_json(req, status, doc);
+    return;
+  }
+  if (t->state == TASK_CANCELED) status = 400;
+  api_reply_core_error(req, status, &e);
+}
+
+static void reply_images(http_request *req, core *c, const task *t, const openai_answer *a) {
+  char base[600];
+  api_base_url(req, c, base, sizeof base);
+  buf out = BUF_INIT;
+  imgate_error err = {0};
+  const task_result *first = t->n_results ? &t->results[0] : NULL;
+  char size[32] = "auto";
+  if (first) snprintf(size, sizeof size, "%dx%d", first->width, first->height);
+  int64_t created = (t->finished_ms > 0 ? t->finished_ms : time_now_ms()) / 1000;
+  bool ok = buf_printf(&out, "{\"created\":%lld,\"data\":[", (long long)created);
+  for (size_t i = 0; ok && i < t->n_results; i++)
+    ok = (i == 0 || buf_append_str(&out, ",")) &&
+         append_image(&out, c, base, &t->results[i], a->b64, &err);
+  ok = ok && buf_printf(&out,
+                        "],\"background\":\"opaque\",\"output_format\":\"%s\",\"quality\":\"%s\","
+                        "\"size\":\"%s\"}",
+                        format_of(first ? first->mime : NULL), a->quality[0] ? a->quality : "auto",
+                        size);
+  if (!ok) {
+    buf_free(&out);
+    if (!err.slug[0]) err_set(&err, ERR_INTERNAL, "internal_error", NULL, "out of memory");
+    reply_core_error(req, &err);
+    return;
+  }
+  if (!a->stream) {
+    http_reply_bytes(req, 200, "application/json", out.data, out.len);
+    buf_free(&out);
+    return;
+  }
+  /* Streamed: the completed event carries the image (no partials: the
+   * upstreams imgate calls do not make any); then the stream ends. */
+  http_reply_header(req, "Cache-Control", "no-cache");
+  http_stream_start(req, 200, "text/event-stream");
+  json_error_t jerr;
+  json_t *whole = json_loadb(out.data, out.len, 0, &jerr);
+  buf_free(&out);
+  json_t *items = json_object_get(whole, "data");
+  size_t i;
+  json_t *item;
+  json_array_foreach(items, i, item) {
+    json_t *ev = json_pack("{s:s, s:O?, s:O?, s:s, s:s, s:s, s:s, s:I}", "type",
+                           "image_generation.completed", "b64_json",
+                           json_object_get(item, "b64_json"), "url", json_object_get(item, "url"),
+                           "background", "opaque", "output_format",
+                           format_of(first ? first->mime : NULL), "quality",
+                           a->quality[0] ? a->quality : "auto", "size", size, "created_at",
+                           (json_int_t)created);
+    char *text = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
+    json_decref(ev);
+    if (text) {
+      http_stream_write(req, "event: image_generation.completed\ndata: ", 40);
+      http_stream_write(req, text, strlen(text));
+      http_stream_write(req, "\n\n", 2);
+      free(text);
+    }
+  }
+  json_decref(whole);
+  http_stream_end(req);
+}
+
+/* The async answer and GET /v1/images/tasks/{id}: the task as seed 003 polls it. */
+static json_t *render_task(http_request *req, core *c, const task *t) {
+  char base[600];
+  api_base_url(req, c, base, sizeof base);
+  json_t *data = json_array();
+  for (size_t i = 0; i < t->n_results; i++) {
+    char name[160];
+    if (!core_result_file_name(&t->results[i], name, sizeof name)) continue;
+    char url[800];
+    snprintf(url, sizeof url, "%s/files/%s", base, name);
+    json_array_append_new(data, json_pack("{s:s}", "url", url));
+  }
+  json_t *error = json_null();
+  if (t->error_code)
+    error = json_pack("{s:s, s:o}", "code", t->state == TASK_MODERATED ? "moderation_blocked"
+                                                                       : t->error_code,
+                      "message", api_json_text(t->error_message ? t->error_message : ""));
+  return json_pack("{s:s, s:s, s:s, s:s, s:I, s:o, s:o}", "id", t->id, "object", "image.task",
+                   "status", task_state_name(t->state), "model", t->model, "created",
+                   (json_int_t)(t->created_ms / 1000), "data", data, "error", error);
+}
+
+static void answer_ready(http_request *req, core *c, const task *t, bool final,
+                         const imgate_error *err, void *arg) {
+  const openai_answer *a = arg;
+  if (!t) {
+    reply_core_error(req, err);
+    return;
+  }
+  if (!final) {
+    /* Not done within the wait: the task, to poll. A 5xx here would make
+     * the SDKs retry, and each retry would be a new task, paid again. */
+    http_reply_json(req, 202, render_task(req, c, t));
+    return;
+  }
+  if (t->state == TASK_SUCCEEDED && t->n_results > 0) reply_images(req, c, t, a);
+  else reply_unfinished(req, t);
+}
+
+/* --- handlers ---------------------------------------------------------------- */
+
+static const char *const qualities[] = {"low", "medium", "high", "auto", "standard", "hd", NULL};
+static const char *const response_formats[] = {"url", "b64_json", NULL};
+static const char *const output_formats[] = {"png", "jpeg", "webp", NULL};
+static const char *const backgrounds[] = {"transparent", "opaque", "auto", NULL};
+static const char *const moderations[] = {"auto", "low", NULL};
+
+static bool is_gpt_image(const char *model) {
+  const catalog_model *m = catalog_lookup(model, NULL);
+  return m && m->sizes == CATALOG_SIZES_GPT_IMAGE;
+}
+
+static void handle_generations(http_request *req, void *ctx) {
+  core *c = ctx;
+  store_account acct;
+  if (api_authenticate(req, c, &acct) < 0) return;
+  json_t *body = api_parse_json_object(req);
+  if (!body) return;
+  core_gen_request gr = {0};
+  const char *size = NULL, *quality = NULL, *response_format = NULL, *output_format = NULL;
+  const char *background = NULL, *moderation = NULL, *user = NULL;
+  const char *images[16];
+  char ratio[16];
+  if (opt_string(req, body, "model", &gr.model) < 0 ||
+      opt_string(req, body, "prompt", &gr.prompt) < 0 ||
+      opt_string(req, body, "size", &size) < 0 ||
+      opt_string(req, body, "resolution", &gr.resolution) < 0 ||
+      opt_string(req, body, "user", &user) < 0 ||
+      opt_enum(req, body, "quality", qualities, &quality) < 0 ||
+      opt_enum(req, body, "response_format", response_formats, &response_format) < 0 ||
+      opt_enum(req, body, "output_format", output_formats, &output_format) < 0 ||
+      opt_enum(req, body, "background", backgrounds, &background) < 0 ||
+      opt_enum(req, body, "moderation", moderations, &moderation) < 0 ||
+      parse_size(req, size, ratio, sizeof ratio) < 0)
+    goto done;
+  if (!gr.model) {
+    bad_field(req, "model", "missing_field", "model is required");
+    goto done;
+  }
+  gr.aspect_ratio = ratio;
+  /* What imgate cannot do yet is refused, never silently ignored. */
+  if (output_format && strcmp(output_format, "png") != 0) {
+    bad_field(req, "output_format", "unsupported_value",
+              "output_format png is the one available here for now");
+    goto done;
+  }
+  if (background && strcmp(background, "transparent") == 0) {
+    bad_field(req, "background", "unsupported_value",
+              "transparent backgrounds are not available here for now");
+    goto done;
+  }
+  json_t *n = json_object_get(body, "n");
+  if (n && !json_is_null(n)) {
+    if (!json_is_integer(n)) {
+      bad_field(req, "n", "invalid_type", "n must be an integer");
+      goto done;
+    }
+    json_int_t v = json_integer_value(n);
+    gr.quantity = v < 1 ? -1 : v > CORE_MAX_QUANTITY ? CORE_MAX_QUANTITY + 1 : (int)v;
+  }
+  json_t *refs = json_object_get(body, "reference_images");
+  if (refs && !json_is_null(refs)) {
+    if (!json_is_array(refs) || json_array_size(refs) > sizeof images / sizeof images[0]) {
+      bad_field(req, "reference_images", "invalid_type",
+                "reference_images must be an array of at most 10 image URLs");
+      goto done;
+    }
+    size_t i;
+    json_t *v;
+    json_array_foreach(refs, i, v) {
+      if (!json_is_string(v)) {
+        bad_field(req, "reference_images", "invalid_type",
+                  "reference_images must be an array of image URLs");
+        goto done;
+      }
+      images[i] = json_string_value(v);
+    }
+    gr.images = images;
+    gr.n_images = json_array_size(refs);
+  }
+  json_t *stream = json_object_get(body, "stream");
+  json_t *async = json_object_get(body, "async");
+  if ((stream && !json_is_boolean(stream) && !json_is_null(stream)) ||
+      (async && !json_is_boolean(async) && !json_is_null(async))) {
+    bad_field(req, stream && !json_is_boolean(stream) ? "stream" : "async", "invalid_type",
+              "stream and async must be true or false");
+    goto done;
+  }
+  const char *prefer = http_header_get(req, "Prefer");
+  bool want_async = json_is_true(async) || (prefer && strcasestr(prefer, "respond-async"));
+  char base[600];
+  api_base_url(req, c, base, sizeof base);
+  gr.dialect = "openai";
+  gr.public_base = base;
+
+  task *t = NULL;
+  bool replayed = false;
+  imgate_error err = {0};
+  if (core_submit(c, &acct, &gr, http_header_get(req, "Idempotency-Key"), &t, &replayed,
+                  &err) < 0) {
+    reply_core_error(req, &err);
+    goto done;
+  }
+  if (replayed) http_reply_header(req, "Idempotent-Replayed", "true");
+  if (want_async) {
+    http_reply_json(req, 202, render_task(req, c, t));
+  } else {
+    openai_answer a = {.stream = json_is_true(stream)};
+    /* GPT Image answers base64 unless asked otherwise (OpenAI's default);
+     * the other models answer URLs (seed 003's default). */
+    a.b64 = response_format ? strcmp(response_format, "b64_json") == 0 : is_gpt_image(gr.model);
+    snprintf(a.quality, sizeof a.quality, "%s", quality ? quality : "auto");
+    api_await_task(req, c, &acct, t, OPENAI_SYNC_WAIT_S, answer_ready, &a, sizeof a);
+  }
+  task_free(t);
+done:
+  json_decref(body);
+}
+
+static void handle_task(http_request *req, void *ctx) {
+  core *c = ctx;
+  store_account acct;
+  if (api_authenticate(req, c, &acct) < 0) return;
+  task *t = NULL;
+  imgate_error err = {0};
+  if (core_get_task(c, &acct, http_param_get(req, "id"), &t, &err) < 0) {
+    reply_core_error(req, &err);
+    return;
+  }
+  http_reply_json(req, 200, render_task(req, c, t));
+  task_free(t);
+}
+
+static void handle_models(http_request *req, void *ctx) {
+  core *c = ctx;
+  core_model_info *info = NULL;
+  size_t n = 0;
+  if (core_models(c, &info, &n) < 0) {
+    api_reply_error(req, 500, "internal_error", "out of memory", NULL);
+    return;
+  }
+  json_t *list = json_array();
+  for (size_t i = 0; i < n; i++)
+    if (info[i].available)
+      json_array_append_new(list, json_pack("{s:s, s:s, s:i, s:s}", "id", info[i].model->name,
+                                            "object", "model", "created", 0, "owned_by",
+                                            "imgate"));
+  free(info);
+  http_reply_json(req, 200, json_pack("{s:s, s:o}", "object", "list", "data", list));
+}
+
+/* Webhook payloads of tasks made here: the task as GET /v1/images/tasks shows it. */
+static char *openai_webhook(core *c, const task *t, const char *event, int64_t now_ms) {
+  (void)c;
+  json_t *data = json_pack("{s:s, s:s, s:s, s:s, s:I}", "id", t->id, "object", "image.task",
+                           "status", task_state_name(t->state), "model", t->model, "created",
+                           (json_int_t)(t->created_ms / 1000));
+  if (data && t->error_code)
+    json_object_set_new(data, "error", json_pack("{s:s}", "code", t->error_code));
+  json_t *doc = data ? json_pack("{s:s, s:I, s:o}", "type", event, "created",
+                                 (json_int_t)(now_ms / 1000), "data", data)
+                     : NULL;
+  char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+  json_decref(doc);
+  return text;
+}
+
+static void openai_register(http_router *r, core *c) {
+  http_router_add_guarded(r, "POST", "/v1/images/generations", api_guard_key,
+                          handle_generations, c);
+  http_router_add_guarded(r, "GET", "/v1/images/tasks/{id}", api_guard_key, handle_task, c);
+  http_router_add_guarded(r, "GET", "/v1/models", api_guard_key, handle_models, c);
+}
+
+static const char *const openai_prefixes[] = {"/v1/", NULL};
+
+const api_dialect api_openai_dialect = {
+    .name = "openai",
+    .prefixes = openai_prefixes,
+    .register_routes = openai_register,
+    .read_key = api_read_bearer,
+    .reply_error = openai_error_shape,
+    .render_webhook = openai_webhook,
+};

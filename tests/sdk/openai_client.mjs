@@ -1,0 +1,50 @@
+// openai_client.mjs - drives imgate with OpenAI's own Node SDK, unmodified:
+// only the base URL and the key change. One call per run, its outcome as one
+// JSON line on stdout (the Python tests read it).
+//
+//   node openai_client.mjs BASE_URL KEY ACTION PROMPT
+//   ACTION: b64 | url | stream | error
+import OpenAI from "openai";
+
+const [baseURL, apiKey, action, prompt] = process.argv.slice(2);
+const client = new OpenAI({ baseURL, apiKey, timeout: 60000 });
+
+function out(obj) {
+  process.stdout.write(JSON.stringify(obj) + "\n");
+}
+
+try {
+  if (action === "b64" || action === "url") {
+    const res = await client.images.generate({
+      model: action === "b64" ? "gpt-image-1" : "nano-banana-2",
+      prompt,
+      size: action === "b64" ? "1536x1024" : "16:9",
+      n: 1,
+      ...(action === "url" ? { response_format: "url" } : {}),
+    });
+    const item = res.data[0];
+    const png = item.b64_json
+      ? Buffer.from(item.b64_json, "base64").subarray(0, 8).toString("hex")
+      : null;
+    out({ ok: true, count: res.data.length, png, url: item.url ?? null, size: res.size,
+          output_format: res.output_format, created: res.created });
+  } else if (action === "stream") {
+    const stream = await client.images.generate({ model: "gpt-image-1", prompt, stream: true });
+    const types = [];
+    let png = null;
+    for await (const ev of stream) {
+      types.push(ev.type);
+      if (ev.b64_json) png = Buffer.from(ev.b64_json, "base64").subarray(0, 8).toString("hex");
+    }
+    out({ ok: true, types, png });
+  } else if (action === "error") {
+    await client.images.generate({ model: "gpt-image-1", prompt });
+    out({ ok: true });
+  } else {
+    out({ ok: false, bad_action: action });
+  }
+} catch (e) {
+  out({ ok: false, name: e.constructor?.name, status: e.status ?? null, code: e.code ?? null,
+        type: e.type ?? null, param: e.param ?? null, request_id: e.requestID ?? e.request_id ?? null,
+        message: String(e.message) });
+}
