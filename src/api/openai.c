@@ -23,6 +23,7 @@
 #include "api/await.h"
 #include "util/base64.h"
 #include "util/buf.h"
+#include "util/multipart.h"
 #include "util/timeutil.h"
 
 /* A synchronous generation waits this long at most (the default retry
@@ -137,7 +138,8 @@ static int parse_size(http_request *req, const char *size, char *ratio, size_t r
 /* What the answer needs to know once the task is final. */
 typedef struct openai_answer {
   bool b64;      /* response_format b64_json (else url) */
-  bool stream;   /* answer as image_generation.* server-sent events */
+  bool stream;   /* answer as image_generation.* (image_edit.*) server-sent events */
+  bool edit;     /* an edit: its events are image_edit.* */
   char quality[8];
 } openai_answer;
 
@@ -235,8 +237,9 @@ static void reply_images(http_request *req, core *c, const task *t, const openai
   size_t i;
   json_t *item;
   json_array_foreach(items, i, item) {
-    json_t *ev = json_pack("{s:s, s:O?, s:O?, s:s, s:s, s:s, s:s, s:I}", "type",
-                           "image_generation.completed", "b64_json",
+    const char *type = a->edit ? "image_edit.completed" : "image_generation.completed";
+    json_t *ev = json_pack("{s:s, s:O?, s:O?, s:s, s:s, s:s, s:s, s:I}", "type", type,
+                           "b64_json",
                            json_object_get(item, "b64_json"), "url", json_object_get(item, "url"),
                            "background", "opaque", "output_format",
                            format_of(first ? first->mime : NULL), "quality",
@@ -245,7 +248,9 @@ static void reply_images(http_request *req, core *c, const task *t, const openai
     char *text = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
     json_decref(ev);
     if (text) {
-      http_stream_write(req, "event: image_generation.completed\ndata: ", 40);
+      char head[64];
+      int hn = snprintf(head, sizeof head, "event: %s\ndata: ", type);
+      http_stream_write(req, head, (size_t)hn);
       http_stream_write(req, text, strlen(text));
       http_stream_write(req, "\n\n", 2);
       free(text);
@@ -307,13 +312,14 @@ static bool is_gpt_image(const char *model) {
   return m && m->sizes == CATALOG_SIZES_GPT_IMAGE;
 }
 
-static void handle_generations(http_request *req, void *ctx) {
-  core *c = ctx;
-  store_account acct;
-  if (api_authenticate(req, c, &acct) < 0) return;
-  json_t *body = api_parse_json_object(req);
-  if (!body) return;
+/* A generation (uploads NULL) or an edit (the uploaded images) from the
+ * request's fields as JSON; answers it. */
+static void generate(http_request *req, core *c, const store_account *acct_in, json_t *body,
+                     const core_image_bytes *uploads, size_t n_uploads) {
+  store_account acct = *acct_in;
   core_gen_request gr = {0};
+  gr.image_bytes = uploads;
+  gr.n_image_bytes = n_uploads;
   const char *size = NULL, *quality = NULL, *response_format = NULL, *output_format = NULL;
   const char *background = NULL, *moderation = NULL, *user = NULL;
   const char *images[16];
@@ -402,7 +408,7 @@ static void handle_generations(http_request *req, void *ctx) {
   if (want_async) {
     http_reply_json(req, 202, render_task(req, c, t));
   } else {
-    openai_answer a = {.stream = json_is_true(stream)};
+    openai_answer a = {.stream = json_is_true(stream), .edit = n_uploads > 0};
     /* GPT Image answers base64 unless asked otherwise (OpenAI's default);
      * the other models answer URLs (seed 003's default). */
     a.b64 = response_format ? strcmp(response_format, "b64_json") == 0 : is_gpt_image(gr.model);
@@ -411,7 +417,101 @@ static void handle_generations(http_request *req, void *ctx) {
   }
   task_free(t);
 done:
+  return;
+}
+
+static void handle_generations(http_request *req, void *ctx) {
+  core *c = ctx;
+  store_account acct;
+  if (api_authenticate(req, c, &acct) < 0) return;
+  json_t *body = api_parse_json_object(req);
+  if (!body) return;
+  generate(req, c, &acct, body, NULL, 0);
   json_decref(body);
+}
+
+/* The most parts an edit takes: 16 images, a mask and the text fields. */
+#define OPENAI_MAX_PARTS 40
+#define OPENAI_MAX_UPLOADS 16
+
+/* POST /v1/images/edits: multipart/form-data, as the SDKs send it (image or
+ * repeated image[] files, typed application/octet-stream or anything: the
+ * bytes tell the format; the body may come chunked). The text fields become
+ * the same fields a generation takes. */
+static void handle_edits(http_request *req, void *ctx) {
+  core *c = ctx;
+  store_account acct;
+  if (api_authenticate(req, c, &acct) < 0) return;
+  char boundary[80];
+  if (!multipart_boundary(http_header_get(req, "Content-Type"), boundary, sizeof boundary)) {
+    api_reply_error(req, 400, "invalid_request",
+                    "an edit is multipart/form-data with a boundary", NULL);
+    return;
+  }
+  multipart_part *parts = calloc(OPENAI_MAX_PARTS, sizeof *parts);
+  json_t *body = json_object();
+  if (!parts || !body) {
+    free(parts);
+    json_decref(body);
+    api_reply_error(req, 500, "internal_error", "out of memory", NULL);
+    return;
+  }
+  char why[128];
+  int n = multipart_parse((const uint8_t *)req->body, req->body_len, boundary, parts,
+                          OPENAI_MAX_PARTS, why, sizeof why);
+  core_image_bytes uploads[OPENAI_MAX_UPLOADS];
+  size_t n_uploads = 0;
+  if (n < 0) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "the multipart body cannot be read: %s", why);
+    api_reply_error(req, 400, "invalid_request", msg, NULL);
+    goto done;
+  }
+  for (int i = 0; i < n; i++) {
+    const multipart_part *p = &parts[i];
+    if (strcmp(p->name, "image") == 0 || strcmp(p->name, "image[]") == 0) {
+      if (n_uploads == OPENAI_MAX_UPLOADS) {
+        api_reply_error(req, 400, "too_many_images", "at most 16 images", "image");
+        goto done;
+      }
+      uploads[n_uploads++] = (core_image_bytes){.data = p->data, .len = p->len};
+      continue;
+    }
+    if (strcmp(p->name, "mask") == 0) {
+      api_reply_error(req, 400, "unsupported_value", "masks are not available here for now",
+                      "mask");
+      goto done;
+    }
+    /* A text field: n is a number, stream a boolean, the rest strings. */
+    json_t *v = json_stringn((const char *)p->data, p->len);
+    if (!v) {
+      api_reply_error(req, 400, "invalid_value", "a form field is not UTF-8 text", p->name);
+      goto done;
+    }
+    if (strcmp(p->name, "n") == 0 || strcmp(p->name, "stream") == 0) {
+      const char *text = json_string_value(v);
+      char *end;
+      long num = strtol(text, &end, 10);
+      json_t *typed = strcmp(p->name, "stream") == 0
+                          ? (strcmp(text, "true") == 0    ? json_true()
+                             : strcmp(text, "false") == 0 ? json_false()
+                                                          : json_incref(v))
+                      : (*text && !*end) ? json_integer(num)
+                                         : json_incref(v);
+      json_decref(v);
+      v = typed;
+    }
+    json_object_set_new(body, p->name, v);
+  }
+  if (n_uploads == 0) {
+    api_reply_error(req, 400, "missing_field", "an edit needs an image (image or image[])",
+                    "image");
+    goto done;
+  }
+  generate(req, c, &acct, body, uploads, n_uploads);
+done:
+  json_decref(body);
+  free(parts);
 }
 
 static void handle_task(http_request *req, void *ctx) {
@@ -465,6 +565,7 @@ static char *openai_webhook(core *c, const task *t, const char *event, int64_t n
 static void openai_register(http_router *r, core *c) {
   http_router_add_guarded(r, "POST", "/v1/images/generations", api_guard_key,
                           handle_generations, c);
+  http_router_add_guarded(r, "POST", "/v1/images/edits", api_guard_key, handle_edits, c);
   http_router_add_guarded(r, "GET", "/v1/images/tasks/{id}", api_guard_key, handle_task, c);
   http_router_add_guarded(r, "GET", "/v1/models", api_guard_key, handle_models, c);
 }

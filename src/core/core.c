@@ -191,6 +191,24 @@ static int decode_reference(core *c, const char *ref, size_t index, decoded_imag
   return 0;
 }
 
+/* An uploaded image: copied (the request's buffer goes before the blob
+ * store has it), checked for size and format by its bytes. */
+static int take_upload(core *c, const core_image_bytes *in, size_t index, decoded_image *out,
+                       imgate_error *err) {
+  if (in->len > c->cfg.max_image_bytes)
+    return err_set(err, ERR_TOO_LARGE, "image_too_large", CORE_FIELD_IMAGES,
+                   "image %zu: larger than %zu bytes", index, c->cfg.max_image_bytes);
+  out->fmt = imagefmt_detect(in->data, in->len);
+  if (in->len == 0 || out->fmt == IMAGEFMT_UNKNOWN)
+    return err_set(err, ERR_INVALID, "invalid_image", CORE_FIELD_IMAGES,
+                   "image %zu: not a PNG, JPEG, WebP or HEIC image", index);
+  out->data = malloc(in->len);
+  if (!out->data) return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
+  memcpy(out->data, in->data, in->len);
+  out->len = in->len;
+  return 0;
+}
+
 typedef struct validated {
   const catalog_model *model;
   const char *aspect_ratio;
@@ -242,7 +260,7 @@ static int validate(core *c, const core_gen_request *req, validated *v, imgate_e
   size_t max_images = (size_t)v->model->max_reference_images;
   if ((size_t)c->cfg.max_reference_images < max_images)
     max_images = (size_t)c->cfg.max_reference_images;
-  if (req->n_images > max_images)
+  if (req->n_images + req->n_image_bytes > max_images)
     return err_set(err, ERR_INVALID, "too_many_images", CORE_FIELD_IMAGES,
                    "at most %zu reference images for %s", max_images, v->model->name);
   char why[256];
@@ -352,6 +370,15 @@ bool core_request_hash(const core_gen_request *req, char out[65]) {
   hash_field(h, req->webhook_url);
   hash_count(h, req->n_images);
   for (size_t i = 0; i < req->n_images; i++) hash_field(h, req->images[i]);
+  /* Uploaded images, only when there are some (as above: older requests hash
+   * as they did). */
+  if (req->n_image_bytes) {
+    static const char uploads[] = "uploads-v1";
+    hash_bytes(h, uploads, sizeof uploads - 1);
+    hash_count(h, req->n_image_bytes);
+    for (size_t i = 0; i < req->n_image_bytes; i++)
+      hash_bytes(h, (const char *)req->image_bytes[i].data, req->image_bytes[i].len);
+  }
   /* Delivery options, only when given: a request without them hashes as it
    * did before they existed, so a replay across an upgrade stays a replay. */
   if (req->webhook_events || req->deadline_s) {
@@ -392,14 +419,22 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
   if (idempotency_key && !core_request_hash(req, request_hash))
     return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
 
+  size_t n_refs = req->n_images + req->n_image_bytes;
   decoded_image *imgs = NULL;
-  if (req->n_images) {
-    imgs = calloc(req->n_images, sizeof *imgs);
+  if (n_refs) {
+    imgs = calloc(n_refs, sizeof *imgs);
     if (!imgs) return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
   }
   for (size_t i = 0; i < req->n_images; i++) {
     if (decode_reference(c, req->images[i], i, &imgs[i], err) < 0) {
-      decoded_images_free(imgs, req->n_images);
+      decoded_images_free(imgs, n_refs);
+      return -1;
+    }
+  }
+  for (size_t k = 0; k < req->n_image_bytes; k++) {
+    if (take_upload(c, &req->image_bytes[k], req->n_images + k, &imgs[req->n_images + k],
+                    err) < 0) {
+      decoded_images_free(imgs, n_refs);
       return -1;
     }
   }
@@ -407,7 +442,7 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
   task *t = calloc(1, sizeof *t);
   if (!t || !ids_uuid7(t->id)) {
     free(t);
-    decoded_images_free(imgs, req->n_images);
+    decoded_images_free(imgs, n_refs);
     return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "could not create the task");
   }
   t->account_id = acct->id;
@@ -428,9 +463,9 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
     err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
     goto fail;
   }
-  if (price_task(c, t, req->n_images, err) < 0) goto fail;
-  if (store_inputs(c, t, imgs, req->n_images, err) < 0) goto fail;
-  decoded_images_free(imgs, req->n_images);
+  if (price_task(c, t, n_refs, err) < 0) goto fail;
+  if (store_inputs(c, t, imgs, n_refs, err) < 0) goto fail;
+  decoded_images_free(imgs, n_refs);
   imgs = NULL;
 
   int rc;
@@ -492,7 +527,7 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
 
 fail:
   remove_inputs(c, t);
-  decoded_images_free(imgs, req->n_images);
+  decoded_images_free(imgs, n_refs);
   task_free(t);
   return -1;
 }

@@ -34,6 +34,11 @@
 
 typedef struct core core;
 
+typedef struct core_image_bytes {
+  const uint8_t *data;
+  size_t len;
+} core_image_bytes;
+
 typedef struct core_gen_request {
   const char *model;        /* NULL = "nano-banana" */
   const char *prompt;
@@ -42,6 +47,10 @@ typedef struct core_gen_request {
   const char *webhook_url;  /* NULL = none */
   const char *const *images;/* each: https URL, data: URI, or bare base64 */
   size_t n_images;
+  /* Reference images as bytes (a multipart upload), after those above; the
+   * format is told by the bytes, whatever the client called them. */
+  const core_image_bytes *image_bytes;
+  size_t n_image_bytes;
   int quantity;             /* images asked for, 1..CORE_MAX_QUANTITY; 0 = 1 */
   /* Delivery options (docs/delivery.md). */
   unsigned webhook_events;  /* TASK_WEBHOOK_* bits: optional events besides the final one */

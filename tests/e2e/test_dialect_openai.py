@@ -20,6 +20,7 @@ import unittest
 
 import billing_util as b
 import harness as h
+import upstream_util as u
 
 EMAIL = "openai-dialect@example.com"
 BONUS = 1000000
@@ -27,14 +28,29 @@ SDK_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__
 SDK_CLIENT = os.path.join(SDK_DIR, "openai_client.mjs")
 PNG = "89504e470d0a1a0a"
 GENERATIONS = "/v1/images/generations"
+EDITS = "/v1/images/edits"
 
 
-def sdk(srv, key, action, prompt):
+def multipart(fields, files, boundary="imgate-test-boundary"):
+    """A multipart/form-data body: fields {name: text}, files [(name, filename, bytes)]."""
+    out = b""
+    for name, value in fields.items():
+        out += (b"--%s\r\nContent-Disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n"
+                % (boundary.encode(), name.encode(), str(value).encode()))
+    for name, filename, data in files:
+        out += (b"--%s\r\nContent-Disposition: form-data; name=\"%s\"; filename=\"%s\"\r\n"
+                b"Content-Type: application/octet-stream\r\n\r\n" % (
+                    boundary.encode(), name.encode(), filename.encode()) + data + b"\r\n")
+    out += b"--%s--\r\n" % boundary.encode()
+    return out, "multipart/form-data; boundary=" + boundary
+
+
+def sdk(srv, key, action, prompt, files=()):
     node = shutil.which("node")
     if not node or not os.path.exists(os.path.join(SDK_DIR, "node_modules", "openai")):
         raise AssertionError("node or tests/sdk/node_modules is missing: run scripts/deps.sh --test")
     r = subprocess.run([node, SDK_CLIENT, "http://%s:%d/v1" % (srv.host, srv.port), key, action,
-                        prompt], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        prompt] + list(files), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        timeout=h.DEADLINE * 3)
     if r.returncode != 0 or not r.stdout.strip():
         raise AssertionError("openai_client.mjs %s: %d %r" % (action, r.returncode, r.stderr))
@@ -162,6 +178,48 @@ class OpenAIDialectTest(b.BillingTestCase):
         self.assertOpenAIError(r, 500, "upstream_error", type_="server_error")
         self.assertMoney(srv, key, srv.data_dir, EMAIL, BONUS, 0)  # neither is paid
 
+    def test_edits_multipart(self):
+        srv, key = self.server()
+        png, webp = u.fake_image("png", "ref one"), u.webp(8, 8)
+        body, ctype = multipart({"model": "gpt-image-1", "prompt": "make it blue", "n": 2},
+                                [("image[]", "a.bin", png), ("image[]", "b.png", webp)])
+        r = srv.request("POST", EDITS, key=key, body=body, headers={"Content-Type": ctype})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(len(r.json()["data"]), 2)
+        t = srv.get("/api/banana/tasks?limit=1", key=key).json()["tasks"][0]
+        self.assertEqual(t["n"], 2)
+        # The uploads were kept as the task's reference images, told apart by
+        # their bytes (the webp was sent as b.png, typed octet-stream).
+        self.assertEqual(t["cost"]["charged_micros"], t["cost"]["price_micros"])
+        # Streamed, chunked, one image named plain "image".
+        body, ctype = multipart({"model": "gpt-image-1", "prompt": "again", "stream": "true"},
+                                [("image", "x.png", png)])
+        chunks = [body[i:i + 1000] for i in range(0, len(body), 1000)]
+        head = (b"POST %s HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n"
+                b"Content-Type: %s\r\nTransfer-Encoding: chunked\r\n\r\n"
+                % (EDITS.encode(), key.encode(), ctype.encode()))
+        r = srv.raw_exchange(head, chunks=chunks)
+        self.assertEqual(r.status, 200, r)
+        self.assertIn(b"event: image_edit.completed", r.body)
+        # Refusals.
+        for fields, files, code, param in (
+                ({"model": "gpt-image-1", "prompt": "x"}, [], "missing_field", "image"),
+                ({"model": "gpt-image-1", "prompt": "x"}, [("image", "a.txt", b"not an image")],
+                 "invalid_image", "reference_images"),
+                ({"model": "gpt-image-1", "prompt": "x"},
+                 [("image", "a.png", png), ("mask", "m.png", png)], "unsupported_value", "mask"),
+                ({"model": "gpt-image-1", "prompt": "x", "n": "two"}, [("image", "a.png", png)],
+                 "invalid_type", "n")):
+            body, ctype = multipart(fields, files)
+            r = srv.request("POST", EDITS, key=key, body=body, headers={"Content-Type": ctype})
+            self.assertOpenAIError(r, 400, code, param)
+        r = srv.request("POST", EDITS, key=key, body=b"--nope", headers={
+            "Content-Type": "multipart/form-data; boundary=other"})
+        self.assertOpenAIError(r, 400, "invalid_request")
+        r = srv.request("POST", EDITS, key=key, json_body={"prompt": "x"})
+        self.assertOpenAIError(r, 400, "invalid_request")
+        self.assertEqual(self.credits(srv, key)["held_micros"], 0)
+
     def test_models(self):
         srv, key = self.server()
         doc = srv.get("/v1/models", key=key).json()
@@ -184,6 +242,11 @@ class OpenAIDialectTest(b.BillingTestCase):
         self.assertEqual((got["ok"], got["name"], got["status"], got["code"]),
                          (False, "BadRequestError", 400, "moderation_blocked"), got)
         self.assertTrue(got["request_id"], got)
+        path = os.path.join(srv.work_dir, "ref.png")
+        with open(path, "wb") as f:
+            f.write(u.fake_image("png", "sdk edit"))
+        got = sdk(srv, key, "edit", "make it blue", [path, path])
+        self.assertEqual((got["ok"], got["count"], got["png"]), (True, 1, PNG), got)
         got = sdk(srv, "igk_wrong", "error", "x")
         self.assertEqual((got["name"], got["status"]), ("AuthenticationError", 401), got)
 

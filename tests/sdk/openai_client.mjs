@@ -2,11 +2,12 @@
 // only the base URL and the key change. One call per run, its outcome as one
 // JSON line on stdout (the Python tests read it).
 //
-//   node openai_client.mjs BASE_URL KEY ACTION PROMPT
-//   ACTION: b64 | url | stream | error
-import OpenAI from "openai";
+//   node openai_client.mjs BASE_URL KEY ACTION PROMPT [IMAGE_FILE...]
+//   ACTION: b64 | url | stream | error | edit
+import fs from "node:fs";
+import OpenAI, { toFile } from "openai";
 
-const [baseURL, apiKey, action, prompt] = process.argv.slice(2);
+const [baseURL, apiKey, action, prompt, ...files] = process.argv.slice(2);
 const client = new OpenAI({ baseURL, apiKey, timeout: 60000 });
 
 function out(obj) {
@@ -37,6 +38,15 @@ try {
       if (ev.b64_json) png = Buffer.from(ev.b64_json, "base64").subarray(0, 8).toString("hex");
     }
     out({ ok: true, types, png });
+  } else if (action === "edit") {
+    // As the SDK's docs show it: files uploaded with toFile, several as image[].
+    const image = await Promise.all(
+      files.map((f, i) => toFile(fs.createReadStream(f), `ref${i}.png`, { type: "image/png" })));
+    const res = await client.images.edit({
+      model: "gpt-image-1", prompt, image: image.length === 1 ? image[0] : image });
+    const item = res.data[0];
+    out({ ok: true, count: res.data.length,
+          png: Buffer.from(item.b64_json, "base64").subarray(0, 8).toString("hex") });
   } else if (action === "error") {
     await client.images.generate({ model: "gpt-image-1", prompt });
     out({ ok: true });
