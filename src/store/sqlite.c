@@ -272,6 +272,14 @@ typedef struct sql_store {
    * keeps a burst of writes from turning into a burst of sleeps. busy_timeout
    * still covers writers in other processes (the admin CLI). */
   pthread_mutex_t write_mu;
+  /* Group commit of submits (sql_insert_task_tx): inserts that arrive while
+   * one is being written wait in this queue (under mu); the next one to go
+   * writes them all in one transaction, each under its own savepoint, and
+   * one commit (one fsync) makes them all durable. */
+  pthread_cond_t gc_cv;          /* a batch was committed */
+  struct sql_insert_job *gc_head, *gc_tail;
+  bool gc_writing;               /* a thread is writing a batch */
+  uint64_t gc_batches, gc_jobs;  /* for tests and benchmarks (under mu) */
   size_t n_waiting; /* threads in sql_acquire waiting for a connection (under mu) */
   sqlite3 **conns; /* every connection, for close */
   sql_cache *caches; /* caches[i] is conns[i]'s */
@@ -1365,6 +1373,72 @@ static int sql_idem_record(sqlite3 *db, const task *t, const store_idem *idem) {
   return rc;
 }
 
+/* One submit: the task, its inputs, its first event, its hold and its
+ * idempotency key, inside the current transaction. */
+static int sql_insert_locked(sqlite3 *db, const task *t, const store_idem *idem,
+                             char *first_task_id) {
+  /* The key first: a replay is answered whatever the limits say now. */
+  int rc = idem ? sql_idem_claim(db, t->account_id, idem, t->created_ms, first_task_id) : STORE_OK;
+  if (rc == STORE_OK) rc = sql_check_concurrency(db, t->account_id);
+  if (rc == STORE_OK) rc = sql_insert_task_row(db, t);
+  if (rc == STORE_OK) rc = sql_insert_inputs(db, t);
+  if (rc == STORE_OK) {
+    const sql_event_row first = {.seq = 1, .attempts = t->attempts};
+    rc = sql_event_put(db, t->id, &first, TASK_EVENT_QUEUED, t->created_ms, NULL, 0, NULL);
+  }
+  /* The hold goes in the same transaction: no task without its hold, no
+   * hold without its task. */
+  if (rc == STORE_OK && t->cost_held_micros > 0)
+    rc = sql_ledger_append(db, t->account_id, LEDGER_HOLD, -t->cost_held_micros,
+                           t->cost_held_micros, t->id, "task submitted", t->created_ms, true);
+  if (rc == STORE_OK && idem) rc = sql_idem_record(db, t, idem);
+  return rc;
+}
+
+/* A submit waiting in the group-commit queue (on its caller's stack). */
+typedef struct sql_insert_job {
+  const task *t;
+  const store_idem *idem;
+  char *first_task_id;
+  int rc;
+  bool done;
+  struct sql_insert_job *next;
+} sql_insert_job;
+
+/* The answers a submit may get that concern it alone: it is undone to its
+ * savepoint and the others in its batch go on. */
+static bool sql_insert_refused(int rc) {
+  return rc == STORE_NO_CREDIT || rc == STORE_LIMIT || rc == STORE_REPLAY ||
+         rc == STORE_IDEMPOTENCY_MISMATCH || rc == STORE_CONFLICT;
+}
+
+/* Writes one batch: one transaction, a savepoint per submit, one commit.
+ * Each job's rc is its own answer; a failure of the transaction itself (the
+ * disk, the commit) is every job's. */
+static void sql_write_batch(sql_store *ss, sql_insert_job *jobs) {
+  sqlite3 *db = sql_acquire(ss);
+  int rc = sql_write_begin(ss, db);
+  if (rc == STORE_OK) {
+    for (sql_insert_job *j = jobs; rc == STORE_OK && j; j = j->next) {
+      rc = sql_run(db, "savepoint", "SAVEPOINT submit", "");
+      if (rc != STORE_OK) break;
+      j->rc = sql_insert_locked(db, j->t, j->idem, j->first_task_id);
+      if (j->rc != STORE_OK) {
+        if (!sql_insert_refused(j->rc)) {
+          rc = j->rc; /* a failed write: the transaction is not to be trusted */
+          break;
+        }
+        rc = sql_run(db, "rollback_to", "ROLLBACK TO submit", "");
+      }
+      if (rc == STORE_OK) rc = sql_run(db, "release", "RELEASE submit", "");
+    }
+    rc = sql_write_end(ss, db, rc); /* commits, or rolls everything back */
+  }
+  sql_release(ss, db);
+  if (rc != STORE_OK)
+    for (sql_insert_job *j = jobs; j; j = j->next) j->rc = rc;
+}
+
 static int sql_insert_task_tx(sql_store *ss, const task *t, const store_idem *idem,
                              char first_task_id[IDS_UUID_LEN + 1]) {
   if (!t || !ids_is_uuid(t->id)) return sql_misuse("task_insert", "task id is not a UUID");
@@ -1373,29 +1447,50 @@ static int sql_insert_task_tx(sql_store *ss, const task *t, const store_idem *id
   if (t->deadline_ms < 0) return sql_misuse("task_insert", "negative deadline");
   if (idem && (!idem->key || !idem->request_hash || idem->ttl_ms <= 0 || !first_task_id))
     return sql_misuse("task_insert", "incomplete idempotency key");
-  sqlite3 *db = sql_acquire(ss);
-  int rc = sql_write_begin(ss, db);
-  if (rc == STORE_OK) {
-    /* The key first: a replay is answered whatever the limits say now. */
-    if (idem) rc = sql_idem_claim(db, t->account_id, idem, t->created_ms, first_task_id);
-    if (rc == STORE_OK) rc = sql_check_concurrency(db, t->account_id);
-    if (rc == STORE_OK) rc = sql_insert_task_row(db, t);
-    if (rc == STORE_OK) rc = sql_insert_inputs(db, t);
-    if (rc == STORE_OK) {
-      const sql_event_row first = {.seq = 1, .attempts = t->attempts};
-      rc = sql_event_put(db, t->id, &first, TASK_EVENT_QUEUED, t->created_ms, NULL, 0, NULL);
+  /* Queue up; whoever finds nobody writing writes everything queued so far
+   * (its own submit included) and wakes the others. A submit that arrives
+   * while a batch is being written waits for the next one: under load, one
+   * fsync serves every submit of the last few milliseconds, with the same
+   * durability (nobody hears OK before the commit). */
+  sql_insert_job me = {.t = t, .idem = idem, .first_task_id = first_task_id, .rc = STORE_ERROR};
+  pthread_mutex_lock(&ss->mu);
+  if (ss->gc_tail) ss->gc_tail->next = &me;
+  else ss->gc_head = &me;
+  ss->gc_tail = &me;
+  while (!me.done) {
+    if (ss->gc_writing) {
+      pthread_cond_wait(&ss->gc_cv, &ss->mu);
+      continue;
     }
-    /* The hold goes in the same transaction: no task without its hold, no
-     * hold without its task. */
-    if (rc == STORE_OK && t->cost_held_micros > 0)
-      rc = sql_ledger_append(db, t->account_id, LEDGER_HOLD, -t->cost_held_micros,
-                             t->cost_held_micros, t->id, "task submitted", t->created_ms, true);
-    if (rc == STORE_OK && idem) rc = sql_idem_record(db, t, idem);
-    /* Anything but OK (a replay included) rolls back: nothing is stored. */
-    rc = sql_write_end(ss, db, rc);
+    sql_insert_job *batch = ss->gc_head;
+    ss->gc_head = ss->gc_tail = NULL;
+    ss->gc_writing = true;
+    pthread_mutex_unlock(&ss->mu);
+    assert(batch);
+    sql_write_batch(ss, batch);
+    pthread_mutex_lock(&ss->mu);
+    size_t n = 0;
+    for (sql_insert_job *j = batch; j; j = j->next, n++) j->done = true;
+    ss->gc_batches++;
+    ss->gc_jobs += n;
+    ss->gc_writing = false;
+    pthread_cond_broadcast(&ss->gc_cv);
   }
-  sql_release(ss, db);
-  return rc;
+  pthread_mutex_unlock(&ss->mu);
+  return me.rc;
+}
+
+void store_sqlite_group_commit_stats(store *s, uint64_t *batches, uint64_t *submits,
+                                     size_t *queued, bool *writing) {
+  sql_store *ss = (sql_store *)s;
+  pthread_mutex_lock(&ss->mu);
+  *batches = ss->gc_batches;
+  *submits = ss->gc_jobs;
+  size_t n = 0;
+  for (sql_insert_job *j = ss->gc_head; j; j = j->next) n++;
+  *queued = n;
+  *writing = ss->gc_writing;
+  pthread_mutex_unlock(&ss->mu);
 }
 
 static int sql_task_insert(store *s, const task *t) {
@@ -2397,6 +2492,7 @@ static void sql_free(sql_store *ss) {
   pthread_mutex_destroy(&ss->mu);
   pthread_mutex_destroy(&ss->write_mu);
   pthread_mutex_destroy(&ss->broken_mu);
+  pthread_cond_destroy(&ss->gc_cv);
   free(ss->db_path);
   free(ss->conns);
   free(ss->caches);
@@ -2658,8 +2754,10 @@ static sql_store *sql_alloc(int pool_size) {
     if (done == 1 && pthread_cond_init(&ss->cv, NULL) == 0) done = 2;
     if (done == 2 && pthread_mutex_init(&ss->write_mu, NULL) == 0) done = 3;
     if (done == 3 && pthread_mutex_init(&ss->broken_mu, NULL) == 0) done = 4;
+    if (done == 4 && pthread_cond_init(&ss->gc_cv, NULL) == 0) done = 5;
   }
-  if (done < 4) {
+  if (done < 5) {
+    if (done >= 4) pthread_mutex_destroy(&ss->broken_mu);
     if (done >= 3) pthread_mutex_destroy(&ss->write_mu);
     if (done >= 2) pthread_cond_destroy(&ss->cv);
     if (done >= 1) pthread_mutex_destroy(&ss->mu);

@@ -875,6 +875,89 @@ static int insert_priced(store *s, int64_t account, int64_t unit, int64_t refs, 
   return rc;
 }
 
+/* ---- group commit ---------------------------------------------------------------------- */
+
+typedef struct submit_arg {
+  store *s;
+  int64_t account;
+  int rc;
+  task *t;
+} submit_arg;
+
+static void *submit_one(void *p) {
+  submit_arg *a = p;
+  a->rc = insert_priced(a->s, a->account, 10000, 0, &a->t);
+  return NULL;
+}
+
+/* Submits that arrive while one is being written are written together, in
+ * one transaction and one commit, each still with its own answer: here the
+ * first waits behind a writer in another process (the admin CLI would be
+ * one) while ten more queue; the ten then go in one batch, and the balance
+ * covers only some of them: those are stored, the rest refused alone. */
+static void test_group_commit(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t id;
+  assert_int_equal(s->ops->account_open(s, "batched@example.com", NOW, 60000, &id), STORE_OK);
+  uint64_t batches0, submits0, batches, submits;
+  size_t queued;
+  bool writing;
+  store_sqlite_group_commit_stats(s, &batches0, &submits0, &queued, &writing);
+
+  /* Another connection holds the write lock. */
+  sqlite3 *other;
+  assert_int_equal(sqlite3_open(f->path, &other), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+
+  enum { N = 11 };
+  submit_arg args[N];
+  pthread_t th[N];
+  for (int i = 0; i < N; i++) {
+    args[i] = (submit_arg){.s = s, .account = id};
+    assert_int_equal(pthread_create(&th[i], NULL, submit_one, &args[i]), 0);
+    if (i > 0) continue;
+    /* The first is the writer (blocked in BEGIN) before the others come. */
+    for (int k = 0; k < 5000 && !writing; k++) {
+      usleep(1000);
+      store_sqlite_group_commit_stats(s, &batches, &submits, &queued, &writing);
+    }
+    assert_true(writing);
+  }
+  /* Polled (bounded) until the other ten are queued behind it. */
+  for (int k = 0; k < 5000; k++) {
+    store_sqlite_group_commit_stats(s, &batches, &submits, &queued, &writing);
+    if (queued == N - 1) break;
+    usleep(1000);
+  }
+  assert_int_equal(queued, N - 1);
+  assert_int_equal(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(other);
+  int ok = 0, poor = 0;
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(pthread_join(th[i], NULL), 0);
+    if (args[i].rc == STORE_OK) ok++;
+    else if (args[i].rc == STORE_NO_CREDIT) poor++;
+    else fail_msg("submit %d: %d", i, args[i].rc);
+  }
+  /* 60,000 covers six tasks of 10,000: six stored, five refused. */
+  assert_int_equal(ok, 6);
+  assert_int_equal(poor, 5);
+  store_sqlite_group_commit_stats(s, &batches, &submits, &queued, &writing);
+  assert_int_equal(submits - submits0, N);
+  assert_int_equal(batches - batches0, 2); /* the first alone, then the ten at once */
+  for (int i = 0; i < N; i++) {
+    task *got = NULL;
+    int rc = s->ops->task_get(s, args[i].t->id, &got);
+    assert_int_equal(rc, args[i].rc == STORE_OK ? STORE_OK : STORE_NOT_FOUND);
+    task_free(got);
+    task_free(args[i].t);
+  }
+  store_account a = account_of(s, id);
+  assert_int_equal(a.held_micros, 60000);
+  assert_int_equal(a.balance_micros, 0);
+}
+
 static void test_hold_capture_release(void **state) {
   fx *f = *state;
   store *s = f->s;
@@ -2505,6 +2588,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_requeue_running, setup, teardown),
       cmocka_unit_test_setup_teardown(test_list_queued, setup, teardown),
       cmocka_unit_test_setup_teardown(test_list_account, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_result_by_token, setup, teardown),
       cmocka_unit_test_setup_teardown(test_finish_is_atomic, setup, teardown),
       cmocka_unit_test_setup_teardown(test_concurrent_start_finish, setup, teardown),
