@@ -8,9 +8,11 @@
 #include <strings.h>
 
 extern const api_dialect api_native_dialect;
+extern const api_dialect api_gemini_dialect;
 
 static const api_dialect *const table[] = {
     &api_native_dialect, /* first: the default owner of every path */
+    &api_gemini_dialect,
 };
 
 #define N_DIALECTS (sizeof table / sizeof table[0])
