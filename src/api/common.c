@@ -1,10 +1,12 @@
 /* common.c - helpers shared by the dialects: errors, base URL, auth, JSON. */
 #include "api/api.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "core/pricing.h"
 #include "util/ids.h"
@@ -220,4 +222,44 @@ char *api_render_webhook(void *ctx, const task *t, const char *event, int64_t no
   const api_dialect *d = api_dialect_named(t->dialect);
   if (!d) d = api_dialect_named("native");
   return d->render_webhook(ctx, t, event, now_ms);
+}
+
+int api_result_bytes(core *c, const task_result *r, uint8_t **data, size_t *len, char *mime,
+                     size_t mime_size, imgate_error *err) {
+  char name[128];
+  *data = NULL;
+  *len = 0;
+  if (!core_result_file_name(r, name, sizeof name))
+    return err_set(err, ERR_INTERNAL, "storage_error", NULL, "the image could not be read");
+  task_result meta;
+  blob_object obj;
+  if (core_open_result(c, name, &meta, &obj, err) < 0) return -1;
+  snprintf(mime, mime_size, "%s", meta.mime ? meta.mime : "application/octet-stream");
+  task_result_clear(&meta);
+  int rc = -1;
+  if (obj.size > API_RESULT_MAX_BYTES) goto unreadable;
+  uint8_t *bytes = malloc(obj.size ? obj.size : 1);
+  if (!bytes) goto unreadable;
+  if (obj.fd < 0) {
+    memcpy(bytes, obj.data, obj.size);
+  } else {
+    /* An object kept as a file: read it whole (pread: the descriptor's
+     * offset is nobody else's business). */
+    for (size_t got = 0; got < obj.size;) {
+      ssize_t n = pread(obj.fd, bytes + got, obj.size - got, (off_t)got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        free(bytes);
+        goto unreadable;
+      }
+      got += (size_t)n;
+    }
+  }
+  *data = bytes;
+  *len = obj.size;
+  rc = 0;
+unreadable:
+  if (rc < 0) err_set(err, ERR_INTERNAL, "storage_error", NULL, "the image could not be read");
+  blob_object_release(&obj);
+  return rc;
 }
