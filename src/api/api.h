@@ -94,16 +94,6 @@ int api_wait_seconds(const char *value);
  * http://<Host header>. Written into out without a trailing slash. */
 void api_base_url(http_request *req, const core *c, char *out, size_t out_size);
 
-/* A result image's bytes, for dialects that answer with the image itself
- * (base64 in JSON) rather than its URL: read through the core's result API
- * (core_open_result), as GET /files/ serves it. *data is malloc'd (free
- * it), *mime is the stored type (static text of the result, copied into
- * mime). ERR_NOT_FOUND when it has expired, ERR_INTERNAL when it cannot be
- * read or is larger than API_RESULT_MAX_BYTES. */
-#define API_RESULT_MAX_BYTES (256u << 20)
-int api_result_bytes(core *c, const task_result *r, uint8_t **data, size_t *len, char *mime,
-                     size_t mime_size, imgate_error *err);
-
 /* Parses the body as a JSON object. On failure replies 400 (invalid_json or
  * invalid_request) in the default shape and returns NULL. Before parsing,
  * a look at the raw bytes refuses (400 invalid_request) bodies nesting more

@@ -161,8 +161,8 @@ static json_t *inline_candidates(core *c, const task *t, imgate_error *err) {
   for (size_t i = 0; cands && i < t->n_results; i++) {
     uint8_t *bytes = NULL;
     size_t len = 0;
-    char mime[64];
-    if (api_result_bytes(c, &t->results[i], &bytes, &len, mime, sizeof mime, err) < 0) {
+    const char *mime = t->results[i].mime ? t->results[i].mime : "application/octet-stream";
+    if (core_read_result(c, &t->results[i], &bytes, &len, err) < 0) {
       json_decref(cands);
       return NULL;
     }
