@@ -24,6 +24,7 @@
 #include "http/server.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <limits.h>
 #include <netdb.h>
@@ -363,18 +364,41 @@ void http_wake(http_waker *wk) {
 
 void http_worker_run_mailbox(http_worker *w) {
   http_mailbox *mb = w->mailbox;
+  /* What is queued now is run; wakes that come meanwhile wait for the next
+   * turn (the bell rings again for them), so other connections get theirs. */
   pthread_mutex_lock(&mb->lock);
-  http_waker *list = mb->head;
-  mb->head = mb->tail = NULL;
-  /* Taken off the queue now: a wake during the resumes below queues again. */
-  for (http_waker *wk = list; wk; wk = wk->next) wk->queued = false;
+  const http_waker *last = mb->tail;
   pthread_mutex_unlock(&mb->lock);
-  while (list) {
-    http_waker *next = list->next;
-    conn_resume_waker(list);
-    http_waker_release(list);
-    list = next;
+  bool more = last != NULL;
+  while (more) {
+    /* One entry at a time, taken off the queue under the lock: a waker is
+     * either queued (its next belongs to the queue and http_wake leaves it
+     * alone) or not (a wake queues it again). Taking the whole list at once
+     * and marking it unqueued let a wake for an entry further down relink
+     * its next while this loop still walked it: skipped wakes, and a waker
+     * released twice. */
+    pthread_mutex_lock(&mb->lock);
+    http_waker *wk = mb->head;
+    assert(wk); /* last is still queued until it is taken here */
+    mb->head = wk->next;
+    if (!mb->head) mb->tail = NULL;
+    wk->next = NULL;
+    wk->queued = false;
+    pthread_mutex_unlock(&mb->lock);
+    more = wk != last; /* compared before the release below may free it */
+    conn_resume_waker(wk);
+    http_waker_release(wk);
   }
+  /* Wakes that came meanwhile found the queue not empty and did not ring
+   * the bell (only the first of a batch does): ring it for them, so the
+   * next turn of the loop runs them at once. */
+  pthread_mutex_lock(&mb->lock);
+  if (mb->head && mb->wake_fd >= 0) {
+    uint64_t one = 1;
+    ssize_t n = write(mb->wake_fd, &one, sizeof one);
+    (void)n;
+  }
+  pthread_mutex_unlock(&mb->lock);
 }
 
 /* Another thread wrote to the wake descriptor. True when that was the

@@ -84,8 +84,9 @@ static bool parse_disposition(const char *v, const char *end, multipart_part *pa
     char value[MULTIPART_FILENAME_MAX];
     if (!read_value(&v, end, value, sizeof value)) return false;
     if (key_len == 4 && strncasecmp(key, "name", 4) == 0) {
-      if (strlen(value) >= sizeof part->name) return false;
-      snprintf(part->name, sizeof part->name, "%s", value);
+      size_t n = strlen(value);
+      if (n >= sizeof part->name) return false;
+      memcpy(part->name, value, n + 1);
       *has_name = value[0] != '\0'; /* an empty name names no field */
     } else if (key_len == 8 && strncasecmp(key, "filename", 8) == 0) {
       snprintf(part->filename, sizeof part->filename, "%s", value);

@@ -57,7 +57,8 @@ class ExamplesTest(h.ServerTestCase):
         self.assertEqual(got[0]["uid"], uid)
         self.assertEqual(got[0]["status"], "succeeded")
         self.assertFalse(got[0]["duplicate"])
-        t = srv.task(uid, key)
+        # The receiver has it; imgate records the attempt a moment later.
+        t = srv.poll_until(uid, key, lambda t: t.get("webhook_deliveries"))
         self.assertEqual([(d["http_status"], d["outcome"]) for d in t["webhook_deliveries"]],
                          [(204, "delivered")], t)
         self.assertEqual(t["webhook_deliveries"][0]["webhook_id"], got[0]["id"])

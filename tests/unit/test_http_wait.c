@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -337,6 +338,50 @@ static void test_many_waiting(void **state) {
   assert_true(poll_until(&ended_answered, N));
 }
 
+static atomic_int storm_stop;
+
+static void *wake_storm(void *arg) {
+  (void)arg;
+  while (!atomic_load(&storm_stop)) wake_all();
+  return NULL;
+}
+
+/* Wakes from another thread without pause while the worker runs the wakes it
+ * took: every waiter stays sound (the mailbox once let a wake relink an entry
+ * the worker was still walking: skipped wakes, and a waker released twice,
+ * which ASan reports), and the final wake reaches every one at once, not at
+ * its minute-long deadline. */
+static void test_wake_storm(void **state) {
+  fixture *f = *state;
+  enum { N = 200 };
+  int s[N];
+  for (int i = 0; i < N; i++) {
+    s[i] = connect_local(f->port);
+    assert_true(send_all(s[i], "GET /wait?ms=60000 HTTP/1.1\r\nHost: t\r\n\r\n", 40));
+  }
+  assert_true(poll_waiters(N));
+  atomic_store(&storm_stop, 0);
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, wake_storm, NULL), 0);
+  /* Until the worker has resumed every request many times over. */
+  int64_t until = time_mono_ms() + 10000;
+  while (atomic_load(&resumes) < 20 * N && time_mono_ms() < until) sched_yield();
+  assert_true(atomic_load(&resumes) >= 20 * N);
+  atomic_store(&task_done, 1);
+  int64_t t0 = time_mono_ms();
+  atomic_store(&storm_stop, 1);
+  assert_int_equal(pthread_join(th, NULL), 0);
+  wake_all();
+  char body[256], head[2048];
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(read_response(s[i], head, sizeof head, body, sizeof body), 200);
+    assert_string_equal(body, "{\"state\":\"done\"}");
+    close(s[i]);
+  }
+  assert_true(time_mono_ms() - t0 < 10000);
+  assert_true(poll_until(&ended_answered, N));
+}
+
 /* Reads a chunked body until its last chunk; returns the decoded bytes. */
 static size_t read_chunked(int s, char *out, size_t size) {
   size_t got = 0;
@@ -498,6 +543,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_wait_deadline, setup, teardown),
       cmocka_unit_test_setup_teardown(test_client_gone_while_waiting, setup, teardown),
       cmocka_unit_test_setup_teardown(test_many_waiting, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_wake_storm, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stream, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stream_heartbeat, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stream_http10, setup, teardown),
