@@ -812,6 +812,11 @@ static size_t start_tasks(engine *e, queued_id **ids, size_t n) {
   char outbox_id[ENGINE_START_BATCH][WEBHOOKS_ID_SIZE];
   size_t m = 0;
   for (size_t i = 0; i < n; i++) {
+    /* The same task twice in one batch (queued by a submit and found by the
+     * sweep at once): one job, so that a cancel finds the one that runs. */
+    bool twice = false;
+    for (size_t k = 0; k < m && !twice; k++) twice = strcmp(jobs[k]->task_id, ids[i]->id) == 0;
+    if (twice) continue;
     job *j = calloc(1, sizeof *j);
     if (!j) continue; /* still queued in the store: the next start picks it up */
     dheap_node_init(&j->timer);
@@ -826,35 +831,47 @@ static size_t start_tasks(engine *e, queued_id **ids, size_t n) {
                              .provider = routes[m] ? router_route_provider(routes[m])->name : NULL};
     if (webhooks_outbox_for(j->t, TASK_RUNNING, &outbox[m], outbox_id[m]))
       items[m].outbox = &outbox[m];
+    j->e = e;
+    snprintf(j->task_id, sizeof j->task_id, "%s", j->t->id);
     jobs[m++] = j;
   }
+  /* The jobs are on the running list before their start commits: a cancel
+   * that comes right after the commit (the store answers it "running") must
+   * find its job here, or nothing here would ever end the run. One that
+   * comes before the commit cancels the task as queued, and its start then
+   * fails the store's compare-and-set. */
+  pthread_mutex_lock(&e->lock);
+  for (size_t i = 0; i < m; i++) {
+    jobs[i]->next = e->running;
+    if (e->running) e->running->prev = jobs[i];
+    e->running = jobs[i];
+  }
+  pthread_mutex_unlock(&e->lock);
   int rc = e->st->ops->task_start_many(e->st, items, m, time_now_ms());
   if (rc != STORE_OK) LOG_ERROR("task_start_failed", "tasks=%zu", m);
   size_t started = 0;
   for (size_t i = 0; i < m; i++) {
     job *j = jobs[i];
     if (rc != STORE_OK || items[i].rc != STORE_OK) {
+      pthread_mutex_lock(&e->lock);
+      unlink_running(e, j);
+      pthread_mutex_unlock(&e->lock);
       if (routes[i]) router_release(e->rt, routes[i]);
       job_free(j);
       jobs[i] = NULL;
       continue;
     }
-    j->e = e;
     j->run = items[i].attempt;
-    snprintf(j->task_id, sizeof j->task_id, "%s", j->t->id);
     j->run_started_mono = time_mono_ms();
     changed(e, j->task_id, items[i].outbox != NULL);
-    pthread_mutex_lock(&e->lock);
     /* A cancel that came while the task was not running here (another
      * process, or before a crash) is in the store: this run ends at once. */
     if (j->t->cancel_requested) {
+      pthread_mutex_lock(&e->lock);
+      if (!j->cancel) snprintf(j->cancel_code, sizeof j->cancel_code, "canceled");
       j->cancel = true;
-      snprintf(j->cancel_code, sizeof j->cancel_code, "canceled");
+      pthread_mutex_unlock(&e->lock);
     }
-    j->next = e->running;
-    if (e->running) e->running->prev = j;
-    e->running = j;
-    pthread_mutex_unlock(&e->lock);
     started++;
   }
   /* Only now the attempts: a fast failure must not finish a task whose
