@@ -71,6 +71,11 @@ typedef struct job {
    * done reaches us): only then may engine_cancel ask the provider to stop
    * it, since ctx (the job) names the call. Under e->lock. */
   bool calling;
+  /* run_attempt is inside the provider's start(): the call may not be known
+   * to the provider yet, and the job is still run_attempt's. A cancel or a
+   * done() meanwhile leaves its work for run_attempt to do once start() has
+   * returned (cancel_in_start, done_in_start). Under e->lock. */
+  bool in_start, cancel_in_start, done_in_start;
   struct job *prev, *next;    /* running list */
   struct job *done_next;      /* completion queue */
 } job;
@@ -489,9 +494,11 @@ static void on_provider_done(void *ctx, provider_outcome *outcome) {
   engine *e = j->e;
   pthread_mutex_lock(&e->lock);
   j->calling = false; /* from here a cancel can no longer name this call */
-  pthread_mutex_unlock(&e->lock);
   j->outcome = outcome;
-  hand_to_completers(e, j);
+  bool in_start = j->in_start; /* then run_attempt hands it on once start() returns */
+  if (in_start) j->done_in_start = true;
+  pthread_mutex_unlock(&e->lock);
+  if (!in_start) hand_to_completers(e, j);
 }
 
 static void handle_downloads(engine *e, job *j);
@@ -772,12 +779,14 @@ static void run_attempt(engine *e, job *j, router_route *route) {
            j->task_id, j->run, j->n_attempts + 1, p->name, req.upstream_model);
   /* A cancel that came since the check above is seen here, under the lock
    * that engine_cancel takes: either the call never starts, or it starts
-   * marked as out and engine_cancel stops it. */
+   * marked as out and engine_cancel stops it (one that comes while start()
+   * runs, when the provider may not know the call yet, is passed on below
+   * once start() has returned). */
   pthread_mutex_lock(&e->lock);
   bool canceled = j->cancel;
   if (canceled) memcpy(code, j->cancel_code, sizeof code);
-  assert(!j->calling);
-  j->calling = !canceled;
+  assert(!j->calling && !j->in_start);
+  j->calling = j->in_start = !canceled;
   pthread_mutex_unlock(&e->lock);
   if (canceled) {
     loaded_inputs_free(&li);
@@ -786,15 +795,23 @@ static void run_attempt(engine *e, job *j, router_route *route) {
     finish_job(e, j, TASK_CANCELED, code, "the task was canceled", NULL);
     return;
   }
-  /* After start() the job belongs to the callback: do not touch it here. */
   int rc = p->ops->start(p, &req, on_provider_done, j);
   loaded_inputs_free(&li);
-  if (rc != 0) {
-    pthread_mutex_lock(&e->lock);
-    j->calling = false; /* done is never called for a call that did not start */
-    pthread_mutex_unlock(&e->lock);
+  /* The job is still ours (in_start kept a done() from handing it on): what
+   * came while start() ran is done now, under the lock engine_cancel takes
+   * to stop a call. After this the job belongs to the callback. */
+  pthread_mutex_lock(&e->lock);
+  j->in_start = false;
+  bool done = j->done_in_start;
+  bool stop = j->cancel_in_start && rc == 0 && !done;
+  j->done_in_start = j->cancel_in_start = false;
+  if (rc != 0) j->calling = false; /* done is never called for a call that did not start */
+  if (stop && p->ops->cancel) p->ops->cancel(p, j);
+  pthread_mutex_unlock(&e->lock);
+  if (rc != 0)
     fail_attempt(e, j, "provider_unavailable", "the provider could not start the call", true);
-  }
+  else if (done)
+    hand_to_completers(e, j);
 }
 
 #define ENGINE_START_BATCH 64
@@ -812,6 +829,11 @@ static size_t start_tasks(engine *e, queued_id **ids, size_t n) {
   char outbox_id[ENGINE_START_BATCH][WEBHOOKS_ID_SIZE];
   size_t m = 0;
   for (size_t i = 0; i < n; i++) {
+    /* The same task twice in one batch (queued by a submit and found by the
+     * sweep at once): one job, so that a cancel finds the one that runs. */
+    bool twice = false;
+    for (size_t k = 0; k < m && !twice; k++) twice = strcmp(jobs[k]->task_id, ids[i]->id) == 0;
+    if (twice) continue;
     job *j = calloc(1, sizeof *j);
     if (!j) continue; /* still queued in the store: the next start picks it up */
     dheap_node_init(&j->timer);
@@ -826,35 +848,47 @@ static size_t start_tasks(engine *e, queued_id **ids, size_t n) {
                              .provider = routes[m] ? router_route_provider(routes[m])->name : NULL};
     if (webhooks_outbox_for(j->t, TASK_RUNNING, &outbox[m], outbox_id[m]))
       items[m].outbox = &outbox[m];
+    j->e = e;
+    snprintf(j->task_id, sizeof j->task_id, "%s", j->t->id);
     jobs[m++] = j;
   }
+  /* The jobs are on the running list before their start commits: a cancel
+   * that comes right after the commit (the store answers it "running") must
+   * find its job here, or nothing here would ever end the run. One that
+   * comes before the commit cancels the task as queued, and its start then
+   * fails the store's compare-and-set. */
+  pthread_mutex_lock(&e->lock);
+  for (size_t i = 0; i < m; i++) {
+    jobs[i]->next = e->running;
+    if (e->running) e->running->prev = jobs[i];
+    e->running = jobs[i];
+  }
+  pthread_mutex_unlock(&e->lock);
   int rc = e->st->ops->task_start_many(e->st, items, m, time_now_ms());
   if (rc != STORE_OK) LOG_ERROR("task_start_failed", "tasks=%zu", m);
   size_t started = 0;
   for (size_t i = 0; i < m; i++) {
     job *j = jobs[i];
     if (rc != STORE_OK || items[i].rc != STORE_OK) {
+      pthread_mutex_lock(&e->lock);
+      unlink_running(e, j);
+      pthread_mutex_unlock(&e->lock);
       if (routes[i]) router_release(e->rt, routes[i]);
       job_free(j);
       jobs[i] = NULL;
       continue;
     }
-    j->e = e;
     j->run = items[i].attempt;
-    snprintf(j->task_id, sizeof j->task_id, "%s", j->t->id);
     j->run_started_mono = time_mono_ms();
     changed(e, j->task_id, items[i].outbox != NULL);
-    pthread_mutex_lock(&e->lock);
     /* A cancel that came while the task was not running here (another
      * process, or before a crash) is in the store: this run ends at once. */
     if (j->t->cancel_requested) {
+      pthread_mutex_lock(&e->lock);
+      if (!j->cancel) snprintf(j->cancel_code, sizeof j->cancel_code, "canceled");
       j->cancel = true;
-      snprintf(j->cancel_code, sizeof j->cancel_code, "canceled");
+      pthread_mutex_unlock(&e->lock);
     }
-    j->next = e->running;
-    if (e->running) e->running->prev = j;
-    e->running = j;
-    pthread_mutex_unlock(&e->lock);
     started++;
   }
   /* Only now the attempts: a fast failure must not finish a task whose
@@ -949,7 +983,9 @@ int engine_cancel(engine *e, const char *task_id, const char *code, task_state *
      * freed meanwhile (calling is cleared under it first), and the provider
      * never calls done from cancel() nor holds its own lock while calling
      * done, so the lock order e->lock -> provider lock has no reverse. */
-    if (j->calling && j->route) {
+    if (j->calling && j->in_start) {
+      j->cancel_in_start = true; /* the provider may not know the call yet: run_attempt asks */
+    } else if (j->calling && j->route) {
       provider *p = router_route_provider(j->route);
       if (p->ops->cancel) p->ops->cancel(p, j);
     }

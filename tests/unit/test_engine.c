@@ -941,6 +941,117 @@ static void test_cancel_stops_the_call(void **state) {
   engine_destroy(e);
 }
 
+/* A cancel that comes right after a start committed, before the engine has
+ * its job: the store answers it "running" and marks it, so the run must be
+ * found and end canceled before its call goes out. To hit that instant every
+ * time, the store's task_start_many is wrapped: once the real one has
+ * committed, the cancel is made there, on the dispatcher's own thread (a
+ * client's cancel comes on an HTTP thread; the moment is the same). Before
+ * the fix the cancel found no job, the call went out and nothing ever ended
+ * it (seen by bench/sse: a stream on a task canceled as it started never
+ * ended). */
+static const store_ops *race_real_ops;
+static engine *race_engine;
+static char race_id[IDS_UUID_LEN + 1];
+static int race_rc;
+static task_state race_state;
+
+static int start_then_cancel(store *s, store_start *items, size_t n, int64_t now_ms) {
+  int rc = race_real_ops->task_start_many(s, items, n, now_ms);
+  for (size_t i = 0; rc == STORE_OK && i < n; i++)
+    if (items[i].rc == STORE_OK && strcmp(items[i].task_id, race_id) == 0 && race_rc < 0)
+      race_rc = engine_cancel(race_engine, race_id, "canceled", &race_state);
+  return rc;
+}
+
+static void test_cancel_between_start_and_job(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  engine *e = make_engine(f, &s, 4, 1000);
+  insert_task_hooked(f, race_id, 0, 0);
+  race_engine = e;
+  race_rc = -1;
+  race_real_ops = f->st->ops;
+  store_ops wrapped = *f->st->ops;
+  wrapped.task_start_many = start_then_cancel;
+  f->st->ops = &wrapped;
+  assert_int_equal(engine_start(e), 0);
+  engine_enqueue(e, race_id);
+  bool finished = wait_finished(&f->fin, 1);
+  int calls = started_count(&s);
+  engine_destroy(e);
+  f->st->ops = race_real_ops;
+  assert_int_equal(race_rc, STORE_CONFLICT); /* it had started */
+  assert_int_equal(race_state, TASK_RUNNING);
+  assert_true(finished);
+  assert_int_equal(calls, 0); /* the call never went out */
+  task *t = load(f, race_id);
+  assert_int_equal(t->state, TASK_CANCELED);
+  assert_string_equal(t->error_code, "canceled");
+  task_free(t);
+  assert_int_equal(f->st->ops->ledger_verify(f->st), STORE_OK);
+}
+
+/* A cancel while the provider's start() runs, before the provider knows the
+ * call: asked then, the provider would find nothing to stop, and the call
+ * would run its course (with the simulated provider's hour-long delay in
+ * bench/sse, a stream that never ended). The engine must ask the provider
+ * once start() has returned. Here start() itself makes the cancel, before it
+ * registers the call. */
+static engine *in_start_engine;
+static int in_start_rc;
+
+static int start_after_cancel(provider *p, const provider_request *req, provider_done_fn done,
+                              void *ctx) {
+  if (in_start_rc < 0) {
+    task_state st;
+    in_start_rc = engine_cancel(in_start_engine, req->task_id, "canceled", &st);
+  }
+  return scripted_start(p, req, done, ctx);
+}
+
+static const provider_ops cancel_in_start_ops = {"scripted", start_after_cancel,
+                                                 scripted_destroy, scripted_cancel};
+
+static int cancel_count(scripted *s) {
+  pthread_mutex_lock(&s->lock);
+  int n = s->cancels;
+  pthread_mutex_unlock(&s->lock);
+  return n;
+}
+
+static void test_cancel_while_start_runs(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  s.base.ops = &cancel_in_start_ops;
+  engine *e = make_engine(f, &s, 4, 1000);
+  in_start_engine = e;
+  in_start_rc = -1;
+  assert_int_equal(engine_start(e), 0);
+  char id[IDS_UUID_LEN + 1];
+  insert_task_hooked(f, id, 0, 0);
+  engine_enqueue(e, id);
+  assert_true(wait_started(&s, 1));
+  assert_int_equal(in_start_rc, STORE_CONFLICT); /* running: the call was on its way */
+  int64_t deadline = time_mono_ms() + 10000;
+  while (cancel_count(&s) < 1 && time_mono_ms() < deadline) sched_yield();
+  pending_call *c = take_one(&s);
+  assert_non_null(c);
+  assert_true(c->cancel_asked); /* asked once the provider knew the call */
+  provider_outcome *o = provider_outcome_new(PROVIDER_FAILED);
+  o->error_class = PROVIDER_ERR_CANCELED;
+  snprintf(o->error_code, sizeof o->error_code, PROVIDER_CANCELED_CODE);
+  complete_with(c, o);
+  assert_true(wait_finished(&f->fin, 1));
+  task *t = load(f, id);
+  assert_int_equal(t->state, TASK_CANCELED);
+  assert_string_equal(t->error_code, "canceled");
+  task_free(t);
+  engine_destroy(e);
+}
+
 /* Polls the engine's gauges (with a deadline) until n runs wait for a retry. */
 static bool wait_retrying(engine *e, uint64_t n) {
   engine_stats es;
@@ -1043,6 +1154,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_cancel_queued, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cancel_running, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cancel_stops_the_call, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cancel_between_start_and_job, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cancel_while_start_runs, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cancel_during_retry_wait, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stop_during_retry_wait, setup, teardown),
       cmocka_unit_test_setup_teardown(test_deadline_cancels, setup, teardown),
