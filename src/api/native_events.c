@@ -144,7 +144,10 @@ static void sse_resume(http_request *req, void *ctx, http_resume_reason why) {
     http_stream_end(req); /* the client reconnects, with Last-Event-ID, elsewhere */
     return;
   }
-  flush_events(req, s);
+  /* A timer tick only says how far the task may be: every change of the task
+   * wakes the stream (the watch), so there is nothing new to read unless it
+   * was woken. 10,000 streams on running tasks tick 5,000 times a second. */
+  if (why == HTTP_RESUME_WOKEN) flush_events(req, s);
   if (s->ended) return;
   if (why == HTTP_RESUME_DEADLINE) send_progress(req, s);
   http_wait_until(req, next_tick(s));
