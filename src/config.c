@@ -67,6 +67,8 @@ void config_defaults(imgate_config *c) {
   snprintf(c->sqlite_synchronous, sizeof c->sqlite_synchronous, "full");
   pricing_defaults(c);
   c->signup_bonus_micros = 1000000; /* $1.00, seed 000's signup bonus */
+  c->credit_micros = 10000;         /* $0.01: one credit (issue 9, item 2) */
+  c->clamped_quantity_max = 4;      /* seed 004's default maximum */
   c->max_keys_per_account = 5;
   c->default_max_concurrency = 0; /* async submission is unlimited (seed 000) */
   c->default_qps_per_key = 0;
@@ -128,11 +130,13 @@ static const key_spec keys[] = {
     {"limits.max_prompt_chars", K_INT, F(max_prompt_chars), 1, 1000000},
     {"limits.max_image_bytes", K_SIZE, F(max_image_bytes), 1, 1LL << 30},
     {"limits.max_reference_images", K_INT, F(max_reference_images), 0, 10},
+    {"limits.clamped_quantity_max", K_INT, F(clamped_quantity_max), 1, 10},
     {"store", K_OBJ, 0, 0, 0, 0},
     {"store.sqlite_synchronous", K_STR, F(sqlite_synchronous), 0, 0},
     {"engine", K_OBJ, 0, 0, 0, 0},
     {"engine.max_in_flight", K_INT, F(engine_max_in_flight), 1, 1000000},
     {"engine.drain_timeout_ms", K_INT, F(engine_drain_timeout_ms), 0, 3600000},
+    {"engine.max_queued", K_INT, F(engine_max_queued), 0, 100000000},
     {"sim", K_OBJ, 0, 0, 0, 0},
     {"sim.delay_ms", K_INT, F(sim_delay_ms), 0, 3600000},
     {"sim.fail_marker", K_STR, F(sim_fail_marker), 0, 0},
@@ -156,6 +160,7 @@ static const key_spec keys[] = {
     {"prices", K_PRICES, 0, 0, 0, 0},
     {"billing", K_OBJ, 0, 0, 0, 0},
     {"billing.signup_bonus_micros", K_I64, F(signup_bonus_micros), 0, 1000000000000LL},
+    {"billing.credit_micros", K_I64, F(credit_micros), 1, 100000000},
     {"billing.max_keys_per_account", K_INT, F(max_keys_per_account), 1, 1000},
     {"billing.default_max_concurrency", K_INT, F(default_max_concurrency), 0, 1000000},
     {"billing.default_qps_per_key", K_INT, F(default_qps_per_key), 0, 1000000},

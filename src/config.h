@@ -87,9 +87,12 @@ typedef struct imgate_config {
   int max_prompt_chars;
   size_t max_image_bytes;      /* per decoded reference image */
   int max_reference_images;    /* gateway-wide cap; models may allow fewer */
+  int clamped_quantity_max;    /* images per task where a dialect clamps quantity (seed 004) */
 
   int engine_max_in_flight;    /* tasks running on providers at once */
   int engine_drain_timeout_ms; /* how long shutdown waits for running tasks */
+  int engine_max_queued;       /* tasks waiting for the engine beyond which a submit that asks
+                                  to be refused when busy is (503); 0 = no limit */
 
   int sim_delay_ms;
   char sim_fail_marker[128];
@@ -117,6 +120,7 @@ typedef struct imgate_config {
   config_price prices[CONFIG_MAX_PRICED_MODELS]; /* one per catalog model; see core/pricing.h */
   int n_prices;
   int64_t signup_bonus_micros;   /* credit granted to a new account */
+  int64_t credit_micros;         /* one credit, for the dialects that count credits (seed 004) */
   int max_keys_per_account;      /* active API keys at once */
   int default_max_concurrency;   /* tasks in flight per account; 0 = unlimited */
   int default_qps_per_key;       /* requests per second per key; 0 = unlimited */

@@ -11,12 +11,14 @@ extern const api_dialect api_native_dialect;
 extern const api_dialect api_openai_dialect;
 extern const api_dialect api_apistor_dialect;
 extern const api_dialect api_gemini_dialect;
+extern const api_dialect api_nananobanana_dialect;
 
 static const api_dialect *const table[] = {
-    &api_native_dialect,  /* first: the default owner of every path */
-    &api_openai_dialect,  /* /v1/ */
-    &api_apistor_dialect, /* /api/v1/images/nanobanana/ (seeds 001, 002) */
-    &api_gemini_dialect,  /* /v1beta/ */
+    &api_native_dialect,       /* first: the default owner of every path */
+    &api_openai_dialect,       /* /v1/ */
+    &api_apistor_dialect,      /* /api/v1/images/nanobanana/ (seeds 001, 002) */
+    &api_gemini_dialect,       /* /v1beta/ */
+    &api_nananobanana_dialect, /* /api/v1/ (seed 004) */
 };
 
 #define N_DIALECTS (sizeof table / sizeof table[0])

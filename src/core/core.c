@@ -415,6 +415,15 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
   if (validate(c, req, &v, err) < 0) return -1;
   /* Before any reference image is decoded or written. */
   if (!core_health(c, NULL, 0)) return store_unavailable(err, true);
+  if (req->refuse_when_busy && c->cfg.engine_max_queued > 0) {
+    /* A soft bound: submits racing each other may overshoot it by a few,
+     * which is fine for shedding load (the queue itself has no limit). */
+    engine_stats es;
+    engine_get_stats(c->eng, &es);
+    if (es.queued >= (size_t)c->cfg.engine_max_queued)
+      return err_set(err, ERR_UNAVAILABLE, "server_busy", NULL,
+                     "the server is busy (%zu tasks are waiting); try again shortly", es.queued);
+  }
   char request_hash[65] = "";
   if (idempotency_key && !core_request_hash(req, request_hash))
     return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
@@ -685,6 +694,8 @@ int core_models(core *c, core_model_info **out, size_t *n) {
     }
     int64_t ref = pricing_reference(&c->cfg, m->name);
     mi->reference_micros = ref > 0 ? ref : 0;
+    /* As price_task prices a request without resolution or quality. */
+    mi->default_micros = pricing_unit(&c->cfg, m->name, m->default_resolution, NULL);
   }
   *out = info;
   *n = count;
@@ -758,6 +769,32 @@ void core_set_webhook_notify(core *c, void (*notify)(void *ctx, core_webhook_new
 }
 
 int core_stream_keepalive_ms(const core *c) { return c->cfg.http_stream_keepalive_ms; }
+
+int core_clamp_quantity(const core *c, double asked) {
+  int max = c->cfg.clamped_quantity_max;
+  assert(max >= 1 && max <= CORE_MAX_QUANTITY);
+  if (!(asked >= 1)) return 1; /* NaN too */
+  if (asked >= max) return max;
+  return (int)asked;
+}
+
+int64_t core_credits(const core *c, int64_t micros, core_credit_rounding rounding) {
+  int64_t unit = c->cfg.credit_micros;
+  assert(unit > 0);
+  /* C division truncates toward zero; floor and ceiling need the sign. */
+  int64_t q = micros / unit, r = micros % unit;
+  if (r != 0 && rounding == CORE_CREDITS_DOWN && micros < 0) q--;
+  if (r != 0 && rounding == CORE_CREDITS_UP && micros > 0) q++;
+  return q;
+}
+
+int core_balance(core *c, int64_t account_id, int64_t *available_micros, imgate_error *err) {
+  store_account a;
+  if (c->st->ops->account_get(c->st, account_id, &a) != STORE_OK)
+    return err_set(err, ERR_INTERNAL, "store_error", NULL, "the balance could not be read");
+  *available_micros = a.balance_micros;
+  return 0;
+}
 
 int core_read_result(core *c, const task_result *r, uint8_t **data, size_t *len,
                      imgate_error *err) {

@@ -59,12 +59,22 @@ typedef struct core_gen_request {
   /* Who asked, for what comes later without a request (webhook payloads). */
   const char *dialect;      /* the dialect's name; NULL = "native" */
   const char *public_base;  /* scheme://host[:port] of the image links the client got */
+  /* Admission: refuse (ERR_UNAVAILABLE "server_busy") rather than queue when
+   * engine.max_queued tasks already wait for the engine. For a dialect whose
+   * clients were told "busy" means "come back later" (seed 004's async mode);
+   * the others queue whatever the depth. */
+  bool refuse_when_busy;
 } core_gen_request;
 
 /* The most images one task may ask for. Each is paid for only when it is
  * delivered: a task that gets 3 of 4 is charged for 3. */
 #define CORE_MAX_QUANTITY 10
 #define CORE_FIELD_QUANTITY "quantity"
+
+/* Quantity for dialects whose clients are promised clamping rather than a
+ * refusal (seed 004): asked truncated to a whole number and brought into
+ * 1..limits.clamped_quantity_max (NaN and anything below 1: 1). */
+int core_clamp_quantity(const core *c, double asked);
 
 /* The longest deadline a task may have: a day. */
 #define CORE_MAX_DEADLINE_S 86400
@@ -185,9 +195,12 @@ typedef struct core_model_info {
   } prices[CORE_MAX_PRICES];
   size_t n_prices;
   int64_t reference_micros;
+  int64_t default_micros;
 } core_model_info;
 
-/* Every catalog model, in display order; *out is malloc'd (free it). */
+/* Every catalog model, in display order; *out is malloc'd (free it).
+ * default_micros (in core_model_info) is what one image costs a request
+ * that names no resolution or quality; -1 when that is not priced. */
 int core_models(core *c, core_model_info **out, size_t *n);
 
 /* The task's events with seq > after_seq (task.h: task_event), oldest first;
@@ -226,6 +239,20 @@ void core_set_webhook_notify(core *c, void (*notify)(void *ctx, core_webhook_new
 
 /* How often a quiet event stream sends a keep-alive comment (ms). */
 int core_stream_keepalive_ms(const core *c);
+
+/* Credits, for the dialects that count money in them (seed 004): one credit
+ * is billing.credit_micros. Money stays micro-dollars underneath; credits
+ * are only a way to show it, rounded so that a client's arithmetic never
+ * promises more than there is: CORE_CREDITS_DOWN for what an account has
+ * (a balance shown as 99 covers 99 credits' worth), CORE_CREDITS_UP for
+ * what something costs (a $0.0095 image shows as 1 credit at $0.01).
+ * Negative amounts round the same way on the number line. */
+typedef enum { CORE_CREDITS_DOWN, CORE_CREDITS_UP } core_credit_rounding;
+int64_t core_credits(const core *c, int64_t micros, core_credit_rounding rounding);
+
+/* The account's available balance now (micro-dollars), read from the store
+ * (the store_account a request authenticated with is as old as the request). */
+int core_balance(core *c, int64_t account_id, int64_t *available_micros, imgate_error *err);
 
 /* The configured public base URL, or "" when image URLs follow the Host header. */
 const char *core_public_url(const core *c);
