@@ -94,6 +94,11 @@ int api_wait_seconds(const char *value);
  * http://<Host header>. Written into out without a trailing slash. */
 void api_base_url(http_request *req, const core *c, char *out, size_t out_size);
 
+/* An optional string member of a JSON body: *out is its text, or NULL when
+ * absent or null. Present with another type: answers 400 invalid_type
+ * naming the field (in the path's dialect's shape) and returns -1. */
+int api_json_string(http_request *req, json_t *body, const char *field, const char **out);
+
 /* Parses the body as a JSON object. On failure replies 400 (invalid_json or
  * invalid_request) in the default shape and returns NULL. Before parsing,
  * a look at the raw bytes refuses (400 invalid_request) bodies nesting more

@@ -197,20 +197,6 @@ static void final_ready(http_request *req, core *c, const task *t, bool final,
   http_reply_json(req, 200, object_for(req, c, t));
 }
 
-static int opt_string(http_request *req, json_t *body, const char *field, const char **out) {
-  json_t *v = json_object_get(body, field);
-  *out = NULL;
-  if (!v || json_is_null(v)) return 0;
-  if (!json_is_string(v)) {
-    char msg[80];
-    snprintf(msg, sizeof msg, "%s must be a string", field);
-    api_reply_error(req, 400, "invalid_type", msg, field);
-    return -1;
-  }
-  *out = json_string_value(v);
-  return 0;
-}
-
 static void handle_generate(http_request *req, void *ctx) {
   core *c = ctx;
   store_account acct;
@@ -220,10 +206,10 @@ static void handle_generate(http_request *req, void *ctx) {
   core_gen_request gr = {0};
   const char *hook = NULL;
   const char *images[16];
-  if (opt_string(req, body, "model", &gr.model) < 0 ||
-      opt_string(req, body, "prompt", &gr.prompt) < 0 ||
-      opt_string(req, body, "aspectRatio", &gr.aspect_ratio) < 0 ||
-      opt_string(req, body, "webHook", &hook) < 0)
+  if (api_json_string(req, body, "model", &gr.model) < 0 ||
+      api_json_string(req, body, "prompt", &gr.prompt) < 0 ||
+      api_json_string(req, body, "aspectRatio", &gr.aspect_ratio) < 0 ||
+      api_json_string(req, body, "webHook", &hook) < 0)
     goto done;
   if (!gr.model) {
     api_reply_error(req, 400, "missing_field", "model is required", "model");
@@ -287,7 +273,7 @@ static void handle_result(http_request *req, void *ctx) {
   json_t *body = api_parse_json_object(req);
   if (!body) return;
   const char *id = NULL;
-  if (opt_string(req, body, "id", &id) == 0) {
+  if (api_json_string(req, body, "id", &id) == 0) {
     if (!id) {
       api_reply_error(req, 400, "missing_field", "id is required", "id");
     } else {

@@ -145,6 +145,20 @@ json_t *api_parse_json_object(http_request *req) {
   return root;
 }
 
+int api_json_string(http_request *req, json_t *body, const char *field, const char **out) {
+  json_t *v = json_object_get(body, field);
+  *out = NULL;
+  if (!v || json_is_null(v)) return 0;
+  if (!json_is_string(v)) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "%s must be a string", field);
+    api_reply_error(req, 400, "invalid_type", msg, field);
+    return -1;
+  }
+  *out = json_string_value(v);
+  return 0;
+}
+
 int api_authenticate(http_request *req, core *c, store_account *out) {
   if (req->guard_data) {
     *out = *(const store_account *)req->guard_data;

@@ -327,25 +327,11 @@ static void start_stream(http_request *req, core *c, const store_account *acct, 
 
 /* --- handlers ---------------------------------------------------------------- */
 
-/* An optional string field; -1 (answered) when present with another type. */
-static int opt_string(http_request *req, json_t *body, const char *field, const char **out) {
-  json_t *v = json_object_get(body, field);
-  *out = NULL;
-  if (!v || json_is_null(v)) return 0;
-  if (!json_is_string(v)) {
-    char msg[80];
-    snprintf(msg, sizeof msg, "%s must be a string", field);
-    return bad_field(req, field, "invalid_type", msg);
-  }
-  *out = json_string_value(v);
-  return 0;
-}
-
 typedef enum { MODE_SYNC, MODE_STREAM, MODE_ASYNC } nnb_mode;
 
 static int parse_mode(http_request *req, json_t *body, nnb_mode *mode) {
   const char *m;
-  if (opt_string(req, body, "mode", &m) < 0) return -1;
+  if (api_json_string(req, body, "mode", &m) < 0) return -1;
   *mode = MODE_SYNC;
   if (!m || strcmp(m, "sync") == 0) return 0;
   if (strcmp(m, "stream") == 0) *mode = MODE_STREAM;
@@ -383,9 +369,9 @@ static void handle_generate(http_request *req, void *ctx) {
   const char *aspect = NULL;
   const char *images[NNB_MAX_REFERENCES];
   nnb_mode mode;
-  if (opt_string(req, body, "prompt", &gr.prompt) < 0 ||
-      opt_string(req, body, "selectedModel", &gr.model) < 0 ||
-      opt_string(req, body, "aspectRatio", &aspect) < 0 || parse_mode(req, body, &mode) < 0 ||
+  if (api_json_string(req, body, "prompt", &gr.prompt) < 0 ||
+      api_json_string(req, body, "selectedModel", &gr.model) < 0 ||
+      api_json_string(req, body, "aspectRatio", &aspect) < 0 || parse_mode(req, body, &mode) < 0 ||
       parse_references(req, body, images, &gr.n_images) < 0)
     goto done;
   if (!gr.prompt) {

@@ -50,22 +50,6 @@ void native_reply_error(http_request *req, const imgate_error *err) {
                   native_param(err->param));
 }
 
-/* Reads an optional string field; replies 400 invalid_type and returns -1 when
- * it is present with another type. */
-static int optional_string(http_request *req, json_t *body, const char *field, const char **out) {
-  json_t *v = json_object_get(body, field);
-  *out = NULL;
-  if (!v || json_is_null(v)) return 0;
-  if (!json_is_string(v)) {
-    char msg[128];
-    snprintf(msg, sizeof msg, "%s must be a string", field);
-    api_reply_error(req, 400, "invalid_type", msg, field);
-    return -1;
-  }
-  *out = json_string_value(v);
-  return 0;
-}
-
 /* --- answering once the task is final (Prefer: wait=N, ?wait=N) --------- */
 
 typedef struct native_wait {
@@ -166,11 +150,11 @@ static int submit_from_body(http_request *req, core *c, const store_account *acc
   int rc = -1;
   core_gen_request gr = {0};
   const char *images[16];
-  if (optional_string(req, body, "prompt", &gr.prompt) < 0 ||
-      optional_string(req, body, "model", &gr.model) < 0 ||
-      optional_string(req, body, "aspect_ratio", &gr.aspect_ratio) < 0 ||
-      optional_string(req, body, "resolution", &gr.resolution) < 0 ||
-      optional_string(req, body, "webhook_url", &gr.webhook_url) < 0 ||
+  if (api_json_string(req, body, "prompt", &gr.prompt) < 0 ||
+      api_json_string(req, body, "model", &gr.model) < 0 ||
+      api_json_string(req, body, "aspect_ratio", &gr.aspect_ratio) < 0 ||
+      api_json_string(req, body, "resolution", &gr.resolution) < 0 ||
+      api_json_string(req, body, "webhook_url", &gr.webhook_url) < 0 ||
       parse_webhook_events(req, body, &gr.webhook_events) < 0 ||
       parse_quantity(req, body, &gr.quantity) < 0 ||
       parse_deadline(req, body, &gr.deadline_s) < 0)

@@ -82,24 +82,10 @@ static int bad_field(http_request *req, const char *field, const char *slug, con
   return -1;
 }
 
-/* An optional string field; -1 (answered) when present with another type. */
-static int opt_string(http_request *req, json_t *body, const char *field, const char **out) {
-  json_t *v = json_object_get(body, field);
-  *out = NULL;
-  if (!v || json_is_null(v)) return 0;
-  if (!json_is_string(v)) {
-    char msg[80];
-    snprintf(msg, sizeof msg, "%s must be a string", field);
-    return bad_field(req, field, "invalid_type", msg);
-  }
-  *out = json_string_value(v);
-  return 0;
-}
-
 /* One of the listed values (or absent); -1 (answered) otherwise. */
 static int opt_enum(http_request *req, json_t *body, const char *field,
                     const char *const *allowed, const char **out) {
-  if (opt_string(req, body, field, out) < 0) return -1;
+  if (api_json_string(req, body, field, out) < 0) return -1;
   if (!*out) return 0;
   for (const char *const *a = allowed; *a; a++)
     if (strcmp(*a, *out) == 0) return 0;
@@ -324,11 +310,11 @@ static void generate(http_request *req, core *c, const store_account *acct_in, j
   const char *background = NULL, *moderation = NULL, *user = NULL;
   const char *images[16];
   char ratio[16];
-  if (opt_string(req, body, "model", &gr.model) < 0 ||
-      opt_string(req, body, "prompt", &gr.prompt) < 0 ||
-      opt_string(req, body, "size", &size) < 0 ||
-      opt_string(req, body, "resolution", &gr.resolution) < 0 ||
-      opt_string(req, body, "user", &user) < 0 ||
+  if (api_json_string(req, body, "model", &gr.model) < 0 ||
+      api_json_string(req, body, "prompt", &gr.prompt) < 0 ||
+      api_json_string(req, body, "size", &size) < 0 ||
+      api_json_string(req, body, "resolution", &gr.resolution) < 0 ||
+      api_json_string(req, body, "user", &user) < 0 ||
       opt_enum(req, body, "quality", qualities, &quality) < 0 ||
       opt_enum(req, body, "response_format", response_formats, &response_format) < 0 ||
       opt_enum(req, body, "output_format", output_formats, &output_format) < 0 ||
