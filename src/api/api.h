@@ -99,6 +99,11 @@ void api_base_url(http_request *req, const core *c, char *out, size_t out_size);
  * naming the field (in the path's dialect's shape) and returns -1. */
 int api_json_string(http_request *req, json_t *body, const char *field, const char **out);
 
+/* The base of the image links in a webhook payload, made without a request:
+ * the configured public URL, else the host the task was submitted to, else
+ * http://localhost; without a trailing slash. */
+void api_webhook_base(const core *c, const task *t, char *out, size_t out_size);
+
 /* Parses the body as a JSON object. On failure replies 400 (invalid_json or
  * invalid_request) in the default shape and returns NULL. Before parsing,
  * a look at the raw bytes refuses (400 invalid_request) bodies nesting more

@@ -292,11 +292,7 @@ static char *apistor_webhook(core *c, const task *t, const char *event, int64_t 
   (void)event;
   (void)now_ms;
   char base[600];
-  const char *configured = core_public_url(c);
-  snprintf(base, sizeof base, "%s",
-           configured && *configured ? configured
-           : t->public_base && *t->public_base ? t->public_base
-                                               : "http://localhost");
+  api_webhook_base(c, t, base, sizeof base);
   json_t *obj = render_object(base, c, t);
   char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
   json_decref(obj);

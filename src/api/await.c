@@ -52,6 +52,7 @@ void api_await_task(http_request *req, core *c, const store_account *acct, const
                     int seconds, api_ready_fn ready, const void *arg, size_t arg_size) {
   assert(arg_size <= API_AWAIT_ARG_MAX);
   unsigned char copy[API_AWAIT_ARG_MAX] = {0};
+  if (arg_size > sizeof copy) arg_size = sizeof copy; /* callers use API_AWAIT_TASK */
   if (arg_size) memcpy(copy, arg, arg_size);
   bool final = task_state_is_final(t->state);
   if (seconds <= 0 || final) {

@@ -28,5 +28,12 @@ typedef void (*api_ready_fn)(http_request *req, core *c, const task *t, bool fin
  * waits up to seconds for it to be final. arg_size <= API_AWAIT_ARG_MAX. */
 void api_await_task(http_request *req, core *c, const store_account *acct, const task *t,
                     int seconds, api_ready_fn ready, const void *arg, size_t arg_size);
+/* The same, with arg a pointer to an object whose size is checked when
+ * compiling (an assert would be gone from a release build). */
+#define API_AWAIT_TASK(req, c, acct, t, seconds, ready, argp)                                  \
+  do {                                                                                         \
+    _Static_assert(sizeof *(argp) <= API_AWAIT_ARG_MAX, "api_await_task arg too large");       \
+    api_await_task((req), (c), (acct), (t), (seconds), (ready), (argp), sizeof *(argp));       \
+  } while (0)
 
 #endif

@@ -230,6 +230,16 @@ int api_prefer_wait(http_request *req) {
   return 0;
 }
 
+void api_webhook_base(const core *c, const task *t, char *out, size_t out_size) {
+  const char *configured = core_public_url(c);
+  const char *base = configured && *configured       ? configured
+                     : t->public_base && *t->public_base ? t->public_base
+                                                           : "http://localhost";
+  size_t n = strlen(base);
+  while (n > 0 && base[n - 1] == '/') n--;
+  snprintf(out, out_size, "%.*s", (int)n, base);
+}
+
 /* The dialect a task was made through renders its payload (the native one
  * for a name no dialect has, e.g. one since removed). */
 char *api_render_webhook(void *ctx, const task *t, const char *event, int64_t now_ms) {

@@ -418,8 +418,15 @@ static void answer_when_final(http_request *req, core *c, const store_account *a
   }
   w->watch = core_watch_task(c, t->id, gen_wait_wake, w);
   if (!w->watch) {
-    /* Ends the wait: gen_wait_end frees w. */
-    gemini_reply_error(req, 500, "internal_error", "out of memory");
+    /* Ends the wait: gen_wait_end frees w. The task is submitted and held:
+     * say where to find it rather than a bare 500 a client would retry
+     * into a second, paid task. */
+    char msg[200];
+    snprintf(msg, sizeof msg,
+             "the task %s was submitted but cannot be waited for now; GET /api/banana/%s "
+             "follows it",
+             t->id, t->id);
+    gemini_reply_error(req, 503, "unavailable", msg);
     return;
   }
   task *again = NULL;

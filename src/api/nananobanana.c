@@ -477,7 +477,9 @@ static void handle_credits(http_request *req, void *ctx) {
 static char *nnb_webhook(core *c, const task *t, const char *event, int64_t now_ms) {
   (void)event;
   (void)now_ms;
-  json_t *doc = render_record(c, t, t->public_base ? t->public_base : "");
+  char base[600];
+  api_webhook_base(c, t, base, sizeof base);
+  json_t *doc = render_record(c, t, base);
   char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
   json_decref(doc);
   return text;

@@ -76,7 +76,7 @@ static void reply_task(http_request *req, core *c, const task *t, bool final,
 void native_answer_task(http_request *req, core *c, const store_account *acct, const task *t,
                         int seconds, bool prefer) {
   native_wait nw = {.seconds = seconds, .prefer = prefer};
-  api_await_task(req, c, acct, t, seconds, reply_task, &nw, sizeof nw);
+  API_AWAIT_TASK(req, c, acct, t, seconds, reply_task, &nw);
 }
 
 /* webhook_events: ["task.running"] (final events are always sent). */

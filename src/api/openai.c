@@ -399,7 +399,7 @@ static void generate(http_request *req, core *c, const store_account *acct_in, j
      * the other models answer URLs (seed 003's default). */
     a.b64 = response_format ? strcmp(response_format, "b64_json") == 0 : is_gpt_image(gr.model);
     snprintf(a.quality, sizeof a.quality, "%s", quality ? quality : "auto");
-    api_await_task(req, c, &acct, t, OPENAI_SYNC_WAIT_S, answer_ready, &a, sizeof a);
+    API_AWAIT_TASK(req, c, &acct, t, OPENAI_SYNC_WAIT_S, answer_ready, &a);
   }
   task_free(t);
 done:

@@ -822,7 +822,10 @@ bool http_stream_write(http_request *req, const void *data, size_t len) {
   if (len == 0 || x->head_only) return true;
   http_conn *c = x->conn;
   out_compact(c);
-  if (c->out.len + len > HTTP_STREAM_MAX_QUEUED) {
+  /* The backlog already queued is what says the reader is behind; a single
+   * piece may be larger than the cap (an image inline in one event), and is
+   * taken when the reader has kept up. */
+  if (c->out.len > HTTP_STREAM_MAX_QUEUED) {
     LOG_INFO("http_stream_reader_behind", "req=%s queued=%zu", req->request_id, c->out.len);
     x->stream_cut = true;
     return false;

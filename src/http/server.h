@@ -154,7 +154,9 @@ void http_waker_release(http_waker *w);
 void http_stream_start(http_request *req, int status, const char *content_type);
 /* Queues a piece of a started stream. False (and the stream is cut, the
  * connection closed, on_gone called) when the client has fallen more than
- * HTTP_STREAM_MAX_QUEUED bytes behind. */
+ * HTTP_STREAM_MAX_QUEUED bytes behind (what is queued before this piece; a
+ * piece itself may be larger, so a stream holds at most the cap plus one
+ * piece). */
 bool http_stream_write(http_request *req, const void *data, size_t len);
 /* Ends a started stream; the request is complete once it is written. */
 void http_stream_end(http_request *req);

@@ -179,6 +179,18 @@ static void h_flood(http_request *req, void *ctx) {
     if (!http_stream_write(req, chunk, sizeof chunk)) break;
 }
 
+/* GET /big: one piece of 3 MiB (an image inline in one event), then the end. */
+#define BIG_PIECE (3u << 20)
+static void h_big(http_request *req, void *ctx) {
+  char *piece = malloc(BIG_PIECE);
+  assert_non_null(piece);
+  memset(piece, 'x', BIG_PIECE);
+  http_stream_start(req, 200, "text/event-stream");
+  assert_true(http_stream_write(req, piece, BIG_PIECE));
+  http_stream_end(req);
+  free(piece);
+}
+
 static void h_hello(http_request *req, void *ctx) {
   http_reply_json(req, 200, json_pack("{s:s}", "hello", "world"));
 }
@@ -207,6 +219,7 @@ static int setup(void **state) {
   if (!http_router_add(f->router, "GET", "/wait", h_wait, NULL) ||
       !http_router_add(f->router, "GET", "/stream", h_stream, NULL) ||
       !http_router_add(f->router, "GET", "/flood", h_flood, NULL) ||
+      !http_router_add(f->router, "GET", "/big", h_big, NULL) ||
       !http_router_add(f->router, "GET", "/hello", h_hello, NULL))
     return -1;
   f->server = start(f->router, 10000);
@@ -517,6 +530,22 @@ static void test_stream_reader_behind(void **state) {
   assert_int_equal(get(f->port, "/hello", body, sizeof body), 200);
 }
 
+/* A single piece larger than the backlog cap goes out whole to a reader
+ * that keeps up (the cap is on what waits before it). */
+static void test_stream_big_piece(void **state) {
+  fixture *f = *state;
+  int s = connect_local(f->port);
+  assert_true(send_all(s, "GET /big HTTP/1.1\r\nHost: t\r\n\r\n", 30));
+  char head[2048];
+  assert_int_equal(read_head(s, head, sizeof head), 200);
+  char *body = malloc(BIG_PIECE + 16);
+  assert_non_null(body);
+  assert_int_equal(read_chunked(s, body, BIG_PIECE + 16), BIG_PIECE);
+  assert_true(body[0] == 'x' && body[BIG_PIECE - 1] == 'x');
+  free(body);
+  close(s);
+}
+
 /* Stopping the server: waiting requests answer at once with what there is. */
 static void test_stop_answers_waiting(void **state) {
   fixture *f = *state;
@@ -549,6 +578,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_stream_http10, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stream_connection_close, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stream_reader_behind, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_stream_big_piece, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stop_answers_waiting, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
