@@ -69,6 +69,10 @@ void api_server_error_hook(http_request *req, int status, const char *slug, cons
  * message cannot make a whole reply fail. NULL only when memory runs out. */
 json_t *api_json_text(const char *s);
 
+/* doc as compact JSON text (malloc'd), doc released either way; NULL when
+ * doc is NULL or cannot be written. What every webhook renderer returns. */
+char *api_json_take_text(json_t *doc);
+
 /* Money as every reply spells it: exact decimal USD text ("10.500000"). */
 json_t *api_json_usd(int64_t micros);
 /* A time as RFC 3339 UTC text, or null for 0 ("not yet", "never"). */

@@ -294,9 +294,7 @@ static char *apistor_webhook(core *c, const task *t, const char *event, int64_t 
   char base[600];
   api_webhook_base(c, t, base, sizeof base);
   json_t *obj = render_object(base, c, t);
-  char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
-  json_decref(obj);
-  return text;
+  return api_json_take_text(obj);
 }
 
 static void apistor_register(http_router *r, core *c) {

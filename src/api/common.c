@@ -48,6 +48,12 @@ json_t *api_json_text(const char *s) {
   return j;
 }
 
+char *api_json_take_text(json_t *doc) {
+  char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+  json_decref(doc);
+  return text;
+}
+
 json_t *api_json_usd(int64_t micros) {
   char text[PRICING_USD_BUFSIZE];
   pricing_format_usd(micros, text, sizeof text);

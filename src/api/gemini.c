@@ -211,9 +211,7 @@ static int read_config(http_request *req, json_t *body, gemini_ask *ask) {
       bad_field(req, "generationConfig.candidateCount must be a whole number");
       return -1;
     }
-    json_int_t n = json_integer_value(count);
-    /* Out of range stays out of range; the core says what is allowed. */
-    ask->quantity = n < 1 ? -1 : n > CORE_MAX_QUANTITY ? CORE_MAX_QUANTITY + 1 : (int)n;
+    ask->quantity = core_quantity_arg(json_integer_value(count));
   }
   return 0;
 bad_modalities:
@@ -292,8 +290,7 @@ static void start_stream(http_request *req, gen_wait *w) {
 /* One event: "data: <JSON>" and a blank line, nothing else (Google's SDK
  * reads exactly that). Takes doc. */
 static void write_data(http_request *req, json_t *doc) {
-  char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-  json_decref(doc);
+  char *text = api_json_take_text(doc);
   if (text) {
     if (http_stream_write(req, "data: ", 6) && http_stream_write(req, text, strlen(text)))
       http_stream_write(req, "\n\n", 2);

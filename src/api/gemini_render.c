@@ -88,8 +88,7 @@ void gemini_error_shape(http_request *req, int status, const imgate_error *err) 
              "the request has no API key: send an imgate key in the x-goog-api-key header "
              "(or as ?key=, or as Authorization: Bearer)");
   json_t *doc = gemini_error_doc(status, &e);
-  char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-  json_decref(doc);
+  char *text = api_json_take_text(doc);
   if (!text) {
     LOG_ERROR("api_error_reply_not_encodable", "req=%s status=%d", req->request_id, status);
     char body[200];

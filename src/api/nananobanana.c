@@ -208,8 +208,7 @@ typedef struct nnb_stream {
 /* One event: a data line only, as the seed sends them (a named event would
  * not reach a browser's EventSource.onmessage). Takes doc. */
 static bool write_data(http_request *req, json_t *doc) {
-  char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-  json_decref(doc);
+  char *text = api_json_take_text(doc);
   if (!text) return false;
   bool ok = http_stream_write(req, "data: ", 6) && http_stream_write(req, text, strlen(text)) &&
             http_stream_write(req, "\n\n", 2);
@@ -480,9 +479,7 @@ static char *nnb_webhook(core *c, const task *t, const char *event, int64_t now_
   char base[600];
   api_webhook_base(c, t, base, sizeof base);
   json_t *doc = render_record(c, t, base);
-  char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-  json_decref(doc);
-  return text;
+  return api_json_take_text(doc);
 }
 
 static void nnb_register(http_router *r, core *c) {

@@ -117,9 +117,7 @@ static int parse_quantity(http_request *req, json_t *body, int *out) {
     api_reply_error(req, 400, "invalid_type", "n must be a whole number of images", "n");
     return -1;
   }
-  json_int_t n = json_integer_value(v);
-  /* Out of range stays out of range in an int; the core says what is allowed. */
-  *out = n < 1 ? -1 : n > CORE_MAX_QUANTITY ? CORE_MAX_QUANTITY + 1 : (int)n;
+  *out = core_quantity_arg(json_integer_value(v));
   return 0;
 }
 
@@ -384,8 +382,7 @@ static void native_error_shape(http_request *req, int status, const imgate_error
   json_t *e = json_pack("{s:s, s:s, s:o}", "code", err->slug, "message", err->message, "param",
                         err->param[0] ? json_string(err->param) : json_null());
   json_t *doc = e ? json_pack("{s:o}", "error", e) : NULL;
-  char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-  json_decref(doc);
+  char *text = api_json_take_text(doc);
   if (!text) {
     LOG_ERROR("api_error_reply_not_encodable", "req=%s status=%d", req->request_id, status);
     char body[160];

@@ -131,7 +131,5 @@ char *api_native_webhook_payload(core *c, const task *t, const char *event, int6
   while (n > 0 && base[n - 1] == '/') base[--n] = '\0';
   json_t *doc = json_pack("{s:s, s:o, s:o}", "type", event, "timestamp", api_json_time(now_ms),
                           "data", native_render_task(base, c, t));
-  char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-  json_decref(doc);
-  return text;
+  return api_json_take_text(doc);
 }

@@ -344,8 +344,7 @@ static void generate(http_request *req, core *c, const store_account *acct_in, j
       bad_field(req, "n", "invalid_type", "n must be an integer");
       goto done;
     }
-    json_int_t v = json_integer_value(n);
-    gr.quantity = v < 1 ? -1 : v > CORE_MAX_QUANTITY ? CORE_MAX_QUANTITY + 1 : (int)v;
+    gr.quantity = core_quantity_arg(json_integer_value(n));
   }
   json_t *refs = json_object_get(body, "reference_images");
   if (refs && !json_is_null(refs)) {
@@ -543,9 +542,7 @@ static char *openai_webhook(core *c, const task *t, const char *event, int64_t n
   json_t *doc = data ? json_pack("{s:s, s:I, s:o}", "type", event, "created",
                                  (json_int_t)(now_ms / 1000), "data", data)
                      : NULL;
-  char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-  json_decref(doc);
-  return text;
+  return api_json_take_text(doc);
 }
 
 static void openai_register(http_router *r, core *c) {

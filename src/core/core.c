@@ -808,3 +808,7 @@ int core_read_result(core *c, const task_result *r, uint8_t **data, size_t *len,
     return err_set(err, ERR_INTERNAL, "storage_error", NULL, "the image could not be read");
   return 0;
 }
+
+int core_quantity_arg(int64_t n) {
+  return n < 1 ? -1 : n > CORE_MAX_QUANTITY ? CORE_MAX_QUANTITY + 1 : (int)n;
+}

@@ -70,6 +70,10 @@ typedef struct core_gen_request {
  * delivered: a task that gets 3 of 4 is charged for 3. */
 #define CORE_MAX_QUANTITY 10
 #define CORE_FIELD_QUANTITY "quantity"
+/* A client's image count as core_gen_request.quantity takes it: a value out
+ * of range stays out of range in an int (-1 below 1, CORE_MAX_QUANTITY + 1
+ * above), so that core_submit refuses it with its own message. */
+int core_quantity_arg(int64_t n);
 
 /* Quantity for dialects whose clients are promised clamping rather than a
  * refusal (seed 004): asked truncated to a whole number and brought into
