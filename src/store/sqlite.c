@@ -277,7 +277,7 @@ typedef struct sql_store {
    * writes them all in one transaction, each under its own savepoint, and
    * one commit (one fsync) makes them all durable. */
   pthread_cond_t gc_cv;          /* a batch was committed */
-  struct sql_insert_job *gc_head, *gc_tail;
+  struct sql_write_job *gc_head, *gc_tail;
   bool gc_writing;               /* a thread is writing a batch */
   uint64_t gc_batches, gc_jobs;  /* for tests and benchmarks (under mu) */
   size_t n_waiting; /* threads in sql_acquire waiting for a connection (under mu) */
@@ -801,12 +801,12 @@ static int sql_account_create(store *s, const char *email, int64_t now_ms, int64
 
 /* Steps a prepared account query (rc is how preparing went), reads its row
  * and finalizes the statement. */
-static int sql_account_row(sqlite3 *db, sqlite3_stmt *st, int rc, const char *what,
-                           store_account *out) {
+static int sql_account_row(sqlite3 *db, sqlite3_stmt *st, bool cached, int rc,
+                           const char *what, store_account *out) {
   if (rc != STORE_OK) return rc;
   rc = sql_step_row(db, st, what);
   if (rc == STORE_OK) rc = sql_read_account(st, 0, out);
-  sqlite3_finalize(st);
+  sql_stmt_done(st, cached);
   return rc;
 }
 
@@ -815,9 +815,10 @@ static int sql_account_get_by_email(store *s, const char *email, store_account *
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
   sqlite3_stmt *st;
-  int rc = sql_prepare(db, &st, "account_get_by_email", SQL_ACCOUNT_SELECT " WHERE email = ?",
-                       "t", email);
-  rc = sql_account_row(db, st, rc, "account_get_by_email", out);
+  bool cached = false;
+  int rc = sql_prepare_kept(db, &st, &cached, "account_get_by_email",
+                            SQL_ACCOUNT_SELECT " WHERE email = ?", "t", email);
+  rc = sql_account_row(db, st, cached, rc, "account_get_by_email", out);
   sql_release(ss, db);
   return rc;
 }
@@ -826,8 +827,10 @@ static int sql_account_get(store *s, int64_t id, store_account *out) {
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
   sqlite3_stmt *st;
-  int rc = sql_prepare(db, &st, "account_get", SQL_ACCOUNT_SELECT " WHERE id = ?", "I", id);
-  rc = sql_account_row(db, st, rc, "account_get", out);
+  bool cached = false;
+  int rc = sql_prepare_kept(db, &st, &cached, "account_get", SQL_ACCOUNT_SELECT " WHERE id = ?",
+                            "I", id);
+  rc = sql_account_row(db, st, cached, rc, "account_get", out);
   sql_release(ss, db);
   return rc;
 }
@@ -888,13 +891,14 @@ static int sql_key_authenticate(store *s, const char *hash_hex, int64_t now_ms,
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
   sqlite3_stmt *st;
+  bool cached = false;
   int64_t key_id = 0, last_used = 0;
-  int rc = sql_prepare(db, &st, "key_authenticate",
-                       "SELECT k.id, k.last_used_ms, a.id, a.email, a.disabled, a.created_ms,"
-                       " a.balance, a.held, a.max_concurrency, a.qps_per_key "
-                       "FROM api_keys k JOIN accounts a ON a.id = k.account_id "
-                       "WHERE k.hash = ? AND k.revoked_ms = 0",
-                       "t", hash_hex);
+  int rc = sql_prepare_kept(db, &st, &cached, "key_authenticate",
+                            "SELECT k.id, k.last_used_ms, a.id, a.email, a.disabled, a.created_ms,"
+                            " a.balance, a.held, a.max_concurrency, a.qps_per_key "
+                            "FROM api_keys k JOIN accounts a ON a.id = k.account_id "
+                            "WHERE k.hash = ? AND k.revoked_ms = 0",
+                            "t", hash_hex);
   if (rc == STORE_OK) {
     rc = sql_step_row(db, st, "key_authenticate");
     if (rc == STORE_OK) {
@@ -902,9 +906,9 @@ static int sql_key_authenticate(store *s, const char *hash_hex, int64_t now_ms,
       last_used = sqlite3_column_int64(st, 1);
       rc = sql_read_account(st, 2, out);
     }
-    /* Finalize before writing: an open read statement would make the
+    /* Done (reset) before writing: an open read statement would make the
      * update an upgrade from a possibly stale snapshot. */
-    sqlite3_finalize(st);
+    sql_stmt_done(st, cached);
   }
   if (rc == STORE_OK) {
     sql_key_touch(ss, db, key_id, last_used, now_ms);
@@ -1329,11 +1333,12 @@ static int sql_check_concurrency(sqlite3 *db, int64_t account_id) {
 static int sql_idem_claim(sqlite3 *db, int64_t account_id, const store_idem *idem,
                           int64_t now_ms, char first_task_id[IDS_UUID_LEN + 1]) {
   sqlite3_stmt *st;
+  bool cached = false;
   first_task_id[0] = '\0';
-  int rc = sql_prepare(db, &st, "idem_lookup",
-                       "SELECT request_hash, task_id, created_ms FROM idempotency_keys"
-                       " WHERE account_id = ? AND key = ?",
-                       "It", account_id, idem->key);
+  int rc = sql_prepare_kept(db, &st, &cached, "idem_lookup",
+                            "SELECT request_hash, task_id, created_ms FROM idempotency_keys"
+                            " WHERE account_id = ? AND key = ?",
+                            "It", account_id, idem->key);
   if (rc != STORE_OK) return rc;
   rc = sql_step_row(db, st, "idem_lookup");
   bool expired = false;
@@ -1352,7 +1357,7 @@ static int sql_idem_claim(sqlite3 *db, int64_t account_id, const store_idem *ide
   } else if (rc == STORE_NOT_FOUND) {
     rc = STORE_OK;
   }
-  sqlite3_finalize(st);
+  sql_stmt_done(st, cached);
   if (rc == STORE_OK && expired)
     rc = sql_run(db, "idem_expire", "DELETE FROM idempotency_keys WHERE account_id = ? AND key = ?",
                  "It", account_id, idem->key);
@@ -1395,48 +1400,101 @@ static int sql_insert_locked(sqlite3 *db, const task *t, const store_idem *idem,
   return rc;
 }
 
-/* A submit waiting in the group-commit queue (on its caller's stack). */
-typedef struct sql_insert_job {
-  const task *t;
-  const store_idem *idem;
-  char *first_task_id;
+/* ---- group commit ---------------------------------------------------------------------- */
+
+/* One write waiting in the group-commit queue (on its caller's stack): a
+ * body that runs inside a batch's transaction, under a savepoint of its own. */
+typedef struct sql_write_job {
+  int (*body)(sqlite3 *db, void *arg);
+  /* The answers of body that concern this write alone (a refused submit, a
+   * finish whose compare-and-set lost): it is undone to its savepoint and
+   * the others in its batch go on. Any other failure fails the batch. */
+  bool (*own_answer)(int rc);
+  void *arg;
   int rc;
   bool done;
-  struct sql_insert_job *next;
-} sql_insert_job;
+  struct sql_write_job *next;
+} sql_write_job;
 
-/* The answers a submit may get that concern it alone: it is undone to its
- * savepoint and the others in its batch go on. */
-static bool sql_insert_refused(int rc) {
-  return rc == STORE_NO_CREDIT || rc == STORE_LIMIT || rc == STORE_REPLAY ||
-         rc == STORE_IDEMPOTENCY_MISMATCH || rc == STORE_CONFLICT;
-}
-
-/* Writes one batch: one transaction, a savepoint per submit, one commit.
+/* Writes one batch: one transaction, a savepoint per write, one commit.
  * Each job's rc is its own answer; a failure of the transaction itself (the
  * disk, the commit) is every job's. */
-static void sql_write_batch(sql_store *ss, sql_insert_job *jobs) {
+static void sql_write_batch(sql_store *ss, sql_write_job *jobs) {
   sqlite3 *db = sql_acquire(ss);
   int rc = sql_write_begin(ss, db);
   if (rc == STORE_OK) {
-    for (sql_insert_job *j = jobs; rc == STORE_OK && j; j = j->next) {
-      rc = sql_run(db, "savepoint", "SAVEPOINT submit", "");
+    for (sql_write_job *j = jobs; rc == STORE_OK && j; j = j->next) {
+      rc = sql_run(db, "savepoint", "SAVEPOINT w", "");
       if (rc != STORE_OK) break;
-      j->rc = sql_insert_locked(db, j->t, j->idem, j->first_task_id);
+      j->rc = j->body(db, j->arg);
       if (j->rc != STORE_OK) {
-        if (!sql_insert_refused(j->rc)) {
+        if (!j->own_answer(j->rc)) {
           rc = j->rc; /* a failed write: the transaction is not to be trusted */
           break;
         }
-        rc = sql_run(db, "rollback_to", "ROLLBACK TO submit", "");
+        rc = sql_run(db, "rollback_to", "ROLLBACK TO w", "");
       }
-      if (rc == STORE_OK) rc = sql_run(db, "release", "RELEASE submit", "");
+      if (rc == STORE_OK) rc = sql_run(db, "release", "RELEASE w", "");
     }
     rc = sql_write_end(ss, db, rc); /* commits, or rolls everything back */
   }
   sql_release(ss, db);
   if (rc != STORE_OK)
-    for (sql_insert_job *j = jobs; j; j = j->next) j->rc = rc;
+    for (sql_write_job *j = jobs; j; j = j->next) j->rc = rc;
+}
+
+/* Runs body in the next group commit and returns its answer. Whoever finds
+ * nobody writing writes everything queued so far (its own write included)
+ * and wakes the others; a write that arrives while a batch is being written
+ * waits for the next one. Under load one fsync serves every submit, start
+ * and finish of the last few milliseconds, with the same durability: nobody
+ * hears OK before the commit that holds its write. */
+static int sql_group_write(sql_store *ss, int (*body)(sqlite3 *db, void *arg),
+                           bool (*own_answer)(int rc), void *arg) {
+  sql_write_job me = {.body = body, .own_answer = own_answer, .arg = arg, .rc = STORE_ERROR};
+  pthread_mutex_lock(&ss->mu);
+  if (ss->gc_tail) ss->gc_tail->next = &me;
+  else ss->gc_head = &me;
+  ss->gc_tail = &me;
+  while (!me.done) {
+    if (ss->gc_writing) {
+      pthread_cond_wait(&ss->gc_cv, &ss->mu);
+      continue;
+    }
+    sql_write_job *batch = ss->gc_head;
+    ss->gc_head = ss->gc_tail = NULL;
+    ss->gc_writing = true;
+    pthread_mutex_unlock(&ss->mu);
+    assert(batch);
+    sql_write_batch(ss, batch);
+    pthread_mutex_lock(&ss->mu);
+    size_t n = 0;
+    for (sql_write_job *j = batch; j; j = j->next, n++) j->done = true;
+    ss->gc_batches++;
+    ss->gc_jobs += n;
+    ss->gc_writing = false;
+    pthread_cond_broadcast(&ss->gc_cv);
+  }
+  pthread_mutex_unlock(&ss->mu);
+  return me.rc;
+}
+
+/* A submit's arguments through the group commit. */
+typedef struct sql_insert_args {
+  const task *t;
+  const store_idem *idem;
+  char *first_task_id;
+} sql_insert_args;
+
+static int sql_insert_body(sqlite3 *db, void *arg) {
+  sql_insert_args *a = arg;
+  return sql_insert_locked(db, a->t, a->idem, a->first_task_id);
+}
+
+/* The answers a submit may get that concern it alone. */
+static bool sql_insert_refused(int rc) {
+  return rc == STORE_NO_CREDIT || rc == STORE_LIMIT || rc == STORE_REPLAY ||
+         rc == STORE_IDEMPOTENCY_MISMATCH || rc == STORE_CONFLICT;
 }
 
 static int sql_insert_task_tx(sql_store *ss, const task *t, const store_idem *idem,
@@ -1447,37 +1505,8 @@ static int sql_insert_task_tx(sql_store *ss, const task *t, const store_idem *id
   if (t->deadline_ms < 0) return sql_misuse("task_insert", "negative deadline");
   if (idem && (!idem->key || !idem->request_hash || idem->ttl_ms <= 0 || !first_task_id))
     return sql_misuse("task_insert", "incomplete idempotency key");
-  /* Queue up; whoever finds nobody writing writes everything queued so far
-   * (its own submit included) and wakes the others. A submit that arrives
-   * while a batch is being written waits for the next one: under load, one
-   * fsync serves every submit of the last few milliseconds, with the same
-   * durability (nobody hears OK before the commit). */
-  sql_insert_job me = {.t = t, .idem = idem, .first_task_id = first_task_id, .rc = STORE_ERROR};
-  pthread_mutex_lock(&ss->mu);
-  if (ss->gc_tail) ss->gc_tail->next = &me;
-  else ss->gc_head = &me;
-  ss->gc_tail = &me;
-  while (!me.done) {
-    if (ss->gc_writing) {
-      pthread_cond_wait(&ss->gc_cv, &ss->mu);
-      continue;
-    }
-    sql_insert_job *batch = ss->gc_head;
-    ss->gc_head = ss->gc_tail = NULL;
-    ss->gc_writing = true;
-    pthread_mutex_unlock(&ss->mu);
-    assert(batch);
-    sql_write_batch(ss, batch);
-    pthread_mutex_lock(&ss->mu);
-    size_t n = 0;
-    for (sql_insert_job *j = batch; j; j = j->next, n++) j->done = true;
-    ss->gc_batches++;
-    ss->gc_jobs += n;
-    ss->gc_writing = false;
-    pthread_cond_broadcast(&ss->gc_cv);
-  }
-  pthread_mutex_unlock(&ss->mu);
-  return me.rc;
+  sql_insert_args a = {.t = t, .idem = idem, .first_task_id = first_task_id};
+  return sql_group_write(ss, sql_insert_body, sql_insert_refused, &a);
 }
 
 void store_sqlite_group_commit_stats(store *s, uint64_t *batches, uint64_t *submits,
@@ -1487,7 +1516,7 @@ void store_sqlite_group_commit_stats(store *s, uint64_t *batches, uint64_t *subm
   *batches = ss->gc_batches;
   *submits = ss->gc_jobs;
   size_t n = 0;
-  for (sql_insert_job *j = ss->gc_head; j; j = j->next) n++;
+  for (sql_write_job *j = ss->gc_head; j; j = j->next) n++;
   *queued = n;
   *writing = ss->gc_writing;
   pthread_mutex_unlock(&ss->mu);
@@ -1539,27 +1568,40 @@ static int sql_task_start(store *s, const char *task_id, const char *provider, i
   return rc;
 }
 
+/* A start's arguments through the group commit. */
+typedef struct sql_start_args {
+  store_start *items;
+  size_t n;
+  int64_t now_ms;
+} sql_start_args;
+
+static int sql_start_body(sqlite3 *db, void *arg) {
+  sql_start_args *a = arg;
+  int rc = STORE_OK;
+  for (size_t i = 0; i < a->n && rc == STORE_OK; i++) {
+    store_start *it = &a->items[i];
+    it->rc = it->task_id ? sql_start_locked(db, it->task_id, it->provider, a->now_ms, &it->attempt)
+                         : STORE_NOT_FOUND;
+    if (it->rc == STORE_OK) it->rc = sql_outbox_add(db, it->task_id, it->outbox, a->now_ms);
+    /* One task gone or started elsewhere does not fail the others. */
+    if (it->rc != STORE_OK && it->rc != STORE_CONFLICT && it->rc != STORE_NOT_FOUND) rc = it->rc;
+  }
+  return rc;
+}
+
+/* Every answer of a start batch that concerns one task is in its item. */
+static bool sql_no_own_answer(int rc) {
+  (void)rc;
+  return false;
+}
+
 static int sql_task_start_many(store *s, store_start *items, size_t n, int64_t now_ms) {
   if (n == 0) return STORE_OK;
   for (size_t i = 0; i < n; i++)
     if (!sql_outbox_valid(items[i].outbox))
       return sql_misuse("task_start_many", "outbox id, event or url missing or too long");
-  sql_store *ss = (sql_store *)s;
-  sqlite3 *db = sql_acquire(ss);
-  int rc = sql_write_begin(ss, db);
-  if (rc == STORE_OK) {
-    for (size_t i = 0; i < n && rc == STORE_OK; i++) {
-      store_start *it = &items[i];
-      it->rc = it->task_id ? sql_start_locked(db, it->task_id, it->provider, now_ms, &it->attempt)
-                           : STORE_NOT_FOUND;
-      if (it->rc == STORE_OK) it->rc = sql_outbox_add(db, it->task_id, it->outbox, now_ms);
-      /* One task gone or started elsewhere does not fail the others. */
-      if (it->rc != STORE_OK && it->rc != STORE_CONFLICT && it->rc != STORE_NOT_FOUND) rc = it->rc;
-    }
-    rc = sql_write_end(ss, db, rc);
-  }
-  sql_release(ss, db);
-  return rc;
+  sql_start_args a = {.items = items, .n = n, .now_ms = now_ms};
+  return sql_group_write((sql_store *)s, sql_start_body, sql_no_own_answer, &a);
 }
 
 static int sql_insert_results(sqlite3 *db, const char *task_id, const task_result *results,
@@ -1590,10 +1632,11 @@ static int sql_insert_results(sqlite3 *db, const char *task_id, const task_resul
 static int sql_settle_locked(sqlite3 *db, const char *task_id, task_state final_state,
                              size_t delivered, int64_t now_ms) {
   sqlite3_stmt *st;
-  int rc = sql_prepare(db, &st, "task_settle",
-                       "SELECT account_id, price_unit, price_refs, cost_held FROM tasks"
-                       " WHERE id = ?",
-                       "t", task_id);
+  bool cached = false;
+  int rc = sql_prepare_kept(db, &st, &cached, "task_settle",
+                            "SELECT account_id, price_unit, price_refs, cost_held FROM tasks"
+                            " WHERE id = ?",
+                            "t", task_id);
   if (rc != STORE_OK) return rc;
   rc = sql_step_row(db, st, "task_settle");
   int64_t account = 0, unit = 0, refs = 0, held = 0;
@@ -1603,7 +1646,7 @@ static int sql_settle_locked(sqlite3 *db, const char *task_id, task_state final_
     refs = sqlite3_column_int64(st, 2);
     held = sqlite3_column_int64(st, 3);
   }
-  sqlite3_finalize(st);
+  sql_stmt_done(st, cached);
   if (rc != STORE_OK || held <= 0) return rc;
   int64_t charge = 0;
   if (final_state == TASK_SUCCEEDED && delivered > 0) {
@@ -1691,6 +1734,32 @@ static int sql_task_attempt_add(store *s, const char *task_id, const task_attemp
   return rc;
 }
 
+/* A finish's arguments through the group commit. */
+typedef struct sql_finish_args {
+  const char *task_id;
+  int attempt;
+  task_state final_state;
+  const char *error_code, *error_message;
+  const task_result *results;
+  size_t n_results;
+  int64_t now_ms;
+  const task_attempt *last_attempt;
+  const store_outbox *outbox;
+} sql_finish_args;
+
+static int sql_finish_body(sqlite3 *db, void *arg) {
+  sql_finish_args *a = arg;
+  int rc = sql_finish_locked(db, a->task_id, a->attempt, a->final_state, a->error_code,
+                             a->error_message, a->results, a->n_results, a->now_ms);
+  if (rc == STORE_OK && a->last_attempt)
+    rc = sql_attempt_insert_locked(db, a->task_id, a->last_attempt);
+  if (rc == STORE_OK) rc = sql_outbox_add(db, a->task_id, a->outbox, a->now_ms);
+  return rc;
+}
+
+/* A finish whose compare-and-set found the task final already, or gone. */
+static bool sql_finish_lost(int rc) { return rc == STORE_CONFLICT || rc == STORE_NOT_FOUND; }
+
 static int sql_task_finish(store *s, const char *task_id, int attempt, task_state final_state,
                            const char *error_code, const char *error_message,
                            const task_result *results, size_t n_results, int64_t now_ms,
@@ -1701,18 +1770,11 @@ static int sql_task_finish(store *s, const char *task_id, int attempt, task_stat
   if (n_results > 0 && !results) return sql_misuse("task_finish", "results missing");
   if (!sql_outbox_valid(outbox))
     return sql_misuse("task_finish", "outbox id, event or url missing or too long");
-  sql_store *ss = (sql_store *)s;
-  sqlite3 *db = sql_acquire(ss);
-  int rc = sql_write_begin(ss, db);
-  if (rc == STORE_OK) {
-    int r = sql_finish_locked(db, task_id, attempt, final_state, error_code, error_message,
-                              results, n_results, now_ms);
-    if (r == STORE_OK && last_attempt) r = sql_attempt_insert_locked(db, task_id, last_attempt);
-    if (r == STORE_OK) r = sql_outbox_add(db, task_id, outbox, now_ms);
-    rc = sql_write_end(ss, db, r);
-  }
-  sql_release(ss, db);
-  return rc;
+  sql_finish_args a = {.task_id = task_id, .attempt = attempt, .final_state = final_state,
+                       .error_code = error_code, .error_message = error_message,
+                       .results = results, .n_results = n_results, .now_ms = now_ms,
+                       .last_attempt = last_attempt, .outbox = outbox};
+  return sql_group_write((sql_store *)s, sql_finish_body, sql_finish_lost, &a);
 }
 
 static int sql_task_requeue_running(store *s, int64_t *count_out) {
@@ -1996,13 +2058,14 @@ static int sql_result_by_token(store *s, const char *token, task_result *out) {
   sql_store *ss = (sql_store *)s;
   sqlite3 *db = sql_acquire(ss);
   sqlite3_stmt *st;
-  int rc = sql_prepare(db, &st, "result_by_token",
-                       "SELECT " SQL_RESULT_COLUMNS " FROM task_results WHERE token = ?", "t",
-                       token);
+  bool cached = false;
+  int rc = sql_prepare_kept(db, &st, &cached, "result_by_token",
+                            "SELECT " SQL_RESULT_COLUMNS " FROM task_results WHERE token = ?", "t",
+                            token);
   if (rc == STORE_OK) {
     rc = sql_step_row(db, st, "result_by_token");
     if (rc == STORE_OK && !sql_read_result(st, 0, out)) rc = sql_oom("result_by_token");
-    sqlite3_finalize(st);
+    sql_stmt_done(st, cached);
   }
   sql_release(ss, db);
   return rc;
@@ -2055,12 +2118,14 @@ static int sql_row_blob_ref(sqlite3_stmt *st, void *elem) {
 static int sql_load_task_state(sqlite3 *db, const char *task_id, task_state *out,
                                const char *what) {
   sqlite3_stmt *st;
-  int rc = sql_prepare(db, &st, what, "SELECT state FROM tasks WHERE id = ?", "t", task_id);
+  bool cached = false;
+  int rc = sql_prepare_kept(db, &st, &cached, what, "SELECT state FROM tasks WHERE id = ?", "t",
+                            task_id);
   if (rc != STORE_OK) return rc;
   rc = sql_step_row(db, st, what);
   if (rc == STORE_OK && !task_state_parse((const char *)sqlite3_column_text(st, 0), out))
     rc = sql_misuse(what, "stored state unknown");
-  sqlite3_finalize(st);
+  sql_stmt_done(st, cached);
   return rc;
 }
 
@@ -2416,10 +2481,11 @@ static bool sql_secret_valid(const char *secret) {
 /* Reads the account's secrets (on db, in or out of a transaction). */
 static int sql_secret_read(sqlite3 *db, int64_t account_id, store_webhook_secret *out) {
   sqlite3_stmt *st;
-  int rc = sql_prepare(db, &st, "webhook_secret",
-                       "SELECT current, previous, previous_until_ms FROM webhook_secrets"
-                       " WHERE account_id = ?",
-                       "I", account_id);
+  bool cached = false;
+  int rc = sql_prepare_kept(db, &st, &cached, "webhook_secret",
+                            "SELECT current, previous, previous_until_ms FROM webhook_secrets"
+                            " WHERE account_id = ?",
+                            "I", account_id);
   if (rc != STORE_OK) return rc;
   rc = sql_step_row(db, st, "webhook_secret");
   if (rc == STORE_OK) {
@@ -2429,7 +2495,7 @@ static int sql_secret_read(sqlite3 *db, int64_t account_id, store_webhook_secret
       rc = sql_misuse("webhook_secret", "stored secret too long");
     out->previous_until_ms = sqlite3_column_int64(st, 2);
   }
-  sqlite3_finalize(st);
+  sql_stmt_done(st, cached);
   return rc;
 }
 

@@ -455,10 +455,10 @@ void store_sqlite_set_sync(store_sync mode);
  * each, plus a few for the engine's threads, capped at STORE_SQLITE_MAX_POOL
  * (threads beyond it wait for a connection). */
 int store_sqlite_pool_size(int threads);
-/* Submits written so far, in how many transactions (group commit: one
- * commit serves every submit that arrived while the previous one was being
- * written), how many wait for the next one now, and whether one is being
- * written. For tests and benchmarks. */
+/* Task writes (submits, starts, finishes) done so far, in how many
+ * transactions (group commit: one commit serves every write that arrived
+ * while the previous one was being written), how many wait for the next one
+ * now, and whether one is being written. For tests and benchmarks. */
 void store_sqlite_group_commit_stats(store *s, uint64_t *batches, uint64_t *submits,
                                      size_t *queued, bool *writing);
 

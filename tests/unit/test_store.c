@@ -958,6 +958,130 @@ static void test_group_commit(void **state) {
   assert_int_equal(a.balance_micros, 0);
 }
 
+/* One write of each kind, for test_group_commit_mixed. */
+typedef struct write_arg {
+  store *s;
+  int kind; /* 0 submit, 1 start, 2 finish */
+  task *t;
+  int attempt;
+  task_result result;
+  store_start item;
+  int rc;
+} write_arg;
+
+static void *write_one(void *p) {
+  write_arg *a = p;
+  if (a->kind == 0) {
+    a->rc = a->s->ops->task_insert(a->s, a->t);
+  } else if (a->kind == 1) {
+    a->rc = a->s->ops->task_start_many(a->s, &a->item, 1, NOW + 20);
+  } else {
+    a->rc = a->s->ops->task_finish(a->s, a->t->id, a->attempt, TASK_SUCCEEDED, NULL, NULL,
+                                   &a->result, 1, NOW + 30, NULL, NULL);
+  }
+  return NULL;
+}
+
+/* Starts and finishes share the group commit with submits: a submit, a
+ * start and four finishes that queue behind a writer go in one commit, and
+ * each keeps its own answer. Two of the finishes are of the same task: the
+ * one whose compare-and-set loses gets CONFLICT, undone to its savepoint,
+ * while the rest of the batch commits (one capture, never two). */
+static void test_group_commit_mixed(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t id;
+  assert_int_equal(s->ops->account_open(s, "mixed@example.com", NOW, 1000000, &id), STORE_OK);
+  enum { RUNNING = 3 };
+  task *run[RUNNING];
+  int attempt[RUNNING];
+  for (int i = 0; i < RUNNING; i++) {
+    assert_int_equal(insert_priced(s, id, 10000, 0, &run[i]), STORE_OK);
+    assert_int_equal(s->ops->task_start(s, run[i]->id, "sim", NOW + 10, &attempt[i]), STORE_OK);
+  }
+  task *queued, *fresh;
+  assert_int_equal(insert_priced(s, id, 10000, 0, &queued), STORE_OK);
+  fresh = make_task(id, NOW);
+  fresh->price_unit_micros = 10000;
+  fresh->cost_held_micros = 10000;
+
+  enum { N = 7 };
+  write_arg args[N] = {
+      {.kind = 0, .t = fresh}, /* the writer, first */
+      {.kind = 1, .item = {.task_id = queued->id, .provider = "sim", .rc = -99}},
+      {.kind = 2, .t = run[0], .attempt = attempt[0], .result = make_result(0, "mixA")},
+      {.kind = 2, .t = run[1], .attempt = attempt[1], .result = make_result(0, "mixB")},
+      {.kind = 2, .t = run[2], .attempt = attempt[2], .result = make_result(0, "mixC")},
+      {.kind = 2, .t = run[2], .attempt = attempt[2], .result = make_result(0, "mixD")},
+      {.kind = 0, .t = NULL},
+  };
+  /* The last submit is a second one of the writer's own task: refused
+   * alone (CONFLICT) without failing the batch. */
+  args[N - 1].t = fresh;
+  uint64_t batches0, writes0, batches, writes;
+  size_t queued_n;
+  bool writing;
+  store_sqlite_group_commit_stats(s, &batches0, &writes0, &queued_n, &writing);
+
+  sqlite3 *other;
+  assert_int_equal(sqlite3_open(f->path, &other), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+  pthread_t th[N];
+  for (int i = 0; i < N; i++) {
+    args[i].s = s;
+    args[i].rc = -99;
+    assert_int_equal(pthread_create(&th[i], NULL, write_one, &args[i]), 0);
+    if (i > 0) continue;
+    for (int k = 0; k < 5000 && !writing; k++) {
+      usleep(1000);
+      store_sqlite_group_commit_stats(s, &batches, &writes, &queued_n, &writing);
+    }
+    assert_true(writing);
+  }
+  for (int k = 0; k < 5000; k++) {
+    store_sqlite_group_commit_stats(s, &batches, &writes, &queued_n, &writing);
+    if (queued_n == N - 1) break;
+    usleep(1000);
+  }
+  assert_int_equal(queued_n, N - 1);
+  assert_int_equal(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(other);
+  for (int i = 0; i < N; i++) assert_int_equal(pthread_join(th[i], NULL), 0);
+
+  store_sqlite_group_commit_stats(s, &batches, &writes, &queued_n, &writing);
+  assert_int_equal(writes - writes0, N);
+  assert_int_equal(batches - batches0, 2); /* the writer alone, then the six at once */
+  assert_int_equal(args[0].rc, STORE_OK);
+  assert_int_equal(args[N - 1].rc, STORE_CONFLICT);
+  assert_int_equal(args[1].rc, STORE_OK);
+  assert_int_equal(args[1].item.rc, STORE_OK);
+  assert_int_equal(args[2].rc, STORE_OK);
+  assert_int_equal(args[3].rc, STORE_OK);
+  /* run[2]: exactly one of its two finishes won. */
+  assert_true((args[4].rc == STORE_OK && args[5].rc == STORE_CONFLICT) ||
+              (args[4].rc == STORE_CONFLICT && args[5].rc == STORE_OK));
+  const char *won = args[4].rc == STORE_OK ? "mixC" : "mixD";
+  task *got = get_task(s, run[2]->id);
+  assert_int_equal(got->state, TASK_SUCCEEDED);
+  assert_int_equal(got->n_results, 1);
+  assert_string_equal(got->results[0].token, won);
+  task_free(got);
+  got = get_task(s, queued->id);
+  assert_int_equal(got->state, TASK_RUNNING);
+  task_free(got);
+  assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM task_results WHERE token = 'mixC'"
+                                    " OR token = 'mixD'"),
+                   1);
+  /* Three captured of 10,000 each; two holds (the queued-then-started task
+   * and the fresh one) still held. */
+  store_account a = account_of(s, id);
+  assert_int_equal(a.held_micros, 20000);
+  assert_int_equal(a.balance_micros, 1000000 - 3 * 10000 - 20000);
+  for (int i = 0; i < RUNNING; i++) task_free(run[i]);
+  task_free(queued);
+  task_free(fresh);
+}
+
 static void test_hold_capture_release(void **state) {
   fx *f = *state;
   store *s = f->s;
@@ -2589,6 +2713,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_list_queued, setup, teardown),
       cmocka_unit_test_setup_teardown(test_list_account, setup, teardown),
       cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_group_commit_mixed, setup, teardown),
       cmocka_unit_test_setup_teardown(test_result_by_token, setup, teardown),
       cmocka_unit_test_setup_teardown(test_finish_is_atomic, setup, teardown),
       cmocka_unit_test_setup_teardown(test_concurrent_start_finish, setup, teardown),
