@@ -18,7 +18,8 @@ packages=(
   curl file           # README walkthrough
 )
 # `deps.sh --bench` adds the load generators and the receiver the benchmarks
-# under bench/ use (wrk, nginx);
+# under bench/ use (wrk, nginx), and Node.js with bench/portkey's lock file
+# (Portkey's open-source gateway, which bench/peers measures imgate against);
 # `deps.sh --fuzz` clang and its libFuzzer runtime (libclang_rt.fuzzer, in
 # libclang-rt-dev) for the fuzz targets under tests/fuzz/;
 # `deps.sh --test` Node.js and npm (Debian's, unless a node and an npm are
@@ -26,9 +27,16 @@ packages=(
 # tests/webhook (the reference webhook verifier) and tests/sdk (the client
 # SDKs).
 want_test_modules=false
+want_bench_modules=false
 for arg in "$@"; do
   case "$arg" in
-  --bench) packages+=(wrk nginx-light) ;;
+  --bench)
+    packages+=(wrk nginx-light)
+    want_bench_modules=true
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+      packages+=(nodejs npm)
+    fi
+    ;;
   --fuzz) packages+=(clang libclang-rt-dev) ;;
   --test)
     want_test_modules=true
@@ -43,11 +51,13 @@ done
 # Each npm folder's node_modules holds exactly what its lock file names, or
 # npm ci (re)installs it: without install scripts, without dev dependencies.
 # tests/webhook: the reference webhook verifier; tests/sdk: the unmodified
-# client SDKs the dialect tests drive (openai, @google/genai).
-test_modules() {
+# client SDKs the dialect tests drive (openai, @google/genai); bench/portkey:
+# the gateway bench/peers compares with.
+npm_modules() {
   local root dir
   root="$(cd "$(dirname "$0")/.." && pwd)"
-  for dir in "$root/tests/webhook" "$root/tests/sdk"; do
+  for dir in "$@"; do
+    dir="$root/$dir"
     if node -e '
       const dir = process.argv[1];
       const lock = require(dir + "/package-lock.json");
@@ -80,5 +90,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if $want_test_modules; then
-  test_modules
+  npm_modules tests/webhook tests/sdk
+fi
+if $want_bench_modules; then
+  npm_modules bench/portkey
 fi
