@@ -1,9 +1,13 @@
-/* blob.c - what every blob backend shares: the key rules and object release. */
+/* blob.c - what every blob backend shares: the key rules, object release and
+ * the measuring streamed put. */
 #include "blob/blob.h"
 
+#include <assert.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <unistd.h>
+
+#include "util/ids.h"
 
 /* Long enough for any key imgate builds, short enough to stay far below
  * PATH_MAX once a backend prefixes its root. */
@@ -43,4 +47,68 @@ void blob_object_release(blob_object *o) {
   o->fd = -1;
   o->data = NULL;
   o->size = 0;
+}
+
+struct blob_stream {
+  blob_writer *w;
+  ids_sha256 *hash;
+  uint64_t size;
+  bool failed; /* a write failed: only abort is left */
+};
+
+int blob_stream_begin(blob *b, const char *key, const char *content_type, blob_stream **out) {
+  *out = NULL;
+  blob_stream *s = calloc(1, sizeof *s);
+  if (!s) return BLOB_ERROR;
+  s->hash = ids_sha256_begin();
+  if (!s->hash) {
+    free(s);
+    return BLOB_ERROR;
+  }
+  int rc = b->ops->begin(b, key, content_type, &s->w);
+  if (rc != BLOB_OK) {
+    ids_sha256_abort(s->hash);
+    free(s);
+    return rc;
+  }
+  assert(s->w && s->w->b == b);
+  *out = s;
+  return BLOB_OK;
+}
+
+int blob_stream_write(blob_stream *s, const void *data, size_t len) {
+  if (s->failed) return BLOB_ERROR;
+  if (len == 0) return BLOB_OK;
+  int rc = s->w->b->ops->write(s->w, data, len);
+  if (rc != BLOB_OK) {
+    s->failed = true;
+    return rc;
+  }
+  ids_sha256_update(s->hash, data, len);
+  s->size += len;
+  return BLOB_OK;
+}
+
+int blob_stream_commit(blob_stream *s, blob_stream_info *info) {
+  if (s->failed) {
+    blob_stream_abort(s);
+    return BLOB_ERROR;
+  }
+  blob_writer *w = s->w;
+  int rc = w->b->ops->commit(w);
+  if (info) {
+    info->size = s->size;
+    ids_sha256_end(s->hash, info->sha256_hex);
+  } else {
+    ids_sha256_abort(s->hash);
+  }
+  free(s);
+  return rc;
+}
+
+void blob_stream_abort(blob_stream *s) {
+  if (!s) return;
+  s->w->b->ops->abort(s->w);
+  ids_sha256_abort(s->hash);
+  free(s);
 }

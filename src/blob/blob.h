@@ -34,6 +34,13 @@ typedef struct blob_entry {
   bool temporary;
 } blob_entry;
 
+/* A write in progress (blob_ops.begin): what a backend returns embeds this
+ * first. Written in order by one thread at a time; ends with exactly one
+ * commit or abort, which frees it. */
+typedef struct blob_writer {
+  blob *b;
+} blob_writer;
+
 /* Called once per entry; a positive return stops the listing. The callback
  * may remove the entry it is given. */
 typedef int (*blob_list_fn)(void *ctx, const blob_entry *e);
@@ -41,6 +48,16 @@ typedef int (*blob_list_fn)(void *ctx, const blob_entry *e);
 typedef struct blob_ops {
   const char *name; /* "fs" */
   int (*put)(blob *b, const char *key, const void *data, size_t len, const char *content_type);
+  /* A streamed put, for objects that arrive in pieces (an image decoded as
+   * its upstream answer comes in): begin, write any number of times, then
+   * commit or abort. Nothing is visible under key before commit; commit
+   * makes the whole object visible at once and as durable as put, abort
+   * leaves nothing behind. An object already under key stays readable until
+   * the commit replaces it. After a failed write only abort is allowed. */
+  int (*begin)(blob *b, const char *key, const char *content_type, blob_writer **out);
+  int (*write)(blob_writer *w, const void *data, size_t len);
+  int (*commit)(blob_writer *w); /* frees w, whatever it answers */
+  void (*abort)(blob_writer *w); /* frees w */
   int (*open)(blob *b, const char *key, blob_object *out);
   /* Reads the whole object into memory (*data malloc'd, free it); max_len caps it (BLOB_ERROR beyond). */
   int (*read)(blob *b, const char *key, size_t max_len, uint8_t **data, size_t *len);
@@ -66,6 +83,22 @@ struct blob {
 
 /* A store rooted at dir (created if missing). NULL with err on failure. */
 blob *blob_fs_open(const char *dir, char *err, size_t err_size);
+
+/* A streamed put that also measures what it writes: size and SHA-256 (the
+ * object's ETag), computed as the pieces pass, so nobody reads the object
+ * again to learn them. */
+typedef struct blob_stream blob_stream;
+typedef struct blob_stream_info {
+  uint64_t size;
+  char sha256_hex[65];
+} blob_stream_info;
+/* BLOB_OK with *out, or the backend's error (BLOB_ERROR when memory runs out). */
+int blob_stream_begin(blob *b, const char *key, const char *content_type, blob_stream **out);
+int blob_stream_write(blob_stream *s, const void *data, size_t len);
+/* Commits (blob_ops.commit) and fills info; frees s whatever it answers. */
+int blob_stream_commit(blob_stream *s, blob_stream_info *info);
+/* Aborts and frees s; NULL is fine. */
+void blob_stream_abort(blob_stream *s);
 
 /* Longest key any backend accepts. */
 #define BLOB_KEY_MAX 512

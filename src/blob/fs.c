@@ -187,6 +187,88 @@ static int fs_put(blob *b, const char *key, const void *data, size_t len,
   return rc;
 }
 
+/* A streamed put: the temporary file it fills, in the folder of its key. */
+typedef struct fs_writer {
+  blob_writer base; /* first, so a blob_writer * is an fs_writer * */
+  int dir_fd;       /* the key's folder */
+  bool own_dir;     /* dir_fd is to be closed (it is not the root) */
+  int fd;           /* the temporary file */
+  char tmp[sizeof FS_TMP_PREFIX + 2 * FS_TMP_RANDOM_BYTES];
+  char key[BLOB_KEY_MAX + 1];
+} fs_writer;
+
+static void fs_writer_free(fs_writer *w) {
+  if (w->own_dir) close(w->dir_fd);
+  free(w);
+}
+
+static int fs_begin(blob *b, const char *key, const char *content_type, blob_writer **out) {
+  (void)content_type; /* as fs_put */
+  *out = NULL;
+  blob_fs *fs = (blob_fs *)b;
+  if (!blob_key_valid(key)) return BLOB_INVALID_KEY;
+  fs_writer *w = calloc(1, sizeof *w);
+  if (!w) return fs_fail("begin", key, ENOMEM);
+  w->base.b = b;
+  snprintf(w->key, sizeof w->key, "%s", key);
+  w->dir_fd = fs_parent_dir(fs, key, &w->own_dir);
+  if (w->dir_fd < 0) {
+    free(w);
+    return BLOB_ERROR;
+  }
+  w->fd = fs_create_temp(w->dir_fd, w->tmp, sizeof w->tmp);
+  if (w->fd < 0) {
+    int e = errno;
+    fs_writer_free(w);
+    return fs_fail("create_temp", key, e);
+  }
+  *out = &w->base;
+  return BLOB_OK;
+}
+
+static int fs_write(blob_writer *bw, const void *data, size_t len) {
+  fs_writer *w = (fs_writer *)bw;
+  if (!data && len) return fs_fail("write", w->key, EINVAL);
+  if (fs_write_all(w->fd, data, len) != 0) return fs_fail("write", w->key, errno);
+  return BLOB_OK;
+}
+
+static void fs_abort(blob_writer *bw) {
+  fs_writer *w = (fs_writer *)bw;
+  close(w->fd);
+  unlinkat(w->dir_fd, w->tmp, 0);
+  fs_writer_free(w);
+}
+
+/* As fs_put_in after its write: sync, rename into place, sync the folder. */
+static int fs_commit(blob_writer *bw) {
+  fs_writer *w = (fs_writer *)bw;
+  const char *op = NULL;
+  int e = 0;
+  if (fsync(w->fd) != 0) {
+    op = "fsync";
+    e = errno;
+  }
+  if (close(w->fd) != 0 && !op) {
+    op = "close";
+    e = errno;
+  }
+  const char *slash = strrchr(w->key, '/');
+  if (!op && renameat(w->dir_fd, w->tmp, w->dir_fd, slash ? slash + 1 : w->key) != 0) {
+    op = "rename";
+    e = errno;
+  }
+  int rc = BLOB_OK;
+  if (op) {
+    unlinkat(w->dir_fd, w->tmp, 0);
+    rc = fs_fail(op, w->key, e);
+  } else if (fsync(w->dir_fd) != 0) {
+    rc = fs_fail("fsync_dir", w->key, errno);
+  }
+  fs_writer_free(w);
+  return rc;
+}
+
 /* Opens key for reading; only regular files count as objects. */
 static int fs_open_file(blob_fs *fs, const char *key, int *fd_out, uint64_t *size) {
   int fd = openat(fs->root_fd, key, O_RDONLY | O_CLOEXEC);
@@ -479,6 +561,10 @@ static void fs_close(blob *b) {
 static const blob_ops fs_ops = {
     .name = "fs",
     .put = fs_put,
+    .begin = fs_begin,
+    .write = fs_write,
+    .commit = fs_commit,
+    .abort = fs_abort,
     .open = fs_open,
     .read = fs_read,
     .remove = fs_remove,

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "blob/blob.h"
+#include "util/ids.h"
 
 typedef struct fixture {
   char dir[64];
@@ -319,6 +320,119 @@ static void test_no_temp_files_left(void **state) {
   assert_int_equal(count_files(f->root), 20);
 }
 
+/* ---- streamed puts ---------------------------------------------------------------------- */
+
+/* Pieces of every size arrive in order; the object appears only at commit,
+ * whole, with the size and SHA-256 measured on the way. */
+static void test_stream_round_trip(void **state) {
+  fixture *f = *state;
+  blob *b = f->b;
+  enum { LEN = 300000 };
+  uint8_t *data = malloc(LEN);
+  assert_non_null(data);
+  for (size_t i = 0; i < LEN; i++) data[i] = (uint8_t)(i * 7 + (i >> 9));
+  blob_stream *s;
+  assert_int_equal(blob_stream_begin(b, "results/t1/1-0.png", "image/png", &s), BLOB_OK);
+  size_t off = 0, step = 1;
+  while (off < LEN) {
+    size_t n = step < LEN - off ? step : LEN - off;
+    assert_int_equal(blob_stream_write(s, data + off, n), BLOB_OK);
+    off += n;
+    step = step * 3 + 1; /* 1, 4, 13, 40 ... bytes: every kind of piece */
+    blob_object o;
+    assert_int_equal(b->ops->open(b, "results/t1/1-0.png", &o), BLOB_NOT_FOUND);
+  }
+  blob_stream_info info;
+  assert_int_equal(blob_stream_commit(s, &info), BLOB_OK);
+  assert_int_equal(info.size, LEN);
+  char want[65];
+  ids_sha256_hex(data, LEN, want);
+  assert_string_equal(info.sha256_hex, want);
+  uint8_t *got = NULL;
+  size_t len = 0;
+  assert_int_equal(b->ops->read(b, "results/t1/1-0.png", LEN, &got, &len), BLOB_OK);
+  assert_int_equal(len, LEN);
+  assert_memory_equal(got, data, LEN);
+  free(got);
+  free(data);
+  assert_int_equal(count_files(f->root), 1); /* no temporary left beside it */
+}
+
+/* An abort leaves nothing; a streamed put over an existing object leaves the
+ * old one readable until its commit. */
+static void test_stream_abort_and_replace(void **state) {
+  fixture *f = *state;
+  blob *b = f->b;
+  blob_stream *s;
+  assert_int_equal(blob_stream_begin(b, "a/gone.bin", NULL, &s), BLOB_OK);
+  assert_int_equal(blob_stream_write(s, "half", 4), BLOB_OK);
+  blob_stream_abort(s);
+  blob_object o;
+  assert_int_equal(b->ops->open(b, "a/gone.bin", &o), BLOB_NOT_FOUND);
+  assert_int_equal(count_files(f->root), 0);
+
+  assert_int_equal(put_str(b, "a/kept.txt", "old"), BLOB_OK);
+  assert_int_equal(blob_stream_begin(b, "a/kept.txt", "text/plain", &s), BLOB_OK);
+  assert_int_equal(blob_stream_write(s, "new ", 4), BLOB_OK);
+  expect_content(b, "a/kept.txt", "old");
+  assert_int_equal(blob_stream_write(s, "text", 4), BLOB_OK);
+  expect_content(b, "a/kept.txt", "old");
+  assert_int_equal(blob_stream_commit(s, NULL), BLOB_OK);
+  expect_content(b, "a/kept.txt", "new text");
+  assert_int_equal(count_files(f->root), 1);
+}
+
+/* Bad keys are refused at begin; a commit that cannot land (its name is a
+ * folder) fails and leaves no temporary behind. */
+static void test_stream_refusals(void **state) {
+  fixture *f = *state;
+  blob *b = f->b;
+  blob_stream *s = (blob_stream *)1;
+  assert_int_equal(blob_stream_begin(b, "../escape", NULL, &s), BLOB_INVALID_KEY);
+  assert_null(s);
+  assert_int_equal(blob_stream_begin(b, "", NULL, &s), BLOB_INVALID_KEY);
+  assert_int_equal(put_str(b, "d/inner/x.txt", "x"), BLOB_OK);
+  assert_int_equal(blob_stream_begin(b, "d/inner", NULL, &s), BLOB_OK);
+  assert_int_equal(blob_stream_write(s, "payload", 7), BLOB_OK);
+  assert_int_equal(blob_stream_commit(s, NULL), BLOB_ERROR);
+  assert_int_equal(count_files(f->root), 1);
+  expect_content(b, "d/inner/x.txt", "x");
+}
+
+/* Streamed puts of many objects at once, interleaved on one thread (as the
+ * pieces of several upstream answers arrive on the curl loop). */
+static void test_stream_interleaved(void **state) {
+  fixture *f = *state;
+  blob *b = f->b;
+  enum { N = 6 };
+  blob_stream *s[N];
+  char key[64];
+  for (int i = 0; i < N; i++) {
+    snprintf(key, sizeof key, "results/t%d/1-0.bin", i % 3);
+    if (i >= 3) snprintf(key, sizeof key, "results/t%d/1-1.bin", i % 3);
+    assert_int_equal(blob_stream_begin(b, key, NULL, &s[i]), BLOB_OK);
+  }
+  for (int round = 0; round < 50; round++)
+    for (int i = 0; i < N; i++) {
+      char piece[32];
+      int n = snprintf(piece, sizeof piece, "%d:%d;", i, round);
+      assert_int_equal(blob_stream_write(s[i], piece, (size_t)n), BLOB_OK);
+    }
+  for (int i = 0; i < N; i++) {
+    if (i == 4) {
+      blob_stream_abort(s[i]);
+      continue;
+    }
+    assert_int_equal(blob_stream_commit(s[i], NULL), BLOB_OK);
+  }
+  assert_int_equal(count_files(f->root), N - 1);
+  uint8_t *got = NULL;
+  size_t len = 0;
+  assert_int_equal(b->ops->read(b, "results/t2/1-0.bin", 1 << 20, &got, &len), BLOB_OK);
+  assert_true(len > 3 && memcmp(got, "2:0;2:1;", 8) == 0);
+  free(got);
+}
+
 #define N_THREADS 8
 #define PUTS_PER_THREAD 40
 
@@ -581,6 +695,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_read_max_len, setup, teardown),
       cmocka_unit_test_setup_teardown(test_missing, setup, teardown),
       cmocka_unit_test_setup_teardown(test_no_temp_files_left, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_stream_round_trip, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_stream_abort_and_replace, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_stream_refusals, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_stream_interleaved, setup, teardown),
       cmocka_unit_test_setup_teardown(test_concurrent_puts, setup, teardown),
       cmocka_unit_test_setup_teardown(test_list_nested_and_temporary, setup, teardown),
       cmocka_unit_test_setup_teardown(test_list_does_not_follow_symlinks, setup, teardown),
