@@ -208,7 +208,7 @@ provider_outcome *openai_parse_response(long http_status, const char *body, size
 
 /* Everything one call keeps alive until its answer is delivered. */
 typedef struct openai_call {
-  adapter_work work;       /* first: the pool hands it back */
+  workpool_item work;       /* first: the pool hands it back */
   adapter_flight flight;   /* registered while on the wire, for cancel() */
   adapter_instance *inst;  /* the provider's settings, threads and register */
   curlloop_result answer;  /* what the loop reported, body included, until parsed */
@@ -231,7 +231,7 @@ static void openai_call_free(openai_call *call) {
 }
 
 /* Runs on a pool thread. */
-static void openai_call_run(adapter_work *w) {
+static void openai_call_run(workpool_item *w) {
   openai_call *call = (openai_call *)w;
   curlloop_result *a = &call->answer;
   provider_outcome *o;
@@ -250,7 +250,7 @@ static void openai_call_run(adapter_work *w) {
 }
 
 /* The provider is being destroyed with this answer unread: dropped, no done(). */
-static void openai_call_drop(adapter_work *w) { openai_call_free((openai_call *)w); }
+static void openai_call_drop(workpool_item *w) { openai_call_free((openai_call *)w); }
 
 /* Runs on the loop thread: keeps the answer and leaves the parsing to the
  * pool. From here on a cancel() no longer reaches this call. */
@@ -263,7 +263,7 @@ static void openai_on_done(void *ctx, CURL *easy, curlloop_result *res) {
     return;
   }
   adapter_take_answer(&call->answer, res);
-  adapter_pool_submit(call->inst->pool, &call->work);
+  workpool_submit(call->inst->pool, &call->work);
 }
 
 static curl_mime *openai_form_mime(CURL *easy, const openai_form *form) {
