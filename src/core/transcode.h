@@ -13,6 +13,8 @@
  *   more than max_pixels pixels is refused without being decoded: a few
  *   kilobytes of PNG can claim 60,000 x 60,000 pixels (a decompression bomb);
  *   libvips must then agree with the header's size;
+ * - a PNG whose chunks claim more bytes than the file holds is refused
+ *   (libpng would allocate a chunk's claimed length before reading it);
  * - a decoder error or truncated data fails the conversion (libvips's
  *   fail_on=error), rather than produce a half-grey picture.
  *

@@ -235,12 +235,26 @@ static void test_garbage_refused(void **state) {
   convert_refused(noise, sizeof noise, IMAGEFMT_PNG, 0, TRANSCODE_BAD_HEADER);
   memcpy(noise, "RIFF\x10\x00\x00\x00WEBPXXXX", 16);
   convert_refused(noise, sizeof noise, IMAGEFMT_PNG, 0, TRANSCODE_BAD_HEADER);
+  /* A PNG whose text chunk claims 1.5 GB in a file of 126 bytes: refused
+   * before libpng, which would allocate the claimed length (fuzz_transcode). */
+  size_t png_len;
+  uint8_t *png = sim_png("claims", 4, 3, &png_len);
+  uint8_t *liar = malloc(png_len);
+  assert_non_null(liar);
+  memcpy(liar, png, png_len);
+  assert_memory_equal(liar + 37, "tEXt", 4); /* the chunk after IHDR */
+  memcpy(liar + 33, "\x5b\x00\x00\x10", 4);
+  convert_refused(liar, png_len, IMAGEFMT_WEBP, 0, TRANSCODE_DECODE);
+  transcode_result r;
+  assert_int_equal(transcode_image(liar, png_len, IMAGEFMT_WEBP, 80, 0, &r), TRANSCODE_DECODE);
+  assert_non_null(strstr(r.why, "claims more bytes")); /* refused before libpng saw it */
+  free(liar);
+  free(png);
   /* HEIC is recognised but not converted here. */
   const uint8_t heic[24] = {0, 0, 0, 24, 'f', 't', 'y', 'p', 'h', 'e', 'i', 'c'};
   convert_refused(heic, sizeof heic, IMAGEFMT_PNG, 0, TRANSCODE_UNSUPPORTED);
   /* And the target must be one imgate writes. */
-  size_t png_len;
-  uint8_t *png = sim_png("target", 8, 8, &png_len);
+  png = sim_png("target", 8, 8, &png_len);
   convert_refused(png, png_len, IMAGEFMT_HEIC, 0, TRANSCODE_UNSUPPORTED);
   convert_refused(png, png_len, IMAGEFMT_UNKNOWN, 0, TRANSCODE_UNSUPPORTED);
   free(png);
