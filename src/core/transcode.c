@@ -112,7 +112,8 @@ static void log_vips_error(const char *stage, imagefmt from, imagefmt to) {
 static bool png_chunks_fit(const uint8_t *d, size_t len) {
   size_t i = 8; /* after the signature */
   while (len - i >= 12) {
-    uint32_t n = (uint32_t)d[i] << 24 | (uint32_t)d[i + 1] << 16 | (uint32_t)d[i + 2] << 8 | d[i + 3];
+    uint32_t n =
+        (uint32_t)d[i] << 24 | (uint32_t)d[i + 1] << 16 | (uint32_t)d[i + 2] << 8 | d[i + 3];
     if (n > len - i - 12) return false;
     if (memcmp(d + i + 4, "IEND", 4) == 0) return true;
     i += 12 + (size_t)n;
