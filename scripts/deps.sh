@@ -13,6 +13,7 @@ packages=(
   libjansson-dev      # JSON
   libssl-dev          # hashing, randomness, HMAC
   libpng-dev zlib1g-dev # PNG output of the simulated provider
+  libvips-dev         # output formats: decoding and encoding PNG, JPEG, WebP
   libcmocka-dev       # unit tests
   python3             # end-to-end test driver (standard library only)
   curl file           # README walkthrough

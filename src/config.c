@@ -11,6 +11,7 @@
 
 #include "core/catalog.h"
 #include "core/pricing.h"
+#include "core/transcode.h"
 
 void config_defaults(imgate_config *c) {
   memset(c, 0, sizeof *c);
@@ -64,6 +65,8 @@ void config_defaults(imgate_config *c) {
   c->breaker_open_ms = 5000;
   c->breaker_recovery_ms = 30000;
   c->fetch_timeout_ms = 20000;
+  c->transcode_threads = 2;
+  c->transcode_max_pixels = TRANSCODE_DEFAULT_MAX_PIXELS;
   snprintf(c->sqlite_synchronous, sizeof c->sqlite_synchronous, "full");
   pricing_defaults(c);
   c->signup_bonus_micros = 1000000; /* $1.00, seed 000's signup bonus */
@@ -137,6 +140,9 @@ static const key_spec keys[] = {
     {"engine.max_in_flight", K_INT, F(engine_max_in_flight), 1, 1000000},
     {"engine.drain_timeout_ms", K_INT, F(engine_drain_timeout_ms), 0, 3600000},
     {"engine.max_queued", K_INT, F(engine_max_queued), 0, 100000000},
+    {"transcode", K_OBJ, 0, 0, 0, 0},
+    {"transcode.threads", K_INT, F(transcode_threads), 1, 64},
+    {"transcode.max_pixels", K_I64, F(transcode_max_pixels), 1, 1000000000},
     {"sim", K_OBJ, 0, 0, 0, 0},
     {"sim.delay_ms", K_INT, F(sim_delay_ms), 0, 3600000},
     {"sim.fail_marker", K_STR, F(sim_fail_marker), 0, 0},

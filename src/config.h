@@ -94,6 +94,9 @@ typedef struct imgate_config {
   int engine_max_queued;       /* tasks waiting for the engine beyond which a submit that asks
                                   to be refused when busy is (503); 0 = no limit */
 
+  int transcode_threads;          /* threads converting images to a task's output_format */
+  int64_t transcode_max_pixels;   /* larger images are not converted (decompression bombs) */
+
   int sim_delay_ms;
   char sim_fail_marker[128];
   char sim_moderate_marker[128];

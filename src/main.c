@@ -22,6 +22,7 @@
 #include "core/core.h"
 #include "core/engine.h"
 #include "core/retention.h"
+#include "core/transcode.h"
 #include "http/server.h"
 #include "store/store.h"
 #include "upstream/provider.h"
@@ -814,6 +815,8 @@ static int serve_start_engine(serve_parts *p, const imgate_config *cfg) {
                                 .max_bytes = cfg->max_image_bytes,
                                 .timeout_ms = cfg->fetch_timeout_ms,
                                 .max_redirects = 3},
+                      .transcode_threads = cfg->transcode_threads,
+                      .transcode_max_pixels = cfg->transcode_max_pixels,
                       .on_change = publish_change,
                       .on_change_ctx = p};
   p->eng = rt ? engine_create(p->st, p->bl, rt, loop, &ec) : NULL;
@@ -945,6 +948,11 @@ static int run_serve(int argc, char **argv) {
   sigaddset(&sigs, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &sigs, NULL);
   signal(SIGPIPE, SIG_IGN);
+  /* libvips (output formats) after the mask: threads it starts inherit it. */
+  if (!transcode_startup()) {
+    fprintf(stderr, "imgate: cannot start libvips, which converts output formats\n");
+    return 1;
+  }
 
   char host[256];
   int port;
@@ -961,6 +969,7 @@ static int run_serve(int argc, char **argv) {
     rc = 0;
   }
   serve_stop(&p);
+  transcode_shutdown();
   if (rc == 0) LOG_INFO("stopped", NULL);
   return rc;
 }

@@ -103,6 +103,12 @@ void api_base_url(http_request *req, const core *c, char *out, size_t out_size);
  * naming the field (in the path's dialect's shape) and returns -1. */
 int api_json_string(http_request *req, json_t *body, const char *field, const char **out);
 
+/* The output options as the native and OpenAI dialects spell them:
+ * "output_format" (a string, or absent/null) and "output_compression" (a
+ * whole number, or absent/null), into gr; the core checks the values. A
+ * member of another type: answers 400 invalid_type naming it and returns -1. */
+int api_json_output(http_request *req, json_t *body, core_gen_request *gr);
+
 /* The base of the image links in a webhook payload, made without a request:
  * the configured public URL, else the host the task was submitted to, else
  * http://localhost; without a trailing slash. */

@@ -165,6 +165,20 @@ int api_json_string(http_request *req, json_t *body, const char *field, const ch
   return 0;
 }
 
+int api_json_output(http_request *req, json_t *body, core_gen_request *gr) {
+  if (api_json_string(req, body, CORE_FIELD_OUTPUT_FORMAT, &gr->output_format) < 0) return -1;
+  json_t *v = json_object_get(body, CORE_FIELD_OUTPUT_COMPRESSION);
+  if (!v || json_is_null(v)) return 0;
+  if (!json_is_integer(v)) {
+    api_reply_error(req, 400, "invalid_type", "output_compression must be a whole number, 0 to 100",
+                    CORE_FIELD_OUTPUT_COMPRESSION);
+    return -1;
+  }
+  gr->output_compression = core_percent_arg(json_integer_value(v));
+  gr->output_compression_set = true;
+  return 0;
+}
+
 int api_authenticate(http_request *req, core *c, store_account *out) {
   if (req->guard_data) {
     *out = *(const store_account *)req->guard_data;

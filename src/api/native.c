@@ -5,7 +5,8 @@
  *                                  (optional header Idempotency-Key)
  *                                  (optional header Prefer: wait=N: the whole task,
  *                                   once final or after N seconds)
- *                                  (also: deadline, webhook_events)
+ *                                  (also: deadline, webhook_events, n,
+ *                                   output_format, output_compression)
  *   POST /api/banana/create        the same, answered with the whole task once final
  *   GET  /api/banana/tasks         -> the account's tasks, newest first (?limit, ?after)
  *   GET  /api/banana/models        -> the catalog with prices (no key needed)
@@ -155,7 +156,7 @@ static int submit_from_body(http_request *req, core *c, const store_account *acc
       api_json_string(req, body, "webhook_url", &gr.webhook_url) < 0 ||
       parse_webhook_events(req, body, &gr.webhook_events) < 0 ||
       parse_quantity(req, body, &gr.quantity) < 0 ||
-      parse_deadline(req, body, &gr.deadline_s) < 0)
+      parse_deadline(req, body, &gr.deadline_s) < 0 || api_json_output(req, body, &gr) < 0)
     goto done;
   char base[600];
   api_base_url(req, c, base, sizeof base);

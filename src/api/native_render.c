@@ -100,6 +100,12 @@ json_t *native_render_task(const char *base, core *c, const task *t) {
   /* Images asked for; "images" lists those delivered (and paid for). */
   json_object_set_new(doc, "n", json_integer(t->quantity > 0 ? t->quantity : 1));
   json_object_set_new(doc, "deadline_at", api_json_time(t->deadline_ms));
+  /* The format asked for (null: as the upstream made them) and, for the
+   * lossy ones, their quality. images[].content_type says what each is. */
+  bool lossy = t->output_format && strcmp(t->output_format, "png") != 0;
+  json_object_set_new(doc, "output_format", string_or_null(t->output_format));
+  json_object_set_new(doc, "output_compression",
+                      lossy ? json_integer(t->output_compression) : json_null());
   if (!task_state_is_final(t->state))
     json_object_set_new(doc, "cancel_requested", json_boolean(t->cancel_requested));
   if (t->webhook_url) {

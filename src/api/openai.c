@@ -3,8 +3,9 @@
  *
  *   POST /v1/images/generations   {model, prompt, n, size, quality, resolution,
  *                                  reference_images, response_format,
- *                                  output_format, background, stream, user,
- *                                  async} -> {created, data:[{b64_json}|{url}], ...}
+ *                                  output_format, output_compression,
+ *                                  background, stream, user, async}
+ *                                 -> {created, data:[{b64_json}|{url}], ...}
  *                                 synchronous by default, as the SDKs expect;
  *                                 "async": true or Prefer: respond-async -> a task
  *   GET  /v1/images/tasks/{id}    -> the task (seed 003's polling)
@@ -318,6 +319,7 @@ static void generate(http_request *req, core *c, const store_account *acct_in, j
       opt_enum(req, body, "quality", qualities, &quality) < 0 ||
       opt_enum(req, body, "response_format", response_formats, &response_format) < 0 ||
       opt_enum(req, body, "output_format", output_formats, &output_format) < 0 ||
+      api_json_output(req, body, &gr) < 0 ||
       opt_enum(req, body, "background", backgrounds, &background) < 0 ||
       opt_enum(req, body, "moderation", moderations, &moderation) < 0 ||
       parse_size(req, size, ratio, sizeof ratio) < 0)
@@ -328,11 +330,6 @@ static void generate(http_request *req, core *c, const store_account *acct_in, j
   }
   gr.aspect_ratio = ratio;
   /* What imgate cannot do yet is refused, never silently ignored. */
-  if (output_format && strcmp(output_format, "png") != 0) {
-    bad_field(req, "output_format", "unsupported_value",
-              "output_format png is the one available here for now");
-    goto done;
-  }
   if (background && strcmp(background, "transparent") == 0) {
     bad_field(req, "background", "unsupported_value",
               "transparent backgrounds are not available here for now");
@@ -473,7 +470,8 @@ static void handle_edits(http_request *req, void *ctx) {
       api_reply_error(req, 400, "invalid_value", "a form field is not UTF-8 text", p->name);
       goto done;
     }
-    if (strcmp(p->name, "n") == 0 || strcmp(p->name, "stream") == 0) {
+    if (strcmp(p->name, "n") == 0 || strcmp(p->name, "stream") == 0 ||
+        strcmp(p->name, "output_compression") == 0) {
       const char *text = json_string_value(v);
       char *end;
       long num = strtol(text, &end, 10);

@@ -12,6 +12,7 @@
 
 #include "core/accounts.h"
 #include "core/catalog.h"
+#include "core/transcode.h"
 #include "util/base64.h"
 #include "util/imagefmt.h"
 #include "util/log.h"
@@ -215,6 +216,26 @@ typedef struct validated {
   const char *resolution;
 } validated;
 
+/* output_format names a format imgate writes; output_compression is a
+ * percentage, and only where it means something (PNG is lossless: a
+ * quality there would be silently ignored, so it is refused). */
+static int validate_output(const core_gen_request *req, imgate_error *err) {
+  const char *name = req->output_format && *req->output_format ? req->output_format : NULL;
+  imagefmt fmt = imagefmt_from_name(name);
+  if (name && !transcode_can_write(fmt))
+    return err_set(err, ERR_INVALID, "invalid_output_format", CORE_FIELD_OUTPUT_FORMAT,
+                   "output_format must be png, jpeg or webp, not \"%.*s\"",
+                   (int)utf8_cut(name, 16), name);
+  if (!req->output_compression_set) return 0;
+  if (req->output_compression < 0 || req->output_compression > 100)
+    return err_set(err, ERR_INVALID, "invalid_output_compression", CORE_FIELD_OUTPUT_COMPRESSION,
+                   "output_compression must be a whole number from 0 to 100");
+  if (fmt != IMAGEFMT_JPEG && fmt != IMAGEFMT_WEBP)
+    return err_set(err, ERR_INVALID, "invalid_output_compression", CORE_FIELD_OUTPUT_COMPRESSION,
+                   "output_compression applies to output_format jpeg or webp only");
+  return 0;
+}
+
 static int validate(core *c, const core_gen_request *req, validated *v, imgate_error *err) {
   const char *model_name = req->model ? req->model : "nano-banana";
   const char *implied_resolution;
@@ -278,7 +299,7 @@ static int validate(core *c, const core_gen_request *req, validated *v, imgate_e
   if (req->deadline_s < 0 || req->deadline_s > CORE_MAX_DEADLINE_S)
     return err_set(err, ERR_INVALID, "invalid_deadline", CORE_FIELD_DEADLINE,
                    "deadline must be 1 to %d seconds", CORE_MAX_DEADLINE_S);
-  return 0;
+  return validate_output(req, err);
 }
 
 /* Prices t from the catalog: unit price per image, surcharge per reference
@@ -393,6 +414,15 @@ bool core_request_hash(const core_gen_request *req, char out[65]) {
     hash_bytes(h, quantity, sizeof quantity - 1);
     hash_count(h, (size_t)req->quantity);
   }
+  /* Likewise the output options, only when one is given. */
+  bool output_format = req->output_format && *req->output_format;
+  if (output_format || req->output_compression_set) {
+    static const char output[] = "output-v1";
+    hash_bytes(h, output, sizeof output - 1);
+    hash_field(h, output_format ? req->output_format : NULL);
+    hash_count(h, req->output_compression_set);
+    hash_count(h, req->output_compression_set ? (size_t)req->output_compression : 0);
+  }
   ids_sha256_end(h, out);
   return true;
 }
@@ -465,10 +495,14 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
   t->dialect = strdup(req->dialect ? req->dialect : "native");
   t->public_base = req->public_base ? strdup(req->public_base) : NULL;
   t->quantity = req->quantity > 0 ? req->quantity : 1;
+  if (req->output_format && *req->output_format) t->output_format = strdup(req->output_format);
+  t->output_compression =
+      req->output_compression_set ? req->output_compression : CORE_DEFAULT_OUTPUT_COMPRESSION;
   t->created_ms = time_now_ms();
   t->deadline_ms = req->deadline_s > 0 ? t->created_ms + (int64_t)req->deadline_s * 1000 : 0;
   if (!t->model || !t->prompt || !t->aspect_ratio || !t->resolution || !t->dialect ||
-      (req->webhook_url && !t->webhook_url) || (req->public_base && !t->public_base)) {
+      (req->webhook_url && !t->webhook_url) || (req->public_base && !t->public_base) ||
+      (req->output_format && *req->output_format && !t->output_format)) {
     err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
     goto fail;
   }
@@ -812,3 +846,5 @@ int core_read_result(core *c, const task_result *r, uint8_t **data, size_t *len,
 int core_quantity_arg(int64_t n) {
   return n < 1 ? -1 : n > CORE_MAX_QUANTITY ? CORE_MAX_QUANTITY + 1 : (int)n;
 }
+
+int core_percent_arg(int64_t n) { return n < 0 ? -1 : n > 100 ? 101 : (int)n; }

@@ -64,7 +64,24 @@ typedef struct core_gen_request {
    * clients were told "busy" means "come back later" (seed 004's async mode);
    * the others queue whatever the depth. */
   bool refuse_when_busy;
+  /* Output (docs/architecture.md, "Output formats"): the format the images
+   * are delivered in, converted by imgate when the upstream made another;
+   * NULL or "" = as the upstream made them. */
+  const char *output_format;  /* "png", "jpeg", "webp" */
+  /* The quality of a JPEG or WebP imgate writes, 0..100 (core_percent_arg);
+   * only with output_format jpeg or webp. Unset: CORE_DEFAULT_OUTPUT_COMPRESSION. */
+  int output_compression;
+  bool output_compression_set;
 } core_gen_request;
+
+#define CORE_FIELD_OUTPUT_FORMAT "output_format"
+#define CORE_FIELD_OUTPUT_COMPRESSION "output_compression"
+/* OpenAI's default for output_compression: the best quality. */
+#define CORE_DEFAULT_OUTPUT_COMPRESSION 100
+/* A client's percentage as core_gen_request takes it: out of 0..100 stays
+ * out of range in an int (-1 below, 101 above), for core_submit to refuse
+ * with its own message. */
+int core_percent_arg(int64_t n);
 
 /* The most images one task may ask for. Each is paid for only when it is
  * delivered: a task that gets 3 of 4 is charged for 3. */
@@ -121,7 +138,9 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
  * In order: model, prompt, aspect_ratio, resolution, webhook_url, each as
  * absent or as its length and bytes; then the number of reference images
  * and each reference as its length and bytes (URL, data URI or base64 as
- * given, in order). Nothing else counts: JSON layout, member order and
+ * given, in order); then, each only when given (so that older requests
+ * hash as they did), uploads, delivery options, quantity and the output
+ * format and compression. Nothing else counts: JSON layout, member order and
  * fields the dialect ignores do not. Returns false when memory runs out. */
 bool core_request_hash(const core_gen_request *req, char out[65]);
 

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/transcode.h"
 #include "core/webhooks.h"
 #include "util/dheap.h"
 #include "util/ids.h"
@@ -17,6 +18,7 @@
 #include "util/log.h"
 #include "util/timeutil.h"
 #include "util/utf8.h"
+#include "util/workpool.h"
 
 /* One task waiting in memory to be started. */
 typedef struct queued_id {
@@ -76,6 +78,15 @@ typedef struct job {
    * done() meanwhile leaves its work for run_attempt to do once start() has
    * returned (cancel_in_start, done_in_start). Under e->lock. */
   bool in_start, cancel_in_start, done_in_start;
+  /* Converting the outcome's images to the task's output_format, on the
+   * engine's transcode pool: the item it is queued as, the attempt that
+   * brought the images (recorded when the task finishes; its strings are
+   * static or the router's), and once back, the first conversion that
+   * failed, for the task's error when none succeeded. */
+  workpool_item convert;
+  task_attempt convert_attempt;
+  bool converted;
+  char convert_error[256];
   struct job *prev, *next;    /* running list */
   struct job *done_next;      /* completion queue */
 } job;
@@ -108,6 +119,9 @@ struct engine {
   pthread_t dispatcher;
   pthread_t *completers;
   int n_completers;
+  /* Converts images to a task's output_format; NULL before start and once
+   * engine_stop has taken it down (under lock). */
+  workpool *transcoder;
 };
 
 static void cond_init_monotonic(pthread_cond_t *c) {
@@ -138,6 +152,7 @@ engine *engine_create(store *st, blob *bl, router *rt, curlloop *loop, const eng
   if (e->cfg.backoff_base_ms <= 0) e->cfg.backoff_base_ms = 500;
   if (e->cfg.backoff_max_ms <= 0) e->cfg.backoff_max_ms = 15000;
   if (e->cfg.sweep_interval_ms <= 0) e->cfg.sweep_interval_ms = 30000;
+  if (e->cfg.transcode_threads <= 0) e->cfg.transcode_threads = 2;
   e->rng = (unsigned)time_now_ms();
   pthread_mutex_init(&e->lock, NULL);
   cond_init_monotonic(&e->dispatch_cond);
@@ -365,6 +380,110 @@ static void finish_with_images(engine *e, job *j, const provider_outcome *o,
   job_release(e, j);
 }
 
+/* ---- output formats ------------------------------------------------------- */
+
+static void hand_to_completers(engine *e, job *j);
+
+/* The format the task wants its images in; IMAGEFMT_UNKNOWN: as made. */
+static imagefmt wanted_format(const task *t) { return imagefmt_from_name(t->output_format); }
+
+/* Whether some image of o is not in the task's output format, by its
+ * bytes (never by what the upstream said it sent). */
+static bool needs_conversion(const task *t, const provider_outcome *o) {
+  imagefmt want = wanted_format(t);
+  if (want == IMAGEFMT_UNKNOWN) return false;
+  for (size_t i = 0; i < o->n_images; i++)
+    if (imagefmt_detect(o->images[i].data, o->images[i].len) != want) return true;
+  return false;
+}
+
+/* Transcode thread: converts every image of the outcome that is not in the
+ * wanted format, in place. One that cannot be converted is emptied (data
+ * NULL): it will not be delivered, nor paid for. Then the job goes back to
+ * a completer (finish_conversion). */
+static void convert_run(workpool_item *w) {
+  job *j = (job *)(void *)((char *)w - offsetof(job, convert));
+  engine *e = j->e;
+  provider_outcome *o = j->outcome;
+  imagefmt want = wanted_format(j->t);
+  char code[24];
+  for (size_t i = 0; i < o->n_images && !job_canceled(e, j, code); i++) {
+    provider_image *img = &o->images[i];
+    imagefmt from = imagefmt_detect(img->data, img->len);
+    if (from == want) continue;
+    int64_t started = time_mono_ms();
+    transcode_result r;
+    transcode_status st = transcode_image(img->data, img->len, want, j->t->output_compression,
+                                          e->cfg.transcode_max_pixels, &r);
+    if (st != TRANSCODE_OK) {
+      char why[200];
+      LOG_WARN("image_not_converted", "task=%s index=%zu from=%s to=%s status=%s why=%s",
+               j->task_id, i, imagefmt_name(from), imagefmt_name(want),
+               transcode_status_name(st), log_quote(r.why, why, sizeof why));
+      if (!j->convert_error[0])
+        snprintf(j->convert_error, sizeof j->convert_error,
+                 "image %zu could not be converted to %s: %s", i, imagefmt_name(want), r.why);
+      free(img->data);
+      img->data = NULL;
+      img->len = 0;
+      continue;
+    }
+    LOG_INFO("image_converted", "task=%s index=%zu from=%s to=%s bytes_in=%zu bytes_out=%zu "
+             "dur_ms=%lld", j->task_id, i, imagefmt_name(from), imagefmt_name(want), img->len,
+             r.len, (long long)(time_mono_ms() - started));
+    free(img->data);
+    img->data = r.data;
+    img->len = r.len;
+    img->width = r.width;
+    img->height = r.height;
+    snprintf(img->mime, sizeof img->mime, "%s", imagefmt_mime(want));
+  }
+  j->converted = true;
+  hand_to_completers(e, j);
+}
+
+/* The pool was taken down (engine_stop) with the job still queued: the job
+ * stays on the running list, which engine_stop empties, and the task stays
+ * running in the store for the next start to run again. */
+static void convert_drop(workpool_item *w) { (void)w; }
+
+/* Completer thread: hands the job to the transcode pool, with the attempt
+ * that brought its images. While the engine stops, the pool is gone: the
+ * job is left to engine_stop, as a call still out upstream would be. */
+static void start_conversion(engine *e, job *j, const task_attempt *attempt) {
+  j->convert_attempt = *attempt;
+  j->convert = (workpool_item){.run = convert_run, .drop = convert_drop};
+  j->convert_error[0] = '\0';
+  pthread_mutex_lock(&e->lock);
+  /* Under the lock: engine_stop takes the pool away under it too, so the
+   * pool submitted to is never one being destroyed. */
+  bool queued = e->transcoder != NULL;
+  if (queued) workpool_submit(e->transcoder, &j->convert);
+  pthread_mutex_unlock(&e->lock);
+  if (!queued)
+    LOG_WARN("conversion_left_for_restart", "task=%s attempt=%d", j->task_id, j->run);
+}
+
+/* Completer thread, after convert_run: stores what was converted. */
+static void finish_conversion(engine *e, job *j) {
+  provider_outcome *o = j->outcome;
+  const task_attempt *a = &j->convert_attempt;
+  char cancel_code[24];
+  if (job_canceled(e, j, cancel_code)) {
+    finish_job(e, j, TASK_CANCELED, cancel_code, "the task was canceled", a);
+    return;
+  }
+  size_t kept = 0;
+  for (size_t i = 0; i < o->n_images; i++)
+    if (o->images[i].data) o->images[kept++] = o->images[i];
+  o->n_images = kept;
+  if (kept == 0) {
+    finish_job(e, j, TASK_FAILED, "transcode_failed", j->convert_error, a);
+    return;
+  }
+  finish_with_images(e, j, o, a);
+}
+
 /* ---- retries -------------------------------------------------------------- */
 
 /* Puts the job on the timer heap; the dispatcher runs its next attempt at due. */
@@ -438,7 +557,10 @@ static void handle_outcome(engine *e, job *j) {
   }
 
   if (o->status == PROVIDER_OK) {
-    finish_with_images(e, j, o, &a);
+    if (needs_conversion(j->t, o))
+      start_conversion(e, j, &a);
+    else
+      finish_with_images(e, j, o, &a);
     return;
   }
   if (o->status == PROVIDER_MODERATED) {
@@ -515,6 +637,8 @@ static void *completer_main(void *arg) {
     pthread_mutex_unlock(&e->lock);
     if (j->dl)
       handle_downloads(e, j);
+    else if (j->converted)
+      finish_conversion(e, j);
     else
       handle_outcome(e, j);
     pthread_mutex_lock(&e->lock);
@@ -774,6 +898,8 @@ static void run_attempt(engine *e, job *j, router_route *route) {
       .inputs = li.inputs,
       .n_inputs = li.n,
       .timeout_ms = (long)left,
+      .output_format = j->t->output_format,
+      .output_compression = j->t->output_compression,
   };
   LOG_INFO("attempt_started", "task=%s run=%d attempt=%d provider=%s upstream_model=%s",
            j->task_id, j->run, j->n_attempts + 1, p->name, req.upstream_model);
@@ -1103,6 +1229,10 @@ int engine_start(engine *e) {
     LOG_ERROR("engine_recovery_failed", NULL);
     return -1;
   }
+  /* Conversions need libvips started; it starts once per process. */
+  if (!transcode_startup()) LOG_WARN("transcode_unavailable", NULL);
+  e->transcoder = workpool_create(e->cfg.transcode_threads, transcode_thread_done);
+  if (!e->transcoder) return -1;
   e->completers = calloc((size_t)e->cfg.completer_threads, sizeof *e->completers);
   if (!e->completers) return -1;
   for (int i = 0; i < e->cfg.completer_threads; i++) {
@@ -1152,6 +1282,13 @@ void engine_stop(engine *e) {
     curlloop_destroy(e->loop);
     e->loop = NULL;
   }
+  /* Conversions under way finish and go to the completers; those still
+   * queued are left (running in the store, re-run at the next start). */
+  pthread_mutex_lock(&e->lock);
+  workpool *transcoder = e->transcoder;
+  e->transcoder = NULL;
+  pthread_mutex_unlock(&e->lock);
+  workpool_destroy(transcoder);
   pthread_mutex_lock(&e->lock);
   e->completers_exit = true;
   pthread_cond_broadcast(&e->done_cond);

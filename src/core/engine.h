@@ -14,6 +14,13 @@
  *     re-run finds them, and a refused or failed download fails the task
  *     before any upstream call;
  *   provider threads (and the curl loop): call back with the outcome, which is queued;
+ *   transcode threads (a small pool): when the task asks for an output format
+ *     and an image arrived in another (by its magic bytes), convert it
+ *     (core/transcode.h) between the completer that took the outcome and
+ *     the completer that stores it; an image that cannot be converted is
+ *     not delivered (not billed), and a task left with none fails with
+ *     "transcode_failed" (not retried: another upstream call would be paid
+ *     for the same image);
  *   completer threads: report the outcome to the router, record the attempt,
  *     then either schedule a retry (retryable failure, attempts and deadline
  *     left: exponential backoff with equal jitter, at least what the upstream
@@ -56,6 +63,9 @@ typedef struct engine_config {
   int backoff_max_ms;      /* cap of one backoff (default 15000) */
   fetch_config fetch;      /* reference images by URL (max_bytes 0 = max_input_bytes) */
   int sweep_interval_ms;   /* how often an idle dispatcher looks for stranded queued tasks (30000) */
+  int transcode_threads;   /* threads converting images to a task's output_format (<= 0: 2) */
+  int64_t transcode_max_pixels; /* larger images are not converted (<= 0: the default,
+                                   core/transcode.h) */
   /* Called after each change of a task this engine commits (a run started,
    * an attempt recorded before a retry, the task final, canceled or put back
    * to queued), on the thread that committed it: quick (it wakes waiters

@@ -108,6 +108,7 @@ void task_free(task *t) {
   free(t->webhook_url);
   free(t->dialect);
   free(t->public_base);
+  free(t->output_format);
   free(t->provider);
   free(t->error_code);
   free(t->error_message);

@@ -130,6 +130,9 @@ typedef struct task {
                          trailing slash, for payloads rendered later without a request; may
                          be NULL */
   int64_t deadline_ms;   /* unix ms after which the task is canceled if not final; 0 = none */
+  char *output_format;   /* "png", "jpeg", "webp": the images are delivered in this format,
+                            converted when the upstream made another; NULL = as made */
+  int output_compression; /* quality 0..100 of a JPEG or WebP imgate writes (default 100) */
   bool cancel_requested; /* a cancel came while the task ran: its engine aborts the run */
   int event_seq;      /* seq of the task's latest event (task_get fills it; 0 before insert) */
   char *provider;     /* name of the provider that served the last attempt; NULL before */

@@ -241,6 +241,14 @@ static const char *const sql_migrations[] = {
     "  current TEXT NOT NULL,"
     "  previous TEXT NOT NULL DEFAULT '',"
     "  previous_until_ms INTEGER NOT NULL DEFAULT 0);",
+    /* 7: output formats. The format the client wants its images in (NULL:
+     * as the upstream made them) and the quality of JPEG and WebP, kept so
+     * that a re-run after a restart converts the same way. Tasks from
+     * before get NULL and 100: what they were served. */
+    "ALTER TABLE tasks ADD COLUMN output_format TEXT"
+    "  CHECK (output_format IN ('png', 'jpeg', 'webp'));"
+    "ALTER TABLE tasks ADD COLUMN output_compression INTEGER NOT NULL DEFAULT 100"
+    "  CHECK (output_compression BETWEEN 0 AND 100);",
 };
 
 #define SQL_MIGRATION_COUNT ((int64_t)(sizeof sql_migrations / sizeof sql_migrations[0]))
@@ -961,15 +969,16 @@ static int sql_insert_task_row(sqlite3 *db, const task *t) {
                  "INSERT INTO tasks(id, account_id, state, model, prompt, aspect_ratio, resolution,"
                  " webhook_url, provider, quantity, attempts, created_ms, started_ms, finished_ms,"
                  " error_code, error_message, price_unit, price_refs, cost_held, dialect,"
-                 " public_base, deadline_ms, webhook_events, event_seq)"
-                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
-                 "tItttttttiiIIIttIIIttII", t->id, t->account_id,
+                 " public_base, deadline_ms, webhook_events, output_format, output_compression,"
+                 " event_seq)"
+                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
+                 "tItttttttiiIIIttIIIttIIti", t->id, t->account_id,
                  task_state_name(t->state), t->model, t->prompt, t->aspect_ratio, t->resolution,
                  t->webhook_url, t->provider, t->quantity, t->attempts, t->created_ms,
                  t->started_ms, t->finished_ms, t->error_code, t->error_message,
                  t->price_unit_micros, t->price_refs_micros, t->cost_held_micros,
                  t->dialect ? t->dialect : "native", t->public_base, t->deadline_ms,
-                 (int64_t)t->webhook_events);
+                 (int64_t)t->webhook_events, t->output_format, t->output_compression);
 }
 
 /* ---- task events and the webhook outbox --------------------------------------------------- */
@@ -1829,6 +1838,8 @@ static int sql_read_task(sqlite3_stmt *st, task *t) {
   t->cancel_requested = sqlite3_column_int(st, 23) != 0;
   t->webhook_events = (unsigned)sqlite3_column_int64(st, 24);
   t->event_seq = sqlite3_column_int(st, 25);
+  if (!sql_col_dup(st, 26, &t->output_format)) return sql_oom("task_get");
+  t->output_compression = sqlite3_column_int(st, 27);
   return STORE_OK;
 }
 
@@ -1840,7 +1851,8 @@ static int sql_load_task_row(sqlite3 *db, const char *task_id, task *t) {
                             " webhook_url, provider, quantity, attempts, created_ms, started_ms,"
                             " finished_ms, error_code, error_message, price_unit, price_refs,"
                             " cost_held, cost_charged, dialect, public_base, deadline_ms,"
-                            " cancel_requested, webhook_events, event_seq FROM tasks WHERE id = ?",
+                            " cancel_requested, webhook_events, event_seq, output_format,"
+                            " output_compression FROM tasks WHERE id = ?",
                             "t", task_id);
   if (rc != STORE_OK) return rc;
   rc = sql_step_row(db, st, "task_get");

@@ -239,119 +239,6 @@ void adapter_take_answer(curlloop_result *dst, curlloop_result *res) {
   res->body = (buf)BUF_INIT; /* the body now belongs to dst */
 }
 
-/* ---- parsing threads ---- */
-
-struct adapter_pool {
-  pthread_mutex_t lock;
-  pthread_cond_t work_cond; /* workers wait for items */
-  pthread_cond_t idle_cond; /* drain waits for an empty, idle pool */
-  adapter_work *head, *tail;
-  int busy;                 /* items running */
-  bool stopping;
-  pthread_t *threads;
-  int n_threads;            /* started */
-};
-
-static void *adapter_pool_main(void *arg) {
-  adapter_pool *p = arg;
-  pthread_mutex_lock(&p->lock);
-  for (;;) {
-    while (!p->head && !p->stopping) pthread_cond_wait(&p->work_cond, &p->lock);
-    if (p->stopping) break;
-    adapter_work *w = p->head;
-    p->head = w->next;
-    if (!p->head) p->tail = NULL;
-    p->busy++;
-    pthread_mutex_unlock(&p->lock);
-    w->run(w); /* w may be gone after this */
-    pthread_mutex_lock(&p->lock);
-    p->busy--;
-    if (!p->head && p->busy == 0) pthread_cond_broadcast(&p->idle_cond);
-  }
-  pthread_mutex_unlock(&p->lock);
-  return NULL;
-}
-
-static bool adapter_pool_init_sync(adapter_pool *p) {
-  if (pthread_mutex_init(&p->lock, NULL) != 0) return false;
-  if (pthread_cond_init(&p->work_cond, NULL) != 0) {
-    pthread_mutex_destroy(&p->lock);
-    return false;
-  }
-  if (pthread_cond_init(&p->idle_cond, NULL) != 0) {
-    pthread_cond_destroy(&p->work_cond);
-    pthread_mutex_destroy(&p->lock);
-    return false;
-  }
-  return true;
-}
-
-adapter_pool *adapter_pool_create(int threads) {
-  if (threads < 1) threads = 1;
-  adapter_pool *p = calloc(1, sizeof *p);
-  if (!p) return NULL;
-  p->threads = calloc((size_t)threads, sizeof *p->threads);
-  if (!p->threads || !adapter_pool_init_sync(p)) {
-    free(p->threads);
-    free(p);
-    return NULL;
-  }
-  for (int i = 0; i < threads; i++) {
-    if (pthread_create(&p->threads[p->n_threads], NULL, adapter_pool_main, p) != 0) break;
-    p->n_threads++;
-  }
-  if (p->n_threads == 0) {
-    adapter_pool_destroy(p);
-    return NULL;
-  }
-  return p;
-}
-
-void adapter_pool_submit(adapter_pool *p, adapter_work *w) {
-  w->next = NULL;
-  pthread_mutex_lock(&p->lock);
-  if (p->stopping) {
-    pthread_mutex_unlock(&p->lock);
-    w->drop(w);
-    return;
-  }
-  if (p->tail)
-    p->tail->next = w;
-  else
-    p->head = w;
-  p->tail = w;
-  pthread_cond_signal(&p->work_cond);
-  pthread_mutex_unlock(&p->lock);
-}
-
-void adapter_pool_drain(adapter_pool *p) {
-  if (!p) return;
-  pthread_mutex_lock(&p->lock);
-  while ((p->head || p->busy > 0) && !p->stopping) pthread_cond_wait(&p->idle_cond, &p->lock);
-  pthread_mutex_unlock(&p->lock);
-}
-
-void adapter_pool_destroy(adapter_pool *p) {
-  if (!p) return;
-  pthread_mutex_lock(&p->lock);
-  p->stopping = true;
-  pthread_cond_broadcast(&p->work_cond);
-  pthread_cond_broadcast(&p->idle_cond);
-  pthread_mutex_unlock(&p->lock);
-  for (int i = 0; i < p->n_threads; i++) pthread_join(p->threads[i], NULL);
-  adapter_work *w = p->head;
-  while (w) {
-    adapter_work *next = w->next;
-    w->drop(w);
-    w = next;
-  }
-  pthread_cond_destroy(&p->idle_cond);
-  pthread_cond_destroy(&p->work_cond);
-  pthread_mutex_destroy(&p->lock);
-  free(p->threads);
-  free(p);
-}
-
 /* ---- transfers in flight ---- */
 
 static adapter_flights *adapter_flights_new(void) {
@@ -469,7 +356,7 @@ bool adapter_instance_init(adapter_instance *ai, provider *base,
   }
   ai->base_url = strdup(cfg->base_url);
   ai->api_key = strdup(cfg->api_key);
-  ai->pool = adapter_pool_create(ADAPTER_POOL_THREADS);
+  ai->pool = workpool_create(ADAPTER_POOL_THREADS, NULL);
   ai->flights = adapter_flights_new();
   if (!ai->base_url || !ai->api_key || !ai->pool || !ai->flights) {
     adapter_instance_free(ai);
@@ -492,7 +379,7 @@ bool adapter_instance_init(adapter_instance *ai, provider *base,
 
 void adapter_instance_free(adapter_instance *ai) {
   if (!ai) return;
-  adapter_pool_destroy(ai->pool);
+  workpool_destroy(ai->pool);
   ai->pool = NULL;
   adapter_flights_free(ai->flights);
   ai->flights = NULL;
@@ -521,7 +408,7 @@ void adapter_provider_destroy(provider *p) {
 }
 
 void adapter_provider_drain(provider *p, const provider_ops *ops) {
-  if (p && p->ops == ops) adapter_pool_drain(((adapter_provider *)p)->inst.pool);
+  if (p && p->ops == ops) workpool_drain(((adapter_provider *)p)->inst.pool);
 }
 
 void adapter_provider_cancel(provider *p, void *ctx) {

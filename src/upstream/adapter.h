@@ -20,6 +20,7 @@
 #include "upstream/curlloop.h"
 #include "upstream/provider.h"
 #include "util/imagefmt.h"
+#include "util/workpool.h"
 
 #define ADAPTER_MAX_RESPONSE_BYTES ((size_t)64 << 20) /* the most an upstream answer may weigh */
 #define ADAPTER_MAX_IMAGE_BYTES ((size_t)64 << 20)    /* one decoded image */
@@ -105,27 +106,8 @@ void adapter_take_answer(curlloop_result *dst, curlloop_result *res);
  * of jansson and decoding. So each instance hands answers to a small pool of
  * its own threads, which parse them and call done(). */
 
-typedef struct adapter_work adapter_work;
-struct adapter_work {
-  void (*run)(adapter_work *w);  /* on a pool thread; may free w */
-  void (*drop)(adapter_work *w); /* instead of run, when the pool stops first; must free w */
-  adapter_work *next;            /* the pool's */
-};
-
-typedef struct adapter_pool adapter_pool;
-
+/* The pool is util/workpool.h; a call's work item is its workpool_item. */
 #define ADAPTER_POOL_THREADS 2
-
-/* NULL when no thread could be started. */
-adapter_pool *adapter_pool_create(int threads);
-/* Queues w (never fails: the item is the caller's memory). After destroy has
- * begun, w is dropped at once. Thread-safe. */
-void adapter_pool_submit(adapter_pool *p, adapter_work *w);
-/* Waits until the queue is empty and no item is running. */
-void adapter_pool_drain(adapter_pool *p);
-/* Stops and joins the threads (an item already running finishes), then
- * drops every item still queued. */
-void adapter_pool_destroy(adapter_pool *p);
 
 /* ---- transfers in flight, for cancel() ----
  * Each transfer an adapter hands to the curl loop is registered under the
@@ -157,7 +139,7 @@ typedef struct adapter_instance {
   long timeout_ms;
   long connect_timeout_ms;
   curlloop *loop;
-  adapter_pool *pool;
+  workpool *pool;
   adapter_flights *flights;
 } adapter_instance;
 

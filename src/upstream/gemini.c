@@ -397,15 +397,15 @@ provider_outcome *gemini_parse_response(long http_status, const char *body, size
 typedef struct gemini_job gemini_job;
 
 typedef struct gemini_call {
-  adapter_work work; /* first: the pool hands it back */
+  workpool_item work; /* first: the pool hands it back */
   adapter_flight flight; /* registered while on the wire, for cancel() */
   gemini_job *job;
   int index;
   curlloop_result answer; /* what the loop reported, body included, until parsed */
 } gemini_call;
 
-static void gemini_call_run(adapter_work *w);
-static void gemini_call_drop(adapter_work *w);
+static void gemini_call_run(workpool_item *w);
+static void gemini_call_drop(workpool_item *w);
 
 /* One start(): n parallel calls. pending counts calls not yet ended, starting
  * at n before the first is submitted, so the last to end (never start()
@@ -549,7 +549,7 @@ static void gemini_job_abandon(gemini_job *job, int submitted) {
 }
 
 /* Runs on a pool thread. */
-static void gemini_call_run(adapter_work *w) {
+static void gemini_call_run(workpool_item *w) {
   gemini_call *call = (gemini_call *)w;
   curlloop_result *a = &call->answer;
   provider_outcome *o;
@@ -563,7 +563,7 @@ static void gemini_call_run(adapter_work *w) {
 
 /* The provider is being destroyed with this answer unread: drop it like a
  * cancelled call. */
-static void gemini_call_drop(adapter_work *w) {
+static void gemini_call_drop(workpool_item *w) {
   gemini_call *call = (gemini_call *)w;
   buf_free(&call->answer.body);
   gemini_job_call_ended(call->job, call->index, NULL, true, false);
@@ -580,7 +580,7 @@ static void gemini_on_done(void *ctx, CURL *easy, curlloop_result *res) {
     return;
   }
   adapter_take_answer(&call->answer, res);
-  adapter_pool_submit(call->job->inst->pool, &call->work);
+  workpool_submit(call->job->inst->pool, &call->work);
 }
 
 static CURL *gemini_easy(const adapter_provider *gp, const gemini_job *job, const char *url,

@@ -27,13 +27,31 @@ const char *openai_size(const char *aspect_ratio) {
   return NULL;
 }
 
+const char *openai_output_format(const provider_request *req) {
+  static const char *const formats[] = {"png", "jpeg", "webp"};
+  for (size_t i = 0; req && req->output_format && i < sizeof formats / sizeof formats[0]; i++)
+    if (strcmp(req->output_format, formats[i]) == 0) return formats[i];
+  return "png";
+}
+
+bool openai_sends_compression(const provider_request *req) {
+  return strcmp(openai_output_format(req), "png") != 0 && req->output_compression >= 0 &&
+         req->output_compression <= 100;
+}
+
 char *openai_build_generations(const provider_request *req, const char *quality) {
   if (!req || !req->upstream_model) return NULL;
   const char *size = openai_size(req->aspect_ratio);
   if (!size) return NULL;
   json_t *root = json_pack("{s:s, s:s, s:i, s:s, s:s, s:s}", "model", req->upstream_model,
                            "prompt", req->prompt ? req->prompt : "", "n", req->quantity, "size",
-                           size, "quality", quality ? quality : "auto", "output_format", "png");
+                           size, "quality", quality ? quality : "auto", "output_format",
+                           openai_output_format(req));
+  if (root && openai_sends_compression(req) &&
+      json_object_set_new(root, "output_compression", json_integer(req->output_compression)) != 0) {
+    json_decref(root);
+    return NULL;
+  }
   if (!root) return NULL;
   char *text = json_dumps(root, JSON_COMPACT);
   json_decref(root);
@@ -50,8 +68,8 @@ int openai_describe_edits(const provider_request *req, const char *quality, open
   if (!req || !req->upstream_model) return -1;
   const char *size = openai_size(req->aspect_ratio);
   size_t n_inputs = req->inputs ? req->n_inputs : 0;
-  if (!size || n_inputs > SIZE_MAX / sizeof *form->parts - 6) return -1;
-  form->parts = calloc(6 + n_inputs, sizeof *form->parts);
+  if (!size || n_inputs > SIZE_MAX / sizeof *form->parts - 7) return -1;
+  form->parts = calloc(7 + n_inputs, sizeof *form->parts);
   if (!form->parts) return -1;
   snprintf(form->n_text, sizeof form->n_text, "%d", req->quantity);
   openai_part *p = form->parts;
@@ -60,7 +78,12 @@ int openai_describe_edits(const provider_request *req, const char *quality, open
   openai_text_part(p++, "n", form->n_text);
   openai_text_part(p++, "size", size);
   openai_text_part(p++, "quality", quality ? quality : "auto");
-  openai_text_part(p++, "output_format", "png");
+  openai_text_part(p++, "output_format", openai_output_format(req));
+  if (openai_sends_compression(req)) {
+    snprintf(form->compression_text, sizeof form->compression_text, "%d",
+             req->output_compression);
+    openai_text_part(p++, "output_compression", form->compression_text);
+  }
   for (size_t i = 0; i < n_inputs; i++, p++) {
     const provider_input *in = &req->inputs[i];
     imagefmt fmt = adapter_input_format(in);
@@ -208,7 +231,7 @@ provider_outcome *openai_parse_response(long http_status, const char *body, size
 
 /* Everything one call keeps alive until its answer is delivered. */
 typedef struct openai_call {
-  adapter_work work;       /* first: the pool hands it back */
+  workpool_item work;       /* first: the pool hands it back */
   adapter_flight flight;   /* registered while on the wire, for cancel() */
   adapter_instance *inst;  /* the provider's settings, threads and register */
   curlloop_result answer;  /* what the loop reported, body included, until parsed */
@@ -231,7 +254,7 @@ static void openai_call_free(openai_call *call) {
 }
 
 /* Runs on a pool thread. */
-static void openai_call_run(adapter_work *w) {
+static void openai_call_run(workpool_item *w) {
   openai_call *call = (openai_call *)w;
   curlloop_result *a = &call->answer;
   provider_outcome *o;
@@ -250,7 +273,7 @@ static void openai_call_run(adapter_work *w) {
 }
 
 /* The provider is being destroyed with this answer unread: dropped, no done(). */
-static void openai_call_drop(adapter_work *w) { openai_call_free((openai_call *)w); }
+static void openai_call_drop(workpool_item *w) { openai_call_free((openai_call *)w); }
 
 /* Runs on the loop thread: keeps the answer and leaves the parsing to the
  * pool. From here on a cancel() no longer reaches this call. */
@@ -263,7 +286,7 @@ static void openai_on_done(void *ctx, CURL *easy, curlloop_result *res) {
     return;
   }
   adapter_take_answer(&call->answer, res);
-  adapter_pool_submit(call->inst->pool, &call->work);
+  workpool_submit(call->inst->pool, &call->work);
 }
 
 static curl_mime *openai_form_mime(CURL *easy, const openai_form *form) {

@@ -49,8 +49,17 @@
  * ratios GPT Image cannot draw. */
 const char *openai_size(const char *aspect_ratio);
 
-/* The generations body (malloc'd JSON text): model, prompt, n, size, quality
- * and output_format "png". quality NULL means "auto". No response_format: GPT
+/* The output_format asked of GPT Image: the request's "png", "jpeg" or
+ * "webp", else "png" (a request that wants no particular format gets PNG,
+ * lossless). */
+const char *openai_output_format(const provider_request *req);
+/* Whether output_compression goes with it: for jpeg and webp (GPT Image
+ * takes it for those only), with the request's 0..100. */
+bool openai_sends_compression(const provider_request *req);
+
+/* The generations body (malloc'd JSON text): model, prompt, n, size, quality,
+ * output_format (openai_output_format) and, for jpeg and webp,
+ * output_compression. quality NULL means "auto". No response_format: GPT
  * Image always answers base64. NULL for an unsupported ratio or when memory
  * runs out. */
 char *openai_build_generations(const provider_request *req, const char *quality);
@@ -58,7 +67,8 @@ char *openai_build_generations(const provider_request *req, const char *quality)
 /* One part of the edits form. Text values and file data are borrowed from the
  * request (or are static), so a form lives no longer than the request. */
 typedef struct openai_part {
-  const char *name;     /* "prompt", "model", "n", "size", "quality", "output_format", "image[]" */
+  const char *name;     /* "prompt", "model", "n", "size", "quality", "output_format",
+                           "output_compression" (jpeg, webp), "image[]" */
   const char *text;     /* the value of a text field; NULL for a file */
   const uint8_t *data;  /* a file's bytes */
   size_t len;
@@ -70,6 +80,7 @@ typedef struct openai_form {
   openai_part *parts; /* malloc'd */
   size_t n_parts;
   char n_text[12];    /* storage for the "n" value */
+  char compression_text[12]; /* and for "output_compression" */
 } openai_form;
 
 /* Describes the edits form for req: the text fields in the order above, then

@@ -94,6 +94,12 @@ typedef struct provider_request {
   size_t n_inputs;
   long timeout_ms;            /* at most this long (the deadline left); the provider's own
                                timeout still applies when shorter; 0 = only the provider's */
+  /* The format the client wants ("png", "jpeg", "webp"; NULL = any) and the
+   * quality of a JPEG or WebP (0..100). A provider whose upstream can make
+   * that format asks it to; the engine converts whatever else arrives, so a
+   * provider may ignore these. */
+  const char *output_format;
+  int output_compression;
 } provider_request;
 
 /* Receives the outcome (and owns it: free with provider_outcome_free). */

@@ -74,6 +74,13 @@ const char *imagefmt_ext(imagefmt fmt) {
   return "bin";
 }
 
+imagefmt imagefmt_from_name(const char *name) {
+  static const imagefmt named[] = {IMAGEFMT_PNG, IMAGEFMT_JPEG, IMAGEFMT_WEBP, IMAGEFMT_HEIC};
+  for (size_t i = 0; name && i < sizeof named / sizeof named[0]; i++)
+    if (strcmp(name, imagefmt_name(named[i])) == 0) return named[i];
+  return IMAGEFMT_UNKNOWN;
+}
+
 imagefmt imagefmt_from_mime(const char *mime) {
   static const struct {
     const char *type;

@@ -21,6 +21,9 @@ imagefmt imagefmt_detect(const uint8_t *data, size_t len);
 const char *imagefmt_mime(imagefmt fmt);
 /* "png", "jpeg", "webp", "heic", "unknown". */
 const char *imagefmt_name(imagefmt fmt);
+/* Format from its name as imagefmt_name() gives it ("png", "jpeg", "webp",
+ * "heic"; exact, lower case); IMAGEFMT_UNKNOWN for anything else or NULL. */
+imagefmt imagefmt_from_name(const char *name);
 /* Format from a MIME type such as "image/png" (case-insensitive, parameters ignored). */
 imagefmt imagefmt_from_mime(const char *mime);
 /* File extension without the dot: "png", "jpg", "webp", "heic", "bin". */

@@ -140,8 +140,14 @@ class OpenAIDialectTest(b.BillingTestCase):
              "quality"),
             ({"model": "gpt-image-1", "prompt": "x", "response_format": "gif"}, 400,
              "invalid_value", "response_format"),
-            ({"model": "gpt-image-1", "prompt": "x", "output_format": "webp"}, 400,
-             "unsupported_value", "output_format"),
+            ({"model": "gpt-image-1", "prompt": "x", "output_format": "gif"}, 400,
+             "invalid_value", "output_format"),
+            ({"model": "gpt-image-1", "prompt": "x", "output_format": "jpeg",
+              "output_compression": 101}, 400, "invalid_output_compression", "output_compression"),
+            ({"model": "gpt-image-1", "prompt": "x", "output_format": "webp",
+              "output_compression": "50"}, 400, "invalid_type", "output_compression"),
+            ({"model": "gpt-image-1", "prompt": "x", "output_compression": 50}, 400,
+             "invalid_output_compression", "output_compression"),
             ({"model": "gpt-image-1", "prompt": 7}, 400, "invalid_type", "prompt"),
         ]
         for body, status, code, param in cases:

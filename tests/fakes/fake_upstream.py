@@ -74,6 +74,8 @@ STEP fields, all optional:
                  holds only thought drafts (a client must not take one as the result).
   format         png | jpeg | webp: the format of the returned image (OpenAI default: the
                  request's output_format; Gemini default png).
+  damaged        true: each image keeps its header (its type and pixel size read as usual) and
+                 the rest is junk, so decoding it fails.
 Kinds on the OpenAI API, which has no thoughts or finish reasons: thought_then_image answers like
 image; text_only answers 200 with an empty data list; block_prompt and finish_reason answer 400
 image_generation_user_error / moderation_blocked. "malformed" is a 200 with invalid JSON;
@@ -246,6 +248,23 @@ IMAGE_ENCODERS = {"png": (png_bytes, "image/png"), "jpeg": (jpeg_bytes, "image/j
 def make_image(fmt, width, height, seed):
     encode, mime = IMAGE_ENCODERS[fmt]
     return encode(width, height, colour_for(seed)), mime
+
+
+def damage(data):
+    """The image's header (signature and pixel size: PNG's IHDR, JPEG up to its frame
+    header, WebP's first chunk header and size bits) followed by junk instead of pixels."""
+    fmt = image_magic(data)
+    if fmt == "png":
+        junk = b"\x55" * 64
+        idat = struct.pack(">I", len(junk)) + b"IDAT" + junk
+        return data[:33] + idat + _png_chunk(b"IDAT", b"")[-4:] + _png_chunk(b"IEND", b"")
+    if fmt == "jpeg":
+        sof = data.index(b"\xff\xc0")
+        end = sof + 2 + struct.unpack(">H", data[sof + 2:sof + 4])[0]
+        return data[:end] + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" + b"\x55" * 64
+    if fmt == "webp":
+        return data[:25] + b"\x55" * 64
+    raise ValueError("cannot damage %r" % fmt)
 
 
 def image_magic(data):
@@ -556,7 +575,7 @@ STEP_FIELDS = {
     "retry_delay": (str, int, float),
     "details": list, "code": (str, type(None)), "type": str, "param": (str, type(None)),
     "in_stream": bool, "headers": dict, "snake_case": (bool, str), "width": int, "height": int,
-    "real_size": bool, "thoughts": int, "final_image": bool, "format": str,
+    "real_size": bool, "thoughts": int, "final_image": bool, "format": str, "damaged": bool,
 }
 
 
@@ -1220,6 +1239,8 @@ class Fake:
         else:
             w, h = step.get("width", 8), step.get("height", 8)
         data, mime = make_image(fmt, w, h, seed)
+        if step.get("damaged"):
+            data = damage(data)
         return {"inlineData": {"mimeType": mime, "data": base64.b64encode(data).decode()}}
 
     def gemini_body(self, step, rec, call):
@@ -1468,6 +1489,8 @@ class Fake:
         prompt = params["prompt"]
         datas = [make_image(fmt, w, h, prompt if i == 0 else "%s|%d" % (prompt, i))[0]
                  for i in range(n)]
+        if step.get("damaged"):
+            datas = [damage(d) for d in datas]
         text_tokens = max(1, len(prompt) // 4)
         usage = {"input_tokens": text_tokens + 323 * n_inputs,
                  "output_tokens": OPENAI_OUTPUT_TOKENS[quality] * n,

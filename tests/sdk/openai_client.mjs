@@ -3,7 +3,7 @@
 // JSON line on stdout (the Python tests read it).
 //
 //   node openai_client.mjs BASE_URL KEY ACTION PROMPT [IMAGE_FILE...]
-//   ACTION: b64 | url | stream | error | edit
+//   ACTION: b64 | url | stream | error | edit | jpeg
 import fs from "node:fs";
 import OpenAI, { toFile } from "openai";
 
@@ -29,6 +29,15 @@ try {
       : null;
     out({ ok: true, count: res.data.length, png, url: item.url ?? null, size: res.size,
           output_format: res.output_format, created: res.created });
+  } else if (action === "jpeg") {
+    // Another output format, as OpenAI's docs show it: output_format with
+    // output_compression; the bytes' first three say what came back.
+    const res = await client.images.generate({
+      model: "gpt-image-1", prompt, size: "1024x1024", output_format: "jpeg",
+      output_compression: 60 });
+    const bytes = Buffer.from(res.data[0].b64_json, "base64");
+    out({ ok: true, count: res.data.length, magic: bytes.subarray(0, 3).toString("hex"),
+          bytes: bytes.length, output_format: res.output_format });
   } else if (action === "stream") {
     const stream = await client.images.generate({ model: "gpt-image-1", prompt, stream: true });
     const types = [];

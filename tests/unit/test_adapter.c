@@ -346,7 +346,7 @@ static void test_add_header(void **state) {
 /* ---- the parsing pool ---- */
 
 typedef struct item {
-  adapter_work work; /* first */
+  workpool_item work; /* first */
   int id;
   int *order;          /* where run() records its id */
   atomic_int *n_order;
@@ -357,7 +357,7 @@ typedef struct item {
   bool *started;       /* set (under gate_lock) once run() has begun */
 } item;
 
-static void item_run(adapter_work *w) {
+static void item_run(workpool_item *w) {
   item *it = (item *)w;
   if (it->gate_lock) {
     pthread_mutex_lock(it->gate_lock);
@@ -370,7 +370,7 @@ static void item_run(adapter_work *w) {
   atomic_fetch_add(it->runs, 1);
 }
 
-static void item_drop(adapter_work *w) { atomic_fetch_add(((item *)w)->drops, 1); }
+static void item_drop(workpool_item *w) { atomic_fetch_add(((item *)w)->drops, 1); }
 
 static void test_pool_runs_everything_in_order(void **state) {
   (void)state;
@@ -379,37 +379,37 @@ static void test_pool_runs_everything_in_order(void **state) {
   int order[N];
   atomic_int n_order = 0, runs = 0, drops = 0;
   /* One thread: first in, first run. */
-  adapter_pool *p = adapter_pool_create(1);
+  workpool *p = workpool_create(1, NULL);
   assert_non_null(p);
   for (int i = 0; i < N; i++) {
     items[i] = (item){.work = {item_run, item_drop, NULL}, .id = i, .order = order,
                       .n_order = &n_order, .runs = &runs, .drops = &drops};
-    adapter_pool_submit(p, &items[i].work);
+    workpool_submit(p, &items[i].work);
   }
-  adapter_pool_drain(p);
+  workpool_drain(p);
   assert_int_equal(atomic_load(&runs), N);
   for (int i = 0; i < N; i++) assert_int_equal(order[i], i);
-  adapter_pool_destroy(p);
+  workpool_destroy(p);
   assert_int_equal(atomic_load(&drops), 0);
 
   /* Several threads: everything runs once. */
   atomic_store(&runs, 0);
-  p = adapter_pool_create(ADAPTER_POOL_THREADS);
+  p = workpool_create(ADAPTER_POOL_THREADS, NULL);
   for (int i = 0; i < N; i++) {
     items[i] = (item){.work = {item_run, item_drop, NULL}, .id = i, .runs = &runs, .drops = &drops};
-    adapter_pool_submit(p, &items[i].work);
+    workpool_submit(p, &items[i].work);
   }
-  adapter_pool_drain(p);
+  workpool_drain(p);
   assert_int_equal(atomic_load(&runs), N);
-  adapter_pool_destroy(p);
+  workpool_destroy(p);
 }
 
 typedef struct destroyer {
-  adapter_pool *p;
+  workpool *p;
 } destroyer;
 
 static void *destroy_main(void *arg) {
-  adapter_pool_destroy(((destroyer *)arg)->p);
+  workpool_destroy(((destroyer *)arg)->p);
   return NULL;
 }
 
@@ -419,15 +419,15 @@ static void test_pool_destroy_finishes_running_drops_queued(void **state) {
   pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
   bool gate_open = false, started = false;
   atomic_int runs = 0, drops = 0;
-  adapter_pool *p = adapter_pool_create(1);
+  workpool *p = workpool_create(1, NULL);
   item blocker = {.work = {item_run, item_drop, NULL}, .runs = &runs, .drops = &drops,
                   .gate_lock = &gate_lock, .gate_cond = &gate_cond, .gate_open = &gate_open,
                   .started = &started};
   item queued[3];
-  adapter_pool_submit(p, &blocker.work);
+  workpool_submit(p, &blocker.work);
   for (int i = 0; i < 3; i++) {
     queued[i] = (item){.work = {item_run, item_drop, NULL}, .runs = &runs, .drops = &drops};
-    adapter_pool_submit(p, &queued[i].work);
+    workpool_submit(p, &queued[i].work);
   }
   /* The only thread is inside the blocker. */
   pthread_mutex_lock(&gate_lock);

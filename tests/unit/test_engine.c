@@ -18,6 +18,8 @@
 
 #include "blob/blob.h"
 #include "core/engine.h"
+#include "upstream/simpng.h"
+#include "util/imagefmt.h"
 #include "upstream/router.h"
 #include "store/store.h"
 #include "util/ids.h"
@@ -32,6 +34,8 @@ typedef struct pending_call {
   size_t n_inputs;
   size_t input0_len;
   bool cancel_asked; /* the engine called cancel() with this call's ctx */
+  char output_format[8]; /* what the engine passed on ("" for none) */
+  int output_compression;
   struct pending_call *next;
 } pending_call;
 
@@ -54,6 +58,9 @@ static int scripted_start(provider *p, const provider_request *req, provider_don
   snprintf(c->task_id, sizeof c->task_id, "%s", req->task_id);
   c->n_inputs = req->n_inputs;
   c->input0_len = req->n_inputs ? req->inputs[0].len : 0;
+  snprintf(c->output_format, sizeof c->output_format, "%s",
+           req->output_format ? req->output_format : "");
+  c->output_compression = req->output_compression;
   pthread_mutex_lock(&s->lock);
   c->next = s->pending;
   s->pending = c;
@@ -1112,6 +1119,86 @@ static void test_cancel_during_retry_wait(void **state) {
 
 /* Deadlines: a queued task past its deadline and a running one are
  * canceled with deadline_exceeded by the engine itself. */
+/* A task with an output format: the provider hears it; a PNG that arrives is
+ * converted (stored as WebP, named .webp); one that cannot be decoded is not
+ * delivered, and its task fails "transcode_failed", charged nothing. */
+static void test_output_format_conversion(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  engine_config ec = base_config(f, 4, 1000);
+  ec.transcode_threads = 1;
+  engine *e = engine_create(f->st, f->bl, router_of((scripted *[]){&s}, 1), NULL, &ec);
+  assert_non_null(e);
+  assert_int_equal(engine_start(e), 0);
+  assert_int_equal(f->st->ops->ledger_post(f->st, f->account_id, LEDGER_TOPUP, 5000, "test",
+                                           time_now_ms(), NULL),
+                   STORE_OK);
+  char good[IDS_UUID_LEN + 1], bad[IDS_UUID_LEN + 1];
+  for (int i = 0; i < 2; i++) {
+    task t = {0};
+    assert_true(ids_uuid7(t.id));
+    t.account_id = f->account_id;
+    t.state = TASK_QUEUED;
+    t.model = "nano-banana";
+    t.prompt = "p";
+    t.aspect_ratio = "auto";
+    t.resolution = "1K";
+    t.quantity = 1;
+    t.output_format = "webp";
+    t.output_compression = 30;
+    t.price_unit_micros = t.cost_held_micros = 1000;
+    t.created_ms = time_now_ms();
+    assert_int_equal(f->st->ops->task_insert(f->st, &t), STORE_OK);
+    memcpy(i == 0 ? good : bad, t.id, sizeof t.id);
+    engine_enqueue(e, t.id);
+  }
+  assert_true(wait_started(&s, 2));
+  pending_call *c;
+  while ((c = take_one(&s))) {
+    assert_string_equal(c->output_format, "webp");
+    assert_int_equal(c->output_compression, 30);
+    if (strcmp(c->task_id, bad) == 0) {
+      complete(c, PROVIDER_OK); /* tiny_png: a header and nothing to decode */
+      continue;
+    }
+    provider_outcome *o = provider_outcome_new(PROVIDER_OK);
+    o->images = calloc(1, sizeof *o->images);
+    assert_true(simpng_render("convert me", 40, 24, &o->images[0].data, &o->images[0].len));
+    snprintf(o->images[0].mime, sizeof o->images[0].mime, "image/png");
+    o->n_images = 1;
+    complete_with(c, o);
+  }
+  assert_true(wait_finished(&f->fin, 2));
+  task *t = load(f, good);
+  assert_int_equal(t->state, TASK_SUCCEEDED);
+  assert_int_equal(t->n_results, 1);
+  assert_string_equal(t->results[0].mime, "image/webp");
+  assert_int_equal(t->results[0].width, 40);
+  assert_int_equal(t->results[0].height, 24);
+  size_t klen = strlen(t->results[0].blob_key);
+  assert_string_equal(t->results[0].blob_key + klen - 5, ".webp");
+  uint8_t *data;
+  size_t len;
+  assert_int_equal(f->bl->ops->read(f->bl, t->results[0].blob_key, 1 << 20, &data, &len),
+                   BLOB_OK);
+  assert_int_equal(imagefmt_detect(data, len), IMAGEFMT_WEBP);
+  assert_int_equal(t->results[0].bytes, (int64_t)len);
+  free(data);
+  assert_int_equal(t->cost_charged_micros, 1000);
+  task_free(t);
+  t = load(f, bad);
+  assert_int_equal(t->state, TASK_FAILED);
+  assert_string_equal(t->error_code, "transcode_failed");
+  assert_non_null(strstr(t->error_message, "could not be converted to webp"));
+  assert_int_equal(t->n_results, 0);
+  assert_int_equal(t->cost_charged_micros, 0);
+  assert_int_equal(t->n_upstream_attempts, 1); /* the call that brought it, recorded */
+  assert_string_equal(t->upstream_attempts[0].error_class, "none");
+  task_free(t);
+  engine_destroy(e);
+}
+
 static void test_deadline_cancels(void **state) {
   fixture *f = *state;
   scripted s;
@@ -1139,6 +1226,7 @@ static void test_deadline_cancels(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_runs_tasks_to_success, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_output_format_conversion, setup, teardown),
       cmocka_unit_test_setup_teardown(test_finish_survives_brief_store_failure, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stranded_queued_task_is_swept, setup, teardown),
       cmocka_unit_test_setup_teardown(test_lost_run_is_requeued, setup, teardown),

@@ -122,6 +122,53 @@ static void test_generations_body(void **state) {
   assert_null(openai_build_generations(&req, NULL));
 }
 
+/* The format asked of GPT Image: the task's, with its quality for the lossy
+ * ones; PNG (and no quality) otherwise. */
+static void test_output_format_asked(void **state) {
+  (void)state;
+  provider_request req = base_request();
+  static const struct {
+    const char *want;
+    int compression;
+    const char *sent;
+    int sent_compression; /* -1: none sent */
+  } cases[] = {{NULL, 100, "png", -1},    {"png", 100, "png", -1},   {"jpeg", 40, "jpeg", 40},
+               {"webp", 0, "webp", 0},    {"webp", 100, "webp", 100}, {"gif", 50, "png", -1}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    req.output_format = cases[i].want;
+    req.output_compression = cases[i].compression;
+    char *body = openai_build_generations(&req, NULL);
+    json_error_t err;
+    json_t *j = json_loads(body, 0, &err);
+    assert_non_null(j);
+    assert_string_equal(json_string_value(json_object_get(j, "output_format")), cases[i].sent);
+    json_t *c = json_object_get(j, "output_compression");
+    if (cases[i].sent_compression < 0) {
+      assert_null(c);
+    } else {
+      assert_int_equal(json_integer_value(c), cases[i].sent_compression);
+    }
+    json_decref(j);
+    free(body);
+
+    /* The edits form says the same, as text fields after output_format. */
+    openai_form form;
+    assert_int_equal(openai_describe_edits(&req, NULL, &form), 0);
+    assert_string_equal(form.parts[5].name, "output_format");
+    assert_string_equal(form.parts[5].text, cases[i].sent);
+    if (cases[i].sent_compression < 0) {
+      assert_int_equal(form.n_parts, 6);
+    } else {
+      char text[8];
+      snprintf(text, sizeof text, "%d", cases[i].sent_compression);
+      assert_int_equal(form.n_parts, 7);
+      assert_string_equal(form.parts[6].name, "output_compression");
+      assert_string_equal(form.parts[6].text, text);
+    }
+    openai_form_free(&form);
+  }
+}
+
 static void test_edits_form_description(void **state) {
   (void)state;
   size_t png_len = 0;
@@ -642,6 +689,7 @@ int main(void) {
       cmocka_unit_test(test_size_mapping),
       cmocka_unit_test(test_generations_body),
       cmocka_unit_test(test_edits_form_description),
+      cmocka_unit_test(test_output_format_asked),
       cmocka_unit_test(test_request_url),
       cmocka_unit_test(test_parse_images),
       cmocka_unit_test(test_parse_bad_images),

@@ -56,6 +56,39 @@ static void test_absent_empty_and_boundaries(void **state) {
   assert_string_not_equal(ha, hb);
 }
 
+/* The output options count when given, and only then: a request without
+ * them hashes as it did before they existed. */
+static void test_output_options(void **state) {
+  (void)state;
+  core_gen_request a = {.prompt = "x"};
+  char ha[65], hb[65];
+  hash_of(&a, ha);
+  /* An empty format and an unset quality add nothing. */
+  core_gen_request b = a;
+  b.output_format = "";
+  b.output_compression = 55; /* not given: ignored */
+  hash_of(&b, hb);
+  assert_string_equal(ha, hb);
+  b = a;
+  b.output_format = "jpeg";
+  hash_of(&b, hb);
+  assert_string_not_equal(ha, hb);
+  char jpeg[65];
+  memcpy(jpeg, hb, sizeof jpeg);
+  b.output_compression_set = true;
+  b.output_compression = 100; /* the default, spelled out: another request */
+  hash_of(&b, hb);
+  assert_string_not_equal(jpeg, hb);
+  char q100[65];
+  memcpy(q100, hb, sizeof q100);
+  b.output_compression = 99;
+  hash_of(&b, hb);
+  assert_string_not_equal(q100, hb);
+  b.output_format = "webp";
+  hash_of(&b, hb);
+  assert_string_not_equal(q100, hb);
+}
+
 static void test_images_in_order(void **state) {
   const char *ab[] = {"https://example.com/a", "https://example.com/b"};
   const char *ba[] = {"https://example.com/b", "https://example.com/a"};
@@ -95,6 +128,7 @@ int main(void) {
       cmocka_unit_test(test_same_request_same_hash),
       cmocka_unit_test(test_absent_empty_and_boundaries),
       cmocka_unit_test(test_images_in_order),
+      cmocka_unit_test(test_output_options),
       cmocka_unit_test(test_key_form),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -104,6 +104,8 @@ static task *make_task(int64_t account, int64_t created_ms) {
   t->webhook_events = TASK_WEBHOOK_RUNNING;
   t->dialect = xstrdup("openai");
   t->public_base = xstrdup("https://img.example.com:8443");
+  t->output_format = xstrdup("webp");
+  t->output_compression = 37;
   t->quantity = 1;
   t->created_ms = created_ms;
   t->n_inputs = 2;
@@ -160,6 +162,8 @@ static void assert_task_equal(const task *a, const task *b) {
   assert_int_equal(a->webhook_events, b->webhook_events);
   assert_str_or_null(a->dialect, b->dialect);
   assert_str_or_null(a->public_base, b->public_base);
+  assert_str_or_null(a->output_format, b->output_format);
+  assert_int_equal(a->output_compression, b->output_compression);
   assert_int_equal(a->deadline_ms, b->deadline_ms);
   assert_int_equal(a->cancel_requested, b->cancel_requested);
   assert_str_or_null(a->provider, b->provider);
@@ -410,6 +414,8 @@ static void test_task_insert_get(void **state) {
   free(plain->dialect);
   free(plain->public_base);
   plain->dialect = plain->public_base = NULL;
+  free(plain->output_format);
+  plain->output_format = NULL; /* images as the upstream makes them */
   plain->webhook_events = 0;
   plain->cancel_requested = true;
   plain->event_seq = 42;
@@ -417,6 +423,7 @@ static void test_task_insert_get(void **state) {
   got = get_task(s, plain->id);
   assert_string_equal(got->dialect, "native");
   assert_null(got->public_base);
+  assert_null(got->output_format);
   assert_int_equal(got->webhook_events, 0);
   assert_int_equal(got->deadline_ms, 0);
   assert_false(got->cancel_requested);
@@ -2613,7 +2620,10 @@ static void test_upgrade_from_schema_5(void **state) {
            "  VALUES (1, 'k', 'h', '00000000-0000-7000-8000-000000000001', 100);");
 
   store *s = open_store(path);
-  assert_int_equal(raw_int(path, "SELECT MAX(version) FROM schema_migrations"), 6);
+  /* Every later migration applied too, each once. */
+  int64_t newest = raw_int(path, "SELECT MAX(version) FROM schema_migrations");
+  assert_true(newest >= 7);
+  assert_int_equal(raw_int(path, "SELECT COUNT(*) FROM schema_migrations"), newest);
   assert_int_equal(raw_int(path, "SELECT COUNT(*) FROM task_inputs"), 1);
   assert_int_equal(raw_int(path, "SELECT COUNT(*) FROM task_results"), 1);
   assert_int_equal(raw_int(path, "SELECT COUNT(*) FROM task_attempts"), 1);
@@ -2635,6 +2645,9 @@ static void test_upgrade_from_schema_5(void **state) {
   assert_int_equal(q->webhook_events, 0);
   assert_false(q->cancel_requested);
   assert_int_equal(q->event_seq, 1);
+  /* Output formats came later: images as made, the default quality. */
+  assert_null(q->output_format);
+  assert_int_equal(q->output_compression, 100);
   task_free(q);
   task *ok = get_task(s, "00000000-0000-7000-8000-000000000002");
   assert_int_equal(ok->state, TASK_SUCCEEDED);
@@ -2679,7 +2692,7 @@ static void test_upgrade_from_schema_5(void **state) {
 
   /* and a reopen applies nothing again */
   s = open_store(path);
-  assert_int_equal(raw_int(path, "SELECT COUNT(*) FROM schema_migrations"), 6);
+  assert_int_equal(raw_int(path, "SELECT COUNT(*) FROM schema_migrations"), newest);
   assert_int_equal(raw_int(path, "SELECT COUNT(*) FROM task_events"), 4);
   s->ops->close(s);
   unlink_db_files(path);
