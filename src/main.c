@@ -814,6 +814,7 @@ static int serve_start_engine(serve_parts *p, const imgate_config *cfg) {
                                 .max_bytes = cfg->max_image_bytes,
                                 .timeout_ms = cfg->fetch_timeout_ms,
                                 .max_redirects = 3},
+                      .prices = cfg, /* run_serve's: it outlives the engine */
                       .on_change = publish_change,
                       .on_change_ctx = p};
   p->eng = rt ? engine_create(p->st, p->bl, rt, loop, &ec) : NULL;

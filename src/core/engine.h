@@ -18,9 +18,10 @@
  *     then either schedule a retry (retryable failure, attempts and deadline
  *     left: exponential backoff with equal jitter, at least what the upstream
  *     asked for with Retry-After/RetryInfo, preferably on another route) or
- *     write the images to the blob store and finish the task in the store
- *     (compare-and-set on state and attempts, results in the same
- *     transaction), logging `task_finished` once.
+ *     write the images to the blob store, price each (core/pricing.h) and
+ *     finish the task in the store (compare-and-set on state and attempts,
+ *     results and the charge in the same transaction), logging
+ *     `task_finished` once.
  *
  * Crash recovery (engine_start): tasks left running by a dead process are put
  * back to queued and every queued task is enqueued again, oldest first. A
@@ -38,6 +39,7 @@
 #include <stdint.h>
 
 #include "blob/blob.h"
+#include "config.h"
 #include "store/store.h"
 #include "upstream/curlloop.h"
 #include "upstream/fetch.h"
@@ -56,6 +58,10 @@ typedef struct engine_config {
   int backoff_max_ms;      /* cap of one backoff (default 15000) */
   fetch_config fetch;      /* reference images by URL (max_bytes 0 = max_input_bytes) */
   int sweep_interval_ms;   /* how often an idle dispatcher looks for stranded queued tasks (30000) */
+  /* The price list a finishing task's delivered images are priced by
+   * (core/pricing.h: pricing_image, never more than the task's hold per
+   * image); it must outlive the engine. NULL: each image costs its hold. */
+  const imgate_config *prices;
   /* Called after each change of a task this engine commits (a run started,
    * an attempt recorded before a retry, the task final, canceled or put back
    * to queued), on the thread that committed it: quick (it wakes waiters
