@@ -3,7 +3,7 @@
 // JSON line on stdout (the Python tests read it).
 //
 //   node openai_client.mjs BASE_URL KEY ACTION PROMPT [IMAGE_FILE...]
-//   ACTION: b64 | url | stream | error | edit
+//   ACTION: b64 | url | stream | error | edit | quality (gpt-image-1, high, 1536x1024)
 import fs from "node:fs";
 import OpenAI, { toFile } from "openai";
 
@@ -29,6 +29,11 @@ try {
       : null;
     out({ ok: true, count: res.data.length, png, url: item.url ?? null, size: res.size,
           output_format: res.output_format, created: res.created });
+  } else if (action === "quality") {
+    const res = await client.images.generate({
+      model: "gpt-image-1", prompt, quality: "high", size: "1536x1024" });
+    out({ ok: true, count: res.data.length, quality: res.quality, size: res.size,
+          png: Buffer.from(res.data[0].b64_json, "base64").subarray(0, 8).toString("hex") });
   } else if (action === "stream") {
     const stream = await client.images.generate({ model: "gpt-image-1", prompt, stream: true });
     const types = [];
