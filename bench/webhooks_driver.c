@@ -102,7 +102,7 @@ static bool fill_one(store *s, int64_t account, const char *url, long i) {
                    .etag = "0123456789abcdef0123456789abcdef", .width = 2752, .height = 1536,
                    .bytes = 4200000, .expires_ms = time_now_ms() + 7 * 86400000LL};
   store_outbox ob = {.id = msg, .event = "task.succeeded", .url = url};
-  return s->ops->task_finish(s, t.id, attempt, TASK_SUCCEEDED, NULL, NULL, &r, 1, time_now_ms(),
+  return s->ops->task_finish(s, t.id, attempt, TASK_SUCCEEDED, NULL, NULL, &r, 1, 0, time_now_ms(),
                              NULL, &ob) == STORE_OK;
 }
 

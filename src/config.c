@@ -356,34 +356,81 @@ static int load_routes(imgate_config *c, json_t *obj, char *err, size_t err_size
   return 0;
 }
 
+/* A price value of a config file: an integer number of micro-dollars from 0
+ * to PRICING_MAX_UNIT_MICROS; where names the key in the message. */
+static int price_value(json_t *v, const char *where, int64_t *out, char *err, size_t err_size) {
+  if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+      json_integer_value(v) > PRICING_MAX_UNIT_MICROS) {
+    snprintf(err, err_size,
+             "%s must be an integer number of micro-dollars from 0 to %lld (100 USD)", where,
+             PRICING_MAX_UNIT_MICROS);
+    return -1;
+  }
+  *out = json_integer_value(v);
+  return 0;
+}
+
+/* One quality of GPT Image's grid (row q): an integer is that quality's
+ * price at every size (what a file written before sizes were priced meant),
+ * an object {size: price} overrides the sizes it names. */
+static int load_quality_prices(config_price *p, int q, const char *name, json_t *v, char *err,
+                               size_t err_size) {
+  char where[160];
+  snprintf(where, sizeof where, "prices.%s.%s", p->model, name);
+  if (!json_is_object(v)) {
+    int64_t price;
+    if (price_value(v, where, &price, err, err_size) < 0) {
+      snprintf(err, err_size,
+               "%s must be an object of size: price (1024x1024, 1536x1024, 1024x1536), or one "
+               "price for every size: an integer number of micro-dollars from 0 to %lld "
+               "(100 USD)",
+               where, PRICING_MAX_UNIT_MICROS);
+      return -1;
+    }
+    for (int s = 0; s < PRICING_SIZES; s++) p->unit[pricing_cell(q, s)] = price;
+    return 0;
+  }
+  const char *size;
+  json_t *pv;
+  json_object_foreach(v, size, pv) {
+    int s = pricing_size_index(size);
+    snprintf(where, sizeof where, "prices.%s.%s.%s", p->model, name, size);
+    if (s < 0) {
+      snprintf(err, err_size,
+               "unknown configuration key \"%s\": not a size %s offers (1024x1024, 1536x1024, "
+               "1024x1536)",
+               where, p->model);
+      return -1;
+    }
+    if (price_value(pv, where, &p->unit[pricing_cell(q, s)], err, err_size) < 0) return -1;
+  }
+  return 0;
+}
+
 /* One model's object under "prices": overrides only the entries it names. */
 static int load_model_prices(config_price *p, json_t *obj, char *err, size_t err_size) {
+  bool by_quality = pricing_by_quality(p->model);
   const char *name;
   json_t *v;
   json_object_foreach(obj, name, v) {
-    bool reference = strcmp(name, "reference_image") == 0;
-    int slot = reference ? -1 : pricing_slot(p->model, name);
-    if (!reference && slot < 0) {
-      snprintf(err, err_size,
-               "unknown configuration key \"prices.%s.%s\": not a %s %s offers", p->model,
-               name,
-               pricing_slot(p->model, "medium") >= 0 ? "quality (low, medium, high)"
-                                                     : "resolution",
-               p->model);
+    char where[160];
+    snprintf(where, sizeof where, "prices.%s.%s", p->model, name);
+    if (strcmp(name, "reference_image") == 0) {
+      if (price_value(v, where, &p->reference_image, err, err_size) < 0) return -1;
+      continue;
+    }
+    int q = by_quality ? pricing_quality_index(name) : -1;
+    if (q >= 0) {
+      if (load_quality_prices(p, q, name, v, err, err_size) < 0) return -1;
+      continue;
+    }
+    int slot = by_quality ? -1 : pricing_slot(p->model, name);
+    if (slot < 0) {
+      snprintf(err, err_size, "unknown configuration key \"%s\": not a %s %s offers", where,
+               by_quality ? "quality (low, medium, high)" : "resolution", p->model);
       return -1;
     }
-    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-        json_integer_value(v) > PRICING_MAX_UNIT_MICROS) {
-      snprintf(err, err_size,
-               "prices.%s.%s must be an integer number of micro-dollars from 0 to %lld "
-               "(100 USD)",
-               p->model, name, PRICING_MAX_UNIT_MICROS);
-      return -1;
-    }
-    if (reference)
-      p->reference_image = json_integer_value(v);
-    else
-      p->unit[slot] = json_integer_value(v);
+    if (price_value(v, where, &p->unit[slot], err, err_size) < 0) return -1;
   }
   return 0;
 }

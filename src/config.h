@@ -18,17 +18,15 @@
 #define CONFIG_MAX_WEBHOOK_ATTEMPTS 16
 
 /* The price slots of a model: the resolutions a Gemini model is priced by,
- * then the qualities GPT Image is priced by. A model uses one group or the
- * other (core/pricing.c decides which). */
+ * then GPT Image's grid of 3 qualities by 3 sizes (core/pricing.h names the
+ * cells). A model uses one group or the other (core/pricing.c decides which). */
 enum {
   CONFIG_PRICE_512,
   CONFIG_PRICE_1K,
   CONFIG_PRICE_2K,
   CONFIG_PRICE_4K,
-  CONFIG_PRICE_LOW,
-  CONFIG_PRICE_MEDIUM,
-  CONFIG_PRICE_HIGH,
-  CONFIG_PRICE_SLOTS
+  CONFIG_PRICE_GRID, /* the first cell of the quality x size grid */
+  CONFIG_PRICE_SLOTS = CONFIG_PRICE_GRID + 3 * 3
 };
 
 /* An upstream instance. A reseller is another instance of a kind. */

@@ -817,6 +817,7 @@ static int serve_start_engine(serve_parts *p, const imgate_config *cfg) {
                                 .max_redirects = 3},
                       .transcode_threads = cfg->transcode_threads,
                       .transcode_max_pixels = cfg->transcode_max_pixels,
+                      .prices = cfg, /* run_serve's: it outlives the engine */
                       .on_change = publish_change,
                       .on_change_ctx = p};
   p->eng = rt ? engine_create(p->st, p->bl, rt, loop, &ec) : NULL;

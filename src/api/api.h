@@ -78,6 +78,13 @@ json_t *api_json_usd(int64_t micros);
 /* A time as RFC 3339 UTC text, or null for 0 ("not yet", "never"). */
 json_t *api_json_time(int64_t unix_ms);
 
+/* A model's prices as every model list shows them: {"1K": "0.025000", ...}
+ * by resolution, or for a model priced by quality and size (GPT Image)
+ * {"low": {"1024x1024": "0.011000", ...}, ...}. */
+json_t *api_json_prices(const core_model_info *mi);
+/* "resolution" or "quality_and_size": what a model's prices are keyed by. */
+const char *api_priced_by(const core_model_info *mi);
+
 /* The most a limit (max_concurrency, qps_per_key) may be set to, over HTTP
  * and with `imgate admin limits` alike; 0 means unlimited. */
 #define API_LIMIT_MAX 1000000

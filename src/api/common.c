@@ -60,6 +60,28 @@ json_t *api_json_usd(int64_t micros) {
   return json_string(text);
 }
 
+json_t *api_json_prices(const core_model_info *mi) {
+  json_t *prices = json_object();
+  for (size_t k = 0; prices && k < mi->n_prices; k++) {
+    json_t *usd = api_json_usd(mi->prices[k].micros);
+    if (!mi->prices[k].size) {
+      json_object_set_new(prices, mi->prices[k].name, usd);
+      continue;
+    }
+    json_t *row = json_object_get(prices, mi->prices[k].name);
+    if (!row) {
+      row = json_object();
+      json_object_set_new(prices, mi->prices[k].name, row);
+    }
+    json_object_set_new(row, mi->prices[k].size, usd);
+  }
+  return prices;
+}
+
+const char *api_priced_by(const core_model_info *mi) {
+  return mi->by_quality ? "quality_and_size" : "resolution";
+}
+
 json_t *api_json_time(int64_t unix_ms) {
   if (unix_ms <= 0) return json_null();
   char text[32];

@@ -1,7 +1,7 @@
 /* native.c - the native dialect (seed 000).
  *
  *   POST /api/banana/create-async  {prompt, model, aspect_ratio, resolution,
- *                                   image_urls, webhook_url} -> {uid, status}
+ *                                   quality, image_urls, webhook_url} -> {uid, status}
  *                                  (optional header Idempotency-Key)
  *                                  (optional header Prefer: wait=N: the whole task,
  *                                   once final or after N seconds)
@@ -25,6 +25,7 @@
 
 #include "api/await.h"
 #include "api/native_int.h"
+#include "core/pricing.h"
 #include "util/log.h"
 #include "util/timeutil.h"
 
@@ -153,6 +154,7 @@ static int submit_from_body(http_request *req, core *c, const store_account *acc
       api_json_string(req, body, "model", &gr.model) < 0 ||
       api_json_string(req, body, "aspect_ratio", &gr.aspect_ratio) < 0 ||
       api_json_string(req, body, "resolution", &gr.resolution) < 0 ||
+      api_json_string(req, body, "quality", &gr.quality) < 0 ||
       api_json_string(req, body, "webhook_url", &gr.webhook_url) < 0 ||
       parse_webhook_events(req, body, &gr.webhook_events) < 0 ||
       parse_quantity(req, body, &gr.quantity) < 0 ||
@@ -291,20 +293,25 @@ static void handle_models(http_request *req, void *ctx) {
   json_t *list = json_array();
   for (size_t i = 0; i < n; i++) {
     const catalog_model *m = info[i].model;
-    json_t *ratios = json_array(), *res = json_array(), *prices = json_object();
+    json_t *ratios = json_array(), *res = json_array();
     for (size_t k = 0; m->aspect_ratios[k]; k++)
       json_array_append_new(ratios, json_string(m->aspect_ratios[k]));
     for (size_t k = 0; m->resolutions[k]; k++)
       json_array_append_new(res, json_string(m->resolutions[k]));
-    for (size_t k = 0; k < info[i].n_prices; k++)
-      json_object_set_new(prices, info[i].prices[k].name, api_json_usd(info[i].prices[k].micros));
-    json_array_append_new(
-        list, json_pack("{s:s, s:s, s:b, s:o, s:o, s:s, s:i, s:s, s:o, s:o}", "id", m->name,
-                        "name", m->display_name, "available", info[i].available, "aspect_ratios",
-                        ratios, "resolutions", res, "default_resolution", m->default_resolution,
-                        "max_reference_images", m->max_reference_images, "priced_by",
-                        m->sizes == CATALOG_SIZES_GPT_IMAGE ? "quality" : "resolution", "prices_usd",
-                        prices, "reference_image_usd", api_json_usd(info[i].reference_micros)));
+    json_t *model = json_pack(
+        "{s:s, s:s, s:b, s:o, s:o, s:s, s:i, s:s, s:o, s:o}", "id", m->name, "name",
+        m->display_name, "available", info[i].available, "aspect_ratios", ratios, "resolutions",
+        res, "default_resolution", m->default_resolution, "max_reference_images",
+        m->max_reference_images, "priced_by", api_priced_by(&info[i]), "prices_usd",
+        api_json_prices(&info[i]), "reference_image_usd", api_json_usd(info[i].reference_micros));
+    if (model && info[i].by_quality) {
+      json_t *qualities = json_array();
+      for (int q = 0; q < PRICING_QUALITIES; q++)
+        json_array_append_new(qualities, json_string(pricing_quality_name(q)));
+      json_array_append_new(qualities, json_string("auto"));
+      json_object_set_new(model, "qualities", qualities);
+    }
+    json_array_append_new(list, model);
   }
   free(info);
   http_reply_json(req, 200, json_pack("{s:o}", "models", list));

@@ -10,14 +10,18 @@
 
 static json_t *string_or_null(const char *s) { return s ? api_json_text(s) : json_null(); }
 
-/* Money in this dialect: exact decimal USD strings, plus integer micro-dollars. */
+/* Money in this dialect: exact decimal USD strings, plus integer micro-dollars.
+ * image_price is the hold per image (for "auto" quality or size the largest
+ * the image can cost); each delivered image shows its own price. */
 static json_t *render_cost(const task *t) {
   bool final = task_state_is_final(t->state);
-  return json_pack("{s:o, s:o, s:I, s:I}", "held_usd",
+  return json_pack("{s:o, s:o, s:I, s:I, s:o, s:I}", "held_usd",
                    api_json_usd(final ? 0 : t->cost_held_micros), "charged_usd",
                    api_json_usd(t->cost_charged_micros), "price_micros",
                    (json_int_t)t->cost_held_micros, "charged_micros",
-                   (json_int_t)t->cost_charged_micros);
+                   (json_int_t)t->cost_charged_micros, "image_price_usd",
+                   api_json_usd(t->price_unit_micros), "image_price_micros",
+                   (json_int_t)t->price_unit_micros);
 }
 
 static json_t *render_images(const char *base, const task *t, json_t **urls_out) {
@@ -29,10 +33,15 @@ static json_t *render_images(const char *base, const task *t, json_t **urls_out)
     if (!core_result_file_name(r, name, sizeof name)) name[0] = '\0';
     snprintf(url, sizeof url, "%s/files/%s", base, name);
     json_array_append_new(urls, json_string(url));
-    json_array_append_new(images, json_pack("{s:s, s:s, s:i, s:i, s:I, s:o}", "url", url,
-                                            "content_type", r->mime, "width", r->width,
-                                            "height", r->height, "bytes", (json_int_t)r->bytes,
-                                            "expires_at", api_json_time(r->expires_ms)));
+    json_t *image = json_pack("{s:s, s:s, s:i, s:i, s:I, s:o, s:o, s:I}", "url", url,
+                              "content_type", r->mime, "width", r->width, "height", r->height,
+                              "bytes", (json_int_t)r->bytes, "expires_at",
+                              api_json_time(r->expires_ms), "price_usd",
+                              api_json_usd(r->price_micros), "price_micros",
+                              (json_int_t)r->price_micros);
+    /* What the upstream said it made, where it says (GPT Image). */
+    if (image && r->quality) json_object_set_new(image, "quality", api_json_text(r->quality));
+    json_array_append_new(images, image);
   }
   *urls_out = urls;
   return images;
@@ -99,6 +108,8 @@ json_t *native_render_task(const char *base, core *c, const task *t) {
    * attempts, and a progress estimate while it runs. */
   /* Images asked for; "images" lists those delivered (and paid for). */
   json_object_set_new(doc, "n", json_integer(t->quantity > 0 ? t->quantity : 1));
+  /* Only models that have a quality setting (GPT Image) show one. */
+  if (t->quality) json_object_set_new(doc, "quality", api_json_text(t->quality));
   json_object_set_new(doc, "deadline_at", api_json_time(t->deadline_ms));
   /* The format asked for (null: as the upstream made them) and, for the
    * lossy ones, their quality. images[].content_type says what each is. */

@@ -127,7 +127,6 @@ typedef struct openai_answer {
   bool b64;      /* response_format b64_json (else url) */
   bool stream;   /* answer as image_generation.* (image_edit.*) server-sent events */
   bool edit;     /* an edit: its events are image_edit.* */
-  char quality[8];
 } openai_answer;
 
 /* --- answers --------------------------------------------------------------- */
@@ -184,12 +183,22 @@ static void reply_unfinished(http_request *req, const task *t) {
   api_reply_core_error(req, status, &e);
 }
 
+/* The quality an answer reports, as OpenAI's does: what the upstream says
+ * it made, else what was asked ("auto" when nothing was, or for a model
+ * without qualities). */
+static const char *answer_quality(const task *t) {
+  const task_result *first = t->n_results ? &t->results[0] : NULL;
+  if (first && first->quality) return first->quality;
+  return t->quality ? t->quality : "auto";
+}
+
 static void reply_images(http_request *req, core *c, const task *t, const openai_answer *a) {
   char base[600];
   api_base_url(req, c, base, sizeof base);
   buf out = BUF_INIT;
   imgate_error err = {0};
   const task_result *first = t->n_results ? &t->results[0] : NULL;
+  const char *quality = answer_quality(t);
   char size[32] = "auto";
   if (first) snprintf(size, sizeof size, "%dx%d", first->width, first->height);
   int64_t created = (t->finished_ms > 0 ? t->finished_ms : time_now_ms()) / 1000;
@@ -200,8 +209,7 @@ static void reply_images(http_request *req, core *c, const task *t, const openai
   ok = ok && buf_printf(&out,
                         "],\"background\":\"opaque\",\"output_format\":\"%s\",\"quality\":\"%s\","
                         "\"size\":\"%s\"}",
-                        format_of(first ? first->mime : NULL), a->quality[0] ? a->quality : "auto",
-                        size);
+                        format_of(first ? first->mime : NULL), quality, size);
   if (!ok) {
     buf_free(&out);
     if (!err.slug[0]) err_set(&err, ERR_INTERNAL, "internal_error", NULL, "out of memory");
@@ -229,8 +237,8 @@ static void reply_images(http_request *req, core *c, const task *t, const openai
                            "b64_json",
                            json_object_get(item, "b64_json"), "url", json_object_get(item, "url"),
                            "background", "opaque", "output_format",
-                           format_of(first ? first->mime : NULL), "quality",
-                           a->quality[0] ? a->quality : "auto", "size", size, "created_at",
+                           format_of(first ? first->mime : NULL), "quality", quality, "size",
+                           size, "created_at",
                            (json_int_t)created);
     char *text = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
     json_decref(ev);
@@ -294,6 +302,15 @@ static const char *const output_formats[] = {"png", "jpeg", "webp", NULL};
 static const char *const backgrounds[] = {"transparent", "opaque", "auto", NULL};
 static const char *const moderations[] = {"auto", "low", NULL};
 
+/* The core's quality for the client's: DALL-E's words are taken as the
+ * nearest GPT Image ones ("hd" the best, "standard" the default), so that
+ * code written for DALL-E 3 keeps working. */
+static const char *core_quality(const char *quality) {
+  if (quality && strcmp(quality, "hd") == 0) return "high";
+  if (quality && strcmp(quality, "standard") == 0) return "auto";
+  return quality;
+}
+
 static bool is_gpt_image(const char *model) {
   const catalog_model *m = catalog_lookup(model, NULL);
   return m && m->sizes == CATALOG_SIZES_GPT_IMAGE;
@@ -329,6 +346,7 @@ static void generate(http_request *req, core *c, const store_account *acct_in, j
     goto done;
   }
   gr.aspect_ratio = ratio;
+  gr.quality = core_quality(quality);
   /* What imgate cannot do yet is refused, never silently ignored. */
   if (background && strcmp(background, "transparent") == 0) {
     bad_field(req, "background", "unsupported_value",
@@ -394,7 +412,6 @@ static void generate(http_request *req, core *c, const store_account *acct_in, j
     /* GPT Image answers base64 unless asked otherwise (OpenAI's default);
      * the other models answer URLs (seed 003's default). */
     a.b64 = response_format ? strcmp(response_format, "b64_json") == 0 : is_gpt_image(gr.model);
-    snprintf(a.quality, sizeof a.quality, "%s", quality ? quality : "auto");
     API_AWAIT_TASK(req, c, &acct, t, OPENAI_SYNC_WAIT_S, answer_ready, &a);
   }
   task_free(t);
@@ -520,11 +537,15 @@ static void handle_models(http_request *req, void *ctx) {
     return;
   }
   json_t *list = json_array();
+  /* OpenAI's four members, then imgate's prices (the SDKs keep what they
+   * do not know): the native model list's, GPT Image's as its grid. */
   for (size_t i = 0; i < n; i++)
     if (info[i].available)
-      json_array_append_new(list, json_pack("{s:s, s:s, s:i, s:s}", "id", info[i].model->name,
-                                            "object", "model", "created", 0, "owned_by",
-                                            "imgate"));
+      json_array_append_new(
+          list, json_pack("{s:s, s:s, s:i, s:s, s:s, s:o, s:o}", "id", info[i].model->name,
+                          "object", "model", "created", 0, "owned_by", "imgate", "priced_by",
+                          api_priced_by(&info[i]), "prices_usd", api_json_prices(&info[i]),
+                          "reference_image_usd", api_json_usd(info[i].reference_micros)));
   free(info);
   http_reply_json(req, 200, json_pack("{s:s, s:o}", "object", "list", "data", list));
 }

@@ -214,6 +214,7 @@ typedef struct validated {
   const catalog_model *model;
   const char *aspect_ratio;
   const char *resolution;
+  const char *quality; /* "low", "medium", "high", "auto"; NULL for a model priced by resolution */
 } validated;
 
 /* output_format names a format imgate writes; output_compression is a
@@ -233,6 +234,28 @@ static int validate_output(const core_gen_request *req, imgate_error *err) {
   if (fmt != IMAGEFMT_JPEG && fmt != IMAGEFMT_WEBP)
     return err_set(err, ERR_INVALID, "invalid_output_compression", CORE_FIELD_OUTPUT_COMPRESSION,
                    "output_compression applies to output_format jpeg or webp only");
+  return 0;
+}
+
+/* The request's quality for v->model, into v->quality. */
+static int validate_quality(const core_gen_request *req, validated *v, imgate_error *err) {
+  const char *q = req->quality;
+  if (q && strcmp(q, "auto") != 0 && pricing_quality_index(q) < 0)
+    return err_set(err, ERR_INVALID, "invalid_quality", CORE_FIELD_QUALITY,
+                   "quality must be low, medium, high or auto, not \"%.*s\"",
+                   (int)utf8_cut(q, 16), q);
+  if (pricing_by_quality(v->model->name)) {
+    v->quality = q ? q : "auto";
+    return 0;
+  }
+  /* A quality that names a level on a model without levels would be taken
+   * for a promise; "auto" (OpenAI's own default) promises nothing. */
+  if (q && strcmp(q, "auto") != 0)
+    return err_set(err, ERR_INVALID, "invalid_quality", CORE_FIELD_QUALITY,
+                   "%s has no quality setting (it is priced by resolution); leave quality out "
+                   "or send auto",
+                   v->model->name);
+  v->quality = NULL;
   return 0;
 }
 
@@ -278,6 +301,7 @@ static int validate(core *c, const core_gen_request *req, validated *v, imgate_e
     return err_set(err, ERR_INVALID, "invalid_resolution", CORE_FIELD_RESOLUTION,
                    "%s does not offer resolution \"%.*s\"", v->model->name,
                    (int)utf8_cut(req->resolution, 16), req->resolution);
+  if (validate_quality(req, v, err) < 0) return -1;
   size_t max_images = (size_t)v->model->max_reference_images;
   if ((size_t)c->cfg.max_reference_images < max_images)
     max_images = (size_t)c->cfg.max_reference_images;
@@ -302,15 +326,20 @@ static int validate(core *c, const core_gen_request *req, validated *v, imgate_e
   return validate_output(req, err);
 }
 
-/* Prices t from the catalog: unit price per image, surcharge per reference
- * image, and the hold (quantity x unit + surcharges) taken at insert. */
+/* Prices t from the catalog: the hold per image (for "auto" quality or size
+ * the largest price the upstream's choice could land on; what each image
+ * really costs is captured when it is delivered), the surcharge per
+ * reference image, and the hold (quantity x unit + surcharges) taken at
+ * insert. */
 static int price_task(core *c, task *t, size_t n_refs, imgate_error *err) {
-  int64_t unit = pricing_unit(&c->cfg, t->model, t->resolution, NULL);
+  int64_t unit = pricing_unit(&c->cfg, t->model, t->resolution, t->aspect_ratio, t->quality);
   int64_t per_ref = pricing_reference(&c->cfg, t->model);
-  int64_t held = pricing_quote(&c->cfg, t->model, t->resolution, NULL, t->quantity, (int)n_refs);
+  int64_t held = pricing_quote(&c->cfg, t->model, t->resolution, t->aspect_ratio, t->quality,
+                               t->quantity, (int)n_refs);
   if (unit < 0 || per_ref < 0 || held < 0)
-    return err_set(err, ERR_INTERNAL, "price_unknown", NULL, "%s at %s has no price", t->model,
-                   t->resolution);
+    return err_set(err, ERR_INTERNAL, "price_unknown", NULL, "%s at %s%s%s has no price",
+                   t->model, t->resolution, t->quality ? ", quality " : "",
+                   t->quality ? t->quality : "");
   t->price_unit_micros = unit;
   t->price_refs_micros = per_ref * (int64_t)n_refs;
   t->cost_held_micros = held;
@@ -423,6 +452,12 @@ bool core_request_hash(const core_gen_request *req, char out[65]) {
     hash_count(h, req->output_compression_set);
     hash_count(h, req->output_compression_set ? (size_t)req->output_compression : 0);
   }
+  /* And the quality, only when given (as given: absent and "auto" differ). */
+  if (req->quality) {
+    static const char quality[] = "quality-v1";
+    hash_bytes(h, quality, sizeof quality - 1);
+    hash_field(h, req->quality);
+  }
   ids_sha256_end(h, out);
   return true;
 }
@@ -490,6 +525,7 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
   t->prompt = strdup(req->prompt);
   t->aspect_ratio = strdup(v.aspect_ratio);
   t->resolution = strdup(v.resolution);
+  t->quality = v.quality ? strdup(v.quality) : NULL;
   t->webhook_url = req->webhook_url ? strdup(req->webhook_url) : NULL;
   t->webhook_events = req->webhook_events;
   t->dialect = strdup(req->dialect ? req->dialect : "native");
@@ -501,6 +537,7 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
   t->created_ms = time_now_ms();
   t->deadline_ms = req->deadline_s > 0 ? t->created_ms + (int64_t)req->deadline_s * 1000 : 0;
   if (!t->model || !t->prompt || !t->aspect_ratio || !t->resolution || !t->dialect ||
+      (v.quality && !t->quality) ||
       (req->webhook_url && !t->webhook_url) || (req->public_base && !t->public_base) ||
       (req->output_format && *req->output_format && !t->output_format)) {
     err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
@@ -711,25 +748,41 @@ int core_models(core *c, core_model_info **out, size_t *n) {
   const catalog_model *models = catalog_models(&count);
   core_model_info *info = calloc(count ? count : 1, sizeof *info);
   if (!info) return -1;
-  static const char *const qualities[] = {"low", "medium", "high", NULL};
   for (size_t i = 0; i < count; i++) {
     const catalog_model *m = &models[i];
     core_model_info *mi = &info[i];
     mi->model = m;
     mi->available = engine_serves(c->eng, m->name);
-    bool by_quality = m->sizes == CATALOG_SIZES_GPT_IMAGE;
-    const char *const *names = by_quality ? qualities : m->resolutions;
-    for (size_t k = 0; names[k] && mi->n_prices < CORE_MAX_PRICES; k++) {
-      int64_t p = by_quality ? pricing_unit(&c->cfg, m->name, NULL, names[k])
-                             : pricing_unit(&c->cfg, m->name, names[k], NULL);
-      if (p < 0) continue; /* not priced: not offered at that price */
-      mi->prices[mi->n_prices].name = names[k];
-      mi->prices[mi->n_prices++].micros = p;
+    mi->by_quality = pricing_by_quality(m->name);
+    if (mi->by_quality) {
+      /* The grid, cell by cell: a size is asked for by its ratio. */
+      for (size_t k = 0; m->aspect_ratios[k]; k++) {
+        int w, h;
+        char wxh[32];
+        if (!catalog_pixel_size(m, m->aspect_ratios[k], m->default_resolution, &w, &h)) continue;
+        snprintf(wxh, sizeof wxh, "%dx%d", w, h);
+        int s = pricing_size_index(wxh);
+        for (int q = 0; s >= 0 && q < PRICING_QUALITIES; q++) {
+          int64_t p = pricing_unit(&c->cfg, m->name, NULL, m->aspect_ratios[k],
+                                   pricing_quality_name(q));
+          if (p < 0 || mi->n_prices == CORE_MAX_PRICES) continue; /* not priced: not offered */
+          mi->prices[mi->n_prices].name = pricing_quality_name(q);
+          mi->prices[mi->n_prices].size = pricing_size_name(s);
+          mi->prices[mi->n_prices++].micros = p;
+        }
+      }
+    } else {
+      for (size_t k = 0; m->resolutions[k] && mi->n_prices < CORE_MAX_PRICES; k++) {
+        int64_t p = pricing_unit(&c->cfg, m->name, m->resolutions[k], NULL, NULL);
+        if (p < 0) continue; /* not priced: not offered at that price */
+        mi->prices[mi->n_prices].name = m->resolutions[k];
+        mi->prices[mi->n_prices++].micros = p;
+      }
     }
     int64_t ref = pricing_reference(&c->cfg, m->name);
     mi->reference_micros = ref > 0 ? ref : 0;
-    /* As price_task prices a request without resolution or quality. */
-    mi->default_micros = pricing_unit(&c->cfg, m->name, m->default_resolution, NULL);
+    /* As price_task holds for a request without resolution, quality or size. */
+    mi->default_micros = pricing_unit(&c->cfg, m->name, m->default_resolution, NULL, NULL);
   }
   *out = info;
   *n = count;

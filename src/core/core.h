@@ -25,6 +25,7 @@
 #define CORE_FIELD_MODEL "model"
 #define CORE_FIELD_ASPECT_RATIO "aspect_ratio"
 #define CORE_FIELD_RESOLUTION "resolution"
+#define CORE_FIELD_QUALITY "quality"
 #define CORE_FIELD_IMAGES "images"
 #define CORE_FIELD_WEBHOOK "webhook_url"
 #define CORE_FIELD_IDEMPOTENCY_KEY "idempotency_key" /* the Idempotency-Key header */
@@ -44,6 +45,12 @@ typedef struct core_gen_request {
   const char *prompt;
   const char *aspect_ratio; /* NULL = "auto" */
   const char *resolution;   /* NULL = the model's default */
+  /* "low", "medium", "high" or "auto" (NULL = "auto"): the quality of a
+   * model priced by quality (GPT Image), sent upstream as asked. A model
+   * priced by resolution (Gemini) has none: "auto" and NULL are taken,
+   * anything else is refused (ERR_INVALID "invalid_quality"), since no
+   * setting of it would change the image or the price. */
+  const char *quality;
   const char *webhook_url;  /* NULL = none */
   const char *const *images;/* each: https URL, data: URI, or bare base64 */
   size_t n_images;
@@ -139,9 +146,10 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
  * absent or as its length and bytes; then the number of reference images
  * and each reference as its length and bytes (URL, data URI or base64 as
  * given, in order); then, each only when given (so that older requests
- * hash as they did), uploads, delivery options, quantity and the output
- * format and compression. Nothing else counts: JSON layout, member order and
- * fields the dialect ignores do not. Returns false when memory runs out. */
+ * hash as they did), uploads, delivery options, quantity, the output format
+ * and compression, and the quality. Nothing else counts: JSON layout, member
+ * order and fields the dialect ignores do not. Returns false when memory runs
+ * out. */
 bool core_request_hash(const core_gen_request *req, char out[65]);
 
 /* True when key is an acceptable Idempotency-Key (see core_submit). */
@@ -206,14 +214,16 @@ int core_list_tasks(core *c, const store_account *acct, const char *after, int l
 void core_tasks_free(task **tasks, size_t n);
 
 /* One catalog model as clients see it: whether this server serves it now,
- * and its prices (micro-dollars per image by resolution, or by quality for
- * GPT Image; the surcharge per reference image). */
-#define CORE_MAX_PRICES 8
+ * and its prices (micro-dollars per image by resolution, or for GPT Image
+ * by quality and size; the surcharge per reference image). */
+#define CORE_MAX_PRICES 12
 typedef struct core_model_info {
   const catalog_model *model;
   bool available;
+  bool by_quality; /* priced by quality and size (GPT Image), else by resolution */
   struct {
-    const char *name; /* "1K", ... or "low", "medium", "high" */
+    const char *name; /* "1K", ... or a quality: "low", "medium", "high" */
+    const char *size; /* by quality: "1024x1024", "1536x1024", "1024x1536"; else NULL */
     int64_t micros;
   } prices[CORE_MAX_PRICES];
   size_t n_prices;
@@ -222,8 +232,9 @@ typedef struct core_model_info {
 } core_model_info;
 
 /* Every catalog model, in display order; *out is malloc'd (free it).
- * default_micros (in core_model_info) is what one image costs a request
- * that names no resolution or quality; -1 when that is not priced. */
+ * default_micros (in core_model_info) is what one image holds for a
+ * request that names no resolution, quality or size (for GPT Image the
+ * largest price of its grid); -1 when that is not priced. */
 int core_models(core *c, core_model_info **out, size_t *n);
 
 /* The task's events with seq > after_seq (task.h: task_event), oldest first;

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/pricing.h"
 #include "core/transcode.h"
 #include "core/webhooks.h"
 #include "util/dheap.h"
@@ -240,14 +241,15 @@ static const int finish_retry_ms[] = {50, 200, 1000, 3000};
  * another had); false when the write failed and the task stays running. */
 static bool finish_task(engine *e, const task *t, const char *task_id, int run, task_state state,
                         const char *code, const char *message, const task_result *results,
-                        size_t n_results, int64_t dur_ms, const task_attempt *attempt) {
+                        size_t n_results, int64_t charge, int64_t dur_ms,
+                        const task_attempt *attempt) {
   int rc;
   store_outbox ob;
   char ob_id[WEBHOOKS_ID_SIZE];
   bool has_ob = webhooks_outbox_for(t, state, &ob, ob_id);
   for (size_t i = 0;; i++) {
     rc = e->st->ops->task_finish(e->st, task_id, run, state, code, message, results, n_results,
-                                 time_now_ms(), attempt, has_ob ? &ob : NULL);
+                                 charge, time_now_ms(), attempt, has_ob ? &ob : NULL);
     if (rc == STORE_OK || rc == STORE_CONFLICT || rc == STORE_NOT_FOUND ||
         i == sizeof finish_retry_ms / sizeof finish_retry_ms[0] ||
         e->st->ops->health(e->st, NULL, 0) != STORE_OK)
@@ -260,9 +262,10 @@ static bool finish_task(engine *e, const task *t, const char *task_id, int run, 
   }
   char qmsg[300];
   if (rc == STORE_OK) {
-    LOG_INFO("task_finished", "task=%s state=%s attempt=%d images=%zu dur_ms=%lld code=%s",
-             task_id, task_state_name(state), run, n_results, (long long)dur_ms,
-             code ? code : "-");
+    LOG_INFO("task_finished",
+             "task=%s state=%s attempt=%d images=%zu charged_micros=%lld dur_ms=%lld code=%s",
+             task_id, task_state_name(state), run, n_results, (long long)charge,
+             (long long)dur_ms, code ? code : "-");
     pthread_mutex_lock(&e->lock);
     e->finished++;
     pthread_mutex_unlock(&e->lock);
@@ -311,7 +314,7 @@ static bool job_canceled(engine *e, job *j, char code[24]) {
  * last upstream attempt, recorded in the same transaction (NULL: none ended). */
 static void finish_job(engine *e, job *j, task_state state, const char *code,
                        const char *message, const task_attempt *attempt) {
-  if (finish_task(e, j->t, j->task_id, j->run, state, code, message, NULL, 0,
+  if (finish_task(e, j->t, j->task_id, j->run, state, code, message, NULL, 0, 0,
                   time_mono_ms() - j->run_started_mono, attempt))
     remove_inputs(e, j->t);
   job_release(e, j);
@@ -361,18 +364,45 @@ static int store_images(engine *e, const job *j, const provider_outcome *o,
   return (int)o->n_images;
 }
 
+/* Prices each delivered image (pricing_image: its own pixels, the quality
+ * the upstream reported) into its result, and returns what the task is
+ * charged for them all; -1 (nothing priced) when memory runs out. */
+static int64_t price_results(engine *e, const task *t, const provider_outcome *o,
+                             task_result *results, size_t n) {
+  int64_t *prices = calloc(n ? n : 1, sizeof *prices);
+  if (!prices) return -1;
+  for (size_t i = 0; i < n; i++) {
+    task_result *r = &results[i];
+    r->price_micros = pricing_image(e->cfg.prices, t->model, t->aspect_ratio, t->quality,
+                                    r->width, r->height, o->quality, t->price_unit_micros);
+    prices[i] = r->price_micros;
+    if (o->quality[0] && !(r->quality = strdup(o->quality))) {
+      free(prices);
+      return -1;
+    }
+  }
+  int64_t charge = pricing_charge(prices, n, t->price_refs_micros, t->cost_held_micros);
+  free(prices);
+  return charge;
+}
+
 static void finish_with_images(engine *e, job *j, const provider_outcome *o,
                                const task_attempt *attempt) {
   int64_t dur = time_mono_ms() - j->run_started_mono;
   task_result *results = calloc(o->n_images, sizeof *results);
   int n = results ? store_images(e, j, o, results) : -1;
+  int64_t charge = n >= 0 ? price_results(e, j->t, o, results, (size_t)n) : -1;
   bool final;
-  if (n < 0) {
+  if (n < 0 || charge < 0) {
+    for (int i = 0; i < n; i++) {
+      e->bl->ops->remove(e->bl, results[i].blob_key);
+      task_result_clear(&results[i]);
+    }
     final = finish_task(e, j->t, j->task_id, j->run, TASK_FAILED, "storage_error",
-                        "the result image could not be stored", NULL, 0, dur, attempt);
+                        "the result image could not be stored", NULL, 0, 0, dur, attempt);
   } else {
-    final = finish_task(e, j->t, j->task_id, j->run, TASK_SUCCEEDED, NULL, NULL, results, (size_t)n,
-                        dur, attempt);
+    final = finish_task(e, j->t, j->task_id, j->run, TASK_SUCCEEDED, NULL, NULL, results,
+                        (size_t)n, charge, dur, attempt);
     for (int i = 0; i < n; i++) task_result_clear(&results[i]);
   }
   if (final) remove_inputs(e, j->t);
@@ -894,6 +924,7 @@ static void run_attempt(engine *e, job *j, router_route *route) {
       .prompt = j->t->prompt,
       .aspect_ratio = j->t->aspect_ratio,
       .resolution = j->t->resolution,
+      .quality = j->t->quality,
       .quantity = j->t->quantity > 0 ? j->t->quantity : 1,
       .inputs = li.inputs,
       .n_inputs = li.n,

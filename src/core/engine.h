@@ -25,9 +25,10 @@
  *     then either schedule a retry (retryable failure, attempts and deadline
  *     left: exponential backoff with equal jitter, at least what the upstream
  *     asked for with Retry-After/RetryInfo, preferably on another route) or
- *     write the images to the blob store and finish the task in the store
- *     (compare-and-set on state and attempts, results in the same
- *     transaction), logging `task_finished` once.
+ *     write the images to the blob store, price each (core/pricing.h) and
+ *     finish the task in the store (compare-and-set on state and attempts,
+ *     results and the charge in the same transaction), logging
+ *     `task_finished` once.
  *
  * Crash recovery (engine_start): tasks left running by a dead process are put
  * back to queued and every queued task is enqueued again, oldest first. A
@@ -45,6 +46,7 @@
 #include <stdint.h>
 
 #include "blob/blob.h"
+#include "config.h"
 #include "store/store.h"
 #include "upstream/curlloop.h"
 #include "upstream/fetch.h"
@@ -66,6 +68,10 @@ typedef struct engine_config {
   int transcode_threads;   /* threads converting images to a task's output_format (<= 0: 2) */
   int64_t transcode_max_pixels; /* larger images are not converted (<= 0: the default,
                                    core/transcode.h) */
+  /* The price list a finishing task's delivered images are priced by
+   * (core/pricing.h: pricing_image, never more than the task's hold per
+   * image); it must outlive the engine. NULL: each image costs its hold. */
+  const imgate_config *prices;
   /* Called after each change of a task this engine commits (a run started,
    * an attempt recorded before a retry, the task final, canceled or put back
    * to queued), on the thread that committed it: quick (it wakes waiters

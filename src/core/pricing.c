@@ -1,17 +1,23 @@
 /* pricing.c - the built-in price table, price look-up and USD text. */
 #include "core/pricing.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 
 #include "core/catalog.h"
 
-/* Names of the price slots, in CONFIG_PRICE_* order. */
-static const char *const slot_names[CONFIG_PRICE_SLOTS] = {
-    "512", "1K", "2K", "4K", "low", "medium", "high",
-};
+/* Names of the resolution slots, in CONFIG_PRICE_* order. */
+static const char *const resolution_names[CONFIG_PRICE_GRID] = {"512", "1K", "2K", "4K"};
+
+/* GPT Image's grid: the qualities, then the sizes in the order of the
+ * catalog's ratios 1:1, 3:2, 2:3 (square, landscape, portrait). */
+static const char *const quality_names[PRICING_QUALITIES] = {"low", "medium", "high"};
+static const char *const size_names[PRICING_SIZES] = {"1024x1024", "1536x1024", "1024x1536"};
+
+_Static_assert(CONFIG_PRICE_SLOTS == CONFIG_PRICE_GRID + PRICING_QUALITIES * PRICING_SIZES,
+               "config.h's grid is pricing.h's grid");
 
 /* Built-in prices, micro-dollars per image. Where they come from:
  *  - nano-banana 1K: seed 000 sells it "from $0.0095".
@@ -19,16 +25,17 @@ static const char *const slot_names[CONFIG_PRICE_SLOTS] = {
  *    512 is not in the seeds and is set below 1K at $0.020.
  *  - nano-banana-pro: about half of Google's list price ($0.134 at 1K/2K,
  *    $0.24 at 4K), where the resellers in the seeds sit.
- *  - gpt-image-1: OpenAI's own 1024x1024 prices per quality (low $0.011,
- *    medium $0.042, high $0.167). The 3:2 and 2:3 sizes cost OpenAI about
- *    1.5x as much; the catalog prices by resolution, not by ratio, so those
- *    sell at the square price unless the operator raises it.
+ *  - gpt-image-1: OpenAI's own list prices per image, by quality and size
+ *    (shared/reference/upstreams.md): low $0.011 square, $0.016 landscape or
+ *    portrait; medium $0.042 / $0.063; high $0.167 / $0.25.
  * Anything not listed here is not priced, so it cannot be sold by accident. */
 typedef struct default_price {
   const char *model;
   int slot;
   int64_t micros;
 } default_price;
+
+#define GPT_CELL(q, s) (CONFIG_PRICE_GRID + (q) * PRICING_SIZES + (s))
 
 static const default_price default_prices[] = {
     {"nano-banana", CONFIG_PRICE_1K, 9500},
@@ -39,16 +46,48 @@ static const default_price default_prices[] = {
     {"nano-banana-pro", CONFIG_PRICE_1K, 67000},
     {"nano-banana-pro", CONFIG_PRICE_2K, 67000},
     {"nano-banana-pro", CONFIG_PRICE_4K, 120000},
-    {"gpt-image-1", CONFIG_PRICE_LOW, 11000},
-    {"gpt-image-1", CONFIG_PRICE_MEDIUM, 42000},
-    {"gpt-image-1", CONFIG_PRICE_HIGH, 167000},
+    {"gpt-image-1", GPT_CELL(0, 0), 11000},
+    {"gpt-image-1", GPT_CELL(0, 1), 16000},
+    {"gpt-image-1", GPT_CELL(0, 2), 16000},
+    {"gpt-image-1", GPT_CELL(1, 0), 42000},
+    {"gpt-image-1", GPT_CELL(1, 1), 63000},
+    {"gpt-image-1", GPT_CELL(1, 2), 63000},
+    {"gpt-image-1", GPT_CELL(2, 0), 167000},
+    {"gpt-image-1", GPT_CELL(2, 1), 250000},
+    {"gpt-image-1", GPT_CELL(2, 2), 250000},
 };
 
-/* GPT Image charges by quality, and offers a single resolution here; the
- * Gemini models charge by resolution and have no quality setting. */
-static bool priced_by_quality(const catalog_model *m) {
-  return strcmp(m->upstream_kind, "openai") == 0;
+const char *pricing_quality_name(int q) {
+  return q >= 0 && q < PRICING_QUALITIES ? quality_names[q] : NULL;
 }
+
+static int name_index(const char *const *names, int n, const char *name) {
+  if (!name) return -1;
+  for (int i = 0; i < n; i++)
+    if (strcmp(names[i], name) == 0) return i;
+  return -1;
+}
+
+int pricing_quality_index(const char *name) {
+  return name_index(quality_names, PRICING_QUALITIES, name);
+}
+
+const char *pricing_size_name(int s) { return s >= 0 && s < PRICING_SIZES ? size_names[s] : NULL; }
+
+int pricing_size_index(const char *name) { return name_index(size_names, PRICING_SIZES, name); }
+
+int pricing_cell(int q, int s) {
+  assert(q >= 0 && q < PRICING_QUALITIES && s >= 0 && s < PRICING_SIZES);
+  return GPT_CELL(q, s);
+}
+
+/* GPT Image charges by quality and size; the Gemini models charge by
+ * resolution and have no quality setting. */
+static bool model_by_quality(const catalog_model *m) {
+  return m && m->sizes == CATALOG_SIZES_GPT_IMAGE;
+}
+
+bool pricing_by_quality(const char *model) { return model_by_quality(catalog_find(model)); }
 
 void pricing_defaults(imgate_config *c) {
   size_t n;
@@ -65,20 +104,13 @@ void pricing_defaults(imgate_config *c) {
   }
 }
 
-static int slot_index(const char *name, int first, int last) {
-  for (int s = first; s <= last; s++)
-    if (strcmp(slot_names[s], name) == 0) return s;
-  return -1;
-}
-
 int pricing_slot(const char *model, const char *name) {
   const catalog_model *m = catalog_find(model);
-  if (!m || !name) return -1;
-  if (priced_by_quality(m)) return slot_index(name, CONFIG_PRICE_LOW, CONFIG_PRICE_HIGH);
+  if (!m || !name || model_by_quality(m)) return -1;
   /* Exact spelling only: "1k" next to "1K" in a file would otherwise
    * silently overwrite one another. */
   for (const char *const *r = m->resolutions; *r; r++)
-    if (strcmp(*r, name) == 0) return slot_index(name, CONFIG_PRICE_512, CONFIG_PRICE_4K);
+    if (strcmp(*r, name) == 0) return name_index(resolution_names, CONFIG_PRICE_GRID, name);
   return -1;
 }
 
@@ -89,26 +121,102 @@ const config_price *pricing_find(const imgate_config *cfg, const char *model) {
   return NULL;
 }
 
-/* The slot a request's quality is charged at, or -1. */
-static int quality_slot(const char *quality) {
-  if (!quality || !*quality || strcasecmp(quality, "auto") == 0) return CONFIG_PRICE_MEDIUM;
-  for (int s = CONFIG_PRICE_LOW; s <= CONFIG_PRICE_HIGH; s++)
-    if (strcasecmp(slot_names[s], quality) == 0) return s;
-  return -1;
+/* A range of grid rows or columns: [first, last]. */
+typedef struct grid_span {
+  int first, last;
+} grid_span;
+
+static const grid_span every_quality = {0, PRICING_QUALITIES - 1};
+static const grid_span every_size = {0, PRICING_SIZES - 1};
+
+static bool is_auto(const char *s) { return !s || !*s || strcmp(s, "auto") == 0; }
+
+/* The grid column of a catalog ratio of m ("3:2" -> 1536x1024); -1 when m
+ * does not draw it. The catalog's pixel table is the one truth of which
+ * ratio is which size. */
+static int size_of_ratio(const catalog_model *m, const char *ratio) {
+  int w, h;
+  if (!catalog_pixel_size(m, ratio, m->default_resolution, &w, &h)) return -1;
+  char name[32];
+  snprintf(name, sizeof name, "%dx%d", w, h);
+  return pricing_size_index(name);
+}
+
+/* The largest price in the cells of the spans; -1 when one is not priced. */
+static int64_t grid_max(const config_price *p, grid_span q, grid_span s) {
+  int64_t max = -1;
+  for (int i = q.first; i <= q.last; i++)
+    for (int k = s.first; k <= s.last; k++) {
+      int64_t v = p->unit[GPT_CELL(i, k)];
+      if (v < 0) return -1;
+      if (v > max) max = v;
+    }
+  return max;
 }
 
 int64_t pricing_unit(const imgate_config *cfg, const char *model, const char *resolution,
-                     const char *quality) {
+                     const char *aspect_ratio, const char *quality) {
   const catalog_model *m = catalog_find(model);
   const config_price *p = pricing_find(cfg, model);
   if (!m || !p) return -1;
   if (!resolution || !*resolution) resolution = m->default_resolution;
   const char *res = catalog_resolution(m, resolution);
   if (!res) return -1;
-  int slot = priced_by_quality(m) ? quality_slot(quality)
-                                  : slot_index(res, CONFIG_PRICE_512, CONFIG_PRICE_4K);
-  if (slot < 0 || p->unit[slot] < 0) return -1;
-  return p->unit[slot];
+  if (!model_by_quality(m)) {
+    int slot = name_index(resolution_names, CONFIG_PRICE_GRID, res);
+    return slot < 0 || p->unit[slot] < 0 ? -1 : p->unit[slot];
+  }
+  grid_span qs = every_quality, ss = every_size;
+  if (!is_auto(quality)) {
+    int q = pricing_quality_index(quality);
+    if (q < 0) return -1;
+    qs = (grid_span){q, q};
+  }
+  if (!is_auto(aspect_ratio)) {
+    int s = size_of_ratio(m, aspect_ratio);
+    if (s < 0) return -1;
+    ss = (grid_span){s, s};
+  }
+  return grid_max(p, qs, ss);
+}
+
+int64_t pricing_image(const imgate_config *cfg, const char *model, const char *aspect_ratio,
+                      const char *quality, int width, int height, const char *quality_answered,
+                      int64_t held_unit) {
+  assert(held_unit >= 0);
+  const catalog_model *m = catalog_find(model);
+  const config_price *p = pricing_find(cfg, model);
+  if (!model_by_quality(m) || !p) return held_unit;
+  /* The quality: the upstream's report, else what was asked, else any. */
+  grid_span qs = every_quality;
+  int q = pricing_quality_index(quality_answered);
+  if (q < 0) q = pricing_quality_index(quality);
+  if (q >= 0) qs = (grid_span){q, q};
+  /* The size: the image's own pixels, else what was asked, else any. */
+  grid_span ss = every_size;
+  int s = -1;
+  if (width > 0 && height > 0)
+    s = size_of_ratio(m, catalog_resolve_ratio(m, "auto", width, height));
+  else if (!is_auto(aspect_ratio))
+    s = size_of_ratio(m, aspect_ratio);
+  if (s >= 0) ss = (grid_span){s, s};
+  int64_t price = grid_max(p, qs, ss);
+  return price < 0 || price > held_unit ? held_unit : price;
+}
+
+int64_t pricing_charge(const int64_t *image_prices, size_t n, int64_t refs_micros,
+                       int64_t held_micros) {
+  assert(held_micros >= 0 && refs_micros >= 0);
+  if (n == 0) return 0;
+  int64_t charge = refs_micros < held_micros ? refs_micros : held_micros;
+  for (size_t i = 0; i < n; i++) {
+    assert(image_prices[i] >= 0);
+    /* Compared before adding: never more than the client agreed to, and no
+     * sum that could wrap. */
+    if (image_prices[i] >= held_micros - charge) return held_micros;
+    charge += image_prices[i];
+  }
+  return charge;
 }
 
 int64_t pricing_reference(const imgate_config *cfg, const char *model) {
@@ -124,8 +232,9 @@ static bool mul_nonneg(int64_t a, int64_t b, int64_t *out) {
 }
 
 int64_t pricing_quote(const imgate_config *cfg, const char *model, const char *resolution,
-                      const char *quality, int quantity, int n_reference_images) {
-  int64_t unit = pricing_unit(cfg, model, resolution, quality);
+                      const char *aspect_ratio, const char *quality, int quantity,
+                      int n_reference_images) {
+  int64_t unit = pricing_unit(cfg, model, resolution, aspect_ratio, quality);
   int64_t ref = pricing_reference(cfg, model);
   if (unit < 0 || ref < 0 || quantity < 0 || n_reference_images < 0) return -1;
   int64_t images, refs;

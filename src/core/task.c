@@ -88,6 +88,7 @@ void task_result_clear(task_result *r) {
   free(r->token);
   free(r->mime);
   free(r->etag);
+  free(r->quality);
   memset(r, 0, sizeof *r);
 }
 
@@ -105,6 +106,7 @@ void task_free(task *t) {
   free(t->prompt);
   free(t->aspect_ratio);
   free(t->resolution);
+  free(t->quality);
   free(t->webhook_url);
   free(t->dialect);
   free(t->public_base);

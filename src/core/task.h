@@ -100,6 +100,9 @@ typedef struct task_result {
   int width, height;
   int64_t bytes;
   int64_t expires_ms;  /* unix ms after which the URL answers 404 */
+  int64_t price_micros;/* what this image was charged (core/pricing.h: pricing_image) */
+  char *quality;       /* the quality the upstream reported making it at ("low", "medium",
+                          "high"); NULL when it did not say */
 } task_result;
 
 /* One upstream call made for a task: a run may make several (retries,
@@ -122,6 +125,8 @@ typedef struct task {
   char *prompt;
   char *aspect_ratio; /* as requested ("auto" allowed) */
   char *resolution;   /* normalised: "512", "1K", "2K", "4K" */
+  char *quality;      /* models priced by quality (GPT Image): "low", "medium", "high" or
+                         "auto" as requested; NULL for the others */
   char *webhook_url;  /* NULL when none */
   unsigned webhook_events; /* TASK_WEBHOOK_* bits: optional events to send besides the final one */
   char *dialect;      /* API dialect that created the task and renders its webhook payloads
@@ -145,10 +150,13 @@ typedef struct task {
   size_t n_inputs;
   task_result *results;
   size_t n_results;
-  int64_t price_unit_micros;  /* price of one delivered image */
+  int64_t price_unit_micros;  /* hold per image: the price of one image, the largest one
+                                 the request could land on when it leaves a choice to the
+                                 upstream ("auto" quality or size) */
   int64_t price_refs_micros;  /* reference-image surcharge, charged once if any image is delivered */
   int64_t cost_held_micros;   /* held at submit: quantity x unit + surcharge */
-  int64_t cost_charged_micros;/* captured at the end (0 until then, and for failed tasks) */
+  int64_t cost_charged_micros;/* captured at the end: the delivered images' prices plus the
+                                 surcharge (0 until then, and for failed tasks) */
   task_attempt *upstream_attempts; /* oldest first */
   size_t n_upstream_attempts;
 } task;

@@ -249,6 +249,16 @@ static const char *const sql_migrations[] = {
     "  CHECK (output_format IN ('png', 'jpeg', 'webp'));"
     "ALTER TABLE tasks ADD COLUMN output_compression INTEGER NOT NULL DEFAULT 100"
     "  CHECK (output_compression BETWEEN 0 AND 100);",
+    /* 8: GPT Image priced by quality and size. The quality a task asked for
+     * (NULL for models that have none); each delivered image's price, as
+     * the core charged it, and the quality its upstream reported (NULL when
+     * it did not say). Images delivered before were each charged their
+     * task's unit price. */
+    "ALTER TABLE tasks ADD COLUMN quality TEXT;"
+    "ALTER TABLE task_results ADD COLUMN price INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE task_results ADD COLUMN quality TEXT;"
+    "UPDATE task_results SET price ="
+    "  (SELECT price_unit FROM tasks WHERE tasks.id = task_results.task_id);",
 };
 
 #define SQL_MIGRATION_COUNT ((int64_t)(sizeof sql_migrations / sizeof sql_migrations[0]))
@@ -970,15 +980,16 @@ static int sql_insert_task_row(sqlite3 *db, const task *t) {
                  " webhook_url, provider, quantity, attempts, created_ms, started_ms, finished_ms,"
                  " error_code, error_message, price_unit, price_refs, cost_held, dialect,"
                  " public_base, deadline_ms, webhook_events, output_format, output_compression,"
-                 " event_seq)"
-                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
-                 "tItttttttiiIIIttIIIttIIti", t->id, t->account_id,
+                 " quality, event_seq)"
+                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
+                 "tItttttttiiIIIttIIIttIItit", t->id, t->account_id,
                  task_state_name(t->state), t->model, t->prompt, t->aspect_ratio, t->resolution,
                  t->webhook_url, t->provider, t->quantity, t->attempts, t->created_ms,
                  t->started_ms, t->finished_ms, t->error_code, t->error_message,
                  t->price_unit_micros, t->price_refs_micros, t->cost_held_micros,
                  t->dialect ? t->dialect : "native", t->public_base, t->deadline_ms,
-                 (int64_t)t->webhook_events, t->output_format, t->output_compression);
+                 (int64_t)t->webhook_events, t->output_format, t->output_compression,
+                 t->quality);
 }
 
 /* ---- task events and the webhook outbox --------------------------------------------------- */
@@ -1620,9 +1631,10 @@ static int sql_insert_results(sqlite3 *db, const char *task_id, const task_resul
     const task_result *r = &results[i];
     rc = sql_run(db, "task_finish_result",
                  "INSERT INTO task_results(task_id, idx, blob_key, token, mime, etag, width,"
-                 " height, bytes, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 "tittttiiII", task_id, r->index, r->blob_key,
-                 r->token, r->mime, r->etag, r->width, r->height, r->bytes, r->expires_ms);
+                 " height, bytes, expires_ms, price, quality)"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 "tittttiiIIIt", task_id, r->index, r->blob_key, r->token, r->mime, r->etag,
+                 r->width, r->height, r->bytes, r->expires_ms, r->price_micros, r->quality);
   }
   /* The task's CAS matched, so CONFLICT here would lie to the caller ("someone
    * else finished it"); a duplicate token or index is a failed write. */
@@ -1634,35 +1646,32 @@ static int sql_insert_results(sqlite3 *db, const char *task_id, const task_resul
   return rc;
 }
 
-/* Captures the price of what a finishing task delivered and releases the
- * rest of its hold, inside its finishing transaction: the compare-and-set
- * that lets exactly one run finish the task also lets exactly one run bill
- * it (and ledger_task_once would refuse a second capture anyway). */
+/* Captures charge (what the core priced the delivered images at) and
+ * releases the rest of the task's hold, inside its finishing transaction:
+ * the compare-and-set that lets exactly one run finish the task also lets
+ * exactly one run bill it (and ledger_task_once would refuse a second
+ * capture anyway). The amounts are the core's; this only keeps the rows,
+ * and refuses a charge the contract does not allow (store.h: task_finish). */
 static int sql_settle_locked(sqlite3 *db, const char *task_id, task_state final_state,
-                             size_t delivered, int64_t now_ms) {
+                             size_t delivered, int64_t charge, int64_t now_ms) {
   sqlite3_stmt *st;
   bool cached = false;
   int rc = sql_prepare_kept(db, &st, &cached, "task_settle",
-                            "SELECT account_id, price_unit, price_refs, cost_held FROM tasks"
-                            " WHERE id = ?",
-                            "t", task_id);
+                            "SELECT account_id, cost_held FROM tasks WHERE id = ?", "t", task_id);
   if (rc != STORE_OK) return rc;
   rc = sql_step_row(db, st, "task_settle");
-  int64_t account = 0, unit = 0, refs = 0, held = 0;
+  int64_t account = 0, held = 0;
   if (rc == STORE_OK) {
     account = sqlite3_column_int64(st, 0);
-    unit = sqlite3_column_int64(st, 1);
-    refs = sqlite3_column_int64(st, 2);
-    held = sqlite3_column_int64(st, 3);
+    held = sqlite3_column_int64(st, 1);
   }
   sql_stmt_done(st, cached);
-  if (rc != STORE_OK || held <= 0) return rc;
-  int64_t charge = 0;
-  if (final_state == TASK_SUCCEEDED && delivered > 0) {
-    charge = refs;
-    for (size_t i = 0; i < delivered && charge < held; i++) charge += unit;
-    if (charge > held) charge = held; /* never more than the client agreed to */
-  }
+  if (rc != STORE_OK) return rc;
+  bool may_charge = final_state == TASK_SUCCEEDED && delivered > 0;
+  if (charge < 0 || charge > held || (charge > 0 && !may_charge))
+    return sql_misuse("task_finish",
+                      "charge outside 0..hold, or for a task that delivered nothing");
+  if (held <= 0) return STORE_OK;
   if (charge > 0)
     rc = sql_ledger_append(db, account, LEDGER_CAPTURE, 0, -charge, task_id, "images delivered",
                            now_ms, false);
@@ -1680,7 +1689,7 @@ static int sql_settle_locked(sqlite3 *db, const char *task_id, task_state final_
 static int sql_finish_locked(sqlite3 *db, const char *task_id, int attempt,
                              task_state final_state, const char *error_code,
                              const char *error_message, const task_result *results,
-                             size_t n_results, int64_t now_ms) {
+                             size_t n_results, int64_t charge, int64_t now_ms) {
   sql_event_row row;
   int rc = sql_update_task(db, "task_finish", &row,
                            "UPDATE tasks SET state = ?, finished_ms = ?, error_code = ?,"
@@ -1691,7 +1700,7 @@ static int sql_finish_locked(sqlite3 *db, const char *task_id, int attempt,
                            error_message, task_id, task_state_name(TASK_RUNNING), attempt);
   if (rc == STORE_NOT_FOUND) return sql_cas_miss(db, task_id, "task_finish");
   if (rc == STORE_OK) rc = sql_insert_results(db, task_id, results, n_results);
-  if (rc == STORE_OK) rc = sql_settle_locked(db, task_id, final_state, n_results, now_ms);
+  if (rc == STORE_OK) rc = sql_settle_locked(db, task_id, final_state, n_results, charge, now_ms);
   if (rc == STORE_OK)
     rc = sql_event_put(db, task_id, &row, task_event_kind_of_state(final_state), now_ms, NULL, 0,
                        final_state == TASK_SUCCEEDED ? NULL : error_code);
@@ -1751,6 +1760,7 @@ typedef struct sql_finish_args {
   const char *error_code, *error_message;
   const task_result *results;
   size_t n_results;
+  int64_t charge_micros;
   int64_t now_ms;
   const task_attempt *last_attempt;
   const store_outbox *outbox;
@@ -1759,7 +1769,8 @@ typedef struct sql_finish_args {
 static int sql_finish_body(sqlite3 *db, void *arg) {
   sql_finish_args *a = arg;
   int rc = sql_finish_locked(db, a->task_id, a->attempt, a->final_state, a->error_code,
-                             a->error_message, a->results, a->n_results, a->now_ms);
+                             a->error_message, a->results, a->n_results, a->charge_micros,
+                             a->now_ms);
   if (rc == STORE_OK && a->last_attempt)
     rc = sql_attempt_insert_locked(db, a->task_id, a->last_attempt);
   if (rc == STORE_OK) rc = sql_outbox_add(db, a->task_id, a->outbox, a->now_ms);
@@ -1771,8 +1782,9 @@ static bool sql_finish_lost(int rc) { return rc == STORE_CONFLICT || rc == STORE
 
 static int sql_task_finish(store *s, const char *task_id, int attempt, task_state final_state,
                            const char *error_code, const char *error_message,
-                           const task_result *results, size_t n_results, int64_t now_ms,
-                           const task_attempt *last_attempt, const store_outbox *outbox) {
+                           const task_result *results, size_t n_results, int64_t charge_micros,
+                           int64_t now_ms, const task_attempt *last_attempt,
+                           const store_outbox *outbox) {
   if (!task_id) return STORE_NOT_FOUND;
   if (!task_state_is_final(final_state) || !task_state_can_transition(TASK_RUNNING, final_state))
     return sql_misuse("task_finish", "final_state is not a final state");
@@ -1781,7 +1793,8 @@ static int sql_task_finish(store *s, const char *task_id, int attempt, task_stat
     return sql_misuse("task_finish", "outbox id, event or url missing or too long");
   sql_finish_args a = {.task_id = task_id, .attempt = attempt, .final_state = final_state,
                        .error_code = error_code, .error_message = error_message,
-                       .results = results, .n_results = n_results, .now_ms = now_ms,
+                       .results = results, .n_results = n_results, .charge_micros = charge_micros,
+                       .now_ms = now_ms,
                        .last_attempt = last_attempt, .outbox = outbox};
   return sql_group_write((sql_store *)s, sql_finish_body, sql_finish_lost, &a);
 }
@@ -1840,6 +1853,7 @@ static int sql_read_task(sqlite3_stmt *st, task *t) {
   t->event_seq = sqlite3_column_int(st, 25);
   if (!sql_col_dup(st, 26, &t->output_format)) return sql_oom("task_get");
   t->output_compression = sqlite3_column_int(st, 27);
+  if (!sql_col_dup(st, 28, &t->quality)) return sql_oom("task_get");
   return STORE_OK;
 }
 
@@ -1852,7 +1866,7 @@ static int sql_load_task_row(sqlite3 *db, const char *task_id, task *t) {
                             " finished_ms, error_code, error_message, price_unit, price_refs,"
                             " cost_held, cost_charged, dialect, public_base, deadline_ms,"
                             " cancel_requested, webhook_events, event_seq, output_format,"
-                            " output_compression FROM tasks WHERE id = ?",
+                            " output_compression, quality FROM tasks WHERE id = ?",
                             "t", task_id);
   if (rc != STORE_OK) return rc;
   rc = sql_step_row(db, st, "task_get");
@@ -1885,8 +1899,8 @@ static int sql_load_inputs(sqlite3 *db, task *t) {
   return rc;
 }
 
-/* Reads the result columns starting at col:
- * idx, blob_key, token, mime, etag, width, height, bytes, expires_ms. */
+/* Reads the result columns starting at col: idx, blob_key, token, mime,
+ * etag, width, height, bytes, expires_ms, price, quality. */
 static bool sql_read_result(sqlite3_stmt *st, int col, task_result *r) {
   memset(r, 0, sizeof *r);
   r->index = sqlite3_column_int(st, col);
@@ -1894,14 +1908,17 @@ static bool sql_read_result(sqlite3_stmt *st, int col, task_result *r) {
   r->height = sqlite3_column_int(st, col + 6);
   r->bytes = sqlite3_column_int64(st, col + 7);
   r->expires_ms = sqlite3_column_int64(st, col + 8);
+  r->price_micros = sqlite3_column_int64(st, col + 9);
   if (sql_col_dup(st, col + 1, &r->blob_key) && sql_col_dup(st, col + 2, &r->token) &&
-      sql_col_dup(st, col + 3, &r->mime) && sql_col_dup(st, col + 4, &r->etag))
+      sql_col_dup(st, col + 3, &r->mime) && sql_col_dup(st, col + 4, &r->etag) &&
+      sql_col_dup(st, col + 10, &r->quality))
     return true;
   task_result_clear(r);
   return false;
 }
 
-#define SQL_RESULT_COLUMNS "idx, blob_key, token, mime, etag, width, height, bytes, expires_ms"
+#define SQL_RESULT_COLUMNS \
+  "idx, blob_key, token, mime, etag, width, height, bytes, expires_ms, price, quality"
 
 static int sql_row_result(sqlite3_stmt *st, void *elem) {
   return sql_read_result(st, 0, elem) ? STORE_OK : sql_oom("task_get_results");
@@ -2197,7 +2214,7 @@ static int sql_cancel_locked(sqlite3 *db, const char *task_id, int64_t now_ms, c
                        "Itt", now_ms, code, task_id);
   if (rc == STORE_NOT_FOUND) /* read as queued in this same transaction */
     rc = sql_misuse("task_cancel", "the queued task changed under the write lock");
-  if (rc == STORE_OK) rc = sql_settle_locked(db, task_id, TASK_CANCELED, 0, now_ms);
+  if (rc == STORE_OK) rc = sql_settle_locked(db, task_id, TASK_CANCELED, 0, 0, now_ms);
   if (rc == STORE_OK)
     rc = sql_event_put(db, task_id, &row, TASK_EVENT_CANCELED, now_ms, NULL, 0, code);
   if (rc == STORE_OK) rc = sql_outbox_add(db, task_id, outbox, now_ms);

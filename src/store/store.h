@@ -274,7 +274,8 @@ typedef struct store_ops {
    * balance does not cover it), and refuses with LIMIT when the account's
    * max_concurrency tasks are already queued or running. The QUEUED event
    * (seq 1) goes in the same transaction. Stored as given: dialect (NULL:
-   * "native"), public_base, deadline_ms, webhook_events; cancel_requested
+   * "native"), public_base, deadline_ms, webhook_events, quality (may be
+   * NULL); cancel_requested
    * and event_seq start at 0 and 1 whatever t says. */
   int (*task_insert)(store *s, const task *t);
   /* task_insert under an idempotency key, in one write transaction. When
@@ -311,19 +312,23 @@ typedef struct store_ops {
    * task was started, whatever the items say). */
   int (*task_start_many)(store *s, store_start *items, size_t n, int64_t now_ms);
   /* running -> final state, only if the task is running and its attempts
-   * equal attempt (so a stale run can never finish it). Results (may be 0)
-   * and the last upstream attempt (may be NULL) are inserted in the same
-   * transaction, and so is the task's billing: of what was held, the price
-   * of the images delivered (unit price each, plus the reference surcharge
-   * once any image is delivered) is captured and the rest released; a
-   * failed, moderated or canceled task releases all of it. The final event
-   * and the outbox row (may be NULL) go in the same transaction too.
-   * CONFLICT when the compare fails: the task was finished already (or
-   * re-run), and nothing changes, no event or outbox row included. */
+   * equal attempt (so a stale run can never finish it). Results (may be 0,
+   * each with its price and reported quality) and the last upstream attempt
+   * (may be NULL) are inserted in the same transaction, and so is the
+   * task's billing: of what was held, charge_micros (the core's price of
+   * what was delivered) is captured and the rest released. The amount is
+   * the caller's: the store decides no price. charge_micros must be 0..the
+   * task's hold, and 0 unless final_state is succeeded with results (a
+   * failed, moderated or canceled task releases all of it); else ERROR and
+   * nothing changes. The final event and the outbox row (may be NULL) go in
+   * the same transaction too. CONFLICT when the compare fails: the task was
+   * finished already (or re-run), and nothing changes, no event or outbox
+   * row included. */
   int (*task_finish)(store *s, const char *task_id, int attempt, task_state final_state,
                      const char *error_code, const char *error_message,
-                     const task_result *results, size_t n_results, int64_t now_ms,
-                     const task_attempt *last_attempt, const store_outbox *outbox);
+                     const task_result *results, size_t n_results, int64_t charge_micros,
+                     int64_t now_ms, const task_attempt *last_attempt,
+                     const store_outbox *outbox);
   /* Cancels a task (code: "canceled" or "deadline_exceeded", stored as its
    * error_code), by its state, read and changed in one transaction:
    *   queued:  -> canceled, finished_ms = now, the whole hold released, the

@@ -39,13 +39,19 @@ bool openai_sends_compression(const provider_request *req) {
          req->output_compression <= 100;
 }
 
-char *openai_build_generations(const provider_request *req, const char *quality) {
+/* The quality sent: the client's, else "auto" (what OpenAI assumes anyway;
+ * said explicitly so that the request shows what was asked). */
+static const char *openai_quality(const provider_request *req) {
+  return req->quality && *req->quality ? req->quality : "auto";
+}
+
+char *openai_build_generations(const provider_request *req) {
   if (!req || !req->upstream_model) return NULL;
   const char *size = openai_size(req->aspect_ratio);
   if (!size) return NULL;
   json_t *root = json_pack("{s:s, s:s, s:i, s:s, s:s, s:s}", "model", req->upstream_model,
                            "prompt", req->prompt ? req->prompt : "", "n", req->quantity, "size",
-                           size, "quality", quality ? quality : "auto", "output_format",
+                           size, "quality", openai_quality(req), "output_format",
                            openai_output_format(req));
   if (root && openai_sends_compression(req) &&
       json_object_set_new(root, "output_compression", json_integer(req->output_compression)) != 0) {
@@ -63,7 +69,7 @@ static void openai_text_part(openai_part *p, const char *name, const char *text)
   p->text = text;
 }
 
-int openai_describe_edits(const provider_request *req, const char *quality, openai_form *form) {
+int openai_describe_edits(const provider_request *req, openai_form *form) {
   memset(form, 0, sizeof *form);
   if (!req || !req->upstream_model) return -1;
   const char *size = openai_size(req->aspect_ratio);
@@ -77,7 +83,7 @@ int openai_describe_edits(const provider_request *req, const char *quality, open
   openai_text_part(p++, "model", req->upstream_model);
   openai_text_part(p++, "n", form->n_text);
   openai_text_part(p++, "size", size);
-  openai_text_part(p++, "quality", quality ? quality : "auto");
+  openai_text_part(p++, "quality", openai_quality(req));
   openai_text_part(p++, "output_format", openai_output_format(req));
   if (openai_sends_compression(req)) {
     snprintf(form->compression_text, sizeof form->compression_text, "%d",
@@ -163,6 +169,12 @@ static provider_outcome *openai_parse_images(json_t *root, int status) {
     }
     o->n_images++;
   }
+  /* What the upstream says it made: one of the qualities it prices by, or
+   * nothing (an unknown word is not a price the core could apply). */
+  const char *quality = json_string_value(json_object_get(root, "quality"));
+  static const char *const known[] = {"low", "medium", "high"};
+  for (size_t i = 0; quality && i < sizeof known / sizeof known[0]; i++)
+    if (strcmp(quality, known[i]) == 0) snprintf(o->quality, sizeof o->quality, "%s", known[i]);
   return o;
 }
 
@@ -316,14 +328,14 @@ static curl_mime *openai_form_mime(CURL *easy, const openai_form *form) {
 static bool openai_set_body(CURL *easy, openai_call *call, const provider_request *req,
                             bool edits) {
   if (!edits) {
-    call->body = openai_build_generations(req, NULL);
+    call->body = openai_build_generations(req);
     return call->body && adapter_add_header(&call->headers, "Content-Type", "application/json") &&
            curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
                             (curl_off_t)strlen(call->body)) == CURLE_OK &&
            curl_easy_setopt(easy, CURLOPT_POSTFIELDS, call->body) == CURLE_OK;
   }
   openai_form form;
-  if (openai_describe_edits(req, NULL, &form) != 0) return false;
+  if (openai_describe_edits(req, &form) != 0) return false;
   call->mime = openai_form_mime(easy, &form);
   openai_form_free(&form);
   return call->mime && curl_easy_setopt(easy, CURLOPT_MIMEPOST, call->mime) == CURLE_OK;

@@ -9,7 +9,8 @@
  *
  * How answers map to outcomes (class, retryable, error_code):
  * - 2xx with data[].b64_json: OK, one image per entry (MIME type and size
- *   from the bytes). Entries with only a "url", base64 that does not decode,
+ *   from the bytes), and the answer's "quality" in the outcome when it is
+ *   low, medium or high ("" otherwise). Entries with only a "url", base64 that does not decode,
  *   or bytes that are not an image: BAD_RESPONSE, retryable,
  *   "upstream_bad_response"; so are bodies that are not JSON or have no
  *   "data" array. An empty data array: NO_IMAGE, retryable, "no_image".
@@ -59,10 +60,11 @@ bool openai_sends_compression(const provider_request *req);
 
 /* The generations body (malloc'd JSON text): model, prompt, n, size, quality,
  * output_format (openai_output_format) and, for jpeg and webp,
- * output_compression. quality NULL means "auto". No response_format: GPT
+ * output_compression. quality is req->quality, "auto" when NULL or "":
+ * always sent, so the upstream makes what was priced. No response_format: GPT
  * Image always answers base64. NULL for an unsupported ratio or when memory
  * runs out. */
-char *openai_build_generations(const provider_request *req, const char *quality);
+char *openai_build_generations(const provider_request *req);
 
 /* One part of the edits form. Text values and file data are borrowed from the
  * request (or are static), so a form lives no longer than the request. */
@@ -83,10 +85,11 @@ typedef struct openai_form {
   char compression_text[12]; /* and for "output_compression" */
 } openai_form;
 
-/* Describes the edits form for req: the text fields in the order above, then
- * one "image[]" file per input, named image-N.<ext> from 1. Returns 0, or -1
- * for an unsupported ratio or when memory runs out (form is then empty). */
-int openai_describe_edits(const provider_request *req, const char *quality, openai_form *form);
+/* Describes the edits form for req: the text fields in the order above
+ * (quality as for generations), then one "image[]" file per input, named
+ * image-N.<ext> from 1. Returns 0, or -1 for an unsupported ratio or when
+ * memory runs out (form is then empty). */
+int openai_describe_edits(const provider_request *req, openai_form *form);
 void openai_form_free(openai_form *form);
 
 /* The endpoint for a request: generations without inputs, edits with. */

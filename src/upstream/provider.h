@@ -68,6 +68,10 @@ typedef struct provider_outcome {
   char error_message[256];
   provider_image *images;  /* malloc'd array */
   size_t n_images;
+  /* The quality the upstream says it made the images at ("low", "medium",
+   * "high", as OpenAI's answers report it); "" when it did not say. The
+   * core prices by it; the pixel size it takes from the images themselves. */
+  char quality[8];
 } provider_outcome;
 
 /* Frees the images and the outcome itself. */
@@ -89,6 +93,8 @@ typedef struct provider_request {
   const char *prompt;
   const char *aspect_ratio;   /* as requested, may be "auto" */
   const char *resolution;     /* normalised catalog resolution */
+  const char *quality;        /* "low", "medium", "high" or "auto" for models that have a
+                                 quality (GPT Image); NULL = "auto" */
   int quantity;
   const provider_input *inputs;
   size_t n_inputs;

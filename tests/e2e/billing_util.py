@@ -232,11 +232,18 @@ class BillingTestCase(h.ServerTestCase):
         self.assertEqual(sums(rows), (balance, held), "ledger sums of %s: %r" % (email, rows))
         return rows
 
-    def assertCost(self, t, price, charged):
+    def assertCost(self, t, price, charged, image_price=None):
         """The task JSON's cost: price held at submit, charged when final,
-        nothing held once final (the price while in flight)."""
+        nothing held once final (the price while in flight); and the hold per
+        image (image_price, when given; else only its spelling is checked)."""
         final = t["status"] in h.FINAL_STATES
-        self.assertEqual(t.get("cost"), {
+        cost = dict(t.get("cost") or {})
+        per_image = cost.pop("image_price_micros", None)
+        self.assertIsInstance(per_image, int, t)
+        self.assertEqual(cost.pop("image_price_usd", None), usd_text(per_image), t)
+        if image_price is not None:
+            self.assertEqual(per_image, image_price, t)
+        self.assertEqual(cost, {
             "price_micros": price, "charged_micros": charged,
             "held_usd": usd_text(0 if final else price), "charged_usd": usd_text(charged)}, t)
 

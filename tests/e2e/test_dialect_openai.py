@@ -196,7 +196,12 @@ class OpenAIDialectTest(b.BillingTestCase):
         self.assertEqual(t["n"], 2)
         # The uploads were kept as the task's reference images, told apart by
         # their bytes (the webp was sent as b.png, typed octet-stream).
-        self.assertEqual(t["cost"]["charged_micros"], t["cost"]["price_micros"])
+        # Size and quality auto: held at the grid's largest (0.25 each); the
+        # simulated upstream drew squares (the first reference is square) and
+        # reports no quality, so each is charged the square's largest, high.
+        self.assertEqual((t["cost"]["price_micros"], t["cost"]["charged_micros"]),
+                         (2 * 250000, 2 * 167000), t)
+        self.assertEqual([i["price_micros"] for i in t["images"]], [167000, 167000], t)
         # Streamed, chunked, one image named plain "image".
         body, ctype = multipart({"model": "gpt-image-1", "prompt": "again", "stream": "true"},
                                 [("image", "x.png", png)])

@@ -98,8 +98,17 @@ class NativeListsTest(h.ServerTestCase):
         self.assertIn("16:9", nb2["aspect_ratios"])
         self.assertIn("4K", nb2["resolutions"])
         self.assertEqual(nb2["priced_by"], "resolution")
-        self.assertEqual(models["gpt-image-1"]["priced_by"], "quality")
-        self.assertEqual(sorted(models["gpt-image-1"]["prices_usd"]), ["high", "low", "medium"])
+        gpt = models["gpt-image-1"]
+        self.assertEqual(gpt["priced_by"], "quality_and_size")
+        self.assertEqual(gpt["qualities"], ["low", "medium", "high", "auto"])
+        # OpenAI's list prices, quality by size.
+        self.assertEqual(gpt["prices_usd"], {
+            "low": {"1024x1024": "0.011000", "1536x1024": "0.016000", "1024x1536": "0.016000"},
+            "medium": {"1024x1024": "0.042000", "1536x1024": "0.063000",
+                       "1024x1536": "0.063000"},
+            "high": {"1024x1024": "0.167000", "1536x1024": "0.250000",
+                     "1024x1536": "0.250000"}})
+        self.assertNotIn("qualities", nb2)
         # The price shown is the price held: a submit holds exactly it.
         uid = self.srv.create(self.key, prompt="priced", model="nano-banana-2")
         self.assertEqual(self.srv.task(uid, self.key)["cost"]["price_micros"],

@@ -66,6 +66,11 @@ STEP fields, all optional:
   headers        extra response headers, e.g. {"retry-after": "2"} (replace same-named ones).
   snake_case     true: inline_data/mime_type in Gemini answers; "all": every key in snake_case.
   width, height  pixel size of the returned image (default 8x8).
+  sizes          OpenAI: one "WxH" per returned image (the answer holds that many, whatever
+                 "n" asked), e.g. ["1024x1024", "1536x1024"].
+  count          OpenAI: how many images the answer holds (default "n"; fewer = a short answer).
+  quality        OpenAI: the "quality" the answer reports (default the request's, "auto" as
+                 "medium"); null leaves the field out of the answer.
   real_size      true: the pixel size the real model would make (Gemini table; OpenAI "size",
                  each side capped at 8192).
   thoughts       thought_then_image: how many thought:true draft images (0..4, default 2; the
@@ -576,6 +581,7 @@ STEP_FIELDS = {
     "details": list, "code": (str, type(None)), "type": str, "param": (str, type(None)),
     "in_stream": bool, "headers": dict, "snake_case": (bool, str), "width": int, "height": int,
     "real_size": bool, "thoughts": int, "final_image": bool, "format": str, "damaged": bool,
+    "sizes": list, "count": int, "quality": (str, type(None)),
 }
 
 
@@ -602,6 +608,11 @@ def check_step(step):
     for dim in ("width", "height"):
         if dim in step and not 1 <= step[dim] <= 16384:
             return "%s must be 1..16384" % dim
+    if not all(isinstance(s, str) and re.fullmatch(r"[1-9][0-9]{0,3}x[1-9][0-9]{0,3}", s)
+               for s in step.get("sizes", [])):
+        return "sizes must be a list of \"WxH\" (each side 1..9999)"
+    if not 0 <= step.get("count", 1) <= 10:
+        return "count must be 0..10"
     if step.get("content", "absent") not in ("absent", "empty", "text"):
         return "content must be absent, empty or text"
     if not 0 <= step.get("thoughts", 2) <= 4:
@@ -1477,28 +1488,36 @@ class Fake:
                 step.get("param"), step.get("code", "moderation_blocked"))
         quality = params.get("quality", "auto")
         quality = "medium" if quality in ("auto", "standard", "hd") else quality
+        quality = step.get("quality", quality)
         size = params.get("size", "auto")
         size = "1024x1024" if size == "auto" else size
         fmt = step.get("format", params.get("output_format", "png"))
         background = params.get("background", "auto")
-        n = 0 if kind == "text_only" else params.get("n", 1)
+        n = 0 if kind == "text_only" else step.get("count", params.get("n", 1))
         if step.get("real_size"):  # capped: a test must not make the fake encode gigapixels
             w, h = (min(int(v), 8192) for v in size.split("x"))
         else:
             w, h = step.get("width", 8), step.get("height", 8)
+        dims = [(w, h)] * n
+        if step.get("sizes") is not None:
+            dims = [tuple(min(int(v), 8192) for v in s.split("x")) for s in step["sizes"]]
+            n = len(dims)
         prompt = params["prompt"]
-        datas = [make_image(fmt, w, h, prompt if i == 0 else "%s|%d" % (prompt, i))[0]
+        datas = [make_image(fmt, dims[i][0], dims[i][1],
+                            prompt if i == 0 else "%s|%d" % (prompt, i))[0]
                  for i in range(n)]
         if step.get("damaged"):
             datas = [damage(d) for d in datas]
         text_tokens = max(1, len(prompt) // 4)
         usage = {"input_tokens": text_tokens + 323 * n_inputs,
-                 "output_tokens": OPENAI_OUTPUT_TOKENS[quality] * n,
+                 "output_tokens": OPENAI_OUTPUT_TOKENS.get(quality, 1056) * n,
                  "input_tokens_details": {"text_tokens": text_tokens,
                                           "image_tokens": 323 * n_inputs}}
         usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
         meta = {"background": "opaque" if background == "auto" else background,
                 "output_format": fmt, "quality": quality, "size": size}
+        if quality is None:
+            del meta["quality"]
         headers = {"openai-version": "2020-10-01", "openai-processing-ms": "1234"}
         if params.get("stream"):
             return self.openai_stream(step, rec, params, datas, meta, usage, headers)

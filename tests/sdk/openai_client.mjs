@@ -3,7 +3,7 @@
 // JSON line on stdout (the Python tests read it).
 //
 //   node openai_client.mjs BASE_URL KEY ACTION PROMPT [IMAGE_FILE...]
-//   ACTION: b64 | url | stream | error | edit | jpeg
+//   ACTION: b64 | url | stream | error | edit | jpeg | quality (gpt-image-1, high, 1536x1024)
 import fs from "node:fs";
 import OpenAI, { toFile } from "openai";
 
@@ -38,6 +38,11 @@ try {
     const bytes = Buffer.from(res.data[0].b64_json, "base64");
     out({ ok: true, count: res.data.length, magic: bytes.subarray(0, 3).toString("hex"),
           bytes: bytes.length, output_format: res.output_format });
+  } else if (action === "quality") {
+    const res = await client.images.generate({
+      model: "gpt-image-1", prompt, quality: "high", size: "1536x1024" });
+    out({ ok: true, count: res.data.length, quality: res.quality, size: res.size,
+          png: Buffer.from(res.data[0].b64_json, "base64").subarray(0, 8).toString("hex") });
   } else if (action === "stream") {
     const stream = await client.images.generate({ model: "gpt-image-1", prompt, stream: true });
     const types = [];

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "blob/blob.h"
+#include "config.h"
 #include "core/engine.h"
 #include "upstream/simpng.h"
 #include "util/imagefmt.h"
@@ -33,6 +34,7 @@ typedef struct pending_call {
   char task_id[IDS_UUID_LEN + 1];
   size_t n_inputs;
   size_t input0_len;
+  char quality[8];   /* the quality the engine asked for ("" for none) */
   bool cancel_asked; /* the engine called cancel() with this call's ctx */
   char output_format[8]; /* what the engine passed on ("" for none) */
   int output_compression;
@@ -61,6 +63,7 @@ static int scripted_start(provider *p, const provider_request *req, provider_don
   snprintf(c->output_format, sizeof c->output_format, "%s",
            req->output_format ? req->output_format : "");
   c->output_compression = req->output_compression;
+  snprintf(c->quality, sizeof c->quality, "%s", req->quality ? req->quality : "");
   pthread_mutex_lock(&s->lock);
   c->next = s->pending;
   s->pending = c;
@@ -383,7 +386,7 @@ typedef struct flaky_store {
 
 static int flaky_finish(store *s, const char *task_id, int attempt, task_state st,
                         const char *code, const char *msg, const task_result *results,
-                        size_t n, int64_t now_ms, const task_attempt *a,
+                        size_t n, int64_t charge, int64_t now_ms, const task_attempt *a,
                         const store_outbox *outbox) {
   flaky_store *fs = (flaky_store *)s;
   if (fs->fail_finish > 0) {
@@ -391,7 +394,7 @@ static int flaky_finish(store *s, const char *task_id, int attempt, task_state s
     return STORE_ERROR;
   }
   return fs->real->ops->task_finish(fs->real, task_id, attempt, st, code, msg, results, n,
-                                    now_ms, a, outbox);
+                                    charge, now_ms, a, outbox);
 }
 
 static int flaky_start_many(store *s, store_start *items, size_t n, int64_t now_ms) {
@@ -524,6 +527,107 @@ static void test_runs_tasks_to_success(void **state) {
     free(data);
     task_free(t);
   }
+  engine_destroy(e);
+}
+
+/* A queued, priced gpt-image-1 task (the account is topped up to pay its hold). */
+static void insert_gpt_task(fixture *f, char out[IDS_UUID_LEN + 1], const char *ratio,
+                            const char *quality, int quantity, int64_t unit) {
+  assert_int_equal(f->st->ops->ledger_post(f->st, f->account_id, LEDGER_TOPUP, unit * quantity,
+                                           "test", time_now_ms(), NULL),
+                   STORE_OK);
+  task t = {0};
+  assert_true(ids_uuid7(t.id));
+  t.account_id = f->account_id;
+  t.state = TASK_QUEUED;
+  t.model = "gpt-image-1";
+  t.prompt = "p";
+  t.aspect_ratio = (char *)ratio;
+  t.resolution = "1K";
+  t.quality = (char *)quality;
+  t.quantity = quantity;
+  t.price_unit_micros = unit;
+  t.cost_held_micros = unit * quantity;
+  t.created_ms = time_now_ms();
+  assert_int_equal(f->st->ops->task_insert(f->st, &t), STORE_OK);
+  memcpy(out, t.id, sizeof t.id);
+}
+
+/* An outcome with one image per size given ("WxH"), reporting quality ("" none). */
+static provider_outcome *sized_images(const char *const *sizes, size_t n, const char *quality) {
+  provider_outcome *o = provider_outcome_new(PROVIDER_OK);
+  o->images = calloc(n, sizeof *o->images);
+  for (size_t i = 0; i < n; i++) {
+    o->images[i].data = malloc(sizeof tiny_png);
+    memcpy(o->images[i].data, tiny_png, sizeof tiny_png);
+    o->images[i].len = sizeof tiny_png;
+    assert_int_equal(sscanf(sizes[i], "%dx%d", &o->images[i].width, &o->images[i].height), 2);
+    snprintf(o->images[i].mime, sizeof o->images[i].mime, "image/png");
+  }
+  o->n_images = n;
+  snprintf(o->quality, sizeof o->quality, "%s", quality);
+  return o;
+}
+
+/* With a price list, each delivered image is priced on its own (its size
+ * from its pixels, its quality from the upstream's report) and the task is
+ * charged their sum; the rest of the hold goes back. The quality reaches
+ * the provider as asked. */
+static void test_prices_each_delivered_image(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  imgate_config prices;
+  config_defaults(&prices);
+  router_config rc = {.breaker_failures = 100, .breaker_open_ms = 1000};
+  router *r = router_create(&rc);
+  assert_int_equal(router_add_provider(r, &s.base, 0), 0);
+  assert_int_equal(router_add_route(r, "gpt-image-1", s.base.name, "gpt-image-1", 1), 0);
+  engine_config ec = base_config(f, 4, 1000);
+  ec.prices = &prices;
+  engine *e = engine_create(f->st, f->bl, r, NULL, &ec);
+  assert_non_null(e);
+  assert_int_equal(engine_start(e), 0);
+
+  char open[IDS_UUID_LEN + 1], exact[IDS_UUID_LEN + 1];
+  insert_gpt_task(f, open, "auto", "auto", 4, 250000); /* holds 4 x 0.25 */
+  engine_enqueue(e, open);
+  assert_true(wait_started(&s, 1));
+  pending_call *c = take_one(&s);
+  assert_string_equal(c->quality, "auto");
+  static const char *const three[] = {"1024x1024", "1536x1024", "1024x1536"};
+  complete_with(c, sized_images(three, 3, "medium")); /* 3 of 4 */
+  assert_true(wait_finished(&f->fin, 1));
+  task *t = load(f, open);
+  assert_int_equal(t->state, TASK_SUCCEEDED);
+  assert_int_equal(t->n_results, 3);
+  const int64_t want[3] = {42000, 63000, 63000};
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(t->results[i].price_micros, want[i]);
+    assert_string_equal(t->results[i].quality, "medium");
+  }
+  assert_int_equal(t->cost_charged_micros, 42000 + 63000 + 63000);
+  task_free(t);
+
+  insert_gpt_task(f, exact, "3:2", "high", 1, 250000);
+  engine_enqueue(e, exact);
+  assert_true(wait_started(&s, 2));
+  c = take_one(&s);
+  assert_string_equal(c->quality, "high");
+  static const char *const landscape[] = {"1536x1024"};
+  complete_with(c, sized_images(landscape, 1, "")); /* no report: the quality asked */
+  assert_true(wait_finished(&f->fin, 2));
+  t = load(f, exact);
+  assert_int_equal(t->results[0].price_micros, 250000);
+  assert_null(t->results[0].quality);
+  assert_int_equal(t->cost_charged_micros, 250000);
+  task_free(t);
+
+  store_account a;
+  assert_int_equal(f->st->ops->account_get(f->st, f->account_id, &a), STORE_OK);
+  assert_int_equal(a.held_micros, 0);
+  assert_int_equal(a.balance_micros, 1000000 + 250000 - 168000 - 250000);
+  assert_int_equal(f->st->ops->ledger_verify(f->st), STORE_OK);
   engine_destroy(e);
 }
 
@@ -1227,6 +1331,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_runs_tasks_to_success, setup, teardown),
       cmocka_unit_test_setup_teardown(test_output_format_conversion, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_prices_each_delivered_image, setup, teardown),
       cmocka_unit_test_setup_teardown(test_finish_survives_brief_store_failure, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stranded_queued_task_is_swept, setup, teardown),
       cmocka_unit_test_setup_teardown(test_lost_run_is_requeued, setup, teardown),

@@ -131,7 +131,7 @@ static void finish_after_runs(fx *f, const char *id, int runs) {
                    .etag = "e", .width = 1, .height = 1, .bytes = 4,
                    .expires_ms = NOW + 100 * HOUR};
   assert_int_equal(
-      f->st->ops->task_finish(f->st, id, run, TASK_SUCCEEDED, NULL, NULL, &r, 1, NOW, NULL, NULL),
+      f->st->ops->task_finish(f->st, id, run, TASK_SUCCEEDED, NULL, NULL, &r, 1, 0, NOW, NULL, NULL),
       STORE_OK);
 }
 
@@ -243,7 +243,7 @@ static void test_inputs_of_unfinished_tasks_are_kept(void **state) {
   assert_int_equal(s.referenced, 2);
   assert_int_equal(s.removed, 0);
 
-  assert_int_equal(f->st->ops->task_finish(f->st, id, run, TASK_FAILED, "x", "y", NULL, 0, NOW,
+  assert_int_equal(f->st->ops->task_finish(f->st, id, run, TASK_FAILED, "x", "y", NULL, 0, 0, NOW,
                                            NULL, NULL),
                    STORE_OK);
   s = collect(f); /* final: no run reads them again */

@@ -92,7 +92,7 @@ static void test_generations_body(void **state) {
   req.quantity = 3;
   req.aspect_ratio = "3:2";
   req.prompt = "quote \" backslash \\ newline \n caf\xc3\xa9";
-  char *body = openai_build_generations(&req, NULL);
+  char *body = openai_build_generations(&req);
   json_error_t err;
   json_t *j = json_loads(body, 0, &err);
   assert_non_null(j);
@@ -108,18 +108,26 @@ static void test_generations_body(void **state) {
   free(body);
 
   req.aspect_ratio = "auto";
-  body = openai_build_generations(&req, "high");
+  req.quality = "high";
+  body = openai_build_generations(&req);
   j = json_loads(body, 0, &err);
   assert_string_equal(json_string_value(json_object_get(j, "quality")), "high");
   assert_string_equal(json_string_value(json_object_get(j, "size")), "auto");
   json_decref(j);
   free(body);
 
+  req.quality = ""; /* as NULL: "auto", sent explicitly */
+  body = openai_build_generations(&req);
+  j = json_loads(body, 0, &err);
+  assert_string_equal(json_string_value(json_object_get(j, "quality")), "auto");
+  json_decref(j);
+  free(body);
+
   req.aspect_ratio = "16:9";
-  assert_null(openai_build_generations(&req, NULL));
+  assert_null(openai_build_generations(&req));
   req = base_request();
   req.upstream_model = NULL;
-  assert_null(openai_build_generations(&req, NULL));
+  assert_null(openai_build_generations(&req));
 }
 
 /* The format asked of GPT Image: the task's, with its quality for the lossy
@@ -137,7 +145,7 @@ static void test_output_format_asked(void **state) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     req.output_format = cases[i].want;
     req.output_compression = cases[i].compression;
-    char *body = openai_build_generations(&req, NULL);
+    char *body = openai_build_generations(&req);
     json_error_t err;
     json_t *j = json_loads(body, 0, &err);
     assert_non_null(j);
@@ -153,7 +161,7 @@ static void test_output_format_asked(void **state) {
 
     /* The edits form says the same, as text fields after output_format. */
     openai_form form;
-    assert_int_equal(openai_describe_edits(&req, NULL, &form), 0);
+    assert_int_equal(openai_describe_edits(&req, &form), 0);
     assert_string_equal(form.parts[5].name, "output_format");
     assert_string_equal(form.parts[5].text, cases[i].sent);
     if (cases[i].sent_compression < 0) {
@@ -187,7 +195,7 @@ static void test_edits_form_description(void **state) {
   req.quantity = 2;
   req.aspect_ratio = "2:3";
   openai_form form;
-  assert_int_equal(openai_describe_edits(&req, NULL, &form), 0);
+  assert_int_equal(openai_describe_edits(&req, &form), 0);
   assert_int_equal(form.n_parts, 10);
   const char *names[6] = {"prompt", "model", "n", "size", "quality", "output_format"};
   const char *values[6] = {"a lighthouse at dusk", "gpt-image-1", "2", "1024x1536", "auto", "png"};
@@ -210,12 +218,13 @@ static void test_edits_form_description(void **state) {
   openai_form_free(&form);
   assert_null(form.parts);
 
-  assert_int_equal(openai_describe_edits(&req, "low", &form), 0);
+  req.quality = "low";
+  assert_int_equal(openai_describe_edits(&req, &form), 0);
   assert_string_equal(form.parts[4].text, "low");
   openai_form_free(&form);
 
   req.aspect_ratio = "4:3";
-  assert_int_equal(openai_describe_edits(&req, NULL, &form), -1);
+  assert_int_equal(openai_describe_edits(&req, &form), -1);
   assert_null(form.parts);
   free(png);
 }
@@ -250,7 +259,21 @@ static void test_parse_images(void **state) {
   assert_int_equal(o->images[1].len, len);
   assert_memory_equal(o->images[1].data, png, len);
   free(png);
+  assert_string_equal(o->quality, "low"); /* the answer's own report, for the core to price */
   provider_outcome_free(o);
+
+  /* A quality that is not one the core prices by, or none: not reported. */
+  char *a = tu_png_b64("one", 32, 32);
+  static const char *const unknown[] = {"\"quality\":\"ultra\",", "\"quality\":7,", ""};
+  for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
+    char *other = tu_printf("{\"created\":1,%s\"data\":[{\"b64_json\":\"%s\"}]}", unknown[i], a);
+    o = parse(200, other, NULL, NULL);
+    assert_int_equal(o->n_images, 1);
+    assert_string_equal(o->quality, "");
+    provider_outcome_free(o);
+    free(other);
+  }
+  free(a);
 
   /* Truncated JSON. */
   o = openai_parse_response(200, body, strlen(body) / 3, NULL, NULL);

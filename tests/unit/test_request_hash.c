@@ -107,6 +107,28 @@ static void test_images_in_order(void **state) {
   assert_string_not_equal(hz, hn);
 }
 
+/* The quality counts only when given, so a request without one hashes as it
+ * did before qualities existed (a replay across the upgrade stays a replay).
+ * The vectors are the canonical form (core.h) hashed by Python's hashlib. */
+static void test_quality_only_when_given(void **state) {
+  (void)state;
+  core_gen_request a = {.model = "gpt-image-1", .prompt = "a cat"};
+  char h[65], other[65];
+  hash_of(&a, h);
+  assert_string_equal(h, "f889b8c5cefd96629d552dc2d41d1a8feea3c061cc1262f0c0acc4a01890c7a0");
+  a.quality = "high";
+  hash_of(&a, h);
+  assert_string_equal(h, "8189d3fb2746da22d2fdf62146cfe25bcdf6a50835d620dce8438f3a070c4ce9");
+  a.quality = "low";
+  hash_of(&a, other);
+  assert_string_not_equal(h, other);
+  a.quality = "auto"; /* as sent: "auto" spelled out is not an absent quality */
+  hash_of(&a, h);
+  a.quality = NULL;
+  hash_of(&a, other);
+  assert_string_not_equal(h, other);
+}
+
 static void test_key_form(void **state) {
   char k[300];
   assert_false(core_idempotency_key_valid(""));
@@ -129,6 +151,7 @@ int main(void) {
       cmocka_unit_test(test_absent_empty_and_boundaries),
       cmocka_unit_test(test_images_in_order),
       cmocka_unit_test(test_output_options),
+      cmocka_unit_test(test_quality_only_when_given),
       cmocka_unit_test(test_key_form),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -75,7 +75,7 @@ static void finished_task(fx *f, int64_t expires_ms, char id[IDS_UUID_LEN + 1]) 
   int run;
   assert_int_equal(f->st->ops->task_start(f->st, t.id, "sim", NOW, &run), STORE_OK);
   assert_int_equal(
-      f->st->ops->task_finish(f->st, t.id, run, TASK_SUCCEEDED, NULL, NULL, &r, 1, NOW, NULL, NULL),
+      f->st->ops->task_finish(f->st, t.id, run, TASK_SUCCEEDED, NULL, NULL, &r, 1, 0, NOW, NULL, NULL),
       STORE_OK);
   memcpy(id, t.id, sizeof t.id);
 }

@@ -516,9 +516,9 @@ static void test_task_finish(void **state) {
   assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW + 10, &attempt), STORE_OK);
 
   task_result r[2] = {make_result(0, "tokA"), make_result(1, "tokB")};
-  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_RUNNING, NULL, NULL, r, 2, NOW, NULL, NULL),
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_RUNNING, NULL, NULL, r, 2, 0, NOW, NULL, NULL),
                    STORE_ERROR); /* not a final state */
-  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2,
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, 0,
                                        NOW + 100, NULL, NULL),
                    STORE_OK);
   task *got = get_task(s, t->id);
@@ -531,7 +531,7 @@ static void test_task_finish(void **state) {
 
   /* A second finish changes nothing, not even with different results. */
   task_result again[1] = {make_result(0, "tokC")};
-  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_FAILED, "boom", "late", again, 1,
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_FAILED, "boom", "late", again, 1, 0,
                                        NOW + 200, NULL, NULL),
                    STORE_CONFLICT);
   task *after = get_task(s, t->id);
@@ -543,7 +543,7 @@ static void test_task_finish(void **state) {
 
   char id[IDS_UUID_LEN + 1];
   assert_true(ids_uuid7(id));
-  assert_int_equal(s->ops->task_finish(s, id, 1, TASK_FAILED, "x", "y", NULL, 0, NOW, NULL, NULL),
+  assert_int_equal(s->ops->task_finish(s, id, 1, TASK_FAILED, "x", "y", NULL, 0, 0, NOW, NULL, NULL),
                    STORE_NOT_FOUND);
   task_result_clear(&again[0]);
   task_result_clear(&r[0]);
@@ -566,7 +566,7 @@ static void test_task_finish_stale_attempt(void **state) {
   assert_int_equal(second, 2);
 
   task_result r[1] = {make_result(0, "stale")};
-  assert_int_equal(s->ops->task_finish(s, t->id, first, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW, NULL, NULL),
+  assert_int_equal(s->ops->task_finish(s, t->id, first, TASK_SUCCEEDED, NULL, NULL, r, 1, 0, NOW, NULL, NULL),
                    STORE_CONFLICT);
   task *got = get_task(s, t->id);
   assert_int_equal(got->state, TASK_RUNNING);
@@ -574,7 +574,7 @@ static void test_task_finish_stale_attempt(void **state) {
   task_free(got);
 
   assert_int_equal(s->ops->task_finish(s, t->id, second, TASK_MODERATED, "moderated",
-                                       "the provider refused the prompt", NULL, 0, NOW + 5, NULL, NULL),
+                                       "the provider refused the prompt", NULL, 0, 0, NOW + 5, NULL, NULL),
                    STORE_OK);
   got = get_task(s, t->id);
   assert_int_equal(got->state, TASK_MODERATED);
@@ -707,7 +707,7 @@ static void test_result_by_token(void **state) {
   int attempt;
   assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW, &attempt), STORE_OK);
   task_result r[2] = {make_result(0, "tok-zero"), make_result(1, "tok-one")};
-  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW, NULL, NULL),
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, 0, NOW, NULL, NULL),
                    STORE_OK);
   task_result out;
   assert_int_equal(s->ops->result_by_token(s, "tok-one", &out), STORE_OK);
@@ -730,7 +730,7 @@ static void test_finish_is_atomic(void **state) {
   int attempt;
   assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW, &attempt), STORE_OK);
   task_result r[2] = {make_result(0, "same"), make_result(1, "same")};
-  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW, NULL, NULL),
+  assert_int_equal(s->ops->task_finish(s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, r, 2, 0, NOW, NULL, NULL),
                    STORE_ERROR);
   task *got = get_task(s, t->id);
   assert_int_equal(got->state, TASK_RUNNING);
@@ -774,7 +774,7 @@ static void race_one(race *r, int thread, int i) {
   snprintf(token, sizeof token, "race-%d-%d", i, thread);
   task_result res = {.index = 0, .blob_key = token, .token = token, .mime = "image/png",
                      .etag = "e", .width = 1, .height = 1, .bytes = 1, .expires_ms = NOW};
-  rc = r->s->ops->task_finish(r->s, r->ids[i], attempt, TASK_SUCCEEDED, NULL, NULL, &res, 1, NOW, NULL, NULL);
+  rc = r->s->ops->task_finish(r->s, r->ids[i], attempt, TASK_SUCCEEDED, NULL, NULL, &res, 1, 0, NOW, NULL, NULL);
   if (rc == STORE_OK)
     atomic_fetch_add(&r->finishes[i], 1);
   else if (rc != STORE_CONFLICT)
@@ -984,7 +984,7 @@ static void *write_one(void *p) {
     a->rc = a->s->ops->task_start_many(a->s, &a->item, 1, NOW + 20);
   } else {
     a->rc = a->s->ops->task_finish(a->s, a->t->id, a->attempt, TASK_SUCCEEDED, NULL, NULL,
-                                   &a->result, 1, NOW + 30, NULL, NULL);
+                                   &a->result, 1, 10000, NOW + 30, NULL, NULL);
   }
   return NULL;
 }
@@ -1110,19 +1110,21 @@ static void test_hold_capture_release(void **state) {
   int run;
   task_result r[1] = {make_result(0, "bill-ok")};
   assert_int_equal(s->ops->task_start(s, ok->id, "p", NOW, &run), STORE_OK);
-  assert_int_equal(s->ops->task_finish(s, ok->id, run, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW, NULL, NULL),
+  /* The charge is the core's (unit + surcharge here); the store keeps it. */
+  assert_int_equal(s->ops->task_finish(s, ok->id, run, TASK_SUCCEEDED, NULL, NULL, r, 1, 30000,
+                                       NOW, NULL, NULL),
                    STORE_OK);
   task_result_clear(&r[0]);
   assert_int_equal(s->ops->task_start(s, failed->id, "p", NOW, &run), STORE_OK);
-  assert_int_equal(s->ops->task_finish(s, failed->id, run, TASK_FAILED, "x", "y", NULL, 0, NOW,
+  assert_int_equal(s->ops->task_finish(s, failed->id, run, TASK_FAILED, "x", "y", NULL, 0, 0, NOW,
                                        NULL, NULL),
                    STORE_OK);
   assert_int_equal(s->ops->task_start(s, moderated->id, "p", NOW, &run), STORE_OK);
-  assert_int_equal(s->ops->task_finish(s, moderated->id, run, TASK_MODERATED, "m", "z", NULL, 0,
+  assert_int_equal(s->ops->task_finish(s, moderated->id, run, TASK_MODERATED, "m", "z", NULL, 0, 0,
                                        NOW, NULL, NULL),
                    STORE_OK);
   /* A second finish (a stale run, a replay) moves no money. */
-  assert_int_equal(s->ops->task_finish(s, ok->id, run, TASK_SUCCEEDED, NULL, NULL, NULL, 0, NOW,
+  assert_int_equal(s->ops->task_finish(s, ok->id, run, TASK_SUCCEEDED, NULL, NULL, NULL, 0, 0, NOW,
                                        NULL, NULL),
                    STORE_CONFLICT);
   a = account_of(s, id);
@@ -1187,7 +1189,8 @@ static void test_partial_capture(void **state) {
   int run;
   task_result r[1] = {make_result(0, "half")};
   assert_int_equal(s->ops->task_start(s, t->id, "p", NOW, &run), STORE_OK);
-  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW, NULL, NULL),
+  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, r, 1, 27000,
+                                       NOW, NULL, NULL),
                    STORE_OK);
   task_result_clear(&r[0]);
   store_account a = account_of(s, id);
@@ -1216,7 +1219,7 @@ static void test_concurrency_limit(void **state) {
   assert_int_equal(insert_priced(s, id, 0, 0, &t[2]), STORE_LIMIT);
   int run;
   assert_int_equal(s->ops->task_start(s, t[0]->id, "p", NOW, &run), STORE_OK);
-  assert_int_equal(s->ops->task_finish(s, t[0]->id, run, TASK_FAILED, "x", "y", NULL, 0, NOW,
+  assert_int_equal(s->ops->task_finish(s, t[0]->id, run, TASK_FAILED, "x", "y", NULL, 0, 0, NOW,
                                        NULL, NULL),
                    STORE_OK);
   task_free(t[2]);
@@ -1254,7 +1257,7 @@ static void test_ledger_verify_detects_forged_rows(void **state) {
   assert_int_equal(insert_priced(s, id, 25000, 0, &t), STORE_OK);
   int run;
   assert_int_equal(s->ops->task_start(s, t->id, "p", NOW, &run), STORE_OK);
-  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_FAILED, "x", "y", NULL, 0, NOW, NULL, NULL),
+  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_FAILED, "x", "y", NULL, 0, 0, NOW, NULL, NULL),
                    STORE_OK);
   assert_int_equal(s->ops->ledger_verify(s), STORE_OK);
   char sql[512];
@@ -1376,7 +1379,7 @@ static void test_idem_limits_and_refusals(void **state) {
   assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM idempotency_keys WHERE key = 'k2'"), 0);
   int run;
   assert_int_equal(s->ops->task_start(s, a->id, "p", NOW, &run), STORE_OK);
-  assert_int_equal(s->ops->task_finish(s, a->id, run, TASK_FAILED, "x", "y", NULL, 0, NOW, NULL, NULL),
+  assert_int_equal(s->ops->task_finish(s, a->id, run, TASK_FAILED, "x", "y", NULL, 0, 0, NOW, NULL, NULL),
                    STORE_OK);
   assert_int_equal(s->ops->ledger_post(s, id, LEDGER_REFUND, -25000, "empty it", NOW, NULL),
                    STORE_OK);
@@ -1554,7 +1557,7 @@ static void test_health_database_removed(void **state) {
   int64_t id = 0;
   assert_int_equal(f->s->ops->account_create(f->s, "late@example.com", NOW, &id), STORE_ERROR);
   task_result r = make_result(0, "tok-removed");
-  assert_int_equal(f->s->ops->task_finish(f->s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, &r, 1,
+  assert_int_equal(f->s->ops->task_finish(f->s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, &r, 1, 0,
                                           NOW + 2, NULL, NULL),
                    STORE_ERROR);
   task_result_clear(&r);
@@ -1829,7 +1832,7 @@ static void test_events_through_a_life(void **state) {
   assert_int_equal(s->ops->task_start(s, t->id, NULL, NOW + 30, &run), STORE_OK);
   assert_int_equal(run, 3);
   assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_FAILED, "no_provider_available", "m",
-                                       NULL, 0, NOW + 40, NULL, NULL),
+                                       NULL, 0, 0, NOW + 40, NULL, NULL),
                    STORE_OK);
 
   size_t n = 0;
@@ -1874,7 +1877,7 @@ static void test_events_through_a_life(void **state) {
   assert_int_equal(s->ops->task_start(s, ok->id, "sim", NOW, &run), STORE_OK);
   task_result r = make_result(0, "ev-ok");
   assert_int_equal(
-      s->ops->task_finish(s, ok->id, run, TASK_SUCCEEDED, NULL, NULL, &r, 1, NOW + 5, NULL, NULL),
+      s->ops->task_finish(s, ok->id, run, TASK_SUCCEEDED, NULL, NULL, &r, 1, 0, NOW + 5, NULL, NULL),
       STORE_OK);
   task_result_clear(&r);
   ev = events_of(s, ok->id, 1, &n);
@@ -1904,7 +1907,7 @@ static void test_events_only_with_a_change(void **state) {
   assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW, &other), STORE_CONFLICT);
   assert_int_equal(event_seq_of(s, t->id), 2);
   /* a finish of another run loses its compare-and-set */
-  assert_int_equal(s->ops->task_finish(s, t->id, run + 1, TASK_FAILED, "x", "y", NULL, 0, NOW,
+  assert_int_equal(s->ops->task_finish(s, t->id, run + 1, TASK_FAILED, "x", "y", NULL, 0, 0, NOW,
                                        NULL, NULL),
                    STORE_CONFLICT);
   assert_int_equal(s->ops->task_requeue(s, t->id, run + 1), STORE_CONFLICT);
@@ -1912,14 +1915,14 @@ static void test_events_only_with_a_change(void **state) {
   /* a finish whose results cannot be stored rolls its event back with it */
   task_result r[2] = {make_result(0, "twice"), make_result(1, "twice")};
   assert_int_equal(
-      s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, r, 2, NOW, NULL, NULL),
+      s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, r, 2, 0, NOW, NULL, NULL),
       STORE_ERROR);
   assert_int_equal(event_seq_of(s, t->id), 2);
   assert_int_equal(raw_intf(f->path, "SELECT COUNT(*) FROM task_events WHERE task_id = '%s'",
                             t->id),
                    2);
   assert_int_equal(
-      s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, r, 1, NOW, NULL, NULL),
+      s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, r, 1, 0, NOW, NULL, NULL),
       STORE_OK);
   task_result_clear(&r[0]);
   task_result_clear(&r[1]);
@@ -1950,6 +1953,115 @@ static void test_events_only_with_a_change(void **state) {
   task_free(t);
 }
 
+/* ---- prices per image ------------------------------------------------------------------ */
+
+/* A GPT Image task: its quality is kept; each result keeps the price the
+ * core gave it and the quality its upstream reported; the charge is the
+ * core's amount, captured as given and the rest released. */
+static void test_quality_and_image_prices(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t acc;
+  assert_int_equal(s->ops->account_open(s, "grid@example.com", NOW, 1000000, &acc), STORE_OK);
+  task *t = make_task(acc, NOW);
+  free(t->model);
+  t->model = xstrdup("gpt-image-1");
+  t->quality = xstrdup("auto");
+  t->quantity = 2;
+  t->price_unit_micros = 250000;
+  t->cost_held_micros = 500000;
+  assert_int_equal(s->ops->task_insert(s, t), STORE_OK);
+  task *plain = make_task(acc, NOW + 1); /* no quality: NULL stays NULL */
+  assert_int_equal(s->ops->task_insert(s, plain), STORE_OK);
+  task *got = get_task(s, plain->id);
+  assert_null(got->quality);
+  task_free(got);
+  got = get_task(s, t->id);
+  assert_string_equal(got->quality, "auto");
+  task_free(got);
+
+  int run;
+  assert_int_equal(s->ops->task_start(s, t->id, "p", NOW, &run), STORE_OK);
+  task_result r[2] = {make_result(0, "grid-a"), make_result(1, "grid-b")};
+  r[0].price_micros = 11000;
+  r[0].quality = xstrdup("low");
+  r[1].price_micros = 63000;
+  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, r, 2, 74000,
+                                       NOW, NULL, NULL),
+                   STORE_OK);
+  task_result_clear(&r[0]);
+  task_result_clear(&r[1]);
+  got = get_task(s, t->id);
+  assert_int_equal(got->n_results, 2);
+  assert_int_equal(got->results[0].price_micros, 11000);
+  assert_string_equal(got->results[0].quality, "low");
+  assert_int_equal(got->results[1].price_micros, 63000);
+  assert_null(got->results[1].quality);
+  assert_int_equal(got->cost_held_micros, 500000);
+  assert_int_equal(got->cost_charged_micros, 74000);
+  task_free(got);
+  task_result one;
+  assert_int_equal(s->ops->result_by_token(s, "grid-a", &one), STORE_OK);
+  assert_int_equal(one.price_micros, 11000);
+  assert_string_equal(one.quality, "low");
+  task_result_clear(&one);
+  store_account a = account_of(s, acc);
+  assert_int_equal(a.held_micros, 0);
+  assert_int_equal(a.balance_micros, 1000000 - 74000);
+  assert_int_equal(raw_intf(f->path,
+                            "SELECT COUNT(*) FROM ledger WHERE task_id = '%s' AND ("
+                            "(kind = 'capture' AND available = 0 AND held = -74000) OR"
+                            " (kind = 'release' AND available = 426000 AND held = -426000))",
+                            t->id),
+                   2);
+  assert_int_equal(s->ops->ledger_verify(s), STORE_OK);
+  task_free(t);
+  task_free(plain);
+}
+
+/* The store keeps the core's amount but refuses one the contract does not
+ * allow, changing nothing: above the hold, negative, or a charge for a task
+ * that delivered nothing. */
+static void test_charge_outside_the_contract(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  int64_t acc;
+  assert_int_equal(s->ops->account_open(s, "contract@example.com", NOW, 100000, &acc), STORE_OK);
+  task *t;
+  assert_int_equal(insert_priced(s, acc, 20000, 0, &t), STORE_OK);
+  int run;
+  assert_int_equal(s->ops->task_start(s, t->id, "p", NOW, &run), STORE_OK);
+  task_result r = make_result(0, "contract");
+  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, &r, 1, 20001,
+                                       NOW, NULL, NULL),
+                   STORE_ERROR);
+  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, &r, 1, -1, NOW,
+                                       NULL, NULL),
+                   STORE_ERROR);
+  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, NULL, 0, 1, NOW,
+                                       NULL, NULL),
+                   STORE_ERROR);
+  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_FAILED, "x", "y", NULL, 0, 1, NOW,
+                                       NULL, NULL),
+                   STORE_ERROR);
+  /* Nothing of those stayed: still running, still held, no result row. */
+  task *got = get_task(s, t->id);
+  assert_int_equal(got->state, TASK_RUNNING);
+  assert_int_equal(got->n_results, 0);
+  task_free(got);
+  assert_int_equal(account_of(s, acc).held_micros, 20000);
+  assert_int_equal(raw_intf(f->path, "SELECT COUNT(*) FROM ledger WHERE task_id = '%s'", t->id),
+                   1);
+  /* The whole hold is a charge the contract allows. */
+  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, &r, 1, 20000,
+                                       NOW, NULL, NULL),
+                   STORE_OK);
+  task_result_clear(&r);
+  assert_int_equal(account_of(s, acc).balance_micros, 100000 - 20000);
+  assert_int_equal(s->ops->ledger_verify(s), STORE_OK);
+  task_free(t);
+}
+
 /* ---- cancel and deadlines -------------------------------------------------------------- */
 
 static void test_cancel_in_each_state(void **state) {
@@ -1967,7 +2079,7 @@ static void test_cancel_in_each_state(void **state) {
   assert_int_equal(s->ops->task_start(s, done->id, "sim", NOW, &done_run), STORE_OK);
   task_result r = make_result(0, "cancel-done");
   assert_int_equal(s->ops->task_finish(s, done->id, done_run, TASK_SUCCEEDED, NULL, NULL, &r, 1,
-                                       NOW, NULL, NULL),
+                                       10000, NOW, NULL, NULL),
                    STORE_OK);
   task_result_clear(&r);
 
@@ -2032,7 +2144,7 @@ static void test_cancel_in_each_state(void **state) {
   assert_true(got->cancel_requested);
   task_free(got);
   assert_int_equal(s->ops->task_finish(s, running->id, run, TASK_CANCELED, "canceled", NULL, NULL,
-                                       0, NOW + 500, NULL, &ob2),
+                                       0, 0, NOW + 500, NULL, &ob2),
                    STORE_OK);
   got = get_task(s, running->id);
   assert_int_equal(got->state, TASK_CANCELED);
@@ -2074,7 +2186,7 @@ static void test_ledger_verify_only_success_pays(void **state) {
   assert_int_equal(s->ops->task_start(s, t->id, "sim", NOW, &run), STORE_OK);
   task_result r = make_result(0, "pays");
   assert_int_equal(
-      s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, &r, 1, NOW, NULL, NULL),
+      s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, &r, 1, 20000, NOW, NULL, NULL),
       STORE_OK);
   task_result_clear(&r);
   assert_int_equal(s->ops->ledger_verify(s), STORE_OK);
@@ -2107,7 +2219,7 @@ static void test_list_due(void **state) {
   assert_int_equal(s->ops->task_start(s, t[1]->id, "sim", NOW, &run), STORE_OK);
   assert_int_equal(s->ops->task_start(s, t[4]->id, "sim", NOW, &run), STORE_OK);
   assert_int_equal(
-      s->ops->task_finish(s, t[4]->id, run, TASK_FAILED, "x", NULL, NULL, 0, NOW, NULL, NULL),
+      s->ops->task_finish(s, t[4]->id, run, TASK_FAILED, "x", NULL, NULL, 0, 0, NOW, NULL, NULL),
       STORE_OK);
   char(*ids)[IDS_UUID_LEN + 1] = NULL;
   size_t n = 0;
@@ -2170,18 +2282,18 @@ static void test_outbox_rows_with_their_change(void **state) {
   /* a finish that loses its compare-and-set writes none */
   store_outbox fa = {"msg_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa2", "task.failed", "https://a.example/h"};
   assert_int_equal(s->ops->task_finish(s, a->id, items[0].attempt + 1, TASK_FAILED, "x", NULL,
-                                       NULL, 0, NOW, NULL, &fa),
+                                       NULL, 0, 0, NOW, NULL, &fa),
                    STORE_CONFLICT);
   assert_int_equal(deliveries_of(f->path, a->id), 1);
   /* a finish that fails writes none, and a delivery id used twice fails
    * the finish (the task stays running) */
   task_result r[2] = {make_result(0, "ob-dup"), make_result(1, "ob-dup")};
   assert_int_equal(s->ops->task_finish(s, a->id, items[0].attempt, TASK_SUCCEEDED, NULL, NULL, r,
-                                       2, NOW, NULL, &fa),
+                                       2, 0, NOW, NULL, &fa),
                    STORE_ERROR);
   assert_int_equal(deliveries_of(f->path, a->id), 1);
   assert_int_equal(s->ops->task_finish(s, a->id, items[0].attempt, TASK_SUCCEEDED, NULL, NULL, r,
-                                       1, NOW, NULL, &ra),
+                                       1, 0, NOW, NULL, &ra),
                    STORE_ERROR);
   task *got = get_task(s, a->id);
   assert_int_equal(got->state, TASK_RUNNING);
@@ -2191,14 +2303,14 @@ static void test_outbox_rows_with_their_change(void **state) {
   store_outbox bad = {"msg_too_long_for_the_field_xxxxxxxxxxxxxxxxxxxxxxx", "task.succeeded",
                       "https://a.example/h"};
   assert_int_equal(s->ops->task_finish(s, a->id, items[0].attempt, TASK_SUCCEEDED, NULL, NULL, r,
-                                       1, NOW, NULL, &bad),
+                                       1, 0, NOW, NULL, &bad),
                    STORE_ERROR);
   store_outbox no_url = {"msg_x", "task.succeeded", NULL};
   assert_int_equal(s->ops->task_cancel(s, a->id, NOW, "canceled", &no_url, NULL), STORE_ERROR);
   assert_int_equal(event_seq_of(s, a->id), 2);
   /* the finish that works writes its delivery */
   assert_int_equal(s->ops->task_finish(s, a->id, items[0].attempt, TASK_SUCCEEDED, NULL, NULL, r,
-                                       1, NOW + 9, NULL, &fa),
+                                       1, 0, NOW + 9, NULL, &fa),
                    STORE_OK);
   assert_int_equal(deliveries_of(f->path, a->id), 2);
   int64_t pending = 0;
@@ -2206,7 +2318,7 @@ static void test_outbox_rows_with_their_change(void **state) {
   assert_int_equal(pending, 2);
   /* with no outbox, no row */
   assert_int_equal(
-      s->ops->task_finish(s, b->id, run_b, TASK_FAILED, "x", NULL, NULL, 0, NOW, NULL, NULL),
+      s->ops->task_finish(s, b->id, run_b, TASK_FAILED, "x", NULL, NULL, 0, 0, NOW, NULL, NULL),
       STORE_OK);
   assert_int_equal(deliveries_of(f->path, b->id), 0);
   task_result_clear(&r[0]);
@@ -2447,7 +2559,7 @@ static void test_webhook_resend(void **state) {
   assert_int_equal(s->ops->webhook_resend(s, t->id, NOW), STORE_NOT_FOUND);
   store_outbox fin = {"msg_22222222222222222222222222222222", "task.failed",
                       "https://example.com/hook"};
-  assert_int_equal(s->ops->task_finish(s, t->id, item.attempt, TASK_FAILED, "x", NULL, NULL, 0,
+  assert_int_equal(s->ops->task_finish(s, t->id, item.attempt, TASK_FAILED, "x", NULL, NULL, 0, 0,
                                        NOW + 1, NULL, &fin),
                    STORE_OK);
   store_delivery *d = NULL;
@@ -2654,6 +2766,11 @@ static void test_upgrade_from_schema_5(void **state) {
   assert_int_equal(ok->n_results, 1);
   assert_string_equal(ok->results[0].token, "tok-old");
   assert_int_equal(ok->cost_charged_micros, 10000);
+  /* schema 7: an image delivered before was charged its task's unit price;
+   * nothing reported a quality then */
+  assert_int_equal(ok->results[0].price_micros, 10000);
+  assert_null(ok->results[0].quality);
+  assert_null(ok->quality);
   task_free(ok);
   task *bad = get_task(s, "00000000-0000-7000-8000-000000000003");
   assert_int_equal(bad->n_upstream_attempts, 1);
@@ -2717,6 +2834,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_hold_capture_release, setup, teardown),
       cmocka_unit_test_setup_teardown(test_concurrency_limit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_partial_capture, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_quality_and_image_prices, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_charge_outside_the_contract, setup, teardown),
       cmocka_unit_test_setup_teardown(test_list_running_and_requeue, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ledger_verify_detects_drift, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ledger_verify_detects_forged_rows, setup, teardown),

@@ -176,7 +176,7 @@ static void add_finished_task(fx *f, int64_t account, const char *path, const ch
   snprintf(msg_id, 40, "msg_%032x", ++f->n_tasks);
   store_outbox ob = {.id = msg_id, .event = "task.succeeded", .url = t->webhook_url};
   assert_int_equal(f->s->ops->task_finish(f->s, t->id, attempt, TASK_SUCCEEDED, NULL, NULL, NULL,
-                                          0, time_now_ms(), NULL, &ob),
+                                          0, 0, time_now_ms(), NULL, &ob),
                    STORE_OK);
   snprintf(task_id, IDS_UUID_LEN + 1, "%s", t->id);
   task_free(t);
