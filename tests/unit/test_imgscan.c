@@ -587,7 +587,9 @@ static void test_gemini_sse(void **state) {
       ": a comment\r\n"
       "data: {\"candidates\": [{\"content\": {\"parts\": [{\"inlineData\": {\"mimeType\": "
       "\"image/png\", \"data\": \"b25l\"}, \"thoughtSignature\": \"c2ln\"}]}, "
-      "\"finishReason\": \"STOP\"}], \"usageMetadata\": {\"totalTokenCount\": 3}}\r\n\r\n";
+      "\"finishReason\": \"STOP\"}], \"usageMetadata\": {\"totalTokenCount\": 3}}\r\n\r\n"
+      /* one value over two data lines, CRLF ends: the LF after a CR is no blank line */
+      "data: {\"candidates\": [],\r\ndata: \"modelVersion\": \"m\"}\r\n\r\n";
   size_t len = strlen(text);
   got want = {0};
   char *want_rest = NULL;
@@ -596,7 +598,9 @@ static void test_gemini_sse(void **state) {
                    IMGSCAN_OK);
   expect_image(&want, 0, "one", 3);
   json_t *j = must_parse(want_rest);
-  assert_int_equal(json_array_size(j), 2);
+  assert_int_equal(json_array_size(j), 3);
+  assert_string_equal(json_string_value(json_object_get(json_array_get(j, 2), "modelVersion")),
+                      "m");
   json_t *part = json_array_get(
       json_object_get(json_object_get(json_array_get(json_object_get(json_array_get(j, 1),
                                                                      "candidates"),
