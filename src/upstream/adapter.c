@@ -70,6 +70,26 @@ static void adapter_skip_data_url(const char **b64, size_t *len) {
   }
 }
 
+int adapter_image_from_bytes(uint8_t *data, size_t n, provider_image *img, const char **why) {
+  memset(img, 0, sizeof *img);
+  imagefmt fmt = data ? imagefmt_detect(data, n) : IMAGEFMT_UNKNOWN;
+  int w = 0, h = 0;
+  if (fmt == IMAGEFMT_UNKNOWN) {
+    *why = "the image data is not a known image format";
+    return -1;
+  }
+  if (!imagefmt_dimensions(data, n, &w, &h) && fmt != IMAGEFMT_HEIC) {
+    *why = "the image header is truncated or malformed";
+    return -1;
+  }
+  img->data = data;
+  img->len = n;
+  snprintf(img->mime, sizeof img->mime, "%s", imagefmt_mime(fmt));
+  img->width = w;
+  img->height = h;
+  return 0;
+}
+
 int adapter_decode_image(const char *b64, size_t len, provider_image *img, const char **why) {
   memset(img, 0, sizeof *img);
   if (!b64) {
@@ -84,22 +104,11 @@ int adapter_decode_image(const char *b64, size_t len, provider_image *img, const
     *why = rc == -2 ? "the image is larger than 64 MiB" : "the image data is not valid base64";
     return -1;
   }
-  imagefmt fmt = imagefmt_detect(data, n);
-  int w = 0, h = 0;
-  if (fmt == IMAGEFMT_UNKNOWN) {
-    *why = "the image data is not a known image format";
-  } else if (!imagefmt_dimensions(data, n, &w, &h) && fmt != IMAGEFMT_HEIC) {
-    *why = "the image header is truncated or malformed";
-  } else {
-    img->data = data;
-    img->len = n;
-    snprintf(img->mime, sizeof img->mime, "%s", imagefmt_mime(fmt));
-    img->width = w;
-    img->height = h;
-    return 0;
+  if (adapter_image_from_bytes(data, n, img, why) != 0) {
+    free(data);
+    return -1;
   }
-  free(data);
-  return -1;
+  return 0;
 }
 
 imagefmt adapter_input_format(const provider_input *in) {
@@ -196,8 +205,8 @@ adapter_class adapter_status_class(int status) {
 /* ---- transport ---- */
 
 bool adapter_transport_ok(const curlloop_result *res) {
-  return !res->cancelled && !res->aborted && !res->body_truncated && res->code == CURLE_OK &&
-         res->http_status > 0;
+  return !res->cancelled && !res->aborted && !res->body_truncated &&
+         (res->code == CURLE_OK || res->sink_refused) && res->http_status > 0;
 }
 
 void adapter_set_canceled(provider_outcome *o, const char *who) {
@@ -275,7 +284,7 @@ static void adapter_flight_unlink(adapter_flights *fl, adapter_flight *f) {
 }
 
 int adapter_flight_submit(adapter_instance *ai, adapter_flight *f, void *ctx, CURL *easy,
-                          curlloop_done_fn on_done, void *done_ctx) {
+                          const curlloop_sink *sink, curlloop_done_fn on_done, void *done_ctx) {
   adapter_flights *fl = ai->flights;
   f->ctx = ctx;
   f->id = 0;
@@ -289,8 +298,8 @@ int adapter_flight_submit(adapter_instance *ai, adapter_flight *f, void *ctx, CU
   /* Submitted under the lock: the callback may run on the loop thread before
    * the submit returns, and its adapter_flight_landed must find f complete,
    * id included (the loop writes it before the transfer can start). */
-  int rc = curlloop_submit_with_id(ai->loop, easy, ADAPTER_MAX_RESPONSE_BYTES, on_done, done_ctx,
-                                   &f->id);
+  int rc = curlloop_submit_sink(ai->loop, easy, ADAPTER_MAX_RESPONSE_BYTES, sink, on_done, done_ctx,
+                                &f->id);
   if (rc != 0) adapter_flight_unlink(fl, f);
   pthread_mutex_unlock(&fl->lock);
   return rc;

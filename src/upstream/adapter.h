@@ -49,6 +49,12 @@ char *adapter_clean_text(char *dst, size_t dst_size, const char *src, size_t max
  * static reason. The declared MIME type of the upstream is never trusted. */
 int adapter_decode_image(const char *b64, size_t len, provider_image *img, const char **why);
 
+/* Checks that n bytes are an image, as adapter_decode_image does, and on
+ * success fills img with them (img->data = data: the caller's buffer now
+ * belongs to img). Returns 0, or -1 with *why set (data is still the
+ * caller's). */
+int adapter_image_from_bytes(uint8_t *data, size_t n, provider_image *img, const char **why);
+
 /* The format of a reference image: its magic bytes, else its declared MIME
  * type; IMAGEFMT_UNKNOWN when neither says. */
 imagefmt adapter_input_format(const provider_input *in);
@@ -80,7 +86,8 @@ typedef struct adapter_class {
  * "upstream_bad_response". All retryable but BAD_REQUEST. */
 adapter_class adapter_status_class(int status);
 
-/* Whether a finished transfer brought a complete HTTP answer to parse. */
+/* Whether a finished transfer brought a complete HTTP answer to parse (or
+ * one its sink stopped reading: the sink then says why). */
 bool adapter_transport_ok(const curlloop_result *res);
 /* The outcome of a transfer that did not (timeout, network, over-size answer,
  * or aborted by cancel(): then a canceled one, see adapter_set_canceled).
@@ -101,10 +108,11 @@ provider_outcome *adapter_spare_outcome(void);
 void adapter_take_answer(curlloop_result *dst, curlloop_result *res);
 
 /* ---- parsing threads ----
- * The curl loop's callbacks must be quick, but reading an answer is not: a 4K
- * image arrives as ~16 MB of JSON-wrapped base64, a few hundred milliseconds
- * of jansson and decoding. So each instance hands answers to a small pool of
- * its own threads, which parse them and call done(). */
+ * The curl loop's callbacks must be quick. The images of an answer are
+ * decoded as it arrives (upstream/answer.h), but what is left after the
+ * transfer (jansson over the rest, the images' checks, the outcome, done())
+ * runs on a small pool of the instance's own threads, so that done()'s
+ * callers never run on the loop. */
 
 /* The pool is util/workpool.h; a call's work item is its workpool_item. */
 #define ADAPTER_POOL_THREADS 2
@@ -143,12 +151,13 @@ typedef struct adapter_instance {
   adapter_flights *flights;
 } adapter_instance;
 
-/* Registers f under ctx and hands easy to the loop (curlloop_submit_with_id,
- * with ADAPTER_MAX_RESPONSE_BYTES): on_done(done_ctx, ...) runs when it ends,
+/* Registers f under ctx and hands easy to the loop (curlloop_submit_sink,
+ * with ADAPTER_MAX_RESPONSE_BYTES; the body goes to sink, or is collected in
+ * the result when sink is NULL): on_done(done_ctx, ...) runs when it ends,
  * and must call adapter_flight_landed(ai, f) first. Returns 0, or -1 when the
  * loop refused it (then f is not registered and the caller still owns easy). */
 int adapter_flight_submit(adapter_instance *ai, adapter_flight *f, void *ctx, CURL *easy,
-                          curlloop_done_fn on_done, void *done_ctx);
+                          const curlloop_sink *sink, curlloop_done_fn on_done, void *done_ctx);
 /* From the transfer's loop callback: it has ended, cancel() no longer reaches it. */
 void adapter_flight_landed(adapter_instance *ai, adapter_flight *f);
 /* Asks the loop to abort every transfer registered under ctx (each then ends

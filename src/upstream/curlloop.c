@@ -43,6 +43,8 @@ typedef struct transfer {
   size_t cap;
   curlloop_done_fn done;
   void *ctx;
+  curlloop_sink sink;   /* write NULL: the body is collected in res.body */
+  size_t received;      /* bytes handed to the sink */
   bool oom;
   curlloop_result res;
   struct transfer *next, *prev;
@@ -83,6 +85,18 @@ static void curlloop_global_init(void) { curlloop_init_code = curl_global_init(C
 static size_t on_body(char *data, size_t size, size_t n, void *ud) {
   transfer *t = ud;
   size_t len = size * n;
+  if (t->sink.write) {
+    if (len > t->cap - t->received) {
+      t->res.body_truncated = true;
+      return 0;
+    }
+    t->received += len;
+    if (!t->sink.write(t->sink.ctx, data, len)) {
+      t->res.sink_refused = true;
+      return 0; /* less than len: libcurl stops with CURLE_WRITE_ERROR */
+    }
+    return len;
+  }
   size_t room = t->cap - t->res.body.len;
   size_t take = len < room ? len : room;
   if (take && !buf_append(&t->res.body, data, take)) {
@@ -190,16 +204,18 @@ static void release_easy(CURL *e) {
  * is pending and the next request must write one. Under mu. */
 static bool queues_empty(const curlloop *l) { return !l->queue_head && l->n_cancels == 0; }
 
-int curlloop_submit_with_id(curlloop *l, CURL *easy, size_t max_response_bytes,
-                            curlloop_done_fn done, void *ctx, curlloop_transfer_id *id_out) {
+int curlloop_submit_sink(curlloop *l, CURL *easy, size_t max_response_bytes,
+                         const curlloop_sink *sink, curlloop_done_fn done, void *ctx,
+                         curlloop_transfer_id *id_out) {
   if (id_out) *id_out = 0;
-  if (!l || !easy || !done) return -1;
+  if (!l || !easy || !done || (sink && !sink->write)) return -1;
   transfer *t = calloc(1, sizeof *t);
   if (!t) return -1;
   t->easy = easy;
   t->cap = max_response_bytes;
   t->done = done;
   t->ctx = ctx;
+  if (sink) t->sink = *sink;
   if (!prepare_easy(l, t)) {
     release_easy(easy);
     free(t);
@@ -225,6 +241,11 @@ int curlloop_submit_with_id(curlloop *l, CURL *easy, size_t max_response_bytes,
   if (was_empty) wake(l);
   pthread_mutex_unlock(&l->mu);
   return 0;
+}
+
+int curlloop_submit_with_id(curlloop *l, CURL *easy, size_t max_response_bytes,
+                            curlloop_done_fn done, void *ctx, curlloop_transfer_id *id_out) {
+  return curlloop_submit_sink(l, easy, max_response_bytes, NULL, done, ctx, id_out);
 }
 
 int curlloop_submit(curlloop *l, CURL *easy, size_t max_response_bytes, curlloop_done_fn done,
@@ -331,6 +352,8 @@ static void fill_outcome(transfer *t, CURLcode code) {
     snprintf(r->error, sizeof r->error, "response body larger than %zu bytes", t->cap);
   } else if (t->oom) {
     snprintf(r->error, sizeof r->error, "out of memory storing the response body");
+  } else if (r->sink_refused) {
+    snprintf(r->error, sizeof r->error, "the receiver of the response body stopped it");
   } else if (code != CURLE_OK && r->error[0] == '\0') {
     snprintf(r->error, sizeof r->error, "%s", curl_easy_strerror(code));
   }
@@ -365,6 +388,7 @@ static void finish_aborted(curlloop *l, transfer *t) {
   t->res.code = CURLE_ABORTED_BY_CALLBACK;
   t->res.http_status = 0;
   t->res.body_truncated = false;
+  t->res.sink_refused = false;
   buf_free(&t->res.body);
   forget_headers(&t->res);
   snprintf(t->res.error, sizeof t->res.error, "aborted: cancelled by its owner");

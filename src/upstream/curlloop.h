@@ -20,6 +20,11 @@
  * When the transfer ends, the callback runs ON THE LOOP THREAD: it must be
  * quick and must not block (hand heavy work to another thread).
  *
+ * A transfer submitted with curlloop_submit_sink() does not collect its body:
+ * each piece goes to the submitter's sink as it arrives, so an answer of
+ * tens of megabytes is never held whole (upstream/answer.h decodes the images
+ * in it on the way).
+ *
  * A transfer submitted with curlloop_submit_with_id() can be stopped early
  * with curlloop_cancel(). It is named by an id the loop hands out, never
  * reused while the loop lives, rather than by its CURL handle or its ctx:
@@ -62,6 +67,8 @@ typedef struct curlloop_result {
   bool cancelled;           /* the loop is being destroyed; the transfer did not finish */
   bool aborted;             /* curlloop_cancel() stopped it: code is CURLE_ABORTED_BY_CALLBACK,
                              * http_status 0, body empty (whatever had arrived is dropped) */
+  bool sink_refused;        /* the sink stopped it: code is CURLE_WRITE_ERROR; http_status
+                             * and headers are what arrived (the sink knows why) */
   double total_ms;          /* CURLINFO_TOTAL_TIME_T in milliseconds */
   char error[CURL_ERROR_SIZE]; /* libcurl's message when code != CURLE_OK */
   /* A few response headers worth keeping (last value wins, "" when absent). */
@@ -107,6 +114,26 @@ typedef uint64_t curlloop_transfer_id;
  * the callback runs before this returns. On failure *id_out is 0. */
 int curlloop_submit_with_id(curlloop *l, CURL *easy, size_t max_response_bytes,
                             curlloop_done_fn done, void *ctx, curlloop_transfer_id *id_out);
+
+/* Where a transfer's body goes instead of res->body. */
+typedef struct curlloop_sink {
+  /* Gets each piece of the body as it arrives, in order, ON THE LOOP THREAD,
+   * between the events of every other transfer: its work must be in
+   * proportion to the piece (a few microseconds for curl's 16 KB) and it must
+   * never block. Returns false to stop the transfer (then res->sink_refused).
+   * Not called once the transfer has been stopped or cancelled. */
+  bool (*write)(void *ctx, const char *data, size_t len);
+  void *ctx;
+} curlloop_sink;
+
+/* curlloop_submit_with_id() whose body goes to sink (copied) rather than to
+ * res->body, which stays empty. max_response_bytes counts the bytes handed
+ * to the sink: a piece that would go past it is not handed over, and the
+ * transfer ends with body_truncated, as without a sink. The sink's ctx must
+ * live until done has run. */
+int curlloop_submit_sink(curlloop *l, CURL *easy, size_t max_response_bytes,
+                         const curlloop_sink *sink, curlloop_done_fn done, void *ctx,
+                         curlloop_transfer_id *id_out);
 
 /* Asks the loop to stop transfer id. Thread-safe, callable from a callback,
  * never blocks on I/O (the request is queued and the loop woken). If the

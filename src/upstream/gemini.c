@@ -228,11 +228,26 @@ static const char *gemini_detail(const char *text, char *out, size_t size) {
   return out;
 }
 
-static provider_outcome *gemini_image_outcome(json_t *inline_data, int status) {
+/* The image strings of an answer, and the opaque signatures nobody reads
+ * (dropped rather than kept in the rest: they can be long). */
+static const imgscan_path gemini_answer_paths[] = {
+    {"candidates[].content.parts[].inlineData.data", IMGSCAN_IMAGE},
+    {"candidates[].content.parts[].inline_data.data", IMGSCAN_IMAGE},
+    {"candidates[].content.parts[].thoughtSignature", IMGSCAN_DROP},
+    {"candidates[].content.parts[].thought_signature", IMGSCAN_DROP},
+};
+
+void gemini_answer_init(answer_reader *a) {
+  answer_init(a, IMGSCAN_JSON, gemini_answer_paths,
+              sizeof gemini_answer_paths / sizeof gemini_answer_paths[0],
+              ADAPTER_MAX_IMAGE_BYTES);
+}
+
+static provider_outcome *gemini_image_outcome(json_t *inline_data, int status, answer_reader *a) {
   json_t *data = json_object_get(inline_data, "data");
   provider_image img;
   const char *why = NULL;
-  if (adapter_decode_image(json_string_value(data), json_string_length(data), &img, &why) != 0)
+  if (answer_take_image(a, json_string_value(data), &img, &why) != 0)
     return adapter_error(status, PROVIDER_ERR_BAD_RESPONSE, true, "upstream_bad_response",
                          "gemini: %s", why);
   provider_outcome *o = provider_outcome_new(PROVIDER_OK);
@@ -263,7 +278,7 @@ static provider_outcome *gemini_no_candidate(json_t *root, int status) {
                        "gemini: the answer has neither candidates nor a block reason");
 }
 
-static provider_outcome *gemini_parse_candidate(json_t *cand, int status) {
+static provider_outcome *gemini_parse_candidate(json_t *cand, int status, answer_reader *a) {
   json_t *parts = gj_get(gj_get(cand, "content", NULL), "parts", NULL);
   json_t *image = NULL;
   const char *text = NULL;
@@ -278,7 +293,7 @@ static provider_outcome *gemini_parse_candidate(json_t *cand, int status) {
     else if (!text)
       text = gj_str(part, "text", NULL);
   }
-  if (image) return gemini_image_outcome(image, status);
+  if (image) return gemini_image_outcome(image, status, a);
 
   const char *reason = gj_str(cand, "finishReason", "finish_reason");
   const char *message = gj_str(cand, "finishMessage", "finish_message");
@@ -292,14 +307,14 @@ static provider_outcome *gemini_parse_candidate(json_t *cand, int status) {
                        reason ? reason : "no finishReason", detail);
 }
 
-static provider_outcome *gemini_parse_success(json_t *root, int status) {
+static provider_outcome *gemini_parse_success(json_t *root, int status, answer_reader *a) {
   json_t *cands = json_object_get(root, "candidates");
   json_t *cand = json_is_array(cands) ? json_array_get(cands, 0) : NULL;
   if (!cand) return gemini_no_candidate(root, status);
   if (!json_is_object(cand))
     return adapter_error(status, PROVIDER_ERR_BAD_RESPONSE, true, "upstream_bad_response",
                          "gemini: a candidate is not an object");
-  return gemini_parse_candidate(cand, status);
+  return gemini_parse_candidate(cand, status, a);
 }
 
 /* What an error body says. Every field is optional. */
@@ -368,16 +383,25 @@ static provider_outcome *gemini_error_outcome(int http_status, int class_status,
   return o;
 }
 
-provider_outcome *gemini_parse_response(long http_status, const char *body, size_t len,
-                                        const char *retry_after_header) {
+provider_outcome *gemini_parse_answer(long http_status, answer_reader *a,
+                                      const char *retry_after_header) {
   int status = http_status > 0 && http_status < 1000 ? (int)http_status : 0;
+  bool read = answer_finish(a);
+  size_t len = 0;
+  const char *rest = answer_rest(a, &len);
   json_error_t jerr;
-  json_t *root = body && len ? json_loadb(body, len, 0, &jerr) : NULL;
+  json_t *root = rest && len ? json_loadb(rest, len, 0, &jerr) : NULL;
   provider_outcome *o;
   gemini_error e;
   if (status < 200 || status > 299) {
+    /* An error body that is not JSON (a proxy's HTML page) says nothing more. */
     gemini_read_error(root, &e);
     o = gemini_error_outcome(status, status, &e, retry_after_header);
+  } else if (!read && answer_out_of_memory(a)) {
+    o = NULL;
+  } else if (!read) {
+    o = adapter_error(status, PROVIDER_ERR_BAD_RESPONSE, true, "upstream_bad_response",
+                      "gemini: %s", answer_error(a));
   } else if (!json_is_object(root)) {
     o = adapter_error(status, PROVIDER_ERR_BAD_RESPONSE, true, "upstream_bad_response",
                       root ? "gemini: the answer is not a JSON object"
@@ -386,9 +410,19 @@ provider_outcome *gemini_parse_response(long http_status, const char *body, size
     gemini_read_error(root, &e);
     o = gemini_error_outcome(status, e.code >= 400 ? e.code : status, &e, retry_after_header);
   } else {
-    o = gemini_parse_success(root, status);
+    o = gemini_parse_success(root, status, a);
   }
   json_decref(root);
+  return o;
+}
+
+provider_outcome *gemini_parse_response(long http_status, const char *body, size_t len,
+                                        const char *retry_after_header) {
+  answer_reader a;
+  gemini_answer_init(&a);
+  if (body && len) answer_write(&a, body, len);
+  provider_outcome *o = gemini_parse_answer(http_status, &a, retry_after_header);
+  answer_free(&a);
   return o;
 }
 
@@ -401,7 +435,8 @@ typedef struct gemini_call {
   adapter_flight flight; /* registered while on the wire, for cancel() */
   gemini_job *job;
   int index;
-  curlloop_result answer; /* what the loop reported, body included, until parsed */
+  curlloop_result answer; /* what the loop reported (its body went to read) */
+  answer_reader read;            /* the body, read as it arrived (on the loop thread) */
 } gemini_call;
 
 static void gemini_call_run(workpool_item *w);
@@ -432,7 +467,10 @@ static void gemini_job_free(gemini_job *job) {
   if (!job) return;
   for (int i = 0; i < job->n; i++) {
     if (job->results) provider_outcome_free(job->results[i]);
-    if (job->calls) buf_free(&job->calls[i].answer.body);
+    if (job->calls) {
+      buf_free(&job->calls[i].answer.body);
+      answer_free(&job->calls[i].read);
+    }
   }
   free(job->results);
   provider_outcome_free(job->spare);
@@ -479,6 +517,7 @@ static gemini_job *gemini_job_new(adapter_provider *gp, const provider_request *
     job->calls[i].work.drop = gemini_call_drop;
     job->calls[i].job = job;
     job->calls[i].index = i;
+    gemini_answer_init(&job->calls[i].read);
   }
   return job;
 }
@@ -556,8 +595,9 @@ static void gemini_call_run(workpool_item *w) {
   if (!adapter_transport_ok(a))
     o = adapter_transport_outcome(a, "gemini");
   else
-    o = gemini_parse_response(a->http_status, a->body.data, a->body.len, a->retry_after);
+    o = gemini_parse_answer(a->http_status, &call->read, a->retry_after);
   buf_free(&a->body);
+  answer_free(&call->read); /* the drafts and whatever was not taken */
   gemini_job_call_ended(call->job, call->index, o, false, a->aborted);
 }
 
@@ -611,7 +651,8 @@ static int gemini_start(provider *p, const provider_request *req, provider_done_
   int n = job->n; /* the job may be gone once its last call is submitted */
   for (int i = 0; i < n; i++) {
     CURL *easy = gemini_easy(gp, job, url, req->timeout_ms);
-    if (!easy || adapter_flight_submit(&gp->inst, &job->calls[i].flight, ctx, easy,
+    curlloop_sink sink = {answer_write, &job->calls[i].read};
+    if (!easy || adapter_flight_submit(&gp->inst, &job->calls[i].flight, ctx, easy, &sink,
                                        gemini_on_done, &job->calls[i]) != 0) {
       if (easy) curl_easy_cleanup(easy);
       char qname[80];

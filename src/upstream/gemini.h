@@ -13,8 +13,10 @@
  * - 200, no image for any other reason (NO_IMAGE, MAX_TOKENS, OTHER, or STOP
  *   with only a text refusal): NO_IMAGE, retryable, "no_image".
  * - 200 that is not JSON, is truncated, has no candidates and no block reason,
- *   or whose image is not valid base64 or not an image: BAD_RESPONSE,
- *   retryable, "upstream_bad_response".
+ *   or whose image is not an image, or any of whose image strings (drafts
+ *   included: they are decoded as they arrive, before anyone knows they are
+ *   drafts) is not valid base64: BAD_RESPONSE, retryable,
+ *   "upstream_bad_response".
  * - 400 INVALID_ARGUMENT: BAD_REQUEST, not retryable, "upstream_bad_request".
  * - 400 with an invalid key ("API key not valid", reason API_KEY_*): AUTH,
  *   retryable, "upstream_auth".
@@ -37,6 +39,11 @@
  * error_message always starts with "gemini:" and carries the upstream's own
  * message (truncated) when there is one.
  *
+ * Answers are read as they arrive (upstream/answer.h): the image strings
+ * (candidates[].content.parts[].inlineData.data, or inline_data) are decoded
+ * piece by piece on the curl loop, thought signatures are dropped, and only
+ * the rest, a few kilobytes, is parsed with jansson at the end.
+ *
  * Calls in flight point at the provider's parsing threads; they are ended
  * (cancelled, without done()) when the curl loop is destroyed. So destroy the
  * curl loop before the providers that use it. */
@@ -46,6 +53,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "upstream/answer.h"
 #include "upstream/provider.h"
 
 /* Whether the upstream model takes generationConfig.imageConfig.imageSize:
@@ -69,9 +77,18 @@ char *gemini_request_url(const char *base_url, const char *upstream_model);
 
 /* Turns an HTTP answer into an outcome (see the table above). body need not
  * be NUL-terminated. retry_after_header is the raw Retry-After value or
- * NULL/"". NULL only when memory runs out. */
+ * NULL/"". NULL only when memory runs out. The whole body at once: the
+ * provider reads answers piece by piece with the two functions below. */
 provider_outcome *gemini_parse_response(long http_status, const char *body, size_t len,
                                         const char *retry_after_header);
+
+/* Readies a to read a generateContent answer as it arrives (answer_write). */
+void gemini_answer_init(answer_reader *a);
+
+/* gemini_parse_response for an answer read through a, once its body has
+ * ended; takes the image it delivers out of a (answer_free a afterwards). */
+provider_outcome *gemini_parse_answer(long http_status, answer_reader *a,
+                                      const char *retry_after_header);
 
 /* Blocks until every answer already received by this provider (a gemini
  * one; others are ignored) has been parsed and delivered to done(). At an

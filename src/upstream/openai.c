@@ -126,9 +126,17 @@ static provider_outcome *openai_bad_response(int status, const char *what) {
                        "openai: %s", what);
 }
 
-/* Decodes entry i of data[] into img; on failure returns the outcome to report
+static const imgscan_path openai_answer_paths[] = {
+    {"data[].b64_json", IMGSCAN_IMAGE},
+};
+
+void openai_answer_init(answer_reader *a) {
+  answer_init(a, IMGSCAN_JSON, openai_answer_paths, 1, ADAPTER_MAX_IMAGE_BYTES);
+}
+
+/* Takes entry i of data[] into img; on failure returns the outcome to report
  * (or NULL for out of memory) and sets *failed. */
-static provider_outcome *openai_decode_entry(json_t *entry, size_t i, int status,
+static provider_outcome *openai_decode_entry(json_t *entry, size_t i, int status, answer_reader *a,
                                              provider_image *img, bool *failed) {
   json_t *b64 = json_object_get(entry, "b64_json");
   const char *why = NULL;
@@ -136,8 +144,7 @@ static provider_outcome *openai_decode_entry(json_t *entry, size_t i, int status
   if (!json_is_string(b64)) {
     why = json_object_get(entry, "url") ? "an image came as a URL, not as b64_json"
                                         : "an image has no b64_json";
-  } else if (adapter_decode_image(json_string_value(b64), json_string_length(b64), img, &why) ==
-             0) {
+  } else if (answer_take_image(a, json_string_value(b64), img, &why) == 0) {
     return NULL;
   }
   *failed = true;
@@ -145,7 +152,7 @@ static provider_outcome *openai_decode_entry(json_t *entry, size_t i, int status
                        "openai: image %zu: %s", i + 1, why);
 }
 
-static provider_outcome *openai_parse_images(json_t *root, int status) {
+static provider_outcome *openai_parse_images(json_t *root, int status, answer_reader *a) {
   json_t *data = json_object_get(root, "data");
   if (!json_is_array(data)) return openai_bad_response(status, "the answer has no data array");
   size_t n = json_array_size(data);
@@ -162,7 +169,7 @@ static provider_outcome *openai_parse_images(json_t *root, int status) {
   for (size_t i = 0; i < n; i++) {
     bool failed;
     provider_outcome *err =
-        openai_decode_entry(json_array_get(data, i), i, status, &o->images[i], &failed);
+        openai_decode_entry(json_array_get(data, i), i, status, a, &o->images[i], &failed);
     if (failed) {
       provider_outcome_free(o);
       return err;
@@ -220,22 +227,39 @@ static provider_outcome *openai_error_outcome(int status, json_t *root, const ch
   return o;
 }
 
-provider_outcome *openai_parse_response(long http_status, const char *body, size_t len,
-                                        const char *retry_after, const char *retry_after_ms) {
+provider_outcome *openai_parse_answer(long http_status, answer_reader *a, const char *retry_after,
+                                      const char *retry_after_ms) {
   int status = http_status > 0 && http_status < 1000 ? (int)http_status : 0;
+  bool read = answer_finish(a);
+  size_t len = 0;
+  const char *rest = answer_rest(a, &len);
   json_error_t jerr;
-  json_t *root = body && len ? json_loadb(body, len, 0, &jerr) : NULL;
+  json_t *root = rest && len ? json_loadb(rest, len, 0, &jerr) : NULL;
   provider_outcome *o;
   if (status < 200 || status > 299)
     o = openai_error_outcome(status, root, retry_after, retry_after_ms);
+  else if (!read && answer_out_of_memory(a))
+    o = NULL;
+  else if (!read)
+    o = openai_bad_response(status, answer_error(a));
   else if (!json_is_object(root))
     o = openai_bad_response(status, root ? "the answer is not a JSON object"
                                          : "the answer is not valid JSON (empty or truncated?)");
   else if (json_is_object(json_object_get(root, "error")))
     o = openai_error_outcome(status, root, retry_after, retry_after_ms);
   else
-    o = openai_parse_images(root, status);
+    o = openai_parse_images(root, status, a);
   json_decref(root);
+  return o;
+}
+
+provider_outcome *openai_parse_response(long http_status, const char *body, size_t len,
+                                        const char *retry_after, const char *retry_after_ms) {
+  answer_reader a;
+  openai_answer_init(&a);
+  if (body && len) answer_write(&a, body, len);
+  provider_outcome *o = openai_parse_answer(http_status, &a, retry_after, retry_after_ms);
+  answer_free(&a);
   return o;
 }
 
@@ -246,7 +270,8 @@ typedef struct openai_call {
   workpool_item work;       /* first: the pool hands it back */
   adapter_flight flight;   /* registered while on the wire, for cancel() */
   adapter_instance *inst;  /* the provider's settings, threads and register */
-  curlloop_result answer;  /* what the loop reported, body included, until parsed */
+  curlloop_result answer;  /* what the loop reported (its body went to read) */
+  answer_reader read;             /* the body, read as it arrived (on the loop thread) */
   provider_done_fn done;
   void *ctx;
   struct curl_slist *headers;
@@ -261,6 +286,7 @@ static void openai_call_free(openai_call *call) {
   curl_slist_free_all(call->headers);
   free(call->body);
   buf_free(&call->answer.body);
+  answer_free(&call->read);
   provider_outcome_free(call->spare);
   free(call);
 }
@@ -273,8 +299,7 @@ static void openai_call_run(workpool_item *w) {
   if (!adapter_transport_ok(a))
     o = adapter_transport_outcome(a, "openai");
   else
-    o = openai_parse_response(a->http_status, a->body.data, a->body.len, a->retry_after,
-                              a->retry_after_ms);
+    o = openai_parse_answer(a->http_status, &call->read, a->retry_after, a->retry_after_ms);
   if (!o) {
     o = call->spare;
     call->spare = NULL;
@@ -362,6 +387,7 @@ static int openai_start(provider *p, const provider_request *req, provider_done_
   openai_call *call = url ? calloc(1, sizeof *call) : NULL;
   CURL *easy = call ? adapter_easy_new(&op->inst, url, req->timeout_ms) : NULL;
   free(url);
+  curlloop_sink sink = {answer_write, NULL}; /* the answer is read into call->read */
   if (call) {
     call->work.run = openai_call_run;
     call->work.drop = openai_call_drop;
@@ -369,11 +395,14 @@ static int openai_start(provider *p, const provider_request *req, provider_done_
     call->done = done;
     call->ctx = ctx;
     call->spare = adapter_spare_outcome();
+    openai_answer_init(&call->read);
+    sink.ctx = &call->read;
   }
   /* Body first: the Content-Type header it may add must be in the list before it is set. */
   bool ok = easy && call->spare && openai_set_body(easy, call, req, edits) &&
             openai_set_headers(easy, call, &op->inst) &&
-            adapter_flight_submit(&op->inst, &call->flight, ctx, easy, openai_on_done, call) == 0;
+            adapter_flight_submit(&op->inst, &call->flight, ctx, easy, &sink, openai_on_done,
+                                  call) == 0;
   if (!ok) {
     char qname[80];
     LOG_WARN("openai_start_failed", "provider=%s", log_quote(op->base.name, qname, sizeof qname));

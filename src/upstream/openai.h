@@ -33,8 +33,10 @@
  * error_message always starts with "openai:" and carries the upstream's
  * message (truncated) when there is one.
  *
- * As for gemini.h: answers are parsed on the provider's own threads, and the
- * curl loop must be destroyed before the providers that use it. */
+ * As for gemini.h: answers are read as they arrive, the data[].b64_json
+ * strings decoded piece by piece on the curl loop and the rest parsed on the
+ * provider's own threads; the curl loop must be destroyed before the
+ * providers that use it. */
 #ifndef IMGATE_OPENAI_H
 #define IMGATE_OPENAI_H
 
@@ -43,6 +45,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "upstream/answer.h"
 #include "upstream/provider.h"
 
 /* The size parameter for an aspect ratio: "1:1" -> "1024x1024", "3:2" ->
@@ -100,6 +103,14 @@ char *openai_request_url(const char *base_url, bool edits);
  * memory runs out. */
 provider_outcome *openai_parse_response(long http_status, const char *body, size_t len,
                                         const char *retry_after, const char *retry_after_ms);
+
+/* Readies a to read an Images API answer as it arrives (answer_write). */
+void openai_answer_init(answer_reader *a);
+
+/* openai_parse_response for an answer read through a, once its body has
+ * ended; takes the images it delivers out of a (answer_free a afterwards). */
+provider_outcome *openai_parse_answer(long http_status, answer_reader *a, const char *retry_after,
+                                      const char *retry_after_ms);
 
 /* As gemini_provider_drain, for an openai provider. */
 void openai_provider_drain(provider *p);

@@ -363,6 +363,20 @@ class GeminiAdapterTest(AdapterCase):
         self.assertAttempts(t, [("g", G25, s, "server", "upstream_unavailable")
                                 for s in (500, 503, 504)])
 
+    def test_answer_in_small_odd_pieces(self):
+        # The answer reaches imgate a few bytes at a time (cut inside keys, inside
+        # "data":", inside base64 groups): it is read as it arrives, and the stored
+        # image is still byte for byte the one sent, drafts still skipped.
+        for chunk, fmt in ((7, "png"), (13, "webp"), (1000, "jpeg")):
+            with self.subTest(chunk_bytes=chunk):
+                p = self.prompt("pieces%d" % chunk)
+                self.gemini([{"kind": "thought_then_image", "format": fmt, "width": 40,
+                              "height": 30, "chunk_bytes": chunk}])
+                t = self.run_task(p, model="nano-banana-pro")
+                self.assertImage(t, fmt, u.fake_image(fmt, p, 40, 30), 40, 30)
+                self.requests(p, 1)
+                self.assertAttempts(t, [ok(G3PRO)])
+
     # -- broken answers and connections: retryable
 
     def test_malformed_and_truncated_json_are_retried(self):
@@ -505,6 +519,16 @@ class OpenAIAdapterTest(AdapterCase):
                 self.openai([{"kind": "image", "format": fmt, "width": 6, "height": 4}])
                 t = self.run_task(p, model="gpt-image-1")
                 self.assertImage(t, fmt, u.fake_image(fmt, p, 6, 4), 6, 4)
+                self.requests(p, 1)
+
+    def test_answer_in_small_odd_pieces(self):
+        for chunk in (5, 333):
+            with self.subTest(chunk_bytes=chunk):
+                p = self.prompt("pieces%d" % chunk)
+                self.openai([{"kind": "image", "format": "png", "width": 33, "height": 17,
+                              "chunk_bytes": chunk}])
+                t = self.run_task(p, model="gpt-image-1")
+                self.assertImage(t, "png", u.fake_image("png", p, 33, 17), 33, 17, provider="o")
                 self.requests(p, 1)
 
     def test_moderation_blocked_is_moderated(self):

@@ -48,6 +48,9 @@ Control API (the point of the fake), per server instance:
 
 STEP fields, all optional:
   delay_ms       wait this long before acting (the request is already read and recorded).
+  chunk_bytes    send the body of a plain (not streamed) answer in writes of this many bytes,
+                 each flushed to the socket before the next, so the client reads it in small,
+                 oddly cut pieces (the head goes first, on its own).
   kind           image (default) | thought_then_image | text_only | block_prompt | finish_reason |
                  error | malformed | truncated | reset | close | hang
   status         HTTP status of the answer (default 200; 500 for kind=error). For kind=error a
@@ -453,6 +456,7 @@ class Reply:
 
     def __init__(self, status=200, body=b"", content_type="application/json", headers=None,
                  action=None, events=None):
+        self.chunk_bytes = None  # write the body in pieces this large
         self.status = status
         self.body = body if isinstance(body, bytes) else json_bytes(body)
         self.headers = [("Content-Type", content_type)] if content_type else []
@@ -581,7 +585,7 @@ STEP_FIELDS = {
     "details": list, "code": (str, type(None)), "type": str, "param": (str, type(None)),
     "in_stream": bool, "headers": dict, "snake_case": (bool, str), "width": int, "height": int,
     "real_size": bool, "thoughts": int, "final_image": bool, "format": str, "damaged": bool,
-    "sizes": list, "count": int, "quality": (str, type(None)),
+    "sizes": list, "count": int, "quality": (str, type(None)), "chunk_bytes": int,
 }
 
 
@@ -600,6 +604,8 @@ def check_step(step):
         return "unknown kind %r (one of %s)" % (kind, ", ".join(KINDS))
     if step.get("delay_ms", 0) < 0:
         return "delay_ms must be >= 0"
+    if step.get("chunk_bytes", 1) < 1:
+        return "chunk_bytes must be >= 1"
     status = step.get("status")
     if isinstance(status, int) and not 100 <= status <= 599:
         return "status must be an HTTP status"
@@ -1124,8 +1130,15 @@ class Fake:
         else:
             reply.set_header("Content-Length", len(reply.body))
             body = reply.body[:len(reply.body) // 2] if reply.action == "truncated" else reply.body
-            writer.write(encode_head(reply.status, reply.headers) + body)
-            await writer.drain()
+            if reply.chunk_bytes:
+                writer.write(encode_head(reply.status, reply.headers))
+                await writer.drain()
+                for at in range(0, len(body), reply.chunk_bytes):
+                    writer.write(body[at:at + reply.chunk_bytes])
+                    await writer.drain()
+            else:
+                writer.write(encode_head(reply.status, reply.headers) + body)
+                await writer.drain()
         if not keep_alive:
             writer.close()
         return keep_alive
@@ -1215,6 +1228,7 @@ class Fake:
                 reply.action = "truncated"
         for k, v in step.get("headers", {}).items():
             reply.set_header(k, v)
+        reply.chunk_bytes = step.get("chunk_bytes")
         return reply
 
     # -- Gemini

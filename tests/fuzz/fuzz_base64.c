@@ -9,9 +9,17 @@
  *   the exact size decodes, one byte less answers -2.
  * - The input (after one byte of flags) encoded as bytes: the encoding has
  *   the announced length, and decodes back, also once re-spelled in the
- *   URL-safe alphabet, without padding, or with whitespace in between. */
+ *   URL-safe alphabet, without padding, or with whitespace in between.
+ * - The input decoded by the decoder this one replaced (base64_reference.h):
+ *   the same answer (0, -1 or -2) and the same bytes, at the size cap and
+ *   with none.
+ * - The input streamed, cut at up to eight points chosen from its hash, by
+ *   base64_stream_feed and by base64_stream_run (the caller skipping the
+ *   whitespace it stops at): the same verdict and bytes as the one-shot form,
+ *   and no call writes more than BASE64_FEED_MAX promises. */
 #include <stdbool.h>
 
+#include "base64_reference.h"
 #include "fuzz_check.h"
 #include "util/base64.h"
 
@@ -111,8 +119,98 @@ static void check_encode(const uint8_t *data, size_t size) {
   free(enc);
 }
 
+static void check_reference(const uint8_t *data, size_t size) {
+  uint8_t *a = NULL, *b = NULL;
+  size_t alen = 0, blen = 0;
+  int ra = base64_decode((const char *)data, size, SIZE_MAX, &a, &alen);
+  int rb = ref_base64_decode((const char *)data, size, SIZE_MAX, &b, &blen);
+  FUZZ_CHECK(ra == rb && alen == blen && (alen == 0 || memcmp(a, b, alen) == 0));
+  free(a);
+  free(b);
+  size_t cap = size % 7 == 0 ? 0 : blen / 2; /* a cap the text may or may not fit */
+  ra = base64_decode((const char *)data, size, cap, &a, &alen);
+  rb = ref_base64_decode((const char *)data, size, cap, &b, &blen);
+  FUZZ_CHECK(ra == rb && alen == blen && (alen == 0 || memcmp(a, b, alen) == 0));
+  free(a);
+  free(b);
+}
+
+/* Streams data cut at cuts[0..n) (ascending, the last == size). run: through
+ * base64_stream_run, skipping whitespace by hand and failing on anything else
+ * it stops at. Returns 0 and the bytes in out, or -1. */
+static int stream(const uint8_t *data, const size_t *cuts, size_t n, bool run, uint8_t *out,
+                  size_t *out_len) {
+  base64_stream s;
+  base64_stream_init(&s);
+  size_t at = 0, o = 0;
+  for (size_t k = 0; k < n; k++) {
+    size_t len = cuts[k] - at;
+    /* A buffer of exactly the promised room: ASan catches a write past it. */
+    uint8_t *room = malloc(BASE64_FEED_MAX(len));
+    FUZZ_CHECK(room);
+    const char *p = (const char *)data + at;
+    size_t written = 0;
+    int rc = 0;
+    if (!run) {
+      rc = base64_stream_feed(&s, p, len, room, &written);
+    } else {
+      size_t i = 0;
+      while (i < len && rc == 0) {
+        size_t w = 0;
+        i += base64_stream_run(&s, p + i, len - i, room + written, &w);
+        written += w;
+        if (base64_stream_failed(&s)) rc = -1;
+        else if (i < len && strchr(" \t\r\n", p[i]) && p[i]) i++;
+        else if (i < len) rc = -1;
+      }
+    }
+    FUZZ_CHECK(written <= BASE64_FEED_MAX(len));
+    memcpy(out + o, room, written);
+    free(room);
+    o += written;
+    if (rc != 0) return -1;
+    at = cuts[k];
+  }
+  size_t tail = 0;
+  if (base64_stream_finish(&s, out + o, &tail) != 0) return -1;
+  *out_len = o + tail;
+  return 0;
+}
+
+static void check_stream(const uint8_t *data, size_t size) {
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < size; i++) h = (h ^ data[i]) * 1099511628211ull;
+  size_t cuts[9], n = (size_t)(h % 9);
+  for (size_t i = 0; i < n; i++) {
+    h = h * 6364136223846793005ull + 1442695040888963407ull;
+    cuts[i] = (size_t)(h >> 33) % (size + 1);
+  }
+  for (size_t i = 1; i < n; i++)
+    for (size_t j = i; j > 0 && cuts[j - 1] > cuts[j]; j--) {
+      size_t t = cuts[j];
+      cuts[j] = cuts[j - 1];
+      cuts[j - 1] = t;
+    }
+  cuts[n++] = size;
+  uint8_t *want = NULL;
+  size_t want_len = 0;
+  int want_rc = base64_decode((const char *)data, size, SIZE_MAX, &want, &want_len);
+  uint8_t *got = malloc(size + 8);
+  FUZZ_CHECK(got);
+  for (int run = 0; run <= 1; run++) {
+    size_t got_len = 0;
+    int rc = stream(data, cuts, n, run, got, &got_len);
+    FUZZ_CHECK(rc == (want_rc == 0 ? 0 : -1));
+    if (rc == 0) FUZZ_CHECK(got_len == want_len && (!want_len || !memcmp(got, want, want_len)));
+  }
+  free(got);
+  free(want);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   check_decode(data, size);
   check_encode(data, size);
+  check_reference(data, size);
+  check_stream(data, size);
   return 0;
 }

@@ -2,13 +2,15 @@
  * test_openai.c): a stand-in for the curl loop and a one-shot local HTTP server.
  *
  * The stand-in defines the curlloop functions the adapters call (submit,
- * easy_new, cancel) itself, so the adapters' glue links and runs without the
- * real loop. It keeps each submitted handle, as the real loop does, never
- * calling back inside submit. In FAKE_QUEUE mode the test ends each by hand
- * (an answer, a transport error, the loop's shutdown, or what a cancel
- * request does); in FAKE_PERFORM mode fake_perform_all() runs them with
- * curl_easy_perform() against capsrv, so the real bytes on the wire can be
- * checked. Include after cmocka.h; static functions only, one copy per test. */
+ * submit_sink, easy_new, cancel) itself, so the adapters' glue links and runs
+ * without the real loop. It keeps each submitted handle, as the real loop
+ * does, never calling back inside submit. In FAKE_QUEUE mode the test ends
+ * each by hand (an answer, delivered to the transfer's sink whole or in
+ * pieces cut where the test says, a transport error, the loop's shutdown, or
+ * what a cancel request does); in FAKE_PERFORM mode fake_perform_all() runs
+ * them with curl_easy_perform() against capsrv, so the real bytes on the wire
+ * can be checked. Include after cmocka.h; static functions only, one copy per
+ * test. */
 #ifndef IMGATE_ADAPTER_TESTUTIL_H
 #define IMGATE_ADAPTER_TESTUTIL_H
 
@@ -84,6 +86,7 @@ typedef struct fake_sub {
   curlloop_done_fn done;
   void *ctx;
   size_t max_bytes;
+  curlloop_sink sink; /* write NULL: the body is collected, as submit does */
 } fake_sub;
 
 #define FAKE_MAX_SUBS 16
@@ -110,17 +113,31 @@ static void fake_reset(fake_mode mode) {
 typedef struct fake_capture {
   curlloop_result res;
   size_t max;
+  curlloop_sink sink;
+  size_t received;
 } fake_capture;
+
+/* What the loop does with a piece of the body: to the sink, or collected. */
+static bool fake_take_piece(fake_capture *c, const char *p, size_t len) {
+  if (c->received + len > c->max) {
+    c->res.body_truncated = true;
+    return false;
+  }
+  c->received += len;
+  if (c->sink.write) {
+    if (c->sink.write(c->sink.ctx, p, len)) return true;
+    c->res.sink_refused = true;
+    c->res.code = CURLE_WRITE_ERROR;
+    return false;
+  }
+  assert_true(buf_append(&c->res.body, p, len));
+  return true;
+}
 
 static size_t fake_write(char *p, size_t size, size_t n, void *ud) {
   fake_capture *c = ud;
   size_t len = size * n;
-  if (c->res.body.len + len > c->max) {
-    c->res.body_truncated = true;
-    return 0;
-  }
-  assert_true(buf_append(&c->res.body, p, len));
-  return len;
+  return fake_take_piece(c, p, len) ? len : 0;
 }
 
 /* Keeps a header value when the line is "name: value". */
@@ -144,16 +161,19 @@ static size_t fake_header(char *p, size_t size, size_t n, void *ud) {
   return len;
 }
 
-static void fake_perform(CURL *easy, size_t max_bytes, curlloop_done_fn done, void *ctx) {
+static void fake_perform(CURL *easy, size_t max_bytes, const curlloop_sink *sink,
+                         curlloop_done_fn done, void *ctx) {
   fake_capture c;
   memset(&c, 0, sizeof c);
   c.max = max_bytes;
+  c.sink = *sink;
   curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, fake_write);
   curl_easy_setopt(easy, CURLOPT_WRITEDATA, &c);
   curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, fake_header);
   curl_easy_setopt(easy, CURLOPT_HEADERDATA, &c);
   curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, c.res.error);
-  c.res.code = curl_easy_perform(easy);
+  CURLcode code = curl_easy_perform(easy);
+  if (!c.res.sink_refused) c.res.code = code;
   curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &c.res.http_status);
   curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, NULL);
   done(ctx, easy, &c.res);
@@ -166,15 +186,22 @@ CURL *curlloop_easy_new(curlloop *l) {
   return curl_easy_init();
 }
 
-int curlloop_submit_with_id(curlloop *l, CURL *easy, size_t max_response_bytes,
-                            curlloop_done_fn done, void *ctx, curlloop_transfer_id *id_out) {
+int curlloop_submit_sink(curlloop *l, CURL *easy, size_t max_response_bytes,
+                         const curlloop_sink *sink, curlloop_done_fn done, void *ctx,
+                         curlloop_transfer_id *id_out) {
   assert_ptr_equal(l, FAKE_LOOP);
   if (id_out) *id_out = 0;
   if (fake.accept_limit >= 0 && fake.n_subs >= fake.accept_limit) return -1;
   assert_true(fake.n_subs < FAKE_MAX_SUBS);
-  fake.subs[fake.n_subs++] = (fake_sub){easy, done, ctx, max_response_bytes};
+  fake.subs[fake.n_subs++] =
+      (fake_sub){easy, done, ctx, max_response_bytes, sink ? *sink : (curlloop_sink){0}};
   if (id_out) *id_out = (curlloop_transfer_id)fake.n_subs;
   return 0;
+}
+
+int curlloop_submit_with_id(curlloop *l, CURL *easy, size_t max_response_bytes,
+                            curlloop_done_fn done, void *ctx, curlloop_transfer_id *id_out) {
+  return curlloop_submit_sink(l, easy, max_response_bytes, NULL, done, ctx, id_out);
 }
 
 int curlloop_submit(curlloop *l, CURL *easy, size_t max_response_bytes, curlloop_done_fn done,
@@ -198,7 +225,7 @@ static void fake_perform_all(void) {
     if (!s->easy) continue;
     CURL *easy = s->easy;
     s->easy = NULL;
-    fake_perform(easy, s->max_bytes, s->done, s->ctx);
+    fake_perform(easy, s->max_bytes, &s->sink, s->done, s->ctx);
   }
 }
 
@@ -212,18 +239,41 @@ static void fake_deliver(int i, curlloop_result *res) {
   s->done(s->ctx, easy, res);
 }
 
-/* Ends queued submission i with an HTTP answer. */
+/* Ends queued submission i with an HTTP answer whose body arrives in pieces
+ * cut at cuts[0..n_cuts) (ascending offsets), as the loop would hand them
+ * over: to the transfer's sink (stopping where it refuses, or where the
+ * size cap is reached), or collected. Returns the result's sink_refused. */
+static bool fake_answer_cut(int i, long status, const char *body, const size_t *cuts,
+                            size_t n_cuts, const char *retry_after, const char *retry_after_ms) {
+  assert_true(i < fake.n_subs);
+  fake_capture c;
+  memset(&c, 0, sizeof c);
+  c.max = fake.subs[i].max_bytes;
+  c.sink = fake.subs[i].sink;
+  c.res.code = CURLE_OK;
+  c.res.http_status = status;
+  size_t len = body ? strlen(body) : 0, at = 0;
+  for (size_t k = 0; k <= n_cuts && at < len; k++) {
+    size_t next = k < n_cuts ? cuts[k] : len;
+    assert_true(next >= at && next <= len);
+    if (next > at && !fake_take_piece(&c, body + at, next - at)) {
+      if (c.res.body_truncated) c.res.code = CURLE_WRITE_ERROR;
+      break;
+    }
+    at = next;
+  }
+  if (retry_after) snprintf(c.res.retry_after, sizeof c.res.retry_after, "%s", retry_after);
+  if (retry_after_ms)
+    snprintf(c.res.retry_after_ms, sizeof c.res.retry_after_ms, "%s", retry_after_ms);
+  fake_deliver(i, &c.res);
+  buf_free(&c.res.body);
+  return c.res.sink_refused;
+}
+
+/* Ends queued submission i with an HTTP answer, its body in one piece. */
 static void fake_answer(int i, long status, const char *body, const char *retry_after,
                         const char *retry_after_ms) {
-  curlloop_result res;
-  memset(&res, 0, sizeof res);
-  res.code = CURLE_OK;
-  res.http_status = status;
-  if (body) assert_true(buf_append_str(&res.body, body));
-  if (retry_after) snprintf(res.retry_after, sizeof res.retry_after, "%s", retry_after);
-  if (retry_after_ms) snprintf(res.retry_after_ms, sizeof res.retry_after_ms, "%s", retry_after_ms);
-  fake_deliver(i, &res);
-  buf_free(&res.body);
+  fake_answer_cut(i, status, body, NULL, 0, retry_after, retry_after_ms);
 }
 
 /* Whether submission i (id i + 1) is still waiting for its end. */

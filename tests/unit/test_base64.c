@@ -1,4 +1,5 @@
-/* test_base64.c - RFC 4648 vectors, both alphabets, strictness, size limits, round trips. */
+/* test_base64.c - RFC 4648 vectors, both alphabets, strictness, size limits, round trips;
+ * the streaming decoder split at every point; the decoder against the one it replaced. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -9,6 +10,7 @@
 #include <string.h>
 
 #include "util/base64.h"
+#include "../fuzz/base64_reference.h"
 
 static const struct {
   const char *plain;
@@ -248,6 +250,255 @@ static void test_round_trip_all_bytes(void **state) {
   }
 }
 
+
+/* ================= streaming ================= */
+
+/* Streams in[0..len) cut at the given points; returns 0 and the bytes, or -1
+ * when some call refused. Checks that no call writes past what it may. */
+static int stream_pieces(const char *in, size_t len, const size_t *cuts, size_t n_cuts,
+                         uint8_t *out, size_t *out_len) {
+  base64_stream s;
+  base64_stream_init(&s);
+  size_t o = 0, at = 0;
+  for (size_t k = 0; k <= n_cuts; k++) {
+    size_t next = k < n_cuts ? cuts[k] : len;
+    size_t n = 0;
+    uint8_t *piece = malloc(BASE64_FEED_MAX(next - at)); /* exactly the promised room */
+    assert_non_null(piece);
+    int rc = base64_stream_feed(&s, in + at, next - at, piece, &n);
+    assert_true(n <= BASE64_FEED_MAX(next - at));
+    memcpy(out + o, piece, n);
+    free(piece);
+    o += n;
+    if (rc != 0) {
+      assert_true(base64_stream_failed(&s));
+      return -1;
+    }
+    at = next;
+  }
+  uint8_t tail[2];
+  size_t tail_len = 9;
+  if (base64_stream_finish(&s, tail, &tail_len) != 0) {
+    assert_int_equal(tail_len, 0);
+    return -1;
+  }
+  memcpy(out + o, tail, tail_len);
+  *out_len = o + tail_len;
+  return 0;
+}
+
+/* Every way of cutting s into two and three pieces gives what one call gives. */
+static void expect_stream_matches(const char *in) {
+  size_t len = strlen(in);
+  uint8_t *want = NULL;
+  size_t want_len = 0;
+  int want_rc = base64_decode(in, len, SIZE_MAX, &want, &want_len);
+  uint8_t got[256];
+  size_t got_len = 0;
+  assert_true(len < sizeof got);
+  for (size_t a = 0; a <= len; a++) {
+    for (size_t b = a; b <= len; b++) {
+      size_t cuts[2] = {a, b};
+      int rc = stream_pieces(in, len, cuts, 2, got, &got_len);
+      if (rc != (want_rc == 0 ? 0 : -1))
+        fail_msg("\"%s\" cut at %zu and %zu: %d, one-shot %d", in, a, b, rc, want_rc);
+      if (rc == 0) {
+        assert_int_equal(got_len, want_len);
+        if (want_len) assert_memory_equal(got, want, want_len);
+      }
+    }
+  }
+  free(want);
+}
+
+static void test_stream_every_split(void **state) {
+  (void)state;
+  static const char *const good[] = {
+      "",         "Zg==",     "Zg",         "Zm8=",          "Zm8",
+      "Zm9v",     "Zm9vYmFy", "Zm9vYg==",   "+/+//g==",      "-_-__g",
+      "Z m\t9 v Y g = =\r\n", "  Zm9v\nYmE=\n", "Zg= =",   "Zm9v\r\nYmFy\r\n",
+      "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0NTY3ODk=",
+      "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5E"
+      "rkJggg==",
+  };
+  static const char *const bad[] = {
+      "Z", "Zm9vY", "Zg=", "Zg===", "Zm9v=", "=Zm9", "Zm=9", "Zg==Zg==", "Zh==", "Zm9",
+      "+_-/", "-/+_", "Zm9v*mFy", "Zm9v\fYmFy", "Zg==\nZg", "Zm9vYmFy+_", "ab-d/fgh",
+  };
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+    uint8_t *out = NULL;
+    size_t n = 0;
+    assert_int_equal(base64_decode(good[i], strlen(good[i]), SIZE_MAX, &out, &n), 0);
+    free(out);
+    expect_stream_matches(good[i]);
+  }
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    uint8_t *out = NULL;
+    size_t n = 0;
+    assert_int_equal(base64_decode(bad[i], strlen(bad[i]), SIZE_MAX, &out, &n), -1);
+    expect_stream_matches(bad[i]);
+  }
+}
+
+/* A long input, wrapped and not, cut into pieces of every small size. */
+static void test_stream_piece_sizes(void **state) {
+  (void)state;
+  size_t n = 10007;
+  uint8_t *data = malloc(n);
+  assert_non_null(data);
+  fill_random(data, n, 42);
+  char *enc = base64_encode(data, n);
+  char *wrapped = wrap_mime(enc);
+  const char *texts[] = {enc, wrapped};
+  uint8_t *got = malloc(n + 8);
+  size_t *cuts = malloc(sizeof *cuts * (strlen(wrapped) + 1));
+  assert_true(got && cuts);
+  for (size_t t = 0; t < 2; t++) {
+    size_t len = strlen(texts[t]);
+    for (size_t piece = 1; piece <= 37; piece++) {
+      size_t n_cuts = 0;
+      for (size_t at = piece; at < len; at += piece) cuts[n_cuts++] = at;
+      size_t got_len = 0;
+      assert_int_equal(stream_pieces(texts[t], len, cuts, n_cuts, got, &got_len), 0);
+      assert_int_equal(got_len, n);
+      assert_memory_equal(got, data, n);
+    }
+  }
+  free(cuts);
+  free(got);
+  free(wrapped);
+  free(enc);
+  free(data);
+}
+
+static void test_stream_run_stops_before_other_bytes(void **state) {
+  (void)state;
+  base64_stream s;
+  base64_stream_init(&s);
+  uint8_t out[64];
+  size_t n = 0;
+  const char *text = "Zm9vYmFy\"rest";
+  assert_int_equal(base64_stream_run(&s, text, strlen(text), out, &n), 8);
+  assert_int_equal(n, 6);
+  assert_memory_equal(out, "foobar", 6);
+  assert_false(base64_stream_failed(&s));
+  /* Whitespace stops a run too (the caller decides what it means there). */
+  assert_int_equal(base64_stream_run(&s, "Zg \\", 5, out, &n), 2);
+  assert_int_equal(n, 0);
+  assert_int_equal(base64_stream_run(&s, "==", 2, out, &n), 2);
+  uint8_t tail[2];
+  assert_int_equal(base64_stream_finish(&s, tail, &n), 0);
+  assert_int_equal(n, 1);
+  assert_int_equal(tail[0], 'f');
+
+  /* A strictness fault stops it before the faulty character, for good. */
+  base64_stream_init(&s);
+  assert_int_equal(base64_stream_run(&s, "ab+d-fgh", 8, out, &n), 4);
+  assert_int_equal(n, 3);
+  assert_true(base64_stream_failed(&s));
+  assert_int_equal(base64_stream_run(&s, "Zm9v", 4, out, &n), 0);
+  assert_int_equal(base64_stream_feed(&s, "Zm9v", 4, out, &n), -1);
+  assert_int_equal(n, 0);
+  assert_int_equal(base64_stream_finish(&s, tail, &n), -1);
+
+  /* A digit after padding. */
+  base64_stream_init(&s);
+  assert_int_equal(base64_stream_run(&s, "Zg==Zg", 6, out, &n), 4);
+  assert_true(base64_stream_failed(&s));
+}
+
+typedef struct sink_record {
+  uint8_t bytes[64 * 1024];
+  size_t len;
+  int calls;
+  int stop_at; /* the call that answers "stop"; 0 = never */
+} sink_record;
+
+static int record_bytes(void *ctx, const uint8_t *bytes, size_t len) {
+  sink_record *r = ctx;
+  r->calls++;
+  assert_true(len > 0);
+  assert_true(r->len + len <= sizeof r->bytes);
+  memcpy(r->bytes + r->len, bytes, len);
+  r->len += len;
+  return r->calls == r->stop_at ? 1 : 0;
+}
+
+static void test_stream_feed_to_sink(void **state) {
+  (void)state;
+  uint8_t data[40000];
+  fill_random(data, sizeof data, 7);
+  char *enc = base64_encode(data, sizeof data);
+  base64_stream s;
+  base64_stream_init(&s);
+  static sink_record r;
+  memset(&r, 0, sizeof r);
+  assert_int_equal(base64_stream_feed_to(&s, enc, strlen(enc), record_bytes, &r), 0);
+  assert_true(r.calls >= 3); /* handed over in pieces, not all at once */
+  uint8_t tail[2];
+  size_t n = 0;
+  assert_int_equal(base64_stream_finish(&s, tail, &n), 0);
+  memcpy(r.bytes + r.len, tail, n);
+  assert_int_equal(r.len + n, sizeof data);
+  assert_memory_equal(r.bytes, data, sizeof data);
+
+  /* The sink says stop: -2, and no more calls. */
+  base64_stream_init(&s);
+  memset(&r, 0, sizeof r);
+  r.stop_at = 1;
+  assert_int_equal(base64_stream_feed_to(&s, enc, strlen(enc), record_bytes, &r), -2);
+  assert_int_equal(r.calls, 1);
+
+  /* Malformed: -1, after the bytes before the fault. */
+  base64_stream_init(&s);
+  memset(&r, 0, sizeof r);
+  assert_int_equal(base64_stream_feed_to(&s, "Zm9vYmFy!", 9, record_bytes, &r), -1);
+  assert_int_equal(r.len, 6);
+  free(enc);
+}
+
+/* xorshift text biased to what base64 holds, with a few bytes it must refuse. */
+static size_t random_text(char *out, size_t max, uint64_t *x) {
+  static const char pool[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                             "AQgwAQgwAQgw+/-_====    \r\n\t*\0.";
+  *x ^= *x << 13;
+  *x ^= *x >> 7;
+  *x ^= *x << 17;
+  size_t len = (size_t)(*x % max);
+  for (size_t i = 0; i < len; i++) {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    uint64_t r = *x >> 11;
+    /* mostly the standard alphabet, so that long valid texts occur */
+    out[i] = r % 8 ? pool[r / 8 % 64] : pool[r / 8 % (sizeof pool - 1)];
+  }
+  return len;
+}
+
+/* The new decoder agrees with the old one: same answer, same bytes, same cap. */
+static void test_agrees_with_reference(void **state) {
+  (void)state;
+  uint64_t x = 0x2545f4914f6cdd1dull;
+  char text[96];
+  int accepted = 0;
+  for (int i = 0; i < 300000; i++) {
+    size_t len = random_text(text, sizeof text, &x);
+    size_t cap = (size_t)(x % 4 == 0 ? x % 80 : SIZE_MAX);
+    uint8_t *a = NULL, *b = NULL;
+    size_t alen = 0, blen = 0;
+    int ra = base64_decode(text, len, cap, &a, &alen);
+    int rb = ref_base64_decode(text, len, cap, &b, &blen);
+    if (ra != rb) fail_msg("\"%.*s\" cap %zu: new %d, old %d", (int)len, text, cap, ra, rb);
+    assert_int_equal(alen, blen);
+    if (alen) assert_memory_equal(a, b, alen);
+    accepted += ra == 0;
+    free(a);
+    free(b);
+  }
+  assert_true(accepted > 1000); /* the comparison covered accepted texts, not only refusals */
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rfc_encode),
@@ -262,6 +513,11 @@ int main(void) {
       cmocka_unit_test(test_encoded_len_saturates),
       cmocka_unit_test(test_round_trip_1mib),
       cmocka_unit_test(test_round_trip_all_bytes),
+      cmocka_unit_test(test_stream_every_split),
+      cmocka_unit_test(test_stream_piece_sizes),
+      cmocka_unit_test(test_stream_run_stops_before_other_bytes),
+      cmocka_unit_test(test_stream_feed_to_sink),
+      cmocka_unit_test(test_agrees_with_reference),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

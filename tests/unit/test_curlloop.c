@@ -112,7 +112,8 @@ typedef struct outcome {
   int calls;
   CURLcode code;
   long status;
-  bool truncated, cancelled, aborted;
+  bool truncated, cancelled, aborted, sink_refused;
+  pthread_t done_thread;
   size_t body_len;
   char body[64];
   char error[CURL_ERROR_SIZE];
@@ -146,6 +147,8 @@ static void record(outcome *o, CURL *easy, curlloop_result *res) {
   o->truncated = res->body_truncated;
   o->cancelled = res->cancelled;
   o->aborted = res->aborted;
+  o->sink_refused = res->sink_refused;
+  o->done_thread = pthread_self();
   o->body_len = res->body.len;
   snprintf(o->body, sizeof o->body, "%s", res->body.data ? res->body.data : "");
   snprintf(o->error, sizeof o->error, "%s", res->error);
@@ -206,6 +209,43 @@ static void run_one(curlloop *l, CURL *e, size_t cap, outcome *o) {
   memset(o, 0, sizeof *o);
   o->w = &w;
   assert_int_equal(curlloop_submit(l, e, cap, on_done, o), 0);
+  assert_true(waiter_wait(&w, 1));
+  assert_int_equal(o->calls, 1);
+  waiter_free(&w);
+  o->w = NULL;
+}
+
+/* A body sink that records what it got; refuses at piece refuse_at (1-based). */
+typedef struct sink_log {
+  size_t bytes;
+  int pieces;
+  int refuse_at;
+  bool all_b;         /* every byte was /big's 'b' */
+  bool one_thread;    /* every piece came on the same thread */
+  pthread_t thread;
+} sink_log;
+
+static bool log_piece(void *ctx, const char *data, size_t len) {
+  sink_log *g = ctx;
+  if (g->pieces == 0) g->thread = pthread_self();
+  else if (!pthread_equal(g->thread, pthread_self())) g->one_thread = false;
+  g->pieces++;
+  g->bytes += len;
+  for (size_t i = 0; i < len; i++)
+    if (data[i] != 'b') g->all_b = false;
+  return g->pieces != g->refuse_at;
+}
+
+static void run_one_sink(curlloop *l, CURL *e, size_t cap, sink_log *g, outcome *o) {
+  waiter w;
+  waiter_init(&w);
+  memset(o, 0, sizeof *o);
+  o->w = &w;
+  g->all_b = g->one_thread = true;
+  curlloop_sink sink = {log_piece, g};
+  curlloop_transfer_id id = 0;
+  assert_int_equal(curlloop_submit_sink(l, e, cap, &sink, on_done, o, &id), 0);
+  assert_true(id > 0);
   assert_true(waiter_wait(&w, 1));
   assert_int_equal(o->calls, 1);
   waiter_free(&w);
@@ -275,6 +315,51 @@ static void test_body_cap(void **state) {
   run_one(l, easy_to(f->port, "/big", 10000), BIG_SIZE - 1, &o);
   assert_true(o.truncated);
   assert_int_equal(o.body_len, BIG_SIZE - 1);
+  curlloop_destroy(l);
+}
+
+/* A sink gets the body piece by piece on the loop thread; the result holds none of it. */
+static void test_sink_gets_the_body(void **state) {
+  fixture *f = *state;
+  curlloop *l = new_loop(0);
+  assert_non_null(l);
+  outcome o;
+  sink_log g = {0};
+  run_one_sink(l, easy_to(f->port, "/big", 10000), BIG_SIZE, &g, &o);
+  assert_int_equal(o.code, CURLE_OK);
+  assert_int_equal(o.status, 200);
+  assert_false(o.truncated);
+  assert_false(o.sink_refused);
+  assert_int_equal(o.body_len, 0);
+  assert_int_equal(g.bytes, BIG_SIZE);
+  assert_true(g.pieces >= 1);
+  assert_true(g.all_b);
+  assert_true(g.one_thread);
+  assert_true(pthread_equal(g.thread, o.done_thread)); /* the loop's thread */
+
+  /* The cap counts what the sink was given: no piece crosses it. */
+  g = (sink_log){0};
+  run_one_sink(l, easy_to(f->port, "/big", 10000), 1000, &g, &o);
+  assert_true(o.truncated);
+  assert_int_equal(o.code, CURLE_WRITE_ERROR);
+  assert_true(g.bytes <= 1000);
+  assert_false(o.sink_refused);
+
+  /* The sink says stop: the transfer ends at once, status kept, no more pieces. */
+  g = (sink_log){.refuse_at = 1};
+  run_one_sink(l, easy_to(f->port, "/big", 10000), BIG_SIZE, &g, &o);
+  assert_true(o.sink_refused);
+  assert_false(o.truncated);
+  assert_int_equal(o.code, CURLE_WRITE_ERROR);
+  assert_int_equal(o.status, 200);
+  assert_int_equal(g.pieces, 1);
+  assert_non_null(strstr(o.error, "stopped"));
+
+  /* A sink without a write function is refused at submit. */
+  curlloop_sink none = {NULL, NULL};
+  CURL *e = easy_to(f->port, "/ok", 10000);
+  assert_int_equal(curlloop_submit_sink(l, e, 100, &none, on_done, &o, NULL), -1);
+  curl_easy_cleanup(e);
   curlloop_destroy(l);
 }
 
@@ -757,6 +842,7 @@ int main(void) {
       cmocka_unit_test(test_ok_body_and_headers),
       cmocka_unit_test(test_503_headers),
       cmocka_unit_test(test_body_cap),
+      cmocka_unit_test(test_sink_gets_the_body),
       cmocka_unit_test(test_redirect_resets_headers),
       cmocka_unit_test(test_total_timeout),
       cmocka_unit_test(test_connection_refused),

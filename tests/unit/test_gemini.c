@@ -971,6 +971,161 @@ static void test_glue_submit_refused(void **state) {
   p->ops->destroy(p);
 }
 
+/* ================= answers delivered in pieces ================= */
+
+/* b64 as a JSON string body the way some encoders write it: every '/'
+ * escaped as "\/", and the first character as a \u escape. */
+static char *escaped_b64(const char *b64) {
+  buf out = BUF_INIT;
+  assert_true(buf_printf(&out, "\\u%04x", (unsigned char)b64[0]));
+  for (const char *c = b64 + 1; *c; c++)
+    assert_true(*c == '/' ? buf_append_str(&out, "\\/") : buf_append(&out, c, 1));
+  return buf_steal(&out);
+}
+
+/* Starts one call and answers it with body cut at cuts; returns the outcome. */
+static provider_outcome *answer_in_pieces(provider *p, long status, const char *body,
+                                          const size_t *cuts, size_t n_cuts, bool *refused) {
+  fake_reset(FAKE_QUEUE);
+  provider_request req = base_request();
+  tu_done d = {0};
+  assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
+  bool r = fake_answer_cut(0, status, body, cuts, n_cuts, NULL, NULL);
+  if (refused) *refused = r;
+  gemini_provider_drain(p);
+  assert_int_equal(d.calls, 1);
+  assert_non_null(d.outcome);
+  return d.outcome;
+}
+
+/* The answer cut anywhere (inside "data":", inside a base64 group, inside an
+ * escape, inside a key, in a draft): the same final image, byte for byte. */
+static void test_glue_pieces_cut_everywhere(void **state) {
+  (void)state;
+  provider *p = make_provider("https://x.test");
+  char *b64 = tu_png_b64("pieces", 24, 16);
+  char *esc = escaped_b64(b64);
+  char *draft_b64 = tu_png_b64("draft", 4, 4);
+  char *draft = image_part(draft_b64, ",\"thought\":true");
+  char *final = image_part(esc, ",\"thoughtSignature\":\"c2lnbmF0dXJl\"");
+  char *parts = tu_printf("%s,{\"text\":\"a \\\"fox\\\"\"},%s", draft, final);
+  char *body = answer_with_parts(parts, "STOP");
+  size_t png_len = 0;
+  uint8_t *png = tu_png("pieces", 24, 16, &png_len);
+  size_t len = strlen(body);
+  for (size_t a = 1; a < len; a++) {
+    size_t cuts[2] = {a, a + (a * 7919) % (len - a)}; /* and a second cut after it */
+    provider_outcome *o = answer_in_pieces(p, 200, body, cuts, 2, NULL);
+    if (o->status != PROVIDER_OK)
+      fail_msg("cut at %zu, %zu: %s", cuts[0], cuts[1], o->error_message);
+    assert_int_equal(o->n_images, 1);
+    assert_int_equal(o->images[0].width, 24);
+    assert_int_equal(o->images[0].len, png_len);
+    assert_memory_equal(o->images[0].data, png, png_len);
+    provider_outcome_free(o);
+  }
+  free(png);
+  free(body);
+  free(parts);
+  free(final);
+  free(draft);
+  free(draft_b64);
+  free(esc);
+  free(b64);
+  p->ops->destroy(p);
+}
+
+/* A 3 MiB image (a real PNG header, then noise) in pieces of odd sizes. */
+static void test_glue_large_answer_odd_pieces(void **state) {
+  (void)state;
+  provider *p = make_provider("https://x.test");
+  size_t head_len = 0;
+  uint8_t *head = tu_png("large", 2048, 1536, &head_len);
+  size_t n = (size_t)3 << 20;
+  uint8_t *img = malloc(n);
+  assert_non_null(img);
+  memcpy(img, head, head_len < n ? head_len : n);
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  for (size_t i = head_len; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    img[i] = (uint8_t)x;
+  }
+  char *b64 = base64_encode(img, n);
+  char *part = image_part(b64, NULL);
+  char *body = answer_with_parts(part, "STOP");
+  size_t len = strlen(body);
+  static const size_t steps[] = {997, 4093, 16385, 65537};
+  size_t *cuts = malloc((len / 997 + 1) * sizeof *cuts);
+  assert_non_null(cuts);
+  for (size_t k = 0; k < sizeof steps / sizeof steps[0]; k++) {
+    size_t n_cuts = 0;
+    for (size_t at = steps[k]; at < len; at += steps[k]) cuts[n_cuts++] = at;
+    provider_outcome *o = answer_in_pieces(p, 200, body, cuts, n_cuts, NULL);
+    assert_int_equal(o->status, PROVIDER_OK);
+    assert_int_equal(o->images[0].width, 2048);
+    assert_int_equal(o->images[0].height, 1536);
+    assert_int_equal(o->images[0].len, n);
+    assert_memory_equal(o->images[0].data, img, n);
+    provider_outcome_free(o);
+  }
+  free(cuts);
+  free(body);
+  free(part);
+  free(b64);
+  free(img);
+  free(head);
+  p->ops->destroy(p);
+}
+
+/* Bad base64 stops the reading where it is found; a body that ends early,
+ * or a proxy's HTML page, is judged as before. */
+static void test_glue_pieces_refused(void **state) {
+  (void)state;
+  provider *p = make_provider("https://x.test");
+  char *b64 = tu_png_b64("bad", 200, 200);
+  char *broken = strdup(b64);
+  broken[strlen(broken) / 2] = '!';
+  char *part = image_part(broken, NULL);
+  char *body = answer_with_parts(part, "STOP");
+  size_t len = strlen(body);
+  size_t cuts[64], n_cuts = 0;
+  for (size_t at = 37; at < len && n_cuts < 64; at += len / 40 + 1) cuts[n_cuts++] = at;
+  bool refused = false;
+  provider_outcome *o = answer_in_pieces(p, 200, body, cuts, n_cuts, &refused);
+  assert_true(refused); /* the transfer was stopped there, the rest never read */
+  assert_failure(o, PROVIDER_ERR_BAD_RESPONSE, true, "upstream_bad_response");
+  assert_non_null(strstr(o->error_message, "not valid base64"));
+  assert_int_equal(o->http_status, 200);
+  provider_outcome_free(o);
+  free(body);
+  free(part);
+
+  /* The body ends in the middle of the image. */
+  part = image_part(b64, NULL);
+  body = answer_with_parts(part, "STOP");
+  body[strlen(body) * 2 / 3] = '\0';
+  o = answer_in_pieces(p, 200, body, cuts, 3, &refused);
+  assert_false(refused);
+  assert_failure(o, PROVIDER_ERR_BAD_RESPONSE, true, "upstream_bad_response");
+  assert_non_null(strstr(o->error_message, "truncated"));
+  provider_outcome_free(o);
+
+  /* Not JSON at all, under an error status: the status decides. */
+  size_t html_cut[1] = {5};
+  o = answer_in_pieces(p, 502, "<html><body>Bad Gateway</body></html>", html_cut, 1, &refused);
+  assert_true(refused);
+  assert_failure(o, PROVIDER_ERR_SERVER, true, "upstream_unavailable");
+  assert_int_equal(o->http_status, 502);
+  provider_outcome_free(o);
+  free(body);
+  free(part);
+  free(broken);
+  free(b64);
+  p->ops->destroy(p);
+}
+
 /* ================= provider glue on the wire ================= */
 
 static void test_wire_request_and_answer(void **state) {
@@ -1142,6 +1297,9 @@ int main(void) {
       cmocka_unit_test(test_glue_cancel_in_flight),
       cmocka_unit_test(test_glue_cancel_too_late_or_elsewhere),
       cmocka_unit_test(test_glue_submit_refused),
+      cmocka_unit_test(test_glue_pieces_cut_everywhere),
+      cmocka_unit_test(test_glue_large_answer_odd_pieces),
+      cmocka_unit_test(test_glue_pieces_refused),
       cmocka_unit_test(test_wire_request_and_answer),
       cmocka_unit_test(test_wire_parallel_and_headers),
       cmocka_unit_test(test_wire_connection_refused),

@@ -519,6 +519,54 @@ static void test_glue_outcomes(void **state) {
   p->ops->destroy(p);
 }
 
+/* Two images in one answer, cut at every point: both, byte for byte. */
+static void test_glue_pieces_cut_everywhere(void **state) {
+  (void)state;
+  provider *p = make_provider("https://x.test");
+  provider_request req = base_request();
+  req.quantity = 2;
+  char *body = two_images_answer();
+  size_t len = strlen(body);
+  size_t one_len = 0, two_len = 0;
+  uint8_t *one = tu_png("one", 32, 32, &one_len);
+  uint8_t *two = tu_png("two", 48, 32, &two_len);
+  for (size_t a = 1; a < len; a++) {
+    fake_reset(FAKE_QUEUE);
+    tu_done d = {0};
+    assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
+    size_t cuts[2] = {a, a + (a * 104729) % (len - a)};
+    assert_false(fake_answer_cut(0, 200, body, cuts, 2, NULL, NULL));
+    openai_provider_drain(p);
+    assert_int_equal(d.calls, 1);
+    if (d.outcome->status != PROVIDER_OK) fail_msg("cut at %zu: %s", a, d.outcome->error_message);
+    assert_int_equal(d.outcome->n_images, 2);
+    assert_int_equal(d.outcome->images[0].len, one_len);
+    assert_memory_equal(d.outcome->images[0].data, one, one_len);
+    assert_int_equal(d.outcome->images[1].len, two_len);
+    assert_memory_equal(d.outcome->images[1].data, two, two_len);
+    provider_outcome_free(d.outcome);
+  }
+  /* A broken second image stops the reading and fails the whole answer. */
+  char *broken = strdup(body);
+  char *second = strstr(strstr(broken, "b64_json") + 12, "b64_json");
+  assert_non_null(second);
+  second[40] = '*';
+  fake_reset(FAKE_QUEUE);
+  tu_done d = {0};
+  assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
+  size_t cuts[1] = {(size_t)(second - broken)};
+  assert_true(fake_answer_cut(0, 200, broken, cuts, 1, NULL, NULL));
+  openai_provider_drain(p);
+  assert_failure(d.outcome, PROVIDER_ERR_BAD_RESPONSE, true, "upstream_bad_response");
+  assert_non_null(strstr(d.outcome->error_message, "base64"));
+  provider_outcome_free(d.outcome);
+  free(broken);
+  free(two);
+  free(one);
+  free(body);
+  p->ops->destroy(p);
+}
+
 /* cancel(): the transfer is asked to stop and the call ends canceled; one
  * that has ended, or a ctx with no call, is left alone. */
 static void test_glue_cancel(void **state) {
@@ -721,6 +769,7 @@ int main(void) {
       cmocka_unit_test(test_parse_rate_limit_headers),
       cmocka_unit_test(test_create_refuses_bad_config),
       cmocka_unit_test(test_glue_outcomes),
+      cmocka_unit_test(test_glue_pieces_cut_everywhere),
       cmocka_unit_test(test_glue_cancel),
       cmocka_unit_test(test_glue_cancel_and_refusals),
       cmocka_unit_test(test_wire_generations),
