@@ -12,6 +12,7 @@ packages=(
   libpq-dev           # PostgreSQL store
   libjansson-dev      # JSON
   libssl-dev          # hashing, randomness, HMAC
+  libxml2-dev         # S3's XML answers
   libpng-dev zlib1g-dev # PNG output of the simulated provider
   libcmocka-dev       # unit tests
   python3             # end-to-end test driver (standard library only)
