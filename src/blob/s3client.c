@@ -261,13 +261,12 @@ static bool code_is(const char *code, const char *const *list) {
   return false;
 }
 
-/* S3's error Code decides when there is one; the HTTP status otherwise. */
-static s3_status classify(long http_status, const char *code) {
+s3_status s3_status_of(long http_status, const char *code) {
   static const char *const not_found[] = {"NoSuchKey", "NoSuchBucket", "NoSuchUpload", NULL};
   static const char *const denied[] = {
       "AccessDenied",  "SignatureDoesNotMatch", "InvalidAccessKeyId", "ExpiredToken",
       "InvalidToken",  "TokenRefreshRequired",  "RequestTimeTooSkewed", "AccountProblem",
-      "AllAccessDisabled", "InvalidSecurity", "InvalidObjectState", NULL};
+      "AllAccessDisabled", "InvalidSecurity", NULL};
   static const char *const retryable[] = {"SlowDown", "InternalError", "ServiceUnavailable",
                                           "RequestTimeout", "OperationAborted", NULL};
   if (code[0]) {
@@ -355,8 +354,7 @@ static void read_success(request *r, CURL *e, curlloop_result *lr, s3_result *ou
       /* S3 can fail a completion after it answered 200: the error is the body. */
       if (s3xml_parse_error(lr->body.data, lr->body.len, out->error_code, sizeof out->error_code,
                             out->message, sizeof out->message)) {
-        out->status = classify(500, out->error_code);
-        if (out->status == S3_OK) out->status = S3_FAILED;
+        out->status = s3_status_of(500, out->error_code);
       } else {
         out->status = S3_FAILED;
         snprintf(out->message, sizeof out->message,
@@ -401,8 +399,7 @@ static void read_answer(request *r, CURL *e, curlloop_result *lr, s3_result *out
       !out->message[0])
     snprintf(out->message, sizeof out->message, "HTTP %ld from the store%s%s", lr->http_status,
              out->error_code[0] ? ": " : "", out->error_code);
-  out->status = classify(lr->http_status, out->error_code);
-  if (out->status == S3_OK) out->status = S3_FAILED;
+  out->status = s3_status_of(lr->http_status, out->error_code);
 }
 
 static void on_done(void *ud, CURL *e, curlloop_result *lr) {

@@ -41,6 +41,11 @@ typedef enum {
   S3_FAILED,     /* anything else: a bad request, a local error; retrying will not help */
 } s3_status;
 
+/* The class of an answer that is not a success: S3's error Code decides
+ * when there is one ("" when none), the HTTP status otherwise (404 not
+ * found, 401/403 denied, 429 and 5xx retryable). Never S3_OK. */
+s3_status s3_status_of(long http_status, const char *code);
+
 /* "ok", "not_found", "denied", "retryable", "failed". */
 const char *s3_status_name(s3_status s);
 
