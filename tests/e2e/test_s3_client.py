@@ -275,14 +275,16 @@ class S3ClientTest(unittest.TestCase):
                 digest.update(chunk)
                 f.write(chunk)
         res = self.assert_ok(self.drive("put-file", "big/40mb.bin", src, "image/png",
-                                        S3_DRIVER_PART_SIZE=str(5 * MIB)))
-        # Eight parts of 5 MiB: the object's ETag says so (MD5 of the part MD5s, "-8").
-        self.assertTrue(res["etag"].endswith('-8"'), res)
-        # Memory: the upload's peak resident size above the driver's own before
-        # it stays under one part, let alone the object (parts are streamed
-        # from the file, never held).
+                                        S3_DRIVER_PART_SIZE=str(8 * MIB)))
+        # Five parts of 8 MiB: the object's ETag says so (MD5 of the part MD5s, "-5").
+        self.assertTrue(res["etag"].endswith('-5"'), res)
+        # Memory: parts are streamed from the file, never held. The upload's
+        # peak resident size grows by less than one part over the driver's
+        # own before it (measured: 1.5 MiB optimised, 3.5 MiB under ASan),
+        # and the whole process stays well below the object's 40 MiB.
         growth_kb = res["rss_peak_kb"] - res["rss_before_kb"]
-        self.assertLess(growth_kb, 4 * 1024, res)
+        self.assertLess(growth_kb, 6 * 1024, res)
+        self.assertLess(res["rss_peak_kb"], 32 * 1024, res)
         head = self.s3.head_object(Bucket=self.moto.bucket, Key="big/40mb.bin")
         self.assertEqual(head["ContentLength"], size)
         self.assertEqual(head["ContentType"], "image/png")
