@@ -12,6 +12,7 @@ packages=(
   libpq-dev           # PostgreSQL store
   libjansson-dev      # JSON
   libssl-dev          # hashing, randomness, HMAC
+  libxml2-dev         # S3's XML answers
   libpng-dev zlib1g-dev # PNG output of the simulated provider
   libvips-dev         # output formats: decoding and encoding PNG, JPEG, WebP
   libcmocka-dev       # unit tests
@@ -92,6 +93,13 @@ fi
 
 if $want_test_modules; then
   npm_modules tests/webhook tests/sdk
+  # The S3 tests run moto's server (tests/fakes/moto_s3.py). moto is no Debian
+  # package: it comes with the Python this machine image ships (moto 5.2.1,
+  # boto3), so there is nothing to install here, only to check.
+  if ! python3 -c 'import moto, boto3' 2>/dev/null; then
+    echo "deps: python3 ($(command -v python3)) cannot import moto and boto3: the S3 tests" \
+      "(tests/e2e/test_s3_client.py) will fail; see docs/testing.md" >&2
+  fi
 fi
 if $want_bench_modules; then
   npm_modules bench/portkey
