@@ -62,6 +62,9 @@ typedef struct job {
   int64_t run_started_mono;
   int64_t attempt_started_mono, attempt_started_ms;
   dheap_node timer;           /* first retry due (e->timers): when its next attempt may go */
+  /* Where the attempt in flight writes large images as they arrive (its
+   * provider holds it until done). */
+  provider_spool spool;
   provider_outcome *outcome;  /* set by the provider's callback */
   downloads *dl;              /* set while reference images download */
   bool inputs_ready;          /* this run found or downloaded its URL inputs */
@@ -320,25 +323,47 @@ static void finish_job(engine *e, job *j, task_state state, const char *code,
   job_release(e, j);
 }
 
+/* The format of an image: by its bytes in memory, or, staged, by the head
+ * its provider read them from (provider_image.mime). */
+static imagefmt image_format(const provider_image *img) {
+  return img->staged ? imagefmt_from_mime(img->mime) : imagefmt_detect(img->data, img->len);
+}
+
 /* Writes the images of a successful outcome to the blob store and fills
- * results. Returns the number written, or -1 after removing what was written. */
-static int store_images(engine *e, const job *j, const provider_outcome *o,
-                        task_result *results) {
+ * results: an image in memory is put, a staged one (written as it arrived)
+ * committed where it was written. Returns the number written, or -1 after
+ * removing what was written (staged writes not reached are left to
+ * provider_outcome_free, which aborts them). */
+static int store_images(engine *e, const job *j, provider_outcome *o, task_result *results) {
   int64_t now = time_now_ms();
   for (size_t i = 0; i < o->n_images; i++) {
-    const provider_image *img = &o->images[i];
+    provider_image *img = &o->images[i];
     task_result *r = &results[i];
-    imagefmt fmt = imagefmt_detect(img->data, img->len);
+    imagefmt fmt = image_format(img);
     int w = img->width, h = img->height;
     if (fmt == IMAGEFMT_UNKNOWN) goto fail;
-    if (w <= 0 || h <= 0) imagefmt_dimensions(img->data, img->len, &w, &h);
-    char token[33], key[128], digest[65];
+    if (!img->staged && (w <= 0 || h <= 0)) imagefmt_dimensions(img->data, img->len, &w, &h);
+    char token[33], key[BLOB_KEY_MAX + 1], digest[65];
     if (!ids_random_hex(token, 16)) goto fail;
-    snprintf(key, sizeof key, TASK_BLOB_RESULTS "%s/%d-%zu.%s", j->task_id, j->run, i, imagefmt_ext(fmt));
-    ids_sha256_hex(img->data, img->len, digest);
+    if (img->staged) {
+      blob_stream_info info;
+      blob_stream *staged = img->staged;
+      img->staged = NULL; /* committed or not, it is gone */
+      if (blob_stream_commit(staged, &info) != BLOB_OK) goto fail;
+      snprintf(key, sizeof key, "%s", img->staged_key);
+      if (info.size != img->len) { /* the provider's count and the store's disagree */
+        e->bl->ops->remove(e->bl, key);
+        goto fail;
+      }
+      memcpy(digest, info.sha256_hex, sizeof digest);
+    } else {
+      snprintf(key, sizeof key, TASK_BLOB_RESULTS "%s/%d-%zu.%s", j->task_id, j->run, i,
+               imagefmt_ext(fmt));
+      ids_sha256_hex(img->data, img->len, digest);
+      if (e->bl->ops->put(e->bl, key, img->data, img->len, imagefmt_mime(fmt)) != BLOB_OK)
+        goto fail;
+    }
     digest[32] = '\0';
-    if (e->bl->ops->put(e->bl, key, img->data, img->len, imagefmt_mime(fmt)) != BLOB_OK)
-      goto fail;
     r->index = (int)i;
     r->blob_key = strdup(key);
     r->token = strdup(token);
@@ -386,7 +411,7 @@ static int64_t price_results(engine *e, const task *t, const provider_outcome *o
   return charge;
 }
 
-static void finish_with_images(engine *e, job *j, const provider_outcome *o,
+static void finish_with_images(engine *e, job *j, provider_outcome *o,
                                const task_attempt *attempt) {
   int64_t dur = time_mono_ms() - j->run_started_mono;
   task_result *results = calloc(o->n_images, sizeof *results);
@@ -423,8 +448,31 @@ static bool needs_conversion(const task *t, const provider_outcome *o) {
   imagefmt want = wanted_format(t);
   if (want == IMAGEFMT_UNKNOWN) return false;
   for (size_t i = 0; i < o->n_images; i++)
-    if (imagefmt_detect(o->images[i].data, o->images[i].len) != want) return true;
+    if (image_format(&o->images[i]) != want) return true;
   return false;
+}
+
+/* A staged image to be converted: libvips takes bytes, so it is committed,
+ * read back and removed (conversion is the rare path: most upstreams make
+ * the format asked for). False when any step fails; the image is then
+ * empty. */
+static bool image_into_memory(engine *e, provider_image *img) {
+  if (!img->staged) return true;
+  blob_stream *staged = img->staged;
+  img->staged = NULL;
+  uint8_t *data = NULL;
+  size_t len = 0;
+  bool ok = blob_stream_commit(staged, NULL) == BLOB_OK &&
+            e->bl->ops->read(e->bl, img->staged_key, img->len, &data, &len) == BLOB_OK &&
+            len == img->len;
+  e->bl->ops->remove(e->bl, img->staged_key);
+  if (!ok) {
+    free(data);
+    img->len = 0;
+    return false;
+  }
+  img->data = data;
+  return true;
 }
 
 /* Transcode thread: converts every image of the outcome that is not in the
@@ -439,8 +487,16 @@ static void convert_run(workpool_item *w) {
   char code[24];
   for (size_t i = 0; i < o->n_images && !job_canceled(e, j, code); i++) {
     provider_image *img = &o->images[i];
-    imagefmt from = imagefmt_detect(img->data, img->len);
+    imagefmt from = image_format(img);
     if (from == want) continue;
+    if (!image_into_memory(e, img)) {
+      LOG_WARN("image_not_converted", "task=%s index=%zu why=staged_image_unreadable", j->task_id,
+               i);
+      if (!j->convert_error[0])
+        snprintf(j->convert_error, sizeof j->convert_error,
+                 "image %zu could not be read back to be converted", i);
+      continue;
+    }
     int64_t started = time_mono_ms();
     transcode_result r;
     transcode_status st = transcode_image(img->data, img->len, want, j->t->output_compression,
@@ -505,7 +561,7 @@ static void finish_conversion(engine *e, job *j) {
   }
   size_t kept = 0;
   for (size_t i = 0; i < o->n_images; i++)
-    if (o->images[i].data) o->images[kept++] = o->images[i];
+    if (o->images[i].data || o->images[i].staged) o->images[kept++] = o->images[i];
   o->n_images = kept;
   if (kept == 0) {
     finish_job(e, j, TASK_FAILED, "transcode_failed", j->convert_error, a);
@@ -917,6 +973,13 @@ static void run_attempt(engine *e, job *j, router_route *route) {
     fail_attempt(e, j, "input_unavailable", "a reference image could not be read back", false);
     return;
   }
+  /* Large images go to the store as they arrive, under names of this
+   * attempt's own ("<run>-a<attempt>-<n>"), so none can meet another
+   * attempt's; the engine commits them when it stores the outcome. */
+  j->spool.bl = e->bl;
+  snprintf(j->spool.prefix, sizeof j->spool.prefix, TASK_BLOB_RESULTS "%s/%d-a%d-", j->task_id,
+           j->run, j->n_attempts + 1);
+  atomic_store(&j->spool.seq, 0);
   provider_request req = {
       .task_id = j->t->id,
       .model = j->t->model,
@@ -931,6 +994,7 @@ static void run_attempt(engine *e, job *j, router_route *route) {
       .timeout_ms = (long)left,
       .output_format = j->t->output_format,
       .output_compression = j->t->output_compression,
+      .spool = &j->spool,
   };
   LOG_INFO("attempt_started", "task=%s run=%d attempt=%d provider=%s upstream_model=%s",
            j->task_id, j->run, j->n_attempts + 1, p->name, req.upstream_model);

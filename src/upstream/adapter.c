@@ -210,7 +210,10 @@ bool adapter_transport_ok(const curlloop_result *res) {
 }
 
 void adapter_set_canceled(provider_outcome *o, const char *who) {
-  for (size_t i = 0; i < o->n_images; i++) free(o->images[i].data);
+  for (size_t i = 0; i < o->n_images; i++) {
+    free(o->images[i].data);
+    blob_stream_abort(o->images[i].staged);
+  }
   free(o->images);
   o->images = NULL;
   o->n_images = 0;

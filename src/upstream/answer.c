@@ -2,11 +2,13 @@
  * whose sink grows one buffer per image, and the checks at the end. */
 #include "upstream/answer.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "upstream/adapter.h"
+#include "util/imagefmt.h"
 
 /* The first room an image gets; it doubles from there (large blocks move by
  * mremap, not by copying, so doubling costs little). */
@@ -21,10 +23,18 @@ void answer_init(answer_reader *a, imgscan_framing framing, const imgscan_path *
   a->max_image_bytes = max_image_bytes;
 }
 
+void answer_set_spool(answer_reader *a, provider_spool *spool) {
+  assert(!a->scan);
+  a->spool = spool;
+}
+
 void answer_free(answer_reader *a) {
   imgscan_free(a->scan);
   a->scan = NULL;
-  for (size_t i = 0; i < a->n_images; i++) free(a->images[i].data);
+  for (size_t i = 0; i < a->n_images; i++) {
+    free(a->images[i].data);
+    blob_stream_abort(a->images[i].staged);
+  }
   free(a->images);
   a->images = NULL;
   a->n_images = 0;
@@ -51,6 +61,44 @@ static int answer_image_begin(void *ctx, size_t image) {
   return 0;
 }
 
+/* Appends to the image's memory, growing it by doubling. */
+static int answer_image_keep(answer_reader *a, answer_image *img, const uint8_t *bytes,
+                             size_t len) {
+  size_t held = img->staged ? 0 : img->len; /* bytes in img->data */
+  if (len > img->cap - held) {
+    size_t cap = img->cap ? img->cap : ANSWER_IMAGE_FIRST_ROOM;
+    while (cap - held < len) cap = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
+    if (cap > a->max_image_bytes) cap = a->max_image_bytes;
+    uint8_t *grown = realloc(img->data, cap);
+    if (!grown) {
+      a->out_of_memory = true;
+      return answer_refuse(a, "out of memory while reading the answer");
+    }
+    img->data = grown;
+    img->cap = cap;
+  }
+  memcpy(img->data + held, bytes, len);
+  return 0;
+}
+
+/* The image has outgrown its head: begin its write to the store, named by
+ * its format (told by the head's bytes), and send the head first. The head
+ * stays in memory for answer_take_image's header checks. */
+static int answer_image_stage(answer_reader *a, size_t image) {
+  answer_image *img = &a->images[image];
+  imagefmt fmt = imagefmt_detect(img->data, img->len);
+  if (fmt == IMAGEFMT_UNKNOWN)
+    return answer_refuse(a, "the image data is not a known image format");
+  unsigned n = atomic_fetch_add(&a->spool->seq, 1);
+  int k = snprintf(img->key, sizeof img->key, "%s%u.%s", a->spool->prefix, n, imagefmt_ext(fmt));
+  if (k < 0 || (size_t)k >= sizeof img->key || !blob_key_valid(img->key))
+    return answer_refuse(a, "the image cannot be named in the store");
+  if (blob_stream_begin(a->spool->bl, img->key, imagefmt_mime(fmt), &img->staged) != BLOB_OK ||
+      blob_stream_write(img->staged, img->data, img->len) != BLOB_OK)
+    return answer_refuse(a, "the image could not be written to the store");
+  return 0;
+}
+
 static int answer_image_write(void *ctx, size_t image, const uint8_t *bytes, size_t len) {
   answer_reader *a = ctx;
   answer_image *img = &a->images[image];
@@ -62,19 +110,24 @@ static int answer_image_write(void *ctx, size_t image, const uint8_t *bytes, siz
       snprintf(a->message, sizeof a->message, "the image is larger than %zu bytes", max);
     return answer_refuse(a, a->message);
   }
-  if (len > img->cap - img->len) {
-    size_t cap = img->cap ? img->cap : ANSWER_IMAGE_FIRST_ROOM;
-    while (cap - img->len < len) cap = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
-    if (cap > a->max_image_bytes) cap = a->max_image_bytes;
-    uint8_t *grown = realloc(img->data, cap);
-    if (!grown) {
-      a->out_of_memory = true;
-      return answer_refuse(a, "out of memory while reading the answer");
-    }
-    img->data = grown;
-    img->cap = cap;
+  if (img->staged) {
+    if (blob_stream_write(img->staged, bytes, len) != BLOB_OK)
+      return answer_refuse(a, "the image could not be written to the store");
+    img->len += len;
+    return 0;
   }
-  memcpy(img->data + img->len, bytes, len);
+  if (a->spool && len > ANSWER_HEAD_BYTES - img->len) {
+    /* Fill the head, stage it, and send the rest after it. */
+    size_t fill = ANSWER_HEAD_BYTES - img->len;
+    if (answer_image_keep(a, img, bytes, fill) != 0) return 1;
+    img->len += fill;
+    if (answer_image_stage(a, image) != 0) return 1;
+    if (blob_stream_write(img->staged, bytes + fill, len - fill) != BLOB_OK)
+      return answer_refuse(a, "the image could not be written to the store");
+    img->len += len - fill;
+    return 0;
+  }
+  if (answer_image_keep(a, img, bytes, len) != 0) return 1;
   img->len += len;
   return 0;
 }
@@ -83,7 +136,7 @@ static int answer_image_end(void *ctx, size_t image) {
   answer_reader *a = ctx;
   answer_image *img = &a->images[image];
   /* Give back what doubling left over: the image may wait a while to be stored. */
-  if (img->len && img->cap > img->len) {
+  if (!img->staged && img->len && img->cap > img->len) {
     uint8_t *shrunk = realloc(img->data, img->len);
     if (shrunk) {
       img->data = shrunk;
@@ -165,8 +218,24 @@ int answer_take_image(answer_reader *a, const char *marker, provider_image *img,
     return -1;
   }
   answer_image *ai = &a->images[i];
-  if (adapter_image_from_bytes(ai->data, ai->len, img, why) != 0) return -1;
-  ai->data = NULL; /* img's now */
+  if (!ai->staged) {
+    if (adapter_image_from_bytes(ai->data, ai->len, img, why) != 0) return -1;
+    ai->data = NULL; /* img's now */
+    ai->len = ai->cap = 0;
+    ai->taken = true;
+    return 0;
+  }
+  /* Staged: its type and size from the head it kept. */
+  provider_image head;
+  if (adapter_image_from_bytes(ai->data, ANSWER_HEAD_BYTES, &head, why) != 0) return -1;
+  *img = head;
+  img->data = NULL;
+  img->len = ai->len;
+  img->staged = ai->staged;
+  snprintf(img->staged_key, sizeof img->staged_key, "%s", ai->key);
+  ai->staged = NULL; /* img's now */
+  free(ai->data);
+  ai->data = NULL;
   ai->len = ai->cap = 0;
   ai->taken = true;
   return 0;

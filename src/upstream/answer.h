@@ -27,9 +27,16 @@
 #define ANSWER_MAX_IMAGES 16 /* image strings in one answer: OpenAI's n <= 10, Gemini's thoughts */
 #define ANSWER_MAX_REST_BYTES ((size_t)2 << 20) /* the JSON around the images */
 
+/* With a spool, an image keeps only its first ANSWER_HEAD_BYTES in memory
+ * (enough for any header imagefmt reads); from there on it is written to
+ * the blob store as it arrives. */
+#define ANSWER_HEAD_BYTES ((size_t)64 << 10)
+
 typedef struct answer_image {
-  uint8_t *data; /* malloc'd (NULL while empty) */
-  size_t len, cap;
+  uint8_t *data; /* malloc'd (NULL while empty); with a spool, at most the head */
+  size_t len, cap; /* len: every byte so far, the staged ones included */
+  blob_stream *staged; /* begun once the image outgrew its head (spool only) */
+  char key[BLOB_KEY_MAX + 1];
   bool complete; /* its string ended and was valid base64 */
   bool taken;    /* answer_take_image gave it away */
 } answer_image;
@@ -39,6 +46,7 @@ typedef struct answer_reader {
   const imgscan_path *paths; /* static tables: not copied */
   size_t n_paths;
   size_t max_image_bytes;
+  provider_spool *spool;     /* NULL: images whole in memory */
   imgscan *scan;             /* made at the first byte */
   answer_image *images;      /* n_images of them, in the order they began */
   size_t n_images;
@@ -51,8 +59,12 @@ typedef struct answer_reader {
 /* Ready for the first byte; allocates nothing. paths must outlive a. */
 void answer_init(answer_reader *a, imgscan_framing framing, const imgscan_path *paths,
                  size_t n_paths, size_t max_image_bytes);
-/* Frees everything (images not taken included); a is then as after init,
- * without its paths. Safe to call twice. */
+/* Large images of this answer go to spool's store as they arrive (see
+ * provider_image); before the first byte. */
+void answer_set_spool(answer_reader *a, provider_spool *spool);
+
+/* Frees everything (images not taken included, their staged writes
+ * aborted); a is then as after init, without its paths. Safe to call twice. */
 void answer_free(answer_reader *a);
 
 /* The next piece of the body. false when the answer cannot be read any more
@@ -78,7 +90,8 @@ bool answer_out_of_memory(const answer_reader *a);
 /* Takes the image a marker names (the string found at an image path in the
  * rest) and checks that it is one: its type from its magic bytes, its size
  * from its header, as adapter_decode_image does. Returns 0 and fills img
- * (img->data is now the caller's), or -1 with *why set to a static reason
+ * (img->data, or img->staged for a staged image, is now the caller's), or -1
+ * with *why set to a static reason
  * (the marker names no complete image not yet taken; the bytes are no image
  * of a known format; its header is malformed). */
 int answer_take_image(answer_reader *a, const char *marker, provider_image *img, const char **why);

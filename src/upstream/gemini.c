@@ -254,6 +254,7 @@ static provider_outcome *gemini_image_outcome(json_t *inline_data, int status, a
   if (o) o->images = malloc(sizeof *o->images);
   if (!o || !o->images) {
     free(img.data);
+    blob_stream_abort(img.staged);
     provider_outcome_free(o);
     return NULL;
   }
@@ -518,6 +519,7 @@ static gemini_job *gemini_job_new(adapter_provider *gp, const provider_request *
     job->calls[i].job = job;
     job->calls[i].index = i;
     gemini_answer_init(&job->calls[i].read);
+    answer_set_spool(&job->calls[i].read, req->spool);
   }
   return job;
 }
@@ -537,6 +539,7 @@ static provider_outcome *gemini_job_join(gemini_job *job) {
     for (size_t k = 0; k < r->n_images && joined->n_images < (size_t)job->n; k++) {
       joined->images[joined->n_images++] = r->images[k];
       r->images[k].data = NULL;
+      r->images[k].staged = NULL;
     }
   }
   if (joined->n_images > 0) {

@@ -396,6 +396,7 @@ static int openai_start(provider *p, const provider_request *req, provider_done_
     call->ctx = ctx;
     call->spare = adapter_spare_outcome();
     openai_answer_init(&call->read);
+    answer_set_spool(&call->read, req->spool);
     sink.ctx = &call->read;
   }
   /* Body first: the Content-Type header it may add must be in the list before it is set. */

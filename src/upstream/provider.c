@@ -11,7 +11,10 @@ provider_outcome *provider_outcome_new(provider_status status) {
 
 void provider_outcome_free(provider_outcome *o) {
   if (!o) return;
-  for (size_t i = 0; i < o->n_images; i++) free(o->images[i].data);
+  for (size_t i = 0; i < o->n_images; i++) {
+    free(o->images[i].data);
+    blob_stream_abort(o->images[i].staged); /* not taken: nothing may be left behind */
+  }
   free(o->images);
   free(o);
 }

@@ -10,15 +10,25 @@
 #ifndef IMGATE_PROVIDER_H
 #define IMGATE_PROVIDER_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "blob/blob.h"
+
+/* An image an upstream delivered: in memory (data), or, when it was large
+ * and the request gave a spool, already written to the blob store as it
+ * arrived and waiting there uncommitted (staged; data NULL). Whoever takes
+ * the image commits the staged write (the object then exists under
+ * staged_key) or aborts it; provider_outcome_free aborts what is left. */
 typedef struct provider_image {
-  uint8_t *data; /* malloc'd */
-  size_t len;
+  uint8_t *data; /* malloc'd; NULL when staged */
+  size_t len;    /* bytes, in memory or staged */
   char mime[32]; /* from the bytes' magic, e.g. "image/png" */
   int width, height;
+  blob_stream *staged;
+  char staged_key[BLOB_KEY_MAX + 1];
 } provider_image;
 
 typedef enum {
@@ -85,7 +95,19 @@ typedef struct provider_input {
   const char *mime;
 } provider_input;
 
-/* What to make. Only valid during start(): a provider copies what it keeps. */
+/* Where a provider writes the large images of an answer as they arrive, so
+ * that no whole image is held in memory between the upstream and the store
+ * (the engine's, one per attempt). Keys are prefix + a number from seq +
+ * "." + the format's extension; the prefix keeps them under the task's
+ * results folder (core/task.h), unique per attempt. */
+typedef struct provider_spool {
+  blob *bl;
+  char prefix[96];
+  atomic_uint seq; /* images begun so far, across the attempt's calls */
+} provider_spool;
+
+/* What to make. Only valid during start(): a provider copies what it keeps,
+ * except spool, which stays valid until done() has been called. */
 typedef struct provider_request {
   const char *task_id;
   const char *model;          /* catalog model name */
@@ -106,6 +128,8 @@ typedef struct provider_request {
    * provider may ignore these. */
   const char *output_format;
   int output_compression;
+  /* NULL: every image is delivered in memory. */
+  provider_spool *spool;
 } provider_request;
 
 /* Receives the outcome (and owns it: free with provider_outcome_free). */

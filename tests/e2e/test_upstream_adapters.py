@@ -14,6 +14,7 @@ uses its own prompt, so requests are told apart by prompt.
 
 import hashlib
 import itertools
+import os
 import unittest
 
 import harness as h
@@ -377,6 +378,45 @@ class GeminiAdapterTest(AdapterCase):
                 self.requests(p, 1)
                 self.assertAttempts(t, [ok(G3PRO)])
 
+    def test_large_image_goes_to_the_store_as_it_arrives(self):
+        # An image past the answer reader's head (64 KiB) is written to the
+        # store while it arrives and committed where it was written: the
+        # stored bytes are still the ones sent. The first answer is cut off in
+        # the middle of its large images (retried); the second brings two
+        # large thought drafts before the image: neither the cut answer nor
+        # the drafts leave anything behind.
+        p = self.prompt("large")
+        pad = 3 << 20
+        self.gemini([{"kind": "truncated", "width": 40, "height": 30, "pad_bytes": pad},
+                     {"kind": "thought_then_image", "format": "png", "width": 40, "height": 30,
+                      "pad_bytes": pad, "chunk_bytes": 65000}])
+        t = self.run_task(p, model="nano-banana-pro")
+        self.assertImage(t, "png", u.fake_image("png", p, 40, 30, pad), 40, 30)
+        self.requests(p, 2)
+        blobs = os.path.join(self.srv.data_dir, "blobs")
+        stored = sorted(os.listdir(os.path.join(blobs, "results", t["uid"])))
+        self.assertEqual(len(stored), 1, stored)
+        self.assertRegex(stored[0], r"^1-a2-\d+\.png$")  # named by the attempt that brought it
+        temps = [f for _, _, files in os.walk(blobs) for f in files if f.startswith(".~")]
+        self.assertEqual(temps, [])
+
+    def test_large_image_converted(self):
+        # A staged image that must change format is committed, read back,
+        # converted and removed: only the converted image is left.
+        p = self.prompt("large-webp")
+        self.gemini([{"kind": "image", "width": 40, "height": 30, "pad_bytes": 1 << 20}])
+        t = self.run_task(p, model="nano-banana-pro", output_format="webp")
+        self.assertEqual(t["status"], "succeeded", t)
+        im = t["images"][0]
+        self.assertEqual((im["content_type"], im["width"], im["height"]),
+                         ("image/webp", 40, 30), im)
+        r = self.srv.fetch_url(im["url"])
+        self.assertEqual(r.body[8:12], b"WEBP")
+        blobs = os.path.join(self.srv.data_dir, "blobs")
+        stored = os.listdir(os.path.join(blobs, "results", t["uid"]))
+        self.assertEqual(len(stored), 1, stored)
+        self.assertTrue(stored[0].endswith(".webp"), stored)
+
     # -- broken answers and connections: retryable
 
     def test_malformed_and_truncated_json_are_retried(self):
@@ -530,6 +570,24 @@ class OpenAIAdapterTest(AdapterCase):
                 t = self.run_task(p, model="gpt-image-1")
                 self.assertImage(t, "png", u.fake_image("png", p, 33, 17), 33, 17, provider="o")
                 self.requests(p, 1)
+
+    def test_large_images_go_to_the_store_as_they_arrive(self):
+        # Two large images in one answer: each written as it arrives under
+        # its own name, both stored byte for byte, nothing else left.
+        p = self.prompt("large")
+        pad = 2 << 20
+        self.openai([{"kind": "image", "format": "png", "sizes": ["33x17", "17x33"],
+                      "pad_bytes": pad, "chunk_bytes": 40000}])
+        t = self.run_task(p, model="gpt-image-1", n=2)
+        self.assertEqual(t["status"], "succeeded", t)
+        self.assertEqual(len(t["images"]), 2, t)
+        sent = [u.fake_image("png", p, 33, 17, pad), u.fake_image("png", p + "|1", 17, 33, pad)]
+        for im, body in zip(t["images"], sent):
+            self.assertEqual(self.srv.fetch_url(im["url"]).body, body)
+        blobs = os.path.join(self.srv.data_dir, "blobs")
+        stored = sorted(os.listdir(os.path.join(blobs, "results", t["uid"])))
+        self.assertEqual(len(stored), 2, stored)
+        self.assertTrue(all(f.startswith("1-a1-") for f in stored), stored)
 
     def test_moderation_blocked_is_moderated(self):
         p = self.prompt()

@@ -37,9 +37,10 @@ def start_fake(add_cleanup, *args):
     return fake
 
 
-def fake_image(fmt, prompt, width=8, height=8):
-    """The bytes the fake answers for prompt (its final image) in fmt."""
-    return fake_upstream.make_image(fmt, width, height, prompt)[0]
+def fake_image(fmt, prompt, width=8, height=8, pad_bytes=0):
+    """The bytes the fake answers for prompt (its final image) in fmt (grown by
+    pad_bytes, as the step option of that name does)."""
+    return fake_upstream.pad(fake_upstream.make_image(fmt, width, height, prompt)[0], pad_bytes)
 
 
 def jpeg(width, height, rgb=(200, 30, 60)):

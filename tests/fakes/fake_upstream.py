@@ -84,6 +84,8 @@ STEP fields, all optional:
                  request's output_format; Gemini default png).
   damaged        true: each image keeps its header (its type and pixel size read as usual) and
                  the rest is junk, so decoding it fails.
+  pad_bytes      PNG only: each image grows by about this many bytes of a private ancillary
+                 chunk (ignored by decoders), for answers as large as real 4K images.
 Kinds on the OpenAI API, which has no thoughts or finish reasons: thought_then_image answers like
 image; text_only answers 200 with an empty data list; block_prompt and finish_reason answer 400
 image_generation_user_error / moderation_blocked. "malformed" is a 200 with invalid JSON;
@@ -256,6 +258,22 @@ IMAGE_ENCODERS = {"png": (png_bytes, "image/png"), "jpeg": (jpeg_bytes, "image/j
 def make_image(fmt, width, height, seed):
     encode, mime = IMAGE_ENCODERS[fmt]
     return encode(width, height, colour_for(seed)), mime
+
+
+def pad(data, n):
+    """A PNG with private ancillary chunks ("imGp", ignored by decoders) of about n bytes
+    in all before its IEND; the bytes vary, so nothing compresses them away."""
+    if image_magic(data) != "png" or n <= 0:
+        return data
+    iend = len(data) - 12
+    chunks, left, counter = [], n, 0
+    while left > 0:
+        size = min(left, 1 << 20)
+        body = hashlib.sha256(b"pad%d" % counter).digest() * (size // 32 + 1)
+        chunks.append(_png_chunk(b"imGp", body[:size]))
+        left -= size
+        counter += 1
+    return data[:iend] + b"".join(chunks) + data[iend:]
 
 
 def damage(data):
@@ -585,6 +603,7 @@ STEP_FIELDS = {
     "details": list, "code": (str, type(None)), "type": str, "param": (str, type(None)),
     "in_stream": bool, "headers": dict, "snake_case": (bool, str), "width": int, "height": int,
     "real_size": bool, "thoughts": int, "final_image": bool, "format": str, "damaged": bool,
+    "pad_bytes": int,
     "sizes": list, "count": int, "quality": (str, type(None)), "chunk_bytes": int,
 }
 
@@ -606,6 +625,8 @@ def check_step(step):
         return "delay_ms must be >= 0"
     if step.get("chunk_bytes", 1) < 1:
         return "chunk_bytes must be >= 1"
+    if not 0 <= step.get("pad_bytes", 0) <= 64 << 20:
+        return "pad_bytes must be 0..64 MiB"
     status = step.get("status")
     if isinstance(status, int) and not 100 <= status <= 599:
         return "status must be an HTTP status"
@@ -1266,6 +1287,7 @@ class Fake:
         data, mime = make_image(fmt, w, h, seed)
         if step.get("damaged"):
             data = damage(data)
+        data = pad(data, step.get("pad_bytes", 0))
         return {"inlineData": {"mimeType": mime, "data": base64.b64encode(data).decode()}}
 
     def gemini_body(self, step, rec, call):
@@ -1522,6 +1544,7 @@ class Fake:
                  for i in range(n)]
         if step.get("damaged"):
             datas = [damage(d) for d in datas]
+        datas = [pad(d, step.get("pad_bytes", 0)) for d in datas]
         text_tokens = max(1, len(prompt) // 4)
         usage = {"input_tokens": text_tokens + 323 * n_inputs,
                  "output_tokens": OPENAI_OUTPUT_TOKENS.get(quality, 1056) * n,
