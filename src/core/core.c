@@ -653,16 +653,27 @@ int core_open_result(core *c, const char *name, task_result *meta, blob_object *
   if (rc == STORE_OK && (!core_result_file_name(meta, published, sizeof published) ||
                          strcmp(published, name) != 0))
     rc = STORE_NOT_FOUND; /* the token, but not the URL imgate gave out */
-  if (rc == STORE_NOT_FOUND || (rc == STORE_OK && meta->expires_ms <= time_now_ms())) {
+  if (rc == STORE_NOT_FOUND) {
     task_result_clear(meta);
-    return err_set(err, ERR_NOT_FOUND, "not_found", NULL, "no such image, or it has expired");
+    return err_set(err, ERR_NOT_FOUND, "not_found", NULL, "no such image");
+  }
+  /* Expired (the retention sweep deletes only expired images): the link was
+   * real, and a client must learn that it will never work again, not that
+   * it was mistyped. */
+  if (rc == STORE_OK && meta->expires_ms <= time_now_ms()) {
+    char when[40];
+    time_format_http(meta->expires_ms, when);
+    task_result_clear(meta);
+    return err_set(err, ERR_GONE, "image_expired", NULL,
+                   "this image expired on %s: results are kept for %d hours", when,
+                   c->cfg.retention_hours);
   }
   if (rc != STORE_OK) return err_set(err, ERR_INTERNAL, "store_error", NULL, "store failure");
   rc = c->bl->ops->open(c->bl, meta->blob_key, obj);
   if (rc != BLOB_OK) {
     task_result_clear(meta);
     if (rc == BLOB_NOT_FOUND)
-      return err_set(err, ERR_NOT_FOUND, "not_found", NULL, "no such image, or it has expired");
+      return err_set(err, ERR_NOT_FOUND, "not_found", NULL, "no such image");
     return err_set(err, ERR_INTERNAL, "storage_error", NULL, "the image could not be read");
   }
   return 0;

@@ -48,6 +48,7 @@ int err_http_status(err_code code) {
   case ERR_UNAUTHORIZED: return 401;
   case ERR_FORBIDDEN: return 403;
   case ERR_NOT_FOUND: return 404;
+  case ERR_GONE: return 410;
   case ERR_TOO_LARGE: return 413;
   case ERR_NO_CREDIT: return 402;
   case ERR_UNPROCESSABLE: return 422;

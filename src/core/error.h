@@ -12,6 +12,7 @@ typedef enum {
   ERR_UNAUTHORIZED, /* no or unknown credentials -> 401 */
   ERR_FORBIDDEN,    /* credentials fine, action not allowed -> 403 */
   ERR_NOT_FOUND,    /* no such thing for this account -> 404 */
+  ERR_GONE,         /* it existed and was deleted on purpose (an expired image) -> 410 */
   ERR_TOO_LARGE,    /* body or an input over its limit -> 413 */
   ERR_NO_CREDIT,    /* the balance does not cover the price -> 402 */
   ERR_UNPROCESSABLE, /* well-formed, but conflicts with an earlier request -> 422 */

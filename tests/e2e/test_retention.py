@@ -36,12 +36,18 @@ class RetentionTest(h.ServerTestCase):
         results = os.path.join(blobs, "results", uid)
         self.assertTrue(os.listdir(results))
 
-        # The retention is over: the URL answers 404 at once, the sweeper deletes the bytes.
+        # The retention is over: the URL answers 410 Gone at once (a real link that will
+        # never work again, told from a mistyped one: 404), the sweeper deletes the bytes.
         db = sqlite3.connect(os.path.join(srv.data_dir, "imgate.db"), timeout=30)
         with db:
             db.execute("UPDATE task_results SET expires_ms = 1 WHERE task_id = ?", (uid,))
         db.close()
-        self.assertEqual(srv.get("/" + path).status, 404)
+        r = srv.get("/" + path)
+        self.assertEqual(r.status, 410, r.body)
+        err = r.json()["error"]
+        self.assertEqual(err["code"], "image_expired", err)
+        self.assertIn("expired on Thu, 01 Jan 1970", err["message"])
+        self.assertEqual(srv.get("/" + path.replace(".", "x.", 1)).status, 404)
         h.wait_for(lambda: not os.path.exists(results), what="the expired image deleted")
 
         def purged():
@@ -56,7 +62,7 @@ class RetentionTest(h.ServerTestCase):
         # The task's history is unchanged: the image is still listed, and still gone.
         t = srv.task(uid, key)
         self.assertEqual(len(t["images"]), 1, t)
-        self.assertEqual(srv.get("/" + path).status, 404)
+        self.assertEqual(srv.get("/" + path).status, 410)
         self.assertTrue(os.path.isdir(os.path.join(blobs, "results")))  # the top level stays
 
 
