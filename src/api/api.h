@@ -57,6 +57,21 @@ void api_health_register(http_router *r, core *c);
 void api_reply_error(http_request *req, int status, const char *slug, const char *message,
                      const char *param);
 void api_reply_core_error(http_request *req, int status, const imgate_error *err);
+/* An error a core call returned (core_submit, core_get_task, ...), in the
+ * shape of the path's dialect: the HTTP status of its code, Retry-After and
+ * X-RateLimit-* for a rate limit (api_rate_limit_headers), and its field
+ * under the dialect's own name (api_dialect.field_names). */
+void api_reply_from_core(http_request *req, const imgate_error *err);
+/* An error document as the answer, with status (takes doc). When doc is NULL
+ * or cannot be encoded (text that is not UTF-8, no memory), fallback instead:
+ * JSON text in the same shape that says less, so that the client still gets
+ * the status and, in its own shape, what it can read; the failure is logged.
+ * What every dialect's reply_error ends with. */
+void api_reply_error_doc(http_request *req, int status, json_t *doc, const char *fallback);
+/* The refusal shape {"error":{"code","message","param"}}, param null when
+ * empty (a dialect's reply_error): the native dialect's, and the apistor
+ * seeds' too. A message that is not UTF-8 is repaired (api_json_text). */
+void api_error_shape_plain(http_request *req, int status, const imgate_error *err);
 /* A slug that can be pasted into JSON as it is (a-z, 0-9, '_'). */
 bool api_plain_slug(const char *slug);
 /* For ERR_RATE_LIMITED: Retry-After, and X-RateLimit-Limit / X-RateLimit-Active
@@ -110,11 +125,38 @@ void api_base_url(http_request *req, const core *c, char *out, size_t out_size);
  * naming the field (in the path's dialect's shape) and returns -1. */
 int api_json_string(http_request *req, json_t *body, const char *field, const char **out);
 
+/* A member listing reference images (https URLs, data: URIs or base64), as
+ * every dialect but Gemini's takes them: absent or null is none (*n = 0);
+ * else an array of at most max strings, which go to out (room for max; they
+ * point into body). Otherwise answers 400 naming field, invalid_type (not an
+ * array of strings) or too_many_images (more than max: max bounds out, the
+ * core applies the model's own, lower limit), and returns -1. */
+int api_json_image_list(http_request *req, json_t *body, const char *field, const char **out,
+                        size_t max, size_t *n);
+
 /* The output options as the native and OpenAI dialects spell them:
  * "output_format" (a string, or absent/null) and "output_compression" (a
  * whole number, or absent/null), into gr; the core checks the values. A
  * member of another type: answers 400 invalid_type naming it and returns -1. */
 int api_json_output(http_request *req, json_t *body, core_gen_request *gr);
+
+/* Submits gr for acct, as the path's dialect (its name is recorded on the
+ * task, for its webhook payloads), with the request's Idempotency-Key and its
+ * base URL (api_base_url) for the task's image links. 0 with *out (task_free
+ * it) and *replayed; -1 once the core's refusal is answered
+ * (api_reply_from_core). */
+int api_submit(http_request *req, core *c, const store_account *acct, core_gen_request *gr,
+               task **out, bool *replayed);
+
+/* Task id of acct, or NULL once the core's refusal is answered (404 for no
+ * such task, or another account's). task_free it. */
+task *api_read_task(http_request *req, core *c, const store_account *acct, const char *id);
+
+/* The catalog for a model list: a JSON array of item(c, mi) for each model,
+ * in the catalog's order (an item that is NULL is left out); NULL once a 500
+ * is answered (out of memory). */
+json_t *api_model_list(http_request *req, core *c,
+                       json_t *(*item)(core *c, const core_model_info *mi));
 
 /* The base of the image links in a webhook payload, made without a request:
  * the configured public URL, else the host the task was submitted to, else

@@ -18,7 +18,8 @@
 
 #include "api/api.h"
 #include "api/await.h"
-#include "util/ids.h"
+#include "api/follow.h"
+#include "api/sse.h"
 #include "util/timeutil.h"
 
 /* Between progress objects while a task runs, and the longest a stream or a
@@ -26,35 +27,13 @@
 #define APISTOR_PROGRESS_MS 2000
 #define APISTOR_MAX_WAIT_S 300
 
-static void apistor_error_shape(http_request *req, int status, const imgate_error *err) {
-  json_t *doc = json_pack("{s:{s:s, s:o, s:o}}", "error", "code", err->slug, "message",
-                          api_json_text(err->message), "param",
-                          err->param[0] ? json_string(err->param) : json_null());
-  if (!doc) {
-    char body[160];
-    int n = snprintf(body, sizeof body,
-                     "{\"error\":{\"code\":\"%s\",\"message\":\"the error could not be "
-                     "described\",\"param\":null}}",
-                     api_plain_slug(err->slug) ? err->slug : "internal_error");
-    http_reply_bytes(req, status, "application/json", body, (size_t)n);
-    return;
-  }
-  http_reply_json(req, status, doc);
-}
-
-static const char *apistor_param(const char *core_param) {
-  if (strcmp(core_param, CORE_FIELD_IMAGES) == 0) return "urls";
-  if (strcmp(core_param, CORE_FIELD_ASPECT_RATIO) == 0) return "aspectRatio";
-  if (strcmp(core_param, CORE_FIELD_WEBHOOK) == 0) return "webHook";
-  return core_param;
-}
-
-static void reply_core_error(http_request *req, const imgate_error *err) {
-  imgate_error e = *err;
-  if (e.param[0]) snprintf(e.param, sizeof e.param, "%s", apistor_param(err->param));
-  api_rate_limit_headers(req, &e);
-  api_reply_core_error(req, err_http_status(e.code), &e);
-}
+/* The core names fields its own way; this dialect's clients know these. */
+static const api_field_name apistor_fields[] = {
+    {CORE_FIELD_IMAGES, "urls"},
+    {CORE_FIELD_ASPECT_RATIO, "aspectRatio"},
+    {CORE_FIELD_WEBHOOK, "webHook"},
+    {NULL, NULL},
+};
 
 /* The progress object of task t (progress: an estimate while it runs). */
 static json_t *render_object(const char *base, core *c, const task *t) {
@@ -94,30 +73,29 @@ static json_t *object_for(http_request *req, core *c, const task *t) {
 
 /* --- the default: a stream of progress objects ------------------------------ */
 
+/* The stream's state, as its follower (follow.h) keeps it. */
 typedef struct progress_stream {
-  core *c;
-  store_account acct;
-  char uid[IDS_UUID_LEN + 1];
-  int64_t until_mono; /* the longest it runs */
-  char last[16];      /* status and progress of the last object sent */
-  http_waker *waker;
-  core_watch *watch;
+  char last[16]; /* status and progress of the last object sent */
 } progress_stream;
 
-/* Writes the task's object; ends the stream when it is final (or the wait is
- * over). */
-static void stream_object(http_request *req, progress_stream *s, bool over) {
+/* Writes the task's object; ends the stream when it is final, or when there
+ * is nothing more to wait for (its time ran out, the server stops, no change
+ * would wake it). */
+static int64_t progress_look(http_request *req, api_follow *f, api_follow_why why) {
+  progress_stream *s = f->state;
+  if (why == API_FOLLOW_FIRST || why == API_FOLLOW_UNWATCHED) api_sse_start(req);
+  bool over = why == API_FOLLOW_OVER || why == API_FOLLOW_STOPPING || why == API_FOLLOW_UNWATCHED;
   task *t = NULL;
   imgate_error err = {0};
-  if (core_get_task(s->c, &s->acct, s->uid, &t, &err) < 0) {
+  if (api_follow_read(f, &t, &err) < 0) {
     http_stream_end(req);
-    return;
+    return API_FOLLOW_DONE;
   }
-  json_t *obj = object_for(req, s->c, t);
+  json_t *obj = object_for(req, f->c, t);
   if (!obj) { /* out of memory: nothing sensible to say */
     task_free(t);
     http_stream_end(req);
-    return;
+    return API_FOLLOW_DONE;
   }
   /* Only what moved is sent (queued and running are both "running"); an
    * unchanged tick is a comment line, which keeps proxies from cutting the
@@ -126,62 +104,25 @@ static void stream_object(http_request *req, progress_stream *s, bool over) {
   snprintf(now, sizeof now, "%s%lld", json_string_value(json_object_get(obj, "status")),
            (long long)json_integer_value(json_object_get(obj, "progress")));
   bool final = task_state_is_final(t->state);
-  char *text = final || strcmp(now, s->last) != 0 ? json_dumps(obj, JSON_COMPACT) : NULL;
-  json_decref(obj);
-  if (text) {
-    http_stream_write(req, "data: ", 6);
-    http_stream_write(req, text, strlen(text));
-    http_stream_write(req, "\n\n", 2);
-    free(text);
+  task_free(t);
+  if (final || strcmp(now, s->last) != 0) {
+    api_sse_event(req, NULL, NULL, obj);
     memcpy(s->last, now, sizeof s->last);
   } else {
-    http_stream_write(req, ": keep-alive\n\n", 14);
+    json_decref(obj);
+    api_sse_keepalive(req);
   }
-  task_free(t);
   if (final || over) {
     http_stream_end(req);
-    return;
+    return API_FOLLOW_DONE;
   }
-  int64_t next = time_mono_ms() + APISTOR_PROGRESS_MS;
-  http_wait_until(req, next < s->until_mono ? next : s->until_mono);
-}
-
-static void stream_wake(void *ctx) { http_wake(((progress_stream *)ctx)->waker); }
-
-static void stream_resume(http_request *req, void *ctx, http_resume_reason why) {
-  progress_stream *s = ctx;
-  stream_object(req, s, why == HTTP_RESUME_STOPPING || time_mono_ms() >= s->until_mono);
-}
-
-static void stream_end(void *ctx, bool answered) {
-  progress_stream *s = ctx;
-  core_unwatch(s->c, s->watch);
-  http_waker_release(s->waker);
-  free(s);
+  return APISTOR_PROGRESS_MS;
 }
 
 static void start_stream(http_request *req, core *c, const store_account *acct, const task *t) {
-  http_reply_header(req, "Cache-Control", "no-cache");
-  http_reply_header(req, "X-Accel-Buffering", "no");
-  http_stream_start(req, 200, "text/event-stream");
-  progress_stream *s = calloc(1, sizeof *s);
-  if (!s) {
-    http_stream_end(req);
-    return;
-  }
-  s->c = c;
-  s->acct = *acct;
-  memcpy(s->uid, t->id, sizeof s->uid);
-  s->until_mono = time_mono_ms() + (int64_t)APISTOR_MAX_WAIT_S * 1000;
-  s->waker = http_wait(req, stream_resume, stream_end, s, time_mono_ms() + APISTOR_PROGRESS_MS);
-  if (!s->waker) {
-    free(s);
-    http_stream_end(req);
-    return;
-  }
-  s->watch = core_watch_task(c, t->id, stream_wake, s);
-  /* After the watch: what happened before is read now, what comes later wakes it. */
-  stream_object(req, s, !s->watch);
+  progress_stream s = {{0}};
+  if (!api_follow_start(req, c, acct, t->id, APISTOR_MAX_WAIT_S, progress_look, &s, sizeof s))
+    api_reply_error(req, 500, "internal_error", "out of memory", NULL);
 }
 
 /* --- handlers ------------------------------------------------------------------ */
@@ -191,7 +132,7 @@ static void final_ready(http_request *req, core *c, const task *t, bool final,
   (void)final;
   (void)arg;
   if (!t) {
-    reply_core_error(req, err);
+    api_reply_from_core(req, err);
     return;
   }
   http_reply_json(req, 200, object_for(req, c, t));
@@ -221,42 +162,18 @@ static void handle_generate(http_request *req, void *ctx) {
                     "shutProgress");
     goto done;
   }
-  json_t *urls = json_object_get(body, "urls");
-  if (urls && !json_is_null(urls)) {
-    if (!json_is_array(urls) || json_array_size(urls) > sizeof images / sizeof images[0]) {
-      api_reply_error(req, 400, "invalid_type", "urls must be an array of at most 10 images",
-                      "urls");
-      goto done;
-    }
-    size_t i;
-    json_t *v;
-    json_array_foreach(urls, i, v) {
-      if (!json_is_string(v)) {
-        api_reply_error(req, 400, "invalid_type", "urls must be an array of strings", "urls");
-        goto done;
-      }
-      images[i] = json_string_value(v);
-    }
-    gr.images = images;
-    gr.n_images = json_array_size(urls);
-  }
+  if (api_json_image_list(req, body, "urls", images, sizeof images / sizeof images[0],
+                          &gr.n_images) < 0)
+    goto done;
+  gr.images = images;
   /* webHook "-1": answer at once, the client polls; a URL: answer at once,
    * and the final object is posted there (a signed webhook). */
   bool at_once = hook && *hook;
   if (at_once && strcmp(hook, "-1") != 0) gr.webhook_url = hook;
-  char base[600];
-  api_base_url(req, c, base, sizeof base);
-  gr.dialect = "apistor";
-  gr.public_base = base;
 
   task *t = NULL;
   bool replayed = false;
-  imgate_error err = {0};
-  if (core_submit(c, &acct, &gr, http_header_get(req, "Idempotency-Key"), &t, &replayed,
-                  &err) < 0) {
-    reply_core_error(req, &err);
-    goto done;
-  }
+  if (api_submit(req, c, &acct, &gr, &t, &replayed) < 0) goto done;
   if (at_once) http_reply_json(req, 200, object_for(req, c, t));
   else if (json_is_true(shut))
     api_await_task(req, c, &acct, t, APISTOR_MAX_WAIT_S, final_ready, NULL, 0);
@@ -274,15 +191,10 @@ static void handle_result(http_request *req, void *ctx) {
   if (!body) return;
   const char *id = NULL;
   if (api_json_string(req, body, "id", &id) == 0) {
-    if (!id) {
-      api_reply_error(req, 400, "missing_field", "id is required", "id");
-    } else {
-      task *t = NULL;
-      imgate_error err = {0};
-      if (core_get_task(c, &acct, id, &t, &err) < 0) reply_core_error(req, &err);
-      else http_reply_json(req, 200, object_for(req, c, t));
-      task_free(t);
-    }
+    task *t = NULL;
+    if (!id) api_reply_error(req, 400, "missing_field", "id is required", "id");
+    else if ((t = api_read_task(req, c, &acct, id))) http_reply_json(req, 200, object_for(req, c, t));
+    task_free(t);
   }
   json_decref(body);
 }
@@ -311,6 +223,7 @@ const api_dialect api_apistor_dialect = {
     .prefixes = apistor_prefixes,
     .register_routes = apistor_register,
     .read_key = api_read_bearer,
-    .reply_error = apistor_error_shape,
+    .reply_error = api_error_shape_plain, /* the seeds' shape is the native one */
+    .field_names = apistor_fields,
     .render_webhook = apistor_webhook,
 };

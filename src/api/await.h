@@ -2,10 +2,10 @@
  * thread: the shared part of Prefer: wait, long polls, synchronous submits
  * and every dialect whose clients expect the result on the same request.
  *
- * The request parks (http_wait) with a watch on its task (core_watch_task);
- * each committed change of the task wakes it, and it looks again. The
- * dialect's ready function answers, once: with the final task, or with the
- * task as it is when the wait runs out or the server stops. */
+ * The request follows its task (follow.h): each committed change of the task
+ * wakes it, and it looks again. The dialect's ready function answers, once:
+ * with the final task, or with the task as it is when the wait runs out, the
+ * server stops, or nothing could wake it. */
 #ifndef IMGATE_API_AWAIT_H
 #define IMGATE_API_AWAIT_H
 

@@ -37,6 +37,42 @@ void api_reply_core_error(http_request *req, int status, const imgate_error *err
   api_dialect_for_path(req->path)->reply_error(req, status, err);
 }
 
+void api_reply_from_core(http_request *req, const imgate_error *err) {
+  imgate_error e = *err;
+  if (e.param[0]) {
+    const char *own = api_dialect_field(api_dialect_for_path(req->path), err->param);
+    snprintf(e.param, sizeof e.param, "%s", own);
+  }
+  api_rate_limit_headers(req, &e);
+  api_reply_core_error(req, err_http_status(e.code), &e);
+}
+
+void api_reply_error_doc(http_request *req, int status, json_t *doc, const char *fallback) {
+  char *text = api_json_take_text(doc);
+  if (!text) {
+    LOG_ERROR("api_error_reply_not_encodable", "req=%s status=%d", req->request_id, status);
+    http_reply_bytes(req, status, "application/json", fallback, strlen(fallback));
+    return;
+  }
+  http_reply_bytes(req, status, "application/json", text, strlen(text));
+  free(text);
+}
+
+/* When the document cannot be built (a param that is not UTF-8, no memory),
+ * the client still gets the status and, when it is plain, the slug: an empty
+ * body would tell it nothing. */
+void api_error_shape_plain(http_request *req, int status, const imgate_error *err) {
+  json_t *doc = json_pack("{s:{s:s, s:o, s:o}}", "error", "code", err->slug, "message",
+                          api_json_text(err->message), "param",
+                          err->param[0] ? json_string(err->param) : json_null());
+  char fallback[160];
+  snprintf(fallback, sizeof fallback,
+           "{\"error\":{\"code\":\"%s\",\"message\":\"the error could not be "
+           "described\",\"param\":null}}",
+           api_plain_slug(err->slug) ? err->slug : "internal_error");
+  api_reply_error_doc(req, status, doc, fallback);
+}
+
 json_t *api_json_text(const char *s) {
   json_t *j = json_string(s);
   if (j || !s) return j;
@@ -187,6 +223,32 @@ int api_json_string(http_request *req, json_t *body, const char *field, const ch
   return 0;
 }
 
+int api_json_image_list(http_request *req, json_t *body, const char *field, const char **out,
+                        size_t max, size_t *n) {
+  json_t *list = json_object_get(body, field);
+  *n = 0;
+  if (!list || json_is_null(list)) return 0;
+  char msg[160];
+  if (!json_is_array(list)) goto not_strings;
+  if (json_array_size(list) > max) {
+    /* The core's limit is limits.max_reference_images, 10 at the most. */
+    api_reply_error(req, 400, "too_many_images", "at most 10 reference images", field);
+    return -1;
+  }
+  size_t i;
+  json_t *v;
+  json_array_foreach(list, i, v) {
+    if (!json_is_string(v)) goto not_strings;
+    out[i] = json_string_value(v);
+  }
+  *n = json_array_size(list);
+  return 0;
+not_strings:
+  snprintf(msg, sizeof msg, "%s must be an array of strings", field);
+  api_reply_error(req, 400, "invalid_type", msg, field);
+  return -1;
+}
+
 int api_json_output(http_request *req, json_t *body, core_gen_request *gr) {
   if (api_json_string(req, body, CORE_FIELD_OUTPUT_FORMAT, &gr->output_format) < 0) return -1;
   json_t *v = json_object_get(body, CORE_FIELD_OUTPUT_COMPRESSION);
@@ -212,8 +274,7 @@ int api_authenticate(http_request *req, core *c, store_account *out) {
   const char *given = api_dialect_for_path(req->path)->read_key(req, key, sizeof key);
   if (core_authenticate(c, given, out, &err) < 0) {
     if (err.code == ERR_UNAUTHORIZED) http_reply_header(req, "WWW-Authenticate", "Bearer");
-    api_rate_limit_headers(req, &err);
-    api_reply_core_error(req, err_http_status(err.code), &err);
+    api_reply_from_core(req, &err);
     return -1;
   }
   snprintf(req->log_account, sizeof req->log_account, "%lld", (long long)out->id);
@@ -270,6 +331,41 @@ int api_prefer_wait(http_request *req) {
     p += n;
   }
   return 0;
+}
+
+int api_submit(http_request *req, core *c, const store_account *acct, core_gen_request *gr,
+               task **out, bool *replayed) {
+  char base[600];
+  api_base_url(req, c, base, sizeof base);
+  /* The path's owner is the dialect serving the request. */
+  gr->dialect = api_dialect_for_path(req->path)->name;
+  gr->public_base = base;
+  imgate_error err = {0};
+  int rc = core_submit(c, acct, gr, http_header_get(req, "Idempotency-Key"), out, replayed, &err);
+  gr->public_base = NULL; /* base goes with this call; the task keeps its copy */
+  if (rc < 0) api_reply_from_core(req, &err);
+  return rc;
+}
+
+task *api_read_task(http_request *req, core *c, const store_account *acct, const char *id) {
+  task *t = NULL;
+  imgate_error err = {0};
+  if (core_get_task(c, acct, id, &t, &err) < 0) {
+    api_reply_from_core(req, &err);
+    return NULL;
+  }
+  return t;
+}
+
+json_t *api_model_list(http_request *req, core *c,
+                       json_t *(*item)(core *c, const core_model_info *mi)) {
+  core_model_info *info = NULL;
+  size_t n = 0;
+  json_t *list = core_models(c, &info, &n) == 0 ? json_array() : NULL;
+  for (size_t i = 0; list && i < n; i++) json_array_append_new(list, item(c, &info[i]));
+  free(info);
+  if (!list) api_reply_error(req, 500, "internal_error", "out of memory", NULL);
+  return list;
 }
 
 void api_webhook_base(const core *c, const task *t, char *out, size_t out_size) {

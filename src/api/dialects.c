@@ -54,6 +54,12 @@ const api_dialect *api_dialect_named(const char *name) {
   return NULL;
 }
 
+const char *api_dialect_field(const api_dialect *d, const char *core_field) {
+  for (const api_field_name *f = d->field_names; f && f->core; f++)
+    if (strcmp(f->core, core_field) == 0) return f->own;
+  return core_field;
+}
+
 void api_register_dialects(http_router *r, core *c) {
   for (size_t i = 0; i < N_DIALECTS; i++) table[i]->register_routes(r, c);
 }

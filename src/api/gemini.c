@@ -20,9 +20,10 @@
 #include <string.h>
 #include <strings.h>
 
+#include "api/follow.h"
 #include "api/gemini_int.h"
+#include "api/sse.h"
 #include "util/buf.h"
-#include "util/timeutil.h"
 
 /* How long a generation request waits for its image: the default retry
  * deadline, by which the task has succeeded or failed. */
@@ -227,8 +228,6 @@ static int submit(http_request *req, core *c, const store_account *acct, const c
   gemini_ask ask = {.prompt = BUF_INIT};
   int rc = -1;
   if (read_contents(req, body, &ask) < 0 || read_config(req, body, &ask) < 0) goto done;
-  char base[600];
-  api_base_url(req, c, base, sizeof base);
   core_gen_request gr = {
       .model = model,
       .prompt = ask.prompt.data,
@@ -238,16 +237,9 @@ static int submit(http_request *req, core *c, const store_account *acct, const c
       .images = ask.images,
       .n_images = ask.n_images,
       .quantity = ask.quantity,
-      .dialect = "gemini",
-      .public_base = base,
   };
-  imgate_error err = {0};
   bool replayed = false;
-  if (core_submit(c, acct, &gr, http_header_get(req, "Idempotency-Key"), out, &replayed,
-                  &err) < 0) {
-    gemini_reply_core_error(req, &err);
-    goto done;
-  }
+  if (api_submit(req, c, acct, &gr, out, &replayed) < 0) goto done;
   if (replayed) http_reply_header(req, "Idempotent-Replayed", "true");
   rc = 0;
 done:
@@ -264,38 +256,19 @@ typedef enum {
   GEMINI_JSON_ARRAY, /* :streamGenerateContent without alt=sse: a JSON array */
 } gemini_mode;
 
-/* A request waiting for its task; lives from http_wait to gen_wait_end. */
+/* A request waiting for its task: the follower's state (follow.h). */
 typedef struct gen_wait {
-  core *c;
-  store_account acct;
-  char uid[IDS_UUID_LEN + 1];
   char model[160];
   gemini_mode mode;
   /* SSE: the stream's head went out (a keep-alive was due before the task
    * ended); from then on an error can only be told inside the stream. */
   bool started;
-  int64_t give_up_ms; /* monotonic */
-  http_waker *waker;
-  core_watch *watch;
 } gen_wait;
 
 static void start_stream(http_request *req, gen_wait *w) {
   if (w->started) return;
-  http_reply_header(req, "Cache-Control", "no-cache");
-  http_reply_header(req, "X-Accel-Buffering", "no"); /* nginx: pass each event on at once */
-  http_stream_start(req, 200, "text/event-stream");
+  api_sse_start(req);
   w->started = true;
-}
-
-/* One event: "data: <JSON>" and a blank line, nothing else (Google's SDK
- * reads exactly that). Takes doc. */
-static void write_data(http_request *req, json_t *doc) {
-  char *text = api_json_take_text(doc);
-  if (text) {
-    if (http_stream_write(req, "data: ", 6) && http_stream_write(req, text, strlen(text)))
-      http_stream_write(req, "\n\n", 2);
-    free(text);
-  }
 }
 
 static void answer_error(http_request *req, gen_wait *w, int status, const imgate_error *err) {
@@ -303,7 +276,7 @@ static void answer_error(http_request *req, gen_wait *w, int status, const imgat
     /* Too late for a status: the error is the stream's last event, as
      * Gemini sends one that arises mid-stream. */
     snprintf(req->log_error, sizeof req->log_error, "%s", err->slug);
-    write_data(req, gemini_error_doc(status, err));
+    api_sse_event(req, NULL, NULL, gemini_error_doc(status, err));
     http_stream_end(req);
     return;
   }
@@ -311,11 +284,11 @@ static void answer_error(http_request *req, gen_wait *w, int status, const imgat
   api_reply_core_error(req, status, err);
 }
 
-static void answer_final(http_request *req, gen_wait *w, const task *t) {
+static void answer_final(http_request *req, core *c, gen_wait *w, const task *t) {
   json_t *doc = NULL;
   int status = 0;
   imgate_error err = {0};
-  if (gemini_render_final(w->c, t, w->model, &doc, &status, &err) == GEMINI_OUTCOME_ERROR) {
+  if (gemini_render_final(c, t, w->model, &doc, &status, &err) == GEMINI_OUTCOME_ERROR) {
     answer_error(req, w, status, &err);
     return;
   }
@@ -328,109 +301,75 @@ static void answer_final(http_request *req, gen_wait *w, const task *t) {
     break;
   case GEMINI_SSE:
     start_stream(req, w);
-    write_data(req, doc);
+    api_sse_event(req, NULL, NULL, doc);
     http_stream_end(req);
     break;
   }
 }
 
 /* The task is still not final when the request stops waiting. */
-static void answer_unfinished(http_request *req, gen_wait *w, int status, const char *slug,
+static void answer_unfinished(http_request *req, const api_follow *f, int status, const char *slug,
                               const char *why) {
   imgate_error err = {0};
   err_set(&err, status == 503 ? ERR_UNAVAILABLE : ERR_INTERNAL, slug, NULL,
-          "%s; the task %s goes on: GET /api/banana/%s shows it", why, w->uid, w->uid);
-  answer_error(req, w, status, &err);
+          "%s; the task %s goes on: GET /api/banana/%s shows it", why, f->uid, f->uid);
+  answer_error(req, f->state, status, &err);
 }
 
-static int64_t next_deadline(const gen_wait *w) {
-  if (w->mode != GEMINI_SSE) return w->give_up_ms;
-  int64_t tick = time_mono_ms() + core_stream_keepalive_ms(w->c);
-  return tick < w->give_up_ms ? tick : w->give_up_ms;
-}
-
-static void gen_wait_wake(void *ctx) { http_wake(((gen_wait *)ctx)->waker); }
-
-static void gen_wait_resume(http_request *req, void *ctx, http_resume_reason why) {
-  gen_wait *w = ctx;
+/* Answers the task once it is final; until then an SSE stream gets a
+ * keep-alive now and then. */
+static int64_t gen_look(http_request *req, api_follow *f, api_follow_why why) {
+  gen_wait *w = f->state;
   task *t = NULL;
   imgate_error err = {0};
-  if (core_get_task(w->c, &w->acct, w->uid, &t, &err) < 0) {
+  if (api_follow_read(f, &t, &err) < 0) {
     answer_error(req, w, err_http_status(err.code), &err);
-    return;
+    return API_FOLLOW_DONE;
   }
+  int64_t next = API_FOLLOW_DONE;
   if (task_state_is_final(t->state)) {
-    answer_final(req, w, t);
-  } else if (why == HTTP_RESUME_STOPPING) {
-    answer_unfinished(req, w, 503, "shutting_down", "imgate is shutting down");
-  } else if (time_mono_ms() >= w->give_up_ms) {
+    answer_final(req, f->c, w, t);
+  } else if (why == API_FOLLOW_STOPPING) {
+    answer_unfinished(req, f, 503, "shutting_down", "imgate is shutting down");
+  } else if (why == API_FOLLOW_OVER) {
     char why_text[80];
     snprintf(why_text, sizeof why_text, "the image is not ready after %d s", GEMINI_WAIT_S);
-    answer_unfinished(req, w, 504, "wait_timeout", why_text);
+    answer_unfinished(req, f, 504, "wait_timeout", why_text);
+  } else if (why == API_FOLLOW_UNWATCHED) {
+    /* The task is submitted and held: say where to find it rather than a
+     * bare 500 a client would retry into a second, paid task. */
+    char msg[200];
+    snprintf(msg, sizeof msg,
+             "the task %s was submitted but cannot be waited for now; GET /api/banana/%s "
+             "follows it",
+             f->uid, f->uid);
+    gemini_reply_error(req, 503, "unavailable", msg);
   } else {
-    if (why == HTTP_RESUME_DEADLINE && w->mode == GEMINI_SSE) {
+    if (why == API_FOLLOW_TICK && w->mode == GEMINI_SSE) {
       /* Something on the wire now and then, so that no proxy cuts the
        * stream as idle: a blank line, which SSE readers (Google's SDK
        * among them) pass over. */
       start_stream(req, w);
       http_stream_write(req, "\n", 1);
     }
-    http_wait_until(req, next_deadline(w));
+    next = w->mode == GEMINI_SSE ? core_stream_keepalive_ms(f->c) : 0;
   }
   task_free(t);
-}
-
-static void gen_wait_end(void *ctx, bool answered) {
-  gen_wait *w = ctx;
-  core_unwatch(w->c, w->watch); /* after this, gen_wait_wake no longer runs */
-  http_waker_release(w->waker);
-  free(w);
+  return next;
 }
 
 /* Answers t once it is final: at once if it is, else after a wait that
- * holds no thread (watch first, then read again: no finish is missed). */
+ * holds no thread (follow.h). */
 static void answer_when_final(http_request *req, core *c, const store_account *acct,
                               const task *t, const char *model, gemini_mode mode) {
-  gen_wait *w = calloc(1, sizeof *w);
-  if (!w) {
-    gemini_reply_error(req, 500, "internal_error", "out of memory");
-    return;
-  }
-  w->c = c;
-  w->acct = *acct;
-  w->mode = mode;
-  w->give_up_ms = time_mono_ms() + (int64_t)GEMINI_WAIT_S * 1000;
-  snprintf(w->uid, sizeof w->uid, "%s", t->id);
-  snprintf(w->model, sizeof w->model, "%s", model);
+  gen_wait w = {.mode = mode};
+  snprintf(w.model, sizeof w.model, "%s", model);
   if (task_state_is_final(t->state)) {
-    answer_final(req, w, t);
-    free(w);
+    answer_final(req, c, &w, t);
     return;
   }
-  w->waker = http_wait(req, gen_wait_resume, gen_wait_end, w, next_deadline(w));
-  if (!w->waker) {
-    free(w);
+  if (!api_follow_start(req, c, acct, t->id, GEMINI_WAIT_S, gen_look, &w, sizeof w))
     gemini_reply_error(req, 500, "internal_error", "out of memory");
-    return;
-  }
-  w->watch = core_watch_task(c, t->id, gen_wait_wake, w);
-  if (!w->watch) {
-    /* Ends the wait: gen_wait_end frees w. The task is submitted and held:
-     * say where to find it rather than a bare 500 a client would retry
-     * into a second, paid task. */
-    char msg[200];
-    snprintf(msg, sizeof msg,
-             "the task %s was submitted but cannot be waited for now; GET /api/banana/%s "
-             "follows it",
-             t->id, t->id);
-    gemini_reply_error(req, 503, "unavailable", msg);
-    return;
-  }
-  task *again = NULL;
-  imgate_error err = {0};
-  if (core_get_task(c, acct, t->id, &again, &err) == 0 && task_state_is_final(again->state))
-    answer_final(req, w, again);
-  task_free(again);
 }
 
 /* The model of the path, as the client named it; 404 (Gemini's answer to
@@ -469,7 +408,8 @@ static void handle_stream(http_request *req, void *ctx) {
 
 /* A catalog model as a Gemini Model: under Google's id for the models that
  * have one (what a Gemini client already names), else under imgate's. */
-static json_t *render_model(const core_model_info *info) {
+static json_t *render_model(core *c, const core_model_info *info) {
+  (void)c;
   const catalog_model *m = info->model;
   bool google = strcmp(m->upstream_kind, "gemini") == 0;
   char name[160], desc[400];
@@ -485,16 +425,8 @@ static json_t *render_model(const core_model_info *info) {
 }
 
 static void handle_models(http_request *req, void *ctx) {
-  core_model_info *info = NULL;
-  size_t n = 0;
-  if (core_models(ctx, &info, &n) < 0) {
-    gemini_reply_error(req, 500, "internal_error", "out of memory");
-    return;
-  }
-  json_t *list = json_array();
-  for (size_t i = 0; i < n; i++) json_array_append_new(list, render_model(&info[i]));
-  free(info);
-  http_reply_json(req, 200, json_pack("{s:o}", "models", list));
+  json_t *list = api_model_list(req, ctx, render_model);
+  if (list) http_reply_json(req, 200, json_pack("{s:o}", "models", list));
 }
 
 static void handle_model(http_request *req, void *ctx) {
@@ -509,7 +441,7 @@ static void handle_model(http_request *req, void *ctx) {
   }
   for (size_t i = 0; i < n; i++) {
     if (info[i].model == m) {
-      http_reply_json(req, 200, render_model(&info[i]));
+      http_reply_json(req, 200, render_model(ctx, &info[i]));
       break;
     }
   }
@@ -542,11 +474,24 @@ static void gemini_register(http_router *r, core *c) {
 
 static const char *const gemini_prefixes[] = {"/v1beta/", NULL};
 
+/* Where a core field is in a Gemini request. */
+static const api_field_name gemini_fields[] = {
+    {CORE_FIELD_PROMPT, "contents"},
+    {CORE_FIELD_IMAGES, "contents.parts.inlineData"},
+    {CORE_FIELD_ASPECT_RATIO, "generationConfig.imageConfig.aspectRatio"},
+    {CORE_FIELD_RESOLUTION, "generationConfig.imageConfig.imageSize"},
+    {CORE_FIELD_QUANTITY, "generationConfig.candidateCount"},
+    {CORE_FIELD_WEBHOOK, "X-Imgate-Webhook-Url"},
+    {CORE_FIELD_IDEMPOTENCY_KEY, "Idempotency-Key"},
+    {NULL, NULL},
+};
+
 const api_dialect api_gemini_dialect = {
     .name = "gemini",
     .prefixes = gemini_prefixes,
     .register_routes = gemini_register,
     .read_key = gemini_read_key,
     .reply_error = gemini_error_shape,
+    .field_names = gemini_fields,
     .render_webhook = gemini_webhook_payload,
 };

@@ -13,10 +13,7 @@ const char *gemini_read_key(http_request *req, char *out, size_t size);
 /* Google's status text for an HTTP status ("INVALID_ARGUMENT", ...). */
 const char *gemini_status_text(int status);
 
-/* A core error as this dialect answers it: its fields renamed to where they
- * are in a Gemini request, rate-limit headers, the Gemini error shape. */
-void gemini_reply_core_error(http_request *req, const imgate_error *err);
-/* The same with status, slug and message given. */
+/* A refusal with status, slug and message, in the Gemini error shape. */
 void gemini_reply_error(http_request *req, int status, const char *slug, const char *message);
 
 /* The error document {"error":{"code","message","status","details"}} (the

@@ -9,7 +9,6 @@
 
 #include "api/gemini_int.h"
 #include "util/base64.h"
-#include "util/log.h"
 
 /* Google's canonical status names, by the HTTP status they travel with. */
 const char *gemini_status_text(int status) {
@@ -28,24 +27,6 @@ const char *gemini_status_text(int status) {
   case 503: return "UNAVAILABLE";
   default: return status < 500 ? "INVALID_ARGUMENT" : "INTERNAL";
   }
-}
-
-/* Where a core field is in a Gemini request. */
-static const char *gemini_field(const char *core_param) {
-  static const struct {
-    const char *core, *gemini;
-  } names[] = {
-      {CORE_FIELD_PROMPT, "contents"},
-      {CORE_FIELD_IMAGES, "contents.parts.inlineData"},
-      {CORE_FIELD_ASPECT_RATIO, "generationConfig.imageConfig.aspectRatio"},
-      {CORE_FIELD_RESOLUTION, "generationConfig.imageConfig.imageSize"},
-      {CORE_FIELD_QUANTITY, "generationConfig.candidateCount"},
-      {CORE_FIELD_WEBHOOK, "X-Imgate-Webhook-Url"},
-      {CORE_FIELD_IDEMPOTENCY_KEY, "Idempotency-Key"},
-  };
-  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-    if (strcmp(core_param, names[i].core) == 0) return names[i].gemini;
-  return core_param;
 }
 
 json_t *gemini_error_doc(int status, const imgate_error *err) {
@@ -87,27 +68,12 @@ void gemini_error_shape(http_request *req, int status, const imgate_error *err) 
     snprintf(e.message, sizeof e.message,
              "the request has no API key: send an imgate key in the x-goog-api-key header "
              "(or as ?key=, or as Authorization: Bearer)");
-  json_t *doc = gemini_error_doc(status, &e);
-  char *text = api_json_take_text(doc);
-  if (!text) {
-    LOG_ERROR("api_error_reply_not_encodable", "req=%s status=%d", req->request_id, status);
-    char body[200];
-    int n = snprintf(body, sizeof body,
-                     "{\"error\":{\"code\":%d,\"message\":\"the error could not be described\","
-                     "\"status\":\"%s\"}}",
-                     status, gemini_status_text(status));
-    http_reply_bytes(req, status, "application/json", body, (size_t)n);
-    return;
-  }
-  http_reply_bytes(req, status, "application/json", text, strlen(text));
-  free(text);
-}
-
-void gemini_reply_core_error(http_request *req, const imgate_error *err) {
-  imgate_error e = *err;
-  if (e.param[0]) snprintf(e.param, sizeof e.param, "%s", gemini_field(err->param));
-  api_rate_limit_headers(req, err);
-  api_reply_core_error(req, err_http_status(err->code), &e);
+  char fallback[200];
+  snprintf(fallback, sizeof fallback,
+           "{\"error\":{\"code\":%d,\"message\":\"the error could not be described\","
+           "\"status\":\"%s\"}}",
+           status, gemini_status_text(status));
+  api_reply_error_doc(req, status, gemini_error_doc(status, &e), fallback);
 }
 
 void gemini_reply_error(http_request *req, int status, const char *slug, const char *message) {
@@ -225,13 +191,7 @@ gemini_outcome gemini_render_final(core *c, const task *t, const char *model, js
  * "response"; task.running has neither. */
 char *gemini_webhook_payload(core *c, const task *t, const char *event, int64_t now_ms) {
   char base[600];
-  const char *configured = core_public_url(c);
-  if (configured && *configured) snprintf(base, sizeof base, "%s", configured);
-  else if (t->public_base && *t->public_base) snprintf(base, sizeof base, "%s", t->public_base);
-  else snprintf(base, sizeof base, "http://localhost");
-  size_t n = strlen(base);
-  while (n > 0 && base[n - 1] == '/') base[--n] = '\0';
-
+  api_webhook_base(c, t, base, sizeof base);
   json_t *doc = json_pack("{s:s, s:o, s:s, s:s, s:s}", "type", event, "timestamp",
                           api_json_time(now_ms), "responseId", t->id, "modelVersion", t->model,
                           "status", task_state_name(t->state));

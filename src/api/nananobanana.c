@@ -25,7 +25,8 @@
 
 #include "api/api.h"
 #include "api/await.h"
-#include "util/ids.h"
+#include "api/follow.h"
+#include "api/sse.h"
 #include "util/timeutil.h"
 
 /* A synchronous generation waits this long at most (the default retry
@@ -38,19 +39,13 @@ static const char *const SAFETY_MESSAGE = "Content safety check failed";
 
 /* --- errors ---------------------------------------------------------------- */
 
-/* The core names fields its own way; this dialect's clients know these. */
-static const char *nnb_field(const char *core_param) {
-  if (strcmp(core_param, CORE_FIELD_MODEL) == 0) return "selectedModel";
-  if (strcmp(core_param, CORE_FIELD_IMAGES) == 0) return "referenceImageUrls";
-  if (strcmp(core_param, CORE_FIELD_ASPECT_RATIO) == 0) return "aspectRatio";
-  if (strcmp(core_param, CORE_FIELD_IDEMPOTENCY_KEY) == 0) return "Idempotency-Key";
-  return core_param;
-}
-
 /* {"error": message, "type": code}: the seed's 429 shape, used for every
  * refusal; a concurrency refusal adds "limit" and "active" and speaks the
  * seed's words; "param" names the request field at fault, when one is. */
 static void nnb_error_shape(http_request *req, int status, const imgate_error *err) {
+  /* The seed's 503 means "busy, come back": say when. Only the core says
+   * that (ERR_UNAVAILABLE: a full queue, the store unavailable). */
+  if (err->code == ERR_UNAVAILABLE) http_reply_header(req, "Retry-After", "1");
   bool concurrency = status == 429 && err->limit > 0;
   const char *message = concurrency ? "Too many concurrent API requests for this account"
                                     : err->message;
@@ -60,24 +55,22 @@ static void nnb_error_shape(http_request *req, int status, const imgate_error *e
     json_object_set_new(doc, "limit", json_integer(err->limit));
     json_object_set_new(doc, "active", json_integer(err->active));
   }
-  if (doc && err->param[0]) json_object_set_new(doc, "param", json_string(nnb_field(err->param)));
-  if (!doc) { /* text that cannot be encoded: still the shape, and the status */
-    char body[160];
-    int n = snprintf(body, sizeof body,
-                     "{\"error\":\"the error could not be described\",\"type\":\"%s\"}",
-                     api_plain_slug(err->slug) ? err->slug : "internal_error");
-    http_reply_bytes(req, status, "application/json", body, (size_t)n);
-    return;
-  }
-  http_reply_json(req, status, doc);
+  if (doc && err->param[0]) json_object_set_new(doc, "param", json_string(err->param));
+  char fallback[160]; /* text that cannot be encoded: still the shape, and the status */
+  snprintf(fallback, sizeof fallback,
+           "{\"error\":\"the error could not be described\",\"type\":\"%s\"}",
+           api_plain_slug(err->slug) ? err->slug : "internal_error");
+  api_reply_error_doc(req, status, doc, fallback);
 }
 
-static void reply_core_error(http_request *req, const imgate_error *err) {
-  api_rate_limit_headers(req, err);
-  /* The seed's 503 means "busy, come back": say when. */
-  if (err->code == ERR_UNAVAILABLE) http_reply_header(req, "Retry-After", "1");
-  api_reply_core_error(req, err_http_status(err->code), err);
-}
+/* The core names fields its own way; this dialect's clients know these. */
+static const api_field_name nnb_fields[] = {
+    {CORE_FIELD_MODEL, "selectedModel"},
+    {CORE_FIELD_IMAGES, "referenceImageUrls"},
+    {CORE_FIELD_ASPECT_RATIO, "aspectRatio"},
+    {CORE_FIELD_IDEMPOTENCY_KEY, "Idempotency-Key"},
+    {NULL, NULL},
+};
 
 static int bad_field(http_request *req, const char *field, const char *slug, const char *msg) {
   api_reply_error(req, 400, slug, msg, field);
@@ -186,142 +179,105 @@ static void reply_final(http_request *req, core *c, const task *t) {
 static void sync_ready(http_request *req, core *c, const task *t, bool final,
                        const imgate_error *err, void *arg) {
   (void)arg;
-  if (!t) reply_core_error(req, err);
+  if (!t) api_reply_from_core(req, err);
   else if (final) reply_final(req, c, t);
   else http_reply_json(req, 200, render_accepted(c, t)); /* to poll: never paid twice */
 }
 
 /* --- stream mode --------------------------------------------------------------- */
 
-/* A stream of one task's progress; lives from http_wait to stream_end. */
+/* A stream of one task's progress: the follower's state (follow.h). */
 typedef struct nnb_stream {
-  core *c;
-  store_account acct;
-  char id[IDS_UUID_LEN + 1];
-  char base[600];
+  char base[600];    /* of the image links */
   int last_progress; /* the last progress sent */
   bool processing;   /* "Processing..." was sent */
-  http_waker *waker;
-  core_watch *watch;
 } nnb_stream;
 
-/* One event: a data line only, as the seed sends them (a named event would
- * not reach a browser's EventSource.onmessage). Takes doc. */
-static bool write_data(http_request *req, json_t *doc) {
-  char *text = api_json_take_text(doc);
-  if (!text) return false;
-  bool ok = http_stream_write(req, "data: ", 6) && http_stream_write(req, text, strlen(text)) &&
-            http_stream_write(req, "\n\n", 2);
-  free(text);
-  return ok;
-}
-
 static bool write_status(http_request *req, const char *message, int progress) {
-  return write_data(req, json_pack("{s:s, s:s, s:i}", "type", "status", "message", message,
-                                   "progress", progress));
+  return api_sse_event(req, NULL, NULL,
+                       json_pack("{s:s, s:s, s:i}", "type", "status", "message", message,
+                                 "progress", progress));
 }
 
 /* The last event: the images, or why there are none. */
-static void write_final(http_request *req, nnb_stream *s, const task *t) {
-  json_int_t used = task_credits(s->c, t), left = remaining_credits(s->c, t);
+static void write_final(http_request *req, const api_follow *f, const task *t) {
+  const nnb_stream *s = f->state;
+  json_int_t used = task_credits(f->c, t), left = remaining_credits(f->c, t);
   if (t->state == TASK_SUCCEEDED && t->n_results > 0) {
-    write_data(req, json_pack("{s:s, s:s, s:i, s:{s:b, s:s, s:o, s:I, s:I}}", "type", "complete",
-                              "message", "Generation complete", "progress", 100, "data",
-                              "success", 1, "generationId", t->id, "imageUrls",
-                              image_urls(t, s->base), "creditsUsed", used,
-                              "remainingCredits", left));
+    api_sse_event(req, NULL, NULL,
+                  json_pack("{s:s, s:s, s:i, s:{s:b, s:s, s:o, s:I, s:I}}", "type", "complete",
+                            "message", "Generation complete", "progress", 100, "data",
+                            "success", 1, "generationId", t->id, "imageUrls",
+                            image_urls(t, s->base), "creditsUsed", used, "remainingCredits",
+                            left));
   } else {
     const char *why = failure_message(t);
     json_t *data = json_pack("{s:b, s:s, s:o, s:I, s:I}", "success", 0, "generationId", t->id,
                              "error", api_json_text(why), "creditsUsed", used,
                              "remainingCredits", left);
     if (data && t->state == TASK_MODERATED) json_object_set_new(data, "warning", json_true());
-    write_data(req, json_pack("{s:s, s:o, s:i, s:o}", "type", "error", "message",
-                              api_json_text(why), "progress", s->last_progress, "data", data));
+    api_sse_event(req, NULL, NULL,
+                  json_pack("{s:s, s:o, s:i, s:o}", "type", "error", "message",
+                            api_json_text(why), "progress", s->last_progress, "data", data));
   }
   http_stream_end(req);
 }
 
 /* Looks at the task: true when the stream has ended. */
-static bool stream_look(http_request *req, nnb_stream *s, bool tick) {
+static bool stream_look(http_request *req, api_follow *f, bool tick) {
+  nnb_stream *s = f->state;
   task *t = NULL;
   imgate_error err = {0};
-  if (core_get_task(s->c, &s->acct, s->id, &t, &err) < 0) {
-    write_data(req, json_pack("{s:s, s:o, s:i, s:{s:b, s:o}}", "type", "error", "message",
-                              api_json_text(err.message), "progress", s->last_progress, "data",
-                              "success", 0, "error", api_json_text(err.message)));
+  if (api_follow_read(f, &t, &err) < 0) {
+    api_sse_event(req, NULL, NULL,
+                  json_pack("{s:s, s:o, s:i, s:{s:b, s:o}}", "type", "error", "message",
+                            api_json_text(err.message), "progress", s->last_progress, "data",
+                            "success", 0, "error", api_json_text(err.message)));
     http_stream_end(req);
     return true;
   }
   bool ended = task_state_is_final(t->state);
   if (ended) {
-    write_final(req, s, t);
+    write_final(req, f, t);
   } else if (t->state == TASK_RUNNING) {
     /* An estimate from how long the model has taken lately (the upstreams
      * report none), never backwards, never 100 before the end. */
-    int pct = core_progress_percent(s->c, t, time_now_ms());
+    int pct = core_progress_percent(f->c, t, time_now_ms());
     if (!s->processing || pct > s->last_progress) {
       if (pct > s->last_progress) s->last_progress = pct;
       s->processing = true;
       write_status(req, "Processing...", s->last_progress);
     } else if (tick) {
-      http_stream_write(req, ": keep-alive\n\n", 14);
+      api_sse_keepalive(req);
     }
   } else if (tick) {
-    http_stream_write(req, ": keep-alive\n\n", 14);
+    api_sse_keepalive(req);
   }
   task_free(t);
   return ended;
 }
 
-static int64_t stream_next_tick(const nnb_stream *s) {
-  return time_mono_ms() + (s->processing ? NNB_PROGRESS_MS : core_stream_keepalive_ms(s->c));
-}
-
-static void stream_wake(void *ctx) { http_wake(((nnb_stream *)ctx)->waker); }
-
-static void stream_resume(http_request *req, void *ctx, http_resume_reason why) {
-  nnb_stream *s = ctx;
-  if (why == HTTP_RESUME_STOPPING) {
+static int64_t nnb_stream_look(http_request *req, api_follow *f, api_follow_why why) {
+  nnb_stream *s = f->state;
+  if (why == API_FOLLOW_STOPPING || why == API_FOLLOW_OVER) {
     /* The task goes on; the client finds it with GET /api/v1/generate?id=. */
     http_stream_end(req);
-    return;
+    return API_FOLLOW_DONE;
   }
-  if (!stream_look(req, s, why == HTTP_RESUME_DEADLINE)) http_wait_until(req, stream_next_tick(s));
-}
-
-static void stream_end(void *ctx, bool answered) {
-  (void)answered;
-  nnb_stream *s = ctx;
-  core_unwatch(s->c, s->watch);
-  http_waker_release(s->waker);
-  free(s);
+  /* A stream that cannot be woken (UNWATCHED) still ends on its ticks. */
+  if (why == API_FOLLOW_FIRST || why == API_FOLLOW_UNWATCHED) {
+    api_sse_start(req);
+    write_status(req, "Starting generation...", 0);
+  }
+  if (stream_look(req, f, why == API_FOLLOW_TICK)) return API_FOLLOW_DONE;
+  return s->processing ? NNB_PROGRESS_MS : core_stream_keepalive_ms(f->c);
 }
 
 static void start_stream(http_request *req, core *c, const store_account *acct, const task *t) {
-  nnb_stream *s = calloc(1, sizeof *s);
-  if (!s) {
+  nnb_stream s = {.last_progress = 0};
+  api_base_url(req, c, s.base, sizeof s.base);
+  if (!api_follow_start(req, c, acct, t->id, 0, nnb_stream_look, &s, sizeof s))
     api_reply_error(req, 500, "internal_error", "out of memory", NULL);
-    return;
-  }
-  s->c = c;
-  s->acct = *acct;
-  memcpy(s->id, t->id, sizeof s->id);
-  api_base_url(req, c, s->base, sizeof s->base);
-  http_reply_header(req, "Cache-Control", "no-cache");
-  http_reply_header(req, "X-Accel-Buffering", "no"); /* nginx: pass each event on at once */
-  http_stream_start(req, 200, "text/event-stream");
-  write_status(req, "Starting generation...", 0);
-  s->waker = http_wait(req, stream_resume, stream_end, s, stream_next_tick(s));
-  if (!s->waker) {
-    free(s);
-    http_stream_end(req);
-    return;
-  }
-  s->watch = core_watch_task(c, t->id, stream_wake, s);
-  /* After the watch is on: a change before it is read here, one after wakes
-   * the stream. A stream that cannot be woken still ends on its ticks. */
-  if (!stream_look(req, s, false)) http_wait_until(req, stream_next_tick(s));
 }
 
 /* --- handlers ---------------------------------------------------------------- */
@@ -339,25 +295,6 @@ static int parse_mode(http_request *req, json_t *body, nnb_mode *mode) {
   return 0;
 }
 
-static int parse_references(http_request *req, json_t *body, const char **images, size_t *n) {
-  json_t *refs = json_object_get(body, "referenceImageUrls");
-  *n = 0;
-  if (!refs || json_is_null(refs)) return 0;
-  if (!json_is_array(refs) || json_array_size(refs) > NNB_MAX_REFERENCES)
-    return bad_field(req, "referenceImageUrls", "invalid_type",
-                     "referenceImageUrls must be an array of at most 10 image URLs");
-  size_t i;
-  json_t *v;
-  json_array_foreach(refs, i, v) {
-    if (!json_is_string(v))
-      return bad_field(req, "referenceImageUrls", "invalid_type",
-                       "referenceImageUrls must be an array of image URLs");
-    images[i] = json_string_value(v);
-  }
-  *n = json_array_size(refs);
-  return 0;
-}
-
 static void handle_generate(http_request *req, void *ctx) {
   core *c = ctx;
   store_account acct;
@@ -371,13 +308,14 @@ static void handle_generate(http_request *req, void *ctx) {
   if (api_json_string(req, body, "prompt", &gr.prompt) < 0 ||
       api_json_string(req, body, "selectedModel", &gr.model) < 0 ||
       api_json_string(req, body, "aspectRatio", &aspect) < 0 || parse_mode(req, body, &mode) < 0 ||
-      parse_references(req, body, images, &gr.n_images) < 0)
+      api_json_image_list(req, body, "referenceImageUrls", images, NNB_MAX_REFERENCES,
+                          &gr.n_images) < 0)
     goto done;
   if (!gr.prompt) {
     bad_field(req, "prompt", "missing_field", "prompt is required");
     goto done;
   }
-  if (gr.n_images) gr.images = images;
+  gr.images = images;
   /* The seed's "default" is the model's own choice: imgate's auto. */
   gr.aspect_ratio = aspect && strcmp(aspect, "default") != 0 ? aspect : NULL;
   json_t *q = json_object_get(body, "quantity");
@@ -389,20 +327,11 @@ static void handle_generate(http_request *req, void *ctx) {
     /* Out of range is clamped, not refused: the seed promises it. */
     gr.quantity = core_clamp_quantity(c, json_number_value(q));
   }
-  char base[600];
-  api_base_url(req, c, base, sizeof base);
-  gr.dialect = "nananobanana";
-  gr.public_base = base;
   gr.refuse_when_busy = mode == MODE_ASYNC; /* the seed's 503: async mode only */
 
   task *t = NULL;
   bool replayed = false;
-  imgate_error err = {0};
-  if (core_submit(c, &acct, &gr, http_header_get(req, "Idempotency-Key"), &t, &replayed,
-                  &err) < 0) {
-    reply_core_error(req, &err);
-    goto done;
-  }
+  if (api_submit(req, c, &acct, &gr, &t, &replayed) < 0) goto done;
   if (replayed) http_reply_header(req, "Idempotent-Replayed", "true");
   switch (mode) {
   case MODE_ASYNC: http_reply_json(req, 200, render_accepted(c, t)); break;
@@ -424,41 +353,30 @@ static void handle_record(http_request *req, void *ctx) {
                     "id");
     return;
   }
-  task *t = NULL;
-  imgate_error err = {0};
-  if (core_get_task(c, &acct, id, &t, &err) < 0) {
-    reply_core_error(req, &err);
-    return;
-  }
+  task *t = api_read_task(req, c, &acct, id);
+  if (!t) return;
   char base[600];
   api_base_url(req, c, base, sizeof base);
   http_reply_json(req, 200, render_record(c, t, base));
   task_free(t);
 }
 
+/* A model as the seed lists it: only those on offer, with a price. */
+static json_t *render_model(core *c, const core_model_info *info) {
+  const catalog_model *m = info->model;
+  if (!info->available || info->default_micros < 0) return NULL;
+  bool ratios = m->aspect_ratios[0] && m->aspect_ratios[1]; /* more than "auto" */
+  return json_pack("{s:s, s:s, s:I, s:b, s:b, s:b}", "name", m->name, "displayName",
+                   m->display_name, "creditsCost",
+                   (json_int_t)core_credits(c, info->default_micros, CORE_CREDITS_UP),
+                   "supportsImageInput", m->max_reference_images > 0, "supportsAspectRatio",
+                   ratios, "requiresPro", 0);
+}
+
 /* The catalog as the seed lists it; no key needed (the seed's rule). */
 static void handle_models(http_request *req, void *ctx) {
-  core *c = ctx;
-  core_model_info *info = NULL;
-  size_t n = 0;
-  if (core_models(c, &info, &n) < 0) {
-    api_reply_error(req, 500, "internal_error", "out of memory", NULL);
-    return;
-  }
-  json_t *list = json_array();
-  for (size_t i = 0; i < n; i++) {
-    const catalog_model *m = info[i].model;
-    if (!info[i].available || info[i].default_micros < 0) continue;
-    bool ratios = m->aspect_ratios[0] && m->aspect_ratios[1]; /* more than "auto" */
-    json_array_append_new(
-        list, json_pack("{s:s, s:s, s:I, s:b, s:b, s:b}", "name", m->name, "displayName",
-                        m->display_name, "creditsCost",
-                        (json_int_t)core_credits(c, info[i].default_micros, CORE_CREDITS_UP),
-                        "supportsImageInput", m->max_reference_images > 0,
-                        "supportsAspectRatio", ratios, "requiresPro", 0));
-  }
-  free(info);
-  http_reply_json(req, 200, json_pack("{s:o}", "data", list));
+  json_t *list = api_model_list(req, ctx, render_model);
+  if (list) http_reply_json(req, 200, json_pack("{s:o}", "data", list));
 }
 
 static void handle_credits(http_request *req, void *ctx) {
@@ -499,5 +417,6 @@ const api_dialect api_nananobanana_dialect = {
     .register_routes = nnb_register,
     .read_key = api_read_bearer,
     .reply_error = nnb_error_shape,
+    .field_names = nnb_fields,
     .render_webhook = nnb_webhook,
 };

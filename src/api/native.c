@@ -26,7 +26,6 @@
 #include "api/await.h"
 #include "api/native_int.h"
 #include "core/pricing.h"
-#include "util/log.h"
 #include "util/timeutil.h"
 
 /* How long a cancel waits for a running task to be stopped before it answers
@@ -37,20 +36,6 @@
 #define NATIVE_SYNC_WAIT_S 300
 /* GET /api/banana/tasks: tasks per page when no limit is given. */
 #define NATIVE_PAGE_DEFAULT 20
-
-/* The core names fields its own way; this dialect says image_urls. */
-static const char *native_param(const char *core_param) {
-  if (strcmp(core_param, CORE_FIELD_IMAGES) == 0) return "image_urls";
-  if (strcmp(core_param, CORE_FIELD_IDEMPOTENCY_KEY) == 0) return "Idempotency-Key";
-  if (strcmp(core_param, CORE_FIELD_QUANTITY) == 0) return "n";
-  return core_param;
-}
-
-void native_reply_error(http_request *req, const imgate_error *err) {
-  api_rate_limit_headers(req, err);
-  api_reply_error(req, err_http_status(err->code), err->slug, err->message,
-                  native_param(err->param));
-}
 
 /* --- answering once the task is final (Prefer: wait=N, ?wait=N) --------- */
 
@@ -64,7 +49,7 @@ static void reply_task(http_request *req, core *c, const task *t, bool final,
   (void)final;
   const native_wait *nw = arg;
   if (!t) {
-    native_reply_error(req, err);
+    api_reply_from_core(req, err);
     return;
   }
   if (nw->prefer && nw->seconds > 0) {
@@ -160,44 +145,11 @@ static int submit_from_body(http_request *req, core *c, const store_account *acc
       parse_quantity(req, body, &gr.quantity) < 0 ||
       parse_deadline(req, body, &gr.deadline_s) < 0 || api_json_output(req, body, &gr) < 0)
     goto done;
-  char base[600];
-  api_base_url(req, c, base, sizeof base);
-  gr.dialect = "native";
-  gr.public_base = base;
-
-  json_t *urls = json_object_get(body, "image_urls");
-  if (urls && !json_is_null(urls)) {
-    if (!json_is_array(urls)) {
-      api_reply_error(req, 400, "invalid_type", "image_urls must be an array of strings",
-                      "image_urls");
-      goto done;
-    }
-    /* The core enforces the per-model limit; this bound only sizes the array. */
-    if (json_array_size(urls) > sizeof images / sizeof images[0]) {
-      api_reply_error(req, 400, "too_many_images", "at most 10 reference images",
-                      "image_urls");
-      goto done;
-    }
-    size_t i;
-    json_t *v;
-    json_array_foreach(urls, i, v) {
-      if (!json_is_string(v)) {
-        api_reply_error(req, 400, "invalid_type", "image_urls must be an array of strings",
-                        "image_urls");
-        goto done;
-      }
-      images[i] = json_string_value(v);
-    }
-    gr.images = images;
-    gr.n_images = json_array_size(urls);
-  }
-
-  imgate_error err = {0};
-  if (core_submit(c, acct, &gr, http_header_get(req, "Idempotency-Key"), out, replayed,
-                  &err) < 0) {
-    native_reply_error(req, &err);
+  if (api_json_image_list(req, body, "image_urls", images, sizeof images / sizeof images[0],
+                          &gr.n_images) < 0)
     goto done;
-  }
+  gr.images = images;
+  if (api_submit(req, c, acct, &gr, out, replayed) < 0) goto done;
   if (*replayed) http_reply_header(req, "Idempotent-Replayed", "true");
   rc = 0;
 done:
@@ -268,7 +220,7 @@ static void handle_list(http_request *req, void *ctx) {
   bool more = false;
   imgate_error err = {0};
   if (core_list_tasks(c, &acct, after, limit, &tasks, &n, &more, &err) < 0) {
-    native_reply_error(req, &err);
+    api_reply_from_core(req, &err);
     return;
   }
   char base[600];
@@ -281,52 +233,43 @@ static void handle_list(http_request *req, void *ctx) {
   core_tasks_free(tasks, n);
 }
 
+/* One model of GET /api/banana/models. */
+static json_t *render_model(core *c, const core_model_info *info) {
+  (void)c;
+  const catalog_model *m = info->model;
+  json_t *ratios = json_array(), *res = json_array();
+  for (size_t k = 0; m->aspect_ratios[k]; k++)
+    json_array_append_new(ratios, json_string(m->aspect_ratios[k]));
+  for (size_t k = 0; m->resolutions[k]; k++)
+    json_array_append_new(res, json_string(m->resolutions[k]));
+  json_t *model = json_pack(
+      "{s:s, s:s, s:b, s:o, s:o, s:s, s:i, s:s, s:o, s:o}", "id", m->name, "name",
+      m->display_name, "available", info->available, "aspect_ratios", ratios, "resolutions",
+      res, "default_resolution", m->default_resolution, "max_reference_images",
+      m->max_reference_images, "priced_by", api_priced_by(info), "prices_usd",
+      api_json_prices(info), "reference_image_usd", api_json_usd(info->reference_micros));
+  if (model && info->by_quality) {
+    json_t *qualities = json_array();
+    for (int q = 0; q < PRICING_QUALITIES; q++)
+      json_array_append_new(qualities, json_string(pricing_quality_name(q)));
+    json_array_append_new(qualities, json_string("auto"));
+    json_object_set_new(model, "qualities", qualities);
+  }
+  return model;
+}
+
 /* GET /api/banana/models (no key needed): what can be asked for, at what price. */
 static void handle_models(http_request *req, void *ctx) {
-  core *c = ctx;
-  core_model_info *info = NULL;
-  size_t n = 0;
-  if (core_models(c, &info, &n) < 0) {
-    api_reply_error(req, 500, "internal_error", "out of memory", NULL);
-    return;
-  }
-  json_t *list = json_array();
-  for (size_t i = 0; i < n; i++) {
-    const catalog_model *m = info[i].model;
-    json_t *ratios = json_array(), *res = json_array();
-    for (size_t k = 0; m->aspect_ratios[k]; k++)
-      json_array_append_new(ratios, json_string(m->aspect_ratios[k]));
-    for (size_t k = 0; m->resolutions[k]; k++)
-      json_array_append_new(res, json_string(m->resolutions[k]));
-    json_t *model = json_pack(
-        "{s:s, s:s, s:b, s:o, s:o, s:s, s:i, s:s, s:o, s:o}", "id", m->name, "name",
-        m->display_name, "available", info[i].available, "aspect_ratios", ratios, "resolutions",
-        res, "default_resolution", m->default_resolution, "max_reference_images",
-        m->max_reference_images, "priced_by", api_priced_by(&info[i]), "prices_usd",
-        api_json_prices(&info[i]), "reference_image_usd", api_json_usd(info[i].reference_micros));
-    if (model && info[i].by_quality) {
-      json_t *qualities = json_array();
-      for (int q = 0; q < PRICING_QUALITIES; q++)
-        json_array_append_new(qualities, json_string(pricing_quality_name(q)));
-      json_array_append_new(qualities, json_string("auto"));
-      json_object_set_new(model, "qualities", qualities);
-    }
-    json_array_append_new(list, model);
-  }
-  free(info);
-  http_reply_json(req, 200, json_pack("{s:o}", "models", list));
+  json_t *list = api_model_list(req, ctx, render_model);
+  if (list) http_reply_json(req, 200, json_pack("{s:o}", "models", list));
 }
 
 static void handle_get(http_request *req, void *ctx) {
   core *c = ctx;
   store_account acct;
   if (api_authenticate(req, c, &acct) < 0) return;
-  task *t = NULL;
-  imgate_error err = {0};
-  if (core_get_task(c, &acct, http_param_get(req, "uid"), &t, &err) < 0) {
-    native_reply_error(req, &err);
-    return;
-  }
+  task *t = api_read_task(req, c, &acct, http_param_get(req, "uid"));
+  if (!t) return;
   native_answer_task(req, c, &acct, t, api_wait_seconds(http_query_get(req, "wait")), true);
   task_free(t);
 }
@@ -347,7 +290,7 @@ static void handle_cancel(http_request *req, void *ctx) {
       snprintf(req->log_error, sizeof req->log_error, "%s", err.slug);
       http_reply_json(req, 409, doc);
     } else {
-      native_reply_error(req, &err);
+      api_reply_from_core(req, &err);
     }
     task_free(t);
     return;
@@ -364,7 +307,7 @@ static void handle_resend(http_request *req, void *ctx) {
   if (api_authenticate(req, c, &acct) < 0) return;
   imgate_error err = {0};
   if (core_webhook_resend(c, &acct, http_param_get(req, "uid"), &err) < 0) {
-    native_reply_error(req, &err);
+    api_reply_from_core(req, &err);
     return;
   }
   http_reply_json(req, 202, json_pack("{s:s, s:b}", "uid", http_param_get(req, "uid"), "resent", 1));
@@ -383,38 +326,25 @@ static void handle_credits(http_request *req, void *ctx) {
   http_reply_json(req, 200, doc);
 }
 
-/* The native error shape. When the JSON cannot be built (text that is not
- * UTF-8, no memory), the client still gets the status and, when it is plain,
- * the slug: an empty body would tell it nothing. */
-static void native_error_shape(http_request *req, int status, const imgate_error *err) {
-  json_t *e = json_pack("{s:s, s:s, s:o}", "code", err->slug, "message", err->message, "param",
-                        err->param[0] ? json_string(err->param) : json_null());
-  json_t *doc = e ? json_pack("{s:o}", "error", e) : NULL;
-  char *text = api_json_take_text(doc);
-  if (!text) {
-    LOG_ERROR("api_error_reply_not_encodable", "req=%s status=%d", req->request_id, status);
-    char body[160];
-    int n = snprintf(body, sizeof body,
-                     "{\"error\":{\"code\":\"%s\",\"message\":\"the error could not be "
-                     "described\",\"param\":null}}",
-                     api_plain_slug(err->slug) ? err->slug : "internal_error");
-    http_reply_bytes(req, status, "application/json", body, (size_t)n);
-    return;
-  }
-  http_reply_bytes(req, status, "application/json", text, strlen(text));
-  free(text);
-}
-
 static void native_register(http_router *r, core *c);
 
 static const char *const native_prefixes[] = {"/api/banana/", "/api/account/", NULL};
+
+/* The core names fields its own way; this dialect's clients know these. */
+static const api_field_name native_fields[] = {
+    {CORE_FIELD_IMAGES, "image_urls"},
+    {CORE_FIELD_IDEMPOTENCY_KEY, "Idempotency-Key"},
+    {CORE_FIELD_QUANTITY, "n"},
+    {NULL, NULL},
+};
 
 const api_dialect api_native_dialect = {
     .name = "native",
     .prefixes = native_prefixes,
     .register_routes = native_register,
     .read_key = api_read_bearer,
-    .reply_error = native_error_shape,
+    .reply_error = api_error_shape_plain,
+    .field_names = native_fields,
     .render_webhook = api_native_webhook_payload,
 };
 

@@ -25,42 +25,27 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/follow.h"
 #include "api/native_int.h"
+#include "api/sse.h"
 #include "util/timeutil.h"
 
 #define SSE_PROGRESS_MS 2000   /* between progress estimates while running */
 #define SSE_RETRY_MS 3000      /* what a browser waits before reconnecting */
 
+/* The stream's state, as its follower (follow.h) keeps it. */
 typedef struct sse {
-  core *c;
-  store_account acct;
-  char uid[IDS_UUID_LEN + 1];
   int last_seq;      /* the last stored event sent */
   int progress_n;    /* progress events sent since it */
   int last_percent;  /* the last estimate sent (-1: none) */
   bool running;      /* the last event said so */
-  bool ended;        /* the stream was ended: nothing more is written */
-  http_waker *waker;
-  core_watch *watch;
+  bool was_final;    /* the task had ended before the stream opened */
 } sse;
 
-/* One event: "id", "event" and a one-line JSON "data" (takes data). */
-static bool write_event(http_request *req, const char *id, const char *event, json_t *data) {
-  char *text = data ? json_dumps(data, JSON_COMPACT) : NULL;
-  json_decref(data);
-  if (!text) return false;
-  char head[128];
-  int n = snprintf(head, sizeof head, "id: %s\nevent: %s\ndata: ", id, event);
-  bool ok = http_stream_write(req, head, (size_t)n) &&
-            http_stream_write(req, text, strlen(text)) && http_stream_write(req, "\n\n", 2);
-  free(text);
-  return ok;
-}
-
-static json_t *event_data(const sse *s, const task_event *ev) {
+static json_t *event_data(const api_follow *f, const task_event *ev) {
   task_state state;
   bool has_state = task_state_parse(task_event_kind_name(ev->kind), &state);
-  json_t *d = json_pack("{s:s, s:i, s:s, s:o, s:i}", "uid", s->uid, "seq", ev->seq, "type",
+  json_t *d = json_pack("{s:s, s:i, s:s, s:o, s:i}", "uid", f->uid, "seq", ev->seq, "type",
                         task_event_kind_name(ev->kind), "at", api_json_time(ev->at_ms), "run",
                         ev->run);
   if (!d) return NULL;
@@ -78,16 +63,17 @@ static bool kind_is_final(task_event_kind k) {
 }
 
 /* Sends what happened since the last event sent; ends the stream after the
- * final one (its data: the whole task). */
-static void flush_events(http_request *req, sse *s) {
+ * final one (its data: the whole task). True when the stream has ended. */
+static bool flush_events(http_request *req, api_follow *f) {
+  sse *s = f->state;
   task_event *evs = NULL;
   size_t n = 0;
   imgate_error err = {0};
-  if (core_task_events(s->c, &s->acct, s->uid, s->last_seq, &evs, &n, &err) < 0) {
+  if (core_task_events(f->c, &f->acct, f->uid, s->last_seq, &evs, &n, &err) < 0) {
     http_stream_end(req); /* the task went away, or the store failed: nothing more to say */
-    s->ended = true;
-    return;
+    return true;
   }
+  bool ended = false;
   for (size_t i = 0; i < n; i++) {
     const task_event *ev = &evs[i];
     char id[24];
@@ -100,64 +86,75 @@ static void flush_events(http_request *req, sse *s) {
     s->running = ev->kind == TASK_EVENT_RUNNING || ev->kind == TASK_EVENT_ATTEMPT;
     if (kind_is_final(ev->kind)) {
       task *t = NULL;
-      json_t *data = core_get_task(s->c, &s->acct, s->uid, &t, &err) == 0
-                         ? native_render_task_for(req, s->c, t)
-                         : event_data(s, ev);
+      json_t *data = api_follow_read(f, &t, &err) == 0 ? native_render_task_for(req, f->c, t)
+                                                       : event_data(f, ev);
       task_free(t);
-      write_event(req, id, name, data);
+      api_sse_event(req, id, name, data);
       http_stream_end(req);
-      s->ended = true;
+      ended = true;
       break;
     }
-    if (!write_event(req, id, name, event_data(s, ev))) break;
+    if (!api_sse_event(req, id, name, event_data(f, ev))) break;
   }
   free(evs);
+  return ended;
 }
 
 /* While the task runs: how far it may be, when the estimate moved. */
-static void send_progress(http_request *req, sse *s) {
+static void send_progress(http_request *req, api_follow *f) {
+  sse *s = f->state;
   task *t = NULL;
   imgate_error err = {0};
-  if (core_get_task(s->c, &s->acct, s->uid, &t, &err) < 0) return;
-  int pct = t->state == TASK_RUNNING ? core_progress_percent(s->c, t, time_now_ms()) : -1;
+  if (api_follow_read(f, &t, &err) < 0) return;
+  int pct = t->state == TASK_RUNNING ? core_progress_percent(f->c, t, time_now_ms()) : -1;
   task_free(t);
   if (pct < 0 || pct == s->last_percent) {
-    http_stream_write(req, ": keep-alive\n\n", 14);
+    api_sse_keepalive(req);
     return;
   }
   s->last_percent = pct;
   char id[40];
   snprintf(id, sizeof id, "%d-p%d", s->last_seq, ++s->progress_n);
-  write_event(req, id, "task.progress",
-              json_pack("{s:s, s:i, s:b}", "uid", s->uid, "progress", pct, "estimated", 1));
+  api_sse_event(req, id, "task.progress",
+                json_pack("{s:s, s:i, s:b}", "uid", f->uid, "progress", pct, "estimated", 1));
 }
 
-static int64_t next_tick(const sse *s) {
-  return time_mono_ms() + (s->running ? SSE_PROGRESS_MS : core_stream_keepalive_ms(s->c));
-}
-
-static void sse_wake(void *ctx) { http_wake(((sse *)ctx)->waker); }
-
-static void sse_resume(http_request *req, void *ctx, http_resume_reason why) {
-  sse *s = ctx;
-  if (why == HTTP_RESUME_STOPPING) {
+static int64_t sse_look(http_request *req, api_follow *f, api_follow_why why) {
+  sse *s = f->state;
+  switch (why) {
+  case API_FOLLOW_STOPPING:
+  case API_FOLLOW_OVER: /* it is given no end of time: only for completeness */
     http_stream_end(req); /* the client reconnects, with Last-Event-ID, elsewhere */
-    return;
+    return API_FOLLOW_DONE;
+  case API_FOLLOW_FIRST:
+  case API_FOLLOW_UNWATCHED: {
+    api_sse_start(req);
+    char retry[32];
+    int n = snprintf(retry, sizeof retry, "retry: %d\n\n", SSE_RETRY_MS);
+    http_stream_write(req, retry, (size_t)n);
+    if (flush_events(req, f)) return API_FOLLOW_DONE;
+    /* A task that had ended before the stream opened, whose final event the
+     * client already has (Last-Event-ID): nothing will come, so end now
+     * rather than keep an idle stream open forever. Likewise a stream that
+     * cannot be woken says what there is and ends. */
+    if (s->was_final || why == API_FOLLOW_UNWATCHED) {
+      http_stream_end(req);
+      return API_FOLLOW_DONE;
+    }
+    break; /* progress soon if it is already running */
   }
-  /* A timer tick only says how far the task may be: every change of the task
-   * wakes the stream (the watch), so there is nothing new to read unless it
-   * was woken. 10,000 streams on running tasks tick 5,000 times a second. */
-  if (why == HTTP_RESUME_WOKEN) flush_events(req, s);
-  if (s->ended) return;
-  if (why == HTTP_RESUME_DEADLINE) send_progress(req, s);
-  http_wait_until(req, next_tick(s));
-}
-
-static void sse_end(void *ctx, bool answered) {
-  sse *s = ctx;
-  core_unwatch(s->c, s->watch);
-  http_waker_release(s->waker);
-  free(s);
+  case API_FOLLOW_WOKEN:
+    if (flush_events(req, f)) return API_FOLLOW_DONE;
+    break;
+  case API_FOLLOW_TICK:
+    /* A tick only says how far the task may be: every change of the task
+     * wakes the stream (the watch), so there is nothing new to read unless
+     * it was woken. 10,000 streams on running tasks tick 5,000 times a
+     * second. */
+    send_progress(req, f);
+    break;
+  }
+  return s->running ? SSE_PROGRESS_MS : core_stream_keepalive_ms(f->c);
 }
 
 /* The stored event a client last saw: the leading number of Last-Event-ID
@@ -173,50 +170,11 @@ void native_handle_events(http_request *req, void *ctx) {
   core *c = ctx;
   store_account acct;
   if (api_authenticate(req, c, &acct) < 0) return;
-  const char *uid = http_param_get(req, "uid");
-  task *t = NULL;
-  imgate_error err = {0};
-  if (core_get_task(c, &acct, uid, &t, &err) < 0) {
-    native_reply_error(req, &err);
-    return;
-  }
-  bool was_final = task_state_is_final(t->state);
-  task_free(t);
-  sse *s = calloc(1, sizeof *s);
-  if (!s) {
+  task *t = api_read_task(req, c, &acct, http_param_get(req, "uid"));
+  if (!t) return;
+  sse s = {.last_seq = last_event_seq(req), .last_percent = -1,
+           .was_final = task_state_is_final(t->state)};
+  if (!api_follow_start(req, c, &acct, t->id, 0, sse_look, &s, sizeof s))
     api_reply_error(req, 500, "internal_error", "out of memory", NULL);
-    return;
-  }
-  s->c = c;
-  s->acct = acct;
-  snprintf(s->uid, sizeof s->uid, "%s", uid);
-  s->last_seq = last_event_seq(req);
-  s->last_percent = -1;
-  http_reply_header(req, "Cache-Control", "no-cache");
-  http_reply_header(req, "X-Accel-Buffering", "no"); /* nginx: pass each event on at once */
-  http_stream_start(req, 200, "text/event-stream");
-  s->waker = http_wait(req, sse_resume, sse_end, s, next_tick(s));
-  if (!s->waker) {
-    free(s);
-    http_stream_end(req);
-    return;
-  }
-  s->watch = core_watch_task(c, uid, sse_wake, s);
-  char retry[32];
-  int n = snprintf(retry, sizeof retry, "retry: %d\n\n", SSE_RETRY_MS);
-  http_stream_write(req, retry, (size_t)n);
-  /* After the watch is on: what happened before is read here, what happens
-   * after wakes the stream. */
-  flush_events(req, s);
-  if (s->ended) return;
-  /* A task that had ended before the stream opened, whose final event the
-   * client already has (Last-Event-ID): nothing will come, so end now rather
-   * than keep an idle stream open forever. Likewise a stream that cannot be
-   * woken says what there is and ends. */
-  if (was_final || !s->watch) {
-    http_stream_end(req);
-    s->ended = true;
-    return;
-  }
-  http_wait_until(req, next_tick(s)); /* progress soon if it is already running */
+  task_free(t);
 }

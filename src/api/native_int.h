@@ -11,8 +11,6 @@
 json_t *native_render_task(const char *base, core *c, const task *t);
 /* The same for an answer to req (base: the public URL or the request's Host). */
 json_t *native_render_task_for(http_request *req, core *c, const task *t);
-/* A core error in this dialect's shape (fields named as this dialect names them). */
-void native_reply_error(http_request *req, const imgate_error *err);
 /* Answers t at once when it is final or seconds is 0; else the request
  * waits (no thread) for the task to be final, at most seconds, and then
  * answers it as it is then. prefer: the client asked for the wait with

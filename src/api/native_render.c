@@ -140,12 +140,7 @@ json_t *native_render_task_for(http_request *req, core *c, const task *t) {
  * with image links on the host the client submitted to. */
 char *api_native_webhook_payload(core *c, const task *t, const char *event, int64_t now_ms) {
   char base[600];
-  const char *configured = core_public_url(c);
-  if (configured && *configured) snprintf(base, sizeof base, "%s", configured);
-  else if (t->public_base && *t->public_base) snprintf(base, sizeof base, "%s", t->public_base);
-  else snprintf(base, sizeof base, "http://localhost");
-  size_t n = strlen(base);
-  while (n > 0 && base[n - 1] == '/') base[--n] = '\0';
+  api_webhook_base(c, t, base, sizeof base);
   json_t *doc = json_pack("{s:s, s:o, s:o}", "type", event, "timestamp", api_json_time(now_ms),
                           "data", native_render_task(base, c, t));
   return api_json_take_text(doc);

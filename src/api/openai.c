@@ -45,35 +45,17 @@ static const char *error_type(int status) {
   }
 }
 
-/* The core names fields its own way; this dialect's clients know these. */
-static const char *openai_param(const char *core_param) {
-  if (strcmp(core_param, CORE_FIELD_IMAGES) == 0) return "reference_images";
-  if (strcmp(core_param, CORE_FIELD_QUANTITY) == 0) return "n";
-  if (strcmp(core_param, CORE_FIELD_ASPECT_RATIO) == 0) return "size";
-  if (strcmp(core_param, CORE_FIELD_IDEMPOTENCY_KEY) == 0) return "Idempotency-Key";
-  return core_param;
-}
-
 static void openai_error_shape(http_request *req, int status, const imgate_error *err) {
-  const char *param = err->param[0] ? openai_param(err->param) : NULL;
   json_t *doc = json_pack("{s:{s:o, s:s, s:o, s:s}}", "error", "message",
                           api_json_text(err->message), "type", error_type(status), "param",
-                          param ? json_string(param) : json_null(), "code", err->slug);
-  if (!doc) { /* text that cannot be encoded: still the shape, and the status */
-    char body[200];
-    int n = snprintf(body, sizeof body,
-                     "{\"error\":{\"message\":\"the error could not be described\",\"type\":"
-                     "\"%s\",\"param\":null,\"code\":\"%s\"}}",
-                     error_type(status), api_plain_slug(err->slug) ? err->slug : "internal_error");
-    http_reply_bytes(req, status, "application/json", body, (size_t)n);
-    return;
-  }
-  http_reply_json(req, status, doc);
-}
-
-static void reply_core_error(http_request *req, const imgate_error *err) {
-  api_rate_limit_headers(req, err);
-  api_reply_core_error(req, err_http_status(err->code), err);
+                          err->param[0] ? json_string(err->param) : json_null(), "code",
+                          err->slug);
+  char fallback[200]; /* text that cannot be encoded: still the shape, and the status */
+  snprintf(fallback, sizeof fallback,
+           "{\"error\":{\"message\":\"the error could not be described\",\"type\":"
+           "\"%s\",\"param\":null,\"code\":\"%s\"}}",
+           error_type(status), api_plain_slug(err->slug) ? err->slug : "internal_error");
+  api_reply_error_doc(req, status, doc, fallback);
 }
 
 /* --- request fields ---------------------------------------------------------- */
@@ -213,7 +195,7 @@ static void reply_images(http_request *req, core *c, const task *t, const openai
   if (!ok) {
     buf_free(&out);
     if (!err.slug[0]) err_set(&err, ERR_INTERNAL, "internal_error", NULL, "out of memory");
-    reply_core_error(req, &err);
+    api_reply_from_core(req, &err);
     return;
   }
   if (!a->stream) {
@@ -281,7 +263,7 @@ static void answer_ready(http_request *req, core *c, const task *t, bool final,
                          const imgate_error *err, void *arg) {
   const openai_answer *a = arg;
   if (!t) {
-    reply_core_error(req, err);
+    api_reply_from_core(req, err);
     return;
   }
   if (!final) {
@@ -361,26 +343,10 @@ static void generate(http_request *req, core *c, const store_account *acct_in, j
     }
     gr.quantity = core_quantity_arg(json_integer_value(n));
   }
-  json_t *refs = json_object_get(body, "reference_images");
-  if (refs && !json_is_null(refs)) {
-    if (!json_is_array(refs) || json_array_size(refs) > sizeof images / sizeof images[0]) {
-      bad_field(req, "reference_images", "invalid_type",
-                "reference_images must be an array of at most 10 image URLs");
-      goto done;
-    }
-    size_t i;
-    json_t *v;
-    json_array_foreach(refs, i, v) {
-      if (!json_is_string(v)) {
-        bad_field(req, "reference_images", "invalid_type",
-                  "reference_images must be an array of image URLs");
-        goto done;
-      }
-      images[i] = json_string_value(v);
-    }
-    gr.images = images;
-    gr.n_images = json_array_size(refs);
-  }
+  if (api_json_image_list(req, body, "reference_images", images,
+                          sizeof images / sizeof images[0], &gr.n_images) < 0)
+    goto done;
+  gr.images = images;
   json_t *stream = json_object_get(body, "stream");
   json_t *async = json_object_get(body, "async");
   if ((stream && !json_is_boolean(stream) && !json_is_null(stream)) ||
@@ -391,19 +357,10 @@ static void generate(http_request *req, core *c, const store_account *acct_in, j
   }
   const char *prefer = http_header_get(req, "Prefer");
   bool want_async = json_is_true(async) || (prefer && strcasestr(prefer, "respond-async"));
-  char base[600];
-  api_base_url(req, c, base, sizeof base);
-  gr.dialect = "openai";
-  gr.public_base = base;
 
   task *t = NULL;
   bool replayed = false;
-  imgate_error err = {0};
-  if (core_submit(c, &acct, &gr, http_header_get(req, "Idempotency-Key"), &t, &replayed,
-                  &err) < 0) {
-    reply_core_error(req, &err);
-    goto done;
-  }
+  if (api_submit(req, c, &acct, &gr, &t, &replayed) < 0) goto done;
   if (replayed) http_reply_header(req, "Idempotent-Replayed", "true");
   if (want_async) {
     http_reply_json(req, 202, render_task(req, c, t));
@@ -518,36 +475,27 @@ static void handle_task(http_request *req, void *ctx) {
   core *c = ctx;
   store_account acct;
   if (api_authenticate(req, c, &acct) < 0) return;
-  task *t = NULL;
-  imgate_error err = {0};
-  if (core_get_task(c, &acct, http_param_get(req, "id"), &t, &err) < 0) {
-    reply_core_error(req, &err);
-    return;
-  }
+  task *t = api_read_task(req, c, &acct, http_param_get(req, "id"));
+  if (!t) return;
   http_reply_json(req, 200, render_task(req, c, t));
   task_free(t);
 }
 
+/* An available model as OpenAI lists it: OpenAI's four members, then
+ * imgate's prices (the SDKs keep what they do not know): the native model
+ * list's, GPT Image's as its grid. */
+static json_t *render_model(core *c, const core_model_info *info) {
+  (void)c;
+  if (!info->available) return NULL;
+  return json_pack("{s:s, s:s, s:i, s:s, s:s, s:o, s:o}", "id", info->model->name, "object",
+                   "model", "created", 0, "owned_by", "imgate", "priced_by",
+                   api_priced_by(info), "prices_usd", api_json_prices(info),
+                   "reference_image_usd", api_json_usd(info->reference_micros));
+}
+
 static void handle_models(http_request *req, void *ctx) {
-  core *c = ctx;
-  core_model_info *info = NULL;
-  size_t n = 0;
-  if (core_models(c, &info, &n) < 0) {
-    api_reply_error(req, 500, "internal_error", "out of memory", NULL);
-    return;
-  }
-  json_t *list = json_array();
-  /* OpenAI's four members, then imgate's prices (the SDKs keep what they
-   * do not know): the native model list's, GPT Image's as its grid. */
-  for (size_t i = 0; i < n; i++)
-    if (info[i].available)
-      json_array_append_new(
-          list, json_pack("{s:s, s:s, s:i, s:s, s:s, s:o, s:o}", "id", info[i].model->name,
-                          "object", "model", "created", 0, "owned_by", "imgate", "priced_by",
-                          api_priced_by(&info[i]), "prices_usd", api_json_prices(&info[i]),
-                          "reference_image_usd", api_json_usd(info[i].reference_micros)));
-  free(info);
-  http_reply_json(req, 200, json_pack("{s:s, s:o}", "object", "list", "data", list));
+  json_t *list = api_model_list(req, ctx, render_model);
+  if (list) http_reply_json(req, 200, json_pack("{s:s, s:o}", "object", "list", "data", list));
 }
 
 /* Webhook payloads of tasks made here: the task as GET /v1/images/tasks shows it. */
@@ -574,11 +522,21 @@ static void openai_register(http_router *r, core *c) {
 
 static const char *const openai_prefixes[] = {"/v1/", NULL};
 
+/* The core names fields its own way; this dialect's clients know these. */
+static const api_field_name openai_fields[] = {
+    {CORE_FIELD_IMAGES, "reference_images"},
+    {CORE_FIELD_QUANTITY, "n"},
+    {CORE_FIELD_ASPECT_RATIO, "size"},
+    {CORE_FIELD_IDEMPOTENCY_KEY, "Idempotency-Key"},
+    {NULL, NULL},
+};
+
 const api_dialect api_openai_dialect = {
     .name = "openai",
     .prefixes = openai_prefixes,
     .register_routes = openai_register,
     .read_key = api_read_bearer,
     .reply_error = openai_error_shape,
+    .field_names = openai_fields,
     .render_webhook = openai_webhook,
 };

@@ -1,5 +1,6 @@
 /* test_api_common.c - error replies always carry a JSON body, even when the
- * message is not UTF-8 or the document cannot be built. */
+ * message is not UTF-8 or the document cannot be built; reference-image
+ * arrays as the dialects read them. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -11,26 +12,7 @@
 #include <strings.h>
 
 #include "api/api.h"
-
-static void request_init(http_request *req) {
-  memset(req, 0, sizeof *req);
-  req->resp_fd = -1;
-  strcpy(req->request_id, "test");
-}
-
-static void request_clear(http_request *req) {
-  free(req->resp_body);
-  for (int i = 0; i < req->n_resp_headers; i++) {
-    free(req->resp_headers[i].name);
-    free(req->resp_headers[i].value);
-  }
-}
-
-static const char *resp_header(const http_request *req, const char *name) {
-  for (int i = 0; i < req->n_resp_headers; i++)
-    if (strcasecmp(req->resp_headers[i].name, name) == 0) return req->resp_headers[i].value;
-  return NULL;
-}
+#include "reply_testutil.h"
 
 /* The reply's body as JSON, with its error code checked. */
 static json_t *error_body(const http_request *req, const char *code) {
@@ -108,6 +90,56 @@ static void test_json_text_repairs(void **state) {
   assert_null(api_json_text(NULL));
 }
 
+/* Reference-image arrays (api_json_image_list): what is taken, and each
+ * refusal naming the member as the dialect spells it. */
+static void test_image_list(void **state) {
+  (void)state;
+  json_error_t jerr;
+  json_t *body = json_loads(
+      "{\"urls\": [\"https://a.example/1.png\", \"data:image/png;base64,AAAA\", \"iVBORw0KGgo=\"],"
+      " \"none\": null, \"text\": \"https://a.example/1.png\", \"mixed\": [\"x\", 1],"
+      " \"many\": [\"a\", \"b\", \"c\", \"d\"], \"empty\": []}",
+      0, &jerr);
+  assert_non_null(body);
+  const char *out[3] = {NULL, NULL, NULL};
+  size_t n = 99;
+  http_request req;
+  request_init(&req);
+  assert_int_equal(api_json_image_list(&req, body, "urls", out, 3, &n), 0);
+  assert_int_equal(n, 3);
+  assert_string_equal(out[0], "https://a.example/1.png");
+  assert_string_equal(out[1], "data:image/png;base64,AAAA");
+  assert_string_equal(out[2], "iVBORw0KGgo=");
+  for (const char *const *f = (const char *const[]){"absent", "none", "empty", NULL}; *f; f++) {
+    n = 99;
+    assert_int_equal(api_json_image_list(&req, body, *f, out, 3, &n), 0);
+    assert_int_equal(n, 0);
+  }
+  assert_int_equal(req.status, 0); /* nothing was answered */
+  request_clear(&req);
+
+  static const struct {
+    const char *field, *code;
+  } refused[] = {
+      {"text", "invalid_type"},
+      {"mixed", "invalid_type"},
+      {"many", "too_many_images"}, /* 4 > 3 */
+  };
+  for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+    request_init(&req);
+    n = 99;
+    assert_int_equal(api_json_image_list(&req, body, refused[i].field, out, 3, &n), -1);
+    assert_int_equal(n, 0);
+    assert_int_equal(req.status, 400);
+    json_t *doc = error_body(&req, refused[i].code);
+    json_t *err = json_object_get(doc, "error");
+    assert_string_equal(json_string_value(json_object_get(err, "param")), refused[i].field);
+    json_decref(doc);
+    request_clear(&req);
+  }
+  json_decref(body);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_plain_error),
@@ -115,6 +147,7 @@ int main(void) {
       cmocka_unit_test(test_param_not_utf8_and_odd_slug),
       cmocka_unit_test(test_reply_json_failure_has_a_body),
       cmocka_unit_test(test_json_text_repairs),
+      cmocka_unit_test(test_image_list),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
