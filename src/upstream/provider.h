@@ -72,6 +72,9 @@ typedef struct provider_outcome {
    * "high", as OpenAI's answers report it); "" when it did not say. The
    * core prices by it; the pixel size it takes from the images themselves. */
   char quality[8];
+  /* The background the upstream says it made ("transparent", "opaque"), as
+   * OpenAI's answers report it; "" when it did not say. */
+  char background[12];
 } provider_outcome;
 
 /* Frees the images and the outcome itself. */
@@ -106,6 +109,12 @@ typedef struct provider_request {
    * provider may ignore these. */
   const char *output_format;
   int output_compression;
+  /* What only a model with catalog transparency is given (the core refuses
+   * both for the others): the background asked for ("auto", "opaque",
+   * "transparent"; NULL = auto), and the edit mask (a PNG with an alpha
+   * channel for the first input; NULL = none; only with inputs). */
+  const char *background;
+  const provider_input *mask;
 } provider_request;
 
 /* Receives the outcome (and owns it: free with provider_outcome_free). */
