@@ -1094,6 +1094,7 @@ static void test_group_commit_mixed(void **state) {
   assert_int_equal(a.held_micros, 20000);
   assert_int_equal(a.balance_micros, 1000000 - 3 * 10000 - 20000);
   for (int i = 0; i < RUNNING; i++) task_free(run[i]);
+  for (int i = 0; i < N; i++) task_result_clear(&args[i].result);
   task_free(queued);
   task_free(fresh);
 }
