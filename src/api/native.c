@@ -2,6 +2,7 @@
  *
  *   POST /api/banana/create-async  {prompt, model, aspect_ratio, resolution,
  *                                   quality, image_urls, webhook_url} -> {uid, status}
+ *                                  (also: background, mask: GPT Image)
  *                                  (optional header Idempotency-Key)
  *                                  (optional header Prefer: wait=N: the whole task,
  *                                   once final or after N seconds)
@@ -140,6 +141,8 @@ static int submit_from_body(http_request *req, core *c, const store_account *acc
       api_json_string(req, body, "aspect_ratio", &gr.aspect_ratio) < 0 ||
       api_json_string(req, body, "resolution", &gr.resolution) < 0 ||
       api_json_string(req, body, "quality", &gr.quality) < 0 ||
+      api_json_string(req, body, "background", &gr.background) < 0 ||
+      api_json_string(req, body, "mask", &gr.mask) < 0 ||
       api_json_string(req, body, "webhook_url", &gr.webhook_url) < 0 ||
       parse_webhook_events(req, body, &gr.webhook_events) < 0 ||
       parse_quantity(req, body, &gr.quantity) < 0 ||

@@ -41,6 +41,8 @@ static json_t *render_images(const char *base, const task *t, json_t **urls_out)
                               (json_int_t)r->price_micros);
     /* What the upstream said it made, where it says (GPT Image). */
     if (image && r->quality) json_object_set_new(image, "quality", api_json_text(r->quality));
+    if (image && r->background)
+      json_object_set_new(image, "background", api_json_text(r->background));
     json_array_append_new(images, image);
   }
   *urls_out = urls;
@@ -110,6 +112,14 @@ json_t *native_render_task(const char *base, core *c, const task *t) {
   json_object_set_new(doc, "n", json_integer(t->quantity > 0 ? t->quantity : 1));
   /* Only models that have a quality setting (GPT Image) show one. */
   if (t->quality) json_object_set_new(doc, "quality", api_json_text(t->quality));
+  /* The background asked for ("auto" when none was), and the mask the
+   * task edits under, if any (its bytes stay server-side). */
+  json_object_set_new(doc, "background", api_json_text(t->background ? t->background : "auto"));
+  json_object_set_new(doc, "mask",
+                      t->mask ? json_pack("{s:s, s:I}", "content_type",
+                                          t->mask->mime ? t->mask->mime : "image/png", "bytes",
+                                          (json_int_t)t->mask->bytes)
+                              : json_null());
   json_object_set_new(doc, "deadline_at", api_json_time(t->deadline_ms));
   /* The format asked for (null: as the upstream made them) and, for the
    * lossy ones, their quality. images[].content_type says what each is. */

@@ -174,6 +174,17 @@ static const char *answer_quality(const task *t) {
   return t->quality ? t->quality : "auto";
 }
 
+/* The background an answer reports, as OpenAI's does ("transparent" or
+ * "opaque"): what the upstream says it made, else what was asked; a JPEG, or
+ * an image whose background no one named ("auto", a model that makes no
+ * transparency), is opaque. */
+static const char *answer_background(const task *t) {
+  const task_result *first = t->n_results ? &t->results[0] : NULL;
+  if (first && strcmp(format_of(first->mime), "jpeg") == 0) return "opaque";
+  if (first && first->background) return first->background;
+  return t->background && strcmp(t->background, "transparent") == 0 ? "transparent" : "opaque";
+}
+
 static void reply_images(http_request *req, core *c, const task *t, const openai_answer *a) {
   char base[600];
   api_base_url(req, c, base, sizeof base);
@@ -181,6 +192,7 @@ static void reply_images(http_request *req, core *c, const task *t, const openai
   imgate_error err = {0};
   const task_result *first = t->n_results ? &t->results[0] : NULL;
   const char *quality = answer_quality(t);
+  const char *background = answer_background(t);
   char size[32] = "auto";
   if (first) snprintf(size, sizeof size, "%dx%d", first->width, first->height);
   int64_t created = (t->finished_ms > 0 ? t->finished_ms : time_now_ms()) / 1000;
@@ -189,9 +201,9 @@ static void reply_images(http_request *req, core *c, const task *t, const openai
     ok = (i == 0 || buf_append_str(&out, ",")) &&
          append_image(&out, c, base, &t->results[i], a->b64, &err);
   ok = ok && buf_printf(&out,
-                        "],\"background\":\"opaque\",\"output_format\":\"%s\",\"quality\":\"%s\","
+                        "],\"background\":\"%s\",\"output_format\":\"%s\",\"quality\":\"%s\","
                         "\"size\":\"%s\"}",
-                        format_of(first ? first->mime : NULL), quality, size);
+                        background, format_of(first ? first->mime : NULL), quality, size);
   if (!ok) {
     buf_free(&out);
     if (!err.slug[0]) err_set(&err, ERR_INTERNAL, "internal_error", NULL, "out of memory");
@@ -218,7 +230,7 @@ static void reply_images(http_request *req, core *c, const task *t, const openai
     json_t *ev = json_pack("{s:s, s:O?, s:O?, s:s, s:s, s:s, s:s, s:I}", "type", type,
                            "b64_json",
                            json_object_get(item, "b64_json"), "url", json_object_get(item, "url"),
-                           "background", "opaque", "output_format",
+                           "background", background, "output_format",
                            format_of(first ? first->mime : NULL), "quality", quality, "size",
                            size, "created_at",
                            (json_int_t)created);
@@ -298,14 +310,16 @@ static bool is_gpt_image(const char *model) {
   return m && m->sizes == CATALOG_SIZES_GPT_IMAGE;
 }
 
-/* A generation (uploads NULL) or an edit (the uploaded images) from the
- * request's fields as JSON; answers it. */
+/* A generation (uploads NULL) or an edit (the uploaded images, and the
+ * uploaded mask or NULL) from the request's fields as JSON; answers it. */
 static void generate(http_request *req, core *c, const store_account *acct_in, json_t *body,
-                     const core_image_bytes *uploads, size_t n_uploads) {
+                     const core_image_bytes *uploads, size_t n_uploads,
+                     const core_image_bytes *mask) {
   store_account acct = *acct_in;
   core_gen_request gr = {0};
   gr.image_bytes = uploads;
   gr.n_image_bytes = n_uploads;
+  if (mask) gr.mask_bytes = *mask;
   const char *size = NULL, *quality = NULL, *response_format = NULL, *output_format = NULL;
   const char *background = NULL, *moderation = NULL, *user = NULL;
   const char *images[16];
@@ -329,12 +343,7 @@ static void generate(http_request *req, core *c, const store_account *acct_in, j
   }
   gr.aspect_ratio = ratio;
   gr.quality = core_quality(quality);
-  /* What imgate cannot do yet is refused, never silently ignored. */
-  if (background && strcmp(background, "transparent") == 0) {
-    bad_field(req, "background", "unsupported_value",
-              "transparent backgrounds are not available here for now");
-    goto done;
-  }
+  gr.background = background;
   json_t *n = json_object_get(body, "n");
   if (n && !json_is_null(n)) {
     if (!json_is_integer(n)) {
@@ -382,7 +391,7 @@ static void handle_generations(http_request *req, void *ctx) {
   if (api_authenticate(req, c, &acct) < 0) return;
   json_t *body = api_parse_json_object(req);
   if (!body) return;
-  generate(req, c, &acct, body, NULL, 0);
+  generate(req, c, &acct, body, NULL, 0, NULL);
   json_decref(body);
 }
 
@@ -417,6 +426,8 @@ static void handle_edits(http_request *req, void *ctx) {
                           OPENAI_MAX_PARTS, why, sizeof why);
   core_image_bytes uploads[OPENAI_MAX_UPLOADS];
   size_t n_uploads = 0;
+  core_image_bytes mask = {0};
+  bool has_mask = false;
   if (n < 0) {
     char msg[200];
     snprintf(msg, sizeof msg, "the multipart body cannot be read: %s", why);
@@ -434,9 +445,14 @@ static void handle_edits(http_request *req, void *ctx) {
       continue;
     }
     if (strcmp(p->name, "mask") == 0) {
-      api_reply_error(req, 400, "unsupported_value", "masks are not available here for now",
-                      "mask");
-      goto done;
+      /* A file like the images; what it must be, the core checks. */
+      if (has_mask) {
+        api_reply_error(req, 400, "invalid_mask", "an edit takes one mask", "mask");
+        goto done;
+      }
+      mask = (core_image_bytes){.data = p->data ? p->data : (const uint8_t *)"", .len = p->len};
+      has_mask = true;
+      continue;
     }
     /* A text field: n is a number, stream a boolean, the rest strings. */
     json_t *v = json_stringn((const char *)p->data, p->len);
@@ -465,7 +481,7 @@ static void handle_edits(http_request *req, void *ctx) {
                     "image");
     goto done;
   }
-  generate(req, c, &acct, body, uploads, n_uploads);
+  generate(req, c, &acct, body, uploads, n_uploads, has_mask ? &mask : NULL);
 done:
   json_decref(body);
   free(parts);

@@ -62,13 +62,13 @@ static const char *const res_nb2[] = {"512", "1K", "2K", "4K", NULL};
 
 static const catalog_model models[] = {
     {"nano-banana", "Nano Banana", "gemini", "gemini-2.5-flash-image", CATALOG_SIZES_GEMINI_25,
-     ratios_gemini, res_1k, "1K", 10},
+     ratios_gemini, res_1k, "1K", 10, false},
     {"nano-banana-pro", "Nano Banana Pro", "gemini", "gemini-3-pro-image-preview",
-     CATALOG_SIZES_GEMINI_3, ratios_gemini, res_pro, "1K", 10},
+     CATALOG_SIZES_GEMINI_3, ratios_gemini, res_pro, "1K", 10, false},
     {"nano-banana-2", "Nano Banana 2", "gemini", "gemini-3.1-flash-image-preview",
-     CATALOG_SIZES_GEMINI_3, ratios_gemini_31, res_nb2, "1K", 10},
+     CATALOG_SIZES_GEMINI_3, ratios_gemini_31, res_nb2, "1K", 10, false},
     {"gpt-image-1", "GPT Image 1", "openai", "gpt-image-1", CATALOG_SIZES_GPT_IMAGE,
-     ratios_gpt_image, res_1k, "1K", 10},
+     ratios_gpt_image, res_1k, "1K", 10, true},
 };
 
 #define CATALOG_N_MODELS (sizeof models / sizeof models[0])

@@ -26,6 +26,10 @@ typedef struct catalog_model {
   const char *const *resolutions;   /* NULL-terminated, e.g. {"1K","2K","4K",NULL} */
   const char *default_resolution;   /* "1K" */
   int max_reference_images;
+  /* What only some upstreams can do: make a transparent background and
+   * edit under a mask (a PNG whose transparent pixels mark what to change
+   * in the first reference image). GPT Image can; Gemini's API has neither. */
+  bool transparency;
 } catalog_model;
 
 /* The model named name (exact match), or NULL. */

@@ -144,6 +144,35 @@ static void decoded_images_free(decoded_image *imgs, size_t n) {
   free(imgs);
 }
 
+/* How inline image text failed to decode (decode_inline). */
+typedef enum {
+  INLINE_OK = 0,
+  INLINE_BAD_DATA_URI, /* data: without ";base64," */
+  INLINE_TOO_LARGE,    /* more than limits.max_image_bytes once decoded */
+  INLINE_BAD_BASE64,   /* not base64, or nothing */
+} inline_status;
+
+/* Decodes an image given as text: a data: URI ("data:<type>;base64,<data>";
+ * the marker, like the scheme, in any case) or bare base64. *data is
+ * malloc'd on INLINE_OK. */
+static inline_status decode_inline(core *c, const char *text, uint8_t **data, size_t *len) {
+  const char *b64 = text;
+  if (has_scheme(text, "data")) {
+    const char *comma = strchr(text, ',');
+    if (!comma || comma - text < 7 || strncasecmp(comma - 7, ";base64", 7) != 0)
+      return INLINE_BAD_DATA_URI;
+    b64 = comma + 1;
+  }
+  int rc = base64_decode(b64, strlen(b64), c->cfg.max_image_bytes, data, len);
+  if (rc == -2) return INLINE_TOO_LARGE;
+  if (rc < 0 || *len == 0) {
+    free(*data);
+    *data = NULL;
+    return INLINE_BAD_BASE64;
+  }
+  return INLINE_OK;
+}
+
 /* Turns one client-given reference into bytes (a data: URI or bare base64),
  * or checks the form of an https URL, which is downloaded when the task runs. */
 static int decode_reference(core *c, const char *ref, size_t index, decoded_image *out,
@@ -169,22 +198,18 @@ static int decode_reference(core *c, const char *ref, size_t index, decoded_imag
     out->url = ref;
     return 0;
   }
-  const char *b64 = ref;
-  if (data) {
-    /* "data:<type>;base64,<data>"; the base64 marker, like the scheme, in any case. */
-    const char *comma = strchr(ref, ',');
-    if (!comma || comma - ref < 7 || strncasecmp(comma - 7, ";base64", 7) != 0)
-      return err_set(err, ERR_INVALID, "invalid_image", CORE_FIELD_IMAGES,
-                     "image %zu: a data: URI must be data:<type>;base64,<data>", index);
-    b64 = comma + 1;
-  }
-  int rc = base64_decode(b64, strlen(b64), c->cfg.max_image_bytes, &out->data, &out->len);
-  if (rc == -2)
+  switch (decode_inline(c, ref, &out->data, &out->len)) {
+  case INLINE_OK: break;
+  case INLINE_BAD_DATA_URI:
+    return err_set(err, ERR_INVALID, "invalid_image", CORE_FIELD_IMAGES,
+                   "image %zu: a data: URI must be data:<type>;base64,<data>", index);
+  case INLINE_TOO_LARGE:
     return err_set(err, ERR_TOO_LARGE, "image_too_large", CORE_FIELD_IMAGES,
                    "image %zu: larger than %zu bytes", index, c->cfg.max_image_bytes);
-  if (rc < 0 || out->len == 0)
+  case INLINE_BAD_BASE64:
     return err_set(err, ERR_INVALID, "invalid_image", CORE_FIELD_IMAGES,
                    "image %zu: not valid base64", index);
+  }
   out->fmt = imagefmt_detect(out->data, out->len);
   if (out->fmt == IMAGEFMT_UNKNOWN)
     return err_set(err, ERR_INVALID, "invalid_image", CORE_FIELD_IMAGES,
@@ -207,6 +232,66 @@ static int take_upload(core *c, const core_image_bytes *in, size_t index, decode
   if (!out->data) return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
   memcpy(out->data, in->data, in->len);
   out->len = in->len;
+  return 0;
+}
+
+/* The request's mask as bytes into *out, checked: a PNG (by its bytes) of at
+ * most limits.max_image_bytes with an alpha channel, and of the first
+ * reference's size when that one is inline and its header tells its size (a
+ * URL is only downloaded when the task runs; the upstream judges then).
+ * validate_transparency has said the request may have a mask. */
+static int take_mask(core *c, const core_gen_request *req, const decoded_image *first,
+                     decoded_image *out, imgate_error *err) {
+  if (req->mask) {
+    size_t scheme_len = scheme_length(req->mask);
+    if (scheme_len > 0 && !has_scheme(req->mask, "data"))
+      return err_set(err, ERR_INVALID, "invalid_mask", CORE_FIELD_MASK,
+                     "the mask must be base64 or a data: URI, not a URL: it is checked when "
+                     "the task is submitted");
+    switch (decode_inline(c, req->mask, &out->data, &out->len)) {
+    case INLINE_OK: break;
+    case INLINE_BAD_DATA_URI:
+      return err_set(err, ERR_INVALID, "invalid_mask", CORE_FIELD_MASK,
+                     "a data: URI must be data:<type>;base64,<data>");
+    case INLINE_TOO_LARGE:
+      return err_set(err, ERR_TOO_LARGE, "image_too_large", CORE_FIELD_MASK,
+                     "the mask is larger than %zu bytes", c->cfg.max_image_bytes);
+    case INLINE_BAD_BASE64:
+      return err_set(err, ERR_INVALID, "invalid_mask", CORE_FIELD_MASK,
+                     "the mask is not valid base64");
+    }
+  } else {
+    const core_image_bytes *in = &req->mask_bytes;
+    if (in->len > c->cfg.max_image_bytes)
+      return err_set(err, ERR_TOO_LARGE, "image_too_large", CORE_FIELD_MASK,
+                     "the mask is larger than %zu bytes", c->cfg.max_image_bytes);
+    out->data = malloc(in->len ? in->len : 1);
+    if (!out->data) return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
+    if (in->len) memcpy(out->data, in->data, in->len);
+    out->len = in->len;
+  }
+  out->fmt = imagefmt_detect(out->data, out->len);
+  bool alpha = false;
+  if (out->fmt != IMAGEFMT_PNG)
+    return err_set(err, ERR_INVALID, "invalid_mask", CORE_FIELD_MASK,
+                   "the mask must be a PNG (by its bytes it is %s)",
+                   out->fmt == IMAGEFMT_UNKNOWN ? "not an image" : imagefmt_name(out->fmt));
+  if (!imagefmt_png_alpha(out->data, out->len, &alpha))
+    return err_set(err, ERR_INVALID, "invalid_mask", CORE_FIELD_MASK,
+                   "the mask's PNG header is truncated or malformed");
+  /* The transparent pixels say where to edit: without an alpha channel a
+   * mask says nothing (a palette's tRNS is not taken either: OpenAI asks
+   * for an alpha channel). */
+  if (!alpha)
+    return err_set(err, ERR_INVALID, "invalid_mask", CORE_FIELD_MASK,
+                   "the mask has no alpha channel; its transparent pixels mark what to edit "
+                   "(save it as an RGBA or grey + alpha PNG)");
+  int mw, mh, iw, ih;
+  if (first->data && imagefmt_dimensions(out->data, out->len, &mw, &mh) &&
+      imagefmt_dimensions(first->data, first->len, &iw, &ih) && (mw != iw || mh != ih))
+    return err_set(err, ERR_INVALID, "invalid_mask", CORE_FIELD_MASK,
+                   "the mask is %dx%d and the first image %dx%d: they must be the same size",
+                   mw, mh, iw, ih);
   return 0;
 }
 
@@ -234,6 +319,41 @@ static int validate_output(const core_gen_request *req, imgate_error *err) {
   if (fmt != IMAGEFMT_JPEG && fmt != IMAGEFMT_WEBP)
     return err_set(err, ERR_INVALID, "invalid_output_compression", CORE_FIELD_OUTPUT_COMPRESSION,
                    "output_compression applies to output_format jpeg or webp only");
+  return 0;
+}
+
+/* The background and the mask, which only a model with catalog transparency
+ * takes. The mask's bytes are checked later (take_mask): here only whether
+ * the request may have one. */
+static int validate_transparency(const core_gen_request *req, const validated *v,
+                                 imgate_error *err) {
+  const char *bg = req->background;
+  if (bg && strcmp(bg, "auto") != 0 && strcmp(bg, "opaque") != 0 &&
+      strcmp(bg, "transparent") != 0)
+    return err_set(err, ERR_INVALID, "invalid_background", CORE_FIELD_BACKGROUND,
+                   "background must be auto, opaque or transparent, not \"%.*s\"",
+                   (int)utf8_cut(bg, 16), bg);
+  bool transparent = bg && strcmp(bg, "transparent") == 0;
+  /* "auto" and "opaque" promise nothing another model cannot keep. */
+  if (transparent && !v->model->transparency)
+    return err_set(err, ERR_INVALID, "invalid_background", CORE_FIELD_BACKGROUND,
+                   "%s cannot make a transparent background (GPT Image can); leave background "
+                   "out, or send auto or opaque",
+                   v->model->name);
+  if (transparent && imagefmt_from_name(req->output_format) == IMAGEFMT_JPEG)
+    return err_set(err, ERR_INVALID, "invalid_background", CORE_FIELD_BACKGROUND,
+                   "a transparent background needs output_format png or webp: JPEG has no "
+                   "alpha channel");
+  /* One form or the other: a dialect that sets both has a bug. */
+  assert(!(req->mask && req->mask_bytes.data));
+  if (!req->mask && !req->mask_bytes.data) return 0;
+  if (!v->model->transparency)
+    return err_set(err, ERR_INVALID, "invalid_mask", CORE_FIELD_MASK,
+                   "%s cannot edit under a mask (GPT Image can); leave the mask out",
+                   v->model->name);
+  if (req->n_images + req->n_image_bytes == 0)
+    return err_set(err, ERR_INVALID, "invalid_mask", CORE_FIELD_MASK,
+                   "a mask applies to the first reference image, and the request has none");
   return 0;
 }
 
@@ -323,7 +443,8 @@ static int validate(core *c, const core_gen_request *req, validated *v, imgate_e
   if (req->deadline_s < 0 || req->deadline_s > CORE_MAX_DEADLINE_S)
     return err_set(err, ERR_INVALID, "invalid_deadline", CORE_FIELD_DEADLINE,
                    "deadline must be 1 to %d seconds", CORE_MAX_DEADLINE_S);
-  return validate_output(req, err);
+  if (validate_output(req, err) < 0) return -1;
+  return validate_transparency(req, v, err);
 }
 
 /* Prices t from the catalog: the hold per image (for "auto" quality or size
@@ -374,9 +495,33 @@ static int store_inputs(core *c, task *t, decoded_image *imgs, size_t n, imgate_
   return 0;
 }
 
+/* Writes the decoded mask to the blob store, beside the inputs, and
+ * describes it in t (t->mask). */
+static int store_mask(core *c, task *t, const decoded_image *mask, imgate_error *err) {
+  assert(mask->fmt == IMAGEFMT_PNG && !mask->url);
+  char key[128];
+  snprintf(key, sizeof key, TASK_BLOB_INPUTS "%s/mask.png", t->id);
+  t->mask = calloc(1, sizeof *t->mask);
+  if (!t->mask) return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
+  if (c->bl->ops->put(c->bl, key, mask->data, mask->len, imagefmt_mime(mask->fmt)) != BLOB_OK) {
+    free(t->mask);
+    t->mask = NULL;
+    return err_set(err, ERR_INTERNAL, "storage_error", NULL, "the mask could not be stored");
+  }
+  t->mask->blob_key = strdup(key);
+  t->mask->mime = strdup(imagefmt_mime(mask->fmt));
+  t->mask->bytes = (int64_t)mask->len;
+  if (!t->mask->blob_key || !t->mask->mime) {
+    c->bl->ops->remove(c->bl, key);
+    return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
+  }
+  return 0;
+}
+
 static void remove_inputs(core *c, task *t) {
   for (size_t i = 0; i < t->n_inputs; i++)
     if (t->inputs[i].blob_key) c->bl->ops->remove(c->bl, t->inputs[i].blob_key);
+  if (t->mask && t->mask->blob_key) c->bl->ops->remove(c->bl, t->mask->blob_key);
 }
 
 bool core_idempotency_key_valid(const char *key) {
@@ -458,6 +603,22 @@ bool core_request_hash(const core_gen_request *req, char out[65]) {
     hash_bytes(h, quality, sizeof quality - 1);
     hash_field(h, req->quality);
   }
+  /* The background, only when given (as given, likewise). */
+  if (req->background) {
+    static const char background[] = "background-v1";
+    hash_bytes(h, background, sizeof background - 1);
+    hash_field(h, req->background);
+  }
+  /* And the mask, only when given: its text as given (as a reference's), or
+   * its uploaded bytes. */
+  if (req->mask || req->mask_bytes.data) {
+    static const char mask[] = "mask-v1";
+    hash_bytes(h, mask, sizeof mask - 1);
+    hash_field(h, req->mask);
+    hash_count(h, req->mask_bytes.data ? 1 : 0);
+    if (req->mask_bytes.data)
+      hash_bytes(h, (const char *)req->mask_bytes.data, req->mask_bytes.len);
+  }
   ids_sha256_end(h, out);
   return true;
 }
@@ -493,30 +654,39 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
   if (idempotency_key && !core_request_hash(req, request_hash))
     return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
 
+  /* The references, then the mask (when there is one) in the slot after them. */
   size_t n_refs = req->n_images + req->n_image_bytes;
+  bool has_mask = req->mask || req->mask_bytes.data;
+  size_t n_decoded = n_refs + has_mask;
   decoded_image *imgs = NULL;
-  if (n_refs) {
-    imgs = calloc(n_refs, sizeof *imgs);
+  if (n_decoded) {
+    imgs = calloc(n_decoded, sizeof *imgs);
     if (!imgs) return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
   }
   for (size_t i = 0; i < req->n_images; i++) {
     if (decode_reference(c, req->images[i], i, &imgs[i], err) < 0) {
-      decoded_images_free(imgs, n_refs);
+      decoded_images_free(imgs, n_decoded);
       return -1;
     }
   }
   for (size_t k = 0; k < req->n_image_bytes; k++) {
     if (take_upload(c, &req->image_bytes[k], req->n_images + k, &imgs[req->n_images + k],
                     err) < 0) {
-      decoded_images_free(imgs, n_refs);
+      decoded_images_free(imgs, n_decoded);
       return -1;
     }
+  }
+  /* validate() saw that a mask comes with a reference image: imgs[0] is one. */
+  assert(!has_mask || n_refs > 0);
+  if (has_mask && take_mask(c, req, &imgs[0], &imgs[n_refs], err) < 0) {
+    decoded_images_free(imgs, n_decoded);
+    return -1;
   }
 
   task *t = calloc(1, sizeof *t);
   if (!t || !ids_uuid7(t->id)) {
     free(t);
-    decoded_images_free(imgs, n_refs);
+    decoded_images_free(imgs, n_decoded);
     return err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "could not create the task");
   }
   t->account_id = acct->id;
@@ -534,18 +704,21 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
   if (req->output_format && *req->output_format) t->output_format = strdup(req->output_format);
   t->output_compression =
       req->output_compression_set ? req->output_compression : CORE_DEFAULT_OUTPUT_COMPRESSION;
+  t->background = req->background ? strdup(req->background) : NULL;
   t->created_ms = time_now_ms();
   t->deadline_ms = req->deadline_s > 0 ? t->created_ms + (int64_t)req->deadline_s * 1000 : 0;
   if (!t->model || !t->prompt || !t->aspect_ratio || !t->resolution || !t->dialect ||
       (v.quality && !t->quality) ||
       (req->webhook_url && !t->webhook_url) || (req->public_base && !t->public_base) ||
-      (req->output_format && *req->output_format && !t->output_format)) {
+      (req->output_format && *req->output_format && !t->output_format) ||
+      (req->background && !t->background)) {
     err_set(err, ERR_INTERNAL, "out_of_memory", NULL, "out of memory");
     goto fail;
   }
   if (price_task(c, t, n_refs, err) < 0) goto fail;
   if (store_inputs(c, t, imgs, n_refs, err) < 0) goto fail;
-  decoded_images_free(imgs, n_refs);
+  if (has_mask && store_mask(c, t, &imgs[n_refs], err) < 0) goto fail;
+  decoded_images_free(imgs, n_decoded);
   imgs = NULL;
 
   int rc;
@@ -607,7 +780,7 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
 
 fail:
   remove_inputs(c, t);
-  decoded_images_free(imgs, n_refs);
+  decoded_images_free(imgs, n_decoded);
   task_free(t);
   return -1;
 }

@@ -79,7 +79,27 @@ typedef struct core_gen_request {
    * only with output_format jpeg or webp. Unset: CORE_DEFAULT_OUTPUT_COMPRESSION. */
   int output_compression;
   bool output_compression_set;
+  /* "auto", "opaque" or "transparent" (NULL = not given: auto). Only a model
+   * with catalog transparency (GPT Image) makes transparent backgrounds, and
+   * only in a format with alpha: with output_format jpeg it is refused
+   * (ERR_INVALID "invalid_background"), as OpenAI refuses it. */
+  const char *background;
+  /* An edit mask: a PNG with an alpha channel whose transparent pixels mark
+   * what to change in the first reference image. Either text (base64 or a
+   * data: URI, as an inline reference image; no URL: it is checked at
+   * submit) or bytes (a multipart upload); not both. Told a PNG by its
+   * bytes, at most limits.max_image_bytes, with an alpha channel (IHDR
+   * colour type 4 or 6), of the first reference's pixel size when that is
+   * inline and its header says; it needs a reference image and a model with
+   * catalog transparency. Refusals: ERR_INVALID "invalid_mask",
+   * ERR_TOO_LARGE "image_too_large", param CORE_FIELD_MASK. Not a
+   * reference image: it is not counted among them, nor priced. */
+  const char *mask;
+  core_image_bytes mask_bytes; /* .data NULL = none */
 } core_gen_request;
+
+#define CORE_FIELD_BACKGROUND "background"
+#define CORE_FIELD_MASK "mask"
 
 #define CORE_FIELD_OUTPUT_FORMAT "output_format"
 #define CORE_FIELD_OUTPUT_COMPRESSION "output_compression"
@@ -147,7 +167,8 @@ int core_submit(core *c, const store_account *acct, const core_gen_request *req,
  * and each reference as its length and bytes (URL, data URI or base64 as
  * given, in order); then, each only when given (so that older requests
  * hash as they did), uploads, delivery options, quantity, the output format
- * and compression, and the quality. Nothing else counts: JSON layout, member
+ * and compression, the quality, the background and the mask (its text as
+ * given, or its uploaded bytes). Nothing else counts: JSON layout, member
  * order and fields the dialect ignores do not. Returns false when memory runs
  * out. */
 bool core_request_hash(const core_gen_request *req, char out[65]);

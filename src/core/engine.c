@@ -302,6 +302,7 @@ static void remove_inputs(engine *e, const task *t) {
     char key[128];
     e->bl->ops->remove(e->bl, input_key(t, i, key, sizeof key));
   }
+  if (t && t->mask && t->mask->blob_key) e->bl->ops->remove(e->bl, t->mask->blob_key);
 }
 
 /* Whether a cancel came for the job, and with which code (under e->lock). */
@@ -390,8 +391,9 @@ static int store_images(engine *e, const job *j, provider_outcome *o, task_resul
 }
 
 /* Prices each delivered image (pricing_image: its own pixels, the quality
- * the upstream reported) into its result, and returns what the task is
- * charged for them all; -1 (nothing priced) when memory runs out. */
+ * the upstream reported) into its result, with the quality and background
+ * the upstream reported, and returns what the task is charged for them all;
+ * -1 (nothing priced) when memory runs out. */
 static int64_t price_results(engine *e, const task *t, const provider_outcome *o,
                              task_result *results, size_t n) {
   int64_t *prices = calloc(n ? n : 1, sizeof *prices);
@@ -401,7 +403,8 @@ static int64_t price_results(engine *e, const task *t, const provider_outcome *o
     r->price_micros = pricing_image(e->cfg.prices, t->model, t->aspect_ratio, t->quality,
                                     r->width, r->height, o->quality, t->price_unit_micros);
     prices[i] = r->price_micros;
-    if (o->quality[0] && !(r->quality = strdup(o->quality))) {
+    if ((o->quality[0] && !(r->quality = strdup(o->quality))) ||
+        (o->background[0] && !(r->background = strdup(o->background)))) {
       free(prices);
       return -1;
     }
@@ -739,18 +742,29 @@ typedef struct loaded_inputs {
   provider_input *inputs;
   uint8_t **data;
   size_t n;
+  provider_input mask;  /* the task's mask; .data NULL when it has none */
+  uint8_t *mask_data;
 } loaded_inputs;
 
 static void loaded_inputs_free(loaded_inputs *li) {
   for (size_t i = 0; i < li->n; i++) free(li->data[i]);
   free(li->data);
   free(li->inputs);
+  free(li->mask_data);
 }
 
-/* Reads the reference images back for one attempt. Keeping them in memory
+/* Reads the reference images (and the mask) back for one attempt. Keeping them in memory
  * between attempts would cost up to 70 MB per waiting task; a re-read is cheap. */
 static int load_inputs(engine *e, const task *t, loaded_inputs *li) {
   memset(li, 0, sizeof *li);
+  if (t->mask) {
+    size_t len;
+    if (!t->mask->blob_key ||
+        e->bl->ops->read(e->bl, t->mask->blob_key, e->cfg.max_input_bytes, &li->mask_data,
+                         &len) != BLOB_OK)
+      return -1;
+    li->mask = (provider_input){.data = li->mask_data, .len = len, .mime = "image/png"};
+  }
   if (t->n_inputs == 0) return 0;
   li->inputs = calloc(t->n_inputs, sizeof *li->inputs);
   li->data = calloc(t->n_inputs, sizeof *li->data);
@@ -995,6 +1009,8 @@ static void run_attempt(engine *e, job *j, router_route *route) {
       .output_format = j->t->output_format,
       .output_compression = j->t->output_compression,
       .spool = &j->spool,
+      .background = j->t->background,
+      .mask = li.mask.data ? &li.mask : NULL,
   };
   LOG_INFO("attempt_started", "task=%s run=%d attempt=%d provider=%s upstream_model=%s",
            j->task_id, j->run, j->n_attempts + 1, p->name, req.upstream_model);

@@ -89,6 +89,7 @@ void task_result_clear(task_result *r) {
   free(r->mime);
   free(r->etag);
   free(r->quality);
+  free(r->background);
   memset(r, 0, sizeof *r);
 }
 
@@ -111,11 +112,14 @@ void task_free(task *t) {
   free(t->dialect);
   free(t->public_base);
   free(t->output_format);
+  free(t->background);
   free(t->provider);
   free(t->error_code);
   free(t->error_message);
   for (size_t i = 0; i < t->n_inputs; i++) task_input_clear(&t->inputs[i]);
   free(t->inputs);
+  task_input_clear(t->mask);
+  free(t->mask);
   for (size_t i = 0; i < t->n_results; i++) task_result_clear(&t->results[i]);
   free(t->results);
   for (size_t i = 0; i < t->n_upstream_attempts; i++) task_attempt_clear(&t->upstream_attempts[i]);

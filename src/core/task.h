@@ -82,7 +82,8 @@ task_event_kind task_event_kind_of_state(task_state s);
 
 /* A reference image given with the request. Base64 inputs are decoded at
  * submit and kept in the blob store (blob_key set); URL inputs keep the URL
- * and are fetched when the task runs (a later step). */
+ * and are fetched when the task runs (a later step). A task's mask is one
+ * too (always inline: blob_key set). */
 typedef struct task_input {
   char *blob_key; /* NULL for URL inputs */
   char *url;      /* NULL for inline inputs */
@@ -103,6 +104,8 @@ typedef struct task_result {
   int64_t price_micros;/* what this image was charged (core/pricing.h: pricing_image) */
   char *quality;       /* the quality the upstream reported making it at ("low", "medium",
                           "high"); NULL when it did not say */
+  char *background;    /* the background the upstream reported making ("transparent",
+                          "opaque"); NULL when it did not say */
 } task_result;
 
 /* One upstream call made for a task: a run may make several (retries,
@@ -138,6 +141,8 @@ typedef struct task {
   char *output_format;   /* "png", "jpeg", "webp": the images are delivered in this format,
                             converted when the upstream made another; NULL = as made */
   int output_compression; /* quality 0..100 of a JPEG or WebP imgate writes (default 100) */
+  char *background;      /* "auto", "opaque" or "transparent" as requested; NULL = not given
+                            (auto). Only a model with catalog transparency takes transparent */
   bool cancel_requested; /* a cancel came while the task ran: its engine aborts the run */
   int event_seq;      /* seq of the task's latest event (task_get fills it; 0 before insert) */
   char *provider;     /* name of the provider that served the last attempt; NULL before */
@@ -148,6 +153,9 @@ typedef struct task {
   char *error_message;
   task_input *inputs;
   size_t n_inputs;
+  task_input *mask;   /* the edit mask (a PNG with an alpha channel, applied to the first
+                         input), kept in the blob store like an uploaded input; NULL = none.
+                         Never among inputs: a provider that takes no mask never sees it */
   task_result *results;
   size_t n_results;
   int64_t price_unit_micros;  /* hold per image: the price of one image, the largest one
@@ -163,7 +171,7 @@ typedef struct task {
 
 /* Where a task's images live in the blob store: reference images under
  * "inputs/<task id>/" ("<i>.<ext>" written at submit, "<i>.url" the download
- * of a URL input, kept while the task may run), results under
+ * of a URL input, "mask.png" the mask, kept while the task may run), results under
  * "results/<task id>/" ("<run>-<i>.<ext>"). The orphan collector (gc.c)
  * finds each object's task by this layout. */
 #define TASK_BLOB_INPUTS "inputs/"

@@ -259,6 +259,18 @@ static const char *const sql_migrations[] = {
     "ALTER TABLE task_results ADD COLUMN quality TEXT;"
     "UPDATE task_results SET price ="
     "  (SELECT price_unit FROM tasks WHERE tasks.id = task_results.task_id);",
+    /* 9: transparent backgrounds and edit masks. The background a task asked
+     * for (NULL: not given, auto); the background each delivered image's
+     * upstream reported making (NULL when it did not say); and the role of
+     * each input row: a reference image, or the task's mask (at most one,
+     * stored like an uploaded image, numbered after the images). Rows from
+     * before are images. */
+    "ALTER TABLE tasks ADD COLUMN background TEXT"
+    "  CHECK (background IN ('auto', 'opaque', 'transparent'));"
+    "ALTER TABLE task_results ADD COLUMN background TEXT;"
+    "ALTER TABLE task_inputs ADD COLUMN role TEXT NOT NULL DEFAULT 'image'"
+    "  CHECK (role IN ('image', 'mask'));"
+    "CREATE UNIQUE INDEX task_inputs_one_mask ON task_inputs(task_id) WHERE role = 'mask';",
 };
 
 #define SQL_MIGRATION_COUNT ((int64_t)(sizeof sql_migrations / sizeof sql_migrations[0]))
@@ -980,16 +992,16 @@ static int sql_insert_task_row(sqlite3 *db, const task *t) {
                  " webhook_url, provider, quantity, attempts, created_ms, started_ms, finished_ms,"
                  " error_code, error_message, price_unit, price_refs, cost_held, dialect,"
                  " public_base, deadline_ms, webhook_events, output_format, output_compression,"
-                 " quality, event_seq)"
-                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
-                 "tItttttttiiIIIttIIIttIItit", t->id, t->account_id,
+                 " quality, background, event_seq)"
+                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
+                 "tItttttttiiIIIttIIIttIItitt", t->id, t->account_id,
                  task_state_name(t->state), t->model, t->prompt, t->aspect_ratio, t->resolution,
                  t->webhook_url, t->provider, t->quantity, t->attempts, t->created_ms,
                  t->started_ms, t->finished_ms, t->error_code, t->error_message,
                  t->price_unit_micros, t->price_refs_micros, t->cost_held_micros,
                  t->dialect ? t->dialect : "native", t->public_base, t->deadline_ms,
                  (int64_t)t->webhook_events, t->output_format, t->output_compression,
-                 t->quality);
+                 t->quality, t->background);
 }
 
 /* ---- task events and the webhook outbox --------------------------------------------------- */
@@ -1082,15 +1094,20 @@ static int sql_outbox_add(sqlite3 *db, const char *task_id, const store_outbox *
   return rc;
 }
 
+static int sql_insert_input(sqlite3 *db, const task *t, size_t idx, const task_input *in,
+                            const char *role) {
+  return sql_run(db, "task_insert_input",
+                 "INSERT INTO task_inputs(task_id, idx, blob_key, url, mime, bytes, role) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 "tItttIt", t->id, (int64_t)idx, in->blob_key, in->url, in->mime, in->bytes, role);
+}
+
+/* The reference images, then the mask (numbered after them). */
 static int sql_insert_inputs(sqlite3 *db, const task *t) {
   int rc = STORE_OK;
-  for (size_t i = 0; i < t->n_inputs && rc == STORE_OK; i++) {
-    const task_input *in = &t->inputs[i];
-    rc = sql_run(db, "task_insert_input",
-                 "INSERT INTO task_inputs(task_id, idx, blob_key, url, mime, bytes) "
-                 "VALUES (?, ?, ?, ?, ?, ?)",
-                 "tItttI", t->id, (int64_t)i, in->blob_key, in->url, in->mime, in->bytes);
-  }
+  for (size_t i = 0; i < t->n_inputs && rc == STORE_OK; i++)
+    rc = sql_insert_input(db, t, i, &t->inputs[i], "image");
+  if (rc == STORE_OK && t->mask) rc = sql_insert_input(db, t, t->n_inputs, t->mask, "mask");
   return rc;
 }
 
@@ -1631,10 +1648,11 @@ static int sql_insert_results(sqlite3 *db, const char *task_id, const task_resul
     const task_result *r = &results[i];
     rc = sql_run(db, "task_finish_result",
                  "INSERT INTO task_results(task_id, idx, blob_key, token, mime, etag, width,"
-                 " height, bytes, expires_ms, price, quality)"
-                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 "tittttiiIIIt", task_id, r->index, r->blob_key, r->token, r->mime, r->etag,
-                 r->width, r->height, r->bytes, r->expires_ms, r->price_micros, r->quality);
+                 " height, bytes, expires_ms, price, quality, background)"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 "tittttiiIIItt", task_id, r->index, r->blob_key, r->token, r->mime, r->etag,
+                 r->width, r->height, r->bytes, r->expires_ms, r->price_micros, r->quality,
+                 r->background);
   }
   /* The task's CAS matched, so CONFLICT here would lie to the caller ("someone
    * else finished it"); a duplicate token or index is a failed write. */
@@ -1853,7 +1871,8 @@ static int sql_read_task(sqlite3_stmt *st, task *t) {
   t->event_seq = sqlite3_column_int(st, 25);
   if (!sql_col_dup(st, 26, &t->output_format)) return sql_oom("task_get");
   t->output_compression = sqlite3_column_int(st, 27);
-  if (!sql_col_dup(st, 28, &t->quality)) return sql_oom("task_get");
+  if (!sql_col_dup(st, 28, &t->quality) || !sql_col_dup(st, 29, &t->background))
+    return sql_oom("task_get");
   return STORE_OK;
 }
 
@@ -1866,7 +1885,7 @@ static int sql_load_task_row(sqlite3 *db, const char *task_id, task *t) {
                             " finished_ms, error_code, error_message, price_unit, price_refs,"
                             " cost_held, cost_charged, dialect, public_base, deadline_ms,"
                             " cancel_requested, webhook_events, event_seq, output_format,"
-                            " output_compression, quality FROM tasks WHERE id = ?",
+                            " output_compression, quality, background FROM tasks WHERE id = ?",
                             "t", task_id);
   if (rc != STORE_OK) return rc;
   rc = sql_step_row(db, st, "task_get");
@@ -1875,9 +1894,17 @@ static int sql_load_task_row(sqlite3 *db, const char *task_id, task *t) {
   return rc;
 }
 
+/* A task_inputs row as read: the input, and whether it is the task's mask. */
+typedef struct sql_input_row {
+  task_input in;
+  bool mask;
+} sql_input_row;
+
 static int sql_row_input(sqlite3_stmt *st, void *elem) {
-  task_input *in = elem;
+  sql_input_row *row = elem;
+  task_input *in = &row->in;
   in->bytes = sqlite3_column_int64(st, 3);
+  row->mask = sqlite3_column_int(st, 4) != 0;
   if (sql_col_dup(st, 0, &in->blob_key) && sql_col_dup(st, 1, &in->url) &&
       sql_col_dup(st, 2, &in->mime))
     return STORE_OK;
@@ -1885,22 +1912,50 @@ static int sql_row_input(sqlite3_stmt *st, void *elem) {
   return sql_oom("task_get_inputs");
 }
 
+/* Moves the rows into t: the images in order into t->inputs, the mask (the
+ * schema keeps at most one) into t->mask. The rows' members are t's now,
+ * or freed on failure. */
+static int sql_split_inputs(task *t, sql_input_row *rows, size_t n) {
+  size_t n_masks = 0;
+  for (size_t i = 0; i < n; i++) n_masks += rows[i].mask;
+  int rc = STORE_OK;
+  if (n_masks > 1) rc = sql_misuse("task_get_inputs", "more than one mask");
+  size_t n_images = n - n_masks;
+  if (rc == STORE_OK && n_images && !(t->inputs = calloc(n_images, sizeof *t->inputs)))
+    rc = sql_oom("task_get_inputs");
+  if (rc == STORE_OK && n_masks && !(t->mask = calloc(1, sizeof *t->mask)))
+    rc = sql_oom("task_get_inputs");
+  for (size_t i = 0; i < n; i++) {
+    if (rc != STORE_OK) task_input_clear(&rows[i].in);
+    else if (rows[i].mask) *t->mask = rows[i].in;
+    else t->inputs[t->n_inputs++] = rows[i].in;
+  }
+  return rc;
+}
+
 static int sql_load_inputs(sqlite3 *db, task *t) {
   sqlite3_stmt *st;
   bool cached;
   int rc = sql_prepare_kept(db, &st, &cached, "task_get_inputs",
-                            "SELECT blob_key, url, mime, bytes FROM task_inputs WHERE task_id = ?"
-                            " ORDER BY idx",
+                            "SELECT blob_key, url, mime, bytes, role = 'mask' FROM task_inputs"
+                            " WHERE task_id = ? ORDER BY idx",
                             "t", t->id);
   if (rc != STORE_OK) return rc;
-  rc = sql_collect(db, st, "task_get_inputs", sql_row_input, sizeof *t->inputs,
-                   (void **)&t->inputs, &t->n_inputs);
+  sql_input_row *rows = NULL;
+  size_t n = 0;
+  rc = sql_collect(db, st, "task_get_inputs", sql_row_input, sizeof *rows, (void **)&rows, &n);
   sql_stmt_done(st, cached);
+  if (rc == STORE_OK) {
+    rc = sql_split_inputs(t, rows, n);
+  } else {
+    for (size_t i = 0; i < n; i++) task_input_clear(&rows[i].in);
+  }
+  free(rows);
   return rc;
 }
 
 /* Reads the result columns starting at col: idx, blob_key, token, mime,
- * etag, width, height, bytes, expires_ms, price, quality. */
+ * etag, width, height, bytes, expires_ms, price, quality, background. */
 static bool sql_read_result(sqlite3_stmt *st, int col, task_result *r) {
   memset(r, 0, sizeof *r);
   r->index = sqlite3_column_int(st, col);
@@ -1911,14 +1966,15 @@ static bool sql_read_result(sqlite3_stmt *st, int col, task_result *r) {
   r->price_micros = sqlite3_column_int64(st, col + 9);
   if (sql_col_dup(st, col + 1, &r->blob_key) && sql_col_dup(st, col + 2, &r->token) &&
       sql_col_dup(st, col + 3, &r->mime) && sql_col_dup(st, col + 4, &r->etag) &&
-      sql_col_dup(st, col + 10, &r->quality))
+      sql_col_dup(st, col + 10, &r->quality) && sql_col_dup(st, col + 11, &r->background))
     return true;
   task_result_clear(r);
   return false;
 }
 
-#define SQL_RESULT_COLUMNS \
-  "idx, blob_key, token, mime, etag, width, height, bytes, expires_ms, price, quality"
+#define SQL_RESULT_COLUMNS                                                                 \
+  "idx, blob_key, token, mime, etag, width, height, bytes, expires_ms, price, quality,"    \
+  " background"
 
 static int sql_row_result(sqlite3_stmt *st, void *elem) {
   return sql_read_result(st, 0, elem) ? STORE_OK : sql_oom("task_get_results");

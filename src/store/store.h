@@ -116,7 +116,7 @@ typedef struct store_expired {
 
 /* A blob key that one of a task's rows names (task_blob_refs). */
 typedef struct store_blob_ref {
-  bool result; /* a task_results row; else a task_inputs row */
+  bool result; /* a task_results row; else a task_inputs row (a reference image or the mask) */
   int index;
   /* The key the row holds; "" for an input given by URL, whose row keeps
    * the URL (the engine keeps its download under a key of its own). Room for
@@ -274,8 +274,9 @@ typedef struct store_ops {
    * balance does not cover it), and refuses with LIMIT when the account's
    * max_concurrency tasks are already queued or running. The QUEUED event
    * (seq 1) goes in the same transaction. Stored as given: dialect (NULL:
-   * "native"), public_base, deadline_ms, webhook_events, quality (may be
-   * NULL); cancel_requested
+   * "native"), public_base, deadline_ms, webhook_events, quality and
+   * background (may be NULL), the mask (may be NULL: a task_inputs row of
+   * role mask, numbered after the images); cancel_requested
    * and event_seq start at 0 and 1 whatever t says. */
   int (*task_insert)(store *s, const task *t);
   /* task_insert under an idempotency key, in one write transaction. When
@@ -292,8 +293,9 @@ typedef struct store_ops {
    * with the same key serialize: exactly one inserts, the others replay. */
   int (*task_insert_idempotent)(store *s, const task *t, const store_idem *idem,
                                 char first_task_id[IDS_UUID_LEN + 1]);
-  /* Loads a task with its inputs, results and upstream attempts, and its
-   * latest event's seq (event_seq); *out is freed with task_free. */
+  /* Loads a task with its inputs (the images in inputs, the mask apart in
+   * mask), results and upstream attempts, and its latest event's seq
+   * (event_seq); *out is freed with task_free. */
   int (*task_get)(store *s, const char *task_id, task **out);
   /* The task's events with seq > after_seq, oldest first; *out is malloc'd
    * (free it), *n may be 0. NOT_FOUND when no task has this id. The list is
@@ -313,7 +315,7 @@ typedef struct store_ops {
   int (*task_start_many)(store *s, store_start *items, size_t n, int64_t now_ms);
   /* running -> final state, only if the task is running and its attempts
    * equal attempt (so a stale run can never finish it). Results (may be 0,
-   * each with its price and reported quality) and the last upstream attempt
+   * each with its price and reported quality and background) and the last upstream attempt
    * (may be NULL) are inserted in the same transaction, and so is the
    * task's billing: of what was held, charge_micros (the core's price of
    * what was delivered) is captured and the rest released. The amount is

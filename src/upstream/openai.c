@@ -4,6 +4,7 @@
  * the API takes "n". */
 #include "upstream/openai.h"
 
+#include <assert.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,14 +46,18 @@ static const char *openai_quality(const provider_request *req) {
   return req->quality && *req->quality ? req->quality : "auto";
 }
 
+const char *openai_background(const provider_request *req) {
+  return req && req->background && *req->background ? req->background : "auto";
+}
+
 char *openai_build_generations(const provider_request *req) {
   if (!req || !req->upstream_model) return NULL;
   const char *size = openai_size(req->aspect_ratio);
   if (!size) return NULL;
-  json_t *root = json_pack("{s:s, s:s, s:i, s:s, s:s, s:s}", "model", req->upstream_model,
+  json_t *root = json_pack("{s:s, s:s, s:i, s:s, s:s, s:s, s:s}", "model", req->upstream_model,
                            "prompt", req->prompt ? req->prompt : "", "n", req->quantity, "size",
                            size, "quality", openai_quality(req), "output_format",
-                           openai_output_format(req));
+                           openai_output_format(req), "background", openai_background(req));
   if (root && openai_sends_compression(req) &&
       json_object_set_new(root, "output_compression", json_integer(req->output_compression)) != 0) {
     json_decref(root);
@@ -74,8 +79,9 @@ int openai_describe_edits(const provider_request *req, openai_form *form) {
   if (!req || !req->upstream_model) return -1;
   const char *size = openai_size(req->aspect_ratio);
   size_t n_inputs = req->inputs ? req->n_inputs : 0;
-  if (!size || n_inputs > SIZE_MAX / sizeof *form->parts - 7) return -1;
-  form->parts = calloc(7 + n_inputs, sizeof *form->parts);
+  /* The text fields (at most 8), the images, the mask. */
+  if (!size || n_inputs > SIZE_MAX / sizeof *form->parts - 9) return -1;
+  form->parts = calloc(9 + n_inputs, sizeof *form->parts);
   if (!form->parts) return -1;
   snprintf(form->n_text, sizeof form->n_text, "%d", req->quantity);
   openai_part *p = form->parts;
@@ -90,6 +96,7 @@ int openai_describe_edits(const provider_request *req, openai_form *form) {
              req->output_compression);
     openai_text_part(p++, "output_compression", form->compression_text);
   }
+  openai_text_part(p++, "background", openai_background(req));
   for (size_t i = 0; i < n_inputs; i++, p++) {
     const provider_input *in = &req->inputs[i];
     imagefmt fmt = adapter_input_format(in);
@@ -99,7 +106,17 @@ int openai_describe_edits(const provider_request *req, openai_form *form) {
     p->type = imagefmt_mime(fmt); /* application/octet-stream when unknown */
     snprintf(p->filename, sizeof p->filename, "image-%zu.%s", i + 1, imagefmt_ext(fmt));
   }
+  /* The mask is a PNG (the core checked its bytes): named and typed so. */
+  if (req->mask && n_inputs > 0) {
+    p->name = "mask";
+    p->data = req->mask->data;
+    p->len = req->mask->data ? req->mask->len : 0;
+    p->type = "image/png";
+    snprintf(p->filename, sizeof p->filename, "mask.png");
+    p++;
+  }
   form->n_parts = (size_t)(p - form->parts);
+  assert(form->n_parts <= 9 + n_inputs);
   return 0;
 }
 
@@ -182,6 +199,10 @@ static provider_outcome *openai_parse_images(json_t *root, int status, answer_re
   static const char *const known[] = {"low", "medium", "high"};
   for (size_t i = 0; quality && i < sizeof known / sizeof known[0]; i++)
     if (strcmp(quality, known[i]) == 0) snprintf(o->quality, sizeof o->quality, "%s", known[i]);
+  /* Likewise the background it made, when it says one of the two it makes. */
+  const char *background = json_string_value(json_object_get(root, "background"));
+  if (background && (strcmp(background, "transparent") == 0 || strcmp(background, "opaque") == 0))
+    snprintf(o->background, sizeof o->background, "%s", background);
   return o;
 }
 

@@ -10,7 +10,8 @@
  * How answers map to outcomes (class, retryable, error_code):
  * - 2xx with data[].b64_json: OK, one image per entry (MIME type and size
  *   from the bytes), and the answer's "quality" in the outcome when it is
- *   low, medium or high ("" otherwise). Entries with only a "url", base64 that does not decode,
+ *   low, medium or high ("" otherwise), its "background" when it is
+ *   transparent or opaque (likewise). Entries with only a "url", base64 that does not decode,
  *   or bytes that are not an image: BAD_RESPONSE, retryable,
  *   "upstream_bad_response"; so are bodies that are not JSON or have no
  *   "data" array. An empty data array: NO_IMAGE, retryable, "no_image".
@@ -61,23 +62,27 @@ const char *openai_output_format(const provider_request *req);
  * takes it for those only), with the request's 0..100. */
 bool openai_sends_compression(const provider_request *req);
 
+/* The background asked of GPT Image: the request's, "auto" when NULL or "". */
+const char *openai_background(const provider_request *req);
+
 /* The generations body (malloc'd JSON text): model, prompt, n, size, quality,
- * output_format (openai_output_format) and, for jpeg and webp,
- * output_compression. quality is req->quality, "auto" when NULL or "":
- * always sent, so the upstream makes what was priced. No response_format: GPT
- * Image always answers base64. NULL for an unsupported ratio or when memory
- * runs out. */
+ * output_format (openai_output_format), background (openai_background) and,
+ * for jpeg and webp, output_compression. quality is req->quality, "auto"
+ * when NULL or "": always sent, so the upstream makes what was priced. No
+ * response_format: GPT Image always answers base64. Never a mask: a mask
+ * goes with an edit. NULL for an unsupported ratio or when memory runs out. */
 char *openai_build_generations(const provider_request *req);
 
 /* One part of the edits form. Text values and file data are borrowed from the
  * request (or are static), so a form lives no longer than the request. */
 typedef struct openai_part {
   const char *name;     /* "prompt", "model", "n", "size", "quality", "output_format",
-                           "output_compression" (jpeg, webp), "image[]" */
+                           "output_compression" (jpeg, webp), "background", "image[]",
+                           "mask" */
   const char *text;     /* the value of a text field; NULL for a file */
   const uint8_t *data;  /* a file's bytes */
   size_t len;
-  char filename[32];    /* "image-1.png"; "" for text */
+  char filename[32];    /* "image-1.png", "mask.png"; "" for text */
   const char *type;     /* a file's MIME type: "image/png" (magic bytes, else declared) */
 } openai_part;
 
@@ -89,9 +94,11 @@ typedef struct openai_form {
 } openai_form;
 
 /* Describes the edits form for req: the text fields in the order above
- * (quality as for generations), then one "image[]" file per input, named
- * image-N.<ext> from 1. Returns 0, or -1 for an unsupported ratio or when
- * memory runs out (form is then empty). */
+ * (quality and background as for generations), then one "image[]" file per
+ * input, named image-N.<ext> from 1, then the mask (req->mask, when there
+ * are inputs) as the file "mask", mask.png, image/png: OpenAI applies it to
+ * the first image. Returns 0, or -1 for an unsupported ratio or when memory
+ * runs out (form is then empty). */
 int openai_describe_edits(const provider_request *req, openai_form *form);
 void openai_form_free(openai_form *form);
 

@@ -82,6 +82,9 @@ typedef struct provider_outcome {
    * "high", as OpenAI's answers report it); "" when it did not say. The
    * core prices by it; the pixel size it takes from the images themselves. */
   char quality[8];
+  /* The background the upstream says it made ("transparent", "opaque"), as
+   * OpenAI's answers report it; "" when it did not say. */
+  char background[12];
 } provider_outcome;
 
 /* Frees the images and the outcome itself. */
@@ -130,6 +133,12 @@ typedef struct provider_request {
   int output_compression;
   /* NULL: every image is delivered in memory. */
   provider_spool *spool;
+  /* What only a model with catalog transparency is given (the core refuses
+   * both for the others): the background asked for ("auto", "opaque",
+   * "transparent"; NULL = auto), and the edit mask (a PNG with an alpha
+   * channel for the first input; NULL = none; only with inputs). */
+  const char *background;
+  const provider_input *mask;
 } provider_request;
 
 /* Receives the outcome (and owns it: free with provider_outcome_free). */

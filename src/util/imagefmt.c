@@ -117,6 +117,17 @@ static bool png_dimensions(const uint8_t *d, size_t len, int *w, int *h) {
   return put_size(be32(d + 16), be32(d + 20), w, h);
 }
 
+bool imagefmt_png_alpha(const uint8_t *data, size_t len, bool *alpha) {
+  /* IHDR data: width(4) height(4) bit depth(1) colour type(1) ... */
+  if (imagefmt_detect(data, len) != IMAGEFMT_PNG || !png_dimensions(data, len, NULL, NULL) ||
+      len < 26)
+    return false;
+  uint8_t type = data[25];
+  if (type != 0 && type != 2 && type != 3 && type != 4 && type != 6) return false;
+  *alpha = type == 4 || type == 6;
+  return true;
+}
+
 /* SOF0..SOF15 carry the frame size; C4 (DHT), C8 (JPG extension) and CC (DAC)
  * share the range but are not frames. */
 static bool jpeg_is_sof(uint8_t m) {

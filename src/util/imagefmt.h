@@ -34,4 +34,12 @@ const char *imagefmt_ext(imagefmt fmt);
  * parser here (HEIC) or the header is truncated or malformed. Never reads past len. */
 bool imagefmt_dimensions(const uint8_t *data, size_t len, int *width, int *height);
 
+/* Whether a PNG has an alpha channel, from its IHDR colour type: true for
+ * greyscale + alpha (4) and RGBA (6) into *alpha, false for the others
+ * (a palette or a tRNS chunk gives transparency without an alpha channel,
+ * and is not looked for). Returns false when data is not a PNG or its IHDR
+ * is truncated or malformed (the colour type must be one of PNG's five).
+ * Never reads past len. */
+bool imagefmt_png_alpha(const uint8_t *data, size_t len, bool *alpha);
+
 #endif

@@ -218,7 +218,7 @@ class OpenAIDialectTest(b.BillingTestCase):
                 ({"model": "gpt-image-1", "prompt": "x"}, [("image", "a.txt", b"not an image")],
                  "invalid_image", "reference_images"),
                 ({"model": "gpt-image-1", "prompt": "x"},
-                 [("image", "a.png", png), ("mask", "m.png", png)], "unsupported_value", "mask"),
+                 [("image", "a.png", png), ("mask", "m.png", png)], "invalid_mask", "mask"),
                 ({"model": "gpt-image-1", "prompt": "x", "n": "two"}, [("image", "a.png", png)],
                  "invalid_type", "n")):
             body, ctype = multipart(fields, files)

@@ -29,6 +29,15 @@ DEADLINE = 20.0
 GEMINI_MODEL = "gemini-3-pro-image-preview"
 PNG_1X1 = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AA"
                            "AAMBAQDJ/pLvAAAAAElFTkSuQmCC")
+# A 1x1 RGBA PNG (colour type 6), transparent: what a mask must be (an alpha channel).
+PNG_1X1_RGBA = (b"\x89PNG\r\n\x1a\n"
+                + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", 1, 1, 8, 6, 0, 0, 0)
+                + struct.pack(">I", zlib.crc32(b"IHDR" + struct.pack(">IIBBBBB", 1, 1, 8, 6, 0, 0,
+                                                                      0)) & 0xFFFFFFFF)
+                + struct.pack(">I", len(zlib.compress(b"\x00" * 5))) + b"IDAT"
+                + zlib.compress(b"\x00" * 5)
+                + struct.pack(">I", zlib.crc32(b"IDAT" + zlib.compress(b"\x00" * 5)) & 0xFFFFFFFF)
+                + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
 
 
 def wait_for(pred, what):
@@ -668,7 +677,7 @@ class OpenAITests(FakeTestCase):
 
     def test_edits_single_image_mask_and_errors(self):
         pieces, ctype = multipart([("image", PNG_1X1, "a.png", "image/png"),
-                                   ("mask", PNG_1X1, "m.png", "image/png"),
+                                   ("mask", PNG_1X1_RGBA, "m.png", "image/png"),
                                    ("prompt", "edit", None, None)])
         hdrs = {"Authorization": "Bearer sk-test", "Content-Type": ctype}
         r = request(self.fake, "POST", "/v1/images/edits", b"".join(pieces), hdrs)
@@ -681,7 +690,13 @@ class OpenAITests(FakeTestCase):
                "unknown field": [("image", PNG_1X1, "a.png", None), ("prompt", "x", None, None),
                                  ("colour", "red", None, None)],
                "bad n": [("image", PNG_1X1, "a.png", None), ("prompt", "x", None, None),
-                         ("n", "eleven", None, None)]}
+                         ("n", "eleven", None, None)],
+               "mask without alpha": [("image", PNG_1X1, "a.png", None),
+                                      ("mask", PNG_1X1, "m.png", None),
+                                      ("prompt", "x", None, None)],
+               "mask not a png": [("image", PNG_1X1, "a.png", None),
+                                  ("mask", b"GIF89a....", "m.gif", None),
+                                  ("prompt", "x", None, None)]}
         for name, fields in bad.items():
             with self.subTest(name):
                 pieces, ctype = multipart(fields)
@@ -690,6 +705,30 @@ class OpenAITests(FakeTestCase):
                 self.assertEqual(r.status, 400, r.body)
                 self.assertEqual(r.json()["error"]["type"], "invalid_request_error")
         r = openai(self.fake, path="/v1/images/edits")  # JSON, not multipart
+        self.assertEqual(r.status, 400)
+
+    def test_background(self):
+        """The background asked is reported and drawn: transparent makes an RGBA PNG
+        (a transparent left half) and a WebP with alpha; a step may report another,
+        or none."""
+        r = openai(self.fake, {"model": "gpt-image-1", "prompt": "glass", "background":
+                               "transparent", "size": "1024x1024"})
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.json()["background"], "transparent")
+        png = base64.b64decode(r.json()["data"][0]["b64_json"])
+        self.assertEqual(png[25], 6)
+        r = openai(self.fake, {"model": "gpt-image-1", "prompt": "glass", "background":
+                               "transparent", "output_format": "webp"})
+        webp = base64.b64decode(r.json()["data"][0]["b64_json"])
+        self.assertEqual((webp[12:16], webp[24] & 0x10), (b"VP8L", 0x10))   # alpha_is_used
+        self.fake.script([{"background": "transparent"}, {"background": None}], api="openai")
+        r = openai(self.fake)   # asked nothing (auto): the step's pick
+        self.assertEqual(r.json()["background"], "transparent")
+        self.assertEqual(base64.b64decode(r.json()["data"][0]["b64_json"])[25], 6)
+        r = openai(self.fake)
+        self.assertNotIn("background", r.json())
+        self.assertEqual(base64.b64decode(r.json()["data"][0]["b64_json"])[25], 2)
+        r = openai(self.fake, {"model": "gpt-image-1", "prompt": "x", "background": "clear"})
         self.assertEqual(r.status, 400)
 
     def test_kinds(self):

@@ -516,9 +516,11 @@ class OpenAIAdapterTest(AdapterCase):
                 self.assertOpenAIHeaders(rec)
                 self.assertEqual(rec["headers"].get("content-type"), "application/json")
                 self.assertIsNone(rec["multipart"], rec)
-                # gpt-image-1 has one resolution (1K), so quality is left to the model.
+                # gpt-image-1 has one resolution (1K), so quality is left to the model;
+                # no background was asked: "auto", said explicitly.
                 self.assertEqual(rec["json"], {"model": GPT, "prompt": p, "n": 1, "size": size,
-                                               "quality": "auto", "output_format": "png"})
+                                               "quality": "auto", "output_format": "png",
+                                               "background": "auto"})
                 self.assertAttempts(t, [gpt_ok()])
 
     def test_edits_multipart_with_reference_images(self):
@@ -539,7 +541,7 @@ class OpenAIAdapterTest(AdapterCase):
         texts = [(pt["name"], pt["text"]) for pt in parts if pt["filename"] is None]
         self.assertEqual(sorted(texts), sorted([
             ("prompt", p), ("model", GPT), ("n", "1"), ("size", "1024x1536"),
-            ("quality", "auto"), ("output_format", "png")]), parts)
+            ("quality", "auto"), ("output_format", "png"), ("background", "auto")]), parts)
         files = [pt for pt in parts if pt["filename"] is not None]
         self.assertEqual(len(files), 3, parts)
         for pt, (data, fmt) in zip(files, ((png, "png"), (jpg, "jpeg"), (webp, "webp"))):

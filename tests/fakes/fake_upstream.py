@@ -74,6 +74,10 @@ STEP fields, all optional:
   count          OpenAI: how many images the answer holds (default "n"; fewer = a short answer).
   quality        OpenAI: the "quality" the answer reports (default the request's, "auto" as
                  "medium"); null leaves the field out of the answer.
+  background     OpenAI: the "background" the answer reports and the images are made with
+                 (default the request's, "auto" as "opaque"); "transparent" makes PNGs RGBA
+                 with a transparent left half and WebPs transparent; null leaves the field
+                 out (the images opaque).
   real_size      true: the pixel size the real model would make (Gemini table; OpenAI "size",
                  each side capped at 8192).
   thoughts       thought_then_image: how many thought:true draft images (0..4, default 2; the
@@ -96,7 +100,8 @@ stream=true) "truncated" stops after the first event without ending the chunked 
 "malformed" sends one broken event.
 
 Images are real: a solid colour derived from the prompt (and the image's index), PNG by default,
-baseline JPEG or lossless WebP on request, all encoded here.
+baseline JPEG or lossless WebP on request, all encoded here. An edit's mask must be a PNG with an
+alpha channel (IHDR colour type 4 or 6), else 400 invalid_image_file, param mask.
 """
 
 import argparse
@@ -148,6 +153,25 @@ def png_bytes(width, height, rgb):
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
             + _png_chunk(b"IEND", b""))
+
+
+@functools.lru_cache(maxsize=128)
+def png_rgba_bytes(width, height, rgb):
+    """An 8-bit RGBA PNG of a transparent background: the left half fully transparent,
+    the right half the opaque colour."""
+    half = width // 2
+    row = b"\x00" + b"\x00\x00\x00\x00" * half + (bytes(rgb) + b"\xff") * (width - half)
+    idat = zlib.compress(row * height, 6)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
+            + _png_chunk(b"IEND", b""))
+
+
+def png_colour_type(data):
+    """The IHDR colour type of a PNG (6 = RGBA, 4 = grey + alpha), or None."""
+    if image_magic(data) != "png" or len(data) < 26 or data[12:16] != b"IHDR":
+        return None
+    return data[25]
 
 
 # JPEG: a solid colour needs only DC coefficients, so the file holds one Huffman table for
@@ -227,17 +251,18 @@ class _BitWriter:
 
 
 @functools.lru_cache(maxsize=128)
-def webp_bytes(width, height, rgb):
-    """A solid-colour lossless WebP: five one-symbol prefix codes, so the pixels take no bits."""
+def webp_bytes(width, height, rgb, alpha=255):
+    """A solid-colour lossless WebP: five one-symbol prefix codes, so the pixels take no bits.
+    alpha below 255 makes every pixel that transparent (and says alpha is used)."""
     w = _BitWriter()
     w.put(width - 1, 14)
     w.put(height - 1, 14)
-    w.put(0, 1)  # alpha_is_used
+    w.put(1 if alpha < 255 else 0, 1)  # alpha_is_used
     w.put(0, 3)  # version
     w.put(0, 1)  # no transform
     w.put(0, 1)  # no colour cache
     w.put(0, 1)  # no meta prefix codes
-    for symbol in (rgb[1], rgb[0], rgb[2], 255):  # green, red, blue, alpha
+    for symbol in (rgb[1], rgb[0], rgb[2], alpha):  # green, red, blue, alpha
         w.put(1, 1)  # simple code
         w.put(0, 1)  # one symbol
         w.put(1, 1)  # an 8-bit symbol
@@ -255,8 +280,14 @@ IMAGE_ENCODERS = {"png": (png_bytes, "image/png"), "jpeg": (jpeg_bytes, "image/j
                   "webp": (webp_bytes, "image/webp")}
 
 
-def make_image(fmt, width, height, seed):
+def make_image(fmt, width, height, seed, transparent=False):
+    """An image of the format; transparent: a transparent background (PNG: RGBA with a
+    transparent half; WebP: every pixel transparent; JPEG has no alpha and ignores it)."""
     encode, mime = IMAGE_ENCODERS[fmt]
+    if transparent and fmt == "png":
+        return png_rgba_bytes(width, height, colour_for(seed)), mime
+    if transparent and fmt == "webp":
+        return webp_bytes(width, height, colour_for(seed), 0), mime
     return encode(width, height, colour_for(seed)), mime
 
 
@@ -605,6 +636,7 @@ STEP_FIELDS = {
     "real_size": bool, "thoughts": int, "final_image": bool, "format": str, "damaged": bool,
     "pad_bytes": int,
     "sizes": list, "count": int, "quality": (str, type(None)), "chunk_bytes": int,
+    "background": (str, type(None)),
 }
 
 
@@ -648,6 +680,8 @@ def check_step(step):
         return "snake_case must be true, false or \"all\""
     if step.get("format", "png") not in IMAGE_ENCODERS:
         return "format must be png, jpeg or webp"
+    if step.get("background", "opaque") not in ("opaque", "transparent", None):
+        return "background must be opaque, transparent or null"
     if not all(isinstance(k, str) and _TOKEN_RE.fullmatch(k) and isinstance(v, (str, int))
                and not re.search(r"[\r\n]", str(v)) for k, v in step.get("headers", {}).items()):
         return "headers must map names to single-line strings"
@@ -1467,6 +1501,9 @@ class Fake:
         if mask is not None and image_magic(mask.data) != "png":
             return openai_error(400, "Invalid mask image file: the mask must be a PNG.",
                                 param="mask", code="invalid_image_file")
+        if mask is not None and png_colour_type(mask.data) not in (4, 6):
+            return openai_error(400, "Invalid mask image: the mask must have an alpha channel.",
+                                param="mask", code="invalid_image_file")
         return None
 
     async def openai(self, req, rec):
@@ -1529,6 +1566,7 @@ class Fake:
         size = "1024x1024" if size == "auto" else size
         fmt = step.get("format", params.get("output_format", "png"))
         background = params.get("background", "auto")
+        background = step.get("background", "opaque" if background == "auto" else background)
         n = 0 if kind == "text_only" else step.get("count", params.get("n", 1))
         if step.get("real_size"):  # capped: a test must not make the fake encode gigapixels
             w, h = (min(int(v), 8192) for v in size.split("x"))
@@ -1540,7 +1578,8 @@ class Fake:
             n = len(dims)
         prompt = params["prompt"]
         datas = [make_image(fmt, dims[i][0], dims[i][1],
-                            prompt if i == 0 else "%s|%d" % (prompt, i))[0]
+                            prompt if i == 0 else "%s|%d" % (prompt, i),
+                            background == "transparent")[0]
                  for i in range(n)]
         if step.get("damaged"):
             datas = [damage(d) for d in datas]
@@ -1551,10 +1590,12 @@ class Fake:
                  "input_tokens_details": {"text_tokens": text_tokens,
                                           "image_tokens": 323 * n_inputs}}
         usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
-        meta = {"background": "opaque" if background == "auto" else background,
-                "output_format": fmt, "quality": quality, "size": size}
+        meta = {"background": background, "output_format": fmt, "quality": quality,
+                "size": size}
         if quality is None:
             del meta["quality"]
+        if background is None:
+            del meta["background"]
         headers = {"openai-version": "2020-10-01", "openai-processing-ms": "1234"}
         if params.get("stream"):
             return self.openai_stream(step, rec, params, datas, meta, usage, headers)

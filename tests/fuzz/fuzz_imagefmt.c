@@ -8,7 +8,10 @@
  *   and decides from what it read: when a beginning of the file is enough
  *   for a size, the whole file gives the same size;
  * - the name tables are total, and a format's MIME type maps back to it, in
- *   any case and with parameters. */
+ *   any case and with parameters;
+ * - a PNG's alpha channel (imagefmt_png_alpha) is judged only for a PNG whose
+ *   size is read, from IHDR's colour type (one of PNG's five; 4 and 6 have
+ *   alpha), and its first 26 bytes give the same answer (an exact-size copy). */
 #include <ctype.h>
 #include <stdbool.h>
 
@@ -77,6 +80,23 @@ static bool dimensions_of_prefix(const uint8_t *data, size_t n, imagefmt *f, int
   return ok;
 }
 
+static void check_png_alpha(const uint8_t *data, size_t size) {
+  bool alpha = false;
+  bool ok = imagefmt_png_alpha(data, size, &alpha);
+  if (!ok) return;
+  FUZZ_CHECK(imagefmt_detect(data, size) == IMAGEFMT_PNG && size >= 26);
+  FUZZ_CHECK(imagefmt_dimensions(data, size, NULL, NULL));
+  uint8_t type = data[25];
+  FUZZ_CHECK(type == 0 || type == 2 || type == 3 || type == 4 || type == 6);
+  FUZZ_CHECK(alpha == (type == 4 || type == 6));
+  uint8_t *head = fuzz_copy(data, 26);
+  bool head_alpha = !alpha;
+  FUZZ_CHECK(imagefmt_png_alpha(head, 26, &head_alpha) && head_alpha == alpha);
+  bool cut_alpha = false;
+  FUZZ_CHECK(!imagefmt_png_alpha(head, 25, &cut_alpha));
+  free(head);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   check_names();
   check_mime(data, size);
@@ -87,6 +107,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int w = 0, h = 0;
   bool ok = imagefmt_dimensions(data, size, &w, &h);
   if (ok) check_size(f, data, size, w, h);
+  check_png_alpha(data, size);
 
   /* Every short beginning, then a few longer ones. */
   size_t cuts[64 + 3];

@@ -4,6 +4,8 @@
 //
 //   node openai_client.mjs BASE_URL KEY ACTION PROMPT [IMAGE_FILE...]
 //   ACTION: b64 | url | stream | error | edit | jpeg | quality (gpt-image-1, high, 1536x1024)
+//           | mask (an edit of IMAGE_FILE under the mask MASK_FILE, the files given in
+//             that order, with a transparent background)
 import fs from "node:fs";
 import OpenAI, { toFile } from "openai";
 
@@ -61,6 +63,18 @@ try {
     const item = res.data[0];
     out({ ok: true, count: res.data.length,
           png: Buffer.from(item.b64_json, "base64").subarray(0, 8).toString("hex") });
+  } else if (action === "mask") {
+    // As OpenAI's docs show an inpainting edit: the image and its mask uploaded
+    // with toFile, the mask a PNG whose transparent pixels mark what to change.
+    const [imageFile, maskFile] = files;
+    const res = await client.images.edit({
+      model: "gpt-image-1", prompt, background: "transparent",
+      image: await toFile(fs.createReadStream(imageFile), "photo.png", { type: "image/png" }),
+      mask: await toFile(fs.createReadStream(maskFile), "mask.png", { type: "image/png" }) });
+    const bytes = Buffer.from(res.data[0].b64_json, "base64");
+    out({ ok: true, count: res.data.length, background: res.background,
+          output_format: res.output_format, png: bytes.subarray(0, 8).toString("hex"),
+          colour_type: bytes.length > 25 ? bytes[25] : null });
   } else if (action === "error") {
     await client.images.generate({ model: "gpt-image-1", prompt });
     out({ ok: true });

@@ -38,6 +38,9 @@ typedef struct pending_call {
   bool cancel_asked; /* the engine called cancel() with this call's ctx */
   char output_format[8]; /* what the engine passed on ("" for none) */
   int output_compression;
+  char background[12];   /* what the engine passed on ("" for NULL) */
+  uint8_t *mask;         /* a copy of the mask the engine passed on (NULL: none) */
+  size_t mask_len;
   struct pending_call *next;
 } pending_call;
 
@@ -64,6 +67,12 @@ static int scripted_start(provider *p, const provider_request *req, provider_don
            req->output_format ? req->output_format : "");
   c->output_compression = req->output_compression;
   snprintf(c->quality, sizeof c->quality, "%s", req->quality ? req->quality : "");
+  snprintf(c->background, sizeof c->background, "%s", req->background ? req->background : "");
+  if (req->mask) { /* only valid during start() */
+    c->mask = malloc(req->mask->len ? req->mask->len : 1);
+    memcpy(c->mask, req->mask->data, req->mask->len);
+    c->mask_len = req->mask->len;
+  }
   pthread_mutex_lock(&s->lock);
   c->next = s->pending;
   s->pending = c;
@@ -79,6 +88,7 @@ static void scripted_destroy(provider *p) {
     pending_call *c = s->pending;
     s->pending = c->next;
     s->destroyed_with_pending++;
+    free(c->mask);
     free(c);
   }
 }
@@ -183,6 +193,7 @@ static void complete(pending_call *c, provider_status status) {
 
 static void complete_with(pending_call *c, provider_outcome *o) {
   c->done(c->ctx, o);
+  free(c->mask);
   free(c);
 }
 
@@ -629,6 +640,93 @@ static void test_prices_each_delivered_image(void **state) {
   assert_int_equal(a.balance_micros, 1000000 + 250000 - 168000 - 250000);
   assert_int_equal(f->st->ops->ledger_verify(f->st), STORE_OK);
   engine_destroy(e);
+}
+
+/* A GPT Image edit under a mask: the provider gets the task's images as
+ * inputs and the mask apart from them (its bytes as stored), with the
+ * background asked; each result keeps the background the upstream reported;
+ * once final, the mask goes from the blob store with the inputs. */
+static void test_mask_and_background_reach_the_provider(void **state) {
+  fixture *f = *state;
+  scripted s;
+  scripted_init(&s);
+  router_config rc = {.breaker_failures = 100, .breaker_open_ms = 1000};
+  router *r = router_create(&rc);
+  assert_int_equal(router_add_provider(r, &s.base, 0), 0);
+  assert_int_equal(router_add_route(r, "gpt-image-1", s.base.name, "gpt-image-1", 1), 0);
+  engine_config ec = base_config(f, 4, 1000);
+  engine *e = engine_create(f->st, f->bl, r, NULL, &ec);
+  assert_non_null(e);
+  assert_int_equal(engine_start(e), 0);
+
+  /* The mask differs from the image in its bytes (colour type 6: RGBA). */
+  uint8_t mask_png[sizeof tiny_png];
+  memcpy(mask_png, tiny_png, sizeof tiny_png);
+  mask_png[25] = 6;
+  task t = {0};
+  assert_true(ids_uuid7(t.id));
+  t.account_id = f->account_id;
+  t.state = TASK_QUEUED;
+  t.model = "gpt-image-1";
+  t.prompt = "p";
+  t.aspect_ratio = "auto";
+  t.resolution = "1K";
+  t.quantity = 1;
+  t.background = "transparent";
+  t.created_ms = time_now_ms();
+  char in_key[96], mask_key[96];
+  snprintf(in_key, sizeof in_key, "inputs/%s/0.png", t.id);
+  snprintf(mask_key, sizeof mask_key, "inputs/%s/mask.png", t.id);
+  assert_int_equal(f->bl->ops->put(f->bl, in_key, tiny_png, sizeof tiny_png, "image/png"),
+                   BLOB_OK);
+  assert_int_equal(f->bl->ops->put(f->bl, mask_key, mask_png, sizeof mask_png, "image/png"),
+                   BLOB_OK);
+  task_input in = {.blob_key = in_key, .mime = "image/png", .bytes = sizeof tiny_png};
+  task_input mask = {.blob_key = mask_key, .mime = "image/png", .bytes = sizeof mask_png};
+  t.inputs = &in;
+  t.n_inputs = 1;
+  t.mask = &mask;
+  assert_int_equal(f->st->ops->task_insert(f->st, &t), STORE_OK);
+  engine_enqueue(e, t.id);
+  assert_true(wait_started(&s, 1));
+  pending_call *c = take_one(&s);
+  assert_int_equal(c->n_inputs, 1); /* the image, not the mask */
+  assert_int_equal(c->input0_len, sizeof tiny_png);
+  assert_string_equal(c->background, "transparent");
+  assert_non_null(c->mask);
+  assert_int_equal(c->mask_len, sizeof mask_png);
+  assert_memory_equal(c->mask, mask_png, sizeof mask_png);
+  static const char *const square[] = {"1024x1024"};
+  provider_outcome *o = sized_images(square, 1, "");
+  snprintf(o->background, sizeof o->background, "transparent");
+  complete_with(c, o);
+  assert_true(wait_finished(&f->fin, 1));
+  task *got = load(f, t.id);
+  assert_int_equal(got->state, TASK_SUCCEEDED);
+  assert_int_equal(got->n_results, 1);
+  assert_string_equal(got->results[0].background, "transparent");
+  assert_string_equal(got->background, "transparent");
+  task_free(got);
+
+  /* A task without them: the provider is given neither. */
+  char plain[IDS_UUID_LEN + 1];
+  insert_gpt_task(f, plain, "1:1", "low", 1, 11000);
+  engine_enqueue(e, plain);
+  assert_true(wait_started(&s, 2));
+  c = take_one(&s);
+  assert_string_equal(c->background, "");
+  assert_null(c->mask);
+  complete_with(c, sized_images(square, 1, "low"));
+  assert_true(wait_finished(&f->fin, 2));
+  got = load(f, plain);
+  assert_null(got->results[0].background);
+  task_free(got);
+  /* Stopped, so its completers have done all they were doing: the first
+   * task is final, and neither its image nor its mask is kept. */
+  engine_destroy(e);
+  blob_object obj;
+  assert_int_equal(f->bl->ops->open(f->bl, in_key, &obj), BLOB_NOT_FOUND);
+  assert_int_equal(f->bl->ops->open(f->bl, mask_key, &obj), BLOB_NOT_FOUND);
 }
 
 static void test_respects_max_in_flight(void **state) {
@@ -1332,6 +1430,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_runs_tasks_to_success, setup, teardown),
       cmocka_unit_test_setup_teardown(test_output_format_conversion, setup, teardown),
       cmocka_unit_test_setup_teardown(test_prices_each_delivered_image, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_mask_and_background_reach_the_provider, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_finish_survives_brief_store_failure, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stranded_queued_task_is_swept, setup, teardown),
       cmocka_unit_test_setup_teardown(test_lost_run_is_requeued, setup, teardown),

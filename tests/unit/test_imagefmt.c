@@ -300,6 +300,51 @@ static void test_real_png(void **state) {
   free(png);
 }
 
+/* The alpha channel from IHDR's colour type: 4 and 6 have one, 0, 2 and 3
+ * do not, any other is malformed; a header cut short, or no PNG, is not
+ * judged (every prefix in an exactly-sized block). */
+static void test_png_alpha(void **state) {
+  (void)state;
+  static const struct {
+    uint8_t type;
+    bool valid, alpha;
+  } types[] = {{0, true, false}, {2, true, false}, {3, true, false}, {4, true, true},
+               {6, true, true},  {1, false, false}, {5, false, false}, {7, false, false}};
+  uint8_t b[sizeof png_hdr];
+  for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+    memcpy(b, png_hdr, sizeof b);
+    b[25] = types[i].type;
+    bool alpha = !types[i].alpha;
+    assert_int_equal(imagefmt_png_alpha(b, sizeof b, &alpha), types[i].valid);
+    if (types[i].valid) assert_int_equal(alpha, types[i].alpha);
+  }
+  memcpy(b, png_hdr, sizeof b);
+  b[25] = 6;
+  for (size_t len = 0; len <= sizeof b; len++) {
+    uint8_t *copy = malloc(len ? len : 1);
+    assert_non_null(copy);
+    memcpy(copy, b, len);
+    bool alpha = false;
+    bool ok = imagefmt_png_alpha(copy, len, &alpha);
+    free(copy);
+    if (ok != (len >= 26)) fail_msg("len %zu: got %d", len, ok);
+    if (ok) assert_true(alpha);
+  }
+  bool alpha = false;
+  assert_false(imagefmt_png_alpha(jpeg_hdr, sizeof jpeg_hdr, &alpha));
+  assert_false(imagefmt_png_alpha(webp_vp8l, sizeof webp_vp8l, &alpha));
+  b[11] = 12; /* a malformed IHDR */
+  assert_false(imagefmt_png_alpha(b, sizeof b, &alpha));
+  /* The simulated provider draws RGB. */
+  uint8_t *png = NULL;
+  size_t len = 0;
+  assert_true(simpng_render("opaque", 16, 16, &png, &len));
+  alpha = true;
+  assert_true(imagefmt_png_alpha(png, len, &alpha));
+  assert_false(alpha);
+  free(png);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_png_prefixes),     cmocka_unit_test(test_jpeg_prefixes),
@@ -307,7 +352,7 @@ int main(void) {
       cmocka_unit_test(test_jpeg_malformed),   cmocka_unit_test(test_webp_malformed),
       cmocka_unit_test(test_heic),             cmocka_unit_test(test_detect_short_and_null),
       cmocka_unit_test(test_names),            cmocka_unit_test(test_from_mime),
-      cmocka_unit_test(test_real_png),
+      cmocka_unit_test(test_real_png),         cmocka_unit_test(test_png_alpha),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -102,24 +102,36 @@ static void test_generations_body(void **state) {
   assert_string_equal(json_string_value(json_object_get(j, "size")), "1536x1024");
   assert_string_equal(json_string_value(json_object_get(j, "quality")), "auto");
   assert_string_equal(json_string_value(json_object_get(j, "output_format")), "png");
+  /* The background, "auto" when not asked: said explicitly, as the quality. */
+  assert_string_equal(json_string_value(json_object_get(j, "background")), "auto");
   assert_null(json_object_get(j, "response_format")); /* a DALL-E parameter */
-  assert_int_equal(json_object_size(j), 6);
+  assert_int_equal(json_object_size(j), 7);
   json_decref(j);
   free(body);
 
   req.aspect_ratio = "auto";
   req.quality = "high";
+  req.background = "transparent";
   body = openai_build_generations(&req);
   j = json_loads(body, 0, &err);
   assert_string_equal(json_string_value(json_object_get(j, "quality")), "high");
   assert_string_equal(json_string_value(json_object_get(j, "size")), "auto");
+  assert_string_equal(json_string_value(json_object_get(j, "background")), "transparent");
   json_decref(j);
   free(body);
 
   req.quality = ""; /* as NULL: "auto", sent explicitly */
+  req.background = "opaque";
+  /* A mask goes with an edit only: a generation never carries one. */
+  const uint8_t mask_bytes[] = "not looked at here";
+  provider_input mask = {mask_bytes, sizeof mask_bytes, "image/png"};
+  req.mask = &mask;
   body = openai_build_generations(&req);
   j = json_loads(body, 0, &err);
   assert_string_equal(json_string_value(json_object_get(j, "quality")), "auto");
+  assert_string_equal(json_string_value(json_object_get(j, "background")), "opaque");
+  assert_null(json_object_get(j, "mask"));
+  assert_int_equal(json_object_size(j), 7);
   json_decref(j);
   free(body);
 
@@ -159,20 +171,22 @@ static void test_output_format_asked(void **state) {
     json_decref(j);
     free(body);
 
-    /* The edits form says the same, as text fields after output_format. */
+    /* The edits form says the same, as text fields after output_format
+     * (the background comes last of them). */
     openai_form form;
     assert_int_equal(openai_describe_edits(&req, &form), 0);
     assert_string_equal(form.parts[5].name, "output_format");
     assert_string_equal(form.parts[5].text, cases[i].sent);
     if (cases[i].sent_compression < 0) {
-      assert_int_equal(form.n_parts, 6);
+      assert_int_equal(form.n_parts, 7);
     } else {
       char text[8];
       snprintf(text, sizeof text, "%d", cases[i].sent_compression);
-      assert_int_equal(form.n_parts, 7);
+      assert_int_equal(form.n_parts, 8);
       assert_string_equal(form.parts[6].name, "output_compression");
       assert_string_equal(form.parts[6].text, text);
     }
+    assert_string_equal(form.parts[form.n_parts - 1].name, "background");
     openai_form_free(&form);
   }
 }
@@ -196,10 +210,12 @@ static void test_edits_form_description(void **state) {
   req.aspect_ratio = "2:3";
   openai_form form;
   assert_int_equal(openai_describe_edits(&req, &form), 0);
-  assert_int_equal(form.n_parts, 10);
-  const char *names[6] = {"prompt", "model", "n", "size", "quality", "output_format"};
-  const char *values[6] = {"a lighthouse at dusk", "gpt-image-1", "2", "1024x1536", "auto", "png"};
-  for (size_t i = 0; i < 6; i++) {
+  assert_int_equal(form.n_parts, 11);
+  const char *names[7] = {"prompt", "model", "n", "size", "quality", "output_format",
+                          "background"};
+  const char *values[7] = {"a lighthouse at dusk", "gpt-image-1", "2", "1024x1536", "auto", "png",
+                           "auto"};
+  for (size_t i = 0; i < 7; i++) {
     assert_string_equal(form.parts[i].name, names[i]);
     assert_string_equal(form.parts[i].text, values[i]);
     assert_string_equal(form.parts[i].filename, "");
@@ -207,7 +223,7 @@ static void test_edits_form_description(void **state) {
   const char *files[4] = {"image-1.png", "image-2.jpg", "image-3.webp", "image-4.bin"};
   const char *types[4] = {"image/png", "image/jpeg", "image/webp", "application/octet-stream"};
   for (size_t i = 0; i < 4; i++) {
-    const openai_part *p = &form.parts[6 + i];
+    const openai_part *p = &form.parts[7 + i];
     assert_string_equal(p->name, "image[]");
     assert_null(p->text);
     assert_ptr_equal(p->data, inputs[i].data); /* borrowed, not copied */
@@ -222,6 +238,36 @@ static void test_edits_form_description(void **state) {
   assert_int_equal(openai_describe_edits(&req, &form), 0);
   assert_string_equal(form.parts[4].text, "low");
   openai_form_free(&form);
+
+  /* A mask: the last part, the file "mask", borrowed as given; the
+   * background as asked. */
+  size_t mask_len = 0;
+  uint8_t *mask_png = tu_png("mask", 20, 20, &mask_len);
+  provider_input mask = {mask_png, mask_len, "application/octet-stream"};
+  req.mask = &mask;
+  req.background = "transparent";
+  assert_int_equal(openai_describe_edits(&req, &form), 0);
+  assert_int_equal(form.n_parts, 12);
+  assert_string_equal(form.parts[6].name, "background");
+  assert_string_equal(form.parts[6].text, "transparent");
+  const openai_part *m = &form.parts[11];
+  assert_string_equal(m->name, "mask");
+  assert_null(m->text);
+  assert_ptr_equal(m->data, mask_png);
+  assert_int_equal(m->len, mask_len);
+  assert_string_equal(m->filename, "mask.png");
+  assert_string_equal(m->type, "image/png");
+  for (size_t i = 0; i < 11; i++) assert_string_not_equal(form.parts[i].name, "mask");
+  openai_form_free(&form);
+  /* Without images there is nothing for a mask to apply to: none is sent. */
+  req.n_inputs = 0;
+  req.inputs = NULL;
+  assert_int_equal(openai_describe_edits(&req, &form), 0);
+  assert_int_equal(form.n_parts, 7);
+  openai_form_free(&form);
+  free(mask_png);
+  req.inputs = inputs;
+  req.n_inputs = 4;
 
   req.aspect_ratio = "4:3";
   assert_int_equal(openai_describe_edits(&req, &form), -1);
@@ -260,16 +306,19 @@ static void test_parse_images(void **state) {
   assert_memory_equal(o->images[1].data, png, len);
   free(png);
   assert_string_equal(o->quality, "low"); /* the answer's own report, for the core to price */
+  assert_string_equal(o->background, "opaque"); /* and the background it made */
   provider_outcome_free(o);
 
   /* A quality that is not one the core prices by, or none: not reported. */
   char *a = tu_png_b64("one", 32, 32);
-  static const char *const unknown[] = {"\"quality\":\"ultra\",", "\"quality\":7,", ""};
+  static const char *const unknown[] = {"\"quality\":\"ultra\",\"background\":\"auto\",",
+                                        "\"quality\":7,\"background\":1,", ""};
   for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
     char *other = tu_printf("{\"created\":1,%s\"data\":[{\"b64_json\":\"%s\"}]}", unknown[i], a);
     o = parse(200, other, NULL, NULL);
     assert_int_equal(o->n_images, 1);
     assert_string_equal(o->quality, "");
+    assert_string_equal(o->background, "");
     provider_outcome_free(o);
     free(other);
   }
@@ -714,10 +763,15 @@ static void test_wire_edits_multipart(void **state) {
   uint8_t *png = tu_png("edit-ref", 24, 24, &png_len);
   const uint8_t jpeg[] = {0xFF, 0xD8, 0xFF, 0xE0, 0, 16, 'J', 'F', 'I', 'F', 0, 1, 1, 0, 0, 1};
   provider_input inputs[2] = {{png, png_len, "image/png"}, {jpeg, sizeof jpeg, "image/jpeg"}};
+  size_t mask_len = 0;
+  uint8_t *mask_png = tu_png("edit-mask", 24, 24, &mask_len);
+  provider_input mask = {mask_png, mask_len, "image/png"};
   provider_request req = base_request();
   req.inputs = inputs;
   req.n_inputs = 2;
   req.prompt = "make it night";
+  req.background = "transparent";
+  req.mask = &mask;
   tu_done d = {0};
   assert_int_equal(p->ops->start(p, &req, tu_done_fn, &d), 0);
   fake_perform_all();
@@ -742,6 +796,7 @@ static void test_wire_edits_multipart(void **state) {
       "Content-Type: image/png\r\n\r\n",
       "Content-Disposition: form-data; name=\"image[]\"; filename=\"image-2.jpg\"\r\n"
       "Content-Type: image/jpeg\r\n\r\n",
+      "Content-Disposition: form-data; name=\"background\"\r\n\r\ntransparent\r\n",
   };
   for (size_t i = 0; i < sizeof expect / sizeof expect[0]; i++)
     if (!find_bytes(body, len, expect[i], strlen(expect[i])))
@@ -749,7 +804,16 @@ static void test_wire_edits_multipart(void **state) {
   /* The files' bytes, unchanged. */
   assert_non_null(find_bytes(body, len, png, png_len));
   assert_non_null(find_bytes(body, len, jpeg, sizeof jpeg));
+  /* The mask: its own part, named mask, its bytes unchanged right after its head. */
+  const char *mask_head = "Content-Disposition: form-data; name=\"mask\"; filename=\"mask.png\"\r\n"
+                          "Content-Type: image/png\r\n\r\n";
+  const char *at = find_bytes(body, len, mask_head, strlen(mask_head));
+  assert_non_null(at);
+  at += strlen(mask_head);
+  assert_true((size_t)(body + len - at) >= mask_len);
+  assert_memory_equal(at, mask_png, mask_len);
   capsrv_free(&srv);
+  free(mask_png);
   free(png);
   free(base);
   p->ops->destroy(p);

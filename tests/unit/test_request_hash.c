@@ -129,6 +129,43 @@ static void test_quality_only_when_given(void **state) {
   assert_string_not_equal(h, other);
 }
 
+/* The background and the mask count only when given (a request without
+ * them hashes as before: the first vector is the one above), the mask by its
+ * text as given or by its uploaded bytes, and the two forms differ. The
+ * vectors are the canonical form hashed by Python's hashlib. */
+static void test_background_and_mask_only_when_given(void **state) {
+  (void)state;
+  core_gen_request a = {.model = "gpt-image-1", .prompt = "a cat"};
+  char h[65], other[65];
+  hash_of(&a, h);
+  assert_string_equal(h, "f889b8c5cefd96629d552dc2d41d1a8feea3c061cc1262f0c0acc4a01890c7a0");
+  a.background = "transparent";
+  hash_of(&a, h);
+  assert_string_equal(h, "65b63162b35245da5c501cf257b01fad80c0c609eb59894d944b352004c80a06");
+  a.background = "auto"; /* as sent: not an absent background */
+  hash_of(&a, other);
+  assert_string_not_equal(h, other);
+  a.background = NULL;
+  hash_of(&a, h);
+  assert_string_not_equal(h, other);
+
+  a.mask = "AAAA";
+  hash_of(&a, h);
+  assert_string_equal(h, "4ba2f0cd75bc56be86597321405f79e07947df4659ea67f4d2feb763e8f1fc32");
+  a.mask = "data:image/png;base64,AAAA"; /* another text, another request */
+  hash_of(&a, other);
+  assert_string_not_equal(h, other);
+  a.mask = NULL;
+  static const uint8_t png[] = {0x89, 'P', 'N', 'G'};
+  a.mask_bytes = (core_image_bytes){.data = png, .len = sizeof png};
+  hash_of(&a, h);
+  assert_string_equal(h, "6915079193aa19977d41698b36d65fee53a10ea1bdc8187fd6d56c1142d96cf9");
+  static const uint8_t png2[] = {0x89, 'P', 'N', 'H'};
+  a.mask_bytes.data = png2;
+  hash_of(&a, other);
+  assert_string_not_equal(h, other);
+}
+
 static void test_key_form(void **state) {
   char k[300];
   assert_false(core_idempotency_key_valid(""));
@@ -152,6 +189,7 @@ int main(void) {
       cmocka_unit_test(test_images_in_order),
       cmocka_unit_test(test_output_options),
       cmocka_unit_test(test_quality_only_when_given),
+      cmocka_unit_test(test_background_and_mask_only_when_given),
       cmocka_unit_test(test_key_form),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -148,6 +148,8 @@ static void assert_result_equal(const task_result *a, const task_result *b) {
   assert_int_equal(a->height, b->height);
   assert_int_equal(a->bytes, b->bytes);
   assert_int_equal(a->expires_ms, b->expires_ms);
+  assert_str_or_null(a->quality, b->quality);
+  assert_str_or_null(a->background, b->background);
 }
 
 static void assert_task_equal(const task *a, const task *b) {
@@ -180,6 +182,13 @@ static void assert_task_equal(const task *a, const task *b) {
     assert_str_or_null(a->inputs[i].url, b->inputs[i].url);
     assert_str_or_null(a->inputs[i].mime, b->inputs[i].mime);
     assert_int_equal(a->inputs[i].bytes, b->inputs[i].bytes);
+  }
+  assert_str_or_null(a->background, b->background);
+  assert_int_equal(a->mask != NULL, b->mask != NULL);
+  if (a->mask) {
+    assert_str_or_null(a->mask->blob_key, b->mask->blob_key);
+    assert_str_or_null(a->mask->mime, b->mask->mime);
+    assert_int_equal(a->mask->bytes, b->mask->bytes);
   }
   assert_int_equal(a->n_results, b->n_results);
   for (size_t i = 0; i < a->n_results; i++) assert_result_equal(&a->results[i], &b->results[i]);
@@ -2020,6 +2029,114 @@ static void test_quality_and_image_prices(void **state) {
   task_free(plain);
 }
 
+/* ---- backgrounds and masks ------------------------------------------------------------- */
+
+/* A task's background and mask come back as stored: the mask apart from
+ * the reference images (a provider that takes none never sees it among
+ * them), numbered after them in task_inputs, and referenced for the orphan
+ * collector like an input; a result keeps the background its upstream
+ * reported. A task without either reads back NULL. */
+static void test_background_and_mask(void **state) {
+  fx *f = *state;
+  store *s = f->s;
+  task *t = make_task(f->account, NOW);
+  free(t->model);
+  t->model = xstrdup("gpt-image-1");
+  t->background = xstrdup("transparent");
+  t->mask = calloc(1, sizeof *t->mask);
+  assert_non_null(t->mask);
+  char key[128];
+  snprintf(key, sizeof key, "inputs/%s/mask.png", t->id);
+  t->mask->blob_key = xstrdup(key);
+  t->mask->mime = xstrdup("image/png");
+  t->mask->bytes = 321;
+  assert_int_equal(s->ops->task_insert(s, t), STORE_OK);
+  task *got = get_task(s, t->id);
+  assert_task_equal(got, t);
+  assert_int_equal(got->n_inputs, 2); /* the two images, not the mask */
+  assert_non_null(got->mask);
+  assert_string_equal(got->mask->blob_key, key);
+  assert_null(got->mask->url);
+  task_free(got);
+  assert_int_equal(raw_intf(f->path,
+                            "SELECT COUNT(*) FROM task_inputs WHERE task_id = '%s' AND role = 'mask'"
+                            " AND idx = 2",
+                            t->id),
+                   1);
+  /* The orphan collector's view: the mask is one of the task's inputs. */
+  task_state st;
+  store_blob_ref *refs = NULL;
+  size_t n = 0;
+  assert_int_equal(s->ops->task_blob_refs(s, t->id, &st, &refs, &n), STORE_OK);
+  bool listed = false;
+  for (size_t i = 0; i < n; i++) listed |= !refs[i].result && strcmp(refs[i].blob_key, key) == 0;
+  assert_true(listed);
+  assert_int_equal(n, 3);
+  free(refs);
+
+  /* Neither: NULL and NULL. A mask without images is the core's to refuse;
+   * the store keeps what it is given (the mask at idx 0). */
+  task *plain = make_task(f->account, NOW + 1);
+  assert_int_equal(s->ops->task_insert(s, plain), STORE_OK);
+  got = get_task(s, plain->id);
+  assert_null(got->background);
+  assert_null(got->mask);
+  assert_int_equal(got->n_inputs, 2);
+  task_free(got);
+  task *only_mask = make_task(f->account, NOW + 2);
+  for (size_t i = 0; i < only_mask->n_inputs; i++) task_input_clear(&only_mask->inputs[i]);
+  free(only_mask->inputs);
+  only_mask->inputs = NULL;
+  only_mask->n_inputs = 0;
+  only_mask->mask = calloc(1, sizeof *only_mask->mask);
+  assert_non_null(only_mask->mask);
+  only_mask->mask->blob_key = xstrdup("inputs/m/mask.png");
+  only_mask->mask->bytes = 5;
+  assert_int_equal(s->ops->task_insert(s, only_mask), STORE_OK);
+  got = get_task(s, only_mask->id);
+  assert_int_equal(got->n_inputs, 0);
+  assert_null(got->inputs);
+  assert_non_null(got->mask);
+  assert_string_equal(got->mask->blob_key, "inputs/m/mask.png");
+  task_free(got);
+
+  /* The schema refuses what the core never writes: a background outside
+   * the three, a second mask. */
+  assert_int_equal(raw_intf(f->path,
+                            "SELECT COUNT(*) FROM pragma_index_list('task_inputs')"
+                            " WHERE name = 'task_inputs_one_mask' AND \"unique\" = 1"),
+                   1);
+  task *bad = make_task(f->account, NOW + 3);
+  bad->background = xstrdup("checkered");
+  assert_int_not_equal(s->ops->task_insert(s, bad), STORE_OK);
+  task_free(bad);
+
+  /* A result keeps the background its upstream reported, or NULL. */
+  int run;
+  assert_int_equal(s->ops->task_start(s, t->id, "p", NOW, &run), STORE_OK);
+  task_result r[2] = {make_result(0, "bg-a"), make_result(1, "bg-b")};
+  r[0].background = xstrdup("transparent");
+  assert_int_equal(s->ops->task_finish(s, t->id, run, TASK_SUCCEEDED, NULL, NULL, r, 2, 0, NOW,
+                                       NULL, NULL),
+                   STORE_OK);
+  got = get_task(s, t->id);
+  assert_int_equal(got->n_results, 2);
+  assert_result_equal(&got->results[0], &r[0]);
+  assert_result_equal(&got->results[1], &r[1]);
+  assert_null(got->results[1].background);
+  assert_string_equal(got->background, "transparent"); /* what was asked stays */
+  task_free(got);
+  task_result one;
+  assert_int_equal(s->ops->result_by_token(s, "bg-a", &one), STORE_OK);
+  assert_string_equal(one.background, "transparent");
+  task_result_clear(&one);
+  task_result_clear(&r[0]);
+  task_result_clear(&r[1]);
+  task_free(t);
+  task_free(plain);
+  task_free(only_mask);
+}
+
 /* The store keeps the core's amount but refuses one the contract does not
  * allow, changing nothing: above the hold, negative, or a charge for a task
  * that delivered nothing. */
@@ -2818,6 +2935,61 @@ static void test_upgrade_from_schema_5(void **state) {
   assert_false(store_sqlite_migrate_to(path, 999, err, sizeof err));
 }
 
+/* A database at schema 8 (before backgrounds and masks), with a task and its
+ * inputs and a result, opened by this code: the task asked no background,
+ * its inputs are all images (none a mask), its result reported no background;
+ * and the new columns work on the old rows. */
+static void test_upgrade_from_schema_8(void **state) {
+  fx *f = *state;
+  char path[160], err[256] = "";
+  snprintf(path, sizeof path, "%s/eight.db", f->dir);
+  assert_true(store_sqlite_migrate_to(path, 8, err, sizeof err));
+  assert_int_equal(raw_int(path, "SELECT MAX(version) FROM schema_migrations"), 8);
+  raw_exec(path,
+           "INSERT INTO accounts(id, email, created_ms, balance, held)"
+           "  VALUES (1, 'eight@example.com', 1, 100000, 0);"
+           "INSERT INTO tasks(id, account_id, state, model, prompt, aspect_ratio, resolution,"
+           "  quantity, created_ms, finished_ms, quality, event_seq) VALUES"
+           " ('00000000-0000-7000-8000-000000000008', 1, 'succeeded', 'gpt-image-1', 'p',"
+           "  '1:1', '1K', 1, 100, 200, 'low', 1);"
+           "INSERT INTO task_inputs(task_id, idx, blob_key, url, mime, bytes) VALUES"
+           " ('00000000-0000-7000-8000-000000000008', 0, 'inputs/e/0.png', NULL, 'image/png', 9),"
+           " ('00000000-0000-7000-8000-000000000008', 1, NULL, 'https://example.com/r.png',"
+           "  NULL, 0);"
+           "INSERT INTO task_results(task_id, idx, blob_key, token, mime, expires_ms, price,"
+           "  quality) VALUES ('00000000-0000-7000-8000-000000000008', 0, 'results/e/1-0.png',"
+           "  'tok-eight', 'image/png', 99999, 11000, 'low');");
+  store *s = open_store(path);
+  assert_true(raw_int(path, "SELECT MAX(version) FROM schema_migrations") >= 9);
+  assert_int_equal(raw_int(path, "SELECT COUNT(*) FROM task_inputs WHERE role = 'image'"), 2);
+  task *t = get_task(s, "00000000-0000-7000-8000-000000000008");
+  assert_null(t->background);
+  assert_null(t->mask);
+  assert_int_equal(t->n_inputs, 2);
+  assert_string_equal(t->inputs[0].blob_key, "inputs/e/0.png");
+  assert_string_equal(t->inputs[1].url, "https://example.com/r.png");
+  assert_string_equal(t->quality, "low");
+  assert_int_equal(t->n_results, 1);
+  assert_string_equal(t->results[0].token, "tok-eight");
+  assert_null(t->results[0].background);
+  task_free(t);
+  /* A task written now, with both, beside the old one. */
+  task *n = make_task(1, NOW);
+  n->background = xstrdup("opaque");
+  n->mask = calloc(1, sizeof *n->mask);
+  assert_non_null(n->mask);
+  n->mask->blob_key = xstrdup("inputs/n/mask.png");
+  n->mask->mime = xstrdup("image/png");
+  n->mask->bytes = 77;
+  assert_int_equal(s->ops->task_insert(s, n), STORE_OK);
+  task *got = get_task(s, n->id);
+  assert_task_equal(got, n);
+  task_free(got);
+  task_free(n);
+  s->ops->close(s);
+  unlink_db_files(path);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_migrations_fresh_and_reopen, setup, teardown),
@@ -2836,6 +3008,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_concurrency_limit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_partial_capture, setup, teardown),
       cmocka_unit_test_setup_teardown(test_quality_and_image_prices, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_background_and_mask, setup, teardown),
       cmocka_unit_test_setup_teardown(test_charge_outside_the_contract, setup, teardown),
       cmocka_unit_test_setup_teardown(test_list_running_and_requeue, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ledger_verify_detects_drift, setup, teardown),
@@ -2869,6 +3042,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_webhook_resend, setup, teardown),
       cmocka_unit_test_setup_teardown(test_webhook_secrets, setup, teardown),
       cmocka_unit_test_setup_teardown(test_upgrade_from_schema_5, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_upgrade_from_schema_8, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

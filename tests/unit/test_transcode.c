@@ -156,6 +156,74 @@ static void test_alpha_into_jpeg(void **state) {
   g_free(buf);
 }
 
+/* The smallest and largest alpha of an area of img (its last band). */
+static void alpha_range(VipsImage *img, int left, int width, double *min, double *max) {
+  VipsImage *a = NULL, *area = NULL;
+  assert_int_equal(vips_extract_band(img, &a, vips_image_get_bands(img) - 1, NULL), 0);
+  assert_int_equal(vips_extract_area(a, &area, left, 0, width, vips_image_get_height(img), NULL),
+                   0);
+  assert_int_equal(vips_min(area, min, NULL), 0);
+  assert_int_equal(vips_max(area, max, NULL), 0);
+  g_object_unref(area);
+  g_object_unref(a);
+}
+
+/* A transparent background survives into WebP (which has alpha), and back
+ * into PNG: an RGBA PNG whose left half is transparent and right half
+ * opaque becomes a WebP with 4 bands and the same alpha, pixel for pixel,
+ * even at a low quality, and that WebP becomes an RGBA PNG again. Only
+ * JPEG flattens (test_alpha_into_jpeg). */
+static void test_alpha_kept_in_webp(void **state) {
+  (void)state;
+  VipsImage *rgb = NULL, *xy = NULL, *x = NULL, *alpha = NULL, *rgba = NULL;
+  assert_int_equal(vips_black(&rgb, 40, 30, "bands", 3, NULL), 0);
+  /* alpha 255 where x >= 20, else 0 (a relational op gives 255 or 0) */
+  assert_int_equal(vips_xyz(&xy, 40, 30, NULL), 0);
+  assert_int_equal(vips_extract_band(xy, &x, 0, NULL), 0);
+  assert_int_equal(vips_relational_const1(x, &alpha, VIPS_OPERATION_RELATIONAL_MOREEQ, 20, NULL),
+                   0);
+  assert_int_equal(vips_bandjoin2(rgb, alpha, &rgba, NULL), 0);
+  void *buf = NULL;
+  size_t len = 0;
+  assert_int_equal(vips_pngsave_buffer(rgba, &buf, &len, NULL), 0);
+  g_object_unref(rgb);
+  g_object_unref(xy);
+  g_object_unref(x);
+  g_object_unref(alpha);
+  g_object_unref(rgba);
+  bool has_alpha = false;
+  assert_true(imagefmt_png_alpha(buf, len, &has_alpha));
+  assert_true(has_alpha);
+
+  size_t n;
+  uint8_t *webp = convert_ok(buf, len, IMAGEFMT_WEBP, 30, 40, 30, &n);
+  VipsImage *back = NULL;
+  assert_int_equal(vips_webpload_buffer(webp, n, &back, NULL), 0);
+  assert_int_equal(vips_image_get_bands(back), 4);
+  double min, max;
+  alpha_range(back, 0, 20, &min, &max);
+  assert_true(min == 0 && max == 0);
+  alpha_range(back, 20, 20, &min, &max);
+  assert_true(min == 255 && max == 255);
+  g_object_unref(back);
+
+  /* And back into PNG: RGBA, the same alpha. */
+  size_t png_len;
+  uint8_t *png = convert_ok(webp, n, IMAGEFMT_PNG, 100, 40, 30, &png_len);
+  has_alpha = false;
+  assert_true(imagefmt_png_alpha(png, png_len, &has_alpha));
+  assert_true(has_alpha);
+  assert_int_equal(vips_pngload_buffer(png, png_len, &back, NULL), 0);
+  alpha_range(back, 0, 20, &min, &max);
+  assert_true(min == 0 && max == 0);
+  alpha_range(back, 20, 20, &min, &max);
+  assert_true(min == 255 && max == 255);
+  g_object_unref(back);
+  free(png);
+  free(webp);
+  g_free(buf);
+}
+
 /* A PNG whose header claims w x h, its IDAT holding just a few rows: small
  * on the wire, enormous decoded. */
 static uint8_t *png_claiming(uint32_t w, uint32_t h, size_t *len) {
@@ -310,6 +378,7 @@ int main(void) {
       cmocka_unit_test(test_every_pair_of_formats),
       cmocka_unit_test(test_quality_lowers_size),
       cmocka_unit_test(test_alpha_into_jpeg),
+      cmocka_unit_test(test_alpha_kept_in_webp),
       cmocka_unit_test(test_pixel_limit),
       cmocka_unit_test(test_garbage_refused),
       cmocka_unit_test(test_truncated_refused),
