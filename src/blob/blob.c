@@ -1,5 +1,5 @@
 /* blob.c - what every blob backend shares: the key rules, object release and
- * the measuring streamed put. */
+ * the counting streamed put. */
 #include "blob/blob.h"
 
 #include <assert.h>
@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "util/ids.h"
 
 /* Long enough for any key imgate builds, short enough to stay far below
  * PATH_MAX once a backend prefixes its root. */
@@ -51,7 +50,6 @@ void blob_object_release(blob_object *o) {
 
 struct blob_stream {
   blob_writer *w;
-  ids_sha256 *hash;
   uint64_t size;
   bool failed; /* a write failed: only abort is left */
 };
@@ -60,14 +58,8 @@ int blob_stream_begin(blob *b, const char *key, const char *content_type, blob_s
   *out = NULL;
   blob_stream *s = calloc(1, sizeof *s);
   if (!s) return BLOB_ERROR;
-  s->hash = ids_sha256_begin();
-  if (!s->hash) {
-    free(s);
-    return BLOB_ERROR;
-  }
   int rc = b->ops->begin(b, key, content_type, &s->w);
   if (rc != BLOB_OK) {
-    ids_sha256_abort(s->hash);
     free(s);
     return rc;
   }
@@ -84,7 +76,6 @@ int blob_stream_write(blob_stream *s, const void *data, size_t len) {
     s->failed = true;
     return rc;
   }
-  ids_sha256_update(s->hash, data, len);
   s->size += len;
   return BLOB_OK;
 }
@@ -96,12 +87,7 @@ int blob_stream_commit(blob_stream *s, blob_stream_info *info) {
   }
   blob_writer *w = s->w;
   int rc = w->b->ops->commit(w);
-  if (info) {
-    info->size = s->size;
-    ids_sha256_end(s->hash, info->sha256_hex);
-  } else {
-    ids_sha256_abort(s->hash);
-  }
+  if (info) info->size = s->size;
   free(s);
   return rc;
 }
@@ -109,6 +95,5 @@ int blob_stream_commit(blob_stream *s, blob_stream_info *info) {
 void blob_stream_abort(blob_stream *s) {
   if (!s) return;
   s->w->b->ops->abort(s->w);
-  ids_sha256_abort(s->hash);
   free(s);
 }

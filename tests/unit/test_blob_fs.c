@@ -19,7 +19,6 @@
 #include <unistd.h>
 
 #include "blob/blob.h"
-#include "util/ids.h"
 
 typedef struct fixture {
   char dir[64];
@@ -323,7 +322,7 @@ static void test_no_temp_files_left(void **state) {
 /* ---- streamed puts ---------------------------------------------------------------------- */
 
 /* Pieces of every size arrive in order; the object appears only at commit,
- * whole, with the size and SHA-256 measured on the way. */
+ * whole, with its size counted on the way. */
 static void test_stream_round_trip(void **state) {
   fixture *f = *state;
   blob *b = f->b;
@@ -345,9 +344,6 @@ static void test_stream_round_trip(void **state) {
   blob_stream_info info;
   assert_int_equal(blob_stream_commit(s, &info), BLOB_OK);
   assert_int_equal(info.size, LEN);
-  char want[65];
-  ids_sha256_hex(data, LEN, want);
-  assert_string_equal(info.sha256_hex, want);
   uint8_t *got = NULL;
   size_t len = 0;
   assert_int_equal(b->ops->read(b, "results/t1/1-0.png", LEN, &got, &len), BLOB_OK);
