@@ -280,11 +280,11 @@ class S3ClientTest(unittest.TestCase):
         self.assertTrue(res["etag"].endswith('-5"'), res)
         # Memory: parts are streamed from the file, never held. The upload's
         # peak resident size grows by less than one part over the driver's
-        # own before it (measured: 1.5 MiB optimised, 3.5 MiB under ASan),
-        # and the whole process stays well below the object's 40 MiB.
+        # own before it (measured: 1.5 MiB optimised, 3.5 MiB under ASan).
+        # The whole process's size is not a measure: the libraries linked in
+        # (libvips, libxml2) and ASan's shadow memory move it by tens of MiB.
         growth_kb = res["rss_peak_kb"] - res["rss_before_kb"]
         self.assertLess(growth_kb, 6 * 1024, res)
-        self.assertLess(res["rss_peak_kb"], 32 * 1024, res)
         head = self.s3.head_object(Bucket=self.moto.bucket, Key="big/40mb.bin")
         self.assertEqual(head["ContentLength"], size)
         self.assertEqual(head["ContentType"], "image/png")
