@@ -245,7 +245,14 @@ static int fs_commit(blob_writer *bw) {
   fs_writer *w = (fs_writer *)bw;
   const char *op = NULL;
   int e = 0;
-  if (fsync(w->fd) != 0) {
+  /* Its age starts now: the orphan collector judges an object by its
+   * modification time, and a streamed write may have ended a while ago
+   * (its image waited for a conversion) before the task that owns it is
+   * committed. */
+  if (futimens(w->fd, NULL) != 0) {
+    op = "futimens";
+    e = errno;
+  } else if (fsync(w->fd) != 0) {
     op = "fsync";
     e = errno;
   }

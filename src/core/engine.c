@@ -63,7 +63,7 @@ typedef struct job {
   int64_t attempt_started_mono, attempt_started_ms;
   dheap_node timer;           /* first retry due (e->timers): when its next attempt may go */
   /* Where the attempt in flight writes large images as they arrive (its
-   * provider holds it until done). */
+   * provider copies it at start). */
   provider_spool spool;
   provider_outcome *outcome;  /* set by the provider's callback */
   downloads *dl;              /* set while reference images download */
@@ -354,8 +354,11 @@ static int store_images(engine *e, const job *j, provider_outcome *o, task_resul
       blob_stream_info info;
       blob_stream *staged = img->staged;
       img->staged = NULL; /* committed or not, it is gone */
-      if (blob_stream_commit(staged, &info) != BLOB_OK) goto fail;
       snprintf(key, sizeof key, "%s", img->staged_key);
+      if (blob_stream_commit(staged, &info) != BLOB_OK) {
+        e->bl->ops->remove(e->bl, key); /* a commit may fail after its rename */
+        goto fail;
+      }
       if (info.size != img->len) { /* the provider's count and the store's disagree */
         e->bl->ops->remove(e->bl, key);
         goto fail;

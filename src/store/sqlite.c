@@ -1443,10 +1443,6 @@ static int sql_insert_locked(sqlite3 *db, const task *t, const store_idem *idem,
  * body that runs inside a batch's transaction, under a savepoint of its own. */
 typedef struct sql_write_job {
   int (*body)(sqlite3 *db, void *arg);
-  /* The answers of body that concern this write alone (a refused submit, a
-   * finish whose compare-and-set lost): it is undone to its savepoint and
-   * the others in its batch go on. Any other failure fails the batch. */
-  bool (*own_answer)(int rc);
   void *arg;
   int rc;
   bool done;
@@ -1465,8 +1461,14 @@ static void sql_write_batch(sql_store *ss, sql_write_job *jobs) {
       if (rc != STORE_OK) break;
       j->rc = j->body(db, j->arg);
       if (j->rc != STORE_OK) {
-        if (!j->own_answer(j->rc)) {
-          rc = j->rc; /* a failed write: the transaction is not to be trusted */
+        /* A write that failed is undone to its savepoint and the others go
+         * on, whatever its answer (a refused submit, a finish whose
+         * compare-and-set lost, a misused argument, a constraint): one
+         * task's trouble must not fail another's write. Unless SQLite has
+         * ended the transaction itself (disk full, I/O error, out of
+         * memory): then nothing in it can be trusted and the batch fails. */
+        if (sqlite3_get_autocommit(db)) {
+          rc = j->rc;
           break;
         }
         rc = sql_run(db, "rollback_to", "ROLLBACK TO w", "");
@@ -1486,9 +1488,8 @@ static void sql_write_batch(sql_store *ss, sql_write_job *jobs) {
  * waits for the next one. Under load one fsync serves every submit, start
  * and finish of the last few milliseconds, with the same durability: nobody
  * hears OK before the commit that holds its write. */
-static int sql_group_write(sql_store *ss, int (*body)(sqlite3 *db, void *arg),
-                           bool (*own_answer)(int rc), void *arg) {
-  sql_write_job me = {.body = body, .own_answer = own_answer, .arg = arg, .rc = STORE_ERROR};
+static int sql_group_write(sql_store *ss, int (*body)(sqlite3 *db, void *arg), void *arg) {
+  sql_write_job me = {.body = body, .arg = arg, .rc = STORE_ERROR};
   pthread_mutex_lock(&ss->mu);
   if (ss->gc_tail) ss->gc_tail->next = &me;
   else ss->gc_head = &me;
@@ -1528,12 +1529,6 @@ static int sql_insert_body(sqlite3 *db, void *arg) {
   return sql_insert_locked(db, a->t, a->idem, a->first_task_id);
 }
 
-/* The answers a submit may get that concern it alone. */
-static bool sql_insert_refused(int rc) {
-  return rc == STORE_NO_CREDIT || rc == STORE_LIMIT || rc == STORE_REPLAY ||
-         rc == STORE_IDEMPOTENCY_MISMATCH || rc == STORE_CONFLICT;
-}
-
 static int sql_insert_task_tx(sql_store *ss, const task *t, const store_idem *idem,
                              char first_task_id[IDS_UUID_LEN + 1]) {
   if (!t || !ids_is_uuid(t->id)) return sql_misuse("task_insert", "task id is not a UUID");
@@ -1543,7 +1538,7 @@ static int sql_insert_task_tx(sql_store *ss, const task *t, const store_idem *id
   if (idem && (!idem->key || !idem->request_hash || idem->ttl_ms <= 0 || !first_task_id))
     return sql_misuse("task_insert", "incomplete idempotency key");
   sql_insert_args a = {.t = t, .idem = idem, .first_task_id = first_task_id};
-  return sql_group_write(ss, sql_insert_body, sql_insert_refused, &a);
+  return sql_group_write(ss, sql_insert_body, &a);
 }
 
 void store_sqlite_group_commit_stats(store *s, uint64_t *batches, uint64_t *submits,
@@ -1626,19 +1621,13 @@ static int sql_start_body(sqlite3 *db, void *arg) {
   return rc;
 }
 
-/* Every answer of a start batch that concerns one task is in its item. */
-static bool sql_no_own_answer(int rc) {
-  (void)rc;
-  return false;
-}
-
 static int sql_task_start_many(store *s, store_start *items, size_t n, int64_t now_ms) {
   if (n == 0) return STORE_OK;
   for (size_t i = 0; i < n; i++)
     if (!sql_outbox_valid(items[i].outbox))
       return sql_misuse("task_start_many", "outbox id, event or url missing or too long");
   sql_start_args a = {.items = items, .n = n, .now_ms = now_ms};
-  return sql_group_write((sql_store *)s, sql_start_body, sql_no_own_answer, &a);
+  return sql_group_write((sql_store *)s, sql_start_body, &a);
 }
 
 static int sql_insert_results(sqlite3 *db, const char *task_id, const task_result *results,
@@ -1795,8 +1784,6 @@ static int sql_finish_body(sqlite3 *db, void *arg) {
   return rc;
 }
 
-/* A finish whose compare-and-set found the task final already, or gone. */
-static bool sql_finish_lost(int rc) { return rc == STORE_CONFLICT || rc == STORE_NOT_FOUND; }
 
 static int sql_task_finish(store *s, const char *task_id, int attempt, task_state final_state,
                            const char *error_code, const char *error_message,
@@ -1814,7 +1801,7 @@ static int sql_task_finish(store *s, const char *task_id, int attempt, task_stat
                        .results = results, .n_results = n_results, .charge_micros = charge_micros,
                        .now_ms = now_ms,
                        .last_attempt = last_attempt, .outbox = outbox};
-  return sql_group_write((sql_store *)s, sql_finish_body, sql_finish_lost, &a);
+  return sql_group_write((sql_store *)s, sql_finish_body, &a);
 }
 
 static int sql_task_requeue_running(store *s, int64_t *count_out) {

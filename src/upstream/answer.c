@@ -64,7 +64,8 @@ static int answer_image_begin(void *ctx, size_t image) {
 /* Appends to the image's memory, growing it by doubling. */
 static int answer_image_keep(answer_reader *a, answer_image *img, const uint8_t *bytes,
                              size_t len) {
-  size_t held = img->staged ? 0 : img->len; /* bytes in img->data */
+  assert(!img->staged);
+  size_t held = img->len; /* bytes in img->data */
   if (len > img->cap - held) {
     size_t cap = img->cap ? img->cap : ANSWER_IMAGE_FIRST_ROOM;
     while (cap - held < len) cap = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
@@ -93,10 +94,23 @@ static int answer_image_stage(answer_reader *a, size_t image) {
   int k = snprintf(img->key, sizeof img->key, "%s%u.%s", a->spool->prefix, n, imagefmt_ext(fmt));
   if (k < 0 || (size_t)k >= sizeof img->key || !blob_key_valid(img->key))
     return answer_refuse(a, "the image cannot be named in the store");
+  img->head_len = img->len;
   if (blob_stream_begin(a->spool->bl, img->key, imagefmt_mime(fmt), &img->staged) != BLOB_OK ||
       blob_stream_write(img->staged, img->data, img->len) != BLOB_OK)
     return answer_refuse(a, "the image could not be written to the store");
   return 0;
+}
+
+/* Whether the head holds enough to stage the image: its first
+ * ANSWER_HEAD_BYTES and a header whose pixel size can be read (HEIC's is not
+ * read anywhere), or as much as a head may ever hold. */
+static bool answer_head_ready(const answer_image *img) {
+  if (img->len < ANSWER_HEAD_BYTES) return false;
+  if (img->len >= ANSWER_HEAD_MAX_BYTES) return true;
+  int w, h;
+  imagefmt fmt = imagefmt_detect(img->data, img->len);
+  return fmt == IMAGEFMT_UNKNOWN || fmt == IMAGEFMT_HEIC ||
+         imagefmt_dimensions(img->data, img->len, &w, &h);
 }
 
 static int answer_image_write(void *ctx, size_t image, const uint8_t *bytes, size_t len) {
@@ -116,19 +130,9 @@ static int answer_image_write(void *ctx, size_t image, const uint8_t *bytes, siz
     img->len += len;
     return 0;
   }
-  if (a->spool && len > ANSWER_HEAD_BYTES - img->len) {
-    /* Fill the head, stage it, and send the rest after it. */
-    size_t fill = ANSWER_HEAD_BYTES - img->len;
-    if (answer_image_keep(a, img, bytes, fill) != 0) return 1;
-    img->len += fill;
-    if (answer_image_stage(a, image) != 0) return 1;
-    if (blob_stream_write(img->staged, bytes + fill, len - fill) != BLOB_OK)
-      return answer_refuse(a, "the image could not be written to the store");
-    img->len += len - fill;
-    return 0;
-  }
   if (answer_image_keep(a, img, bytes, len) != 0) return 1;
   img->len += len;
+  if (a->spool && answer_head_ready(img)) return answer_image_stage(a, image);
   return 0;
 }
 
@@ -227,7 +231,7 @@ int answer_take_image(answer_reader *a, const char *marker, provider_image *img,
   }
   /* Staged: its type and size from the head it kept. */
   provider_image head;
-  if (adapter_image_from_bytes(ai->data, ANSWER_HEAD_BYTES, &head, why) != 0) return -1;
+  if (adapter_image_from_bytes(ai->data, ai->head_len, &head, why) != 0) return -1;
   *img = head;
   img->data = NULL;
   img->len = ai->len;

@@ -27,14 +27,18 @@
 #define ANSWER_MAX_IMAGES 16 /* image strings in one answer: OpenAI's n <= 10, Gemini's thoughts */
 #define ANSWER_MAX_REST_BYTES ((size_t)2 << 20) /* the JSON around the images */
 
-/* With a spool, an image keeps only its first ANSWER_HEAD_BYTES in memory
- * (enough for any header imagefmt reads); from there on it is written to
- * the blob store as it arrives. */
+/* With a spool, an image keeps only its head in memory: at least its first
+ * ANSWER_HEAD_BYTES, more while its pixel size cannot be read from what came
+ * (a JPEG's frame header follows its metadata segments, which may be long),
+ * never more than ANSWER_HEAD_MAX_BYTES (plus the piece that crossed it).
+ * From there on it is written to the blob store as it arrives. */
 #define ANSWER_HEAD_BYTES ((size_t)64 << 10)
+#define ANSWER_HEAD_MAX_BYTES ((size_t)1 << 20)
 
 typedef struct answer_image {
   uint8_t *data; /* malloc'd (NULL while empty); with a spool, at most the head */
   size_t len, cap; /* len: every byte so far, the staged ones included */
+  size_t head_len;  /* staged: the bytes kept in data */
   blob_stream *staged; /* begun once the image outgrew its head (spool only) */
   char key[BLOB_KEY_MAX + 1];
   bool complete; /* its string ended and was valid base64 */

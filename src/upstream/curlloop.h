@@ -120,7 +120,11 @@ typedef struct curlloop_sink {
   /* Gets each piece of the body as it arrives, in order, ON THE LOOP THREAD,
    * between the events of every other transfer: its work must be in
    * proportion to the piece (a few microseconds for curl's 16 KB) and it must
-   * never block. Returns false to stop the transfer (then res->sink_refused).
+   * never wait on anything but memory: the answer readers write large images
+   * into the blob store's temporary files from here (a write into the page
+   * cache; no sync, no open of anything remote), which a disk throttling its
+   * dirty pages can slow, and that is the limit of what is allowed. Returns
+   * false to stop the transfer (then res->sink_refused).
    * Not called once the transfer has been stopped or cancelled. */
   bool (*write)(void *ctx, const char *data, size_t len);
   void *ctx;

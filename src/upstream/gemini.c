@@ -462,6 +462,7 @@ struct gemini_job {
   provider_outcome **results; /* lock: per call; NULL until it ends, or when memory ran out */
   provider_outcome *spare;    /* holds the joined images, or reports running out of memory */
   gemini_call *calls;
+  provider_spool spool;       /* the request's, for the calls' readers (bl NULL: none) */
 };
 
 static void gemini_job_free(gemini_job *job) {
@@ -513,13 +514,14 @@ static gemini_job *gemini_job_new(adapter_provider *gp, const provider_request *
   }
   job->body_len = strlen(job->body);
   job->inst = &gp->inst;
+  provider_spool_copy(&job->spool, req->spool);
   for (int i = 0; i < n; i++) {
     job->calls[i].work.run = gemini_call_run;
     job->calls[i].work.drop = gemini_call_drop;
     job->calls[i].job = job;
     job->calls[i].index = i;
     gemini_answer_init(&job->calls[i].read);
-    answer_set_spool(&job->calls[i].read, req->spool);
+    answer_set_spool(&job->calls[i].read, job->spool.bl ? &job->spool : NULL);
   }
   return job;
 }

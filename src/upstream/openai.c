@@ -299,6 +299,7 @@ typedef struct openai_call {
   char *body;              /* generations */
   curl_mime *mime;         /* edits */
   provider_outcome *spare; /* delivered if memory runs out while reading the answer */
+  provider_spool spool;    /* the request's, for read (bl NULL: none) */
 } openai_call;
 
 static void openai_call_free(openai_call *call) {
@@ -417,7 +418,8 @@ static int openai_start(provider *p, const provider_request *req, provider_done_
     call->ctx = ctx;
     call->spare = adapter_spare_outcome();
     openai_answer_init(&call->read);
-    answer_set_spool(&call->read, req->spool);
+    provider_spool_copy(&call->spool, req->spool);
+    answer_set_spool(&call->read, call->spool.bl ? &call->spool : NULL);
     sink.ctx = &call->read;
   }
   /* Body first: the Content-Type header it may add must be in the list before it is set. */

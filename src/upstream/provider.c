@@ -1,12 +1,19 @@
 /* provider.c - the outcome object every provider hands to its done() callback. */
 #include "upstream/provider.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 provider_outcome *provider_outcome_new(provider_status status) {
   provider_outcome *o = calloc(1, sizeof *o);
   if (o) o->status = status;
   return o;
+}
+
+void provider_spool_copy(provider_spool *dst, const provider_spool *src) {
+  dst->bl = src ? src->bl : NULL;
+  snprintf(dst->prefix, sizeof dst->prefix, "%s", src ? src->prefix : "");
+  atomic_init(&dst->seq, 0);
 }
 
 void provider_outcome_free(provider_outcome *o) {

@@ -102,15 +102,19 @@ typedef struct provider_input {
  * that no whole image is held in memory between the upstream and the store
  * (the engine's, one per attempt). Keys are prefix + a number from seq +
  * "." + the format's extension; the prefix keeps them under the task's
- * results folder (core/task.h), unique per attempt. */
+ * results folder (core/task.h), unique per attempt. A provider copies it at
+ * start() (provider_spool_copy): calls it could not stop may still write
+ * after a start() that failed, when the engine has moved on. */
 typedef struct provider_spool {
   blob *bl;
   char prefix[96];
   atomic_uint seq; /* images begun so far, across the attempt's calls */
 } provider_spool;
 
-/* What to make. Only valid during start(): a provider copies what it keeps,
- * except spool, which stays valid until done() has been called. */
+/* dst as src (numbering from 0); dst->bl NULL when src is NULL. */
+void provider_spool_copy(provider_spool *dst, const provider_spool *src);
+
+/* What to make. Only valid during start(): a provider copies what it keeps. */
 typedef struct provider_request {
   const char *task_id;
   const char *model;          /* catalog model name */

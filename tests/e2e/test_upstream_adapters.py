@@ -400,6 +400,20 @@ class GeminiAdapterTest(AdapterCase):
         temps = [f for _, _, files in os.walk(blobs) for f in files if f.startswith(".~")]
         self.assertEqual(temps, [])
 
+    def test_large_jpeg_with_long_metadata(self):
+        # A JPEG whose frame header (its pixel size) lies past the reader's
+        # first 64 KiB, behind 200 KB of metadata segments: the head grows
+        # until the header is read, then the rest goes to the store.
+        p = self.prompt("jpeg-meta")
+        pad = 200000
+        self.gemini([{"kind": "image", "format": "jpeg", "width": 40, "height": 30,
+                      "pad_bytes": pad, "chunk_bytes": 16000}])
+        t = self.run_task(p, model="nano-banana-pro")
+        self.assertImage(t, "jpeg", u.fake_image("jpeg", p, 40, 30, pad), 40, 30)
+        blobs = os.path.join(self.srv.data_dir, "blobs")
+        stored = os.listdir(os.path.join(blobs, "results", t["uid"]))
+        self.assertRegex(stored[0], r"^1-a1-\d+\.jpg$")  # staged, not put from memory
+
     def test_large_image_converted(self):
         # A staged image that must change format is committed, read back,
         # converted and removed: only the converted image is left.

@@ -88,8 +88,9 @@ STEP fields, all optional:
                  request's output_format; Gemini default png).
   damaged        true: each image keeps its header (its type and pixel size read as usual) and
                  the rest is junk, so decoding it fails.
-  pad_bytes      PNG only: each image grows by about this many bytes of a private ancillary
-                 chunk (ignored by decoders), for answers as large as real 4K images.
+  pad_bytes      PNG and JPEG: each image grows by about this many bytes that decoders skip
+                 (PNG: private ancillary chunks; JPEG: APP15 segments before the frame
+                 header), for answers as large as real 4K images.
 Kinds on the OpenAI API, which has no thoughts or finish reasons: thought_then_image answers like
 image; text_only answers 200 with an empty data list; block_prompt and finish_reason answer 400
 image_generation_user_error / moderation_blocked. "malformed" is a 200 with invalid JSON;
@@ -292,19 +293,28 @@ def make_image(fmt, width, height, seed, transparent=False):
 
 
 def pad(data, n):
-    """A PNG with private ancillary chunks ("imGp", ignored by decoders) of about n bytes
-    in all before its IEND; the bytes vary, so nothing compresses them away."""
-    if image_magic(data) != "png" or n <= 0:
+    """The image grown by about n bytes that decoders skip, the bytes varying so nothing
+    compresses them away: a PNG by private ancillary chunks ("imGp") before its IEND; a
+    JPEG by APP15 segments right after its SOI, so its frame header (and pixel size) comes
+    that much later, as behind a long EXIF or XMP block."""
+    fmt = image_magic(data)
+    if n <= 0 or fmt not in ("png", "jpeg"):
         return data
-    iend = len(data) - 12
-    chunks, left, counter = [], n, 0
+    pieces, left, counter = [], n, 0
+    limit = 1 << 20 if fmt == "png" else 65533
     while left > 0:
-        size = min(left, 1 << 20)
-        body = hashlib.sha256(b"pad%d" % counter).digest() * (size // 32 + 1)
-        chunks.append(_png_chunk(b"imGp", body[:size]))
+        size = min(left, limit)
+        body = (hashlib.sha256(b"pad%d" % counter).digest() * (size // 32 + 1))[:size]
+        if fmt == "png":
+            pieces.append(_png_chunk(b"imGp", body))
+        else:
+            pieces.append(b"\xff\xef" + struct.pack(">H", size + 2) + body)
         left -= size
         counter += 1
-    return data[:iend] + b"".join(chunks) + data[iend:]
+    if fmt == "png":
+        iend = len(data) - 12
+        return data[:iend] + b"".join(pieces) + data[iend:]
+    return data[:2] + b"".join(pieces) + data[2:]
 
 
 def damage(data):

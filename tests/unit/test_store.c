@@ -981,6 +981,7 @@ typedef struct write_arg {
   task *t;
   int attempt;
   task_result result;
+  int64_t charge; /* finish: 0 = the task's 10,000 */
   store_start item;
   int rc;
 } write_arg;
@@ -993,22 +994,25 @@ static void *write_one(void *p) {
     a->rc = a->s->ops->task_start_many(a->s, &a->item, 1, NOW + 20);
   } else {
     a->rc = a->s->ops->task_finish(a->s, a->t->id, a->attempt, TASK_SUCCEEDED, NULL, NULL,
-                                   &a->result, 1, 10000, NOW + 30, NULL, NULL);
+                                   &a->result, 1, a->charge ? a->charge : 10000, NOW + 30,
+                                   NULL, NULL);
   }
   return NULL;
 }
 
 /* Starts and finishes share the group commit with submits: a submit, a
- * start and four finishes that queue behind a writer go in one commit, and
+ * start and five finishes that queue behind a writer go in one commit, and
  * each keeps its own answer. Two of the finishes are of the same task: the
  * one whose compare-and-set loses gets CONFLICT, undone to its savepoint,
- * while the rest of the batch commits (one capture, never two). */
+ * while the rest of the batch commits (one capture, never two). Another
+ * asks to charge more than its hold: refused (STORE_ERROR) and undone alone,
+ * its task still running; one task's bad write fails nobody else's. */
 static void test_group_commit_mixed(void **state) {
   fx *f = *state;
   store *s = f->s;
   int64_t id;
   assert_int_equal(s->ops->account_open(s, "mixed@example.com", NOW, 1000000, &id), STORE_OK);
-  enum { RUNNING = 3 };
+  enum { RUNNING = 4 };
   task *run[RUNNING];
   int attempt[RUNNING];
   for (int i = 0; i < RUNNING; i++) {
@@ -1021,7 +1025,7 @@ static void test_group_commit_mixed(void **state) {
   fresh->price_unit_micros = 10000;
   fresh->cost_held_micros = 10000;
 
-  enum { N = 7 };
+  enum { N = 8 };
   write_arg args[N] = {
       {.kind = 0, .t = fresh}, /* the writer, first */
       {.kind = 1, .item = {.task_id = queued->id, .provider = "sim", .rc = -99}},
@@ -1029,6 +1033,8 @@ static void test_group_commit_mixed(void **state) {
       {.kind = 2, .t = run[1], .attempt = attempt[1], .result = make_result(0, "mixB")},
       {.kind = 2, .t = run[2], .attempt = attempt[2], .result = make_result(0, "mixC")},
       {.kind = 2, .t = run[2], .attempt = attempt[2], .result = make_result(0, "mixD")},
+      {.kind = 2, .t = run[3], .attempt = attempt[3], .result = make_result(0, "mixE"),
+       .charge = 999999},
       {.kind = 0, .t = NULL},
   };
   /* The last submit is a second one of the writer's own task: refused
@@ -1066,7 +1072,12 @@ static void test_group_commit_mixed(void **state) {
 
   store_sqlite_group_commit_stats(s, &batches, &writes, &queued_n, &writing);
   assert_int_equal(writes - writes0, N);
-  assert_int_equal(batches - batches0, 2); /* the writer alone, then the six at once */
+  assert_int_equal(batches - batches0, 2); /* the writer alone, then the seven at once */
+  assert_int_equal(args[6].rc, STORE_ERROR);
+  task *over = get_task(s, run[3]->id);
+  assert_int_equal(over->state, TASK_RUNNING);
+  assert_int_equal(over->n_results, 0);
+  task_free(over);
   assert_int_equal(args[0].rc, STORE_OK);
   assert_int_equal(args[N - 1].rc, STORE_CONFLICT);
   assert_int_equal(args[1].rc, STORE_OK);
@@ -1088,11 +1099,11 @@ static void test_group_commit_mixed(void **state) {
   assert_int_equal(raw_int(f->path, "SELECT COUNT(*) FROM task_results WHERE token = 'mixC'"
                                     " OR token = 'mixD'"),
                    1);
-  /* Three captured of 10,000 each; two holds (the queued-then-started task
-   * and the fresh one) still held. */
+  /* Three captured of 10,000 each; three holds (the queued-then-started
+   * task, the fresh one, the one refused its overcharge) still held. */
   store_account a = account_of(s, id);
-  assert_int_equal(a.held_micros, 20000);
-  assert_int_equal(a.balance_micros, 1000000 - 3 * 10000 - 20000);
+  assert_int_equal(a.held_micros, 30000);
+  assert_int_equal(a.balance_micros, 1000000 - 3 * 10000 - 30000);
   for (int i = 0; i < RUNNING; i++) task_free(run[i]);
   for (int i = 0; i < N; i++) task_result_clear(&args[i].result);
   task_free(queued);
