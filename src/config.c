@@ -12,6 +12,7 @@
 #include "core/catalog.h"
 #include "core/pricing.h"
 #include "core/transcode.h"
+#include "upstream/providers.h"
 
 void config_defaults(imgate_config *c) {
   memset(c, 0, sizeof *c);
@@ -291,9 +292,10 @@ static int load_providers(imgate_config *c, json_t *arr, char *err, size_t err_s
         member_int(p, "max_concurrency", where, &cp->max_concurrency, 0, 1000000, err,
                    err_size) < 0)
       return -1;
-    if (!cp->name[0] || (strcmp(cp->kind, "gemini") && strcmp(cp->kind, "openai") &&
-                         strcmp(cp->kind, "sim"))) {
-      snprintf(err, err_size, "%s needs a name and a kind (gemini, openai or sim)", where);
+    if (!cp->name[0] || !provider_kind_find(cp->kind)) {
+      char kinds[128];
+      provider_kind_names(kinds, sizeof kinds);
+      snprintf(err, err_size, "%s needs a name and a kind (one of: %s)", where, kinds);
       return -1;
     }
     /* Keys in the environment keep secrets out of config files. */

@@ -26,6 +26,7 @@
 #include "http/server.h"
 #include "store/store.h"
 #include "upstream/provider.h"
+#include "upstream/providers.h"
 #include "core/catalog.h"
 #include "upstream/curlloop.h"
 #include "upstream/router.h"
@@ -565,14 +566,19 @@ static int load_admin_token(imgate_config *cfg) {
   return 0;
 }
 
-static provider *make_sim(const imgate_config *cfg, const char *name, int threads) {
-  sim_config sc = {.delay_ms = cfg->sim_delay_ms,
-                   .fail_marker = cfg->sim_fail_marker,
-                   .moderate_marker = cfg->sim_moderate_marker,
-                   .render_threads = threads};
-  provider *p = sim_provider_create(&sc);
-  if (p) snprintf(p->name, sizeof p->name, "%s", name);
-  return p;
+/* What every provider instance may need besides its own configuration. */
+static provider_env provider_env_of(const imgate_config *cfg, curlloop *loop, int threads) {
+  return (provider_env){.loop = loop,
+                        .sim = {.delay_ms = cfg->sim_delay_ms,
+                                .fail_marker = cfg->sim_fail_marker,
+                                .moderate_marker = cfg->sim_moderate_marker,
+                                .render_threads = threads}};
+}
+
+/* The simulated provider named "sim", where the configuration implies it. */
+static provider *make_sim(const provider_env *env) {
+  provider_instance_config pc = {.name = "sim", .kind = "sim"};
+  return provider_create(&pc, env);
 }
 
 /* Builds the router from configuration: the configured providers and routes,
@@ -584,6 +590,7 @@ static router *build_router(const imgate_config *cfg, curlloop *loop, int thread
                       .recovery_ms = cfg->breaker_recovery_ms};
   router *r = router_create(&rc);
   if (!r) return NULL;
+  provider_env env = provider_env_of(cfg, loop, threads);
   for (int i = 0; i < cfg->n_providers; i++) {
     const config_provider *cp = &cfg->providers[i];
     provider_instance_config pc = {.name = cp->name,
@@ -592,9 +599,7 @@ static router *build_router(const imgate_config *cfg, curlloop *loop, int thread
                                    .api_key = cp->api_key,
                                    .timeout_ms = cp->timeout_ms,
                                    .connect_timeout_ms = cp->connect_timeout_ms};
-    provider *p = !strcmp(cp->kind, "gemini")   ? gemini_provider_create(&pc, loop)
-                  : !strcmp(cp->kind, "openai") ? openai_provider_create(&pc, loop)
-                                                : make_sim(cfg, cp->name, threads);
+    provider *p = provider_create(&pc, &env);
     if (!p || router_add_provider(r, p, cp->max_concurrency) < 0) {
       fprintf(stderr, "imgate: provider \"%s\" could not be set up (kind %s)\n", cp->name,
               cp->kind);
@@ -608,7 +613,7 @@ static router *build_router(const imgate_config *cfg, curlloop *loop, int thread
     const config_route *cr = &cfg->routes[i];
     if (!strcmp(cr->provider, "sim") && !router_has_provider(r, "sim")) {
       /* "sim" may be named in routes without being declared: add it once. */
-      provider *p = make_sim(cfg, "sim", threads);
+      provider *p = make_sim(&env);
       if (p && router_add_provider(r, p, 0) < 0) p->ops->destroy(p);
     }
     const catalog_model *m = catalog_find(cr->model);
@@ -630,7 +635,7 @@ static router *build_router(const imgate_config *cfg, curlloop *loop, int thread
         router_add_route(r, all[m].name, cfg->providers[i].name, all[m].upstream_model, 1);
   }
   if (!have_routes && cfg->n_providers == 0) {
-    provider *p = make_sim(cfg, "sim", threads);
+    provider *p = make_sim(&env);
     if (!p || router_add_provider(r, p, 0) < 0) {
       if (p) p->ops->destroy(p);
       router_destroy(r);
