@@ -32,6 +32,7 @@ static const api_field_name apistor_fields[] = {
     {CORE_FIELD_IMAGES, "urls"},
     {CORE_FIELD_ASPECT_RATIO, "aspectRatio"},
     {CORE_FIELD_WEBHOOK, "webHook"},
+    {CORE_FIELD_IDEMPOTENCY_KEY, "Idempotency-Key"},
     {NULL, NULL},
 };
 

@@ -266,9 +266,17 @@ static json_t *render_task(http_request *req, core *c, const task *t) {
     error = json_pack("{s:s, s:o}", "code", t->state == TASK_MODERATED ? "moderation_blocked"
                                                                        : t->error_code,
                       "message", api_json_text(t->error_message ? t->error_message : ""));
-  return json_pack("{s:s, s:s, s:s, s:s, s:I, s:o, s:o}", "id", t->id, "object", "image.task",
-                   "status", task_state_name(t->state), "model", t->model, "created",
-                   (json_int_t)(t->created_ms / 1000), "data", data, "error", error);
+  json_t *doc = json_pack("{s:s, s:s, s:s, s:s, s:I, s:o, s:o}", "id", t->id, "object",
+                          "image.task", "status", task_state_name(t->state), "model", t->model,
+                          "created", (json_int_t)(t->created_ms / 1000), "data", data, "error",
+                          error);
+  /* What was asked, as the synchronous answer names it, when it was. */
+  const char *asked[][2] = {{"quality", t->quality},
+                            {"background", t->background},
+                            {"output_format", t->output_format}};
+  for (size_t i = 0; doc && i < sizeof asked / sizeof asked[0]; i++)
+    if (asked[i][1]) json_object_set_new(doc, asked[i][0], json_string(asked[i][1]));
+  return doc;
 }
 
 static void answer_ready(http_request *req, core *c, const task *t, bool final,

@@ -119,6 +119,15 @@ class OpenAIDialectTest(b.BillingTestCase):
             srv.get("/v1/images/tasks/" + t["id"], key=key).json()), what="the task")
         self.assertEqual(len(done["data"]), 1)
         self.assertTrue(done["data"][0]["url"].endswith(".png"))
+        self.assertNotIn("quality", done)  # nothing asked, nothing said
+        # What a GPT Image task asked for is shown while it is polled.
+        r = srv.request("POST", GENERATIONS, key=key, json_body={
+            "model": "gpt-image-1", "prompt": "asked", "async": True, "quality": "high",
+            "background": "opaque", "output_format": "webp"})
+        self.assertEqual(r.status, 202, r)
+        got = srv.get("/v1/images/tasks/" + r.json()["id"], key=key).json()
+        self.assertEqual((got["quality"], got["background"], got["output_format"]),
+                         ("high", "opaque", "webp"), got)
         # Prefer: respond-async does the same.
         r = srv.request("POST", GENERATIONS, key=key, headers={"Prefer": "respond-async"},
                         json_body={"model": "nano-banana", "prompt": "later too"})
