@@ -997,7 +997,6 @@ static void run_attempt(engine *e, job *j, router_route *route) {
   j->spool.bl = e->bl;
   snprintf(j->spool.prefix, sizeof j->spool.prefix, TASK_BLOB_RESULTS "%s/%d-a%d-", j->task_id,
            j->run, j->n_attempts + 1);
-  atomic_store(&j->spool.seq, 0);
   provider_request req = {
       .task_id = j->t->id,
       .model = j->t->model,

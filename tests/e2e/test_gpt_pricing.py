@@ -32,24 +32,11 @@ LARGEST = HIGH_WIDE
 _seq = itertools.count(1)
 
 
-class GptPricingTest(b.BillingTestCase):
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.fake = u.start_fake(cls.addClassCleanup, "--gemini-key", u.GEMINI_KEY,
-                                "--openai-key", u.OPENAI_KEY)
-
-    def setUp(self):
-        self.fake.reset()
+class GptPricingTest(u.WithFake, b.BillingTestCase):
 
     def server(self, **extra):
-        cfg = b.billing_config(
-            BONUS,
-            providers=[u.openai_provider("o", self.fake.openai_base_url),
-                       u.gemini_provider("g", self.fake.gemini_base_url)],
-            routes={"gpt-image-1": [u.route("o")], "nano-banana": [u.route("g")]},
-            retry={"max_attempts": 1}, admin_token=u.ADMIN_TOKEN)
+        cfg = b.billing_config(BONUS, retry={"max_attempts": 1}, admin_token=u.ADMIN_TOKEN,
+                               **self.gpt_and_gemini())
         srv = self.start_server(accounts=[EMAIL], config=h.deep_merge(cfg, extra))
         return srv, srv.keys[EMAIL]
 

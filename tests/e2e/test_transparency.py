@@ -69,25 +69,12 @@ def sha(data):
     return hashlib.sha256(data).hexdigest()
 
 
-class TransparencyTest(b.BillingTestCase):
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.fake = u.start_fake(cls.addClassCleanup, "--gemini-key", u.GEMINI_KEY,
-                                "--openai-key", u.OPENAI_KEY)
-
-    def setUp(self):
-        self.fake.reset()
+class TransparencyTest(u.WithFake, b.BillingTestCase):
 
     def config(self, **extra):
         cfg = b.billing_config(
-            BONUS,
-            providers=[u.openai_provider("o", self.fake.openai_base_url),
-                       u.gemini_provider("g", self.fake.gemini_base_url)],
-            routes={"gpt-image-1": [u.route("o")], "nano-banana": [u.route("g")]},
-            prices={"gpt-image-1": {"reference_image": REFERENCE_MICROS}},
-            retry={"max_attempts": 1})
+            BONUS, prices={"gpt-image-1": {"reference_image": REFERENCE_MICROS}},
+            retry={"max_attempts": 1}, **self.gpt_and_gemini())
         return h.deep_merge(cfg, extra)
 
     def server(self, **extra):

@@ -37,6 +37,28 @@ def start_fake(add_cleanup, *args):
     return fake
 
 
+class WithFake:
+    """A test-case mixin (before the ServerTestCase base): one fake, strict about
+    both keys, for the whole class (cls.fake), reset before every test."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.fake = start_fake(cls.addClassCleanup, "--gemini-key", GEMINI_KEY,
+                              "--openai-key", OPENAI_KEY)
+
+    def setUp(self):
+        super().setUp()
+        self.fake.reset()
+
+    def gpt_and_gemini(self):
+        """Providers "o" (OpenAI) and "g" (Gemini) at the fake, gpt-image-1 routed
+        to the first and nano-banana to the second: config members."""
+        return {"providers": [openai_provider("o", self.fake.openai_base_url),
+                              gemini_provider("g", self.fake.gemini_base_url)],
+                "routes": {"gpt-image-1": [route("o")], "nano-banana": [route("g")]}}
+
+
 def fake_image(fmt, prompt, width=8, height=8, pad_bytes=0):
     """The bytes the fake answers for prompt (its final image) in fmt (grown by
     pad_bytes, as the step option of that name does)."""

@@ -310,6 +310,21 @@ static router *router_of(scripted *const *providers, size_t n) {
   return r;
 }
 
+/* An engine whose one provider s serves gpt-image-1, priced by prices (NULL:
+ * each image costs its hold); started. */
+static engine *start_gpt_engine(fixture *f, scripted *s, const imgate_config *prices) {
+  router_config rc = {.breaker_failures = 100, .breaker_open_ms = 1000};
+  router *r = router_create(&rc);
+  assert_int_equal(router_add_provider(r, &s->base, 0), 0);
+  assert_int_equal(router_add_route(r, "gpt-image-1", s->base.name, "gpt-image-1", 1), 0);
+  engine_config ec = base_config(f, 4, 1000);
+  ec.prices = prices;
+  engine *e = engine_create(f->st, f->bl, r, NULL, &ec);
+  assert_non_null(e);
+  assert_int_equal(engine_start(e), 0);
+  return e;
+}
+
 static engine *make_engine(fixture *f, scripted *s, int max_in_flight, int drain_ms) {
   engine_config ec = base_config(f, max_in_flight, drain_ms);
   engine *e = engine_create(f->st, f->bl, router_of(&s, 1), NULL, &ec);
@@ -590,15 +605,7 @@ static void test_prices_each_delivered_image(void **state) {
   scripted_init(&s);
   imgate_config prices;
   config_defaults(&prices);
-  router_config rc = {.breaker_failures = 100, .breaker_open_ms = 1000};
-  router *r = router_create(&rc);
-  assert_int_equal(router_add_provider(r, &s.base, 0), 0);
-  assert_int_equal(router_add_route(r, "gpt-image-1", s.base.name, "gpt-image-1", 1), 0);
-  engine_config ec = base_config(f, 4, 1000);
-  ec.prices = &prices;
-  engine *e = engine_create(f->st, f->bl, r, NULL, &ec);
-  assert_non_null(e);
-  assert_int_equal(engine_start(e), 0);
+  engine *e = start_gpt_engine(f, &s, &prices);
 
   char open[IDS_UUID_LEN + 1], exact[IDS_UUID_LEN + 1];
   insert_gpt_task(f, open, "auto", "auto", 4, 250000); /* holds 4 x 0.25 */
@@ -650,14 +657,7 @@ static void test_mask_and_background_reach_the_provider(void **state) {
   fixture *f = *state;
   scripted s;
   scripted_init(&s);
-  router_config rc = {.breaker_failures = 100, .breaker_open_ms = 1000};
-  router *r = router_create(&rc);
-  assert_int_equal(router_add_provider(r, &s.base, 0), 0);
-  assert_int_equal(router_add_route(r, "gpt-image-1", s.base.name, "gpt-image-1", 1), 0);
-  engine_config ec = base_config(f, 4, 1000);
-  engine *e = engine_create(f->st, f->bl, r, NULL, &ec);
-  assert_non_null(e);
-  assert_int_equal(engine_start(e), 0);
+  engine *e = start_gpt_engine(f, &s, NULL);
 
   /* The mask differs from the image in its bytes (colour type 6: RGBA). */
   uint8_t mask_png[sizeof tiny_png];
